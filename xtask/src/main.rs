@@ -1,1 +1,55 @@
-fn main() {}
+//! `cargo xtask`: every piece of automation in the ethkms workspace, in Rust, with few dependencies.
+//!
+//! ```text
+//! cargo xtask ci                      the whole check CI runs (the README's test command)
+//! cargo xtask nostd                   prove ethkms-core builds without std
+//! cargo xtask fuzz [--seconds N] [TARGET...]   run the fuzz targets
+//! cargo xtask fuzz-seeds              rewrite the committed seed corpus from the test vectors
+//! cargo xtask bench                   run the benchmarks
+//! cargo xtask services up|down|status start or stop LocalStack KMS and anvil on 127.0.0.1
+//! cargo xtask tools                   install the helper tools (cargo-deny, cargo-fuzz) if missing
+//! ```
+
+mod bench;
+mod ci;
+mod command;
+mod fuzz;
+mod nostd;
+mod services;
+#[cfg(test)]
+mod tidy;
+mod tools;
+
+use std::process::ExitCode;
+
+/// Errors are reported to the user as text: every failure says what failed and what to do.
+pub(crate) type Result<T = (), E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+const USAGE: &str = "usage: cargo xtask <ci | nostd | fuzz [--seconds N] [TARGET...] | fuzz-seeds | bench | \
+                     services up|down|status | tools>";
+
+fn main() -> ExitCode {
+    let arguments: Vec<String> = std::env::args().skip(1).collect();
+    match run(&arguments) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(arguments: &[String]) -> Result {
+    let (task, rest) = arguments.split_first().ok_or(USAGE)?;
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    match (task.as_str(), rest.as_slice()) {
+        ("ci", []) => ci::run_all(),
+        ("nostd", []) => nostd::run(),
+        ("fuzz", options) => fuzz::run(options),
+        ("fuzz-seeds", []) => fuzz::write_seeds(),
+        ("bench", options) => bench::run(options),
+        ("services", [action]) => services::run(action),
+        ("tools", []) => tools::install_all(),
+        _ => Err(USAGE.into()),
+    }
+}

@@ -20,13 +20,19 @@ impl Error {
     /// An error of `kind` with no position.
     #[must_use]
     pub const fn new(kind: ErrorKind) -> Self {
-        Self { kind, position: None }
+        Self {
+            kind,
+            position: None,
+        }
     }
 
     /// An error of `kind` at byte offset `position` of the input.
     #[must_use]
     pub const fn at(kind: ErrorKind, position: usize) -> Self {
-        Self { kind, position: Some(position) }
+        Self {
+            kind,
+            position: Some(position),
+        }
     }
 
     /// What went wrong.
@@ -223,7 +229,10 @@ impl From<der::Error> for Error {
     fn from(error: der::Error) -> Self {
         let kind = ErrorKind::Spki(error.kind());
         match error.position() {
-            Some(position) => Self::at(kind, usize::try_from(u32::from(position)).unwrap_or(usize::MAX)),
+            Some(position) => Self::at(
+                kind,
+                usize::try_from(u32::from(position)).unwrap_or(usize::MAX),
+            ),
             None => Self::new(kind),
         }
     }

@@ -8,7 +8,7 @@ pub fn keccak256(data: &[u8]) -> [u8; 32] {
     Keccak256::digest(data).into()
 }
 
-/// The EIP-191 (version `0x45`, "personal_sign") digest of `message`:
+/// The EIP-191 (version `0x45`, `personal_sign`) digest of `message`:
 /// `keccak256("\x19Ethereum Signed Message:\n" ‖ decimal(len(message)) ‖ message)`.
 ///
 /// This is what `personal_sign`, `eth_sign` in modern wallets, ethers' `signMessage`, eth-account's
@@ -72,8 +72,9 @@ mod tests {
     fn keccak_of_empty_input() {
         // The well-known keccak256("") = c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470.
         let expected = [
-            0xc5, 0xd2, 0x46, 0x01, 0x86, 0xf7, 0x23, 0x3c, 0x92, 0x7e, 0x7d, 0xb2, 0xdc, 0xc7, 0x03, 0xc0, 0xe5,
-            0x00, 0xb6, 0x53, 0xca, 0x82, 0x27, 0x3b, 0x7b, 0xfa, 0xd8, 0x04, 0x5d, 0x85, 0xa4, 0x70,
+            0xc5, 0xd2, 0x46, 0x01, 0x86, 0xf7, 0x23, 0x3c, 0x92, 0x7e, 0x7d, 0xb2, 0xdc, 0xc7,
+            0x03, 0xc0, 0xe5, 0x00, 0xb6, 0x53, 0xca, 0x82, 0x27, 0x3b, 0x7b, 0xfa, 0xd8, 0x04,
+            0x5d, 0x85, 0xa4, 0x70,
         ];
         assert_eq!(keccak256(b""), expected);
     }
@@ -86,6 +87,9 @@ mod tests {
         let header = b"\x19Ethereum Signed Message:\n32";
         prefixed[..header.len()].copy_from_slice(header);
         prefixed[header.len()..header.len() + message.len()].copy_from_slice(message);
-        assert_eq!(eip191_hash_message(message), keccak256(&prefixed[..header.len() + message.len()]));
+        assert_eq!(
+            eip191_hash_message(message),
+            keccak256(&prefixed[..header.len() + message.len()])
+        );
     }
 }

@@ -1,0 +1,154 @@
+//! `cargo xtask ci`: everything CI checks, in order, each step timed, stopping at the first failure.
+//!
+//! 1. formatting (`cargo fmt --check`, main and fuzz workspaces)
+//! 2. clippy on all targets with warnings denied
+//! 3. the tests (cargo-nextest when installed, else `cargo test`), then the doctests
+//! 4. rustdoc with warnings denied
+//! 5. the `no_std` proof (`cargo xtask nostd`)
+//! 6. cargo-deny: licences, bans and sources; advisories when the advisory database can be fetched
+//! 7. `cargo package` for every publishable crate
+//! 8. a short run of every fuzz target
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::Result;
+use crate::command::{cargo, in_ci, output, run};
+use crate::{fuzz, nostd, tools};
+
+/// Seconds each fuzz target runs in CI.
+const CI_FUZZ_SECONDS: u64 = 20;
+
+pub(crate) fn run_all() -> Result {
+    let mut timings: Vec<(&str, Duration)> = Vec::new();
+    let mut step = |name: &'static str, action: &mut dyn FnMut() -> Result| -> Result {
+        eprintln!("\n==== xtask ci: {name}");
+        let started = Instant::now();
+        action().map_err(|error| format!("ci step `{name}` failed: {error}"))?;
+        timings.push((name, started.elapsed()));
+        Ok(())
+    };
+
+    step("fmt", &mut || {
+        run(cargo().args(["fmt", "--all", "--check"]))?;
+        run(cargo().args(["fmt", "--check", "--manifest-path", "fuzz/Cargo.toml"]))?;
+        run(cargo().args([
+            "fmt",
+            "--check",
+            "--manifest-path",
+            "xtask/no-std-proof/Cargo.toml",
+        ]))
+    })?;
+    step("clippy", &mut || {
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    step("test", &mut test)?;
+    step("doc", &mut || {
+        run(cargo().env("RUSTDOCFLAGS", "-D warnings").args([
+            "doc",
+            "--workspace",
+            "--no-deps",
+            "--locked",
+        ]))
+    })?;
+    step("nostd", &mut nostd::run)?;
+    step("deny", &mut deny)?;
+    step("package", &mut || {
+        let mut command = cargo();
+        command.args([
+            "package",
+            "--workspace",
+            "--exclude",
+            "xtask",
+            "--no-verify",
+            "--locked",
+        ]);
+        if !in_ci() {
+            command.arg("--allow-dirty");
+        }
+        run(&mut command)
+    })?;
+    step("fuzz", &mut || {
+        fuzz::fuzz(&fuzz::targets()?, CI_FUZZ_SECONDS)
+    })?;
+
+    eprintln!("\n==== xtask ci: all steps passed");
+    for (name, elapsed) in &timings {
+        eprintln!("  {name:<10} {:>7.1} s", elapsed.as_secs_f64());
+    }
+    Ok(())
+}
+
+/// The tests: nextest if it is installed (it runs each test in its own process), else `cargo test`;
+/// doctests always through `cargo test --doc`, which nextest does not run.
+fn test() -> Result {
+    let nextest = output(Command::new("cargo").args(["nextest", "--version"])).is_some();
+    if nextest {
+        run(cargo().args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--locked",
+            "--no-fail-fast",
+        ]))?;
+    } else {
+        eprintln!(
+            "xtask: cargo-nextest is not installed; running `cargo test` (install it with `cargo install cargo-nextest --locked`)"
+        );
+        run(cargo().args([
+            "test",
+            "--workspace",
+            "--locked",
+            "--no-fail-fast",
+            "--lib",
+            "--bins",
+            "--tests",
+        ]))?;
+    }
+    run(cargo().args(["test", "--workspace", "--locked", "--doc"]))
+}
+
+/// cargo-deny. Licences, bans and sources need nothing from the network and must pass. The advisory
+/// check needs the RustSec database, a git repository; where it cannot be fetched (a machine that
+/// reaches only package registries) that is reported loudly and the rest still counts.
+fn deny() -> Result {
+    tools::ensure(tools::CARGO_DENY)?;
+    run(cargo().args(["deny", "--locked", "check", "bans", "licenses", "sources"]))?;
+    let mut advisories = cargo();
+    advisories.args(["deny", "--locked", "check", "advisories"]);
+    eprintln!("$ cargo deny --locked check advisories");
+    let result = advisories.output()?;
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    if result.status.success() {
+        eprint!("{stderr}");
+        return Ok(());
+    }
+    let unreachable = [
+        "failed to fetch",
+        "failed to open advisory database",
+        "Could not resolve host",
+        "network",
+    ]
+    .iter()
+    .any(|symptom| stderr.contains(symptom));
+    if unreachable {
+        eprintln!(
+            "xtask: WARNING: the RustSec advisory database cannot be fetched from this machine; advisories were NOT checked."
+        );
+        eprintln!(
+            "xtask: (bans, licences and sources were.) Run `cargo deny check advisories` where github.com is reachable."
+        );
+        Ok(())
+    } else {
+        eprint!("{stderr}");
+        Err("cargo deny found advisories".into())
+    }
+}
