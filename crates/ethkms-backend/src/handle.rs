@@ -1,0 +1,374 @@
+//! Signing through a backend: a [`KeyHandle`] per key that fetches the public key once and verifies
+//! every signature, a [`Keyring`] that keeps one handle per key, and the [`RetryPolicy`] they share.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ethkms_core::{Address, PublicKey, Signature};
+use tokio::sync::OnceCell;
+
+use crate::backend::{KeyBackend, secp256k1_public_key};
+use crate::error::BackendError;
+use crate::types::KeyRef;
+
+/// How retryable errors ([`BackendError::is_retryable`]) are retried: exponential backoff with jitter.
+///
+/// Signing a digest is idempotent, so retrying it is always safe. The AWS SDK retries as well (its
+/// own retry mode and attempts); this policy sits above any backend, including the in-memory one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included; 1 means no retry.
+    pub max_attempts: u32,
+    /// The backoff ceiling before the second attempt; it doubles after each attempt.
+    pub initial_backoff: Duration,
+    /// The largest backoff ceiling.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 5 attempts, backoff from 50 ms doubling up to 2 s.
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries: one attempt.
+    #[must_use]
+    pub const fn none() -> Self {
+        Self {
+            max_attempts: 1,
+            initial_backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
+        }
+    }
+
+    /// The delay before attempt `attempt + 1` (so `attempt` ≥ 1): uniformly random between half and
+    /// all of `min(initial × 2^(attempt-1), max)`.
+    #[must_use]
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .initial_backoff
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+            .min(self.max_backoff);
+        let jitter = RandomState::new().hash_one(attempt) % 1024;
+        let half = ceiling / 2;
+        half + half.mul_f64(jitter as f64 / 1023.0)
+    }
+
+    /// Runs `operation` until it succeeds, fails with a non-retryable error, or the attempts run out
+    /// (then the last error is returned).
+    ///
+    /// # Errors
+    /// The operation's error.
+    pub async fn retry<T, F, Fut>(&self, mut operation: F) -> Result<T, BackendError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, BackendError>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match operation().await {
+                Err(error) if error.is_retryable() && attempt < self.max_attempts => {
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+}
+
+/// One key, ready to sign: its public key and address are fetched once, when the handle is opened;
+/// after that, one signature costs exactly one backend request (plus retries of retryable failures).
+///
+/// Every signature is run through ethkms-core: strict DER parsing, low-s normalisation, verification
+/// against the key and the y-parity. A corrupted or foreign signature from the backend becomes
+/// [`BackendError::InvalidSignature`], never output.
+///
+/// The handle signs with the key id that `GetPublicKey` resolved, so if it was opened through an alias
+/// and the alias is later moved, the handle keeps signing with the key whose address it reports.
+///
+/// ```
+/// use std::sync::Arc;
+/// use ethkms_backend::{CreateKeyRequest, KeyBackend, KeyHandle, MemoryBackend};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// let backend: Arc<dyn KeyBackend> = Arc::new(MemoryBackend::with_seed(7));
+/// let info = backend.create_key(&CreateKeyRequest::new().alias("hot-wallet")).await?;
+///
+/// let handle = KeyHandle::open(backend, "alias/hot-wallet".parse()?).await?;
+/// assert_eq!(Some(handle.address()), info.address);
+///
+/// let digest = ethkms_core::eip191_hash_message(b"withdraw 1 ETH");
+/// let signature = handle.sign_digest(&digest).await?;
+/// assert_eq!(signature.recover_address(&digest)?, handle.address());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct KeyHandle {
+    backend: Arc<dyn KeyBackend>,
+    key: KeyRef,
+    resolved: KeyRef,
+    public_key: PublicKey,
+    retry: RetryPolicy,
+}
+
+impl KeyHandle {
+    /// Opens `key` with the default [`RetryPolicy`]: one `GetPublicKey`, checked to be a secp256k1
+    /// signing key.
+    ///
+    /// # Errors
+    /// What the backend reports (not found, disabled, …), [`BackendError::WrongKeySpec`] or
+    /// [`BackendError::WrongKeyUsage`] for a key that cannot sign for Ethereum.
+    pub async fn open(backend: Arc<dyn KeyBackend>, key: KeyRef) -> Result<Self, BackendError> {
+        Self::open_with_retry(backend, key, RetryPolicy::default()).await
+    }
+
+    /// Opens `key`, retrying as `retry` says.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub async fn open_with_retry(
+        backend: Arc<dyn KeyBackend>,
+        key: KeyRef,
+        retry: RetryPolicy,
+    ) -> Result<Self, BackendError> {
+        let response = retry.retry(|| backend.public_key(&key)).await?;
+        let public_key = secp256k1_public_key(&key, &response)?;
+        let resolved =
+            KeyRef::new(response.key_id.clone()).map_err(|_| BackendError::MalformedResponse {
+                key: key.to_string(),
+                detail: format!("GetPublicKey returned the key id `{}`", response.key_id),
+            })?;
+        Ok(Self {
+            backend,
+            key,
+            resolved,
+            public_key,
+            retry,
+        })
+    }
+
+    /// The key as it was referenced when the handle was opened.
+    #[must_use]
+    pub fn key(&self) -> &KeyRef {
+        &self.key
+    }
+
+    /// The key id (or ARN) the backend resolved the reference to; signatures are requested with it.
+    #[must_use]
+    pub fn key_id(&self) -> &str {
+        self.resolved.as_str()
+    }
+
+    /// The key's Ethereum address.
+    #[must_use]
+    pub fn address(&self) -> Address {
+        self.public_key.address()
+    }
+
+    /// The key's public key.
+    #[must_use]
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public_key
+    }
+
+    /// The backend the handle signs with.
+    #[must_use]
+    pub fn backend(&self) -> &Arc<dyn KeyBackend> {
+        &self.backend
+    }
+
+    /// Signs `digest` and returns a verified, low-s Ethereum signature with its y-parity.
+    ///
+    /// # Errors
+    /// The backend's error (after retries), or [`BackendError::InvalidSignature`] if what the backend
+    /// returned is not a valid signature of `digest` by this key.
+    pub async fn sign_digest(&self, digest: &[u8; 32]) -> Result<Signature, BackendError> {
+        let der = self
+            .retry
+            .retry(|| self.backend.sign_digest(&self.resolved, digest))
+            .await?;
+        Signature::from_kms_der(&der, digest, &self.public_key).map_err(|source| {
+            BackendError::InvalidSignature {
+                key: self.key.to_string(),
+                source,
+            }
+        })
+    }
+}
+
+impl fmt::Debug for KeyHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyHandle")
+            .field("backend", &self.backend.name())
+            .field("key", &self.key)
+            .field("key_id", &self.resolved)
+            .field("address", &self.public_key.address())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Handles for many keys over one backend, each opened on first use and then reused: after the first
+/// request for a key, signing with it costs one backend request per signature. Concurrent first uses
+/// of a key share one `GetPublicKey`.
+#[derive(Clone)]
+pub struct Keyring {
+    backend: Arc<dyn KeyBackend>,
+    retry: RetryPolicy,
+    handles: Arc<Mutex<HashMap<KeyRef, Arc<OnceCell<KeyHandle>>>>>,
+}
+
+impl Keyring {
+    /// A keyring over `backend` with the default [`RetryPolicy`].
+    #[must_use]
+    pub fn new(backend: Arc<dyn KeyBackend>) -> Self {
+        Self::with_retry(backend, RetryPolicy::default())
+    }
+
+    /// A keyring over `backend` retrying as `retry` says.
+    #[must_use]
+    pub fn with_retry(backend: Arc<dyn KeyBackend>, retry: RetryPolicy) -> Self {
+        Self {
+            backend,
+            retry,
+            handles: Arc::default(),
+        }
+    }
+
+    /// The backend.
+    #[must_use]
+    pub fn backend(&self) -> &Arc<dyn KeyBackend> {
+        &self.backend
+    }
+
+    /// The handle for `key`, opening it on first use.
+    ///
+    /// # Errors
+    /// As [`KeyHandle::open`]; a failed open is not cached.
+    pub async fn handle(&self, key: &KeyRef) -> Result<KeyHandle, BackendError> {
+        let cell = {
+            let mut handles = self
+                .handles
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(handles.entry(key.clone()).or_default())
+        };
+        let handle = cell
+            .get_or_try_init(|| {
+                KeyHandle::open_with_retry(Arc::clone(&self.backend), key.clone(), self.retry)
+            })
+            .await?;
+        Ok(handle.clone())
+    }
+
+    /// The address of `key`.
+    ///
+    /// # Errors
+    /// As [`KeyHandle::open`].
+    pub async fn address(&self, key: &KeyRef) -> Result<Address, BackendError> {
+        Ok(self.handle(key).await?.address())
+    }
+
+    /// Signs `digest` with `key`; see [`KeyHandle::sign_digest`].
+    ///
+    /// # Errors
+    /// As [`KeyHandle::open`] and [`KeyHandle::sign_digest`].
+    pub async fn sign_digest(
+        &self,
+        key: &KeyRef,
+        digest: &[u8; 32],
+    ) -> Result<Signature, BackendError> {
+        self.handle(key).await?.sign_digest(digest).await
+    }
+
+    /// Drops the cached handle for `key` (after its alias was moved to another key, say).
+    pub fn forget(&self, key: &KeyRef) {
+        self.handles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cached = self.handles.lock().map_or(0, |handles| handles.len());
+        f.debug_struct("Keyring")
+            .field("backend", &self.backend.name())
+            .field("retry", &self.retry)
+            .field("cached_keys", &cached)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_within_bounds() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(700),
+        };
+        for (attempt, ceiling) in [(1, 100), (2, 200), (3, 400), (4, 700), (9, 700), (40, 700)] {
+            let delay = policy.backoff(attempt);
+            let ceiling = Duration::from_millis(ceiling);
+            assert!(
+                delay >= ceiling / 2 && delay <= ceiling,
+                "attempt {attempt}: {delay:?} outside {ceiling:?}"
+            );
+        }
+        assert_eq!(RetryPolicy::none().backoff(1), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_only_retryable_errors_and_stops_at_max_attempts() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            ..RetryPolicy::default()
+        };
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let throttled = || BackendError::Throttled {
+            key: "k".into(),
+            message: "slow down".into(),
+        };
+        let result: Result<(), _> = policy
+            .retry(|| async {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Err(throttled())
+            })
+            .await;
+        assert!(matches!(result, Err(BackendError::Throttled { .. })));
+        assert_eq!(calls.swap(0, std::sync::atomic::Ordering::SeqCst), 3);
+
+        let result: Result<(), _> = policy
+            .retry(|| async {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Err(BackendError::NotFound { key: "k".into() })
+            })
+            .await;
+        assert!(matches!(result, Err(BackendError::NotFound { .. })));
+        assert_eq!(calls.swap(0, std::sync::atomic::Ordering::SeqCst), 1);
+
+        let result = policy
+            .retry(|| async {
+                let call = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if call < 2 { Err(throttled()) } else { Ok(call) }
+            })
+            .await;
+        assert_eq!(result.unwrap(), 2);
+    }
+}
