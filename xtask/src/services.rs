@@ -21,6 +21,10 @@
 //! Each service runs in a process group of its own, so Ctrl-C in the terminal that ran `up` does not reach it
 //! and `down` stops its children too. Its pid, port and log are `target/services/<name>.{pid,port,log}`.
 //!
+//! LocalStack runs through `xtask/services/run_localstack.py` (its own gateway would listen on every interface),
+//! in host mode, with its files and a self-signed TLS certificate in `target/services/localstack-state/` (see
+//! [`localstack_command`] for why each setting).
+//!
 //! Ports: `ETHKMS_LOCALSTACK_PORT` (default 4566) and `ETHKMS_ANVIL_PORT` (default 8545).
 
 use std::ffi::OsStr;
@@ -51,6 +55,10 @@ const NPM_PACKAGES: &[&str] = &[
     "@foundry-rs/cast@1.7.1",
     "ethers@6.17.0",
 ];
+
+/// The script in `xtask/services/` that runs `localstack.runtime.main` with its gateway listening on
+/// 127.0.0.1 only (LocalStack's own listens on every interface, whatever `GATEWAY_LISTEN` says).
+const LOCALSTACK_LAUNCHER: &str = "run_localstack.py";
 
 /// localstack-core 2026.3.0 needs Python 3.13 or newer.
 const LOCALSTACK_MIN_PYTHON: (u32, u32) = (3, 13);
@@ -131,6 +139,8 @@ impl ServiceEnv {
             ("AWS_ACCESS_KEY_ID", "test".to_owned()),
             ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
             ("AWS_REGION", "us-east-1".to_owned()),
+            // The region variable of boto3 and the AWS CLI.
+            ("AWS_DEFAULT_REGION", "us-east-1".to_owned()),
             ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
         ]
         .into_iter()
@@ -313,7 +323,7 @@ impl Service {
     /// Part of its command line: checked before signalling a recorded pid, which may have been reused.
     fn signature(self) -> &'static str {
         match self {
-            Self::LocalStack => "localstack.runtime.main",
+            Self::LocalStack => LOCALSTACK_LAUNCHER,
             Self::Anvil => "anvil",
         }
     }
@@ -434,10 +444,9 @@ impl Service {
         self.forget()?;
         if port_in_use(port) {
             return Err(format!(
-                "port {port} on 127.0.0.1 is taken by another program (not a {} this task started: {} has no live pid); \
-                 stop that program, or use another port with {}=PORT",
+                "port {port} on 127.0.0.1, wanted for {}, is taken by a program this task did not start \
+                 (or whose pid file was deleted); stop that program, or use another port with {}=PORT",
                 self.title(),
-                self.pid_file().display(),
                 self.port_variable()
             )
             .into());
@@ -584,27 +593,91 @@ impl Service {
 /// LocalStack with only KMS, on 127.0.0.1:`port`, its files under `target/services/localstack-state/`.
 fn localstack_command(python: &Path, port: u16) -> Result<Command> {
     let state = state_dir().join("localstack-state");
-    let tmp = state.join("tmp");
-    std::fs::create_dir_all(&tmp)
-        .map_err(|error| format!("could not create {}: {error}", tmp.display()))?;
+    std::fs::create_dir_all(&state)
+        .map_err(|error| format!("could not create {}: {error}", state.display()))?;
+    let certificate = state.join("server.test.pem");
+    if !certificate.is_file() {
+        make_certificate(python, &certificate)?;
+    }
+    let launcher = workspace_root()
+        .join("xtask")
+        .join("services")
+        .join(LOCALSTACK_LAUNCHER);
+    if !launcher.is_file() {
+        return Err(format!("{} is missing from this checkout", launcher.display()).into());
+    }
     let mut command = Command::new(python);
     command
-        .args(["-m", "localstack.runtime.main"])
+        .arg(&launcher)
         .current_dir(&state)
         .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
         .env("SERVICES", "kms")
         .env("EAGER_SERVICE_LOADING", "1")
-        // Run on the host, LocalStack keeps its files under FILESYSTEM_ROOT (default: inside the virtualenv,
-        // which checkouts share, and it empties its tmp there on start) and some under the system temp
-        // directory (/tmp/localstack); both go to this checkout's target/ so parallel checkouts do not clash.
+        // LocalStack takes any machine with /.dockerenv (CI runners, dev containers) for its own Docker
+        // image and then writes to /var/lib/localstack, /usr/lib/localstack, /etc/localstack and
+        // /tmp/localstack. Told it runs on the host, it keeps its files under FILESYSTEM_ROOT (by default
+        // inside the virtualenv, which checkouts share, and it empties its tmp there on every start): this
+        // checkout's own directory. (TMPDIR is left alone: LocalStack reads it as a deprecated setting.)
+        .env("OVERRIDE_IN_DOCKER", "0")
         .env("FILESYSTEM_ROOT", &state)
-        .env("TMPDIR", &tmp)
-        // Not needed for KMS over HTTP, and each would reach out or bind beyond 127.0.0.1:PORT: its DNS server
-        // (port 53 on every interface), analytics events, the download of its TLS certificate.
+        // Its gateway also speaks TLS, with a certificate it downloads from localstack.cloud (two 5 s
+        // timeouts when offline) or else generates with an API pyOpenSSL 26 removed, which makes the
+        // start fail: it gets the one `make_certificate` made instead.
+        .env("SKIP_SSL_CERT_DOWNLOAD", "1")
+        .env("CUSTOM_SSL_CERT_PATH", &certificate)
+        // Not needed for KMS, and reaching beyond 127.0.0.1:PORT: a DNS server on port 53 of every
+        // interface, and analytics events sent to localstack.cloud.
         .env("DNS_ADDRESS", "0")
-        .env("DISABLE_EVENTS", "1")
-        .env("SKIP_SSL_CERT_DOWNLOAD", "1");
+        .env("DISABLE_EVENTS", "1");
     Ok(command)
+}
+
+/// Writes a self-signed certificate for localhost and its private key, PEM, to `path`, with the
+/// `cryptography` package of LocalStack's virtualenv.
+fn make_certificate(python: &Path, path: &Path) -> Result {
+    let script = r#"
+import datetime, ipaddress, os, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+key = ec.generate_private_key(ec.SECP256R1())
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+now = datetime.datetime.now(datetime.timezone.utc)
+names = [x509.DNSName("localhost"), x509.DNSName("localhost.localstack.cloud"),
+         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+certificate = (
+    x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+    .serial_number(x509.random_serial_number())
+    .not_valid_before(now - datetime.timedelta(days=1))
+    .not_valid_after(now + datetime.timedelta(days=3650))
+    .add_extension(x509.SubjectAlternativeName(names), critical=False)
+    .sign(key, hashes.SHA256())
+)
+pem = key.private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+) + certificate.public_bytes(serialization.Encoding.PEM)
+with open(sys.argv[1] + ".partial", "wb") as file:
+    file.write(pem)
+os.replace(sys.argv[1] + ".partial", sys.argv[1])
+"#;
+    let made = Command::new(python)
+        .args(["-c", script])
+        .arg(path)
+        .output()
+        .map_err(|error| format!("could not run {}: {error}", python.display()))?;
+    if made.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "could not make LocalStack's TLS certificate {} ({}): {}",
+            path.display(),
+            made.status,
+            String::from_utf8_lossy(&made.stderr).trim()
+        )
+        .into())
+    }
 }
 
 /// anvil on 127.0.0.1:`port` with the [`ANVIL_HARDFORK`] rules.
@@ -1569,6 +1642,7 @@ mod tests {
                 "AWS_ACCESS_KEY_ID",
                 "AWS_SECRET_ACCESS_KEY",
                 "AWS_REGION",
+                "AWS_DEFAULT_REGION",
                 "AWS_EC2_METADATA_DISABLED",
             ]
         );

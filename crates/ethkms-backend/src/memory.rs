@@ -93,7 +93,14 @@ struct State {
     stranger: SigningKey,
 }
 
-/// An in-memory [`KeyBackend`] that behaves like KMS; see the [module documentation](self).
+/// An in-memory [`KeyBackend`] that behaves like KMS, for tests and local development; never for
+/// real funds, since the keys live in the application's memory (zeroized when dropped).
+///
+/// Like KMS: key ids are UUIDs and ARNs `arn:aws:kms:REGION:ACCOUNT:key/ID`; every key reference form
+/// resolves (id, ARN, alias, alias ARN); signatures are DER and about half of them have a high `s`;
+/// errors are KMS's (unknown key, disabled, pending deletion, alias exists); a failure after a key's
+/// creation names the key. For tests: [`with_seed`](Self::with_seed) for reproducible keys,
+/// [`request_counts`](Self::request_counts), and [`set_faults`](Self::set_faults) ([`Faults`]).
 pub struct MemoryBackend {
     region: String,
     account: String,
