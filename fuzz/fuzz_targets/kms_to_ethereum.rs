@@ -21,13 +21,9 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(signature) = ethkms_core::Signature::from_kms_der(der, digest, &key) {
-        let verifying_key =
-            VerifyingKey::from_sec1_bytes(&key.to_uncompressed()).expect("a parsed key is valid");
-        let k256_signature =
-            K256Signature::from_scalars(signature.r(), signature.s()).expect("valid scalars");
-        verifying_key
-            .verify_prehash(digest, &k256_signature)
-            .expect("accepted signature must verify");
+        let verifying_key = VerifyingKey::from_sec1_bytes(&key.to_uncompressed()).expect("a parsed key is valid");
+        let k256_signature = K256Signature::from_scalars(signature.r(), signature.s()).expect("valid scalars");
+        verifying_key.verify_prehash(digest, &k256_signature).expect("accepted signature must verify");
         assert_eq!(signature.recover_address(digest), Ok(key.address()));
     }
 });

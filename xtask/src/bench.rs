@@ -13,49 +13,24 @@ use crate::command::{cargo, run as run_command, workspace_root};
 
 /// `cargo xtask bench [criterion options]`.
 pub(crate) fn run(options: &[&str]) -> Result {
-    run_command(
-        cargo()
-            .args([
-                "bench",
-                "--locked",
-                "-p",
-                "ethkms-core",
-                "--bench",
-                "parity",
-                "--",
-            ])
-            .args(options),
-    )?;
+    run_command(cargo().args(["bench", "--locked", "-p", "ethkms-core", "--bench", "parity", "--"]).args(options))?;
     print_parity_table(&workspace_root().join("target/criterion/kms_signature_to_ethereum"))
 }
 
 fn print_parity_table(directory: &Path) -> Result {
     let mean = |name: &str| -> Result<f64> {
         let path = directory.join(name).join("new/estimates.json");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|error| format!("{}: {error}", path.display()))?;
+        let text = std::fs::read_to_string(&path).map_err(|error| format!("{}: {error}", path.display()))?;
         let estimates: Value = serde_json::from_str(&text)?;
-        estimates["mean"]["point_estimate"]
-            .as_f64()
-            .ok_or_else(|| format!("{}: no mean", path.display()).into())
+        estimates["mean"]["point_estimate"].as_f64().ok_or_else(|| format!("{}: no mean", path.display()).into())
     };
     let floor = mean("verify_prehash")?;
     let ours = mean("ethkms_core")?;
     println!("\n| approach (per signature) | mean | ÷ verify_prehash | ÷ ethkms-core |");
     println!("| --- | ---: | ---: | ---: |");
-    for name in [
-        "ethkms_core",
-        "recover_v27_then_v28",
-        "trial_recovery",
-        "verify_prehash",
-    ] {
+    for name in ["ethkms_core", "recover_v27_then_v28", "trial_recovery", "verify_prehash"] {
         let value = mean(name)?;
-        println!(
-            "| `{name}` | {:.1} µs | {:.2}× | {:.2}× |",
-            value / 1000.0,
-            value / floor,
-            value / ours
-        );
+        println!("| `{name}` | {:.1} µs | {:.2}× | {:.2}× |", value / 1000.0, value / floor, value / ours);
     }
     Ok(())
 }

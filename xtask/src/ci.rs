@@ -2,7 +2,8 @@
 //!
 //! 1. formatting (`cargo fmt --check`, main and fuzz workspaces)
 //! 2. clippy on all targets with warnings denied
-//! 3. the tests (cargo-nextest when installed, else `cargo test`), then the doctests
+//! 3. the tests (cargo-nextest when installed, else `cargo test`), then the doctests, with LocalStack
+//!    KMS and anvil running (`cargo xtask services up`); in CI they are stopped afterwards
 //! 4. rustdoc with warnings denied
 //! 5. the `no_std` proof (`cargo xtask nostd`)
 //! 6. cargo-deny: licences, bans and sources; advisories when the advisory database can be fetched
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::Result;
 use crate::command::{cargo, in_ci, output, run};
+use crate::services::{self, ServiceEnv};
 use crate::{fuzz, nostd, tools};
 
 /// Seconds each fuzz target runs in CI.
@@ -32,53 +34,39 @@ pub(crate) fn run_all() -> Result {
     step("fmt", &mut || {
         run(cargo().args(["fmt", "--all", "--check"]))?;
         run(cargo().args(["fmt", "--check", "--manifest-path", "fuzz/Cargo.toml"]))?;
-        run(cargo().args([
-            "fmt",
-            "--check",
-            "--manifest-path",
-            "xtask/no-std-proof/Cargo.toml",
-        ]))
+        run(cargo().args(["fmt", "--check", "--manifest-path", "xtask/no-std-proof/Cargo.toml"]))
     })?;
     step("clippy", &mut || {
         run(cargo().args([
             "clippy",
             "--workspace",
             "--all-targets",
+            "--all-features",
             "--locked",
             "--",
             "-D",
             "warnings",
         ]))
     })?;
-    step("test", &mut test)?;
+    step("test", &mut || {
+        let services = services::up()?;
+        let _stop = StopServicesAfter { in_ci: in_ci() };
+        test(&services)
+    })?;
     step("doc", &mut || {
-        run(cargo().env("RUSTDOCFLAGS", "-D warnings").args([
-            "doc",
-            "--workspace",
-            "--no-deps",
-            "--locked",
-        ]))
+        run(cargo().env("RUSTDOCFLAGS", "-D warnings").args(["doc", "--workspace", "--no-deps", "--locked"]))
     })?;
     step("nostd", &mut nostd::run)?;
     step("deny", &mut deny)?;
     step("package", &mut || {
         let mut command = cargo();
-        command.args([
-            "package",
-            "--workspace",
-            "--exclude",
-            "xtask",
-            "--no-verify",
-            "--locked",
-        ]);
+        command.args(["package", "--workspace", "--exclude", "xtask", "--no-verify", "--locked"]);
         if !in_ci() {
             command.arg("--allow-dirty");
         }
         run(&mut command)
     })?;
-    step("fuzz", &mut || {
-        fuzz::fuzz(&fuzz::targets()?, CI_FUZZ_SECONDS)
-    })?;
+    step("fuzz", &mut || fuzz::fuzz(&fuzz::targets()?, CI_FUZZ_SECONDS))?;
 
     eprintln!("\n==== xtask ci: all steps passed");
     for (name, elapsed) in &timings {
@@ -89,21 +77,24 @@ pub(crate) fn run_all() -> Result {
 
 /// The tests: nextest if it is installed (it runs each test in its own process), else `cargo test`;
 /// doctests always through `cargo test --doc`, which nextest does not run.
-fn test() -> Result {
+///
+/// The integration tests get the services' addresses and `ETHKMS_REQUIRE_SERVICES=1`, so that a
+/// missing service fails them instead of skipping them.
+fn test(services: &ServiceEnv) -> Result {
+    let cargo_with_services = |arguments: &[&str]| {
+        let mut command = cargo();
+        command.args(arguments).env("ETHKMS_REQUIRE_SERVICES", "1");
+        services.apply(&mut command);
+        command
+    };
     let nextest = output(Command::new("cargo").args(["nextest", "--version"])).is_some();
     if nextest {
-        run(cargo().args([
-            "nextest",
-            "run",
-            "--workspace",
-            "--locked",
-            "--no-fail-fast",
-        ]))?;
+        run(&mut cargo_with_services(&["nextest", "run", "--workspace", "--locked", "--no-fail-fast"]))?;
     } else {
         eprintln!(
             "xtask: cargo-nextest is not installed; running `cargo test` (install it with `cargo install cargo-nextest --locked`)"
         );
-        run(cargo().args([
+        run(&mut cargo_with_services(&[
             "test",
             "--workspace",
             "--locked",
@@ -113,7 +104,23 @@ fn test() -> Result {
             "--tests",
         ]))?;
     }
-    run(cargo().args(["test", "--workspace", "--locked", "--doc"]))
+    run(&mut cargo_with_services(&["test", "--workspace", "--locked", "--doc"]))
+}
+
+/// Stops the services when dropped, if `in_ci`: a CI run leaves nothing behind, while a developer's
+/// services stay up for the next run.
+struct StopServicesAfter {
+    in_ci: bool,
+}
+
+impl Drop for StopServicesAfter {
+    fn drop(&mut self) {
+        if self.in_ci {
+            if let Err(error) = services::down() {
+                eprintln!("xtask: stopping the services failed: {error}");
+            }
+        }
+    }
 }
 
 /// cargo-deny. Licences, bans and sources need nothing from the network and must pass. The advisory
@@ -131,14 +138,9 @@ fn deny() -> Result {
         eprint!("{stderr}");
         return Ok(());
     }
-    let unreachable = [
-        "failed to fetch",
-        "failed to open advisory database",
-        "Could not resolve host",
-        "network",
-    ]
-    .iter()
-    .any(|symptom| stderr.contains(symptom));
+    let unreachable = ["failed to fetch", "failed to open advisory database", "Could not resolve host", "network"]
+        .iter()
+        .any(|symptom| stderr.contains(symptom));
     if unreachable {
         eprintln!(
             "xtask: WARNING: the RustSec advisory database cannot be fetched from this machine; advisories were NOT checked."

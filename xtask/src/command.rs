@@ -22,23 +22,14 @@ pub(crate) fn cargo() -> Command {
 pub(crate) fn run(command: &mut Command) -> Result {
     let shown = display(command);
     eprintln!("$ {shown}");
-    let status = command
-        .status()
-        .map_err(|error| format!("could not start `{shown}`: {error}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("`{shown}` failed ({status})").into())
-    }
+    let status = command.status().map_err(|error| format!("could not start `{shown}`: {error}"))?;
+    if status.success() { Ok(()) } else { Err(format!("`{shown}` failed ({status})").into()) }
 }
 
 /// Runs the command quietly and returns its standard output, or `None` if it cannot start or fails.
 pub(crate) fn output(command: &mut Command) -> Option<String> {
     let output = command.output().ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// `program arg arg ...`, for messages.
@@ -62,13 +53,8 @@ pub(crate) fn cache_dir() -> PathBuf {
     if let Some(directory) = std::env::var_os("ETHKMS_CACHE_DIR") {
         return directory.into();
     }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("HOME").map_or_else(
-                || workspace_root().join("target"),
-                |home| Path::new(&home).join(".cache"),
-            )
-        });
+    let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("HOME").map_or_else(|| workspace_root().join("target"), |home| Path::new(&home).join(".cache"))
+    });
     base.join("ethkms")
 }

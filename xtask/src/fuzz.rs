@@ -28,20 +28,14 @@ pub(crate) fn run(options: &[&str]) -> Result {
         match option {
             "--seconds" => {
                 let value = options.next().ok_or("--seconds needs a number")?;
-                seconds = value
-                    .parse()
-                    .map_err(|_| format!("--seconds: `{value}` is not a whole number"))?;
+                seconds = value.parse().map_err(|_| format!("--seconds: `{value}` is not a whole number"))?;
             }
             target => chosen.push(target.to_owned()),
         }
     }
     let available = targets()?;
     if let Some(unknown) = chosen.iter().find(|target| !available.contains(*target)) {
-        return Err(format!(
-            "no fuzz target `{unknown}`; the targets are: {}",
-            available.join(", ")
-        )
-        .into());
+        return Err(format!("no fuzz target `{unknown}`; the targets are: {}", available.join(", ")).into());
     }
     let selected = if chosen.is_empty() { available } else { chosen };
     fuzz(&selected, seconds)
@@ -51,11 +45,7 @@ pub(crate) fn run(options: &[&str]) -> Result {
 pub(crate) fn fuzz(targets: &[String], seconds: u64) -> Result {
     tools::ensure(tools::CARGO_FUZZ)?;
     let root = workspace_root();
-    run_command(
-        cargo()
-            .env("RUSTC_BOOTSTRAP", "1")
-            .args(["fuzz", "build", "--fuzz-dir", "fuzz"]),
-    )?;
+    run_command(cargo().env("RUSTC_BOOTSTRAP", "1").args(["fuzz", "build", "--fuzz-dir", "fuzz"]))?;
     for target in targets {
         let scratch = root.join("target/fuzz-corpus").join(target);
         fs::create_dir_all(&scratch)?;
@@ -70,12 +60,11 @@ pub(crate) fn fuzz(targets: &[String], seconds: u64) -> Result {
                 .arg(format!("-max_total_time={seconds}"))
                 .arg("-print_final_stats=1"),
         )
-        .map_err(|error| format!("fuzz target {target} failed (the crashing input is in fuzz/artifacts/{target}): {error}"))?;
+        .map_err(|error| {
+            format!("fuzz target {target} failed (the crashing input is in fuzz/artifacts/{target}): {error}")
+        })?;
     }
-    eprintln!(
-        "xtask: {} fuzz targets ran {seconds} s each without a failure",
-        targets.len()
-    );
+    eprintln!("xtask: {} fuzz targets ran {seconds} s each without a failure", targets.len());
     Ok(())
 }
 
@@ -83,9 +72,7 @@ pub(crate) fn fuzz(targets: &[String], seconds: u64) -> Result {
 pub(crate) fn targets() -> Result<Vec<String>> {
     let directory = workspace_root().join("fuzz/fuzz_targets");
     let mut names = Vec::new();
-    for entry in
-        fs::read_dir(&directory).map_err(|error| format!("{}: {error}", directory.display()))?
-    {
+    for entry in fs::read_dir(&directory).map_err(|error| format!("{}: {error}", directory.display()))? {
         let path = entry?.path();
         if path.extension().is_some_and(|extension| extension == "rs")
             && let Some(stem) = path.file_stem()
@@ -102,8 +89,7 @@ pub(crate) fn targets() -> Result<Vec<String>> {
 /// every valid case and a sample of invalid ones in that target's layout.
 pub(crate) fn write_seeds() -> Result {
     let root = workspace_root();
-    let path =
-        root.join("crates/ethkms-core/tests/data/wycheproof/ecdsa_secp256k1_sha256_test.json");
+    let path = root.join("crates/ethkms-core/tests/data/wycheproof/ecdsa_secp256k1_sha256_test.json");
     let text = fs::read_to_string(&path).map_err(|error| format!("{}: {error}", path.display()))?;
     let file: Value = serde_json::from_str(&text)?;
     let groups = file["testGroups"].as_array().ok_or("no testGroups")?;
@@ -114,12 +100,7 @@ pub(crate) fn write_seeds() -> Result {
     for group in groups {
         let key = hex(group["publicKeyDer"].as_str().ok_or("no publicKeyDer")?)?;
         keys.insert(key.clone());
-        for (index, case) in group["tests"]
-            .as_array()
-            .ok_or("no tests")?
-            .iter()
-            .enumerate()
-        {
+        for (index, case) in group["tests"].as_array().ok_or("no tests")?.iter().enumerate() {
             let sig = hex(case["sig"].as_str().ok_or("no sig")?)?;
             let message = hex(case["msg"].as_str().ok_or("no msg")?)?;
             let valid = case["result"] == "valid";
@@ -136,11 +117,7 @@ pub(crate) fn write_seeds() -> Result {
     keys.insert(hex(P256_SPKI)?);
     keys.insert(hex(RSA_SPKI)?);
 
-    for (target, inputs) in [
-        ("der_signature", signatures),
-        ("spki", keys),
-        ("kms_to_ethereum", whole),
-    ] {
+    for (target, inputs) in [("der_signature", signatures), ("spki", keys), ("kms_to_ethereum", whole)] {
         let directory = root.join("fuzz/corpus").join(target);
         if directory.exists() {
             fs::remove_dir_all(&directory)?;
@@ -148,11 +125,7 @@ pub(crate) fn write_seeds() -> Result {
         fs::create_dir_all(&directory)?;
         let count = inputs.len();
         for input in inputs {
-            let name = Sha256::digest(&input)
-                .iter()
-                .take(10)
-                .map(|byte| format!("{byte:02x}"))
-                .collect::<String>();
+            let name = Sha256::digest(&input).iter().take(10).map(|byte| format!("{byte:02x}")).collect::<String>();
             fs::write(directory.join(name), input)?;
         }
         eprintln!("xtask: wrote {count} seeds to {}", relative(&directory));
@@ -172,16 +145,12 @@ fn hex(text: &str) -> Result<Vec<u8>> {
     (0..text.len())
         .step_by(2)
         .map(|index| {
-            u8::from_str_radix(&text[index..index + 2], 16)
-                .map_err(|error| format!("hex `{text}`: {error}").into())
+            u8::from_str_radix(&text[index..index + 2], 16).map_err(|error| format!("hex `{text}`: {error}").into())
         })
         .collect()
 }
 
 fn relative(path: &Path) -> String {
     let root: PathBuf = workspace_root();
-    path.strip_prefix(&root)
-        .unwrap_or(path)
-        .display()
-        .to_string()
+    path.strip_prefix(&root).unwrap_or(path).display().to_string()
 }

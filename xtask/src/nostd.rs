@@ -25,8 +25,7 @@ pub(crate) fn run() -> Result {
         command
     };
 
-    crate::command::run(&mut build(false))
-        .map_err(|error| format!("ethkms-core does not build as no_std: {error}"))?;
+    crate::command::run(&mut build(false)).map_err(|error| format!("ethkms-core does not build as no_std: {error}"))?;
     eprintln!("xtask: ethkms-core builds into a #![no_std] crate with its own panic handler");
 
     let mut canary = build(true);
@@ -34,16 +33,10 @@ pub(crate) fn run() -> Result {
     let result = canary.output()?;
     let stderr = String::from_utf8_lossy(&result.stderr);
     if result.status.success() {
-        return Err(
-            "the std canary built: the no_std proof would not notice std (check the panic handler)"
-                .into(),
-        );
+        return Err("the std canary built: the no_std proof would not notice std (check the panic handler)".into());
     }
     if !stderr.contains("duplicate lang item") {
-        return Err(format!(
-            "the std canary failed for another reason than std's panic handler:\n{stderr}"
-        )
-        .into());
+        return Err(format!("the std canary failed for another reason than std's panic handler:\n{stderr}").into());
     }
     eprintln!("xtask: and the std canary fails as it must (duplicate `panic_impl` lang item)");
     Ok(())

@@ -1,29 +1,32 @@
-//! Local services for the integration tests: LocalStack (a KMS that signs like AWS KMS) and anvil (a local
-//! Ethereum node), both on 127.0.0.1, and the independent verifiers the tests check our output against
-//! (foundry's `cast`, ethers v6, Python's eth-account).
+//! Local services for the integration tests: LocalStack (a KMS that signs like AWS KMS) and anvil
+//! (a local Ethereum node), both on 127.0.0.1, and the independent verifiers the tests check our
+//! output against (foundry's `cast`, ethers v6, Python's eth-account).
 //!
 //! ```text
-//! cargo xtask services up       install what is missing, start both (or reuse running ones), write target/services/env.sh
-//! cargo xtask services status   whether each is running, with its pid and URL
-//! cargo xtask services down     stop both
+//! cargo xtask services up      install what is missing, start both or reuse running ones,
+//!                              write target/services/env.sh
+//! cargo xtask services status  whether each is running, with its pid and URL
+//! cargo xtask services down    stop both
 //! ```
 //!
-//! Everything is installed here, into [`cache_dir`], under a name that carries a hash of what is installed (so
-//! changing a pin installs afresh beside the old copy). A clean machine needs only a Python >= 3.13 (LocalStack;
-//! `ETHKMS_PYTHON` picks one), a Python >= 3.11 (eth-account: the default `python3`, else the same 3.13) and
-//! Node.js with npm:
+//! Everything is installed here, into [`cache_dir`], under a name that carries a hash of what is
+//! installed (so changing a pin installs afresh beside the old copy). A clean machine needs only a
+//! Python >= 3.13 (LocalStack; `ETHKMS_PYTHON` picks one), a Python >= 3.11 (eth-account: the
+//! default `python3`, else the same 3.13) and Node.js with npm:
 //!
-//! - `localstack-<hash>/`: a virtualenv with `xtask/services/localstack-requirements.txt` (the full pinned set
-//!   that starts; a bare `localstack-core` does not).
-//! - `verifiers-<hash>/`: a virtualenv with `xtask/services/verifiers-requirements.txt` (eth-account, pinned).
+//! - `localstack-<hash>/`: a virtualenv with `xtask/services/localstack-requirements.txt` (the full
+//!   pinned set that starts; a bare `localstack-core` does not).
+//! - `verifiers-<hash>/`: a virtualenv with `xtask/services/verifiers-requirements.txt`
+//!   (eth-account, pinned).
 //! - `node-<hash>/node_modules/`: [`NPM_PACKAGES`] (anvil, cast, ethers).
 //!
-//! Each service runs in a process group of its own, so Ctrl-C in the terminal that ran `up` does not reach it
-//! and `down` stops its children too. Its pid, port and log are `target/services/<name>.{pid,port,log}`.
+//! Each service runs in a process group of its own, so Ctrl-C in the terminal that ran `up` does
+//! not reach it and `down` stops its children too. Its pid, port and log are
+//! `target/services/<name>.{pid,port,log}`.
 //!
-//! LocalStack runs through `xtask/services/run_localstack.py` (its own gateway would listen on every interface),
-//! in host mode, with its files and a self-signed TLS certificate in `target/services/localstack-state/` (see
-//! [`localstack_command`] for why each setting).
+//! LocalStack runs through `xtask/services/run_localstack.py` (its own gateway would listen on
+//! every interface), in host mode, with its files and a self-signed TLS certificate in
+//! `target/services/localstack-state/` (see [`localstack_command`] for why each setting).
 //!
 //! Ports: `ETHKMS_LOCALSTACK_PORT` (default 4566) and `ETHKMS_ANVIL_PORT` (default 8545).
 
@@ -42,22 +45,20 @@ use serde_json::Value;
 use crate::Result;
 use crate::command::{self, cache_dir, display, output, workspace_root};
 
-/// The pinned Python packages LocalStack runs from (compiled in, so the cache key follows the file).
+/// The pinned Python packages LocalStack runs from (compiled in, so the cache key follows the
+/// file).
 const LOCALSTACK_REQUIREMENTS: &str = include_str!("../services/localstack-requirements.txt");
 
 /// The pinned Python packages of the eth-account verifier.
 const VERIFIER_REQUIREMENTS: &str = include_str!("../services/verifiers-requirements.txt");
 
-/// The npm packages: anvil and cast (foundry 1.7.1, which ship their native binaries in per-platform
-/// packages), and ethers v6 for verifying signatures independently (it pins its own dependencies exactly).
-const NPM_PACKAGES: &[&str] = &[
-    "@foundry-rs/anvil@1.7.1",
-    "@foundry-rs/cast@1.7.1",
-    "ethers@6.17.0",
-];
+/// The npm packages: anvil and cast (foundry 1.7.1, which ship their native binaries in
+/// per-platform packages), and ethers v6 for verifying signatures independently (it pins its own
+/// dependencies exactly).
+const NPM_PACKAGES: &[&str] = &["@foundry-rs/anvil@1.7.1", "@foundry-rs/cast@1.7.1", "ethers@6.17.0"];
 
-/// The script in `xtask/services/` that runs `localstack.runtime.main` with its gateway listening on
-/// 127.0.0.1 only (LocalStack's own listens on every interface, whatever `GATEWAY_LISTEN` says).
+/// The script in `xtask/services/` that runs `localstack.runtime.main` with its gateway listening
+/// on 127.0.0.1 only (LocalStack's own listens on every interface, whatever `GATEWAY_LISTEN` says).
 const LOCALSTACK_LAUNCHER: &str = "run_localstack.py";
 
 /// localstack-core 2026.3.0 needs Python 3.13 or newer.
@@ -66,7 +67,8 @@ const LOCALSTACK_MIN_PYTHON: (u32, u32) = (3, 13);
 /// The pinned eth-account set needs Python 3.11 or newer.
 const VERIFIER_MIN_PYTHON: (u32, u32) = (3, 11);
 
-/// The hardfork anvil runs: prague has EIP-7702 (set-code transactions) and EIP-4844 (blob transactions).
+/// The hardfork anvil runs: prague has EIP-7702 (set-code transactions) and EIP-4844 (blob
+/// transactions).
 const ANVIL_HARDFORK: &str = "prague";
 
 /// anvil's default chain id, 31337, as `eth_chainId` returns it.
@@ -105,7 +107,11 @@ pub(crate) fn run(action: &str) -> Result {
         }
         "down" => down(),
         "status" => status(),
-        other => Err(format!("unknown action `services {other}`: expected `services up`, `services down` or `services status`").into()),
+        other => Err(format!(
+            "unknown action `services {other}`: expected `services up`, `services down` or \
+             `services status`"
+        )
+        .into()),
     }
 }
 
@@ -125,16 +131,14 @@ pub(crate) struct ServiceEnv {
 }
 
 impl ServiceEnv {
-    /// The environment variables the integration tests read, with the dummy AWS credentials LocalStack accepts.
+    /// The environment variables the integration tests read, with the dummy AWS credentials
+    /// LocalStack accepts.
     pub(crate) fn pairs(&self) -> Vec<(String, String)> {
         [
             ("ETHKMS_TEST_KMS_ENDPOINT", self.kms_endpoint.clone()),
             ("ETHKMS_TEST_RPC_URL", self.rpc_url.clone()),
             ("ETHKMS_TEST_CAST", self.cast.display().to_string()),
-            (
-                "ETHKMS_TEST_NODE_MODULES",
-                self.node_modules.display().to_string(),
-            ),
+            ("ETHKMS_TEST_NODE_MODULES", self.node_modules.display().to_string()),
             ("ETHKMS_TEST_PYTHON", self.python.display().to_string()),
             ("AWS_ACCESS_KEY_ID", "test".to_owned()),
             ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
@@ -149,22 +153,19 @@ impl ServiceEnv {
     }
 
     /// Sets [`Self::pairs`] on `command`.
-    #[allow(
-        dead_code,
-        reason = "for the tasks that run the integration tests against the services"
-    )]
     pub(crate) fn apply(&self, command: &mut Command) {
         command.envs(self.pairs());
     }
 }
 
-/// Installs what is missing, starts LocalStack and anvil unless they are already running and healthy, waits
-/// until both are healthy and writes `target/services/env.sh`.
+/// Installs what is missing, starts LocalStack and anvil unless they are already running and
+/// healthy, waits until both are healthy and writes `target/services/env.sh`.
 ///
 /// # Errors
 ///
-/// If no suitable Python, npm or registry is available, an install fails, a port is taken by another program,
-/// or a service exits or is not healthy in time (the error then shows the end of its log).
+/// If no suitable Python, npm or registry is available, an install fails, a port is taken by
+/// another program, or a service exits or is not healthy in time (the error then shows the end of
+/// its log).
 pub(crate) fn up() -> Result<ServiceEnv> {
     let localstack_port = Service::LocalStack.port()?;
     let anvil_port = Service::Anvil.port()?;
@@ -175,12 +176,9 @@ pub(crate) fn up() -> Result<ServiceEnv> {
     let tools = install()?;
 
     // Start both, then wait for both: LocalStack boots while anvil is checked.
-    let localstack = Service::LocalStack.launch(localstack_port, || {
-        localstack_command(&tools.localstack_python, localstack_port)
-    })?;
-    let anvil = Service::Anvil.launch(anvil_port, || {
-        Ok(anvil_command(&tools.node.anvil, anvil_port))
-    })?;
+    let localstack = Service::LocalStack
+        .launch(localstack_port, || localstack_command(&tools.localstack_python, localstack_port))?;
+    let anvil = Service::Anvil.launch(anvil_port, || Ok(anvil_command(&tools.node.anvil, anvil_port)))?;
     Service::Anvil.finish(anvil_port, anvil)?;
     Service::LocalStack.finish(localstack_port, localstack)?;
 
@@ -195,8 +193,8 @@ pub(crate) fn up() -> Result<ServiceEnv> {
     Ok(env)
 }
 
-/// Stops both services (SIGTERM to the process group, SIGKILL after [`STOP_GRACE`]) and removes their pid files
-/// and `env.sh`. Nothing running is not an error.
+/// Stops both services (SIGTERM to the process group, SIGKILL after [`STOP_GRACE`]) and removes
+/// their pid files and `env.sh`. Nothing running is not an error.
 ///
 /// # Errors
 ///
@@ -205,19 +203,13 @@ pub(crate) fn down() -> Result {
     let mut failures = Vec::new();
     for service in Service::ALL {
         match service.recorded() {
-            Some(recorded) if process_matches(recorded.pid, service.signature()) => {
-                match stop(service, recorded.pid) {
-                    Ok(()) => {
-                        eprintln!("xtask: stopped {} (pid {})", service.title(), recorded.pid);
-                    }
-                    Err(error) => failures.push(error.to_string()),
+            Some(recorded) if process_matches(recorded.pid, service.signature()) => match stop(service, recorded.pid) {
+                Ok(()) => {
+                    eprintln!("xtask: stopped {} (pid {})", service.title(), recorded.pid);
                 }
-            }
-            Some(recorded) => eprintln!(
-                "xtask: {} was not running (stale pid {})",
-                service.title(),
-                recorded.pid
-            ),
+                Err(error) => failures.push(error.to_string()),
+            },
+            Some(recorded) => eprintln!("xtask: {} was not running (stale pid {})", service.title(), recorded.pid),
             None => eprintln!("xtask: {} was not running", service.title()),
         }
         if let Err(error) = service.forget() {
@@ -227,11 +219,7 @@ pub(crate) fn down() -> Result {
     if let Err(error) = remove_if_present(&env_file()) {
         failures.push(error.to_string());
     }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(failures.join("; ").into())
-    }
+    if failures.is_empty() { Ok(()) } else { Err(failures.join("; ").into()) }
 }
 
 /// Prints whether each service is running, with its pid and URL.
@@ -262,7 +250,7 @@ pub(crate) fn status() -> Result {
     Ok(())
 }
 
-// ---------------------------------------------------------------------------------------------------------
+// -------------------------------------------------------------------------------------------------
 // The two services.
 
 /// One of the local services.
@@ -283,7 +271,8 @@ struct Recorded {
     port: u16,
 }
 
-/// A service that [`Service::launch`] found running or started, to be waited for by [`Service::finish`].
+/// A service that [`Service::launch`] found running or started, to be waited for by
+/// [`Service::finish`].
 #[derive(Debug)]
 enum Launch {
     /// Already running, from an earlier `up`.
@@ -320,7 +309,8 @@ impl Service {
         }
     }
 
-    /// Part of its command line: checked before signalling a recorded pid, which may have been reused.
+    /// Part of its command line: checked before signalling a recorded pid, which may have been
+    /// reused.
     fn signature(self) -> &'static str {
         match self {
             Self::LocalStack => LOCALSTACK_LAUNCHER,
@@ -388,17 +378,8 @@ impl Service {
 
     /// The pid and port recorded by the last start, if both files are there and valid.
     fn recorded(self) -> Option<Recorded> {
-        let pid = std::fs::read_to_string(self.pid_file())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-            .filter(|pid| *pid > 1)?;
-        let port = std::fs::read_to_string(self.port_file())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
+        let pid = std::fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok().filter(|pid| *pid > 1)?;
+        let port = std::fs::read_to_string(self.port_file()).ok()?.trim().parse().ok()?;
         Some(Recorded { pid, port })
     }
 
@@ -411,20 +392,17 @@ impl Service {
     /// Whether it answers on `port` as a healthy instance of this service does.
     fn healthy(self, port: u16) -> bool {
         match self {
-            Self::LocalStack => {
-                http_request(port, "GET", "/_localstack/health", None).is_ok_and(|response| {
-                    response.status == 200 && localstack_kms_ready(&response.body)
-                })
-            }
+            Self::LocalStack => http_request(port, "GET", "/_localstack/health", None)
+                .is_ok_and(|response| response.status == 200 && localstack_kms_ready(&response.body)),
             Self::Anvil => {
                 let request = r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}"#;
-                http_request(port, "POST", "/", Some(request))
-                    .is_ok_and(|response| anvil_ready(&response.body))
+                http_request(port, "POST", "/", Some(request)).is_ok_and(|response| anvil_ready(&response.body))
             }
         }
     }
 
-    /// Reuses the running instance if it is on `port`, else starts one with the command `command` builds.
+    /// Reuses the running instance if it is on `port`, else starts one with the command `command`
+    /// builds.
     fn launch(self, port: u16, command: impl FnOnce() -> Result<Command>) -> Result<Launch> {
         match self.recorded() {
             Some(recorded) if process_matches(recorded.pid, self.signature()) => {
@@ -444,8 +422,9 @@ impl Service {
         self.forget()?;
         if port_in_use(port) {
             return Err(format!(
-                "port {port} on 127.0.0.1, wanted for {}, is taken by a program this task did not start \
-                 (or whose pid file was deleted); stop that program, or use another port with {}=PORT",
+                "port {port} on 127.0.0.1, wanted for {}, is taken by a program this task did not \
+                 start (or whose pid file was deleted); stop that program, or use another port \
+                 with {}=PORT",
                 self.title(),
                 self.port_variable()
             )
@@ -456,45 +435,28 @@ impl Service {
         let log_path = self.log_file();
         let log = std::fs::File::create(&log_path)
             .map_err(|error| format!("could not create {}: {error}", log_path.display()))?;
-        let log_for_errors = log
-            .try_clone()
-            .map_err(|error| format!("could not reuse {}: {error}", log_path.display()))?;
-        command
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_for_errors)
-            .process_group(0);
-        eprintln!(
-            "$ {}{} > {}",
-            shown_env(&command),
-            display(&command),
-            log_path.display()
-        );
-        let child = command
-            .spawn()
-            .map_err(|error| format!("could not start `{}`: {error}", display(&command)))?;
+        let log_for_errors =
+            log.try_clone().map_err(|error| format!("could not reuse {}: {error}", log_path.display()))?;
+        command.stdin(Stdio::null()).stdout(log).stderr(log_for_errors).process_group(0);
+        eprintln!("$ {}{} > {}", shown_env(&command), display(&command), log_path.display());
+        let child = command.spawn().map_err(|error| format!("could not start `{}`: {error}", display(&command)))?;
         let at = Instant::now();
         write_file(&self.pid_file(), &format!("{}\n", child.id()))?;
         write_file(&self.port_file(), &format!("{port}\n"))?;
         Ok(Launch::Started { child, at })
     }
 
-    /// Waits until the launched service is healthy; stops one started now if it is not healthy in time.
+    /// Waits until the launched service is healthy; stops one started now if it is not healthy in
+    /// time.
     fn finish(self, port: u16, launch: Launch) -> Result {
         let url = self.url(port);
         match launch {
             Launch::Running { pid } => {
                 if self.healthy(port) {
-                    eprintln!(
-                        "xtask: {} already running at {url} (pid {pid}): reusing it",
-                        self.title()
-                    );
+                    eprintln!("xtask: {} already running at {url} (pid {pid}): reusing it", self.title());
                     return Ok(());
                 }
-                eprintln!(
-                    "xtask: {} is running (pid {pid}) but not healthy yet: waiting for it",
-                    self.title()
-                );
+                eprintln!("xtask: {} is running (pid {pid}) but not healthy yet: waiting for it", self.title());
                 let signature = self.signature();
                 let waited = self.wait_healthy(port, Instant::now(), || {
                     Ok((!process_matches(pid, signature)).then(|| "stopped".to_owned()))
@@ -508,17 +470,15 @@ impl Service {
                         );
                         Ok(())
                     }
-                    Err(error) => Err(format!(
-                        "{error}\n(`cargo xtask services down` stops it; `up` then starts afresh)"
-                    )
-                    .into()),
+                    Err(error) => {
+                        Err(format!("{error}\n(`cargo xtask services down` stops it; `up` then starts afresh)").into())
+                    }
                 }
             }
             Launch::Started { mut child, at } => {
                 let pid = child.id();
-                let waited = self.wait_healthy(port, at, || {
-                    Ok(child.try_wait()?.map(|status| format!("exited ({status})")))
-                });
+                let waited =
+                    self.wait_healthy(port, at, || Ok(child.try_wait()?.map(|status| format!("exited ({status})"))));
                 match waited {
                     Ok(elapsed) => {
                         eprintln!(
@@ -530,8 +490,7 @@ impl Service {
                     }
                     Err(error) => {
                         if matches!(child.try_wait(), Ok(None)) {
-                            stop(self, pid)
-                                .map_err(|stop_error| format!("{error}\nand then: {stop_error}"))?;
+                            stop(self, pid).map_err(|stop_error| format!("{error}\nand then: {stop_error}"))?;
                         }
                         // Reaps it (it is gone by now), so it does not stay a zombie.
                         child.wait().ok();
@@ -543,8 +502,9 @@ impl Service {
         }
     }
 
-    /// Polls the health check every 250 ms until it passes (the time since `started`), `exited` reports the
-    /// process gone (an error with the log's tail), or [`Self::timeout`] has passed since `started`.
+    /// Polls the health check every 250 ms until it passes (the time since `started`), `exited`
+    /// reports the process gone (an error with the log's tail), or [`Self::timeout`] has passed
+    /// since `started`.
     fn wait_healthy(
         self,
         port: u16,
@@ -578,11 +538,7 @@ impl Service {
                 .into());
             }
             if elapsed >= next_note {
-                eprintln!(
-                    "xtask: still waiting for {} ({} s)",
-                    self.title(),
-                    elapsed.as_secs()
-                );
+                eprintln!("xtask: still waiting for {} ({} s)", self.title(), elapsed.as_secs());
                 next_note += PROGRESS_INTERVAL;
             }
             thread::sleep(Duration::from_millis(250));
@@ -590,19 +546,16 @@ impl Service {
     }
 }
 
-/// LocalStack with only KMS, on 127.0.0.1:`port`, its files under `target/services/localstack-state/`.
+/// LocalStack with only KMS, on 127.0.0.1:`port`, its files under
+/// `target/services/localstack-state/`.
 fn localstack_command(python: &Path, port: u16) -> Result<Command> {
     let state = state_dir().join("localstack-state");
-    std::fs::create_dir_all(&state)
-        .map_err(|error| format!("could not create {}: {error}", state.display()))?;
+    std::fs::create_dir_all(&state).map_err(|error| format!("could not create {}: {error}", state.display()))?;
     let certificate = state.join("server.test.pem");
     if !certificate.is_file() {
         make_certificate(python, &certificate)?;
     }
-    let launcher = workspace_root()
-        .join("xtask")
-        .join("services")
-        .join(LOCALSTACK_LAUNCHER);
+    let launcher = workspace_root().join("xtask").join("services").join(LOCALSTACK_LAUNCHER);
     if !launcher.is_file() {
         return Err(format!("{} is missing from this checkout", launcher.display()).into());
     }
@@ -613,16 +566,17 @@ fn localstack_command(python: &Path, port: u16) -> Result<Command> {
         .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
         .env("SERVICES", "kms")
         .env("EAGER_SERVICE_LOADING", "1")
-        // LocalStack takes any machine with /.dockerenv (CI runners, dev containers) for its own Docker
-        // image and then writes to /var/lib/localstack, /usr/lib/localstack, /etc/localstack and
-        // /tmp/localstack. Told it runs on the host, it keeps its files under FILESYSTEM_ROOT (by default
-        // inside the virtualenv, which checkouts share, and it empties its tmp there on every start): this
-        // checkout's own directory. (TMPDIR is left alone: LocalStack reads it as a deprecated setting.)
+        // LocalStack takes any machine with /.dockerenv (CI runners, dev containers) for its own
+        // Docker image and then writes to /var/lib/localstack, /usr/lib/localstack, /etc/localstack
+        // and /tmp/localstack. Told it runs on the host, it keeps its files under FILESYSTEM_ROOT
+        // (by default inside the virtualenv, which checkouts share, and it empties its tmp there on
+        // every start): this checkout's own directory. (TMPDIR is left alone: LocalStack reads it
+        // as a deprecated setting.)
         .env("OVERRIDE_IN_DOCKER", "0")
         .env("FILESYSTEM_ROOT", &state)
-        // Its gateway also speaks TLS, with a certificate it downloads from localstack.cloud (two 5 s
-        // timeouts when offline) or else generates with an API pyOpenSSL 26 removed, which makes the
-        // start fail: it gets the one `make_certificate` made instead.
+        // Its gateway also speaks TLS, with a certificate it downloads from localstack.cloud (two
+        // 5-second timeouts when offline) or else generates with an API pyOpenSSL 26 removed, which
+        // makes the start fail: it gets the one `make_certificate` made instead.
         .env("SKIP_SSL_CERT_DOWNLOAD", "1")
         .env("CUSTOM_SSL_CERT_PATH", &certificate)
         // Not needed for KMS, and reaching beyond 127.0.0.1:PORT: a DNS server on port 53 of every
@@ -683,15 +637,7 @@ os.replace(sys.argv[1] + ".partial", sys.argv[1])
 /// anvil on 127.0.0.1:`port` with the [`ANVIL_HARDFORK`] rules.
 fn anvil_command(anvil: &Path, port: u16) -> Command {
     let mut command = Command::new(anvil);
-    command.args([
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port.to_string(),
-        "--silent",
-        "--hardfork",
-        ANVIL_HARDFORK,
-    ]);
+    command.args(["--host", "127.0.0.1", "--port", &port.to_string(), "--silent", "--hardfork", ANVIL_HARDFORK]);
     command
 }
 
@@ -707,9 +653,8 @@ fn env_file() -> PathBuf {
 
 /// Writes [`env_file`].
 fn write_env_file(env: &ServiceEnv) -> Result {
-    let mut text = String::from(
-        "# Written by `cargo xtask services up`; `source` it to use the local services from a shell.\n",
-    );
+    let mut text =
+        String::from("# Written by `cargo xtask services up`; `source` it to use the services from a shell.\n");
     for (name, value) in env.pairs() {
         writeln!(text, "export {name}={}", shell_quote(&value))?;
     }
@@ -735,7 +680,7 @@ fn shown_env(command: &Command) -> String {
     text
 }
 
-// ---------------------------------------------------------------------------------------------------------
+// -------------------------------------------------------------------------------------------------
 // Processes.
 
 /// Whether `pid` is a live process (not a zombie) whose command line contains `signature`.
@@ -762,8 +707,8 @@ fn has_procfs() -> bool {
     Path::new("/proc/self/stat").exists()
 }
 
-/// The state letter and the process group from a `/proc/PID/stat` line (the command name, in parentheses,
-/// may itself contain spaces and parentheses).
+/// The state letter and the process group from a `/proc/PID/stat` line (the command name, in
+/// parentheses, may itself contain spaces and parentheses).
 fn stat_fields(stat: &str) -> Option<(char, u32)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
@@ -782,10 +727,7 @@ fn group_alive(group: u32) -> bool {
         return signal_group(group, "0");
     };
     entries.flatten().any(|entry| {
-        entry
-            .file_name()
-            .to_str()
-            .is_some_and(|name| name.bytes().all(|byte| byte.is_ascii_digit()))
+        entry.file_name().to_str().is_some_and(|name| name.bytes().all(|byte| byte.is_ascii_digit()))
             && std::fs::read_to_string(entry.path().join("stat"))
                 .ok()
                 .and_then(|stat| stat_fields(&stat))
@@ -793,16 +735,15 @@ fn group_alive(group: u32) -> bool {
     })
 }
 
-/// Sends `signal` (`TERM`, `KILL`, or `0` to test) to process group `group` with `kill -SIGNAL -- -GROUP`;
-/// whether `kill` succeeded.
+/// Sends `signal` (`TERM`, `KILL`, or `0` to test) to process group `group` with
+/// `kill -SIGNAL -- -GROUP`; whether `kill` succeeded.
 fn signal_group(group: u32, signal: &str) -> bool {
     if group <= 1 {
         return false; // -1 would be every process, -0 our own group.
     }
     let flag = format!("-{signal}");
     let target = format!("-{group}");
-    let quiet =
-        |command: &mut Command| command.stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let quiet = |command: &mut Command| command.stdout(Stdio::null()).stderr(Stdio::null()).status();
     match quiet(Command::new("kill").args([flag.as_str(), "--", target.as_str()])) {
         Ok(status) => status.success(),
         // No `kill` program (minimal images): the shell's builtin does the same.
@@ -818,20 +759,12 @@ fn stop(service: Service, pid: u32) -> Result {
     if wait_group_gone(pid, STOP_GRACE) {
         return Ok(());
     }
-    eprintln!(
-        "xtask: {} did not stop within {} s of SIGTERM: sending SIGKILL",
-        service.title(),
-        STOP_GRACE.as_secs()
-    );
+    eprintln!("xtask: {} did not stop within {} s of SIGTERM: sending SIGKILL", service.title(), STOP_GRACE.as_secs());
     signal_group(pid, "KILL");
     if wait_group_gone(pid, Duration::from_secs(5)) {
         Ok(())
     } else {
-        Err(format!(
-            "{} (process group {pid}) is still running after SIGKILL",
-            service.title()
-        )
-        .into())
+        Err(format!("{} (process group {pid}) is still running after SIGKILL", service.title()).into())
     }
 }
 
@@ -849,11 +782,7 @@ fn wait_group_gone(group: u32, limit: Duration) -> bool {
 
 /// Whether something accepts connections on 127.0.0.1:`port`.
 fn port_in_use(port: u16) -> bool {
-    TcpStream::connect_timeout(
-        &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        Duration::from_millis(500),
-    )
-    .is_ok()
+    TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)), Duration::from_millis(500)).is_ok()
 }
 
 /// The last [`LOG_TAIL_LINES`] lines of a log file, or why it cannot be read.
@@ -872,8 +801,7 @@ fn tail_lines(text: &str, count: usize) -> String {
 
 /// Writes a file, saying which one on failure.
 fn write_file(path: &Path, contents: &str) -> Result {
-    std::fs::write(path, contents)
-        .map_err(|error| format!("could not write {}: {error}", path.display()).into())
+    std::fs::write(path, contents).map_err(|error| format!("could not write {}: {error}", path.display()).into())
 }
 
 /// Removes a file; a missing file is fine.
@@ -886,7 +814,7 @@ fn remove_if_present(path: &Path) -> Result {
     }
 }
 
-// ---------------------------------------------------------------------------------------------------------
+// -------------------------------------------------------------------------------------------------
 // Installing.
 
 /// Everything [`up`] installs.
@@ -935,21 +863,18 @@ impl Python {
 
 /// Installs whatever is missing: the two virtualenvs and the npm packages, at the same time.
 fn install() -> Result<Tools> {
-    let cache = std::path::absolute(cache_dir())
-        .map_err(|error| format!("could not resolve the cache directory: {error}"))?;
+    let cache =
+        std::path::absolute(cache_dir()).map_err(|error| format!("could not resolve the cache directory: {error}"))?;
     let localstack_base = find_localstack_python()?;
-    let verifier_base = find_python(VERIFIER_MIN_PYTHON, [OsStr::new("python3")])
-        .unwrap_or_else(|| localstack_base.clone());
+    let verifier_base =
+        find_python(VERIFIER_MIN_PYTHON, [OsStr::new("python3")]).unwrap_or_else(|| localstack_base.clone());
 
     thread::scope(|scope| {
         let node = scope.spawn(|| install_node_tools(&cache).map_err(|error| error.to_string()));
         let verifier = scope.spawn(|| {
             install_venv(
                 "eth-account",
-                &cache.join(format!(
-                    "verifiers-{}",
-                    venv_key(VERIFIER_REQUIREMENTS, &verifier_base)
-                )),
+                &cache.join(format!("verifiers-{}", venv_key(VERIFIER_REQUIREMENTS, &verifier_base))),
                 &verifier_base,
                 VERIFIER_REQUIREMENTS,
                 "import eth_account; print('eth-account', eth_account.__version__)",
@@ -958,37 +883,29 @@ fn install() -> Result<Tools> {
         });
         let localstack = install_venv(
             "LocalStack",
-            &cache.join(format!(
-                "localstack-{}",
-                venv_key(LOCALSTACK_REQUIREMENTS, &localstack_base)
-            )),
+            &cache.join(format!("localstack-{}", venv_key(LOCALSTACK_REQUIREMENTS, &localstack_base))),
             &localstack_base,
             LOCALSTACK_REQUIREMENTS,
-            "import importlib.metadata, localstack, boto3; print('localstack-core', importlib.metadata.version('localstack-core'))",
+            "import importlib.metadata, localstack, boto3; \
+             print('localstack-core', importlib.metadata.version('localstack-core'))",
         );
-        let node = node
-            .join()
-            .map_err(|_| "the npm install thread panicked")??;
-        let verifier = verifier
-            .join()
-            .map_err(|_| "the eth-account install thread panicked")??;
-        Ok(Tools {
-            localstack_python: localstack?,
-            verifier_python: verifier,
-            node,
-        })
+        let node = node.join().map_err(|_| "the npm install thread panicked")??;
+        let verifier = verifier.join().map_err(|_| "the eth-account install thread panicked")??;
+        Ok(Tools { localstack_python: localstack?, verifier_python: verifier, node })
     })
 }
 
-/// The Python >= 3.13 LocalStack runs on: `$ETHKMS_PYTHON` if set, else the first that runs of pyenv's 3.13+
-/// versions (oldest first: the pins were made on 3.13), `python3.13`, `python3.14`, `python3`.
+/// The Python >= 3.13 LocalStack runs on: `$ETHKMS_PYTHON` if set, else the first that runs of
+/// pyenv's 3.13+ versions (oldest first: the pins were made on 3.13), `python3.13`, `python3.14`,
+/// `python3`.
 fn find_localstack_python() -> Result<Python> {
     if let Some(chosen) = std::env::var_os("ETHKMS_PYTHON").filter(|value| !value.is_empty()) {
         let shown = chosen.to_string_lossy();
         return match probe_python(&chosen) {
             Some(python) if python.at_least(LOCALSTACK_MIN_PYTHON) => Ok(python),
             Some(python) => Err(format!(
-                "ETHKMS_PYTHON={shown} is Python {}, but LocalStack needs Python >= 3.13: point ETHKMS_PYTHON at a Python 3.13 interpreter",
+                "ETHKMS_PYTHON={shown} is Python {}, but LocalStack needs Python >= 3.13: point \
+                 ETHKMS_PYTHON at a Python 3.13 interpreter",
                 python.version_text()
             )
             .into()),
@@ -1000,8 +917,9 @@ fn find_localstack_python() -> Result<Python> {
     find_python(LOCALSTACK_MIN_PYTHON, candidates.iter().map(|candidate| candidate.as_os_str())).ok_or_else(|| {
         let tried: Vec<String> = candidates.iter().map(|candidate| candidate.display().to_string()).collect();
         format!(
-            "LocalStack (localstack-core 2026.3.0) needs Python >= 3.13, and none was found (tried {}). Install one \
-             (e.g. `pyenv install 3.13`, or your system's python3.13 with its venv module) and point to it: \
+            "LocalStack (localstack-core 2026.3.0) needs Python >= 3.13, and none was found \
+             (tried {}). Install one (e.g. `pyenv install 3.13`, or your system's python3.13 with \
+             its venv module) and point to it: \
              ETHKMS_PYTHON=/path/to/python3.13 cargo xtask services up",
             tried.join(", ")
         )
@@ -1010,39 +928,24 @@ fn find_localstack_python() -> Result<Python> {
 }
 
 /// The first of `candidates` that runs and is at least `minimum`.
-fn find_python<'a>(
-    minimum: (u32, u32),
-    candidates: impl IntoIterator<Item = &'a OsStr>,
-) -> Option<Python> {
-    candidates
-        .into_iter()
-        .filter_map(probe_python)
-        .find(|python| python.at_least(minimum))
+fn find_python<'a>(minimum: (u32, u32), candidates: impl IntoIterator<Item = &'a OsStr>) -> Option<Python> {
+    candidates.into_iter().filter_map(probe_python).find(|python| python.at_least(minimum))
 }
 
-/// Runs `program` as Python to learn its version and real path (pyenv's shims fail unless their version is
-/// selected, so being on `PATH` proves nothing).
+/// Runs `program` as Python to learn its version and real path (pyenv's shims fail unless their
+/// version is selected, so being on `PATH` proves nothing).
 fn probe_python(program: &OsStr) -> Option<Python> {
     let script = "import sys; print('%d.%d.%d' % sys.version_info[:3]); print(sys.executable)";
-    let text = output(
-        Command::new(program)
-            .args(["-c", script])
-            .stdin(Stdio::null()),
-    )?;
+    let text = output(Command::new(program).args(["-c", script]).stdin(Stdio::null()))?;
     let mut lines = text.lines();
     let version = parse_version(lines.next()?)?;
-    let executable = lines
-        .next()
-        .map(str::trim)
-        .filter(|path| !path.is_empty())
-        .map_or_else(|| program.into(), PathBuf::from);
-    Some(Python {
-        executable,
-        version,
-    })
+    let executable =
+        lines.next().map(str::trim).filter(|path| !path.is_empty()).map_or_else(|| program.into(), PathBuf::from);
+    Some(Python { executable, version })
 }
 
-/// The interpreters of pyenv's versions that are at least `minimum`, oldest first (none without pyenv).
+/// The interpreters of pyenv's versions that are at least `minimum`, oldest first (none without
+/// pyenv).
 fn pyenv_pythons(minimum: (u32, u32)) -> Vec<PathBuf> {
     let Some(listing) = output(Command::new("pyenv").args(["versions", "--bare"])) else {
         return Vec::new();
@@ -1062,12 +965,11 @@ fn pyenv_pythons(minimum: (u32, u32)) -> Vec<PathBuf> {
         .collect()
 }
 
-/// `major.minor[.micro]` at the start of each dot-separated part, as in `3.13.0`, `3.14.0rc1` or `3.13-dev`.
+/// `major.minor[.micro]` at the start of each dot-separated part, as in `3.13.0`, `3.14.0rc1` or
+/// `3.13-dev`.
 fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
     fn leading_number(part: &str) -> Option<u32> {
-        let digits = part
-            .find(|character: char| !character.is_ascii_digit())
-            .unwrap_or(part.len());
+        let digits = part.find(|character: char| !character.is_ascii_digit()).unwrap_or(part.len());
         part[..digits].parse().ok()
     }
     let mut parts = text.trim().split('.');
@@ -1077,43 +979,29 @@ fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
     Some((major, minor, micro))
 }
 
-/// The cache key of a virtualenv: the requirements, the interpreter's version and its path (a virtualenv is
-/// tied to the interpreter it was made with).
+/// The cache key of a virtualenv: the requirements, the interpreter's version and its path (a
+/// virtualenv is tied to the interpreter it was made with).
 fn venv_key(requirements: &str, python: &Python) -> String {
-    let key = format!(
-        "{requirements}\0{}\0{}",
-        python.version_text(),
-        python.executable.display()
-    );
+    let key = format!("{requirements}\0{}\0{}", python.version_text(), python.executable.display());
     short_hash(key.as_bytes())
 }
 
-/// Makes `directory` a virtualenv of `python` with `requirements`, unless an earlier run completed it (it then
-/// holds a marker file); returns its interpreter. `check` is a Python script run after installing, whose output
-/// is shown.
-fn install_venv(
-    what: &str,
-    directory: &Path,
-    python: &Python,
-    requirements: &str,
-    check: &str,
-) -> Result<PathBuf> {
+/// Makes `directory` a virtualenv of `python` with `requirements`, unless an earlier run completed
+/// it (it then holds a marker file); returns its interpreter. `check` is a Python script run after
+/// installing, whose output is shown.
+fn install_venv(what: &str, directory: &Path, python: &Python, requirements: &str, check: &str) -> Result<PathBuf> {
     let interpreter = directory.join("bin").join("python");
     let marker = directory.join(".ethkms-complete");
     if marker.is_file() && interpreter.exists() {
         return Ok(interpreter);
     }
     if directory.exists() {
-        eprintln!(
-            "xtask: removing the incomplete {what} virtualenv {}",
-            directory.display()
-        );
+        eprintln!("xtask: removing the incomplete {what} virtualenv {}", directory.display());
         std::fs::remove_dir_all(directory)
             .map_err(|error| format!("could not remove {}: {error}", directory.display()))?;
     }
     if let Some(parent) = directory.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|error| format!("could not create {}: {error}", parent.display()))?;
+        std::fs::create_dir_all(parent).map_err(|error| format!("could not create {}: {error}", parent.display()))?;
     }
     eprintln!(
         "xtask: installing {what} into {} with Python {} ({}); the first time takes a while",
@@ -1123,24 +1011,17 @@ fn install_venv(
     );
     let started = Instant::now();
     command::run(Command::new(&python.executable).arg("-m").arg("venv").arg(directory)).map_err(|error| {
-        format!("{error}: could not create a virtualenv (on Debian and Ubuntu the venv module is the python3.X-venv package)")
+        format!(
+            "{error}: could not create a virtualenv (on Debian and Ubuntu the venv module is the \
+             python3.X-venv package)"
+        )
     })?;
     let requirements_path = directory.join("requirements.txt");
     write_file(&requirements_path, requirements)?;
     let mut pip = Command::new(&interpreter);
-    pip.args([
-        "-m",
-        "pip",
-        "install",
-        "--disable-pip-version-check",
-        "--no-input",
-        "-q",
-        "-r",
-    ])
-    .arg(&requirements_path);
-    run_with_progress(what, &mut pip).map_err(|error| {
-        format!("{error}: installing {what} from PyPI failed (is PyPI reachable?)")
-    })?;
+    pip.args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-q", "-r"]).arg(&requirements_path);
+    run_with_progress(what, &mut pip)
+        .map_err(|error| format!("{error}: installing {what} from PyPI failed (is PyPI reachable?)"))?;
     let checked = Command::new(&interpreter)
         .args(["-c", check])
         .output()
@@ -1155,24 +1036,16 @@ fn install_venv(
     }
     let installed = String::from_utf8_lossy(&checked.stdout).trim().to_owned();
     write_file(&marker, &format!("{installed}\n"))?;
-    eprintln!(
-        "xtask: installed {installed} in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("xtask: installed {installed} in {:.1} s", started.elapsed().as_secs_f64());
     Ok(interpreter)
 }
 
 /// Installs [`NPM_PACKAGES`] into `cache/node-<hash>/` unless anvil, cast and ethers are there.
 fn install_node_tools(cache: &Path) -> Result<NodeTools> {
-    let directory = cache.join(format!(
-        "node-{}",
-        short_hash(NPM_PACKAGES.join("\n").as_bytes())
-    ));
+    let directory = cache.join(format!("node-{}", short_hash(NPM_PACKAGES.join("\n").as_bytes())));
     let node_modules = directory.join("node_modules");
     let complete = || {
-        ["anvil", "cast"]
-            .iter()
-            .all(|tool| node_modules.join(".bin").join(tool).exists())
+        ["anvil", "cast"].iter().all(|tool| node_modules.join(".bin").join(tool).exists())
             && node_modules.join("ethers").join("package.json").is_file()
     };
     if !complete() {
@@ -1182,19 +1055,16 @@ fn install_node_tools(cache: &Path) -> Result<NodeTools> {
         if !package_json.exists() {
             write_file(&package_json, "{\"private\": true}\n")?;
         }
-        eprintln!(
-            "xtask: installing {} into {}",
-            NPM_PACKAGES.join(" "),
-            directory.display()
-        );
+        eprintln!("xtask: installing {} into {}", NPM_PACKAGES.join(" "), directory.display());
         let started = Instant::now();
         // `--loglevel=error` rather than `--silent`: quiet, but a failure still says why.
         let mut npm = Command::new("npm");
-        npm.args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
-            .args(NPM_PACKAGES)
-            .current_dir(&directory);
+        npm.args(["install", "--no-audit", "--no-fund", "--loglevel=error"]).args(NPM_PACKAGES).current_dir(&directory);
         run_with_progress("the npm packages", &mut npm).map_err(|error| {
-            format!("{error}: anvil, cast and ethers come from the npm registry; this needs Node.js 18 or newer with npm")
+            format!(
+                "{error}: anvil, cast and ethers come from the npm registry; this needs Node.js 18 \
+                 or newer with npm"
+            )
         })?;
         if !complete() {
             return Err(format!(
@@ -1203,10 +1073,7 @@ fn install_node_tools(cache: &Path) -> Result<NodeTools> {
             )
             .into());
         }
-        eprintln!(
-            "xtask: installed the npm packages in {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
+        eprintln!("xtask: installed the npm packages in {:.1} s", started.elapsed().as_secs_f64());
     }
     Ok(NodeTools {
         anvil: foundry_binary(&node_modules, "anvil"),
@@ -1215,9 +1082,9 @@ fn install_node_tools(cache: &Path) -> Result<NodeTools> {
     })
 }
 
-/// The native binary of a foundry npm package (e.g. `@foundry-rs/cast-linux-amd64/bin/cast`): what the
-/// `.bin/` wrapper script would start, without node in between (so the pid is the tool's own). The wrapper if
-/// the platform's package is not where expected.
+/// The native binary of a foundry npm package (e.g. `@foundry-rs/cast-linux-amd64/bin/cast`): what
+/// the `.bin/` wrapper script would start, without node in between (so the pid is the tool's own).
+/// The wrapper if the platform's package is not where expected.
 fn foundry_binary(node_modules: &Path, tool: &str) -> PathBuf {
     let os = match std::env::consts::OS {
         "macos" => "darwin",
@@ -1229,16 +1096,8 @@ fn foundry_binary(node_modules: &Path, tool: &str) -> PathBuf {
         "aarch64" => "arm64",
         other => other,
     };
-    let native = node_modules
-        .join("@foundry-rs")
-        .join(format!("{tool}-{os}-{arch}"))
-        .join("bin")
-        .join(tool);
-    if native.is_file() {
-        native
-    } else {
-        node_modules.join(".bin").join(tool)
-    }
+    let native = node_modules.join("@foundry-rs").join(format!("{tool}-{os}-{arch}")).join("bin").join(tool);
+    if native.is_file() { native } else { node_modules.join(".bin").join(tool) }
 }
 
 /// Like [`command::run`], but says every [`PROGRESS_INTERVAL`] that it is still installing `what`.
@@ -1246,38 +1105,25 @@ fn run_with_progress(what: &str, command: &mut Command) -> Result {
     let shown = display(command);
     eprintln!("$ {shown}");
     let started = Instant::now();
-    let mut child = command
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|error| format!("could not start `{shown}`: {error}"))?;
+    let mut child =
+        command.stdin(Stdio::null()).spawn().map_err(|error| format!("could not start `{shown}`: {error}"))?;
     let mut next_note = PROGRESS_INTERVAL;
     loop {
-        if let Some(status) = child
-            .try_wait()
-            .map_err(|error| format!("could not wait for `{shown}`: {error}"))?
-        {
-            return if status.success() {
-                Ok(())
-            } else {
-                Err(format!("`{shown}` failed ({status})").into())
-            };
+        if let Some(status) = child.try_wait().map_err(|error| format!("could not wait for `{shown}`: {error}"))? {
+            return if status.success() { Ok(()) } else { Err(format!("`{shown}` failed ({status})").into()) };
         }
         if started.elapsed() >= next_note {
-            eprintln!(
-                "xtask: still installing {what} ({} s so far)",
-                started.elapsed().as_secs()
-            );
+            eprintln!("xtask: still installing {what} ({} s so far)", started.elapsed().as_secs());
             next_note += PROGRESS_INTERVAL;
         }
         thread::sleep(Duration::from_millis(200));
     }
 }
 
-/// FNV-1a (64 bits) of `bytes`: a hash that is the same on every machine and Rust version, for cache keys.
+/// FNV-1a (64 bits) of `bytes`: a hash that is the same on every machine and Rust version, for
+/// cache keys.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// The first 12 hex digits of [`fnv1a`], for directory names.
@@ -1287,7 +1133,7 @@ fn short_hash(bytes: &[u8]) -> String {
     text
 }
 
-// ---------------------------------------------------------------------------------------------------------
+// -------------------------------------------------------------------------------------------------
 // HTTP, just enough for the health checks.
 
 /// An HTTP response: status code and body.
@@ -1299,22 +1145,19 @@ struct HttpResponse {
     body: String,
 }
 
-/// Sends one HTTP/1.1 request (with a JSON body if `body` is given) to 127.0.0.1:`port` and reads the
-/// response, with short timeouts.
+/// Sends one HTTP/1.1 request (with a JSON body if `body` is given) to 127.0.0.1:`port` and reads
+/// the response, with short timeouts.
 fn http_request(port: u16, method: &str, path: &str, body: Option<&str>) -> Result<HttpResponse> {
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: application/json\r\nConnection: close\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: application/json\r\n\
+         Connection: close\r\n"
     );
     if let Some(body) = body {
-        write!(
-            request,
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        )?;
+        write!(request, "Content-Type: application/json\r\nContent-Length: {}\r\n", body.len())?;
     }
     request.push_str("\r\n");
     request.push_str(body.unwrap_or(""));
@@ -1329,8 +1172,7 @@ fn http_request(port: u16, method: &str, path: &str, body: Option<&str>) -> Resu
             Err(error) => return Err(error.into()),
         };
         if read == 0 {
-            return parse_http_response(&received, true)?
-                .ok_or_else(|| "the connection closed mid-response".into());
+            return parse_http_response(&received, true)?.ok_or_else(|| "the connection closed mid-response".into());
         }
         received.extend_from_slice(&buffer[..read]);
         if received.len() > MAX_RESPONSE_BYTES {
@@ -1342,15 +1184,11 @@ fn http_request(port: u16, method: &str, path: &str, body: Option<&str>) -> Resu
     }
 }
 
-/// Parses an HTTP/1.x response: `None` while it is incomplete (a body delimited by the connection closing is
-/// complete only `at_end`), an error if it is malformed.
+/// Parses an HTTP/1.x response: `None` while it is incomplete (a body delimited by the connection
+/// closing is complete only `at_end`), an error if it is malformed.
 fn parse_http_response(bytes: &[u8], at_end: bool) -> Result<Option<HttpResponse>, String> {
     let Some(head_end) = find(bytes, b"\r\n\r\n") else {
-        return if at_end {
-            Err("the response ended inside its headers".to_owned())
-        } else {
-            Ok(None)
-        };
+        return if at_end { Err("the response ended inside its headers".to_owned()) } else { Ok(None) };
     };
     let head = String::from_utf8_lossy(&bytes[..head_end]);
     let rest = &bytes[head_end + 4..];
@@ -1358,9 +1196,9 @@ fn parse_http_response(bytes: &[u8], at_end: bool) -> Result<Option<HttpResponse
     let status_line = lines.next().unwrap_or_default();
     let mut words = status_line.split_whitespace();
     let status = match (words.next(), words.next()) {
-        (Some(version), Some(code)) if version.starts_with("HTTP/1.") => code
-            .parse::<u16>()
-            .map_err(|_| format!("not an HTTP status line: {status_line:?}"))?,
+        (Some(version), Some(code)) if version.starts_with("HTTP/1.") => {
+            code.parse::<u16>().map_err(|_| format!("not an HTTP status line: {status_line:?}"))?
+        }
         _ => return Err(format!("not an HTTP status line: {status_line:?}")),
     };
     let mut length = None;
@@ -1371,11 +1209,7 @@ fn parse_http_response(bytes: &[u8], at_end: bool) -> Result<Option<HttpResponse
         };
         let value = value.trim();
         if name.trim().eq_ignore_ascii_case("content-length") {
-            length = Some(
-                value
-                    .parse::<usize>()
-                    .map_err(|_| format!("bad Content-Length {value:?}"))?,
-            );
+            length = Some(value.parse::<usize>().map_err(|_| format!("bad Content-Length {value:?}"))?);
         } else if name.trim().eq_ignore_ascii_case("transfer-encoding") {
             chunked = value.to_ascii_lowercase().contains("chunked");
         }
@@ -1388,10 +1222,7 @@ fn parse_http_response(bytes: &[u8], at_end: bool) -> Result<Option<HttpResponse
         at_end.then(|| rest.to_vec())
     };
     match body {
-        Some(body) => Ok(Some(HttpResponse {
-            status,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })),
+        Some(body) => Ok(Some(HttpResponse { status, body: String::from_utf8_lossy(&body).into_owned() })),
         None if at_end => Err("the response ended inside its body".to_owned()),
         None => Ok(None),
     }
@@ -1406,8 +1237,7 @@ fn decode_chunked(mut data: &[u8]) -> Result<Option<Vec<u8>>, String> {
         };
         let line = String::from_utf8_lossy(&data[..line_end]);
         let size_text = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| format!("bad chunk size {size_text:?}"))?;
         data = &data[line_end + 2..];
         if size == 0 {
             return Ok(Some(body));
@@ -1425,30 +1255,21 @@ fn decode_chunked(mut data: &[u8]) -> Result<Option<Vec<u8>>, String> {
 
 /// Where `needle` first occurs in `haystack`.
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
+    haystack.windows(needle.len()).position(|window| window == needle)
 }
 
 /// Whether a `/_localstack/health` body shows KMS `running` or `available`.
 fn localstack_kms_ready(body: &str) -> bool {
-    serde_json::from_str::<Value>(body)
-        .ok()
-        .is_some_and(|health| {
-            matches!(
-                health.pointer("/services/kms").and_then(Value::as_str),
-                Some("running" | "available")
-            )
-        })
+    serde_json::from_str::<Value>(body).ok().is_some_and(|health| {
+        matches!(health.pointer("/services/kms").and_then(Value::as_str), Some("running" | "available"))
+    })
 }
 
 /// Whether a JSON-RPC `eth_chainId` response shows anvil's chain id.
 fn anvil_ready(body: &str) -> bool {
     serde_json::from_str::<Value>(body)
         .ok()
-        .is_some_and(|response| {
-            response.get("result").and_then(Value::as_str) == Some(ANVIL_CHAIN_ID)
-        })
+        .is_some_and(|response| response.get("result").and_then(Value::as_str) == Some(ANVIL_CHAIN_ID))
 }
 
 #[cfg(test)]
@@ -1465,33 +1286,12 @@ mod tests {
 
     #[test]
     fn venv_key_follows_requirements_and_interpreter() {
-        let python = Python {
-            executable: "/usr/bin/python3.13".into(),
-            version: (3, 13, 0),
-        };
+        let python = Python { executable: "/usr/bin/python3.13".into(), version: (3, 13, 0) };
         let key = venv_key("a==1\n", &python);
         assert_eq!(key, venv_key("a==1\n", &python));
         assert_ne!(key, venv_key("a==2\n", &python));
-        assert_ne!(
-            key,
-            venv_key(
-                "a==1\n",
-                &Python {
-                    version: (3, 13, 1),
-                    ..python.clone()
-                }
-            )
-        );
-        assert_ne!(
-            key,
-            venv_key(
-                "a==1\n",
-                &Python {
-                    executable: "/opt/python3.13".into(),
-                    ..python
-                }
-            )
-        );
+        assert_ne!(key, venv_key("a==1\n", &Python { version: (3, 13, 1), ..python.clone() }));
+        assert_ne!(key, venv_key("a==1\n", &Python { executable: "/opt/python3.13".into(), ..python }));
     }
 
     #[test]
@@ -1507,47 +1307,23 @@ mod tests {
 
     #[test]
     fn content_length_responses_parse() {
-        let response =
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length: 2\r\n\r\n{}";
-        assert_eq!(
-            parse_http_response(response, false),
-            Ok(Some(HttpResponse {
-                status: 200,
-                body: "{}".to_owned()
-            }))
-        );
-        assert_eq!(
-            parse_http_response(&response[..response.len() - 1], false),
-            Ok(None)
-        );
+        let response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(parse_http_response(response, false), Ok(Some(HttpResponse { status: 200, body: "{}".to_owned() })));
+        assert_eq!(parse_http_response(&response[..response.len() - 1], false), Ok(None));
         assert!(parse_http_response(&response[..response.len() - 1], true).is_err());
-        assert_eq!(
-            parse_http_response(b"HTTP/1.1 200 OK\r\nContent-", false),
-            Ok(None)
-        );
+        assert_eq!(parse_http_response(b"HTTP/1.1 200 OK\r\nContent-", false), Ok(None));
     }
 
     #[test]
     fn chunked_responses_parse() {
-        let response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3;x=y\r\n:1}\r\n0\r\n\r\n";
+        let response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                         4\r\n{\"a\"\r\n3;x=y\r\n:1}\r\n0\r\n\r\n";
         assert_eq!(
             parse_http_response(response, false),
-            Ok(Some(HttpResponse {
-                status: 200,
-                body: "{\"a\":1}".to_owned()
-            }))
+            Ok(Some(HttpResponse { status: 200, body: "{\"a\":1}".to_owned() }))
         );
-        assert_eq!(
-            parse_http_response(&response[..response.len() - 5], false),
-            Ok(None)
-        );
-        assert!(
-            parse_http_response(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-                false
-            )
-            .is_err()
-        );
+        assert_eq!(parse_http_response(&response[..response.len() - 5], false), Ok(None));
+        assert!(parse_http_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", false).is_err());
     }
 
     #[test]
@@ -1556,10 +1332,7 @@ mod tests {
         assert_eq!(parse_http_response(response, false), Ok(None));
         assert_eq!(
             parse_http_response(response, true),
-            Ok(Some(HttpResponse {
-                status: 503,
-                body: "busy".to_owned()
-            }))
+            Ok(Some(HttpResponse { status: 503, body: "busy".to_owned() }))
         );
     }
 
@@ -1572,11 +1345,8 @@ mod tests {
 
     #[test]
     fn localstack_health_is_read() {
-        let health = |kms: &str| {
-            format!(
-                r#"{{"services": {{"kms": "{kms}", "s3": "disabled"}}, "edition": "community"}}"#
-            )
-        };
+        let health =
+            |kms: &str| format!(r#"{{"services": {{"kms": "{kms}", "s3": "disabled"}}, "edition": "community"}}"#);
         assert!(localstack_kms_ready(&health("running")));
         assert!(localstack_kms_ready(&health("available")));
         assert!(!localstack_kms_ready(&health("initializing")));
@@ -1589,28 +1359,20 @@ mod tests {
     fn anvil_chain_id_is_read() {
         assert!(anvil_ready(r#"{"jsonrpc":"2.0","id":1,"result":"0x7a69"}"#));
         assert!(!anvil_ready(r#"{"jsonrpc":"2.0","id":1,"result":"0x1"}"#));
-        assert!(!anvil_ready(
-            r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"no"}}"#
-        ));
+        assert!(!anvil_ready(r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"no"}}"#));
         assert!(!anvil_ready(""));
     }
 
     #[test]
     fn stat_lines_parse() {
-        assert_eq!(
-            stat_fields("1234 (anvil) S 1 1234 1234 0 -1"),
-            Some(('S', 1234))
-        );
+        assert_eq!(stat_fields("1234 (anvil) S 1 1234 1234 0 -1"), Some(('S', 1234)));
         assert_eq!(stat_fields("77 (a (b) c) Z 5 70 70 0"), Some(('Z', 70)));
         assert_eq!(stat_fields("garbage"), None);
     }
 
     #[test]
     fn env_file_values_are_quoted() {
-        assert_eq!(
-            shell_quote("http://127.0.0.1:4566"),
-            "'http://127.0.0.1:4566'"
-        );
+        assert_eq!(shell_quote("http://127.0.0.1:4566"), "'http://127.0.0.1:4566'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
 
@@ -1648,6 +1410,7 @@ mod tests {
         );
         let mut command = Command::new("true");
         env.apply(&mut command);
-        assert!(command.get_envs().any(|(name, value)| name == "AWS_REGION" && value == Some(OsStr::new("us-east-1"))));
+        let region = Some(OsStr::new("us-east-1"));
+        assert!(command.get_envs().any(|(name, value)| name == "AWS_REGION" && value == region));
     }
 }

@@ -37,19 +37,12 @@ fn every_file_has_a_module_doc() {
         .into_iter()
         .filter(|path| {
             let text = fs::read_to_string(path).unwrap_or_default();
-            let first = text
-                .lines()
-                .find(|line| !line.trim().is_empty() && !line.starts_with("#![no_main]"));
-            !first.is_some_and(|line| {
-                line.starts_with("//!") || line.starts_with("#![doc = include_str!")
-            })
+            let first = text.lines().find(|line| !line.trim().is_empty() && !line.starts_with("#![no_main]"));
+            !first.is_some_and(|line| line.starts_with("//!") || line.starts_with("#![doc = include_str!"))
         })
         .map(|path| path.display().to_string())
         .collect();
-    assert!(
-        missing.is_empty(),
-        "files without a `//!` module doc: {missing:#?}"
-    );
+    assert!(missing.is_empty(), "files without a `//!` module doc: {missing:#?}");
 }
 
 /// Library code does not leave work for later.
@@ -62,11 +55,7 @@ fn no_placeholders() {
         }
         let text = fs::read_to_string(&path).unwrap_or_default();
         for needle in needles {
-            assert!(
-                !text.contains(needle),
-                "{} contains `{needle}`",
-                path.display()
-            );
+            assert!(!text.contains(needle), "{} contains `{needle}`", path.display());
         }
     }
 }
@@ -80,26 +69,14 @@ fn crates_have_complete_metadata() {
         let directory = entry.path();
         let manifest = fs::read_to_string(directory.join("Cargo.toml")).unwrap_or_default();
         let name = directory.display();
-        for field in [
-            "description",
-            "readme",
-            "keywords",
-            "categories",
-            "license.workspace = true",
-        ] {
-            assert!(
-                manifest.contains(field),
-                "{name}/Cargo.toml lacks `{field}`"
-            );
+        for field in ["description", "readme", "keywords", "categories", "license.workspace = true"] {
+            assert!(manifest.contains(field), "{name}/Cargo.toml lacks `{field}`");
         }
         assert!(
             manifest.contains("[lints]\nworkspace = true"),
             "{name}/Cargo.toml does not opt into the workspace lints"
         );
-        assert!(
-            directory.join("README.md").is_file(),
-            "{name} has no README.md"
-        );
+        assert!(directory.join("README.md").is_file(), "{name} has no README.md");
         let lib = fs::read_to_string(directory.join("src/lib.rs")).unwrap_or_default();
         assert!(
             lib.starts_with("#![doc = include_str!(\"../README.md\")]"),
@@ -119,18 +96,11 @@ fn ci_runs_the_readme_test_command() {
     let root = workspace_root();
     let readme = fs::read_to_string(root.join("README.md")).unwrap_or_default();
     let script = fs::read_to_string(root.join(".ci/run")).unwrap_or_default();
-    assert!(
-        readme.contains("cargo xtask ci"),
-        "the README does not give `cargo xtask ci` as the test command"
-    );
+    assert!(readme.contains("cargo xtask ci"), "the README does not give `cargo xtask ci` as the test command");
     let commands: Vec<&str> = script
         .lines()
         .map(str::trim)
         .filter(|line| !line.is_empty() && !line.starts_with('#') && !line.starts_with("set "))
         .collect();
-    assert_eq!(
-        commands.last(),
-        Some(&"exec cargo xtask ci"),
-        ".ci/run must end by running the README's command"
-    );
+    assert_eq!(commands.last(), Some(&"exec cargo xtask ci"), ".ci/run must end by running the README's command");
 }

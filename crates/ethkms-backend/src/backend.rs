@@ -8,8 +8,7 @@ use ethkms_core::PublicKey;
 
 use crate::error::BackendError;
 use crate::types::{
-    CreateKeyRequest, KeyDescription, KeyFilter, KeyInfo, KeyRef, KeySpec, KeyUsage,
-    PublicKeyResponse,
+    CreateKeyRequest, KeyDescription, KeyFilter, KeyInfo, KeyRef, KeySpec, KeyUsage, PublicKeyResponse,
 };
 
 /// A service that holds private keys and signs with them without ever revealing them.
@@ -54,11 +53,7 @@ pub trait KeyBackend: Send + Sync + fmt::Debug {
     async fn enable_key(&self, key: &KeyRef) -> Result<(), BackendError>;
 
     /// Schedules the key's deletion after `pending_days` (KMS allows 7 to 30); it is unusable meanwhile.
-    async fn schedule_key_deletion(
-        &self,
-        key: &KeyRef,
-        pending_days: u32,
-    ) -> Result<(), BackendError>;
+    async fn schedule_key_deletion(&self, key: &KeyRef, pending_days: u32) -> Result<(), BackendError>;
 }
 
 /// Checks that a `GetPublicKey` answer is a secp256k1 signing key and parses it.
@@ -66,24 +61,13 @@ pub trait KeyBackend: Send + Sync + fmt::Debug {
 /// # Errors
 /// [`BackendError::WrongKeySpec`] or [`BackendError::WrongKeyUsage`] naming what the key is, or
 /// [`BackendError::InvalidPublicKey`] if the SubjectPublicKeyInfo does not parse.
-pub fn secp256k1_public_key(
-    key: &KeyRef,
-    response: &PublicKeyResponse,
-) -> Result<PublicKey, BackendError> {
+pub fn secp256k1_public_key(key: &KeyRef, response: &PublicKeyResponse) -> Result<PublicKey, BackendError> {
     if response.key_spec != KeySpec::EccSecgP256k1 {
-        return Err(BackendError::WrongKeySpec {
-            key: key.to_string(),
-            spec: response.key_spec.clone(),
-        });
+        return Err(BackendError::WrongKeySpec { key: key.to_string(), spec: response.key_spec.clone() });
     }
     if response.key_usage != KeyUsage::SignVerify {
-        return Err(BackendError::WrongKeyUsage {
-            key: key.to_string(),
-            usage: response.key_usage.clone(),
-        });
+        return Err(BackendError::WrongKeyUsage { key: key.to_string(), usage: response.key_usage.clone() });
     }
-    PublicKey::from_spki_der(&response.spki_der).map_err(|source| BackendError::InvalidPublicKey {
-        key: key.to_string(),
-        source,
-    })
+    PublicKey::from_spki_der(&response.spki_der)
+        .map_err(|source| BackendError::InvalidPublicKey { key: key.to_string(), source })
 }

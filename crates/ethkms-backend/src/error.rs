@@ -32,9 +32,7 @@ pub enum BackendError {
         message: String,
     },
     /// The key is disabled.
-    #[error(
-        "key `{key}` is disabled; an administrator can enable it (kms:EnableKey), or use another key"
-    )]
+    #[error("key `{key}` is disabled; an administrator can enable it (kms:EnableKey), or use another key")]
     Disabled {
         /// The key as it was referenced.
         key: String,
@@ -48,9 +46,7 @@ pub enum BackendError {
         key: String,
     },
     /// The key is in another state that does not allow the operation.
-    #[error(
-        "key `{key}` is in state {state} and cannot be used for this; wait for it to become Enabled"
-    )]
+    #[error("key `{key}` is in state {state} and cannot be used for this; wait for it to become Enabled")]
     InvalidState {
         /// The key as it was referenced.
         key: String,
@@ -86,9 +82,7 @@ pub enum BackendError {
         message: String,
     },
     /// The service could not be reached. Retryable.
-    #[error(
-        "could not reach the key service for key `{key}` ({message}); check the network and the endpoint"
-    )]
+    #[error("could not reach the key service for key `{key}` ({message}); check the network and the endpoint")]
     Transport {
         /// The key as it was referenced.
         key: String,
@@ -113,9 +107,7 @@ pub enum BackendError {
     },
     /// The service returned a signature that does not verify against the key's public key, or is not
     /// a valid DER signature. It was discarded, never returned.
-    #[error(
-        "the key service returned an unusable signature for key `{key}` ({source}); it was discarded"
-    )]
+    #[error("the key service returned an unusable signature for key `{key}` ({source}); it was discarded")]
     InvalidSignature {
         /// The key as it was referenced.
         key: String,
@@ -167,9 +159,7 @@ pub enum BackendError {
         message: String,
     },
     /// The alias is already in use.
-    #[error(
-        "alias `{alias}` already exists; choose another name, or move it with `ethkms wallet rotate`"
-    )]
+    #[error("alias `{alias}` already exists; choose another name, or move it with `ethkms wallet rotate`")]
     AliasExists {
         /// The alias.
         alias: String,
@@ -248,40 +238,25 @@ mod tests {
 
     #[test]
     fn messages_name_the_key_and_give_a_hint() {
-        let error = BackendError::WrongKeySpec {
-            key: "alias/hot".into(),
-            spec: KeySpec::Rsa2048,
-        };
+        let error = BackendError::WrongKeySpec { key: "alias/hot".into(), spec: KeySpec::Rsa2048 };
         let text = error.to_string();
         assert!(
-            text.contains("`alias/hot`")
-                && text.contains("RSA_2048")
-                && text.contains("ECC_SECG_P256K1"),
+            text.contains("`alias/hot`") && text.contains("RSA_2048") && text.contains("ECC_SECG_P256K1"),
             "{text}"
         );
         assert_eq!(error.key(), Some("alias/hot"));
         assert!(!error.is_retryable());
-        let throttled = BackendError::Throttled {
-            key: "k".into(),
-            message: "Rate exceeded".into(),
-        };
+        let throttled = BackendError::Throttled { key: "k".into(), message: "Rate exceeded".into() };
         assert!(throttled.is_retryable());
-        let timeout = BackendError::Timeout {
-            key: "k".into(),
-            after: Some(Duration::from_secs(2)),
-        };
+        let timeout = BackendError::Timeout { key: "k".into(), after: Some(Duration::from_secs(2)) };
         assert!(timeout.to_string().contains("after 2s"), "{timeout}");
         let incomplete = BackendError::Incomplete {
             key_id: "abc".into(),
             step: "creating the alias",
-            source: Box::new(BackendError::AliasExists {
-                alias: "alias/x".into(),
-            }),
+            source: Box::new(BackendError::AliasExists { alias: "alias/x".into() }),
         };
         assert!(
-            incomplete
-                .to_string()
-                .starts_with("key `abc` was created, but creating the alias failed"),
+            incomplete.to_string().starts_with("key `abc` was created, but creating the alias failed"),
             "{incomplete}"
         );
         assert_eq!(incomplete.key(), Some("abc"));

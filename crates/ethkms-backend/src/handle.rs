@@ -32,11 +32,7 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     /// 5 attempts, backoff from 50 ms doubling up to 2 s.
     fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(2),
-        }
+        Self { max_attempts: 5, initial_backoff: Duration::from_millis(50), max_backoff: Duration::from_secs(2) }
     }
 }
 
@@ -44,21 +40,15 @@ impl RetryPolicy {
     /// No retries: one attempt.
     #[must_use]
     pub const fn none() -> Self {
-        Self {
-            max_attempts: 1,
-            initial_backoff: Duration::ZERO,
-            max_backoff: Duration::ZERO,
-        }
+        Self { max_attempts: 1, initial_backoff: Duration::ZERO, max_backoff: Duration::ZERO }
     }
 
     /// The delay before attempt `attempt + 1` (so `attempt` ≥ 1): uniformly random between half and
     /// all of `min(initial × 2^(attempt-1), max)`.
     #[must_use]
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .initial_backoff
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-            .min(self.max_backoff);
+        let ceiling =
+            self.initial_backoff.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(self.max_backoff);
         let jitter = RandomState::new().hash_one(attempt) % 1024;
         let half = ceiling / 2;
         half + half.mul_f64(jitter as f64 / 1023.0)
@@ -145,18 +135,11 @@ impl KeyHandle {
     ) -> Result<Self, BackendError> {
         let response = retry.retry(|| backend.public_key(&key)).await?;
         let public_key = secp256k1_public_key(&key, &response)?;
-        let resolved =
-            KeyRef::new(response.key_id.clone()).map_err(|_| BackendError::MalformedResponse {
-                key: key.to_string(),
-                detail: format!("GetPublicKey returned the key id `{}`", response.key_id),
-            })?;
-        Ok(Self {
-            backend,
-            key,
-            resolved,
-            public_key,
-            retry,
-        })
+        let resolved = KeyRef::new(response.key_id.clone()).map_err(|_| BackendError::MalformedResponse {
+            key: key.to_string(),
+            detail: format!("GetPublicKey returned the key id `{}`", response.key_id),
+        })?;
+        Ok(Self { backend, key, resolved, public_key, retry })
     }
 
     /// The key as it was referenced when the handle was opened.
@@ -195,16 +178,9 @@ impl KeyHandle {
     /// The backend's error (after retries), or [`BackendError::InvalidSignature`] if what the backend
     /// returned is not a valid signature of `digest` by this key.
     pub async fn sign_digest(&self, digest: &[u8; 32]) -> Result<Signature, BackendError> {
-        let der = self
-            .retry
-            .retry(|| self.backend.sign_digest(&self.resolved, digest))
-            .await?;
-        Signature::from_kms_der(&der, digest, &self.public_key).map_err(|source| {
-            BackendError::InvalidSignature {
-                key: self.key.to_string(),
-                source,
-            }
-        })
+        let der = self.retry.retry(|| self.backend.sign_digest(&self.resolved, digest)).await?;
+        Signature::from_kms_der(&der, digest, &self.public_key)
+            .map_err(|source| BackendError::InvalidSignature { key: self.key.to_string(), source })
     }
 }
 
@@ -239,11 +215,7 @@ impl Keyring {
     /// A keyring over `backend` retrying as `retry` says.
     #[must_use]
     pub fn with_retry(backend: Arc<dyn KeyBackend>, retry: RetryPolicy) -> Self {
-        Self {
-            backend,
-            retry,
-            handles: Arc::default(),
-        }
+        Self { backend, retry, handles: Arc::default() }
     }
 
     /// The backend.
@@ -258,16 +230,11 @@ impl Keyring {
     /// As [`KeyHandle::open`]; a failed open is not cached.
     pub async fn handle(&self, key: &KeyRef) -> Result<KeyHandle, BackendError> {
         let cell = {
-            let mut handles = self
-                .handles
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut handles = self.handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             Arc::clone(handles.entry(key.clone()).or_default())
         };
         let handle = cell
-            .get_or_try_init(|| {
-                KeyHandle::open_with_retry(Arc::clone(&self.backend), key.clone(), self.retry)
-            })
+            .get_or_try_init(|| KeyHandle::open_with_retry(Arc::clone(&self.backend), key.clone(), self.retry))
             .await?;
         Ok(handle.clone())
     }
@@ -284,20 +251,13 @@ impl Keyring {
     ///
     /// # Errors
     /// As [`KeyHandle::open`] and [`KeyHandle::sign_digest`].
-    pub async fn sign_digest(
-        &self,
-        key: &KeyRef,
-        digest: &[u8; 32],
-    ) -> Result<Signature, BackendError> {
+    pub async fn sign_digest(&self, key: &KeyRef, digest: &[u8; 32]) -> Result<Signature, BackendError> {
         self.handle(key).await?.sign_digest(digest).await
     }
 
     /// Drops the cached handle for `key` (after its alias was moved to another key, say).
     pub fn forget(&self, key: &KeyRef) {
-        self.handles
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(key);
+        self.handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(key);
     }
 }
 
@@ -326,25 +286,16 @@ mod tests {
         for (attempt, ceiling) in [(1, 100), (2, 200), (3, 400), (4, 700), (9, 700), (40, 700)] {
             let delay = policy.backoff(attempt);
             let ceiling = Duration::from_millis(ceiling);
-            assert!(
-                delay >= ceiling / 2 && delay <= ceiling,
-                "attempt {attempt}: {delay:?} outside {ceiling:?}"
-            );
+            assert!(delay >= ceiling / 2 && delay <= ceiling, "attempt {attempt}: {delay:?} outside {ceiling:?}");
         }
         assert_eq!(RetryPolicy::none().backoff(1), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
     async fn retries_only_retryable_errors_and_stops_at_max_attempts() {
-        let policy = RetryPolicy {
-            max_attempts: 3,
-            ..RetryPolicy::default()
-        };
+        let policy = RetryPolicy { max_attempts: 3, ..RetryPolicy::default() };
         let calls = std::sync::atomic::AtomicU32::new(0);
-        let throttled = || BackendError::Throttled {
-            key: "k".into(),
-            message: "slow down".into(),
-        };
+        let throttled = || BackendError::Throttled { key: "k".into(), message: "slow down".into() };
         let result: Result<(), _> = policy
             .retry(|| async {
                 calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

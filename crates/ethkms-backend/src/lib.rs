@@ -13,8 +13,8 @@ pub use error::BackendError;
 pub use handle::{KeyHandle, Keyring, RetryPolicy};
 pub use memory::{Faults, MemoryBackend, RequestCounts};
 pub use types::{
-    CreateKeyRequest, KeyDescription, KeyFilter, KeyInfo, KeyRef, KeySpec, KeyState, KeyUsage,
-    PublicKeyResponse, Tag, validate_alias,
+    CreateKeyRequest, KeyDescription, KeyFilter, KeyInfo, KeyRef, KeySpec, KeyState, KeyUsage, PublicKeyResponse, Tag,
+    validate_alias,
 };
 
 /// The core layer this crate builds on, re-exported.

@@ -22,8 +22,8 @@ use rand_core::{OsRng, RngCore, SeedableRng};
 use crate::backend::KeyBackend;
 use crate::error::BackendError;
 use crate::types::{
-    CreateKeyRequest, KeyDescription, KeyFilter, KeyInfo, KeyRef, KeySpec, KeyState, KeyUsage,
-    PublicKeyResponse, Tag, validate_alias,
+    CreateKeyRequest, KeyDescription, KeyFilter, KeyInfo, KeyRef, KeySpec, KeyState, KeyUsage, PublicKeyResponse, Tag,
+    validate_alias,
 };
 
 /// Faults the [`MemoryBackend`] injects into `sign_digest` (and, for latency and throttling,
@@ -145,15 +145,8 @@ impl MemoryBackend {
     /// # Panics
     /// If a rate is not between 0 and 1: that is a bug in the test that sets it.
     pub fn set_faults(&self, faults: Faults) {
-        for rate in [
-            faults.throttle_rate,
-            faults.corrupt_signature_rate,
-            faults.foreign_signature_rate,
-        ] {
-            assert!(
-                (0.0..=1.0).contains(&rate),
-                "fault rates are probabilities from 0 to 1, got {rate}"
-            );
+        for rate in [faults.throttle_rate, faults.corrupt_signature_rate, faults.foreign_signature_rate] {
+            assert!((0.0..=1.0).contains(&rate), "fault rates are probabilities from 0 to 1, got {rate}");
         }
         self.lock().faults = faults;
     }
@@ -181,9 +174,7 @@ impl MemoryBackend {
 
     /// The index of the key `reference` names, as KMS resolves it.
     fn resolve(&self, state: &State, reference: &KeyRef) -> Result<usize, BackendError> {
-        let not_found = || BackendError::NotFound {
-            key: reference.to_string(),
-        };
+        let not_found = || BackendError::NotFound { key: reference.to_string() };
         let text = reference.as_str();
         let key_id = if let Some(alias) = reference.alias_name() {
             if text.starts_with("arn:") && !text.starts_with(&self.arn_prefix()) {
@@ -191,19 +182,11 @@ impl MemoryBackend {
             }
             state.aliases.get(alias).ok_or_else(not_found)?.as_str()
         } else if text.starts_with("arn:") {
-            return state
-                .keys
-                .iter()
-                .position(|key| key.arn == text)
-                .ok_or_else(not_found);
+            return state.keys.iter().position(|key| key.arn == text).ok_or_else(not_found);
         } else {
             text
         };
-        state
-            .keys
-            .iter()
-            .position(|key| key.id == key_id)
-            .ok_or_else(not_found)
+        state.keys.iter().position(|key| key.id == key_id).ok_or_else(not_found)
     }
 
     /// Like `resolve`, and the key must be usable (enabled).
@@ -214,10 +197,7 @@ impl MemoryBackend {
             KeyState::Enabled => Ok(index),
             KeyState::Disabled => Err(BackendError::Disabled { key }),
             KeyState::PendingDeletion => Err(BackendError::PendingDeletion { key }),
-            other => Err(BackendError::InvalidState {
-                key,
-                state: other.to_string(),
-            }),
+            other => Err(BackendError::InvalidState { key, state: other.to_string() }),
         }
     }
 
@@ -230,12 +210,7 @@ impl MemoryBackend {
             key_spec: key.spec.clone(),
             key_usage: key.usage.clone(),
             description: key.description.clone(),
-            aliases: state
-                .aliases
-                .iter()
-                .filter(|(_, id)| **id == key.id)
-                .map(|(alias, _)| alias.clone())
-                .collect(),
+            aliases: state.aliases.iter().filter(|(_, id)| **id == key.id).map(|(alias, _)| alias.clone()).collect(),
             tags: key.tags.clone(),
         }
     }
@@ -250,10 +225,7 @@ impl MemoryBackend {
             tokio::time::sleep(latency).await;
         }
         if throttled {
-            return Err(BackendError::Throttled {
-                key: key.to_string(),
-                message: "Rate exceeded (injected)".into(),
-            });
+            return Err(BackendError::Throttled { key: key.to_string(), message: "Rate exceeded (injected)".into() });
         }
         Ok(())
     }
@@ -292,16 +264,10 @@ impl KeyBackend for MemoryBackend {
         let (material, address) = match &request.key_spec {
             KeySpec::EccSecgP256k1 => {
                 let signing_key = random_signing_key(&mut state.rng);
-                let address =
-                    PublicKey::from_affine(*signing_key.verifying_key().as_affine()).address();
+                let address = PublicKey::from_affine(*signing_key.verifying_key().as_affine()).address();
                 (Material::Secp256k1(signing_key), Some(address))
             }
-            other => (
-                Material::Other {
-                    spki_der: foreign_spki(other),
-                },
-                None,
-            ),
+            other => (Material::Other { spki_der: foreign_spki(other) }, None),
         };
         let usage = match request.key_spec {
             KeySpec::SymmetricDefault => KeyUsage::EncryptDecrypt,
@@ -319,23 +285,12 @@ impl KeyBackend for MemoryBackend {
         });
         if let Some(alias) = &request.alias {
             if state.aliases.contains_key(alias) {
-                let source = Box::new(BackendError::AliasExists {
-                    alias: alias.clone(),
-                });
-                return Err(BackendError::Incomplete {
-                    key_id: id,
-                    step: "creating the alias",
-                    source,
-                });
+                let source = Box::new(BackendError::AliasExists { alias: alias.clone() });
+                return Err(BackendError::Incomplete { key_id: id, step: "creating the alias", source });
             }
             state.aliases.insert(alias.clone(), id.clone());
         }
-        Ok(KeyInfo {
-            key_id: id,
-            arn,
-            alias: request.alias.clone(),
-            address,
-        })
+        Ok(KeyInfo { key_id: id, arn, alias: request.alias.clone(), address })
     }
 
     async fn public_key(&self, key: &KeyRef) -> Result<PublicKeyResponse, BackendError> {
@@ -346,9 +301,7 @@ impl KeyBackend for MemoryBackend {
         let entry = &state.keys[index];
         let spki_der = match &entry.material {
             Material::Secp256k1(signing_key) => {
-                PublicKey::from_affine(*signing_key.verifying_key().as_affine())
-                    .to_spki_der()
-                    .to_vec()
+                PublicKey::from_affine(*signing_key.verifying_key().as_affine()).to_spki_der().to_vec()
             }
             Material::Other { spki_der } => spki_der.clone(),
         };
@@ -374,20 +327,15 @@ impl KeyBackend for MemoryBackend {
             (_, true) => &state.stranger,
             (Material::Secp256k1(signing_key), false) => signing_key,
             (Material::Other { .. }, false) => {
-                return Err(BackendError::WrongKeySpec {
-                    key: key.to_string(),
-                    spec: state.keys[index].spec.clone(),
-                });
+                return Err(BackendError::WrongKeySpec { key: key.to_string(), spec: state.keys[index].spec.clone() });
             }
         };
-        let (signature, _) = signing_key
-            .sign_prehash_recoverable(digest)
-            .map_err(|error| BackendError::Service {
-                key: key.to_string(),
-                code: "KMSInternalException".into(),
-                message: error.to_string(),
-                retryable: true,
-            })?;
+        let (signature, _) = signing_key.sign_prehash_recoverable(digest).map_err(|error| BackendError::Service {
+            key: key.to_string(),
+            code: "KMSInternalException".into(),
+            message: error.to_string(),
+            retryable: true,
+        })?;
         // k256 always returns low s; KMS returns either, about half the time high.
         let signature = if high_s {
             let (r, s) = signature.split_scalars();
@@ -437,16 +385,10 @@ impl KeyBackend for MemoryBackend {
         self.set_state(key, KeyState::Enabled)
     }
 
-    async fn schedule_key_deletion(
-        &self,
-        key: &KeyRef,
-        pending_days: u32,
-    ) -> Result<(), BackendError> {
+    async fn schedule_key_deletion(&self, key: &KeyRef, pending_days: u32) -> Result<(), BackendError> {
         if !(7..=30).contains(&pending_days) {
             return Err(BackendError::InvalidArgument {
-                message: format!(
-                    "the deletion waiting period must be 7 to 30 days, not {pending_days}"
-                ),
+                message: format!("the deletion waiting period must be 7 to 30 days, not {pending_days}"),
             });
         }
         self.set_state(key, KeyState::PendingDeletion)
@@ -459,9 +401,7 @@ impl MemoryBackend {
         let index = self.resolve(&state, key)?;
         let entry = &mut state.keys[index];
         if entry.state == KeyState::PendingDeletion && new_state != KeyState::PendingDeletion {
-            return Err(BackendError::PendingDeletion {
-                key: key.to_string(),
-            });
+            return Err(BackendError::PendingDeletion { key: key.to_string() });
         }
         entry.state = new_state;
         Ok(())
@@ -489,14 +429,7 @@ fn uuid(rng: &mut ChaCha20Rng) -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
 }
 
 /// A SubjectPublicKeyInfo of the right algorithm and curve for a key spec that cannot sign for
@@ -508,10 +441,7 @@ fn foreign_spki(spec: &KeySpec) -> Vec<u8> {
         KeySpec::EccNistP256 => P256_GENERATOR_SPKI,
         _ => SMALL_RSA_SPKI,
     };
-    (0..hex.len())
-        .step_by(2)
-        .filter_map(|index| u8::from_str_radix(&hex[index..index + 2], 16).ok())
-        .collect()
+    (0..hex.len()).step_by(2).filter_map(|index| u8::from_str_radix(&hex[index..index + 2], 16).ok()).collect()
 }
 
 #[cfg(test)]
@@ -533,26 +463,14 @@ mod tests {
         let p256 = PublicKey::from_spki_der(&foreign_spki(&KeySpec::EccNistP256)).unwrap_err();
         assert_eq!(p256.kind(), ErrorKind::UnsupportedCurve(Curve::P256));
         let rsa = PublicKey::from_spki_der(&foreign_spki(&KeySpec::Rsa2048)).unwrap_err();
-        assert_eq!(
-            rsa.kind(),
-            ErrorKind::UnsupportedAlgorithm(KeyAlgorithm::Rsa)
-        );
+        assert_eq!(rsa.kind(), ErrorKind::UnsupportedAlgorithm(KeyAlgorithm::Rsa));
     }
 
     #[tokio::test]
     async fn the_same_seed_gives_the_same_keys() {
-        let first = MemoryBackend::with_seed(42)
-            .create_key(&CreateKeyRequest::new())
-            .await
-            .unwrap();
-        let second = MemoryBackend::with_seed(42)
-            .create_key(&CreateKeyRequest::new())
-            .await
-            .unwrap();
-        let other = MemoryBackend::with_seed(43)
-            .create_key(&CreateKeyRequest::new())
-            .await
-            .unwrap();
+        let first = MemoryBackend::with_seed(42).create_key(&CreateKeyRequest::new()).await.unwrap();
+        let second = MemoryBackend::with_seed(42).create_key(&CreateKeyRequest::new()).await.unwrap();
+        let other = MemoryBackend::with_seed(43).create_key(&CreateKeyRequest::new()).await.unwrap();
         assert_eq!(first, second);
         assert_ne!(first.address, other.address);
     }

@@ -30,38 +30,26 @@ impl KeyRef {
     /// [`BackendError::InvalidKeyReference`] naming what is wrong.
     pub fn new(reference: impl Into<String>) -> Result<Self, BackendError> {
         let reference = reference.into();
-        let invalid = |reason: &'static str| BackendError::InvalidKeyReference {
-            input: reference.clone(),
-            reason,
-        };
+        let invalid = |reason: &'static str| BackendError::InvalidKeyReference { input: reference.clone(), reason };
         if reference.is_empty() {
             return Err(invalid("it is empty"));
         }
         if reference.len() > 2048 {
             return Err(invalid("it is longer than 2048 characters"));
         }
-        if reference
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
-        {
+        if reference.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(invalid("it contains white space or control characters"));
         }
         if let Some(rest) = reference.strip_prefix("arn:") {
             let parts: Vec<&str> = rest.splitn(5, ':').collect();
             let [_partition, service, _region, _account, resource] = parts.as_slice() else {
-                return Err(invalid(
-                    "an ARN has the form arn:PARTITION:kms:REGION:ACCOUNT:key/ID or …:alias/NAME",
-                ));
+                return Err(invalid("an ARN has the form arn:PARTITION:kms:REGION:ACCOUNT:key/ID or …:alias/NAME"));
             };
             if *service != "kms" {
                 return Err(invalid("the ARN is not a KMS ARN"));
             }
-            let valid_resource = resource
-                .strip_prefix("key/")
-                .is_some_and(|id| !id.is_empty())
-                || resource
-                    .strip_prefix("alias/")
-                    .is_some_and(|name| !name.is_empty());
+            let valid_resource = resource.strip_prefix("key/").is_some_and(|id| !id.is_empty())
+                || resource.strip_prefix("alias/").is_some_and(|name| !name.is_empty());
             if !valid_resource {
                 return Err(invalid("a KMS ARN must end in key/ID or alias/NAME"));
             }
@@ -70,9 +58,7 @@ impl KeyRef {
                 return Err(invalid("the alias name after `alias/` is empty"));
             }
         } else if reference.contains('/') || reference.contains(':') {
-            return Err(invalid(
-                "expected a key id, a key ARN, `alias/NAME` or an alias ARN",
-            ));
+            return Err(invalid("expected a key id, a key ARN, `alias/NAME` or an alias ARN"));
         }
         Ok(Self(reference))
     }
@@ -284,10 +270,7 @@ impl Tag {
     /// A tag.
     #[must_use]
     pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            value: value.into(),
-        }
+        Self { key: key.into(), value: value.into() }
     }
 }
 
@@ -343,11 +326,7 @@ impl CreateKeyRequest {
     #[must_use]
     pub fn alias(mut self, alias: impl Into<String>) -> Self {
         let alias = alias.into();
-        self.alias = Some(if alias.starts_with("alias/") {
-            alias
-        } else {
-            format!("alias/{alias}")
-        });
+        self.alias = Some(if alias.starts_with("alias/") { alias } else { format!("alias/{alias}") });
         self
     }
 
@@ -382,27 +361,16 @@ impl CreateKeyRequest {
 /// # Errors
 /// [`BackendError::InvalidArgument`] naming the problem.
 pub fn validate_alias(alias: &str) -> Result<(), BackendError> {
-    let invalid = |why: &str| BackendError::InvalidArgument {
-        message: format!("alias `{alias}` {why}"),
-    };
-    let name = alias
-        .strip_prefix("alias/")
-        .ok_or_else(|| invalid("must start with `alias/`"))?;
+    let invalid = |why: &str| BackendError::InvalidArgument { message: format!("alias `{alias}` {why}") };
+    let name = alias.strip_prefix("alias/").ok_or_else(|| invalid("must start with `alias/`"))?;
     if name.is_empty() || name.len() > 250 {
         return Err(invalid("must have 1 to 250 characters after `alias/`"));
     }
     if name.starts_with("aws/") {
-        return Err(invalid(
-            "is reserved: `alias/aws/` names belong to AWS-managed keys",
-        ));
+        return Err(invalid("is reserved: `alias/aws/` names belong to AWS-managed keys"));
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-'))
-    {
-        return Err(invalid(
-            "may contain only letters, digits, `/`, `_` and `-`",
-        ));
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-')) {
+        return Err(invalid("may contain only letters, digits, `/`, `_` and `-`"));
     }
     Ok(())
 }
@@ -494,71 +462,35 @@ mod tests {
         let alias_arn = "arn:aws:kms:us-east-1:111122223333:alias/hot";
         assert_eq!(KeyRef::new(id).unwrap().key_id(), Some(id));
         assert_eq!(KeyRef::new(arn.as_str()).unwrap().key_id(), Some(id));
-        assert_eq!(
-            KeyRef::new("alias/hot").unwrap().alias_name(),
-            Some("alias/hot")
-        );
-        assert_eq!(
-            KeyRef::new(alias_arn).unwrap().alias_name(),
-            Some("alias/hot")
-        );
+        assert_eq!(KeyRef::new("alias/hot").unwrap().alias_name(), Some("alias/hot"));
+        assert_eq!(KeyRef::new(alias_arn).unwrap().alias_name(), Some("alias/hot"));
         assert_eq!(KeyRef::new(alias_arn).unwrap().key_id(), None);
-        for bad in [
-            "",
-            "alias/",
-            "arn:aws:s3:::bucket",
-            "arn:aws:kms:us-east-1:1:user/x",
-            "key id",
-            "a/b",
-            "arn:aws",
-        ] {
+        for bad in ["", "alias/", "arn:aws:s3:::bucket", "arn:aws:kms:us-east-1:1:user/x", "key id", "a/b", "arn:aws"] {
             let error = KeyRef::new(bad).unwrap_err();
-            assert!(
-                matches!(error, BackendError::InvalidKeyReference { .. }),
-                "{bad}: {error}"
-            );
+            assert!(matches!(error, BackendError::InvalidKeyReference { .. }), "{bad}: {error}");
             assert!(error.to_string().contains(&format!("`{bad}`")), "{error}");
         }
     }
 
     #[test]
     fn names_round_trip_and_unknown_ones_survive() {
-        for spec in [
-            KeySpec::EccSecgP256k1,
-            KeySpec::EccNistP256,
-            KeySpec::Rsa2048,
-        ] {
+        for spec in [KeySpec::EccSecgP256k1, KeySpec::EccNistP256, KeySpec::Rsa2048] {
             assert_eq!(KeySpec::from(spec.as_str()), spec);
         }
-        assert_eq!(
-            KeySpec::from("ML_DSA_65"),
-            KeySpec::Other("ML_DSA_65".into())
-        );
+        assert_eq!(KeySpec::from("ML_DSA_65"), KeySpec::Other("ML_DSA_65".into()));
         assert_eq!(KeyState::from("PendingDeletion"), KeyState::PendingDeletion);
         assert_eq!(KeyUsage::from("SIGN_VERIFY").to_string(), "SIGN_VERIFY");
     }
 
     #[test]
     fn tags_and_aliases_are_checked() {
-        assert_eq!(
-            "team=treasury".parse::<Tag>().unwrap(),
-            Tag::new("team", "treasury")
-        );
+        assert_eq!("team=treasury".parse::<Tag>().unwrap(), Tag::new("team", "treasury"));
         assert_eq!("k=".parse::<Tag>().unwrap(), Tag::new("k", ""));
         assert!("=v".parse::<Tag>().is_err());
         assert!("novalue".parse::<Tag>().is_err());
-        assert_eq!(
-            CreateKeyRequest::new().alias("hot").alias.as_deref(),
-            Some("alias/hot")
-        );
+        assert_eq!(CreateKeyRequest::new().alias("hot").alias.as_deref(), Some("alias/hot"));
         assert!(validate_alias("alias/hot-wallet_1/eu").is_ok());
-        for bad in [
-            "hot",
-            "alias/",
-            "alias/aws/x",
-            "alias/has space",
-            "alias/ünïcode",
-        ] {
+        for bad in ["hot", "alias/", "alias/aws/x", "alias/has space", "alias/ünïcode"] {
             assert!(validate_alias(bad).is_err(), "{bad}");
         }
         let filter = KeyFilter::all().tag("env", "prod");

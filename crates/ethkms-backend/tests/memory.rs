@@ -4,21 +4,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ethkms_backend::{
-    BackendError, CreateKeyRequest, Faults, KeyBackend, KeyHandle, KeyRef, Keyring, MemoryBackend,
-    RetryPolicy,
+    BackendError, CreateKeyRequest, Faults, KeyBackend, KeyHandle, KeyRef, Keyring, MemoryBackend, RetryPolicy,
 };
 use ethkms_core::{ErrorKind, keccak256};
 
-ethkms_backend::contract_tests!(async {
-    Some(Arc::new(MemoryBackend::new()) as Arc<dyn KeyBackend>)
-});
+ethkms_backend::contract_tests!(async { Some(Arc::new(MemoryBackend::new()) as Arc<dyn KeyBackend>) });
 
 async fn backend_with_key() -> (Arc<MemoryBackend>, KeyRef) {
     let backend = Arc::new(MemoryBackend::with_seed(1));
-    let info = backend
-        .create_key(&CreateKeyRequest::new().alias("faults"))
-        .await
-        .unwrap();
+    let info = backend.create_key(&CreateKeyRequest::new().alias("faults")).await.unwrap();
     (backend, KeyRef::new(info.key_id).unwrap())
 }
 
@@ -27,10 +21,7 @@ async fn after_the_first_call_one_signature_is_one_request() {
     let (backend, key) = backend_with_key().await;
     let keyring = Keyring::new(Arc::clone(&backend) as Arc<dyn KeyBackend>);
     for index in 0..25u8 {
-        keyring
-            .sign_digest(&key, &keccak256(&[index]))
-            .await
-            .unwrap();
+        keyring.sign_digest(&key, &keccak256(&[index])).await.unwrap();
     }
     let alias = KeyRef::new("alias/faults").unwrap();
     keyring.address(&alias).await.unwrap();
@@ -42,10 +33,7 @@ async fn after_the_first_call_one_signature_is_one_request() {
 #[tokio::test]
 async fn concurrent_first_uses_share_one_public_key_request() {
     let (backend, key) = backend_with_key().await;
-    backend.set_faults(Faults {
-        latency: Duration::from_millis(20),
-        ..Faults::default()
-    });
+    backend.set_faults(Faults { latency: Duration::from_millis(20), ..Faults::default() });
     let keyring = Keyring::new(Arc::clone(&backend) as Arc<dyn KeyBackend>);
     let tasks: Vec<_> = (0..8u8)
         .map(|index| {
@@ -63,25 +51,14 @@ async fn concurrent_first_uses_share_one_public_key_request() {
 #[tokio::test(start_paused = true)]
 async fn throttling_at_30_percent_still_yields_every_signature() {
     let (backend, key) = backend_with_key().await;
-    backend.set_faults(Faults {
-        throttle_rate: 0.3,
-        ..Faults::default()
-    });
-    let retry = RetryPolicy {
-        max_attempts: 8,
-        ..RetryPolicy::default()
-    };
+    backend.set_faults(Faults { throttle_rate: 0.3, ..Faults::default() });
+    let retry = RetryPolicy { max_attempts: 8, ..RetryPolicy::default() };
     let dynamic: Arc<dyn KeyBackend> = Arc::clone(&backend) as Arc<dyn KeyBackend>;
-    let handle = KeyHandle::open_with_retry(dynamic, key, retry)
-        .await
-        .unwrap();
+    let handle = KeyHandle::open_with_retry(dynamic, key, retry).await.unwrap();
     for index in 0..200u32 {
         let digest = keccak256(&index.to_be_bytes());
         let signature = handle.sign_digest(&digest).await.unwrap();
-        assert_eq!(
-            signature.recover_address(&digest).unwrap(),
-            handle.address()
-        );
+        assert_eq!(signature.recover_address(&digest).unwrap(), handle.address());
     }
     let counts = backend.request_counts();
     // Throttled attempts were retried: more requests than signatures, but within the attempt budget.
@@ -93,17 +70,11 @@ async fn throttling_beyond_the_attempts_is_reported_as_throttling() {
     let (backend, key) = backend_with_key().await;
     let dynamic: Arc<dyn KeyBackend> = Arc::clone(&backend) as Arc<dyn KeyBackend>;
     let handle = KeyHandle::open(dynamic, key).await.unwrap();
-    backend.set_faults(Faults {
-        throttle_rate: 1.0,
-        ..Faults::default()
-    });
+    backend.set_faults(Faults { throttle_rate: 1.0, ..Faults::default() });
     let error = handle.sign_digest(&[1; 32]).await.unwrap_err();
     assert!(matches!(error, BackendError::Throttled { .. }), "{error:?}");
     assert!(error.is_retryable());
-    assert_eq!(
-        backend.request_counts().sign,
-        u64::from(RetryPolicy::default().max_attempts)
-    );
+    assert_eq!(backend.request_counts().sign, u64::from(RetryPolicy::default().max_attempts));
 }
 
 #[tokio::test]
@@ -111,21 +82,13 @@ async fn corrupted_signatures_are_rejected_never_returned() {
     let (backend, key) = backend_with_key().await;
     let dynamic: Arc<dyn KeyBackend> = Arc::clone(&backend) as Arc<dyn KeyBackend>;
     let handle = KeyHandle::open(dynamic, key).await.unwrap();
-    backend.set_faults(Faults {
-        corrupt_signature_rate: 1.0,
-        ..Faults::default()
-    });
+    backend.set_faults(Faults { corrupt_signature_rate: 1.0, ..Faults::default() });
     for index in 0..100u8 {
         let error = handle.sign_digest(&keccak256(&[index])).await.unwrap_err();
-        let BackendError::InvalidSignature { key, source } = &error else {
-            panic!("{error:?}")
-        };
+        let BackendError::InvalidSignature { key, source } = &error else { panic!("{error:?}") };
         assert_eq!(key, handle.key().as_str());
         // A flipped bit breaks the DER or the signature; either way it is caught.
-        assert!(
-            source.position().is_some() || source.kind() == ErrorKind::VerificationFailed,
-            "{source}"
-        );
+        assert!(source.position().is_some() || source.kind() == ErrorKind::VerificationFailed, "{source}");
     }
 }
 
@@ -134,19 +97,13 @@ async fn foreign_signatures_are_rejected_never_returned() {
     let (backend, key) = backend_with_key().await;
     let dynamic: Arc<dyn KeyBackend> = Arc::clone(&backend) as Arc<dyn KeyBackend>;
     let handle = KeyHandle::open(dynamic, key).await.unwrap();
-    backend.set_faults(Faults {
-        foreign_signature_rate: 0.5,
-        ..Faults::default()
-    });
+    backend.set_faults(Faults { foreign_signature_rate: 0.5, ..Faults::default() });
     let (mut good, mut rejected) = (0, 0);
     for index in 0..100u8 {
         let digest = keccak256(&[index]);
         match handle.sign_digest(&digest).await {
             Ok(signature) => {
-                assert_eq!(
-                    signature.recover_address(&digest).unwrap(),
-                    handle.address()
-                );
+                assert_eq!(signature.recover_address(&digest).unwrap(), handle.address());
                 good += 1;
             }
             Err(BackendError::InvalidSignature { source, .. }) => {
@@ -156,19 +113,13 @@ async fn foreign_signatures_are_rejected_never_returned() {
             Err(other) => panic!("{other:?}"),
         }
     }
-    assert!(
-        good > 20 && rejected > 20,
-        "{good} good, {rejected} rejected"
-    );
+    assert!(good > 20 && rejected > 20, "{good} good, {rejected} rejected");
 }
 
 #[tokio::test(start_paused = true)]
 async fn latency_is_added_to_each_request() {
     let (backend, key) = backend_with_key().await;
-    backend.set_faults(Faults {
-        latency: Duration::from_millis(150),
-        ..Faults::default()
-    });
+    backend.set_faults(Faults { latency: Duration::from_millis(150), ..Faults::default() });
     let started = tokio::time::Instant::now();
     backend.sign_digest(&key, &[3; 32]).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(150));
@@ -177,12 +128,7 @@ async fn latency_is_added_to_each_request() {
 #[tokio::test]
 async fn handles_do_not_show_secrets() {
     let (backend, key) = backend_with_key().await;
-    let handle = KeyHandle::open(backend as Arc<dyn KeyBackend>, key)
-        .await
-        .unwrap();
+    let handle = KeyHandle::open(backend as Arc<dyn KeyBackend>, key).await.unwrap();
     let text = format!("{handle:?}");
-    assert!(
-        text.contains("backend: \"memory\"") && text.contains(&handle.address().to_string()),
-        "{text}"
-    );
+    assert!(text.contains("backend: \"memory\"") && text.contains(&handle.address().to_string()), "{text}");
 }

@@ -30,15 +30,9 @@ fn cases() -> Vec<Case> {
         .map(|seed| {
             let signing_key = SigningKey::from_slice(&[seed; 32]).expect("valid scalar");
             let digest = ethkms_core::keccak256(&[seed, 0xd1]);
-            let (low, _) = signing_key
-                .sign_prehash_recoverable(&digest)
-                .expect("signs");
+            let (low, _) = signing_key.sign_prehash_recoverable(&digest).expect("signs");
             let (r, s) = low.split_scalars();
-            let kms = if seed % 2 == 0 {
-                K256Signature::from_scalars(r, -*s).expect("valid")
-            } else {
-                low
-            };
+            let kms = if seed % 2 == 0 { K256Signature::from_scalars(r, -*s).expect("valid") } else { low };
             Case {
                 key: PublicKey::from_affine(*signing_key.verifying_key().as_affine()),
                 verifying_key: *signing_key.verifying_key(),
@@ -75,8 +69,7 @@ fn recover_v27_then_v28(case: &Case) -> Option<(K256Signature, RecoveryId)> {
 fn trial_recovery(case: &Case) -> Option<(K256Signature, RecoveryId)> {
     let signature = K256Signature::from_der(&case.der).ok()?;
     let signature = signature.normalize_s().unwrap_or(signature);
-    let id = RecoveryId::trial_recovery_from_prehash(&case.verifying_key, &case.digest, &signature)
-        .ok()?;
+    let id = RecoveryId::trial_recovery_from_prehash(&case.verifying_key, &case.digest, &signature).ok()?;
     Some((signature, id))
 }
 
@@ -85,16 +78,11 @@ fn parity(criterion: &mut Criterion) {
     // All four agree on every case before anything is timed.
     for case in &cases {
         let ours = Signature::from_kms_der(&case.der, &case.digest, &case.key).expect("converts");
-        for (signature, id) in [recover_v27_then_v28(case), trial_recovery(case)]
-            .into_iter()
-            .flatten()
-        {
+        for (signature, id) in [recover_v27_then_v28(case), trial_recovery(case)].into_iter().flatten() {
             assert_eq!(<[u8; 32]>::from(signature.s().to_bytes()), ours.s());
             assert_eq!(id.is_y_odd(), ours.y_parity());
         }
-        case.verifying_key
-            .verify_prehash(&case.digest, &case.parsed)
-            .expect("verifies");
+        case.verifying_key.verify_prehash(&case.digest, &case.parsed).expect("verifies");
     }
 
     let mut group = criterion.benchmark_group("kms_signature_to_ethereum");
@@ -118,8 +106,7 @@ fn parity(criterion: &mut Criterion) {
     group.bench_function("verify_prehash", |b| {
         b.iter(|| {
             let case = next();
-            case.verifying_key
-                .verify_prehash(black_box(&case.digest), black_box(&case.parsed))
+            case.verifying_key.verify_prehash(black_box(&case.digest), black_box(&case.parsed))
         });
     });
     group.finish();

@@ -50,10 +50,7 @@ impl Address {
     pub fn to_checksum(&self) -> ChecksumAddress {
         let mut lower = [0u8; 40];
         for (pair, byte) in lower.chunks_exact_mut(2).zip(self.0) {
-            pair.copy_from_slice(&[
-                LOWER_HEX[usize::from(byte >> 4)],
-                LOWER_HEX[usize::from(byte & 0x0f)],
-            ]);
+            pair.copy_from_slice(&[LOWER_HEX[usize::from(byte >> 4)], LOWER_HEX[usize::from(byte & 0x0f)]]);
         }
         let hash = keccak256(&lower);
         let mut text = [0u8; 42];
@@ -61,11 +58,7 @@ impl Address {
         text[1] = b'x';
         for (index, (out, digit)) in text[2..].iter_mut().zip(lower).enumerate() {
             let nibble = (hash[index / 2] >> (if index % 2 == 0 { 4 } else { 0 })) & 0x0f;
-            *out = if digit.is_ascii_alphabetic() && nibble >= 8 {
-                digit.to_ascii_uppercase()
-            } else {
-                digit
-            };
+            *out = if digit.is_ascii_alphabetic() && nibble >= 8 { digit.to_ascii_uppercase() } else { digit };
         }
         ChecksumAddress(text)
     }
@@ -77,10 +70,7 @@ impl Address {
     /// [`ErrorKind::InvalidAddress`] if the text is not 40 hexadecimal digits, and
     /// [`ErrorKind::InvalidChecksum`] if its mixed case is not the checksum.
     pub fn parse_checksummed(text: &str) -> Result<Self, Error> {
-        let digits = text
-            .strip_prefix("0x")
-            .or_else(|| text.strip_prefix("0X"))
-            .unwrap_or(text);
+        let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(text);
         let digits = digits.as_bytes();
         if digits.len() != 40 {
             return Err(Error::new(ErrorKind::InvalidAddress));
@@ -89,8 +79,7 @@ impl Address {
         for (index, (byte, pair)) in address.iter_mut().zip(digits.chunks_exact(2)).enumerate() {
             let offset = text.len() - digits.len() + 2 * index;
             let high = digit_value(pair[0]).ok_or(Error::at(ErrorKind::InvalidAddress, offset))?;
-            let low =
-                digit_value(pair[1]).ok_or(Error::at(ErrorKind::InvalidAddress, offset + 1))?;
+            let low = digit_value(pair[1]).ok_or(Error::at(ErrorKind::InvalidAddress, offset + 1))?;
             *byte = (high << 4) | low;
         }
         let address = Self(address);
@@ -189,35 +178,21 @@ mod tests {
     #[test]
     fn wrong_case_is_rejected_and_uniform_case_accepted() {
         let flipped = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD";
-        assert_eq!(
-            flipped.parse::<Address>().unwrap_err().kind(),
-            ErrorKind::InvalidChecksum
-        );
+        assert_eq!(flipped.parse::<Address>().unwrap_err().kind(), ErrorKind::InvalidChecksum);
         let lower = EIP55[0].to_ascii_lowercase();
         let upper = format!("0x{}", &EIP55[0][2..].to_ascii_uppercase());
-        assert_eq!(
-            lower.parse::<Address>().unwrap(),
-            upper.parse::<Address>().unwrap()
-        );
+        assert_eq!(lower.parse::<Address>().unwrap(), upper.parse::<Address>().unwrap());
         assert_eq!(lower[2..].parse::<Address>().unwrap().to_string(), EIP55[0]);
     }
 
     #[test]
     fn malformed_text_names_the_offset() {
-        let error = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeg"
-            .parse::<Address>()
-            .unwrap_err();
+        let error = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeg".parse::<Address>().unwrap_err();
         assert_eq!(error.kind(), ErrorKind::InvalidAddress);
         assert_eq!(error.position(), Some(41));
+        assert_eq!("0x1234".parse::<Address>().unwrap_err().kind(), ErrorKind::InvalidAddress);
         assert_eq!(
-            "0x1234".parse::<Address>().unwrap_err().kind(),
-            ErrorKind::InvalidAddress
-        );
-        assert_eq!(
-            "0x€5aAeb6053F3E94C9b9A09f33669435E7Ef1BeA"
-                .parse::<Address>()
-                .unwrap_err()
-                .kind(),
+            "0x€5aAeb6053F3E94C9b9A09f33669435E7Ef1BeA".parse::<Address>().unwrap_err().kind(),
             ErrorKind::InvalidAddress
         );
     }

@@ -20,19 +20,13 @@ impl Error {
     /// An error of `kind` with no position.
     #[must_use]
     pub const fn new(kind: ErrorKind) -> Self {
-        Self {
-            kind,
-            position: None,
-        }
+        Self { kind, position: None }
     }
 
     /// An error of `kind` at byte offset `position` of the input.
     #[must_use]
     pub const fn at(kind: ErrorKind, position: usize) -> Self {
-        Self {
-            kind,
-            position: Some(position),
-        }
+        Self { kind, position: Some(position) }
     }
 
     /// What went wrong.
@@ -188,19 +182,16 @@ impl fmt::Display for ErrorKind {
                 f,
                 "public key is {algorithm}, not an elliptic-curve key; Ethereum needs an ECC_SECG_P256K1 (secp256k1) key"
             ),
-            Self::UnsupportedCurve(curve) => write!(
-                f,
-                "public key is on curve {curve}, not secp256k1; Ethereum needs an ECC_SECG_P256K1 key"
-            ),
+            Self::UnsupportedCurve(curve) => {
+                write!(f, "public key is on curve {curve}, not secp256k1; Ethereum needs an ECC_SECG_P256K1 key")
+            }
             Self::CurveNotNamed => f.write_str(
                 "elliptic-curve key parameters are not a named curve; only namedCurve secp256k1 is accepted",
             ),
-            Self::InvalidPoint => f.write_str(
-                "public key is not a valid secp256k1 point (SEC1 uncompressed or compressed, on the curve)",
-            ),
-            Self::VerificationFailed => {
-                f.write_str("signature does not verify against the public key and digest")
+            Self::InvalidPoint => {
+                f.write_str("public key is not a valid secp256k1 point (SEC1 uncompressed or compressed, on the curve)")
             }
+            Self::VerificationFailed => f.write_str("signature does not verify against the public key and digest"),
             Self::UnrepresentableRecoveryId => f.write_str(
                 "signature verifies but its nonce point has x >= n, which an Ethereum recovery id cannot express",
             ),
@@ -209,10 +200,10 @@ impl fmt::Display for ErrorKind {
                 write!(f, "recovery byte v is {v}; expected 0, 1, 27 or 28")
             }
             Self::RecoveryFailed => f.write_str("no public key can be recovered from this signature and digest"),
-            Self::InvalidAddress => f.write_str("not an address: expected 40 hexadecimal digits, optionally prefixed by 0x"),
-            Self::InvalidChecksum => {
-                f.write_str("mixed-case address does not match its EIP-55 checksum")
+            Self::InvalidAddress => {
+                f.write_str("not an address: expected 40 hexadecimal digits, optionally prefixed by 0x")
             }
+            Self::InvalidChecksum => f.write_str("mixed-case address does not match its EIP-55 checksum"),
         }
     }
 }
@@ -229,10 +220,7 @@ impl From<der::Error> for Error {
     fn from(error: der::Error) -> Self {
         let kind = ErrorKind::Spki(error.kind());
         match error.position() {
-            Some(position) => Self::at(
-                kind,
-                usize::try_from(u32::from(position)).unwrap_or(usize::MAX),
-            ),
+            Some(position) => Self::at(kind, usize::try_from(u32::from(position)).unwrap_or(usize::MAX)),
             None => Self::new(kind),
         }
     }

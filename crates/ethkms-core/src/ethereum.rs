@@ -64,11 +64,7 @@ impl Signature {
         if !ecdsa.is_low_s() {
             return Err(Error::at(ErrorKind::HighS, 32));
         }
-        Ok(Self {
-            r: *ecdsa.r(),
-            s: *ecdsa.s(),
-            y_parity,
-        })
+        Ok(Self { r: *ecdsa.r(), s: *ecdsa.s(), y_parity })
     }
 
     /// Parses the 65-byte `r ‖ s ‖ v` form, with `v` one of 27, 28 (`personal_sign`, `eth_sign`) or
@@ -78,12 +74,8 @@ impl Signature {
     /// [`ErrorKind::InvalidLength`] unless 65 bytes, [`ErrorKind::InvalidRecoveryId`] for another `v`,
     /// and the errors of [`from_parts`](Self::from_parts).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        let bytes: &[u8; 65] = bytes.try_into().map_err(|_| {
-            Error::new(ErrorKind::InvalidLength {
-                expected: 65,
-                found: bytes.len(),
-            })
-        })?;
+        let bytes: &[u8; 65] =
+            bytes.try_into().map_err(|_| Error::new(ErrorKind::InvalidLength { expected: 65, found: bytes.len() }))?;
         let (r, s, v) = (&bytes[..32], &bytes[32..64], bytes[64]);
         let y_parity = match v {
             0 | 27 => false,
@@ -98,11 +90,7 @@ impl Signature {
     }
 
     pub(crate) fn from_verified(signature: EcdsaSignature, y_parity: bool) -> Self {
-        Self {
-            r: *signature.r(),
-            s: *signature.s(),
-            y_parity,
-        }
+        Self { r: *signature.r(), s: *signature.s(), y_parity }
     }
 
     /// `r`, 32 bytes big-endian.
@@ -160,9 +148,7 @@ impl Signature {
         let r_inverse = r_inverse.ok_or(Error::new(ErrorKind::RecoveryFailed))?;
         let u1 = -(z * r_inverse);
         let u2 = self.s * r_inverse;
-        let key =
-            ProjectivePoint::lincomb(&ProjectivePoint::GENERATOR, &u1, &nonce_point.into(), &u2)
-                .to_affine();
+        let key = ProjectivePoint::lincomb(&ProjectivePoint::GENERATOR, &u1, &nonce_point.into(), &u2).to_affine();
         if key == AffinePoint::IDENTITY {
             return Err(Error::new(ErrorKind::RecoveryFailed));
         }

@@ -147,10 +147,7 @@ impl PublicKey {
     pub fn from_spki_der(der: &[u8]) -> Result<Self, Error> {
         let spki = SubjectPublicKeyInfoRef::from_der(der)?;
         check_algorithm(&spki.algorithm)?;
-        let point = spki
-            .subject_public_key
-            .as_bytes()
-            .ok_or(Error::new(ErrorKind::InvalidPoint))?;
+        let point = spki.subject_public_key.as_bytes().ok_or(Error::new(ErrorKind::InvalidPoint))?;
         Self::from_sec1_bytes(point)
     }
 
@@ -160,19 +157,13 @@ impl PublicKey {
     /// # Errors
     /// [`ErrorKind::InvalidPoint`] if the bytes are not such an encoding of a point on secp256k1.
     pub fn from_sec1_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        let well_formed = matches!(
-            (bytes.first(), bytes.len()),
-            (Some(0x04), 65) | (Some(0x02 | 0x03), 33)
-        );
+        let well_formed = matches!((bytes.first(), bytes.len()), (Some(0x04), 65) | (Some(0x02 | 0x03), 33));
         if !well_formed {
             return Err(Error::new(ErrorKind::InvalidPoint));
         }
-        let encoded =
-            EncodedPoint::from_bytes(bytes).map_err(|_| Error::new(ErrorKind::InvalidPoint))?;
+        let encoded = EncodedPoint::from_bytes(bytes).map_err(|_| Error::new(ErrorKind::InvalidPoint))?;
         let point: Option<AffinePoint> = AffinePoint::from_encoded_point(&encoded).into();
-        point
-            .map(Self::from_affine)
-            .ok_or(Error::new(ErrorKind::InvalidPoint))
+        point.map(Self::from_affine).ok_or(Error::new(ErrorKind::InvalidPoint))
     }
 
     /// Wraps a k256 point. The identity has no address; use [`from_sec1_bytes`](Self::from_sec1_bytes)
@@ -228,24 +219,20 @@ impl PublicKey {
 /// `SEQUENCE { SEQUENCE { id-ecPublicKey, secp256k1 }, BIT STRING (0 unused bits) ...`.
 /// Used only to *encode*; a unit test checks it against the `spki` encoder.
 const SPKI_HEADER: [u8; 23] = [
-    0x30, 0x56, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b,
-    0x81, 0x04, 0x00, 0x0a, 0x03, 0x42, 0x00,
+    0x30, 0x56, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00,
+    0x0a, 0x03, 0x42, 0x00,
 ];
 
 fn check_algorithm(algorithm: &AlgorithmIdentifierRef<'_>) -> Result<(), Error> {
     if algorithm.oid != ID_EC_PUBLIC_KEY {
-        return Err(Error::new(ErrorKind::UnsupportedAlgorithm(
-            KeyAlgorithm::from_oid(algorithm.oid),
-        )));
+        return Err(Error::new(ErrorKind::UnsupportedAlgorithm(KeyAlgorithm::from_oid(algorithm.oid))));
     }
     let curve = algorithm
         .parameters
         .and_then(|parameters| parameters.decode_as::<ObjectIdentifier>().ok())
         .ok_or(Error::new(ErrorKind::CurveNotNamed))?;
     if curve != SECP256K1 {
-        return Err(Error::new(ErrorKind::UnsupportedCurve(Curve::from_oid(
-            curve,
-        ))));
+        return Err(Error::new(ErrorKind::UnsupportedCurve(Curve::from_oid(curve))));
     }
     Ok(())
 }
@@ -294,17 +281,8 @@ mod tests {
         hybrid[0] = 0x06;
         let mut off_curve = key.to_uncompressed();
         off_curve[64] ^= 1;
-        for bad in [
-            &[0u8][..],
-            &hybrid,
-            &off_curve,
-            &key.to_uncompressed()[..64],
-            &[],
-        ] {
-            assert_eq!(
-                PublicKey::from_sec1_bytes(bad).unwrap_err().kind(),
-                ErrorKind::InvalidPoint
-            );
+        for bad in [&[0u8][..], &hybrid, &off_curve, &key.to_uncompressed()[..64], &[]] {
+            assert_eq!(PublicKey::from_sec1_bytes(bad).unwrap_err().kind(), ErrorKind::InvalidPoint);
         }
     }
 }

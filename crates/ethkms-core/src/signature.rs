@@ -57,16 +57,10 @@ impl EcdsaSignature {
     /// Any departure from DER, or a scalar outside `1..n`, as the [`ErrorKind`] that names it, at the
     /// byte offset where it was found.
     pub fn from_der(der: &[u8]) -> Result<Self, Error> {
-        let mut reader = Reader {
-            bytes: der,
-            position: 0,
-        };
+        let mut reader = Reader { bytes: der, position: 0 };
         let content_length = reader.header(SEQUENCE)?;
         let content_end = reader.position + content_length;
-        let mut content = Reader {
-            bytes: der.get(..content_end).unwrap_or(der),
-            position: reader.position,
-        };
+        let mut content = Reader { bytes: der.get(..content_end).unwrap_or(der), position: reader.position };
         let r = content.integer(Component::R)?;
         let s = content.integer(Component::S)?;
         if content.position != content_end {
@@ -87,10 +81,7 @@ impl EcdsaSignature {
         let (r, s) = bytes
             .split_first_chunk::<32>()
             .and_then(|(r, rest)| Some((r, <&[u8; 32]>::try_from(rest).ok()?)))
-            .ok_or(Error::new(ErrorKind::InvalidLength {
-                expected: 64,
-                found: bytes.len(),
-            }))?;
+            .ok_or(Error::new(ErrorKind::InvalidLength { expected: 64, found: bytes.len() }))?;
         Self::from_scalars(r, s)
     }
 
@@ -149,23 +140,11 @@ impl EcdsaSignature {
         let header = [SEQUENCE, length_byte(total)];
         let r_header = [INTEGER, length_byte(r_length)];
         let s_header = [INTEGER, length_byte(s_length)];
-        let parts: [&[u8]; 5] = [
-            &header,
-            &r_header,
-            &r[33 - r_length..],
-            &s_header,
-            &s[33 - s_length..],
-        ];
-        for (slot, byte) in bytes
-            .iter_mut()
-            .zip(parts.iter().flat_map(|part| part.iter()))
-        {
+        let parts: [&[u8]; 5] = [&header, &r_header, &r[33 - r_length..], &s_header, &s[33 - s_length..]];
+        for (slot, byte) in bytes.iter_mut().zip(parts.iter().flat_map(|part| part.iter())) {
             *slot = *byte;
         }
-        DerSignature {
-            bytes,
-            length: length_byte(2 + total),
-        }
+        DerSignature { bytes, length: length_byte(2 + total) }
     }
 
     /// Whether `s` is in the lower half of the group order (`s <= n/2`), as Ethereum requires.
@@ -178,14 +157,7 @@ impl EcdsaSignature {
     /// only the low one.
     #[must_use]
     pub fn normalize_s(&self) -> Self {
-        if self.is_low_s() {
-            *self
-        } else {
-            Self {
-                r: self.r,
-                s: -self.s,
-            }
-        }
+        if self.is_low_s() { *self } else { Self { r: self.r, s: -self.s } }
     }
 
     /// Verifies the signature against `key` for the 32-byte message `digest` (standard ECDSA, either s).
@@ -207,21 +179,14 @@ impl EcdsaSignature {
     /// [`ErrorKind::VerificationFailed`] if the signature is not for `digest` under `key`;
     /// [`ErrorKind::UnrepresentableRecoveryId`] if `x(R) >= n` (probability about 2⁻¹²⁸; Ethereum's
     /// `v` cannot express it).
-    pub fn to_ethereum(
-        &self,
-        key: &PublicKey,
-        digest: &[u8; 32],
-    ) -> Result<crate::Signature, Error> {
+    pub fn to_ethereum(&self, key: &PublicKey, digest: &[u8; 32]) -> Result<crate::Signature, Error> {
         let normalized = self.normalize_s();
         let nonce_point = normalized.nonce_point(key, digest)?;
         // x(R) mod n == r holds; x(R) == r as bytes holds exactly when x(R) < n.
         if nonce_point.x() != normalized.r.to_bytes() {
             return Err(Error::new(ErrorKind::UnrepresentableRecoveryId));
         }
-        Ok(crate::Signature::from_verified(
-            normalized,
-            bool::from(nonce_point.y_is_odd()),
-        ))
+        Ok(crate::Signature::from_verified(normalized, bool::from(nonce_point.y_is_odd())))
     }
 
     /// `R = (z/s)·G + (r/s)·Q`, checked to satisfy `x(R) mod n == r`.
@@ -243,10 +208,7 @@ impl EcdsaSignature {
 
 impl fmt::Debug for EcdsaSignature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EcdsaSignature")
-            .field("r", &Hex(&self.r_bytes()))
-            .field("s", &Hex(&self.s_bytes()))
-            .finish()
+        f.debug_struct("EcdsaSignature").field("r", &Hex(&self.r_bytes())).field("s", &Hex(&self.s_bytes())).finish()
     }
 }
 
@@ -261,9 +223,7 @@ impl DerSignature {
     /// The encoding.
     #[must_use]
     pub fn as_bytes(&self) -> &[u8] {
-        self.bytes
-            .get(..usize::from(self.length))
-            .unwrap_or(&self.bytes)
+        self.bytes.get(..usize::from(self.length)).unwrap_or(&self.bytes)
     }
 }
 
@@ -275,17 +235,12 @@ impl AsRef<[u8]> for DerSignature {
 
 impl fmt::Debug for DerSignature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("DerSignature")
-            .field(&Hex(self.as_bytes()))
-            .finish()
+        f.debug_tuple("DerSignature").field(&Hex(self.as_bytes())).finish()
     }
 }
 
 /// A scalar from big-endian bytes, in `1..n`.
-pub(crate) fn scalar_from_bytes(
-    bytes: &[u8; 32],
-    component: Component,
-) -> Result<Scalar, ErrorKind> {
+pub(crate) fn scalar_from_bytes(bytes: &[u8; 32], component: Component) -> Result<Scalar, ErrorKind> {
     let scalar: Option<Scalar> = Scalar::from_repr(FieldBytes::from(*bytes)).into();
     let scalar = scalar.ok_or(ErrorKind::ScalarOutOfRange(component))?;
     if bool::from(scalar.is_zero()) {
@@ -319,10 +274,7 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn byte(&mut self) -> Result<u8, Error> {
-        let byte = *self
-            .bytes
-            .get(self.position)
-            .ok_or(Error::at(ErrorKind::Truncated, self.position))?;
+        let byte = *self.bytes.get(self.position).ok_or(Error::at(ErrorKind::Truncated, self.position))?;
         self.position += 1;
         Ok(byte)
     }
@@ -332,13 +284,7 @@ impl Reader<'_> {
         let tag_position = self.position;
         let tag = self.byte()?;
         if tag != expected {
-            return Err(Error::at(
-                ErrorKind::UnexpectedTag {
-                    expected,
-                    found: tag,
-                },
-                tag_position,
-            ));
+            return Err(Error::at(ErrorKind::UnexpectedTag { expected, found: tag }, tag_position));
         }
         let length_position = self.position;
         let first = self.byte()?;
@@ -374,10 +320,7 @@ impl Reader<'_> {
     fn integer(&mut self, component: Component) -> Result<Scalar, Error> {
         let length = self.header(INTEGER)?;
         let start = self.position;
-        let content = self
-            .bytes
-            .get(start..start + length)
-            .ok_or(Error::at(ErrorKind::Truncated, start))?;
+        let content = self.bytes.get(start..start + length).ok_or(Error::at(ErrorKind::Truncated, start))?;
         self.position += length;
         let magnitude = match content {
             [] => return Err(Error::at(ErrorKind::EmptyInteger(component), start)),
@@ -391,9 +334,8 @@ impl Reader<'_> {
             all => all,
         };
         let mut bytes = [0u8; 32];
-        let offset = 32usize
-            .checked_sub(magnitude.len())
-            .ok_or(Error::at(ErrorKind::IntegerTooLarge(component), start))?;
+        let offset =
+            32usize.checked_sub(magnitude.len()).ok_or(Error::at(ErrorKind::IntegerTooLarge(component), start))?;
         bytes[offset..].copy_from_slice(magnitude);
         scalar_from_bytes(&bytes, component).map_err(|kind| Error::at(kind, start))
     }
@@ -408,9 +350,8 @@ mod tests {
     }
 
     const N: [u8; 32] = [
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xfe, 0xba, 0xae, 0xdc, 0xe6, 0xaf, 0x48, 0xa0, 0x3b, 0xbf, 0xd2, 0x5e, 0x8c, 0xd0, 0x36,
-        0x41, 0x41,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe, 0xba, 0xae,
+        0xdc, 0xe6, 0xaf, 0x48, 0xa0, 0x3b, 0xbf, 0xd2, 0x5e, 0x8c, 0xd0, 0x36, 0x41, 0x41,
     ];
 
     #[test]
@@ -418,10 +359,7 @@ mod tests {
         let signature = parse(&[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x7f]).unwrap();
         assert_eq!(signature.r_bytes()[31], 1);
         assert_eq!(signature.s_bytes()[31], 0x7f);
-        assert_eq!(
-            signature.to_der().as_bytes(),
-            &[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x7f]
-        );
+        assert_eq!(signature.to_der().as_bytes(), &[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x7f]);
     }
 
     #[test]
@@ -441,92 +379,21 @@ mod tests {
         use ErrorKind::*;
         let cases: &[(&[u8], ErrorKind, usize)] = &[
             (&[], Truncated, 0),
-            (
-                &[0x31, 0x06],
-                UnexpectedTag {
-                    expected: SEQUENCE,
-                    found: 0x31,
-                },
-                0,
-            ),
-            (
-                &[0x30, 0x80, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x00, 0x00],
-                IndefiniteLength,
-                1,
-            ),
-            (
-                &[0x30, 0x81, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01],
-                NonMinimalLength,
-                1,
-            ),
-            (
-                &[0x30, 0x82, 0x00, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01],
-                NonMinimalLength,
-                1,
-            ),
-            (
-                &[0x30, 0x07, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01],
-                Truncated,
-                1,
-            ),
-            (
-                &[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x00],
-                TrailingData,
-                8,
-            ),
-            (
-                &[0x30, 0x08, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x05, 0x00],
-                ExtraElement,
-                8,
-            ),
-            (
-                &[0x30, 0x05, 0x02, 0x00, 0x02, 0x01, 0x01],
-                EmptyInteger(Component::R),
-                4,
-            ),
-            (
-                &[0x30, 0x06, 0x02, 0x01, 0x01, 0x03, 0x01, 0x01],
-                UnexpectedTag {
-                    expected: INTEGER,
-                    found: 0x03,
-                },
-                5,
-            ),
-            (
-                &[0x30, 0x06, 0x02, 0x01, 0x00, 0x02, 0x01, 0x01],
-                ZeroScalar(Component::R),
-                4,
-            ),
-            (
-                &[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x00],
-                ZeroScalar(Component::S),
-                7,
-            ),
-            (
-                &[0x30, 0x07, 0x02, 0x01, 0x01, 0x02, 0x02, 0x00, 0x01],
-                NonMinimalInteger(Component::S),
-                7,
-            ),
-            (
-                &[0x30, 0x06, 0x02, 0x07, 0x01, 0x02, 0x01, 0x01],
-                Truncated,
-                3,
-            ),
-            (
-                &[0x30, 0x06, 0x02, 0x03, 0x01, 0x02, 0x01, 0x01],
-                UnexpectedTag {
-                    expected: INTEGER,
-                    found: 0x01,
-                },
-                7,
-            ),
-            (
-                &[
-                    0x30, 0x89, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-                ],
-                Truncated,
-                1,
-            ),
+            (&[0x31, 0x06], UnexpectedTag { expected: SEQUENCE, found: 0x31 }, 0),
+            (&[0x30, 0x80, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x00, 0x00], IndefiniteLength, 1),
+            (&[0x30, 0x81, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01], NonMinimalLength, 1),
+            (&[0x30, 0x82, 0x00, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01], NonMinimalLength, 1),
+            (&[0x30, 0x07, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01], Truncated, 1),
+            (&[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x00], TrailingData, 8),
+            (&[0x30, 0x08, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x05, 0x00], ExtraElement, 8),
+            (&[0x30, 0x05, 0x02, 0x00, 0x02, 0x01, 0x01], EmptyInteger(Component::R), 4),
+            (&[0x30, 0x06, 0x02, 0x01, 0x01, 0x03, 0x01, 0x01], UnexpectedTag { expected: INTEGER, found: 0x03 }, 5),
+            (&[0x30, 0x06, 0x02, 0x01, 0x00, 0x02, 0x01, 0x01], ZeroScalar(Component::R), 4),
+            (&[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x00], ZeroScalar(Component::S), 7),
+            (&[0x30, 0x07, 0x02, 0x01, 0x01, 0x02, 0x02, 0x00, 0x01], NonMinimalInteger(Component::S), 7),
+            (&[0x30, 0x06, 0x02, 0x07, 0x01, 0x02, 0x01, 0x01], Truncated, 3),
+            (&[0x30, 0x06, 0x02, 0x03, 0x01, 0x02, 0x01, 0x01], UnexpectedTag { expected: INTEGER, found: 0x01 }, 7),
+            (&[0x30, 0x89, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], Truncated, 1),
         ];
         for &(der, kind, position) in cases {
             assert_eq!(parse(der), Err((kind, Some(position))), "input {der:02x?}");
@@ -555,17 +422,11 @@ mod tests {
             parse(&sequence(&[1], &n_with_sign_byte)),
             Err((ErrorKind::ScalarOutOfRange(Component::S), Some(7)))
         );
-        assert_eq!(
-            parse(&sequence(&[1; 33], &[1])),
-            Err((ErrorKind::IntegerTooLarge(Component::R), Some(4)))
-        );
+        assert_eq!(parse(&sequence(&[1; 33], &[1])), Err((ErrorKind::IntegerTooLarge(Component::R), Some(4))));
         let mut n_minus_one = n_with_sign_byte.clone();
         n_minus_one[32] -= 1;
         let signature = parse(&sequence(&n_minus_one, &n_minus_one)).unwrap();
-        assert_eq!(
-            signature.to_der().as_bytes(),
-            &sequence(&n_minus_one, &n_minus_one)[..]
-        );
+        assert_eq!(signature.to_der().as_bytes(), &sequence(&n_minus_one, &n_minus_one)[..]);
         assert_eq!(signature.to_der().as_bytes().len(), MAX_DER_LEN);
     }
 
@@ -586,26 +447,15 @@ mod tests {
     #[test]
     fn fixed_width_form_checks_length_and_range() {
         assert_eq!(
-            EcdsaSignature::from_fixed_bytes(&[1; 63])
-                .unwrap_err()
-                .kind(),
-            ErrorKind::InvalidLength {
-                expected: 64,
-                found: 63
-            }
+            EcdsaSignature::from_fixed_bytes(&[1; 63]).unwrap_err().kind(),
+            ErrorKind::InvalidLength { expected: 64, found: 63 }
         );
         let mut bytes = [1u8; 64];
         bytes[32..].copy_from_slice(&N);
         let error = EcdsaSignature::from_fixed_bytes(&bytes).unwrap_err();
-        assert_eq!(
-            (error.kind(), error.position()),
-            (ErrorKind::ScalarOutOfRange(Component::S), Some(32))
-        );
+        assert_eq!((error.kind(), error.position()), (ErrorKind::ScalarOutOfRange(Component::S), Some(32)));
         let signature = EcdsaSignature::from_fixed_bytes(&[1; 64]).unwrap();
         assert_eq!(signature.to_fixed_bytes(), [1; 64]);
-        assert_eq!(
-            EcdsaSignature::from_der(signature.to_der().as_bytes()).unwrap(),
-            signature
-        );
+        assert_eq!(EcdsaSignature::from_der(signature.to_der().as_bytes()).unwrap(), signature);
     }
 }

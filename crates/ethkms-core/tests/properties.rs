@@ -7,9 +7,7 @@ use ethkms_core::{Address, EcdsaSignature, ErrorKind, PublicKey, eip191_hash_mes
 use proptest::prelude::*;
 
 fn signing_key() -> impl Strategy<Value = SigningKey> {
-    any::<[u8; 32]>().prop_filter_map("not a valid scalar", |bytes| {
-        SigningKey::from_slice(&bytes).ok()
-    })
+    any::<[u8; 32]>().prop_filter_map("not a valid scalar", |bytes| SigningKey::from_slice(&bytes).ok())
 }
 
 fn public_key(signing_key: &SigningKey) -> PublicKey {
@@ -163,10 +161,7 @@ proptest! {
 #[test]
 fn eip155_example_key_address() {
     let key = SigningKey::from_slice(&[0x46; 32]).unwrap();
-    assert_eq!(
-        public_key(&key).address().to_string(),
-        "0x9d8A62f656a8d1615C1294fd71e9CFb3E4855A4F"
-    );
+    assert_eq!(public_key(&key).address().to_string(), "0x9d8A62f656a8d1615C1294fd71e9CFb3E4855A4F");
 }
 
 /// Foreign key types named in the error, as a KMS returns them for other key specs.
@@ -175,8 +170,8 @@ fn other_key_types_are_named() {
     use ethkms_core::{Curve, KeyAlgorithm};
     // ECC_NIST_P256: id-ecPublicKey with prime256v1 and a 65-byte point (the point need not be parsed).
     let mut p256 = vec![
-        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
-        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00, 0x04,
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
+        0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00, 0x04,
     ];
     p256.extend_from_slice(&[0x11; 64]);
     let error = PublicKey::from_spki_der(&p256).unwrap_err();
@@ -184,25 +179,19 @@ fn other_key_types_are_named() {
     assert!(error.to_string().contains("ECC_NIST_P256"), "{error}");
     // RSA: rsaEncryption with NULL parameters and a (tiny, fake) key BIT STRING.
     let rsa = [
-        0x30, 0x14, 0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
-        0x05, 0x00, 0x03, 0x03, 0x00, 0x30, 0x00,
+        0x30, 0x14, 0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00, 0x03,
+        0x03, 0x00, 0x30, 0x00,
     ];
     let error = PublicKey::from_spki_der(&rsa).unwrap_err();
-    assert_eq!(
-        error.kind(),
-        ErrorKind::UnsupportedAlgorithm(KeyAlgorithm::Rsa)
-    );
+    assert_eq!(error.kind(), ErrorKind::UnsupportedAlgorithm(KeyAlgorithm::Rsa));
     assert!(error.to_string().contains("RSA"), "{error}");
     // Malformed DER: truncated.
     let error = PublicKey::from_spki_der(&p256[..40]).unwrap_err();
     assert!(matches!(error.kind(), ErrorKind::Spki(_)), "{error:?}");
     // Implicit curve parameters (NULL) instead of a named curve.
     let implicit = [
-        0x30, 0x14, 0x30, 0x0b, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x05, 0x00,
-        0x03, 0x05, 0x00, 0x04, 0x01, 0x02, 0x03,
+        0x30, 0x14, 0x30, 0x0b, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x05, 0x00, 0x03, 0x05, 0x00,
+        0x04, 0x01, 0x02, 0x03,
     ];
-    assert_eq!(
-        PublicKey::from_spki_der(&implicit).unwrap_err().kind(),
-        ErrorKind::CurveNotNamed
-    );
+    assert_eq!(PublicKey::from_spki_der(&implicit).unwrap_err().kind(), ErrorKind::CurveNotNamed);
 }

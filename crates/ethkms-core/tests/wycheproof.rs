@@ -57,30 +57,18 @@ enum Encoding {
 }
 
 fn hex(text: &str) -> Vec<u8> {
-    assert!(text.len().is_multiple_of(2), "odd hex length");
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
+    assert!(text.len() % 2 == 0, "odd hex length");
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
 }
 
 fn load(name: &str) -> File {
-    let path = format!(
-        "{}/tests/data/wycheproof/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("reading {path}: {error}"));
+    let path = format!("{}/tests/data/wycheproof/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("reading {path}: {error}"));
     serde_json::from_str(&text).unwrap()
 }
 
 /// What ethkms-core concludes about one case.
-fn check(
-    encoding: Encoding,
-    key: &PublicKey,
-    digest: &[u8; 32],
-    sig: &[u8],
-) -> Result<EcdsaSignature, Error> {
+fn check(encoding: Encoding, key: &PublicKey, digest: &[u8; 32], sig: &[u8]) -> Result<EcdsaSignature, Error> {
     let signature = match encoding {
         Encoding::Der | Encoding::DerLowS => EcdsaSignature::from_der(sig)?,
         Encoding::Fixed => EcdsaSignature::from_fixed_bytes(sig)?,
@@ -114,55 +102,31 @@ fn run(name: &str, encoding: Encoding) -> Tally {
             let outcome = check(encoding, &key, &digest, &sig);
             match case.result {
                 Expected::Valid => {
-                    let signature =
-                        outcome.unwrap_or_else(|error| panic!("{id}: valid but rejected: {error}"));
+                    let signature = outcome.unwrap_or_else(|error| panic!("{id}: valid but rejected: {error}"));
                     tally.valid += 1;
                     match signature.to_ethereum(&key, &digest) {
                         Ok(ethereum) => {
                             assert!(ethereum.to_ecdsa().is_low_s(), "{id}: not normalised");
-                            assert_eq!(
-                                ethereum.recover_address(&digest).unwrap(),
-                                key.address(),
-                                "{id}"
-                            );
+                            assert_eq!(ethereum.recover_address(&digest).unwrap(), key.address(), "{id}");
                             // Independent check: k256's own recovery with our parity bit gives the key.
-                            let k256_signature =
-                                K256Signature::from_scalars(ethereum.r(), ethereum.s()).unwrap();
+                            let k256_signature = K256Signature::from_scalars(ethereum.r(), ethereum.s()).unwrap();
                             let recovery_id = RecoveryId::new(ethereum.y_parity(), false);
-                            let recovered = VerifyingKey::recover_from_prehash(
-                                &digest,
-                                &k256_signature,
-                                recovery_id,
-                            )
-                            .unwrap();
-                            assert_eq!(
-                                recovered, verifying_key,
-                                "{id}: k256 disagrees on the parity"
-                            );
+                            let recovered =
+                                VerifyingKey::recover_from_prehash(&digest, &k256_signature, recovery_id).unwrap();
+                            assert_eq!(recovered, verifying_key, "{id}: k256 disagrees on the parity");
                         }
                         Err(error) => {
-                            assert_eq!(
-                                error.kind(),
-                                ErrorKind::UnrepresentableRecoveryId,
-                                "{id}: {error}"
-                            );
+                            assert_eq!(error.kind(), ErrorKind::UnrepresentableRecoveryId, "{id}: {error}");
                             let normalized = signature.normalize_s();
-                            let k256_signature = K256Signature::from_scalars(
-                                normalized.r_bytes(),
-                                normalized.s_bytes(),
-                            )
-                            .unwrap();
+                            let k256_signature =
+                                K256Signature::from_scalars(normalized.r_bytes(), normalized.s_bytes()).unwrap();
                             for parity in [false, true] {
                                 let recovered = VerifyingKey::recover_from_prehash(
                                     &digest,
                                     &k256_signature,
                                     RecoveryId::new(parity, false),
                                 );
-                                assert_ne!(
-                                    recovered.ok(),
-                                    Some(verifying_key),
-                                    "{id}: a 1-bit id would do"
-                                );
+                                assert_ne!(recovered.ok(), Some(verifying_key), "{id}: a 1-bit id would do");
                             }
                             tally.unrepresentable += 1;
                         }
@@ -172,8 +136,7 @@ fn run(name: &str, encoding: Encoding) -> Tally {
                     assert!(outcome.is_err(), "{id}: invalid but accepted");
                     if let Ok(signature) = EcdsaSignature::from_der(&sig) {
                         assert!(
-                            signature.to_ethereum(&key, &digest).is_err()
-                                || matches!(encoding, Encoding::DerLowS),
+                            signature.to_ethereum(&key, &digest).is_err() || matches!(encoding, Encoding::DerLowS),
                             "{id}: invalid but converted"
                         );
                     }
@@ -193,31 +156,19 @@ fn run(name: &str, encoding: Encoding) -> Tally {
 #[test]
 fn der_vectors() {
     let tally = run("ecdsa_secp256k1_sha256_test.json", Encoding::Der);
-    assert_eq!(
-        (tally.valid, tally.invalid, tally.unrepresentable),
-        (168, 308, 2)
-    );
+    assert_eq!((tally.valid, tally.invalid, tally.unrepresentable), (168, 308, 2));
 }
 
 #[test]
 fn der_low_s_vectors() {
-    let tally = run(
-        "ecdsa_secp256k1_sha256_bitcoin_test.json",
-        Encoding::DerLowS,
-    );
-    assert_eq!(
-        (tally.valid, tally.invalid, tally.unrepresentable),
-        (162, 301, 1)
-    );
+    let tally = run("ecdsa_secp256k1_sha256_bitcoin_test.json", Encoding::DerLowS);
+    assert_eq!((tally.valid, tally.invalid, tally.unrepresentable), (162, 301, 1));
 }
 
 #[test]
 fn fixed_width_vectors() {
     let tally = run("ecdsa_secp256k1_sha256_p1363_test.json", Encoding::Fixed);
-    assert_eq!(
-        (tally.valid, tally.invalid, tally.unrepresentable),
-        (167, 85, 2)
-    );
+    assert_eq!((tally.valid, tally.invalid, tally.unrepresentable), (167, 85, 2));
 }
 
 /// The DER file's malformed encodings must be rejected by the parser itself with a position, not
@@ -229,15 +180,9 @@ fn der_encoding_errors_carry_positions() {
     for case in file.test_groups.iter().flat_map(|group| &group.tests) {
         let sig = hex(&case.sig);
         if K256Signature::from_der(&sig).is_err() {
-            let error = EcdsaSignature::from_der(&sig).expect_err(&format!(
-                "#{} ({}): k256 rejects the DER, we accept it",
-                case.tc_id, case.comment
-            ));
-            assert!(
-                error.position().is_some(),
-                "#{}: {error} has no position",
-                case.tc_id
-            );
+            let error = EcdsaSignature::from_der(&sig)
+                .expect_err(&format!("#{} ({}): k256 rejects the DER, we accept it", case.tc_id, case.comment));
+            assert!(error.position().is_some(), "#{}: {error} has no position", case.tc_id);
             rejected += 1;
         }
     }

@@ -11,10 +11,7 @@ use ethkms_core::{PublicKey, Signature};
 pub fn address_of(spki: &[u8], der: &[u8], digest: &[u8; 32]) -> Option<[u8; 20]> {
     let key = PublicKey::from_spki_der(spki).ok()?;
     let signature = Signature::from_kms_der(der, digest, &key).ok()?;
-    signature
-        .recover_address(digest)
-        .ok()
-        .map(|address| address.0)
+    signature.recover_address(digest).ok().map(|address| address.0)
 }
 
 #[panic_handler]
