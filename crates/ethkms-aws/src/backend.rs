@@ -43,7 +43,7 @@ use crate::errors::map_sdk_error;
 #[derive(Clone)]
 pub struct AwsKmsBackend {
     client: Client,
-    /// How CreateKey is retried when throttled (KMS allows about 5 CreateKey requests a second).
+    /// How `CreateKey` is retried when throttled (KMS allows about 5 `CreateKey` requests a second).
     create_retry: RetryPolicy,
 }
 
@@ -126,7 +126,7 @@ impl AwsKmsBackend {
         }
     }
 
-    /// `CreateKey` with the SDK's own retries off: a retried CreateKey after a timeout could create a
+    /// `CreateKey` with the SDK's own retries off: a retried `CreateKey` after a timeout could create a
     /// second key. Throttling (which created nothing) is retried here with backoff instead.
     async fn create_bare_key(&self, request: &CreateKeyRequest) -> Result<(String, String), BackendError> {
         let usage = match request.key_spec {
