@@ -115,10 +115,10 @@ struct StopServicesAfter {
 
 impl Drop for StopServicesAfter {
     fn drop(&mut self) {
-        if self.in_ci {
-            if let Err(error) = services::down() {
-                eprintln!("xtask: stopping the services failed: {error}");
-            }
+        if self.in_ci
+            && let Err(error) = services::down()
+        {
+            eprintln!("xtask: stopping the services failed: {error}");
         }
     }
 }
