@@ -1,8 +1,11 @@
-//! `cargo xtask bench`: runs the benchmarks and prints their results as ratios, for the README.
+//! `cargo xtask bench [core|kms]`: runs the benchmarks and prints their results as ratios, for the README.
 //!
-//! The criterion benchmark `kms_signature_to_ethereum` (ethkms-core) times four ways of turning a KMS
-//! signature into an Ethereum signature in one run; this prints each mean and its ratio to the bare
-//! `verify_prehash` floor and to ethkms-core.
+//! - `core`: the criterion benchmark `kms_signature_to_ethereum` (ethkms-core) times four ways of
+//!   turning a KMS signature into an Ethereum signature in one run; this prints each mean and its ratio
+//!   to the bare `verify_prehash` floor and to ethkms-core.
+//! - `kms`: the `bench/` workspace measures signatures per second against LocalStack (started here)
+//!   at concurrency 1, 8 and 32: a bare `aws-sdk-kms` Sign loop, ethkms's `KeyHandle`, and
+//!   `alloy-signer-aws`, interleaved in one run.
 
 use std::path::Path;
 
@@ -10,11 +13,32 @@ use serde_json::Value;
 
 use crate::Result;
 use crate::command::{cargo, run as run_command, workspace_root};
+use crate::services;
 
-/// `cargo xtask bench [criterion options]`.
+/// `cargo xtask bench [core|kms] [options for that benchmark]`; both when none is named.
 pub(crate) fn run(options: &[&str]) -> Result {
+    match options {
+        ["core", rest @ ..] => core(rest),
+        ["kms", rest @ ..] => kms(rest),
+        [] => {
+            core(&[])?;
+            kms(&[])
+        }
+        _ => Err("usage: cargo xtask bench [core [criterion options] | kms [--seconds S] [--rounds R] [--concurrency 1,8,32]]".into()),
+    }
+}
+
+fn core(options: &[&str]) -> Result {
     run_command(cargo().args(["bench", "--locked", "-p", "ethkms-core", "--bench", "parity", "--"]).args(options))?;
     print_parity_table(&workspace_root().join("target/criterion/kms_signature_to_ethereum"))
+}
+
+fn kms(options: &[&str]) -> Result {
+    let services = services::up()?;
+    let mut command = cargo();
+    command.args(["run", "--release", "--locked", "--manifest-path", "bench/Cargo.toml", "--", "kms"]).args(options);
+    services.apply(&mut command);
+    run_command(&mut command)
 }
 
 fn print_parity_table(directory: &Path) -> Result {

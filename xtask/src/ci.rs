@@ -34,6 +34,7 @@ pub(crate) fn run_all() -> Result {
     step("fmt", &mut || {
         run(cargo().args(["fmt", "--all", "--check"]))?;
         run(cargo().args(["fmt", "--check", "--manifest-path", "fuzz/Cargo.toml"]))?;
+        run(cargo().args(["fmt", "--check", "--manifest-path", "bench/Cargo.toml"]))?;
         run(cargo().args(["fmt", "--check", "--manifest-path", "xtask/no-std-proof/Cargo.toml"]))
     })?;
     step("clippy", &mut || {

@@ -10,7 +10,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_kms::Client;
 use aws_sdk_kms::config::Credentials;
-use aws_sdk_kms::error::ProvideErrorMetadata;
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{KeyManagerType, MessageType, SigningAlgorithmSpec};
 use ethkms_backend::{
@@ -124,6 +124,24 @@ impl AwsKmsBackend {
             Some(id) if !key.as_str().starts_with("arn:") => Ok(id.to_owned()),
             _ => Ok(self.describe_key(key).await?.key_id),
         }
+    }
+
+    /// Resolves `key` to a key id (administrative operations take no alias) and runs `send` with it,
+    /// mapping its error as one of the KMS `action`.
+    async fn on_key_id<T, E, R, Fut>(
+        &self,
+        key: &KeyRef,
+        action: &'static str,
+        send: impl FnOnce(String) -> Fut,
+    ) -> Result<(), BackendError>
+    where
+        Fut: Future<Output = Result<T, SdkError<E, R>>>,
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: fmt::Debug + 'static,
+    {
+        let key_id = self.key_id_of(key).await?;
+        send(key_id).await.map_err(|error| map_sdk_error(&error, key.as_str(), action))?;
+        Ok(())
     }
 
     /// `CreateKey` with the SDK's own retries off: a retried `CreateKey` after a timeout could create a
@@ -372,25 +390,11 @@ impl KeyBackend for AwsKmsBackend {
     }
 
     async fn disable_key(&self, key: &KeyRef) -> Result<(), BackendError> {
-        let key_id = self.key_id_of(key).await?;
-        self.client
-            .disable_key()
-            .key_id(key_id)
-            .send()
-            .await
-            .map_err(|error| map_sdk_error(&error, key.as_str(), "DisableKey"))?;
-        Ok(())
+        self.on_key_id(key, "DisableKey", |key_id| self.client.disable_key().key_id(key_id).send()).await
     }
 
     async fn enable_key(&self, key: &KeyRef) -> Result<(), BackendError> {
-        let key_id = self.key_id_of(key).await?;
-        self.client
-            .enable_key()
-            .key_id(key_id)
-            .send()
-            .await
-            .map_err(|error| map_sdk_error(&error, key.as_str(), "EnableKey"))?;
-        Ok(())
+        self.on_key_id(key, "EnableKey", |key_id| self.client.enable_key().key_id(key_id).send()).await
     }
 
     async fn schedule_key_deletion(&self, key: &KeyRef, pending_days: u32) -> Result<(), BackendError> {
@@ -399,14 +403,9 @@ impl KeyBackend for AwsKmsBackend {
                 message: format!("the deletion waiting period must be 7 to 30 days, not {pending_days}"),
             }
         })?;
-        let key_id = self.key_id_of(key).await?;
-        self.client
-            .schedule_key_deletion()
-            .key_id(key_id)
-            .pending_window_in_days(days)
-            .send()
-            .await
-            .map_err(|error| map_sdk_error(&error, key.as_str(), "ScheduleKeyDeletion"))?;
-        Ok(())
+        self.on_key_id(key, "ScheduleKeyDeletion", |key_id| {
+            self.client.schedule_key_deletion().key_id(key_id).pending_window_in_days(days).send()
+        })
+        .await
     }
 }
