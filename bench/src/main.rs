@@ -35,7 +35,11 @@ fn options() -> Result<Options, String> {
     let mut arguments = arguments.iter().map(String::as_str);
     match arguments.next() {
         Some("kms") => {}
-        other => return Err(format!("usage: ethkms-bench kms [--seconds S] [--rounds R] [--concurrency 1,8,32]; got {other:?}")),
+        other => {
+            return Err(format!(
+                "usage: ethkms-bench kms [--seconds S] [--rounds R] [--concurrency 1,8,32]; got {other:?}"
+            ));
+        }
     }
     while let Some(option) = arguments.next() {
         let value = arguments.next().ok_or(format!("{option} needs a value"))?;
@@ -43,8 +47,11 @@ fn options() -> Result<Options, String> {
             "--seconds" => options.seconds = value.parse().map_err(|_| format!("--seconds {value}"))?,
             "--rounds" => options.rounds = value.parse().map_err(|_| format!("--rounds {value}"))?,
             "--concurrency" => {
-                options.concurrency =
-                    value.split(',').map(str::parse).collect::<Result<_, _>>().map_err(|_| format!("--concurrency {value}"))?;
+                options.concurrency = value
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| format!("--concurrency {value}"))?;
             }
             other => return Err(format!("unknown option {other}")),
         }
@@ -110,9 +117,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let alloy = Arc::new(AwsSigner::new(client.clone(), info.key_id.clone(), Some(1)).await?);
     assert_eq!(alloy.address().0.0, handle.address().0, "alloy and ethkms disagree on the address");
 
-    println!("LocalStack KMS at {endpoint}; key {}; {} s per measurement, median of {} rounds", info.key_id, options.seconds, options.rounds);
+    println!(
+        "LocalStack KMS at {endpoint}; key {}; {} s per measurement, median of {} rounds",
+        info.key_id, options.seconds, options.rounds
+    );
     println!();
-    println!("| concurrency | bare SDK Sign/s | ethkms sig/s | ethkms overhead | alloy-signer-aws sig/s | ethkms ÷ alloy |");
+    println!(
+        "| concurrency | bare SDK Sign/s | ethkms sig/s | ethkms overhead | alloy-signer-aws sig/s | ethkms ÷ alloy |"
+    );
     println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
     for &concurrency in &options.concurrency {
         let (mut bare, mut ours, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
