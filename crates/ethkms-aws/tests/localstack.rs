@@ -13,25 +13,8 @@ use std::time::Duration;
 use ethkms_aws::{AwsKmsBackend, AwsKmsConfig, StaticCredentials};
 use ethkms_backend::{BackendError, CreateKeyRequest, KeyBackend, KeyHandle, KeyRef};
 
-/// Whether a missing LocalStack must fail the test rather than skip it.
-fn services_required() -> bool {
-    let set = |name: &str| std::env::var(name).is_ok_and(|value| !value.is_empty() && value != "0" && value != "false");
-    set("CI") || set("ETHKMS_REQUIRE_SERVICES")
-}
-
 fn endpoint() -> Option<String> {
-    match std::env::var("ETHKMS_TEST_KMS_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => Some(endpoint),
-        _ if services_required() => {
-            panic!(
-                "ETHKMS_TEST_KMS_ENDPOINT is not set: LocalStack must run for these tests (`cargo xtask services up`)"
-            )
-        }
-        _ => {
-            eprintln!("SKIPPED: no LocalStack; run `cargo xtask services up && source target/services/env.sh`");
-            None
-        }
-    }
+    ethkms_backend::contract::service_from_env("ETHKMS_TEST_KMS_ENDPOINT", "LocalStack KMS")
 }
 
 fn localstack_config(endpoint: String) -> AwsKmsConfig {

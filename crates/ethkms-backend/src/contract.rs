@@ -17,6 +17,29 @@ use crate::{
     BackendError, CreateKeyRequest, KeyBackend, KeyFilter, KeyHandle, KeyRef, KeySpec, KeyState, Keyring, Tag,
 };
 
+/// The value of the environment variable `variable` that points a test at a live service (set by
+/// `cargo xtask services up`), or `None` to skip the test when it is missing outside CI.
+///
+/// # Panics
+/// When it is missing and `CI` or `ETHKMS_REQUIRE_SERVICES` is set: there, a missing service is a
+/// failure, never a silent skip.
+#[must_use]
+pub fn service_from_env(variable: &str, service: &str) -> Option<String> {
+    let set = |name: &str| std::env::var(name).is_ok_and(|value| !value.is_empty() && value != "0" && value != "false");
+    match std::env::var(variable) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ if set("CI") || set("ETHKMS_REQUIRE_SERVICES") => {
+            panic!("{variable} is not set: {service} must be running for these tests (`cargo xtask services up`)")
+        }
+        _ => {
+            eprintln!(
+                "SKIPPED: no {service} ({variable} is not set); run `cargo xtask services up && source target/services/env.sh`"
+            );
+            None
+        }
+    }
+}
+
 /// A string unique to this call, for aliases and tag values.
 #[must_use]
 pub fn unique(prefix: &str) -> String {

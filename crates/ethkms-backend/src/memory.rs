@@ -140,6 +140,60 @@ impl MemoryBackend {
         }
     }
 
+    /// Adds a secp256k1 key with known private key `secret`, for published test vectors (the EIP-155
+    /// and EIP-712 examples); `request.key_spec` is ignored. Never use it for funds.
+    ///
+    /// # Errors
+    /// [`BackendError::InvalidArgument`] if `secret` is not a valid private key, and the errors of
+    /// [`KeyBackend::create_key`] for the request's alias.
+    pub fn import_secp256k1_key(&self, secret: &[u8; 32], request: &CreateKeyRequest) -> Result<KeyInfo, BackendError> {
+        request.validate()?;
+        let signing_key = SigningKey::from_slice(secret)
+            .map_err(|_| BackendError::InvalidArgument { message: "not a secp256k1 private key".into() })?;
+        let mut state = self.lock();
+        self.insert_key(&mut state, request, Material::Secp256k1(signing_key))
+    }
+
+    /// Stores a new key as `request` describes, with its alias. As in KMS, the key exists even if the
+    /// alias is taken: the error then names it.
+    fn insert_key(
+        &self,
+        state: &mut State,
+        request: &CreateKeyRequest,
+        material: Material,
+    ) -> Result<KeyInfo, BackendError> {
+        let id = uuid(&mut state.rng);
+        let arn = format!("{}key/{id}", self.arn_prefix());
+        let address = match &material {
+            Material::Secp256k1(signing_key) => {
+                Some(PublicKey::from_affine(*signing_key.verifying_key().as_affine()).address())
+            }
+            Material::Other { .. } => None,
+        };
+        let usage = match request.key_spec {
+            KeySpec::SymmetricDefault => KeyUsage::EncryptDecrypt,
+            _ => KeyUsage::SignVerify,
+        };
+        state.keys.push(MemoryKey {
+            id: id.clone(),
+            arn: arn.clone(),
+            spec: request.key_spec.clone(),
+            usage,
+            state: KeyState::Enabled,
+            description: request.description.clone(),
+            tags: request.tags.clone(),
+            material,
+        });
+        if let Some(alias) = &request.alias {
+            if state.aliases.contains_key(alias) {
+                let source = Box::new(BackendError::AliasExists { alias: alias.clone() });
+                return Err(BackendError::Incomplete { key_id: id, step: "creating the alias", source });
+            }
+            state.aliases.insert(alias.clone(), id.clone());
+        }
+        Ok(KeyInfo { key_id: id, arn, alias: request.alias.clone(), address })
+    }
+
     /// Sets the faults to inject from now on.
     ///
     /// # Panics
@@ -259,38 +313,11 @@ impl KeyBackend for MemoryBackend {
         self.counters.create_key.fetch_add(1, Ordering::Relaxed);
         request.validate()?;
         let mut state = self.lock();
-        let id = uuid(&mut state.rng);
-        let arn = format!("{}key/{id}", self.arn_prefix());
-        let (material, address) = match &request.key_spec {
-            KeySpec::EccSecgP256k1 => {
-                let signing_key = random_signing_key(&mut state.rng);
-                let address = PublicKey::from_affine(*signing_key.verifying_key().as_affine()).address();
-                (Material::Secp256k1(signing_key), Some(address))
-            }
-            other => (Material::Other { spki_der: foreign_spki(other) }, None),
+        let material = match &request.key_spec {
+            KeySpec::EccSecgP256k1 => Material::Secp256k1(random_signing_key(&mut state.rng)),
+            other => Material::Other { spki_der: foreign_spki(other) },
         };
-        let usage = match request.key_spec {
-            KeySpec::SymmetricDefault => KeyUsage::EncryptDecrypt,
-            _ => KeyUsage::SignVerify,
-        };
-        state.keys.push(MemoryKey {
-            id: id.clone(),
-            arn: arn.clone(),
-            spec: request.key_spec.clone(),
-            usage,
-            state: KeyState::Enabled,
-            description: request.description.clone(),
-            tags: request.tags.clone(),
-            material,
-        });
-        if let Some(alias) = &request.alias {
-            if state.aliases.contains_key(alias) {
-                let source = Box::new(BackendError::AliasExists { alias: alias.clone() });
-                return Err(BackendError::Incomplete { key_id: id, step: "creating the alias", source });
-            }
-            state.aliases.insert(alias.clone(), id.clone());
-        }
-        Ok(KeyInfo { key_id: id, arn, alias: request.alias.clone(), address })
+        self.insert_key(&mut state, request, material)
     }
 
     async fn public_key(&self, key: &KeyRef) -> Result<PublicKeyResponse, BackendError> {

@@ -1,0 +1,89 @@
+//! Errors of the Ethereum layer: the backend's, plus what can go wrong with transactions, typed data
+//! and the node.
+
+use std::time::Duration;
+
+use alloy_primitives::{B256, ChainId};
+use ethkms_backend::BackendError;
+
+/// What went wrong while signing or sending.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignerError {
+    /// The key backend failed (not found, disabled, throttled, an invalid signature, …).
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// A transaction for another chain than the signer's. Refused before any KMS request.
+    #[error("the transaction is for chain {transaction}, the signer for chain {signer}; refusing to sign it")]
+    ChainIdMismatch {
+        /// The signer's chain id.
+        signer: ChainId,
+        /// The transaction's chain id.
+        transaction: ChainId,
+    },
+    /// A legacy transaction without a chain id, which would be valid on every chain (pre-EIP-155).
+    #[error(
+        "a legacy transaction without a chain id can be replayed on every chain (pre-EIP-155); give the signer or the \
+         transaction a chain id, or use sign_legacy_pre_eip155 to sign one on purpose"
+    )]
+    ReplayableLegacyTransaction,
+    /// An EIP-7702 authorization for another chain than the signer's, or for every chain (chain id 0).
+    #[error(
+        "the authorization is for chain {authorization}, the signer for chain {signer:?}{}",
+        if *authorization == 0 { " (chain id 0 is valid on every chain: use sign_authorization_for_any_chain to mean it)" } else { "" }
+    )]
+    AuthorizationChainMismatch {
+        /// The signer's chain id.
+        signer: Option<ChainId>,
+        /// The authorization's chain id.
+        authorization: u64,
+    },
+    /// The signer has no chain id but the operation needs one.
+    #[error("the signer has no chain id; set one with with_chain_id")]
+    MissingChainId,
+    /// The typed data (EIP-712) is not valid JSON, or does not match its own types. Found before any
+    /// KMS request.
+    #[error("invalid EIP-712 typed data: {0}")]
+    TypedData(String),
+    /// The Ethereum node returned an error or could not be reached.
+    #[error("Ethereum node: {0}")]
+    Rpc(String),
+    /// A transaction was not mined in time. It may still be mined later: check the hash.
+    #[error(
+        "transaction {hash} was not mined within {timeout:?}; it may still be mined: check it before sending again"
+    )]
+    ReceiptTimeout {
+        /// The transaction hash.
+        hash: B256,
+        /// How long was waited.
+        timeout: Duration,
+    },
+    /// A transaction was mined but reverted.
+    #[error("transaction {hash} reverted (receipt status 0) in block {block:?}")]
+    Reverted {
+        /// The transaction hash.
+        hash: B256,
+        /// The block it was mined in.
+        block: Option<u64>,
+    },
+    /// An argument is invalid.
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+impl From<SignerError> for alloy_signer::Error {
+    fn from(error: SignerError) -> Self {
+        match error {
+            SignerError::ChainIdMismatch { signer, transaction } => {
+                Self::TransactionChainIdMismatch { signer, tx: transaction }
+            }
+            other => Self::other(other),
+        }
+    }
+}
+
+impl<E: std::fmt::Display> From<alloy_provider::transport::RpcError<E>> for SignerError {
+    fn from(error: alloy_provider::transport::RpcError<E>) -> Self {
+        Self::Rpc(error.to_string())
+    }
+}

@@ -1,0 +1,11 @@
+#![doc = include_str!("../README.md")]
+
+pub mod chain;
+mod error;
+mod signer;
+
+pub use error::SignerError;
+pub use signer::{KmsSigner, typed_data_hash};
+
+/// The backend layer, re-exported so that one dependency is enough.
+pub use ethkms_backend;
