@@ -8,22 +8,39 @@
 //! Each measurement runs for a fixed time; the three are interleaved round by round so that drift in
 //! the service affects them alike, and the median round is reported.
 //!
-//! Usage: `ethkms-bench kms [--seconds S] [--rounds R] [--concurrency 1,8,32]` with
-//! `ETHKMS_TEST_KMS_ENDPOINT` pointing at LocalStack (`cargo xtask bench kms` does all of this).
+//! `ethkms-bench eth` measures signed-and-mined ether transfers per second from one KMS key to anvil
+//! through the alloy provider with `KmsSigner` as its wallet, interleaved with the bare `Sign` loop.
+//!
+//! Usage: `ethkms-bench kms|eth [--seconds S] [--rounds R] [--concurrency 1,8,32]` with
+//! `ETHKMS_TEST_KMS_ENDPOINT` (and for `eth`, `ETHKMS_TEST_RPC_URL`) pointing at LocalStack and anvil
+//! (`cargo xtask bench kms|eth` does all of this).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use alloy_network::TransactionBuilder;
 use alloy_primitives::B256;
+use alloy_primitives::{Address, U256};
+use alloy_provider::{Provider, ProviderBuilder};
+use alloy_rpc_types_eth::TransactionRequest;
 use alloy_signer::Signer;
 use alloy_signer_aws::AwsSigner;
+use ethkms_aws::aws_sdk_kms::Client;
 use ethkms_aws::aws_sdk_kms::primitives::Blob;
 use ethkms_aws::aws_sdk_kms::types::{MessageType, SigningAlgorithmSpec};
 use ethkms_aws::{AwsKmsBackend, AwsKmsConfig, StaticCredentials};
 use ethkms_backend::{CreateKeyRequest, KeyBackend, KeyHandle, KeyRef};
+use ethkms_eth::KmsSigner;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Kms,
+    Eth,
+}
 
 struct Options {
+    mode: Mode,
     seconds: f64,
     rounds: usize,
     concurrency: Vec<usize>,
@@ -97,6 +114,24 @@ fn digest(index: u64) -> [u8; 32] {
     ethkms_core::keccak256(&index.to_be_bytes())
 }
 
+/// The bare `aws-sdk-kms` Sign loop: the ceiling for any KMS signer.
+async fn bare_sign_rate(client: &Client, key_id: &str, concurrency: usize, seconds: f64) -> f64 {
+    let (client, key_id) = (client.clone(), key_id.to_owned());
+    rate(concurrency, seconds, move |index| {
+        let request = client
+            .sign()
+            .key_id(key_id.clone())
+            .message(Blob::new(digest(index).to_vec()))
+            .message_type(MessageType::Digest)
+            .signing_algorithm(SigningAlgorithmSpec::EcdsaSha256);
+        async move {
+            let output = request.send().await.expect("bare Sign");
+            assert!(output.signature().is_some());
+        }
+    })
+    .await
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options = options()?;
@@ -112,16 +147,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = backend.client().clone();
     let backend: Arc<dyn KeyBackend> = Arc::new(backend);
     let info = backend.create_key(&CreateKeyRequest::new().description("ethkms-bench")).await?;
-    let key = KeyRef::new(info.key_id.clone())?;
-    let handle = Arc::new(KeyHandle::open(Arc::clone(&backend), key).await?);
-    let alloy = Arc::new(AwsSigner::new(client.clone(), info.key_id.clone(), Some(1)).await?);
-    assert_eq!(alloy.address().0.0, handle.address().0, "alloy and ethkms disagree on the address");
-
+    let handle = KeyHandle::open(Arc::clone(&backend), KeyRef::new(info.key_id.clone())?).await?;
     println!(
         "LocalStack KMS at {endpoint}; key {}; {} s per measurement, median of {} rounds",
         info.key_id, options.seconds, options.rounds
     );
     println!();
+    match options.mode {
+        Mode::Kms => kms(&options, &client, &info.key_id, handle).await,
+        Mode::Eth => eth(&options, &client, &info.key_id, handle).await,
+    }
+}
+
+async fn kms(
+    options: &Options,
+    client: &Client,
+    key_id: &str,
+    handle: KeyHandle,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let handle = Arc::new(handle);
+    let alloy = Arc::new(AwsSigner::new(client.clone(), key_id.to_owned(), Some(1)).await?);
+    assert_eq!(alloy.address().0.0, handle.address().0, "alloy and ethkms disagree on the address");
     println!(
         "| concurrency | bare SDK Sign/s | ethkms sig/s | ethkms overhead | alloy-signer-aws sig/s | ethkms ÷ alloy |"
     );
@@ -129,22 +175,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for &concurrency in &options.concurrency {
         let (mut bare, mut ours, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..options.rounds {
-            let (client, key_id) = (client.clone(), info.key_id.clone());
-            bare.push(
-                rate(concurrency, options.seconds, move |index| {
-                    let request = client
-                        .sign()
-                        .key_id(key_id.clone())
-                        .message(Blob::new(digest(index).to_vec()))
-                        .message_type(MessageType::Digest)
-                        .signing_algorithm(SigningAlgorithmSpec::EcdsaSha256);
-                    async move {
-                        let output = request.send().await.expect("bare Sign");
-                        assert!(output.signature().is_some());
-                    }
-                })
-                .await,
-            );
+            bare.push(bare_sign_rate(client, key_id, concurrency, options.seconds).await);
             let handle = Arc::clone(&handle);
             ours.push(
                 rate(concurrency, options.seconds, move |index| {
@@ -172,6 +203,62 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (bare / ours - 1.0) * 100.0,
             ours / theirs
         );
+    }
+    Ok(())
+}
+
+/// Signed-and-mined transfers: each task sends a 1-wei transfer through the provider (nonce from the
+/// provider's cache, gas and fees set once) and polls until its receipt exists.
+async fn eth(
+    options: &Options,
+    client: &Client,
+    key_id: &str,
+    handle: KeyHandle,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let rpc_url = std::env::var("ETHKMS_TEST_RPC_URL")
+        .map_err(|_| "ETHKMS_TEST_RPC_URL is not set: start anvil with `cargo xtask services up`")?;
+    let signer = KmsSigner::from_handle(handle, Some(31337));
+    let from = alloy_signer::Signer::address(&signer);
+    let provider =
+        Arc::new(ProviderBuilder::new().with_cached_nonce_management().wallet(signer).connect_http(rpc_url.parse()?));
+    let () = provider.raw_request("anvil_setBalance".into(), (from, U256::from(10u128.pow(24)))).await?;
+    let fees = ethkms_eth::chain::fees(&*provider).await?;
+    let transfer = fees.apply(
+        TransactionRequest::default()
+            .with_to(Address::with_last_byte(0xde))
+            .with_value(U256::from(1))
+            .with_gas_limit(21_000)
+            .with_chain_id(31337),
+    );
+    println!("anvil at {rpc_url}; transfers from {from}");
+    println!();
+    println!("| concurrency | raw LocalStack Sign/s | signed-and-mined transfers/s | transfers ÷ Sign |");
+    println!("| ---: | ---: | ---: | ---: |");
+    for &concurrency in &options.concurrency {
+        let (mut bare, mut mined) = (Vec::new(), Vec::new());
+        for _ in 0..options.rounds {
+            bare.push(bare_sign_rate(client, key_id, concurrency, options.seconds).await);
+            let (provider, transfer) = (Arc::clone(&provider), transfer.clone());
+            mined.push(
+                rate(concurrency, options.seconds, move |_| {
+                    let (provider, transfer) = (Arc::clone(&provider), transfer.clone());
+                    async move {
+                        let pending = provider.send_transaction(transfer).await.expect("send");
+                        let hash = *pending.tx_hash();
+                        loop {
+                            if let Some(receipt) = provider.get_transaction_receipt(hash).await.expect("receipt") {
+                                assert!(receipt.status(), "transfer {hash} reverted");
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                })
+                .await,
+            );
+        }
+        let (bare, mined) = (median(bare), median(mined));
+        println!("| {concurrency} | {bare:.0} | {mined:.0} | {:.2} |", mined / bare);
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [core|kms]`: runs the benchmarks and prints their results as ratios, for the README.
+//! `cargo xtask bench [core|kms|eth]`: runs the benchmarks and prints their results as ratios, for the README.
 //!
 //! - `core`: the criterion benchmark `kms_signature_to_ethereum` (ethkms-core) times four ways of
 //!   turning a KMS signature into an Ethereum signature in one run; this prints each mean and its ratio
@@ -6,6 +6,8 @@
 //! - `kms`: the `bench/` workspace measures signatures per second against LocalStack (started here)
 //!   at concurrency 1, 8 and 32: a bare `aws-sdk-kms` Sign loop, ethkms's `KeyHandle`, and
 //!   `alloy-signer-aws`, interleaved in one run.
+//! - `eth`: signed-and-mined ether transfers per second from one KMS key to anvil through the alloy
+//!   provider with `KmsSigner`, interleaved with the bare `Sign` loop.
 
 use std::path::Path;
 
@@ -19,12 +21,16 @@ use crate::services;
 pub(crate) fn run(options: &[&str]) -> Result {
     match options {
         ["core", rest @ ..] => core(rest),
-        ["kms", rest @ ..] => kms(rest),
+        [mode @ ("kms" | "eth"), rest @ ..] => live(mode, rest),
         [] => {
             core(&[])?;
-            kms(&[])
+            live("kms", &[])?;
+            live("eth", &[])
         }
-        _ => Err("usage: cargo xtask bench [core [criterion options] | kms [--seconds S] [--rounds R] [--concurrency 1,8,32]]".into()),
+        _ => Err(
+            "usage: cargo xtask bench [core [criterion options] | kms|eth [--seconds S] [--rounds R] [--concurrency 1,8]]"
+                .into(),
+        ),
     }
 }
 
@@ -33,10 +39,11 @@ fn core(options: &[&str]) -> Result {
     print_parity_table(&workspace_root().join("target/criterion/kms_signature_to_ethereum"))
 }
 
-fn kms(options: &[&str]) -> Result {
+/// A benchmark of the `bench/` workspace against the live services, which are started first.
+fn live(mode: &str, options: &[&str]) -> Result {
     let services = services::up()?;
     let mut command = cargo();
-    command.args(["run", "--release", "--locked", "--manifest-path", "bench/Cargo.toml", "--", "kms"]).args(options);
+    command.args(["run", "--release", "--locked", "--manifest-path", "bench/Cargo.toml", "--", mode]).args(options);
     services.apply(&mut command);
     run_command(&mut command)
 }

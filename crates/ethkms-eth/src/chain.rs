@@ -223,6 +223,20 @@ mod tests {
         assert_eq!(&input[16..36], to.as_slice());
     }
 
+    /// A chain without EIP-1559 (its blocks have no base fee) gets the node's gas price.
+    #[tokio::test]
+    async fn fees_fall_back_to_the_gas_price_without_a_base_fee() {
+        let asserter = alloy_provider::transport::mock::Asserter::new();
+        let provider = alloy_provider::ProviderBuilder::new().connect_mocked_client(asserter.clone());
+        let mut block = alloy_rpc_types_eth::Block::<alloy_rpc_types_eth::Transaction>::default();
+        block.header.inner.base_fee_per_gas = None;
+        asserter.push_success(&block);
+        asserter.push_success(&U256::from(3_000_000_000u64));
+        assert_eq!(fees(&provider).await.unwrap(), Fees::Legacy { gas_price: 3_000_000_000 });
+        asserter.push_failure_msg("no such block");
+        assert!(matches!(fees(&provider).await, Err(SignerError::Rpc(_))));
+    }
+
     #[test]
     fn fees_apply_to_requests() {
         let request = Fees::Legacy { gas_price: 7 }.apply(TransactionRequest::default());
