@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use alloy_network::Ethereum;
 use alloy_primitives::utils::format_units;
-use alloy_primitives::{Address, B256, Bytes, U256};
-use alloy_provider::Provider;
+use alloy_primitives::{Address, Bytes, U256};
+use alloy_provider::{PendingTransactionBuilder, Provider};
 use alloy_rpc_types_eth::{BlockNumberOrTag, TransactionReceipt, TransactionRequest};
 use alloy_sol_types::{SolCall, sol};
 
@@ -126,9 +127,7 @@ pub async fn send_and_wait<P: Provider>(
 ) -> Result<TransactionReceipt, SignerError> {
     let has_fees = request.gas_price.is_some() || request.max_fee_per_gas.is_some();
     let request = if has_fees { request } else { fees(provider).await?.apply(request) };
-    let pending = provider.send_transaction(request).await?;
-    let hash = *pending.tx_hash();
-    wait(hash, pending.with_timeout(Some(timeout)).get_receipt().await, timeout)
+    wait_for_receipt(provider.send_transaction(request).await?, timeout).await
 }
 
 /// Sends a raw signed transaction and waits up to `timeout` for a successful receipt.
@@ -140,17 +139,19 @@ pub async fn send_raw_and_wait<P: Provider>(
     raw: &[u8],
     timeout: Duration,
 ) -> Result<TransactionReceipt, SignerError> {
-    let pending = provider.send_raw_transaction(raw).await?;
-    let hash = *pending.tx_hash();
-    wait(hash, pending.with_timeout(Some(timeout)).get_receipt().await, timeout)
+    wait_for_receipt(provider.send_raw_transaction(raw).await?, timeout).await
 }
 
-fn wait(
-    hash: B256,
-    receipt: Result<TransactionReceipt, alloy_provider::PendingTransactionError>,
+/// Waits up to `timeout` for the receipt of a sent transaction, which must be successful.
+///
+/// # Errors
+/// [`SignerError::ReceiptTimeout`], [`SignerError::Reverted`], or [`SignerError::Rpc`].
+pub async fn wait_for_receipt(
+    pending: PendingTransactionBuilder<Ethereum>,
     timeout: Duration,
 ) -> Result<TransactionReceipt, SignerError> {
-    let receipt = receipt.map_err(|error| match error {
+    let hash = *pending.tx_hash();
+    let receipt = pending.with_timeout(Some(timeout)).get_receipt().await.map_err(|error| match error {
         alloy_provider::PendingTransactionError::TxWatcher(alloy_provider::WatchTxError::Timeout) => {
             SignerError::ReceiptTimeout { hash, timeout }
         }

@@ -1,0 +1,300 @@
+//! The command line, as clap parses it.
+
+// Doc comments here are the `--help` text people read, where backticks would show literally.
+#![allow(clippy::doc_markdown)]
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Ethereum wallets whose keys live in AWS KMS and never leave it.
+#[derive(Debug, Parser)]
+#[command(name = "ethkms", version, about, long_about = None, after_long_help = EXIT_CODES)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Exit codes, shown by `ethkms --help`.
+pub(crate) const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  any other failure
+  2  invalid arguments (bad value, address, key reference, typed data, wrong chain)
+  3  key or alias not found
+  4  credentials or permissions (missing or rejected credentials, access denied, no region)
+  5  key unusable (wrong key type or usage, disabled, pending deletion)
+  6  network (KMS or Ethereum node unreachable, timed out, throttled)
+  7  transaction failed (reverted, or not mined in time)
+  8  signature does not verify (`ethkms verify`)";
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// Where the keys live: AWS KMS, or this process's memory (keys vanish when it exits).
+    #[arg(long, global = true, value_enum, env = "ETHKMS_BACKEND", default_value = "aws")]
+    pub(crate) backend: BackendKind,
+    /// AWS region (otherwise AWS_REGION, AWS_DEFAULT_REGION or the profile's).
+    #[arg(long, global = true, value_name = "REGION")]
+    pub(crate) aws_region: Option<String>,
+    /// AWS shared-config profile (otherwise AWS_PROFILE).
+    #[arg(long, global = true, value_name = "PROFILE")]
+    pub(crate) aws_profile: Option<String>,
+    /// KMS endpoint URL, e.g. LocalStack (otherwise AWS_ENDPOINT_URL_KMS or AWS_ENDPOINT_URL).
+    #[arg(long, global = true, value_name = "URL")]
+    pub(crate) kms_endpoint: Option<String>,
+    /// Ethereum JSON-RPC URL.
+    #[arg(
+        long,
+        short = 'r',
+        global = true,
+        env = "ETH_RPC_URL",
+        default_value = "http://localhost:8545",
+        value_name = "URL"
+    )]
+    pub(crate) rpc_url: String,
+    /// Chain id (otherwise asked from the node).
+    #[arg(long, global = true, env = "CHAIN_ID", value_name = "ID")]
+    pub(crate) chain_id: Option<u64>,
+    /// Print JSON (one object per line) instead of text.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    /// Log what happens (-v: info, -vv: debug); also shows error sources.
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+}
+
+/// Key backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BackendKind {
+    /// AWS KMS (or anything speaking its API).
+    Aws,
+    /// In-process keys, for trying things out.
+    Memory,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create, list, inspect and rotate wallets.
+    #[command(subcommand)]
+    Wallet(WalletCommand),
+    /// The ether (or ERC-20 token) balance of a key or address.
+    Balance(BalanceArgs),
+    /// Sign a message, typed data or a transaction.
+    #[command(subcommand)]
+    Sign(SignCommand),
+    /// Sign and send ether or an ERC-20 token, and wait for the receipt.
+    Send(SendArgs),
+    /// Check that a signature of a message is by an address.
+    Verify(VerifyArgs),
+    /// Least-privilege policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum WalletCommand {
+    /// Create wallets (KMS keys, ECC_SECG_P256K1), one or many (deposit addresses).
+    Create(CreateArgs),
+    /// List wallets, optionally those with a tag.
+    List(ListArgs),
+    /// The address of a key.
+    Address(KeyArgs),
+    /// Move an alias to a new key (asymmetric KMS keys cannot rotate in place).
+    Rotate(RotateArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CreateArgs {
+    /// Alias for the key (`alias/` is added if missing); with --count, NAME-0, NAME-1, …
+    #[arg(long)]
+    pub(crate) alias: Option<String>,
+    /// A tag KEY=VALUE (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub(crate) tags: Vec<String>,
+    /// How many wallets to create.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) count: u32,
+    /// Batch name for --count: keys are tagged with it, and running again with the same name creates
+    /// only those still missing (resume after an interruption).
+    #[arg(long)]
+    pub(crate) batch: Option<String>,
+    /// Key description.
+    #[arg(long)]
+    pub(crate) description: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// Only keys with this tag KEY=VALUE (repeatable: all must match).
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub(crate) tags: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct KeyArgs {
+    /// Key id, key ARN, alias (alias/NAME) or alias ARN.
+    pub(crate) key: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RotateArgs {
+    /// The alias to move (alias/NAME).
+    pub(crate) alias: String,
+    /// Also send the old key's whole ether balance (less the fee) to the new address.
+    #[arg(long)]
+    pub(crate) sweep: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BalanceArgs {
+    /// A key (id, ARN, alias) or an address.
+    pub(crate) target: String,
+    /// An ERC-20 token address: show that token's balance instead of ether.
+    #[arg(long, value_name = "ADDRESS")]
+    pub(crate) token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SignCommand {
+    /// Sign an EIP-191 personal message.
+    Message(SignMessageArgs),
+    /// Sign EIP-712 typed data: a file with the JSON of eth_signTypedData_v4 (`-` for standard input).
+    TypedData(SignTypedDataArgs),
+    /// Sign a transaction and print the raw signed transaction (missing fields come from the node).
+    Tx(SignTxArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SignMessageArgs {
+    /// The key.
+    pub(crate) key: String,
+    /// The message.
+    pub(crate) message: String,
+    /// The message is hexadecimal bytes (0x…), not text.
+    #[arg(long)]
+    pub(crate) hex: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SignTypedDataArgs {
+    /// The key.
+    pub(crate) key: String,
+    /// The JSON file (`-` for standard input).
+    pub(crate) file: PathBuf,
+}
+
+/// Transaction types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TxType {
+    /// Legacy, with EIP-155 replay protection.
+    Legacy,
+    /// EIP-2930 (access list).
+    #[value(name = "2930")]
+    Eip2930,
+    /// EIP-1559 (the default).
+    #[value(name = "1559")]
+    Eip1559,
+    /// EIP-7702: also signs an authorization delegating the key's account to --delegate.
+    #[value(name = "7702")]
+    Eip7702,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SignTxArgs {
+    /// The key.
+    pub(crate) key: String,
+    #[command(flatten)]
+    pub(crate) transaction: TransactionArgs,
+    /// Transaction type.
+    #[arg(long = "type", value_enum, default_value = "1559")]
+    pub(crate) kind: TxType,
+    /// Nonce (otherwise from the node).
+    #[arg(long)]
+    pub(crate) nonce: Option<u64>,
+    /// Gas limit (otherwise estimated by the node).
+    #[arg(long)]
+    pub(crate) gas: Option<u64>,
+    /// Gas price for legacy and 2930 transactions (e.g. 20gwei).
+    #[arg(long)]
+    pub(crate) gas_price: Option<String>,
+    /// Max fee per gas for 1559 and 7702 transactions (e.g. 30gwei).
+    #[arg(long)]
+    pub(crate) max_fee: Option<String>,
+    /// Max priority fee per gas (e.g. 1gwei).
+    #[arg(long)]
+    pub(crate) priority_fee: Option<String>,
+    /// For 7702: the contract to delegate the key's account to.
+    #[arg(long, value_name = "ADDRESS")]
+    pub(crate) delegate: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TransactionArgs {
+    /// Recipient address.
+    #[arg(long)]
+    pub(crate) to: String,
+    /// Amount: 0.1ether, 20gwei or wei; with --token, in whole tokens (e.g. 1.5).
+    #[arg(long, default_value = "0")]
+    pub(crate) value: String,
+    /// Calldata, hexadecimal.
+    #[arg(long)]
+    pub(crate) data: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SendArgs {
+    /// The key.
+    pub(crate) key: String,
+    #[command(flatten)]
+    pub(crate) transaction: TransactionArgs,
+    /// An ERC-20 token address: transfer that token instead of ether.
+    #[arg(long, value_name = "ADDRESS")]
+    pub(crate) token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// The address that should have signed.
+    #[arg(long)]
+    pub(crate) address: String,
+    /// The message.
+    #[arg(long)]
+    pub(crate) message: String,
+    /// The 65-byte signature, hexadecimal.
+    #[arg(long)]
+    pub(crate) signature: String,
+    /// The message is hexadecimal bytes (0x…), not text.
+    #[arg(long)]
+    pub(crate) hex: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Print a least-privilege IAM policy for an application or an administrator.
+    Iam(IamArgs),
+}
+
+/// IAM roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Role {
+    /// May only sign with, and read the public key of, the key.
+    App,
+    /// May create, alias, tag, describe, disable and schedule deletion, but never sign.
+    Admin,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct IamArgs {
+    /// The key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID).
+    #[arg(long)]
+    pub(crate) key_arn: String,
+    /// Who the policy is for.
+    #[arg(long, value_enum)]
+    pub(crate) role: Role,
+    /// Require this tag on the calling principal, KEY=VALUE (e.g. Environment=production).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub(crate) principal_tag: Option<String>,
+}

@@ -1,0 +1,15 @@
+#![doc = include_str!("../README.md")]
+
+mod manager;
+pub mod units;
+
+pub use manager::{BackendSettings, ChainSettings, Wallet, WalletManager};
+
+/// The AWS KMS backend.
+pub use ethkms_aws as aws;
+/// Key backends: the trait, handles, the in-memory backend.
+pub use ethkms_backend as backend;
+/// The `no_std` core: parsing, verification, addresses.
+pub use ethkms_core as core;
+/// The alloy signer and chain helpers.
+pub use ethkms_eth as eth;

@@ -1,0 +1,385 @@
+//! The `ethkms` command line, run as a program: every command, the shape of its `--json` output, and
+//! the error paths with their exit codes. Commands that need keys or a chain run against LocalStack
+//! KMS and anvil (`cargo xtask services up`); in CI a missing service fails them.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy_consensus::TxEnvelope;
+use alloy_consensus::transaction::SignerRecoverable;
+use alloy_eips::eip2718::Decodable2718;
+use alloy_primitives::{Address, U256, hex};
+use alloy_provider::Provider;
+use alloy_rpc_types_eth::TransactionRequest;
+use assert_cmd::Command;
+use ethkms::aws::{AwsKmsBackend, AwsKmsConfig, StaticCredentials};
+use ethkms::backend::contract::{service_from_env, unique};
+use ethkms::backend::{CreateKeyRequest, KeyBackend, KeyHandle, KeySpec, MemoryBackend};
+use ethkms::{ChainSettings, WalletManager};
+use serde_json::Value;
+
+struct Services {
+    kms: String,
+    rpc: String,
+}
+
+fn services() -> Option<Services> {
+    Some(Services {
+        kms: service_from_env("ETHKMS_TEST_KMS_ENDPOINT", "LocalStack KMS")?,
+        rpc: service_from_env("ETHKMS_TEST_RPC_URL", "anvil")?,
+    })
+}
+
+/// `ethkms` with a clean environment: only what is set here (and `PATH`, `HOME`).
+fn bare() -> Command {
+    let mut command = Command::cargo_bin("ethkms").unwrap();
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    command
+        .env("AWS_CONFIG_FILE", "/nonexistent/ethkms/config")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/ethkms/credentials");
+    command.timeout(Duration::from_secs(120));
+    command
+}
+
+/// `ethkms` pointed at LocalStack and anvil through the standard variables.
+fn ethkms(services: &Services) -> Command {
+    let mut command = bare();
+    command
+        .env("AWS_ENDPOINT_URL", &services.kms)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("ETH_RPC_URL", &services.rpc);
+    command
+}
+
+/// Runs and returns standard output, asserting success.
+fn ok(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Runs and returns (exit code, standard error), asserting failure.
+fn fails(command: &mut Command) -> (i32, String) {
+    let output = command.output().unwrap();
+    assert!(!output.status.success(), "{command:?} should have failed: {}", String::from_utf8_lossy(&output.stdout));
+    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{line}: {error}"))).collect()
+}
+
+fn keys(value: &Value) -> BTreeSet<&str> {
+    value.as_object().unwrap().keys().map(String::as_str).collect()
+}
+
+fn shape(fields: &[&'static str]) -> BTreeSet<&'static str> {
+    fields.iter().copied().collect()
+}
+
+async fn manager(services: &Services) -> WalletManager {
+    let config = AwsKmsConfig {
+        region: Some("us-east-1".into()),
+        endpoint_url: Some(services.kms.clone()),
+        credentials: Some(StaticCredentials::new("test", "test", None)),
+        ..AwsKmsConfig::default()
+    };
+    let backend: Arc<dyn KeyBackend> = Arc::new(AwsKmsBackend::new(config).await.unwrap());
+    WalletManager::with_backend(backend, ChainSettings::new(services.rpc.clone())).unwrap()
+}
+
+async fn fund(manager: &WalletManager, address: Address) {
+    let ten_ether = U256::from(10u128.pow(19));
+    let () = manager.provider().raw_request("anvil_setBalance".into(), (address, ten_ether)).await.unwrap();
+}
+
+#[test]
+fn policy_iam_prints_least_privilege_json() {
+    let arn = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let app: Value = serde_json::from_str(&ok(bare().args([
+        "policy",
+        "iam",
+        "--key-arn",
+        arn,
+        "--role",
+        "app",
+        "--principal-tag",
+        "Environment=production",
+    ])))
+    .unwrap();
+    let actions: Vec<&str> = app["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["Action"].as_array().unwrap())
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(actions, ["kms:Sign", "kms:GetPublicKey"]);
+    assert_eq!(app["Statement"][1]["Condition"]["StringEquals"]["aws:PrincipalTag/Environment"], "production");
+    let admin = ok(bare().args(["policy", "iam", "--key-arn", arn, "--role", "admin"]));
+    assert!(admin.contains("\"Deny\"") && admin.contains("kms:ScheduleKeyDeletion"), "{admin}");
+    let (code, error) =
+        fails(bare().args(["policy", "iam", "--key-arn", "arn:aws:kms:eu-west-1:1:key/x", "--role", "app"]));
+    assert_eq!(code, 2);
+    assert!(error.contains("not a KMS key ARN"), "{error}");
+}
+
+#[tokio::test]
+async fn verify_accepts_the_signer_and_refuses_anyone_else() {
+    let backend = Arc::new(MemoryBackend::new());
+    let info = backend.create_key(&CreateKeyRequest::new()).await.unwrap();
+    let handle = KeyHandle::open(backend, info.key_id.parse().unwrap()).await.unwrap();
+    let message = "withdraw 1 ETH";
+    let signature = handle.sign_digest(&ethkms::core::eip191_hash_message(message.as_bytes())).await.unwrap();
+    let signature = format!("0x{}", hex::encode(signature.to_bytes()));
+    let address = handle.address().to_string();
+    let output =
+        ok(bare().args(["--json", "verify", "--address", &address, "--message", message, "--signature", &signature]));
+    let result: Value = serde_json::from_str(&output).unwrap();
+    assert_eq!(keys(&result), shape(&["valid", "address", "recovered"]));
+    assert_eq!((result["valid"].as_bool(), result["recovered"].as_str()), (Some(true), Some(address.as_str())));
+    let other = "0x000000000000000000000000000000000000dEaD";
+    let (code, error) =
+        fails(bare().args(["verify", "--address", other, "--message", message, "--signature", &signature]));
+    assert_eq!(code, 8);
+    assert!(error.contains(&address), "{error}");
+    let (code, _) =
+        fails(bare().args(["verify", "--address", &address, "--message", "tampered", "--signature", &signature]));
+    assert_eq!(code, 8);
+    let (code, error) =
+        fails(bare().args(["verify", "--address", &address, "--message", message, "--signature", "0x1234"]));
+    assert_eq!(code, 2);
+    assert!(error.contains("65"), "{error}");
+}
+
+#[test]
+fn bad_values_and_addresses_are_usage_errors_before_any_request() {
+    // No KMS or node configured: these must fail on the input alone.
+    let to = "0x000000000000000000000000000000000000dEaD";
+    let (code, error) = fails(bare().args(["--backend", "memory", "send", "alias/x", "--to", to, "--value", "1.5"]));
+    assert_eq!(code, 2, "{error}");
+    assert!(error.contains("`1.5`") && error.contains("decimals"), "{error}");
+    let (code, error) =
+        fails(bare().args(["--backend", "memory", "send", "alias/x", "--to", to, "--value", "3 dogecoin"]));
+    assert_eq!(code, 2);
+    assert!(error.contains("unknown unit"), "{error}");
+    let bad_checksum = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD";
+    let (code, error) = fails(bare().args(["--backend", "memory", "send", "alias/x", "--to", bad_checksum]));
+    assert_eq!(code, 2);
+    assert!(error.contains("checksum"), "{error}");
+    let (code, error) = fails(bare().args(["--backend", "memory", "wallet", "address", "not a key"]));
+    assert_eq!(code, 2);
+    assert!(error.contains("`not a key`"), "{error}");
+    let (code, error) = fails(bare().args(["--json", "--backend", "memory", "wallet", "address", "a/b"]));
+    assert_eq!(code, 2);
+    let error: Value = serde_json::from_str(error.trim()).unwrap();
+    assert_eq!(keys(&error), shape(&["error", "exit_code"]));
+    assert_eq!(error["exit_code"], 2);
+}
+
+#[test]
+fn missing_credentials_and_region_say_how_to_provide_them() {
+    let Some(services) = services() else { return };
+    let (code, error) = fails(
+        bare()
+            .args(["wallet", "address", "alias/anything"])
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", &services.kms),
+    );
+    assert_eq!(code, 4, "{error}");
+    assert!(
+        error.contains("no credentials") && error.contains("AWS_ACCESS_KEY_ID") && error.contains("AWS_PROFILE"),
+        "{error}"
+    );
+    assert!(!error.contains("panicked") && !error.contains("backtrace"), "{error}");
+    let (code, error) = fails(bare().args(["wallet", "address", "alias/anything"]));
+    assert_eq!(code, 4);
+    assert!(error.contains("AWS_REGION"), "{error}");
+}
+
+#[test]
+fn unknown_keys_wrong_key_types_and_an_unreachable_node_have_their_exit_codes() {
+    let Some(services) = services() else { return };
+    let (code, error) = fails(ethkms(&services).args(["wallet", "address", &format!("alias/{}", unique("missing"))]));
+    assert_eq!(code, 3, "{error}");
+    assert!(error.contains("not found") && error.contains("ethkms wallet list"), "{error}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let rsa = runtime.block_on(async {
+        let manager = manager(&services).await;
+        manager.backend().create_key(&CreateKeyRequest::new().key_spec(KeySpec::Rsa2048)).await.unwrap()
+    });
+    let (code, error) = fails(ethkms(&services).args(["sign", "message", &rsa.key_id, "hello"]));
+    assert_eq!(code, 5, "{error}");
+    assert!(error.contains("RSA_2048") && error.contains("ECC_SECG_P256K1"), "{error}");
+    let (code, error) = fails(ethkms(&services).args([
+        "--rpc-url",
+        "http://127.0.0.1:9",
+        "balance",
+        "0x000000000000000000000000000000000000dEaD",
+    ]));
+    assert_eq!(code, 6, "{error}");
+    assert!(error.contains("--rpc-url"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_against_localstack_and_anvil() {
+    let Some(services) = services() else { return };
+    let alias = format!("alias/{}", unique("cli"));
+    let tag = unique("cli-tag");
+
+    // wallet create / address / list.
+    let created = json_lines(&ok(ethkms(&services).args([
+        "--json",
+        "wallet",
+        "create",
+        "--alias",
+        &alias,
+        "--tag",
+        &format!("suite={tag}"),
+    ])));
+    assert_eq!(keys(&created[0]), shape(&["address", "key_id", "arn", "alias"]));
+    assert_eq!(created[0]["alias"], alias.as_str());
+    let address = created[0]["address"].as_str().unwrap().to_owned();
+    assert_eq!(ok(ethkms(&services).args(["wallet", "address", &alias])).trim(), address);
+    let listed =
+        json_lines(&ok(ethkms(&services).args(["--json", "wallet", "list", "--tag", &format!("suite={tag}")])));
+    assert_eq!(listed.len(), 1);
+    assert_eq!(keys(&listed[0]), shape(&["key_id", "arn", "state", "key_spec", "aliases", "tags", "address"]));
+    assert_eq!(listed[0]["address"], address.as_str());
+    assert_eq!(listed[0]["tags"]["suite"], tag.as_str());
+
+    // balance, after funding.
+    let manager = manager(&services).await;
+    let owner: Address = address.parse().unwrap();
+    fund(&manager, owner).await;
+    let balance: Value = serde_json::from_str(&ok(ethkms(&services).args(["--json", "balance", &alias]))).unwrap();
+    assert_eq!(keys(&balance), shape(&["address", "wei", "ether"]));
+    assert_eq!(balance["ether"], "10.000000000000000000");
+
+    // sign message, checked by `verify`; typed data.
+    let signature = ok(ethkms(&services).args(["sign", "message", &alias, "hello from the cli"]));
+    ok(ethkms(&services).args([
+        "verify",
+        "--address",
+        &address,
+        "--message",
+        "hello from the cli",
+        "--signature",
+        signature.trim(),
+    ]));
+    let hex_signature: Value =
+        serde_json::from_str(&ok(ethkms(&services).args(["--json", "sign", "message", &alias, "--hex", "0xdeadbeef"])))
+            .unwrap();
+    assert_eq!(keys(&hex_signature), shape(&["address", "signature"]));
+    ok(ethkms(&services).args([
+        "verify",
+        "--hex",
+        "--address",
+        &address,
+        "--message",
+        "0xdeadbeef",
+        "--signature",
+        hex_signature["signature"].as_str().unwrap(),
+    ]));
+    let typed = r#"{"types":{"EIP712Domain":[{"name":"name","type":"string"},{"name":"chainId","type":"uint256"}],"Note":[{"name":"text","type":"string"}]},"primaryType":"Note","domain":{"name":"ethkms","chainId":31337},"message":{"text":"hi"}}"#;
+    let file = std::env::temp_dir().join(format!("{}.json", unique("typed")));
+    std::fs::write(&file, typed).unwrap();
+    let typed_signature: Value = serde_json::from_str(&ok(ethkms(&services).args([
+        "--json",
+        "sign",
+        "typed-data",
+        &alias,
+        file.to_str().unwrap(),
+    ])))
+    .unwrap();
+    assert_eq!(keys(&typed_signature), shape(&["address", "hash", "signature"]));
+    let signature: alloy_primitives::Signature = typed_signature["signature"].as_str().unwrap().parse().unwrap();
+    let hash: alloy_primitives::B256 = typed_signature["hash"].as_str().unwrap().parse().unwrap();
+    assert_eq!(signature.recover_address_from_prehash(&hash).unwrap(), owner);
+    std::fs::write(&file, "{ not json").unwrap();
+    let (code, error) = fails(ethkms(&services).args(["sign", "typed-data", &alias, file.to_str().unwrap()]));
+    assert_eq!(code, 2);
+    assert!(error.contains("typed data"), "{error}");
+
+    // sign tx: every type, decoded and recovered by alloy.
+    let to = "0x000000000000000000000000000000000000dEaD";
+    for (kind, expected_type) in [("legacy", 0u8), ("2930", 1), ("1559", 2), ("7702", 4)] {
+        let mut command = ethkms(&services);
+        command.args(["--json", "sign", "tx", &alias, "--to", to, "--value", "1gwei", "--type", kind]);
+        if kind == "7702" {
+            command.args(["--delegate", to]);
+        }
+        let signed: Value = serde_json::from_str(&ok(&mut command)).unwrap();
+        assert_eq!(keys(&signed), shape(&["from", "hash", "raw"]));
+        let raw = hex::decode(signed["raw"].as_str().unwrap()).unwrap();
+        let envelope = TxEnvelope::decode_2718(&mut raw.as_slice()).unwrap();
+        assert_eq!(envelope.tx_type() as u8, expected_type, "{kind}");
+        assert_eq!(envelope.recover_signer().unwrap(), owner, "{kind}");
+    }
+    let (code, error) =
+        fails(ethkms(&services).args(["sign", "tx", &alias, "--to", to, "--type", "legacy", "--max-fee", "1gwei"]));
+    assert_eq!(code, 2);
+    assert!(error.contains("--gas-price"), "{error}");
+
+    // send ether, then an ERC-20 token deployed by this key.
+    let sent: Value = serde_json::from_str(&ok(
+        ethkms(&services).args(["--json", "send", &alias, "--to", to, "--value", "0.5ether"])
+    ))
+    .unwrap();
+    assert_eq!(keys(&sent), shape(&["hash", "from", "to", "token", "block", "status", "gas_used"]));
+    assert_eq!((sent["from"].as_str(), sent["status"].as_bool()), (Some(address.as_str()), Some(true)));
+    let bytecode = hex::decode(include_str!("../../ethkms-eth/tests/contracts/TestToken.bin").trim()).unwrap();
+    let mut code_and_supply = bytecode;
+    code_and_supply.extend_from_slice(&U256::from(10u128.pow(24)).to_be_bytes::<32>());
+    let deploy = TransactionRequest::default().input(code_and_supply.into());
+    let deploy = TransactionRequest { to: Some(alloy_primitives::TxKind::Create), ..deploy };
+    let receipt = manager.send_request(&alias.parse().unwrap(), deploy).await.unwrap();
+    let token = receipt.contract_address.unwrap().to_string();
+    let sent: Value = serde_json::from_str(&ok(
+        ethkms(&services).args(["--json", "send", &alias, "--to", to, "--value", "2.5", "--token", &token])
+    ))
+    .unwrap();
+    assert_eq!(sent["token"], token.as_str());
+    let balance: Value =
+        serde_json::from_str(&ok(ethkms(&services).args(["--json", "balance", to, "--token", &token]))).unwrap();
+    assert_eq!(keys(&balance), shape(&["address", "token", "balance", "decimals", "formatted"]));
+    assert_eq!(balance["formatted"], "2.500000000000000000");
+
+    // rotate with sweep: the alias names a new key that holds the ether now.
+    let rotated: Value =
+        serde_json::from_str(&ok(ethkms(&services).args(["--json", "wallet", "rotate", &alias, "--sweep"]))).unwrap();
+    assert_eq!(keys(&rotated), shape(&["alias", "old_key_id", "old_address", "new_key_id", "new_address", "sweep"]));
+    assert_eq!(rotated["old_address"], address.as_str());
+    let new_address = rotated["new_address"].as_str().unwrap();
+    assert_eq!(ok(ethkms(&services).args(["wallet", "address", &alias])).trim(), new_address);
+    let swept: Value = serde_json::from_str(&ok(ethkms(&services).args(["--json", "balance", new_address]))).unwrap();
+    assert!(swept["ether"].as_str().unwrap().starts_with("9."), "{swept}");
+}
+
+#[test]
+fn bulk_creation_resumes_where_it_stopped() {
+    let Some(services) = services() else { return };
+    let batch = unique("batch");
+    let first =
+        json_lines(&ok(ethkms(&services).args(["--json", "wallet", "create", "--count", "2", "--batch", &batch])));
+    assert_eq!(first.len(), 2);
+    assert_eq!(keys(&first[0]), shape(&["address", "key_id", "arn", "alias", "batch", "index", "resumed"]));
+    assert!(first.iter().all(|wallet| wallet["resumed"] == false));
+    let second =
+        json_lines(&ok(ethkms(&services).args(["--json", "wallet", "create", "--count", "3", "--batch", &batch])));
+    assert_eq!(second.len(), 3);
+    for (index, wallet) in second.iter().enumerate() {
+        assert_eq!(wallet["index"], index);
+        assert_eq!(wallet["resumed"], index < 2, "{wallet}");
+    }
+    assert_eq!(second[0]["key_id"], first[0]["key_id"]);
+    assert_eq!(second[1]["address"], first[1]["address"]);
+    let all: BTreeSet<&str> = second.iter().map(|wallet| wallet["address"].as_str().unwrap()).collect();
+    assert_eq!(all.len(), 3);
+}
