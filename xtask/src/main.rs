@@ -8,11 +8,13 @@
 //! cargo xtask bench [core|kms|eth]    run the benchmarks (kms and eth start the services)
 //! cargo xtask services up|down|status start or stop LocalStack KMS and anvil on 127.0.0.1
 //! cargo xtask tools                   install the helper tools (cargo-deny, cargo-fuzz) if missing
+//! cargo xtask demo [--keep]           the whole job end to end on LocalStack and anvil, through the CLI
 //! ```
 
 mod bench;
 mod ci;
 mod command;
+mod demo;
 mod fuzz;
 mod nostd;
 mod services;
@@ -26,7 +28,7 @@ use std::process::ExitCode;
 pub(crate) type Result<T = (), E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
 const USAGE: &str = "usage: cargo xtask <ci | nostd | fuzz [--seconds N] [TARGET...] | fuzz-seeds | bench [core|kms|eth] | \
-                     services up|down|status | tools>";
+                     services up|down|status | tools | demo [--keep]>";
 
 fn main() -> ExitCode {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
@@ -50,6 +52,7 @@ fn run(arguments: &[String]) -> Result {
         ("bench", options) => bench::run(options),
         ("services", [action]) => services::run(action),
         ("tools", []) => tools::install_all(),
+        ("demo", options) => demo::run(options),
         _ => Err(USAGE.into()),
     }
 }
