@@ -1,4 +1,4 @@
-//! `cargo xtask bench [core|kms|eth]`: runs the benchmarks and prints their results as ratios, for the README.
+//! `cargo xtask bench [core|kms|eth|cli]`: runs the benchmarks and prints their results as ratios, for the README.
 //!
 //! - `core`: the criterion benchmark `kms_signature_to_ethereum` (ethkms-core) times four ways of
 //!   turning a KMS signature into an Ethereum signature in one run; this prints each mean and its ratio
@@ -8,8 +8,12 @@
 //!   `alloy-signer-aws`, interleaved in one run.
 //! - `eth`: signed-and-mined ether transfers per second from one KMS key to anvil through the alloy
 //!   provider with `KmsSigner`, interleaved with the bare `Sign` loop.
+//! - `cli`: wall time of `ethkms wallet address` and `ethkms sign message` (release build) against
+//!   `cast wallet address --aws` and `cast wallet sign --aws` on the same LocalStack key, alternating.
 
 use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
 
 use serde_json::Value;
 
@@ -22,13 +26,15 @@ pub(crate) fn run(options: &[&str]) -> Result {
     match options {
         ["core", rest @ ..] => core(rest),
         [mode @ ("kms" | "eth"), rest @ ..] => live(mode, rest),
+        ["cli", rest @ ..] => cli(rest),
         [] => {
             core(&[])?;
             live("kms", &[])?;
-            live("eth", &[])
+            live("eth", &[])?;
+            cli(&[])
         }
         _ => Err(
-            "usage: cargo xtask bench [core [criterion options] | kms|eth [--seconds S] [--rounds R] [--concurrency 1,8]]"
+            "usage: cargo xtask bench [core [criterion options] | kms|eth [--seconds S] [--rounds R] [--concurrency 1,8] | cli [--runs N]]"
                 .into(),
         ),
     }
@@ -64,4 +70,69 @@ fn print_parity_table(directory: &Path) -> Result {
         println!("| `{name}` | {:.1} µs | {:.2}× | {:.2}× |", value / 1000.0, value / floor, value / ours);
     }
     Ok(())
+}
+
+/// Wall time of whole `ethkms` and `cast` invocations on one LocalStack key, run alternately.
+fn cli(options: &[&str]) -> Result {
+    let runs: usize = match options {
+        [] => 20,
+        ["--runs", runs] => runs.parse().map_err(|_| format!("--runs: `{runs}` is not a whole number"))?,
+        _ => return Err("usage: cargo xtask bench cli [--runs N]".into()),
+    };
+    let services = services::up()?;
+    run_command(cargo().args(["build", "--release", "--locked", "-p", "ethkms"]))?;
+    let ethkms = workspace_root().join("target/release/ethkms");
+    let environment = |command: &mut Command| {
+        services.apply(command);
+        command.env("AWS_ENDPOINT_URL", &services.kms_endpoint);
+    };
+    let mut create = Command::new(&ethkms);
+    create.args(["--json", "wallet", "create", "--description", "ethkms cli bench"]);
+    environment(&mut create);
+    let created = create.output()?;
+    let wallet: Value = serde_json::from_slice(&created.stdout)
+        .map_err(|error| format!("ethkms wallet create: {error}: {}", String::from_utf8_lossy(&created.stderr)))?;
+    let key_id = wallet["key_id"].as_str().ok_or("wallet create printed no key_id")?.to_owned();
+    let message = "ethkms cli benchmark";
+    let cases: [(&str, Vec<&str>, Vec<&str>); 2] = [
+        ("wallet address", vec!["wallet", "address", &key_id], vec!["wallet", "address", "--aws"]),
+        ("sign message", vec!["sign", "message", &key_id, message], vec!["wallet", "sign", "--aws", message]),
+    ];
+    println!("\n{runs} runs each, alternating, LocalStack KMS key {key_id}\n");
+    println!("| command | ethkms median | cast --aws median | ethkms ÷ cast |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (name, ours, theirs) in cases {
+        let time = |program: &Path, arguments: &[&str]| -> Result<f64> {
+            let mut command = Command::new(program);
+            command.args(arguments).env("AWS_KMS_KEY_ID", &key_id);
+            environment(&mut command);
+            let started = Instant::now();
+            let output = command.output()?;
+            if !output.status.success() {
+                return Err(format!(
+                    "{} {arguments:?}: {}",
+                    program.display(),
+                    String::from_utf8_lossy(&output.stderr)
+                )
+                .into());
+            }
+            Ok(started.elapsed().as_secs_f64() * 1000.0)
+        };
+        // One untimed run each, so neither pays for a cold disk cache.
+        time(&ethkms, &ours)?;
+        time(&services.cast, &theirs)?;
+        let (mut ethkms_times, mut cast_times) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            ethkms_times.push(time(&ethkms, &ours)?);
+            cast_times.push(time(&services.cast, &theirs)?);
+        }
+        let (ours, theirs) = (median(ethkms_times), median(cast_times));
+        println!("| `{name}` | {ours:.1} ms | {theirs:.1} ms | {:.2} |", ours / theirs);
+    }
+    Ok(())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }

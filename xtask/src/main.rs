@@ -5,7 +5,7 @@
 //! cargo xtask nostd                   prove ethkms-core builds without std
 //! cargo xtask fuzz [--seconds N] [TARGET...]   run the fuzz targets
 //! cargo xtask fuzz-seeds              rewrite the committed seed corpus from the test vectors
-//! cargo xtask bench [core|kms|eth]    run the benchmarks (kms and eth start the services)
+//! cargo xtask bench [core|kms|eth|cli] run the benchmarks (all but core start the services)
 //! cargo xtask services up|down|status start or stop LocalStack KMS and anvil on 127.0.0.1
 //! cargo xtask tools                   install the helper tools (cargo-deny, cargo-fuzz) if missing
 //! cargo xtask demo [--keep]           the whole job end to end on LocalStack and anvil, through the CLI
@@ -27,7 +27,7 @@ use std::process::ExitCode;
 /// Errors are reported to the user as text: every failure says what failed and what to do.
 pub(crate) type Result<T = (), E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
-const USAGE: &str = "usage: cargo xtask <ci | nostd | fuzz [--seconds N] [TARGET...] | fuzz-seeds | bench [core|kms|eth] | \
+const USAGE: &str = "usage: cargo xtask <ci | nostd | fuzz [--seconds N] [TARGET...] | fuzz-seeds | bench [core|kms|eth|cli] | \
                      services up|down|status | tools | demo [--keep]>";
 
 fn main() -> ExitCode {
