@@ -383,3 +383,37 @@ fn bulk_creation_resumes_where_it_stopped() {
     let all: BTreeSet<&str> = second.iter().map(|wallet| wallet["address"].as_str().unwrap()).collect();
     assert_eq!(all.len(), 3);
 }
+
+#[test]
+fn audit_verify_passes_a_real_log_and_pinpoints_edits_and_deletions() {
+    let path = std::env::temp_dir().join(format!("{}.jsonl", unique("audit")));
+    let mut log = ethkms::audit::AuditLog::open(&path).unwrap();
+    for index in 0..6 {
+        log.append(serde_json::json!({ "kind": "signature", "key": "alias/hot", "value": "1000", "index": index }))
+            .unwrap();
+    }
+    drop(log);
+    let file = path.to_str().unwrap();
+    let verified: Value = serde_json::from_str(&ok(bare().args(["--json", "audit", "verify", file]))).unwrap();
+    assert_eq!(keys(&verified), shape(&["valid", "records", "head"]));
+    assert_eq!(verified["records"], 6);
+
+    let original = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<&str> = original.lines().collect();
+    let edited = lines[3].replace("\"1000\"", "\"1000000\"");
+    lines[3] = &edited;
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let output = bare().args(["--json", "audit", "verify", file]).output().unwrap();
+    assert_eq!(output.status.code(), Some(8));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((report["valid"].as_bool(), report["line"].as_u64()), (Some(false), Some(4)));
+    assert!(report["reason"].as_str().unwrap().contains("edited"), "{report}");
+
+    let mut lines: Vec<&str> = original.lines().collect();
+    lines.remove(2);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let (code, error) = fails(bare().args(["audit", "verify", file]));
+    assert_eq!(code, 8);
+    assert!(error.contains("line 3") && error.contains("deleted"), "{error}");
+    std::fs::remove_file(&path).unwrap();
+}

@@ -28,7 +28,7 @@ Exit codes:
   5  key unusable (wrong key type or usage, disabled, pending deletion)
   6  network (KMS or Ethereum node unreachable, timed out, throttled)
   7  transaction failed (reverted, or not mined in time)
-  8  signature does not verify (`ethkms verify`)";
+  8  verification failed: a signature (`ethkms verify`) or an audit log (`ethkms audit verify`)";
 
 /// Options every command takes.
 #[derive(Debug, Args)]
@@ -92,6 +92,21 @@ pub(crate) enum Command {
     /// Least-privilege policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Audit logs.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check an audit log's hash chain and report the first broken record.
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AuditVerifyArgs {
+    /// The audit log (JSON lines).
+    pub(crate) file: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

@@ -20,8 +20,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::cli::{
-    BackendKind, BalanceArgs, Cli, Command, CreateArgs, Global, IamArgs, ListArgs, PolicyCommand, RotateArgs, SendArgs,
-    SignCommand, SignTxArgs, TransactionArgs, TxType, VerifyArgs, WalletCommand,
+    AuditCommand, AuditVerifyArgs, BackendKind, BalanceArgs, Cli, Command, CreateArgs, Global, IamArgs, ListArgs,
+    PolicyCommand, RotateArgs, SendArgs, SignCommand, SignTxArgs, TransactionArgs, TxType, VerifyArgs, WalletCommand,
 };
 use crate::{CliError, Exit, policy};
 
@@ -49,6 +49,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), CliError> {
     match command {
         Command::Policy(PolicyCommand::Iam(args)) => policy_iam(&args),
         Command::Verify(args) => verify(output, &args),
+        Command::Audit(AuditCommand::Verify(args)) => audit_verify(output, &args),
         Command::Wallet(command) => {
             let manager = manager(&global).await?;
             match command {
@@ -480,4 +481,25 @@ fn policy_iam(args: &IamArgs) -> Result<(), CliError> {
     let document = policy::policy(&args.key_arn, args.role, tag).map_err(CliError::usage)?;
     println!("{}", serde_json::to_string_pretty(&document).unwrap_or_else(|_| document.to_string()));
     Ok(())
+}
+
+fn audit_verify(output: Output, args: &AuditVerifyArgs) -> Result<(), CliError> {
+    match ethkms::audit::verify(&args.file) {
+        Ok(verified) => {
+            output.emit(&json!({ "valid": true, "records": verified.records, "head": verified.head }), || {
+                format!("valid: {} records, head {}", verified.records, verified.head)
+            });
+            Ok(())
+        }
+        Err(ethkms::audit::AuditError::Broken { line, seq, reason, .. }) => {
+            output.emit(&json!({ "valid": false, "line": line, "seq": seq, "reason": reason }), || {
+                format!("broken at line {line} (record {seq}): {reason}")
+            });
+            Err(CliError::new(
+                Exit::InvalidSignature,
+                format!("{} is broken at line {line}: {reason}", args.file.display()),
+            ))
+        }
+        Err(error) => Err(CliError::usage(error.to_string())),
+    }
 }
