@@ -1,0 +1,342 @@
+//! The service's TOML configuration — named keys with their policies, the upstream node, the listen
+//! address, clients with hashed bearer tokens — and client authentication.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8600"
+//! upstream = "http://127.0.0.1:8545"
+//! audit_log = "/var/lib/ethkms/audit.jsonl"
+//!
+//! [keys.hot]
+//! key = "alias/hot-wallet"
+//! chain_id = 1
+//! [keys.hot.policy]
+//! destination_allowlist = ["0x000000000000000000000000000000000000dEaD"]
+//! max_value = { ETH = "1ether", "0x6B175474E89094C44Da98b954EedeAC495271d0F" = "5000" }
+//! daily_limit = { ETH = "10ether" }
+//! contract_calls = [{ address = "0x7a250d5630B4cF539739dF2C5dAcb4c659F2488D", selector = "0x38ed1739" }]
+//!
+//! [clients.withdrawals]
+//! token_sha256 = "…64 hex digits: the SHA-256 of the bearer token…"
+//! keys = ["hot"]
+//! methods = ["eth_sendTransaction", "eth_signTransaction"]
+//! ```
+//!
+//! Token amounts in `max_value` and `daily_limit` are in the token's smallest unit; ether amounts take
+//! units (`1ether`, `20gwei`, or plain wei). Tokens are stored only as their SHA-256, so the file holds
+//! no secret.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use alloy_primitives::U256;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::policy::{Asset, ContractCall, KeyPolicy};
+
+/// A configuration error, naming the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(String);
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The Ethereum node reads are proxied to and transactions sent through.
+    pub upstream: String,
+    /// The audit log file.
+    pub audit_log: PathBuf,
+    /// Keys by the name clients use.
+    pub keys: BTreeMap<String, KeyConfig>,
+    /// Clients by name.
+    pub clients: BTreeMap<String, ClientConfig>,
+}
+
+/// One key the service signs with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyConfig {
+    /// The KMS key id, ARN or alias.
+    pub key: String,
+    /// The chain it signs for.
+    pub chain_id: u64,
+    /// Its rules.
+    pub policy: KeyPolicy,
+}
+
+/// A client of the service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// SHA-256 of its bearer token.
+    pub token_sha256: [u8; 32],
+    /// The keys it may use, by name.
+    pub keys: Vec<String>,
+    /// The JSON-RPC methods it may call (`eth_*` reads are always allowed).
+    pub methods: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: SocketAddr,
+    upstream: String,
+    audit_log: PathBuf,
+    #[serde(default)]
+    keys: BTreeMap<String, RawKey>,
+    #[serde(default)]
+    clients: BTreeMap<String, RawClient>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    key: String,
+    chain_id: u64,
+    #[serde(default)]
+    policy: RawPolicy,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    allowed_chain_ids: Option<Vec<u64>>,
+    destination_allowlist: Option<Vec<String>>,
+    #[serde(default)]
+    destination_denylist: Vec<String>,
+    #[serde(default)]
+    max_value: BTreeMap<String, String>,
+    #[serde(default)]
+    daily_limit: BTreeMap<String, String>,
+    contract_calls: Option<Vec<RawCall>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCall {
+    address: String,
+    selector: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    token_sha256: String,
+    keys: Vec<String>,
+    methods: Vec<String>,
+}
+
+/// The JSON-RPC methods that sign.
+pub const SIGNING_METHODS: [&str; 6] =
+    ["eth_sign", "personal_sign", "eth_signTypedData_v4", "eth_signTransaction", "eth_sendTransaction", "withdrawals"];
+
+impl Config {
+    /// Parses and checks the TOML text of a configuration.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the setting that is wrong: invalid TOML, an unknown field, a bad address,
+    /// amount or selector, a client naming a key or method that does not exist, a token hash that is not
+    /// 64 hexadecimal digits, or two clients with the same token.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError(error.to_string()))?;
+        let mut keys = BTreeMap::new();
+        for (name, key) in raw.keys {
+            let policy = policy(&name, key.policy)?;
+            keys.insert(name, KeyConfig { key: key.key, chain_id: key.chain_id, policy });
+        }
+        let mut clients = BTreeMap::new();
+        let mut tokens = HashMap::new();
+        for (name, client) in raw.clients {
+            let token_sha256 = parse_hash(&client.token_sha256)
+                .ok_or_else(|| ConfigError(format!("clients.{name}.token_sha256: expected 64 hexadecimal digits")))?;
+            if let Some(other) = tokens.insert(token_sha256, name.clone()) {
+                return Err(ConfigError(format!("clients.{name} and clients.{other} have the same token")));
+            }
+            for key in &client.keys {
+                if !keys.contains_key(key) {
+                    return Err(ConfigError(format!("clients.{name}.keys: no key named `{key}` in [keys]")));
+                }
+            }
+            for method in &client.methods {
+                if !SIGNING_METHODS.contains(&method.as_str()) {
+                    return Err(ConfigError(format!(
+                        "clients.{name}.methods: `{method}` is not a signing method ({})",
+                        SIGNING_METHODS.join(", ")
+                    )));
+                }
+            }
+            clients.insert(name, ClientConfig { token_sha256, keys: client.keys, methods: client.methods });
+        }
+        Ok(Self { listen: raw.listen, upstream: raw.upstream, audit_log: raw.audit_log, keys, clients })
+    }
+
+    /// The client whose bearer token is `token`, by name. Every client's hash is compared, in constant
+    /// time, so the answer's timing does not depend on which (if any) matches.
+    #[must_use]
+    pub fn authenticate(&self, token: &str) -> Option<(&str, &ClientConfig)> {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for (name, client) in &self.clients {
+            let difference = client.token_sha256.iter().zip(hash).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if difference == 0 {
+                found = Some((name.as_str(), client));
+            }
+        }
+        found
+    }
+}
+
+impl ClientConfig {
+    /// Whether the client may call `method` with key `key`.
+    #[must_use]
+    pub fn may(&self, method: &str, key: &str) -> bool {
+        self.methods.iter().any(|allowed| allowed == method) && self.keys.iter().any(|allowed| allowed == key)
+    }
+}
+
+/// The SHA-256 of a bearer token, in hexadecimal, for `token_sha256`.
+#[must_use]
+pub fn token_hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn parse_hash(text: &str) -> Option<[u8; 32]> {
+    let bytes = alloy_primitives::hex::decode(text).ok()?;
+    bytes.try_into().ok()
+}
+
+fn policy(name: &str, raw: RawPolicy) -> Result<KeyPolicy, ConfigError> {
+    let address = |field: &str, text: &str| {
+        ethkms::units::parse_address(text).map_err(|error| ConfigError(format!("keys.{name}.policy.{field}: {error}")))
+    };
+    let addresses =
+        |field: &str, list: Vec<String>| list.iter().map(|text| address(field, text)).collect::<Result<Vec<_>, _>>();
+    let amounts = |field: &str, map: BTreeMap<String, String>| -> Result<BTreeMap<Asset, U256>, ConfigError> {
+        map.into_iter()
+            .map(|(asset, amount)| {
+                let asset = if asset.eq_ignore_ascii_case("eth") {
+                    Asset::Ether
+                } else {
+                    Asset::Token(address(field, &asset)?)
+                };
+                let amount = match asset {
+                    Asset::Ether => ethkms::units::parse_value(&amount),
+                    Asset::Token(_) => amount.parse::<U256>().map_err(|error| format!("`{amount}`: {error}")),
+                }
+                .map_err(|error| ConfigError(format!("keys.{name}.policy.{field}: {error}")))?;
+                Ok((asset, amount))
+            })
+            .collect()
+    };
+    let contract_calls = raw
+        .contract_calls
+        .map(|calls| {
+            calls
+                .into_iter()
+                .map(|call| {
+                    let selector = alloy_primitives::hex::decode(&call.selector)
+                        .ok()
+                        .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
+                        .ok_or_else(|| {
+                            ConfigError(format!(
+                                "keys.{name}.policy.contract_calls: selector `{}` is not 4 bytes",
+                                call.selector
+                            ))
+                        })?;
+                    Ok(ContractCall { address: address("contract_calls", &call.address)?, selector })
+                })
+                .collect::<Result<Vec<_>, ConfigError>>()
+        })
+        .transpose()?;
+    Ok(KeyPolicy {
+        allowed_chain_ids: raw.allowed_chain_ids,
+        destination_allowlist: raw
+            .destination_allowlist
+            .map(|list| addresses("destination_allowlist", list))
+            .transpose()?,
+        destination_denylist: addresses("destination_denylist", raw.destination_denylist)?,
+        max_value: amounts("max_value", raw.max_value)?,
+        daily_limit: amounts("daily_limit", raw.daily_limit)?,
+        contract_calls,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_primitives::Address;
+
+    fn example(token: &str) -> String {
+        format!(
+            r#"
+listen = "127.0.0.1:8600"
+upstream = "http://127.0.0.1:8545"
+audit_log = "audit.jsonl"
+
+[keys.hot]
+key = "alias/hot-wallet"
+chain_id = 1
+[keys.hot.policy]
+destination_allowlist = ["0x000000000000000000000000000000000000dEaD"]
+max_value = {{ ETH = "1ether", "0x6B175474E89094C44Da98b954EedeAC495271d0F" = "5000" }}
+daily_limit = {{ ETH = "10ether" }}
+contract_calls = [{{ address = "0x7a250d5630B4cF539739dF2C5dAcb4c659F2488D", selector = "0x38ed1739" }}]
+
+[clients.withdrawals]
+token_sha256 = "{}"
+keys = ["hot"]
+methods = ["eth_sendTransaction", "eth_signTransaction"]
+"#,
+            token_hash(token)
+        )
+    }
+
+    #[test]
+    fn a_full_configuration_parses() {
+        let config = Config::parse(&example("s3cret")).unwrap();
+        let hot = &config.keys["hot"];
+        assert_eq!((hot.key.as_str(), hot.chain_id), ("alias/hot-wallet", 1));
+        assert_eq!(hot.policy.max_value[&Asset::Ether], U256::from(10u64.pow(18)));
+        let dai: Address = "0x6B175474E89094C44Da98b954EedeAC495271d0F".parse().unwrap();
+        assert_eq!(hot.policy.max_value[&Asset::Token(dai)], U256::from(5000));
+        assert_eq!(hot.policy.contract_calls.as_ref().unwrap()[0].selector, [0x38, 0xed, 0x17, 0x39]);
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn clients_authenticate_by_token_and_are_limited_to_their_keys_and_methods() {
+        let config = Config::parse(&example("s3cret")).unwrap();
+        let (name, client) = config.authenticate("s3cret").unwrap();
+        assert_eq!(name, "withdrawals");
+        assert!(client.may("eth_sendTransaction", "hot"));
+        assert!(!client.may("personal_sign", "hot"));
+        assert!(!client.may("eth_sendTransaction", "cold"));
+        assert!(config.authenticate("s3cret ").is_none());
+        assert!(config.authenticate("").is_none());
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let good = example("t");
+        let cases = [
+            (good.replace("listen =", "listn ="), "listn"),
+            (
+                good.replace(
+                    "0x000000000000000000000000000000000000dEaD",
+                    "0x000000000000000000000000000000000000DEaD",
+                ),
+                "checksum",
+            ),
+            (good.replace("\"10ether\"", "\"10 dogecoin\""), "daily_limit"),
+            (good.replace("0x38ed1739", "0x38ed17"), "selector"),
+            (good.replace("keys = [\"hot\"]", "keys = [\"cold\"]"), "no key named `cold`"),
+            (good.replace("\"eth_signTransaction\"", "\"eth_steal\""), "eth_steal"),
+            (good.replace(&token_hash("t"), "abcd"), "64 hexadecimal digits"),
+        ];
+        for (text, expected) in cases {
+            let error = Config::parse(&text).unwrap_err().to_string();
+            assert!(error.contains(expected), "expected `{expected}` in: {error}");
+        }
+    }
+}
