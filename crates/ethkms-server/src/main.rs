@@ -1,0 +1,53 @@
+//! `ethkms-server --config FILE`: the signing service. Key backend settings come from the standard AWS
+//! environment (region, credentials, `AWS_ENDPOINT_URL`); the rest from the TOML file (see
+//! `ethkms_server::config`). Stops gracefully on SIGINT or SIGTERM, finishing requests in flight.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use ethkms::BackendSettings;
+use ethkms_server::config::Config;
+use ethkms_server::service::Service;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ethkms-server: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let arguments: Vec<String> = std::env::args().skip(1).collect();
+    let path = match arguments.as_slice() {
+        [flag, path] if flag == "--config" => path.clone(),
+        _ => return Err("usage: ethkms-server --config FILE".into()),
+    };
+    let text = std::fs::read_to_string(&path).map_err(|error| format!("reading {path}: {error}"))?;
+    let config = Config::parse(&text)?;
+    let listen = config.listen;
+    let backend = BackendSettings::aws_from_env().connect().await?;
+    let service: Arc<Service> = Service::start(config, backend).await?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|error| format!("listening on {listen}: {error}"))?;
+    eprintln!("ethkms-server listening on {listen}");
+    axum::serve(listener, service.router()).with_graceful_shutdown(shutdown()).await?;
+    eprintln!("ethkms-server stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown() {
+    let interrupt = tokio::signal::ctrl_c();
+    let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        let _ = interrupt.await;
+        return;
+    };
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+}

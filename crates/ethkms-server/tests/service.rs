@@ -1,0 +1,277 @@
+//! The signing service over HTTP, in process, with a key in LocalStack's KMS and anvil upstream: every
+//! JSON-RPC method, authentication and per-client permissions, policy denials naming their rule, bad
+//! input answered with JSON-RPC errors while the service keeps serving, contiguous nonces under
+//! concurrency, the audit log, and the health and metrics endpoints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy_consensus::TxEnvelope;
+use alloy_consensus::transaction::SignerRecoverable;
+use alloy_eips::eip2718::Decodable2718;
+use alloy_primitives::{Address, B256, Signature, hex};
+use ethkms::aws::{AwsKmsBackend, AwsKmsConfig, StaticCredentials};
+use ethkms::backend::contract::{service_from_env, unique};
+use ethkms::backend::{CreateKeyRequest, KeyBackend};
+use ethkms_server::config::{Config, token_hash};
+use ethkms_server::service::Service;
+use serde_json::{Value, json};
+
+const RECIPIENT: &str = "0x000000000000000000000000000000000000dEaD";
+
+struct Running {
+    url: String,
+    http: reqwest::Client,
+    address: Address,
+    audit_log: std::path::PathBuf,
+}
+
+impl Running {
+    async fn call_as(&self, token: &str, method: &str, params: Value) -> (u16, Value) {
+        let body = json!({ "jsonrpc": "2.0", "id": 7, "method": method, "params": params });
+        let response = self.http.post(&self.url).bearer_auth(token).json(&body).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    async fn call(&self, method: &str, params: Value) -> Value {
+        let (status, answer) = self.call_as("withdrawals-token", method, params).await;
+        assert_eq!(status, 200, "{answer}");
+        answer
+    }
+
+    async fn result(&self, method: &str, params: Value) -> Value {
+        let answer = self.call(method, params).await;
+        assert!(answer.get("error").is_none(), "{method}: {answer}");
+        answer["result"].clone()
+    }
+
+    async fn error_code(&self, method: &str, params: Value) -> (i64, Value) {
+        let answer = self.call(method, params).await;
+        (
+            answer["error"]["code"].as_i64().unwrap_or_else(|| panic!("{method}: no error in {answer}")),
+            answer["error"].clone(),
+        )
+    }
+}
+
+fn parse_signature(value: &Value) -> Signature {
+    value.as_str().unwrap_or_else(|| panic!("not a signature: {value}")).parse().unwrap()
+}
+
+async fn start() -> Option<Running> {
+    let kms = service_from_env("ETHKMS_TEST_KMS_ENDPOINT", "LocalStack KMS")?;
+    let rpc = service_from_env("ETHKMS_TEST_RPC_URL", "anvil")?;
+    let config = AwsKmsConfig {
+        region: Some("us-east-1".into()),
+        endpoint_url: Some(kms),
+        credentials: Some(StaticCredentials::new("test", "test", None)),
+        ..AwsKmsConfig::default()
+    };
+    let backend: Arc<dyn KeyBackend> = Arc::new(AwsKmsBackend::new(config).await.unwrap());
+    let info = backend.create_key(&CreateKeyRequest::new().description("ethkms-server test")).await.unwrap();
+    let address: Address = info.address.unwrap().to_string().parse().unwrap();
+    let audit_log = std::env::temp_dir().join(format!("{}.jsonl", unique("server-audit")));
+    let text = format!(
+        r#"
+listen = "127.0.0.1:0"
+upstream = "{rpc}"
+audit_log = "{audit}"
+
+[keys.hot]
+key = "{key}"
+chain_id = 31337
+[keys.hot.policy]
+allowed_chain_ids = [31337]
+destination_allowlist = ["{RECIPIENT}"]
+max_value = {{ ETH = "1ether" }}
+daily_limit = {{ ETH = "3ether" }}
+
+[clients.withdrawals]
+token_sha256 = "{withdrawals}"
+keys = ["hot"]
+methods = ["personal_sign", "eth_sign", "eth_signTypedData_v4", "eth_signTransaction", "eth_sendTransaction"]
+
+[clients.messages-only]
+token_sha256 = "{messages}"
+keys = ["hot"]
+methods = ["personal_sign"]
+"#,
+        audit = audit_log.display(),
+        key = info.key_id,
+        withdrawals = token_hash("withdrawals-token"),
+        messages = token_hash("messages-token"),
+    );
+    let service = Service::start(Config::parse(&text).unwrap(), backend).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, service.router()).await });
+    let http = reqwest::Client::new();
+    let fund =
+        json!({ "jsonrpc": "2.0", "id": 1, "method": "anvil_setBalance", "params": [address, "0x8AC7230489E80000"] });
+    http.post(&rpc).json(&fund).send().await.unwrap();
+    Some(Running { url, http, address, audit_log })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signing_service_end_to_end() {
+    let Some(service) = start().await else { return };
+    let address = service.address;
+
+    // Authentication and permissions.
+    let (status, answer) = service.call_as("wrong-token", "eth_accounts", json!([])).await;
+    assert_eq!((status, answer["error"]["code"].as_i64()), (401, Some(-32001)));
+    let response = service
+        .http
+        .post(&service.url)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "eth_accounts"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let (_, answer) = service.call_as("messages-token", "eth_sign", json!([address, "0x00"])).await;
+    assert_eq!(answer["error"]["code"], -32002, "{answer}");
+
+    // Accounts, a proxied read, messages, typed data.
+    assert_eq!(service.result("eth_accounts", json!([])).await, json!([address]));
+    assert_eq!(service.result("eth_chainId", json!([])).await, "0x7a69");
+    let signature = parse_signature(&service.result("personal_sign", json!(["hello service", address])).await);
+    assert_eq!(signature.recover_address_from_msg("hello service").unwrap(), address);
+    let signature = parse_signature(&service.result("eth_sign", json!([address, "0x68656c6c6f"])).await);
+    assert_eq!(signature.recover_address_from_msg(b"hello").unwrap(), address);
+    let typed = r#"{"types":{"EIP712Domain":[{"name":"name","type":"string"}],"Note":[{"name":"text","type":"string"}]},"primaryType":"Note","domain":{"name":"ethkms"},"message":{"text":"hi"}}"#;
+    let signature = parse_signature(&service.result("eth_signTypedData_v4", json!([address, typed])).await);
+    let hash: B256 = ethkms::eth::typed_data_hash(typed).unwrap();
+    assert_eq!(signature.recover_address_from_prehash(&hash).unwrap(), address);
+
+    // eth_signTransaction: a raw transaction recovered to the key.
+    let raw: String = serde_json::from_value(
+        service.result("eth_signTransaction", json!([{ "from": address, "to": RECIPIENT, "value": "0x1" }])).await,
+    )
+    .unwrap();
+    let envelope = TxEnvelope::decode_2718(&mut hex::decode(raw).unwrap().as_slice()).unwrap();
+    assert_eq!(envelope.recover_signer().unwrap(), address);
+
+    // eth_sendTransaction from five tasks at once: five mined transactions with contiguous nonces.
+    let service = Arc::new(service);
+    let sends: Vec<_> = (0..5)
+        .map(|_| {
+            let service = Arc::clone(&service);
+            tokio::spawn(async move {
+                service
+                    .result("eth_sendTransaction", json!([{ "from": address, "to": RECIPIENT, "value": "0x3b9aca00" }]))
+                    .await
+            })
+        })
+        .collect();
+    let mut nonces = Vec::new();
+    for send in sends {
+        let hash = send.await.unwrap();
+        let mut receipt = Value::Null;
+        for _ in 0..100 {
+            receipt = service.result("eth_getTransactionReceipt", json!([hash])).await;
+            if !receipt.is_null() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(receipt["status"], "0x1", "{receipt}");
+        let transaction = service.result("eth_getTransactionByHash", json!([hash])).await;
+        nonces.push(u64::from_str_radix(transaction["nonce"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap());
+    }
+    nonces.sort_unstable();
+    assert_eq!(nonces, (nonces[0]..nonces[0] + 5).collect::<Vec<_>>(), "contiguous nonces");
+
+    // Policy: each rule names itself; nothing is signed.
+    let (code, error) = service
+        .error_code("eth_sendTransaction", json!([{ "from": address, "to": RECIPIENT, "value": "0x1bc16d674ec80000" }]))
+        .await;
+    assert_eq!((code, error["data"]["rule"].as_str()), (-32003, Some("max_value")), "{error}");
+    let (code, error) = service
+        .error_code(
+            "eth_signTransaction",
+            json!([{ "from": address, "to": "0x0000000000000000000000000000000000000001", "value": "0x1" }]),
+        )
+        .await;
+    assert_eq!((code, error["data"]["rule"].as_str()), (-32003, Some("destination_allowlist")), "{error}");
+    let (code, error) = service
+        .error_code(
+            "eth_signTransaction",
+            json!([{ "from": address, "to": RECIPIENT, "value": "0x1", "chainId": "0x1" }]),
+        )
+        .await;
+    assert_eq!((code, error["data"]["rule"].as_str()), (-32003, Some("allowed_chain_ids")), "{error}");
+    let one_ether = json!([{ "from": address, "to": RECIPIENT, "value": "0xde0b6b3a7640000" }]);
+    service.result("eth_signTransaction", one_ether.clone()).await;
+    service.result("eth_signTransaction", one_ether.clone()).await;
+    let (code, error) = service.error_code("eth_signTransaction", one_ether).await;
+    assert_eq!((code, error["data"]["rule"].as_str()), (-32003, Some("daily_limit")), "{error}");
+
+    // Bad input: JSON-RPC errors, and the service keeps serving.
+    let post = |body: String| {
+        service
+            .http
+            .post(&service.url)
+            .bearer_auth("withdrawals-token")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let answer: Value = post("{ not json".into()).await.unwrap().json().await.unwrap();
+    assert_eq!(answer["error"]["code"], -32700);
+    let answer: Value = post(r#"{"jsonrpc":"2.0","id":1,"method":"personal_sign","params":{"a":1}}"#.into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["error"]["code"], -32602);
+    let answer: Value = post(r#"{"jsonrpc":"2.0","id":1,"method":"personal_sign","params":[7, 8]}"#.into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["error"]["code"], -32602);
+    let answer: Value = post(r#"{"id":1,"method":"eth_accounts"}"#.into()).await.unwrap().json().await.unwrap();
+    assert_eq!(answer["error"]["code"], -32600);
+    let (code, _) = service.error_code("wallet_steal", json!([])).await;
+    assert_eq!(code, -32601);
+    let oversized = post(format!("[{}]", "1,".repeat(1 << 20))).await.unwrap();
+    assert_eq!(oversized.status().as_u16(), 413);
+    let answer: Value = oversized.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], -32600);
+    let batch: Value =
+        post(r#"[{"jsonrpc":"2.0","id":1,"method":"eth_accounts"},{"jsonrpc":"2.0","id":2,"method":"nope"}]"#.into())
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(
+        (batch[0]["result"][0].as_str().map(str::to_lowercase), batch[1]["error"]["code"].as_i64()),
+        (Some(address.to_string().to_lowercase()), Some(-32601))
+    );
+    assert_eq!(service.result("eth_accounts", json!([])).await, json!([address]), "still serving");
+
+    // The audit log: one record per signature (3 messages, 1 + 2 signed transactions, 5 sends) and per
+    // denial (4), chained and verified.
+    let verified = ethkms::audit::verify(&service.audit_log).unwrap();
+    assert_eq!(verified.records, 3 + 3 + 5 + 4);
+    let log = std::fs::read_to_string(&service.audit_log).unwrap();
+    assert_eq!(log.matches("\"kind\":\"denial\"").count(), 4);
+
+    // Health, readiness, metrics.
+    let base = service.url.trim_end_matches('/');
+    assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().text().await.unwrap(), "ok");
+    assert_eq!(reqwest::get(format!("{base}/readyz")).await.unwrap().status().as_u16(), 200);
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    for expected in [
+        "ethkms_signatures_total{method=\"eth_sendTransaction\"} 5",
+        "ethkms_signatures_total{method=\"personal_sign\"} 1",
+        "ethkms_policy_denials_total{rule=\"daily_limit\"} 1",
+        "ethkms_signing_seconds_count 11",
+    ] {
+        assert!(metrics.contains(expected), "{expected} not in:\n{metrics}");
+    }
+    std::fs::remove_file(&service.audit_log).unwrap();
+}
