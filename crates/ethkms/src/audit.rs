@@ -17,7 +17,7 @@
 //! log.append(serde_json::json!({ "kind": "denial", "key": "alias/hot", "rule": "max_value" }))?;
 //! assert_eq!(verify(&path)?.records, 2);
 //! # std::fs::remove_file(&path)?;
-//! # Ok::<(), ethkms::audit::AuditError>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use std::fs::{File, OpenOptions};
