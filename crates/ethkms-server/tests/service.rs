@@ -275,3 +275,60 @@ async fn the_signing_service_end_to_end() {
     }
     std::fs::remove_file(&service.audit_log).unwrap();
 }
+
+/// Real clients: alloy's provider (no wallet: the service signs) and ethers v6's `JsonRpcSigner`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alloy_and_ethers_clients_sign_and_send_through_the_service() {
+    use alloy_network::TransactionBuilder;
+    use alloy_provider::{Provider, ProviderBuilder};
+    use alloy_rpc_types_eth::TransactionRequest;
+
+    let Some(service) = start().await else { return };
+    let address = service.address;
+    let recipient: Address = RECIPIENT.parse().unwrap();
+
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, "Bearer withdrawals-token".parse().unwrap());
+    let http = reqwest::Client::builder().default_headers(headers).build().unwrap();
+    let transport = alloy_transport_http::Http::with_client(http, service.url.parse().unwrap());
+    let provider = ProviderBuilder::new()
+        .disable_recommended_fillers()
+        .connect_client(alloy_rpc_client::RpcClient::new(transport, true));
+    assert_eq!(provider.get_accounts().await.unwrap(), vec![address]);
+    assert_eq!(provider.get_chain_id().await.unwrap(), 31337);
+    let request =
+        TransactionRequest::default().with_from(address).with_to(recipient).with_value(alloy_primitives::U256::from(7));
+    let raw = provider.sign_transaction(request.clone()).await.unwrap();
+    let envelope = TxEnvelope::decode_2718(&mut raw.as_ref()).unwrap();
+    assert_eq!(envelope.recover_signer().unwrap(), address);
+    let hash = *provider.send_transaction(request).await.unwrap().tx_hash();
+    let mut receipt = None;
+    for _ in 0..100 {
+        receipt = provider.get_transaction_receipt(hash).await.unwrap();
+        if receipt.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let receipt = receipt.expect("mined");
+    assert_eq!((receipt.from, receipt.status()), (address, true));
+    let signature: String = provider.raw_request("personal_sign".into(), ("0x68656c6c6f", address)).await.unwrap();
+    assert_eq!(signature.parse::<Signature>().unwrap().recover_address_from_msg(b"hello").unwrap(), address);
+
+    let node_modules = service_from_env("ETHKMS_TEST_NODE_MODULES", "the npm packages").unwrap_or_default();
+    let script = format!("{}/tests/clients/ethers_client.cjs", env!("CARGO_MANIFEST_DIR"));
+    let output = tokio::process::Command::new("node")
+        .args([script.as_str(), service.url.as_str(), "withdrawals-token", RECIPIENT])
+        .env("NODE_PATH", node_modules)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "ethers client: {}", String::from_utf8_lossy(&output.stderr));
+    let ethers: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let expected = address.to_checksum(None);
+    assert_eq!(ethers["accounts"][0].as_str().map(str::to_lowercase), Some(expected.to_lowercase()));
+    assert_eq!(ethers["messageSigner"], expected.as_str(), "{ethers}");
+    assert_eq!(ethers["typedSigner"], expected.as_str(), "{ethers}");
+    assert_eq!((ethers["status"].as_u64(), ethers["from"].as_str()), (Some(1), Some(expected.as_str())), "{ethers}");
+    std::fs::remove_file(&service.audit_log).unwrap();
+}
