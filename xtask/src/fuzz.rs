@@ -117,7 +117,10 @@ pub(crate) fn write_seeds() -> Result {
     keys.insert(hex(P256_SPKI)?);
     keys.insert(hex(RSA_SPKI)?);
 
-    for (target, inputs) in [("der_signature", signatures), ("spki", keys), ("kms_to_ethereum", whole)] {
+    let requests: BTreeSet<Vec<u8>> = RPC_SEEDS.iter().map(|seed| seed.as_bytes().to_vec()).collect();
+    for (target, inputs) in
+        [("der_signature", signatures), ("spki", keys), ("kms_to_ethereum", whole), ("rpc_request", requests)]
+    {
         let directory = root.join("fuzz/corpus").join(target);
         if directory.exists() {
             fs::remove_dir_all(&directory)?;
@@ -132,6 +135,18 @@ pub(crate) fn write_seeds() -> Result {
     }
     Ok(())
 }
+
+/// JSON-RPC bodies the signing service receives, well-formed and not.
+const RPC_SEEDS: &[&str] = &[
+    r#"{"jsonrpc":"2.0","id":1,"method":"eth_accounts","params":[]}"#,
+    r#"{"jsonrpc":"2.0","id":"a","method":"personal_sign","params":["0x68656c6c6f","0x000000000000000000000000000000000000dEaD"]}"#,
+    r#"{"jsonrpc":"2.0","id":2,"method":"eth_sendTransaction","params":[{"from":"0x000000000000000000000000000000000000dEaD","to":"0x0000000000000000000000000000000000000001","value":"0x1"}]}"#,
+    r#"{"jsonrpc":"2.0","id":3,"method":"eth_signTypedData_v4","params":["0x000000000000000000000000000000000000dEaD","{\"types\":{}}"]}"#,
+    r#"[{"jsonrpc":"2.0","id":1,"method":"eth_chainId"},{"jsonrpc":"2.0","id":2,"method":"eth_blockNumber"}]"#,
+    r#"{"jsonrpc":"1.0","id":null,"method":7,"params":{}}"#,
+    r#"[]"#,
+    r#"{"#,
+];
 
 /// A KMS `ECC_NIST_P256` public key, to seed the rejection path for other curves.
 const P256_SPKI: &str = "3059301306072a8648ce3d020106082a8648ce3d030107034200046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c2964fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5";

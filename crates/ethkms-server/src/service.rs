@@ -30,6 +30,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use crate::config::{ClientConfig, Config};
 use crate::policy::{Denial, PolicyEngine, SignRequest};
+use crate::rpc::{Call, RequestBody, RpcError, parse_body};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -415,32 +416,6 @@ impl Service {
     }
 }
 
-/// A JSON-RPC error.
-#[derive(Debug)]
-pub struct RpcError {
-    code: i64,
-    message: String,
-    data: Option<Value>,
-}
-
-impl RpcError {
-    fn new(code: i64, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), data: None }
-    }
-
-    fn with_data(code: i64, message: impl Into<String>, data: Value) -> Self {
-        Self { code, message: message.into(), data: Some(data) }
-    }
-
-    fn to_json(&self, id: &Value) -> Value {
-        let mut error = json!({ "code": self.code, "message": self.message });
-        if let Some(data) = &self.data {
-            error["data"] = data.clone();
-        }
-        json!({ "jsonrpc": "2.0", "id": id, "error": error })
-    }
-}
-
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
 }
@@ -456,45 +431,33 @@ async fn rpc(State(service): State<Arc<Service>>, request: Request<Body>) -> Res
         let error = RpcError::new(-32600, format!("the request body is larger than {MAX_BODY_BYTES} bytes"));
         return (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(error.to_json(&Value::Null))).into_response();
     };
-    let parsed: Value = match serde_json::from_slice(&body) {
-        Ok(value) => value,
-        Err(error) => {
-            return axum::Json(RpcError::new(-32700, format!("parse error: {error}")).to_json(&Value::Null))
-                .into_response();
-        }
-    };
-    let answer = match parsed {
-        Value::Array(batch) if !batch.is_empty() => {
-            let mut answers = Vec::with_capacity(batch.len());
-            for call in batch {
+    let answer = match parse_body(&body) {
+        Err(error) => error.to_json(&Value::Null),
+        Ok(RequestBody::Single(call)) => one(&service, client_name, client, call).await,
+        Ok(RequestBody::Batch(calls)) => {
+            let mut answers = Vec::with_capacity(calls.len());
+            for call in calls {
                 answers.push(one(&service, client_name, client, call).await);
             }
             Value::Array(answers)
         }
-        single => one(&service, client_name, client, single).await,
     };
     axum::Json(answer).into_response()
 }
 
-async fn one(service: &Service, client_name: &str, client: &ClientConfig, call: Value) -> Value {
-    let id = call.get("id").cloned().unwrap_or(Value::Null);
-    let method = call.get("method").and_then(Value::as_str);
-    let valid = call.get("jsonrpc").and_then(Value::as_str) == Some("2.0");
-    let (Some(method), true) = (method, valid) else {
-        return RpcError::new(
-            -32600,
-            "invalid request: expected {\"jsonrpc\": \"2.0\", \"method\": …, \"params\": […], \"id\": …}",
-        )
-        .to_json(&id);
+async fn one(
+    service: &Service,
+    client_name: &str,
+    client: &ClientConfig,
+    call: Result<Call, (Value, RpcError)>,
+) -> Value {
+    let call = match call {
+        Ok(call) => call,
+        Err((id, error)) => return error.to_json(&id),
     };
-    let params = match call.get("params") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(params)) => params.clone(),
-        Some(_) => return RpcError::new(-32602, "params must be an array").to_json(&id),
-    };
-    match service.call(client_name, client, method, &params).await {
-        Ok(result) => json!({ "jsonrpc": "2.0", "id": id, "result": result }),
-        Err(error) => error.to_json(&id),
+    match service.call(client_name, client, &call.method, &call.params).await {
+        Ok(result) => json!({ "jsonrpc": "2.0", "id": call.id, "result": result }),
+        Err(error) => error.to_json(&call.id),
     }
 }
 
