@@ -387,18 +387,25 @@ impl Service {
                 if method == "eth_signTransaction" {
                     return Ok(json!(self.sign_transaction(client_name, key, method, request, None).await?));
                 }
-                // One transaction of this key at a time: contiguous nonces, no gap after a failure.
+                // One transaction of this key at a time: contiguous nonces, no gap after a failure. The
+                // node's pending count is consulted every time, so transactions sent from the same key
+                // elsewhere (the CLI, an operator) do not leave the service with a stale nonce.
                 let mut next = key.nonce.lock().await;
-                let nonce = match *next {
-                    Some(nonce) => nonce,
-                    None => {
-                        chain::nonce(self.manager.provider(), from).await.map_err(|error| self.backend_error(&error))?
+                let pending_count =
+                    chain::nonce(self.manager.provider(), from).await.map_err(|error| self.backend_error(&error))?;
+                let nonce = next.map_or(pending_count, |cached| cached.max(pending_count));
+                let raw = self.sign_transaction(client_name, key, method, request, Some(nonce)).await?;
+                let pending = match self.manager.provider().send_raw_transaction(&raw).await {
+                    Ok(pending) => pending,
+                    Err(error) => {
+                        // Not sent: the nonce stays free for the next request; ask the node again then.
+                        *next = None;
+                        return Err(RpcError::new(
+                            codes::SERVER_ERROR,
+                            format!("the node refused the transaction: {error}"),
+                        ));
                     }
                 };
-                let raw = self.sign_transaction(client_name, key, method, request, Some(nonce)).await?;
-                let pending = self.manager.provider().send_raw_transaction(&raw).await.map_err(|error| {
-                    RpcError::new(codes::SERVER_ERROR, format!("the node refused the transaction: {error}"))
-                })?;
                 *next = Some(nonce + 1);
                 Ok(json!(pending.tx_hash()))
             }

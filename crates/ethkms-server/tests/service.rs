@@ -181,6 +181,15 @@ async fn the_signing_service_end_to_end() {
     nonces.sort_unstable();
     assert_eq!(nonces, (nonces[0]..nonces[0] + 5).collect::<Vec<_>>(), "contiguous nonces");
 
+    // A transaction from the same key sent outside the service: the service's next nonce follows it.
+    let outside =
+        service.result("eth_signTransaction", json!([{ "from": address, "to": RECIPIENT, "value": "0x2" }])).await;
+    let outside_hash = service.result("eth_sendRawTransaction", json!([outside])).await;
+    assert!(outside_hash.is_string(), "{outside_hash}");
+    let after =
+        service.result("eth_sendTransaction", json!([{ "from": address, "to": RECIPIENT, "value": "0x3" }])).await;
+    assert!(after.is_string(), "{after}");
+
     // Policy: each rule names itself; nothing is signed.
     let (code, error) = service
         .error_code("eth_sendTransaction", json!([{ "from": address, "to": RECIPIENT, "value": "0x1bc16d674ec80000" }]))
@@ -253,10 +262,10 @@ async fn the_signing_service_end_to_end() {
     );
     assert_eq!(service.result("eth_accounts", json!([])).await, json!([address]), "still serving");
 
-    // The audit log: one record per signature (3 messages, 1 + 2 signed transactions, 5 sends) and per
-    // denial (4), chained and verified.
+    // The audit log: one record per signature (3 messages, 1 + 2 signed transactions, 5 sends, the
+    // outside transaction and the send after it) and per denial (4), chained and verified.
     let verified = ethkms::audit::verify(&service.audit_log).unwrap();
-    assert_eq!(verified.records, 3 + 3 + 5 + 4);
+    assert_eq!(verified.records, 3 + 3 + 5 + 2 + 4);
     let log = std::fs::read_to_string(&service.audit_log).unwrap();
     assert_eq!(log.matches("\"kind\":\"denial\"").count(), 4);
 
@@ -266,10 +275,10 @@ async fn the_signing_service_end_to_end() {
     assert_eq!(reqwest::get(format!("{base}/readyz")).await.unwrap().status().as_u16(), 200);
     let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
     for expected in [
-        "ethkms_signatures_total{method=\"eth_sendTransaction\"} 5",
+        "ethkms_signatures_total{method=\"eth_sendTransaction\"} 6",
         "ethkms_signatures_total{method=\"personal_sign\"} 1",
         "ethkms_policy_denials_total{rule=\"daily_limit\"} 1",
-        "ethkms_signing_seconds_count 11",
+        "ethkms_signing_seconds_count 13",
     ] {
         assert!(metrics.contains(expected), "{expected} not in:\n{metrics}");
     }
