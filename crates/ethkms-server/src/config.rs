@@ -5,6 +5,7 @@
 //! listen = "127.0.0.1:8600"
 //! upstream = "http://127.0.0.1:8545"
 //! audit_log = "/var/lib/ethkms/audit.jsonl"
+//! tls = { cert = "/etc/ethkms/cert.pem", key = "/etc/ethkms/key.pem" }   # optional: HTTPS
 //!
 //! [keys.hot]
 //! key = "alias/hot-wallet"
@@ -53,6 +54,18 @@ pub struct Config {
     pub keys: BTreeMap<String, KeyConfig>,
     /// Clients by name.
     pub clients: BTreeMap<String, ClientConfig>,
+    /// Serve HTTPS with this certificate and key (PEM files); plain HTTP when `None`.
+    pub tls: Option<TlsConfig>,
+}
+
+/// The listener's certificate and private key, PEM files.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
 }
 
 /// One key the service signs with.
@@ -87,6 +100,7 @@ struct RawConfig {
     keys: BTreeMap<String, RawKey>,
     #[serde(default)]
     clients: BTreeMap<String, RawClient>,
+    tls: Option<TlsConfig>,
 }
 
 #[derive(Deserialize)]
@@ -168,7 +182,7 @@ impl Config {
             }
             clients.insert(name, ClientConfig { token_sha256, keys: client.keys, methods: client.methods });
         }
-        Ok(Self { listen: raw.listen, upstream: raw.upstream, audit_log: raw.audit_log, keys, clients })
+        Ok(Self { listen: raw.listen, upstream: raw.upstream, audit_log: raw.audit_log, keys, clients, tls: raw.tls })
     }
 
     /// The client whose bearer token is `token`, by name. Every client's hash is compared, in constant

@@ -29,12 +29,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let text = std::fs::read_to_string(&path).map_err(|error| format!("reading {path}: {error}"))?;
     let config = Config::parse(&text)?;
     let listen = config.listen;
+    let tls = config.tls.clone();
     let backend = BackendSettings::aws_from_env().connect().await?;
     let service: Arc<Service> = Service::start(config, backend).await?;
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.map_err(|error| format!("listening on {listen}: {error}"))?;
-    eprintln!("ethkms-server listening on {listen}");
-    axum::serve(listener, service.router()).with_graceful_shutdown(shutdown()).await?;
+    let listener = std::net::TcpListener::bind(listen).map_err(|error| format!("listening on {listen}: {error}"))?;
+    eprintln!("ethkms-server listening on {listen} ({})", if tls.is_some() { "https" } else { "http" });
+    ethkms_server::service::serve(service, listener, tls.as_ref(), shutdown()).await?;
     eprintln!("ethkms-server stopped");
     Ok(())
 }

@@ -484,3 +484,31 @@ async fn ready(State(service): State<Arc<Service>>) -> Response {
 async fn metrics(State(service): State<Arc<Service>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], service.metrics.render()).into_response()
 }
+
+/// Serves `service` on `listener` until `shutdown` resolves, then finishes the requests in flight (up to
+/// 30 s). With `tls`, over HTTPS (rustls) with that certificate and key.
+///
+/// # Errors
+/// The certificate or key cannot be read, or serving fails.
+pub async fn serve(
+    service: Arc<Service>,
+    listener: std::net::TcpListener,
+    tls: Option<&crate::config::TlsConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = service.router();
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(30)));
+    });
+    listener.set_nonblocking(true)?;
+    match tls {
+        Some(tls) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key).await?;
+            axum_server::from_tcp_rustls(listener, config)?.handle(handle).serve(app.into_make_service()).await
+        }
+        None => axum_server::from_tcp(listener)?.handle(handle).serve(app.into_make_service()).await,
+    }
+}

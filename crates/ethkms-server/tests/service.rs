@@ -59,6 +59,11 @@ fn parse_signature(value: &Value) -> Signature {
 }
 
 async fn start() -> Option<Running> {
+    start_with(None).await
+}
+
+/// Starts the service, over HTTPS when given a certificate and key (PEM files).
+async fn start_with(tls: Option<(&std::path::Path, &std::path::Path)>) -> Option<Running> {
     let kms = service_from_env("ETHKMS_TEST_KMS_ENDPOINT", "LocalStack KMS")?;
     let rpc = service_from_env("ETHKMS_TEST_RPC_URL", "anvil")?;
     let config = AwsKmsConfig {
@@ -76,6 +81,7 @@ async fn start() -> Option<Running> {
 listen = "127.0.0.1:0"
 upstream = "{rpc}"
 audit_log = "{audit}"
+{tls}
 
 [keys.hot]
 key = "{key}"
@@ -97,15 +103,30 @@ keys = ["hot"]
 methods = ["personal_sign"]
 "#,
         audit = audit_log.display(),
+        tls = tls.map_or_else(String::new, |(cert, key)| format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}",
+            cert.display(),
+            key.display()
+        )),
         key = info.key_id,
         withdrawals = token_hash("withdrawals-token"),
         messages = token_hash("messages-token"),
     );
-    let service = Service::start(Config::parse(&text).unwrap(), backend).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, service.router()).await });
-    let http = reqwest::Client::new();
+    let config = Config::parse(&text).unwrap();
+    let service = Service::start(config.clone(), backend).await.unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let url = if tls.is_some() { format!("https://localhost:{port}/") } else { format!("http://127.0.0.1:{port}/") };
+    tokio::spawn(async move {
+        ethkms_server::service::serve(service, listener, config.tls.as_ref(), std::future::pending()).await
+    });
+    let http = match tls {
+        Some((cert, _)) => {
+            let certificate = reqwest::Certificate::from_pem(&std::fs::read(cert).unwrap()).unwrap();
+            reqwest::Client::builder().add_root_certificate(certificate).build().unwrap()
+        }
+        None => reqwest::Client::new(),
+    };
     let fund =
         json!({ "jsonrpc": "2.0", "id": 1, "method": "anvil_setBalance", "params": [address, "0x8AC7230489E80000"] });
     http.post(&rpc).json(&fund).send().await.unwrap();
@@ -339,5 +360,24 @@ async fn alloy_and_ethers_clients_sign_and_send_through_the_service() {
     assert_eq!(ethers["messageSigner"], expected.as_str(), "{ethers}");
     assert_eq!(ethers["typedSigner"], expected.as_str(), "{ethers}");
     assert_eq!((ethers["status"].as_u64(), ethers["from"].as_str()), (Some(1), Some(expected.as_str())), "{ethers}");
+    std::fs::remove_file(&service.audit_log).unwrap();
+}
+
+/// With `tls` configured the service speaks HTTPS (rustls) and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_configured_certificate() {
+    let directory = std::env::temp_dir().join(unique("server-tls"));
+    std::fs::create_dir_all(&directory).unwrap();
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (directory.join("cert.pem"), directory.join("key.pem"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let Some(service) = start_with(Some((&cert, &key))).await else { return };
+    assert!(service.url.starts_with("https://"));
+    assert_eq!(service.result("eth_accounts", json!([])).await, json!([service.address]));
+    let plain = service.url.replace("https://", "http://");
+    let answer = reqwest::Client::new().post(&plain).bearer_auth("withdrawals-token").json(&json!({})).send().await;
+    assert!(answer.is_err() || !answer.unwrap().status().is_success(), "plain HTTP must not be served");
+    std::fs::remove_dir_all(&directory).unwrap();
     std::fs::remove_file(&service.audit_log).unwrap();
 }
