@@ -125,9 +125,39 @@ pub async fn send_and_wait<P: Provider>(
     request: TransactionRequest,
     timeout: Duration,
 ) -> Result<TransactionReceipt, SignerError> {
-    let has_fees = request.gas_price.is_some() || request.max_fee_per_gas.is_some();
-    let request = if has_fees { request } else { fees(provider).await?.apply(request) };
+    let request = with_fees(provider, request).await?;
     wait_for_receipt(provider.send_transaction(request).await?, timeout).await
+}
+
+/// `request` with [`fees`] applied, unless it already has a gas price or a max fee.
+///
+/// # Errors
+/// [`SignerError::Rpc`].
+pub async fn with_fees<P: Provider>(
+    provider: &P,
+    request: TransactionRequest,
+) -> Result<TransactionRequest, SignerError> {
+    let has_fees = request.gas_price.is_some() || request.max_fee_per_gas.is_some();
+    if has_fees { Ok(request) } else { Ok(fees(provider).await?.apply(request)) }
+}
+
+/// Completes `request`, which must have `from`, with what it lacks: the sender's next nonce, the gas
+/// the node estimates, and fees ([`with_fees`]). Fields already set are kept.
+///
+/// # Errors
+/// [`SignerError::InvalidArgument`] without `from`; [`SignerError::Rpc`].
+pub async fn fill_request<P: Provider>(
+    provider: &P,
+    mut request: TransactionRequest,
+) -> Result<TransactionRequest, SignerError> {
+    let from = request.from.ok_or_else(|| SignerError::InvalidArgument("the transaction needs `from`".into()))?;
+    if request.nonce.is_none() {
+        request.nonce = Some(nonce(provider, from).await?);
+    }
+    if request.gas.is_none() {
+        request.gas = Some(estimate_gas(provider, &request).await?);
+    }
+    with_fees(provider, request).await
 }
 
 /// Sends a raw signed transaction and waits up to `timeout` for a successful receipt.

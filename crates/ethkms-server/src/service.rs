@@ -305,22 +305,11 @@ impl Service {
         let from = key.signer.address();
         request.from = Some(from);
         request.chain_id = Some(chain);
-        if let Some(nonce) = nonce {
-            request.nonce = Some(nonce);
-        } else if request.nonce.is_none() {
-            request.nonce =
-                Some(chain::nonce(self.manager.provider(), from).await.map_err(|error| self.backend_error(&error))?);
+        if nonce.is_some() {
+            request.nonce = nonce;
         }
-        if request.gas.is_none() {
-            let gas = chain::estimate_gas(self.manager.provider(), &request)
-                .await
-                .map_err(|error| self.backend_error(&error))?;
-            request.gas = Some(gas);
-        }
-        if request.gas_price.is_none() && request.max_fee_per_gas.is_none() {
-            request =
-                chain::fees(self.manager.provider()).await.map_err(|error| self.backend_error(&error))?.apply(request);
-        }
+        let request =
+            chain::fill_request(self.manager.provider(), request).await.map_err(|error| self.backend_error(&error))?;
         let started = Instant::now();
         let wallet = EthereumWallet::from(key.signer.clone());
         let envelope = NetworkTransactionBuilder::<Ethereum>::build(request, &wallet)

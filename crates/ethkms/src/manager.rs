@@ -235,16 +235,7 @@ impl WalletManager {
         if request.chain_id.is_none() {
             request.set_chain_id(self.chain_id().await?);
         }
-        if request.nonce.is_none() {
-            request.set_nonce(chain::nonce(&self.provider, from).await?);
-        }
-        if request.gas.is_none() {
-            request.set_gas_limit(chain::estimate_gas(&self.provider, &request).await?);
-        }
-        let has_fees = request.gas_price.is_some() || request.max_fee_per_gas.is_some();
-        if !has_fees {
-            request = chain::fees(&self.provider).await?.apply(request);
-        }
+        let request = chain::fill_request(&self.provider, request).await?;
         let wallet = EthereumWallet::from(signer);
         let envelope =
             NetworkTransactionBuilder::<Ethereum>::build(request, &wallet).await.map_err(|error| match error {
