@@ -209,8 +209,8 @@ impl WalletManager {
     /// The backend's errors.
     pub async fn sign_message(&self, key: &KeyRef, message: &[u8]) -> Result<Signature, SignerError> {
         let handle = self.keyring.handle(key).await?;
-        let signer = KmsSigner::from_handle(handle, self.chain.chain_id);
-        signer.sign_message(message).await.map_err(|error| SignerError::Rpc(error.to_string()))
+        let digest = alloy_primitives::B256::from(ethkms_core::eip191_hash_message(message));
+        KmsSigner::from_handle(handle, self.chain.chain_id).sign_digest(&digest).await
     }
 
     /// Signs `eth_signTypedData_v4` JSON with `key`.
@@ -291,5 +291,28 @@ impl fmt::Debug for WalletManager {
             .field("rpc_url", &self.chain.rpc_url)
             .field("chain_id", &self.chain.chain_id)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ethkms_backend::BackendError;
+
+    /// A key failing at signing time keeps its error: a disabled key is not a network problem.
+    #[tokio::test]
+    async fn signing_errors_keep_their_kind() {
+        let manager = WalletManager::new(
+            BackendSettings::Memory { seed: Some(3) },
+            ChainSettings { chain_id: Some(1), ..ChainSettings::new("http://127.0.0.1:9") },
+        )
+        .await
+        .unwrap();
+        let wallet = manager.create_wallet(CreateKeyRequest::new()).await.unwrap();
+        let key: KeyRef = wallet.key_id.parse().unwrap();
+        manager.sign_message(&key, b"before").await.unwrap();
+        manager.backend().disable_key(&key).await.unwrap();
+        let error = manager.sign_message(&key, b"after").await.unwrap_err();
+        assert!(matches!(error, SignerError::Backend(BackendError::Disabled { .. })), "{error:?}");
     }
 }
