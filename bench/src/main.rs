@@ -139,12 +139,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options = options()?;
     let endpoint = std::env::var("ETHKMS_TEST_KMS_ENDPOINT")
         .map_err(|_| "ETHKMS_TEST_KMS_ENDPOINT is not set: start LocalStack with `cargo xtask services up`")?;
-    let config = AwsKmsConfig {
-        region: Some("us-east-1".into()),
-        endpoint_url: Some(endpoint.clone()),
-        credentials: Some(StaticCredentials::new("test", "test", None)),
-        ..AwsKmsConfig::default()
-    };
+    let config =
+        AwsKmsConfig::with_endpoint(endpoint.clone(), "us-east-1", StaticCredentials::new("test", "test", None));
     let backend = AwsKmsBackend::new(config).await?;
     let client = backend.client().clone();
     let backend: Arc<dyn KeyBackend> = Arc::new(backend);

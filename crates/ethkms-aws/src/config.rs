@@ -62,6 +62,31 @@ impl Default for AwsKmsConfig {
     }
 }
 
+impl AwsKmsConfig {
+    /// KMS at `endpoint` in `region` with static credentials, the rest default: LocalStack, a VPC
+    /// endpoint, a test double.
+    ///
+    /// ```
+    /// use ethkms_aws::{AwsKmsConfig, StaticCredentials};
+    ///
+    /// let config = AwsKmsConfig::with_endpoint("http://127.0.0.1:4566", "us-east-1", StaticCredentials::new("test", "test", None));
+    /// assert_eq!(config.endpoint_url.as_deref(), Some("http://127.0.0.1:4566"));
+    /// ```
+    #[must_use]
+    pub fn with_endpoint(
+        endpoint: impl Into<String>,
+        region: impl Into<String>,
+        credentials: StaticCredentials,
+    ) -> Self {
+        Self {
+            region: Some(region.into()),
+            endpoint_url: Some(endpoint.into()),
+            credentials: Some(credentials),
+            ..Self::default()
+        }
+    }
+}
+
 /// The SDK's retry strategy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RetryMode {

@@ -18,12 +18,7 @@ fn endpoint() -> Option<String> {
 }
 
 fn localstack_config(endpoint: String) -> AwsKmsConfig {
-    AwsKmsConfig {
-        region: Some("us-east-1".into()),
-        endpoint_url: Some(endpoint),
-        credentials: Some(StaticCredentials::new("test", "test", None)),
-        ..AwsKmsConfig::default()
-    }
+    AwsKmsConfig::with_endpoint(endpoint, "us-east-1", StaticCredentials::new("test", "test", None))
 }
 
 async fn localstack() -> Option<Arc<dyn KeyBackend>> {

@@ -42,12 +42,11 @@ fn services() -> Option<Services> {
 
 /// A fresh KMS key on LocalStack, funded with 100 ether on anvil.
 async fn funded_signer(services: &Services) -> (KmsSigner, String) {
-    let config = AwsKmsConfig {
-        region: Some("us-east-1".into()),
-        endpoint_url: Some(services.kms_endpoint.clone()),
-        credentials: Some(StaticCredentials::new("test", "test", None)),
-        ..AwsKmsConfig::default()
-    };
+    let config = AwsKmsConfig::with_endpoint(
+        services.kms_endpoint.clone(),
+        "us-east-1",
+        StaticCredentials::new("test", "test", None),
+    );
     let backend: Arc<dyn KeyBackend> = Arc::new(AwsKmsBackend::new(config).await.unwrap());
     let info = backend.create_key(&CreateKeyRequest::new().description("ethkms-eth anvil test")).await.unwrap();
     let signer = KmsSigner::new(backend, KeyRef::new(info.key_id.clone()).unwrap(), Some(CHAIN_ID)).await.unwrap();

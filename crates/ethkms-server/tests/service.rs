@@ -66,12 +66,7 @@ async fn start() -> Option<Running> {
 async fn start_with(tls: Option<(&std::path::Path, &std::path::Path)>) -> Option<Running> {
     let kms = service_from_env("ETHKMS_TEST_KMS_ENDPOINT", "LocalStack KMS")?;
     let rpc = service_from_env("ETHKMS_TEST_RPC_URL", "anvil")?;
-    let config = AwsKmsConfig {
-        region: Some("us-east-1".into()),
-        endpoint_url: Some(kms),
-        credentials: Some(StaticCredentials::new("test", "test", None)),
-        ..AwsKmsConfig::default()
-    };
+    let config = AwsKmsConfig::with_endpoint(kms, "us-east-1", StaticCredentials::new("test", "test", None));
     let backend: Arc<dyn KeyBackend> = Arc::new(AwsKmsBackend::new(config).await.unwrap());
     let info = backend.create_key(&CreateKeyRequest::new().description("ethkms-server test")).await.unwrap();
     let address: Address = info.address.unwrap().to_string().parse().unwrap();

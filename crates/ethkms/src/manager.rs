@@ -41,12 +41,7 @@ impl BackendSettings {
         region: impl Into<String>,
         credentials: StaticCredentials,
     ) -> Self {
-        Self::Aws(AwsKmsConfig {
-            region: Some(region.into()),
-            endpoint_url: Some(endpoint.into()),
-            credentials: Some(credentials),
-            ..AwsKmsConfig::default()
-        })
+        Self::Aws(AwsKmsConfig::with_endpoint(endpoint, region, credentials))
     }
 
     /// Builds the backend.

@@ -84,12 +84,8 @@ fn shape(fields: &[&'static str]) -> BTreeSet<&'static str> {
 }
 
 async fn manager(services: &Services) -> WalletManager {
-    let config = AwsKmsConfig {
-        region: Some("us-east-1".into()),
-        endpoint_url: Some(services.kms.clone()),
-        credentials: Some(StaticCredentials::new("test", "test", None)),
-        ..AwsKmsConfig::default()
-    };
+    let config =
+        AwsKmsConfig::with_endpoint(services.kms.clone(), "us-east-1", StaticCredentials::new("test", "test", None));
     let backend: Arc<dyn KeyBackend> = Arc::new(AwsKmsBackend::new(config).await.unwrap());
     WalletManager::with_backend(backend, ChainSettings::new(services.rpc.clone())).unwrap()
 }
