@@ -124,6 +124,9 @@ pub(crate) struct ServiceEnv {
     pub(crate) rpc_url: String,
     /// The native `cast` binary (`ETHKMS_TEST_CAST`).
     pub(crate) cast: PathBuf,
+    /// The native `anvil` binary (`ETHKMS_TEST_ANVIL`), for tests that need a node of their own
+    /// (mining switched off, or a block time).
+    pub(crate) anvil: PathBuf,
     /// The `node_modules` directory holding ethers (`ETHKMS_TEST_NODE_MODULES`).
     pub(crate) node_modules: PathBuf,
     /// A Python interpreter with eth-account installed (`ETHKMS_TEST_PYTHON`).
@@ -138,6 +141,7 @@ impl ServiceEnv {
             ("ETHKMS_TEST_KMS_ENDPOINT", self.kms_endpoint.clone()),
             ("ETHKMS_TEST_RPC_URL", self.rpc_url.clone()),
             ("ETHKMS_TEST_CAST", self.cast.display().to_string()),
+            ("ETHKMS_TEST_ANVIL", self.anvil.display().to_string()),
             ("ETHKMS_TEST_NODE_MODULES", self.node_modules.display().to_string()),
             ("ETHKMS_TEST_PYTHON", self.python.display().to_string()),
             ("AWS_ACCESS_KEY_ID", "test".to_owned()),
@@ -186,6 +190,7 @@ pub(crate) fn up() -> Result<ServiceEnv> {
         kms_endpoint: Service::LocalStack.url(localstack_port),
         rpc_url: Service::Anvil.url(anvil_port),
         cast: tools.node.cast,
+        anvil: tools.node.anvil.clone(),
         node_modules: tools.node.node_modules,
         python: tools.verifier_python,
     };
@@ -1389,6 +1394,7 @@ mod tests {
             kms_endpoint: "http://127.0.0.1:4566".to_owned(),
             rpc_url: "http://127.0.0.1:8545".to_owned(),
             cast: "/c/cast".into(),
+            anvil: "/c/anvil".into(),
             node_modules: "/c/node_modules".into(),
             python: "/c/python".into(),
         };
@@ -1399,6 +1405,7 @@ mod tests {
                 "ETHKMS_TEST_KMS_ENDPOINT",
                 "ETHKMS_TEST_RPC_URL",
                 "ETHKMS_TEST_CAST",
+                "ETHKMS_TEST_ANVIL",
                 "ETHKMS_TEST_NODE_MODULES",
                 "ETHKMS_TEST_PYTHON",
                 "AWS_ACCESS_KEY_ID",

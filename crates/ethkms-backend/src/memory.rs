@@ -38,6 +38,9 @@ pub struct Faults {
     pub corrupt_signature_rate: f64,
     /// Probability that a signature comes back made by another key.
     pub foreign_signature_rate: f64,
+    /// How many of the next `sign_digest` requests fail (after their latency) with a non-retryable
+    /// [`BackendError::Service`] error: a deterministic failure at a chosen moment.
+    pub failing_signatures: u32,
 }
 
 /// How many requests of each kind a [`MemoryBackend`] has answered (failed ones included).
@@ -345,6 +348,15 @@ impl KeyBackend for MemoryBackend {
         self.apply_latency_and_throttling(key).await?;
         let mut state = self.lock();
         let index = self.resolve_usable(&state, key)?;
+        if state.faults.failing_signatures > 0 {
+            state.faults.failing_signatures -= 1;
+            return Err(BackendError::Service {
+                key: key.to_string(),
+                code: "InjectedFault".into(),
+                message: "a failure injected by Faults::failing_signatures".into(),
+                retryable: false,
+            });
+        }
         let faults = state.faults;
         let foreign = chance(&mut state.rng, faults.foreign_signature_rate);
         let corrupt = chance(&mut state.rng, faults.corrupt_signature_rate);

@@ -5,6 +5,8 @@
 //! listen = "127.0.0.1:8600"
 //! upstream = "http://127.0.0.1:8545"
 //! audit_log = "/var/lib/ethkms/audit.jsonl"
+//! journal = "/var/lib/ethkms/withdrawals.sqlite"   # needed by clients allowed `withdrawals`
+//! withdrawals = { poll_interval_ms = 500, rebroadcast_after_seconds = 60 }   # the defaults
 //! tls = { cert = "/etc/ethkms/cert.pem", key = "/etc/ethkms/key.pem" }   # optional: HTTPS
 //!
 //! [keys.hot]
@@ -19,7 +21,7 @@
 //! [clients.withdrawals]
 //! token_sha256 = "…64 hex digits: the SHA-256 of the bearer token…"
 //! keys = ["hot"]
-//! methods = ["eth_sendTransaction", "eth_signTransaction"]
+//! methods = ["eth_sendTransaction", "eth_signTransaction", "withdrawals"]
 //! ```
 //!
 //! Token amounts in `max_value` and `daily_limit` are in the token's smallest unit; ether amounts take
@@ -35,6 +37,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::policy::{Asset, ContractCall, KeyPolicy};
+use crate::withdrawals::WithdrawalSettings;
 
 /// A configuration error, naming the setting.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +59,10 @@ pub struct Config {
     pub clients: BTreeMap<String, ClientConfig>,
     /// Serve HTTPS with this certificate and key (PEM files); plain HTTP when `None`.
     pub tls: Option<TlsConfig>,
+    /// The withdrawal journal (SQLite); REST withdrawals are off without it.
+    pub journal: Option<PathBuf>,
+    /// How withdrawals are watched and re-broadcast.
+    pub withdrawals: WithdrawalSettings,
 }
 
 /// The listener's certificate and private key, PEM files.
@@ -101,6 +108,16 @@ struct RawConfig {
     #[serde(default)]
     clients: BTreeMap<String, RawClient>,
     tls: Option<TlsConfig>,
+    journal: Option<PathBuf>,
+    #[serde(default)]
+    withdrawals: RawWithdrawals,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWithdrawals {
+    poll_interval_ms: Option<u64>,
+    rebroadcast_after_seconds: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -180,9 +197,39 @@ impl Config {
                     )));
                 }
             }
+            if raw.journal.is_none() && client.methods.iter().any(|method| method == "withdrawals") {
+                return Err(ConfigError(format!(
+                    "clients.{name}.methods: `withdrawals` needs `journal` (the SQLite file withdrawals are kept in)"
+                )));
+            }
             clients.insert(name, ClientConfig { token_sha256, keys: client.keys, methods: client.methods });
         }
-        Ok(Self { listen: raw.listen, upstream: raw.upstream, audit_log: raw.audit_log, keys, clients, tls: raw.tls })
+        let defaults = WithdrawalSettings::default();
+        let withdrawals = WithdrawalSettings {
+            poll_interval: raw
+                .withdrawals
+                .poll_interval_ms
+                .map_or(defaults.poll_interval, std::time::Duration::from_millis),
+            rebroadcast_after: raw
+                .withdrawals
+                .rebroadcast_after_seconds
+                .map_or(defaults.rebroadcast_after, std::time::Duration::from_secs),
+        };
+        if withdrawals.poll_interval.is_zero() || withdrawals.rebroadcast_after.is_zero() {
+            return Err(ConfigError(
+                "withdrawals: poll_interval_ms and rebroadcast_after_seconds must be more than zero".into(),
+            ));
+        }
+        Ok(Self {
+            listen: raw.listen,
+            upstream: raw.upstream,
+            audit_log: raw.audit_log,
+            keys,
+            clients,
+            tls: raw.tls,
+            journal: raw.journal,
+            withdrawals,
+        })
     }
 
     /// The client whose bearer token is `token`, by name. Every client's hash is compared, in constant

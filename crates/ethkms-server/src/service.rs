@@ -1,13 +1,14 @@
 //! The HTTP service: JSON-RPC 2.0 signing for authenticated clients, with every transaction checked by
 //! the policy engine before any KMS request and every signature and denial recorded in the audit log
 //! (flushed to disk) before the answer leaves; other `eth_*` calls are proxied to the upstream node.
-//! Also `/healthz`, `/readyz` and `/metrics`.
+//! Also the REST withdrawals of [`crate::withdrawals`], `/healthz`, `/readyz` and `/metrics`.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use alloy_eips::eip2718::Encodable2718;
 use alloy_network::{Ethereum, EthereumWallet, NetworkTransactionBuilder};
@@ -26,11 +27,13 @@ use ethkms::backend::{BackendError, KeyBackend, KeyRef};
 use ethkms::eth::{KmsSigner, SignerError, chain};
 use ethkms::{ChainSettings, WalletManager};
 use serde_json::{Value, json};
-use tokio::sync::Mutex as AsyncMutex;
 
 use crate::config::{ClientConfig, Config};
-use crate::policy::{Denial, PolicyEngine, SignRequest};
+use crate::journal::Journal;
+use crate::nonces::Nonces;
+use crate::policy::{Denial, Movement, PolicyEngine, SignRequest};
 use crate::rpc::{Call, RequestBody, RpcError, parse_body};
+use crate::withdrawals::{InFlight, WithdrawalSettings};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -48,20 +51,70 @@ pub mod codes {
 }
 
 /// One configured key, opened.
-struct Key {
-    name: String,
-    signer: KmsSigner,
-    /// The next nonce, once known; held while a transaction of this key is signed and sent, so
-    /// concurrent sends get contiguous nonces and a failed send leaves no gap.
-    nonce: AsyncMutex<Option<u64>>,
+pub(crate) struct Key {
+    pub(crate) name: String,
+    pub(crate) signer: KmsSigner,
+    pub(crate) chain_id: u64,
+    /// Its nonces: contiguous for concurrent transactions, and given back when the node refuses one.
+    pub(crate) nonces: Mutex<Nonces>,
+    /// Withdrawals of this key about to take a nonce (a free nonce is not filled while any is).
+    pub(crate) waiting: WorkCounter,
+}
+
+/// Counts pieces of work in progress; each [`WorkCounter::start`] guard counts until dropped.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct WorkCounter {
+    count: Arc<AtomicUsize>,
+    idle: Arc<tokio::sync::Notify>,
+}
+
+/// One piece of work of a [`WorkCounter`].
+pub(crate) struct WorkGuard(WorkCounter);
+
+impl Drop for WorkGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl WorkCounter {
+    pub(crate) fn start(&self) -> WorkGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        WorkGuard(self.clone())
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Waits until nothing is in progress, or `timeout`; returns whether it got there.
+    async fn idle(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, async {
+            loop {
+                let notified = self.idle.notified();
+                if self.count() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
 }
 
 #[derive(Default)]
-struct Metrics {
+pub(crate) struct Metrics {
     requests: AtomicU64,
-    signatures: Mutex<BTreeMap<String, u64>>,
-    denials: Mutex<BTreeMap<String, u64>>,
-    kms_errors: Mutex<BTreeMap<String, u64>>,
+    pub(crate) signatures: Mutex<BTreeMap<String, u64>>,
+    pub(crate) denials: Mutex<BTreeMap<String, u64>>,
+    pub(crate) kms_errors: Mutex<BTreeMap<String, u64>>,
+    /// Withdrawals by what became of them: accepted, mined, failed.
+    pub(crate) withdrawals: Mutex<BTreeMap<String, u64>>,
+    pub(crate) gaps_filled: AtomicU64,
+    pub(crate) rebroadcasts: AtomicU64,
     /// Signing latency histogram: counts per upper bound in seconds, then the sum in microseconds.
     latency_buckets: [AtomicU64; 8],
     latency_count: AtomicU64,
@@ -71,11 +124,11 @@ struct Metrics {
 const LATENCY_BOUNDS: [f64; 8] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
 impl Metrics {
-    fn count(map: &Mutex<BTreeMap<String, u64>>, label: &str) {
+    pub(crate) fn count(map: &Mutex<BTreeMap<String, u64>>, label: &str) {
         *map.lock().unwrap_or_else(PoisonError::into_inner).entry(label.to_owned()).or_default() += 1;
     }
 
-    fn observe(&self, seconds: f64) {
+    pub(crate) fn observe(&self, seconds: f64) {
         for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BOUNDS) {
             if seconds <= bound {
                 bucket.fetch_add(1, Ordering::Relaxed);
@@ -103,6 +156,25 @@ impl Metrics {
         counter(&mut text, "ethkms_signatures_total", "Signatures released, by method.", "method", &self.signatures);
         counter(&mut text, "ethkms_policy_denials_total", "Requests denied by policy, by rule.", "rule", &self.denials);
         counter(&mut text, "ethkms_kms_errors_total", "Key service errors, by kind.", "kind", &self.kms_errors);
+        counter(
+            &mut text,
+            "ethkms_withdrawals_total",
+            "Withdrawals accepted, mined and failed.",
+            "status",
+            &self.withdrawals,
+        );
+        let _ = writeln!(
+            text,
+            "# HELP ethkms_nonce_gaps_filled_total Nonce gaps filled with a zero-value transfer to the key itself.\n\
+             # TYPE ethkms_nonce_gaps_filled_total counter\nethkms_nonce_gaps_filled_total {}",
+            self.gaps_filled.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            text,
+            "# HELP ethkms_rebroadcasts_total Transactions signed again with higher fees after staying unmined.\n\
+             # TYPE ethkms_rebroadcasts_total counter\nethkms_rebroadcasts_total {}",
+            self.rebroadcasts.load(Ordering::Relaxed)
+        );
         let name = "ethkms_signing_seconds";
         let _ = writeln!(
             text,
@@ -121,13 +193,24 @@ impl Metrics {
 
 /// The running service's state.
 pub struct Service {
-    config: Config,
-    manager: WalletManager,
-    keys: BTreeMap<String, Key>,
+    pub(crate) config: Config,
+    pub(crate) manager: WalletManager,
+    pub(crate) keys: BTreeMap<String, Key>,
     by_address: BTreeMap<Address, String>,
-    policy: Mutex<PolicyEngine>,
+    pub(crate) policy: Mutex<PolicyEngine>,
     audit: Mutex<AuditLog>,
-    metrics: Metrics,
+    pub(crate) metrics: Metrics,
+    pub(crate) journal: Option<Journal>,
+    pub(crate) settings: WithdrawalSettings,
+    /// Withdrawals signed and not yet mined, by id.
+    pub(crate) in_flight: Mutex<HashMap<String, InFlight>>,
+    pub(crate) fee_cache: Mutex<Option<(Instant, chain::Fees)>>,
+    /// Background work (withdrawals being signed and sent) that shutdown waits for.
+    pub(crate) work: WorkCounter,
+    pub(crate) stopping: AtomicBool,
+    /// `true` once the journal has been recovered after the start.
+    pub(crate) recovered: tokio::sync::watch::Receiver<bool>,
+    pub(crate) recovered_sender: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Service {
@@ -157,10 +240,15 @@ pub enum StartError {
     /// The upstream URL is invalid.
     #[error(transparent)]
     Upstream(SignerError),
+    /// The withdrawal journal could not be opened.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
 }
 
 impl Service {
-    /// Opens every configured key (one `GetPublicKey` each) and the audit log.
+    /// Opens every configured key (one `GetPublicKey` each), the audit log and the withdrawal journal;
+    /// replays the journal's amounts into the daily limits, then (in the background, retrying until the
+    /// node answers) broadcasts its signed transactions again and resumes its unfinished withdrawals.
     ///
     /// # Errors
     /// [`StartError`] naming the key or file that failed.
@@ -169,7 +257,7 @@ impl Service {
             .map_err(StartError::Upstream)?;
         let mut keys = BTreeMap::new();
         let mut by_address = BTreeMap::new();
-        let mut policies = std::collections::HashMap::new();
+        let mut policies = HashMap::new();
         for (name, key) in &config.keys {
             let reference = KeyRef::new(key.key.clone())
                 .map_err(|error| StartError::Key { name: name.clone(), source: error.into() })?;
@@ -179,18 +267,72 @@ impl Service {
             let signer = KmsSigner::from_handle(handle, Some(key.chain_id));
             by_address.insert(signer.address(), name.clone());
             policies.insert(name.clone(), key.policy.clone());
-            keys.insert(name.clone(), Key { name: name.clone(), signer, nonce: AsyncMutex::new(None) });
+            keys.insert(
+                name.clone(),
+                Key {
+                    name: name.clone(),
+                    signer,
+                    chain_id: key.chain_id,
+                    nonces: Mutex::new(Nonces::default()),
+                    waiting: WorkCounter::default(),
+                },
+            );
         }
         let audit = AuditLog::open(&config.audit_log)?;
-        Ok(Arc::new(Self {
+        let mut policy = PolicyEngine::new(policies);
+        let journal = match &config.journal {
+            Some(path) => {
+                let journal = Journal::open(path)?;
+                let now = SystemTime::now();
+                let day_ago = now.checked_sub(crate::policy::DAY).unwrap_or(SystemTime::UNIX_EPOCH);
+                let since = day_ago.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
+                for (key, asset, amount, at_ms) in journal.spends_since(u64::try_from(since).unwrap_or(0)).await? {
+                    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms);
+                    policy.record(&key, Movement { asset, recipient: Address::ZERO, amount }, at);
+                }
+                Some(journal)
+            }
+            None => None,
+        };
+        let (recovered_sender, recovered) = tokio::sync::watch::channel(false);
+        let service = Arc::new(Self {
+            settings: config.withdrawals,
             config,
             manager,
             keys,
             by_address,
-            policy: Mutex::new(PolicyEngine::new(policies)),
+            policy: Mutex::new(policy),
             audit: Mutex::new(audit),
             metrics: Metrics::default(),
-        }))
+            journal,
+            in_flight: Mutex::new(HashMap::new()),
+            fee_cache: Mutex::new(None),
+            work: WorkCounter::default(),
+            stopping: AtomicBool::new(false),
+            recovered,
+            recovered_sender,
+        });
+        let recovering = Arc::clone(&service);
+        tokio::spawn(async move { recovering.recover().await });
+        if service.journal.is_some() {
+            tokio::spawn(Arc::clone(&service).watch());
+        }
+        Ok(service)
+    }
+
+    /// Stops background work: waits up to `timeout` for withdrawals being signed and sent (what is
+    /// left resumes at the next start), stops the watcher and closes the journal.
+    pub async fn stop(&self, timeout: Duration) {
+        self.stopping.store(true, Ordering::Relaxed);
+        if !self.work.idle(timeout).await {
+            eprintln!(
+                "ethkms-server: {} withdrawals still in progress; they resume at the next start",
+                self.work.count()
+            );
+        }
+        if let Some(journal) = &self.journal {
+            journal.close();
+        }
     }
 
     /// The HTTP routes.
@@ -200,11 +342,13 @@ impl Service {
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(ready))
             .route("/metrics", get(metrics))
+            .route("/v1/withdrawals", post(crate::withdrawals::post))
+            .route("/v1/withdrawals/{id}", get(crate::withdrawals::get))
             .layer(DefaultBodyLimit::disable())
             .with_state(Arc::clone(self))
     }
 
-    fn audit(&self, event: Value) -> Result<(), RpcError> {
+    pub(crate) fn audit(&self, event: Value) -> Result<(), RpcError> {
         self.audit
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -290,17 +434,26 @@ impl Service {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .check_and_record(&policy_request, SystemTime::now());
-        if let Err(Denial { rule, message }) = checked {
-            Metrics::count(&self.metrics.denials, &rule.to_string());
-            self.audit(json!({
+        let movement = match checked {
+            Ok(movement) => movement,
+            Err(Denial { rule, message }) => {
+                Metrics::count(&self.metrics.denials, &rule.to_string());
+                self.audit(json!({
                 "kind": "denial", "method": method, "client": client_name, "key": key.name, "rule": rule.to_string(),
                 "reason": message, "to": to, "value": policy_request.value.to_string(),
             }))?;
-            return Err(RpcError::with_data(
-                codes::POLICY_DENIED,
-                format!("denied by policy rule `{rule}`: {message}"),
-                json!({ "rule": rule.to_string() }),
-            ));
+                return Err(RpcError::with_data(
+                    codes::POLICY_DENIED,
+                    format!("denied by policy rule `{rule}`: {message}"),
+                    json!({ "rule": rule.to_string() }),
+                ));
+            }
+        };
+        if let Some(journal) = &self.journal {
+            journal
+                .record_spend(&key.name, movement.asset, movement.amount)
+                .await
+                .map_err(|error| RpcError::new(codes::SERVER_ERROR, format!("{error}; nothing was signed")))?;
         }
         let from = key.signer.address();
         request.from = Some(from);
@@ -376,27 +529,31 @@ impl Service {
                 if method == "eth_signTransaction" {
                     return Ok(json!(self.sign_transaction(client_name, key, method, request, None).await?));
                 }
-                // One transaction of this key at a time: contiguous nonces, no gap after a failure. The
-                // node's pending count is consulted every time, so transactions sent from the same key
-                // elsewhere (the CLI, an operator) do not leave the service with a stale nonce.
-                let mut next = key.nonce.lock().await;
+                // Contiguous nonces shared with withdrawals; a nonce whose transaction is not sent is
+                // given back. The node's pending count is consulted every time, so transactions sent
+                // from the same key elsewhere (the CLI, an operator) do not leave a stale nonce.
                 let pending_count =
                     chain::nonce(self.manager.provider(), from).await.map_err(|error| self.backend_error(&error))?;
-                let nonce = next.map_or(pending_count, |cached| cached.max(pending_count));
-                let raw = self.sign_transaction(client_name, key, method, request, Some(nonce)).await?;
-                let pending = match self.manager.provider().send_raw_transaction(&raw).await {
-                    Ok(pending) => pending,
+                let nonce = {
+                    let mut nonces = key.nonces.lock().unwrap_or_else(PoisonError::into_inner);
+                    nonces.observe_pending(pending_count);
+                    nonces.allocate()
+                };
+                let give_back = || key.nonces.lock().unwrap_or_else(PoisonError::into_inner).release(nonce);
+                let raw = match self.sign_transaction(client_name, key, method, request, Some(nonce)).await {
+                    Ok(raw) => raw,
                     Err(error) => {
-                        // Not sent: the nonce stays free for the next request; ask the node again then.
-                        *next = None;
-                        return Err(RpcError::new(
-                            codes::SERVER_ERROR,
-                            format!("the node refused the transaction: {error}"),
-                        ));
+                        give_back();
+                        return Err(error);
                     }
                 };
-                *next = Some(nonce + 1);
-                Ok(json!(pending.tx_hash()))
+                match self.manager.provider().send_raw_transaction(&raw).await {
+                    Ok(pending) => Ok(json!(pending.tx_hash())),
+                    Err(error) => {
+                        give_back();
+                        Err(RpcError::new(codes::SERVER_ERROR, format!("the node refused the transaction: {error}")))
+                    }
+                }
             }
             other if other.starts_with("eth_") => {
                 let result: Value = self
@@ -412,7 +569,7 @@ impl Service {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
 }
 
@@ -474,8 +631,9 @@ async fn metrics(State(service): State<Arc<Service>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], service.metrics.render()).into_response()
 }
 
-/// Serves `service` on `listener` until `shutdown` resolves, then finishes the requests in flight (up to
-/// 30 s). With `tls`, over HTTPS (rustls) with that certificate and key.
+/// Serves `service` on `listener` until `shutdown` resolves, then finishes the requests in flight and the
+/// withdrawals being signed and sent (up to 30 s each) and closes the journal. With `tls`, over HTTPS
+/// (rustls) with that certificate and key.
 ///
 /// # Errors
 /// The certificate or key cannot be read, or serving fails.
@@ -486,18 +644,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = service.router();
+    let stopping = Arc::clone(&service);
     let handle = axum_server::Handle::new();
     let stopper = handle.clone();
     tokio::spawn(async move {
         shutdown.await;
-        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(30)));
+        stopper.graceful_shutdown(Some(Duration::from_secs(30)));
     });
     listener.set_nonblocking(true)?;
-    match tls {
+    let served = match tls {
         Some(tls) => {
             let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key).await?;
             axum_server::from_tcp_rustls(listener, config)?.handle(handle).serve(app.into_make_service()).await
         }
         None => axum_server::from_tcp(listener)?.handle(handle).serve(app.into_make_service()).await,
-    }
+    };
+    stopping.stop(Duration::from_secs(30)).await;
+    served
 }

@@ -1,0 +1,633 @@
+//! REST withdrawals against LocalStack's KMS and anvil: idempotency, bad input and policy denials,
+//! ether and ERC-20 withdrawals mined with contiguous nonces, re-broadcast with higher fees, a nonce gap
+//! filled after a failed signature, and the crash test: `kill -9` the server binary while withdrawals
+//! are in flight, restart it, and every accepted withdrawal is mined exactly once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alloy_primitives::{Address, U256};
+use alloy_sol_types::{SolCall, sol};
+use ethkms::aws::{AwsKmsBackend, AwsKmsConfig, StaticCredentials};
+use ethkms::backend::contract::{service_from_env, unique};
+use ethkms::backend::{CreateKeyRequest, KeyBackend};
+use ethkms::backend::{Faults, MemoryBackend};
+use ethkms_server::config::{Config, token_hash};
+use ethkms_server::journal::Journal;
+use ethkms_server::service::Service;
+use serde_json::{Value, json};
+
+sol! {
+    function transfer(address to, uint256 amount) external returns (bool);
+    function balanceOf(address owner) external view returns (uint256);
+}
+
+const TOKEN: &str = "exchange-token";
+const ETHER: u64 = 1_000_000_000_000_000_000;
+/// anvil's first development account, unlocked: it deploys the test token.
+const DEVELOPER: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
+
+/// A JSON-RPC call that must succeed.
+async fn rpc(http: &reqwest::Client, url: &str, method: &str, params: Value) -> Value {
+    let body = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
+    let answer: Value = http.post(url).json(&body).send().await.unwrap().json().await.unwrap();
+    assert!(answer.get("error").is_none(), "{method}: {answer}");
+    answer["result"].clone()
+}
+
+fn quantity(value: &Value) -> u128 {
+    u128::from_str_radix(value.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+}
+
+/// A free port on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An anvil of this test's own (mining settings the shared one must not have), stopped on drop.
+struct Anvil {
+    child: Child,
+    url: String,
+}
+
+impl Anvil {
+    async fn start(mining: &[&str]) -> Option<Self> {
+        let binary = service_from_env("ETHKMS_TEST_ANVIL", "anvil (the binary)")?;
+        let port = free_port();
+        let child = Command::new(binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--silent", "--hardfork", "prague"])
+            .args(mining)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("anvil starts");
+        let anvil = Self { child, url: format!("http://127.0.0.1:{port}") };
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": [] });
+        while http.post(&anvil.url).json(&body).send().await.is_err() {
+            assert!(started.elapsed() < Duration::from_secs(20), "anvil did not answer on port {port}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Some(anvil)
+    }
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn localstack() -> Option<(String, Arc<dyn KeyBackend>)> {
+    let endpoint = service_from_env("ETHKMS_TEST_KMS_ENDPOINT", "LocalStack KMS")?;
+    let config =
+        AwsKmsConfig::with_endpoint(endpoint.clone(), "us-east-1", StaticCredentials::new("test", "test", None));
+    Some((endpoint, Arc::new(AwsKmsBackend::new(config).await.unwrap())))
+}
+
+/// Creates a key and gives its address 100 ether on `rpc_url`.
+async fn funded_key(backend: &Arc<dyn KeyBackend>, rpc_url: &str) -> (String, Address) {
+    let info =
+        backend.create_key(&CreateKeyRequest::new().description("ethkms-server withdrawals test")).await.unwrap();
+    let address: Address = info.address.unwrap().to_string().parse().unwrap();
+    let hundred = format!("{:#x}", U256::from(100) * U256::from(ETHER));
+    rpc(&reqwest::Client::new(), rpc_url, "anvil_setBalance", json!([address, hundred])).await;
+    (info.key_id, address)
+}
+
+struct Paths {
+    journal: PathBuf,
+    audit: PathBuf,
+}
+
+impl Paths {
+    fn new() -> Self {
+        let base = std::env::temp_dir().join(unique("withdrawals"));
+        Self { journal: base.with_extension("sqlite"), audit: base.with_extension("jsonl") }
+    }
+}
+
+fn configuration(listen: &str, rpc_url: &str, key: &str, paths: &Paths) -> String {
+    format!(
+        r#"
+listen = "{listen}"
+upstream = "{rpc_url}"
+audit_log = "{audit}"
+journal = "{journal}"
+withdrawals = {{ poll_interval_ms = 100, rebroadcast_after_seconds = 600 }}
+
+[keys.hot]
+key = "{key}"
+chain_id = 31337
+[keys.hot.policy]
+destination_denylist = ["0x000000000000000000000000000000000000dEaD"]
+max_value = {{ ETH = "1ether" }}
+
+[clients.exchange]
+token_sha256 = "{exchange}"
+keys = ["hot"]
+methods = ["withdrawals"]
+
+[clients.reader]
+token_sha256 = "{reader}"
+keys = ["hot"]
+methods = ["personal_sign"]
+"#,
+        audit = paths.audit.display(),
+        journal = paths.journal.display(),
+        exchange = token_hash(TOKEN),
+        reader = token_hash("reader-token"),
+    )
+}
+
+/// The REST API of a running service.
+struct Api {
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn post_as(&self, token: &str, body: &Value) -> (u16, Value) {
+        let response =
+            self.http.post(format!("{}/v1/withdrawals", self.url)).bearer_auth(token).json(body).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    async fn post(&self, body: &Value) -> (u16, Value) {
+        self.post_as(TOKEN, body).await
+    }
+
+    async fn get_as(&self, token: &str, id: &str) -> (u16, Value) {
+        let response =
+            self.http.get(format!("{}/v1/withdrawals/{id}", self.url)).bearer_auth(token).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    async fn get(&self, id: &str) -> Value {
+        let (status, body) = self.get_as(TOKEN, id).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Waits until withdrawal `id` is mined or failed.
+    async fn settled(&self, id: &str, within: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let withdrawal = self.get(id).await;
+            if matches!(withdrawal["status"].as_str(), Some("mined" | "failed")) {
+                return withdrawal;
+            }
+            assert!(started.elapsed() < within, "withdrawal not settled in {within:?}: {withdrawal}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        self.http.get(format!("{}/metrics", self.url)).send().await.unwrap().text().await.unwrap()
+    }
+}
+
+async fn serve_in_process(text: &str, backend: Arc<dyn KeyBackend>) -> Api {
+    let config = Config::parse(text).unwrap();
+    let service = Service::start(config, backend).await.unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { ethkms_server::service::serve(service, listener, None, std::future::pending()).await });
+    Api { url, http: reqwest::Client::new() }
+}
+
+fn withdrawal(idempotency_key: &str, to: Address, asset: &str, amount: &str) -> Value {
+    json!({ "idempotency_key": idempotency_key, "key": "hot", "to": to, "asset": asset, "amount": amount })
+}
+
+/// Every transaction from `from` on the chain, by nonce: (to, value, hash).
+async fn transactions_from(rpc_url: &str, from: Address) -> BTreeMap<u64, (Address, U256, String)> {
+    let http = reqwest::Client::new();
+    let latest = quantity(&rpc(&http, rpc_url, "eth_blockNumber", json!([])).await);
+    let mut found = BTreeMap::new();
+    for number in 0..=latest {
+        let block = rpc(&http, rpc_url, "eth_getBlockByNumber", json!([format!("{number:#x}"), true])).await;
+        for tx in block["transactions"].as_array().into_iter().flatten() {
+            if tx["from"].as_str().unwrap().parse::<Address>().unwrap() == from {
+                let nonce = u64::try_from(quantity(&tx["nonce"])).unwrap();
+                let to = tx["to"].as_str().unwrap().parse().unwrap();
+                let value = tx["value"].as_str().unwrap().parse().unwrap();
+                let previous = found.insert(nonce, (to, value, tx["hash"].as_str().unwrap().to_owned()));
+                assert!(previous.is_none(), "two mined transactions with nonce {nonce}");
+            }
+        }
+    }
+    found
+}
+
+/// Deploys the test ERC-20 from anvil's developer account and sends `amount` of it to `to`.
+async fn deploy_token(rpc_url: &str, to: Address, amount: U256) -> Address {
+    let http = reqwest::Client::new();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ethkms-eth/tests/contracts/TestToken.bin");
+    let code = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    let supply = format!("{:064x}", U256::from(1_000_000u64));
+    let create = json!([{ "from": DEVELOPER, "data": format!("0x{}{supply}", code.trim().trim_start_matches("0x")) }]);
+    let hash = rpc(&http, rpc_url, "eth_sendTransaction", create).await;
+    let receipt = rpc(&http, rpc_url, "eth_getTransactionReceipt", json!([hash])).await;
+    let token: Address = receipt["contractAddress"].as_str().unwrap().parse().unwrap();
+    let data = format!("0x{}", alloy_primitives::hex::encode(transferCall { to, amount }.abi_encode()));
+    rpc(&http, rpc_url, "eth_sendTransaction", json!([{ "from": DEVELOPER, "to": token, "data": data }])).await;
+    token
+}
+
+async fn token_balance(rpc_url: &str, token: Address, owner: Address) -> U256 {
+    let data = format!("0x{}", alloy_primitives::hex::encode(balanceOfCall { owner }.abi_encode()));
+    let result =
+        rpc(&reqwest::Client::new(), rpc_url, "eth_call", json!([{ "to": token, "data": data }, "latest"])).await;
+    result.as_str().unwrap().parse().unwrap()
+}
+
+async fn balance(rpc_url: &str, owner: Address) -> U256 {
+    let result = rpc(&reqwest::Client::new(), rpc_url, "eth_getBalance", json!([owner, "latest"])).await;
+    result.as_str().unwrap().parse().unwrap()
+}
+
+/// A recipient no other test (or earlier run on the same node) pays.
+fn recipient(run: &str, index: u64) -> Address {
+    Address::from_slice(&alloy_primitives::keccak256(format!("{run}-{index}"))[12..])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withdrawals_are_idempotent_checked_and_mined_with_contiguous_nonces() {
+    let Some((_, backend)) = localstack().await else { return };
+    let rpc_url = service_from_env("ETHKMS_TEST_RPC_URL", "anvil").unwrap();
+    let (key, address) = funded_key(&backend, &rpc_url).await;
+    let token = deploy_token(&rpc_url, address, U256::from(1000)).await;
+    let paths = Paths::new();
+    let api = serve_in_process(&configuration("127.0.0.1:0", &rpc_url, &key, &paths), backend).await;
+    let run = unique("run");
+    let r1 = recipient(&run, 1);
+
+    // Accepted, then the same request again: the same withdrawal, not a second one.
+    let first = withdrawal(&format!("{run}-1"), r1, "ETH", "0.01ether");
+    let (status, accepted) = api.post(&first).await;
+    assert_eq!((status, accepted["status"].as_str()), (202, Some("accepted")), "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let (status, again) = api.post(&first).await;
+    assert_eq!((status, again["id"].as_str()), (200, Some(id.as_str())), "{again}");
+    let (status, conflict) = api.post(&withdrawal(&format!("{run}-1"), r1, "ETH", "0.02ether")).await;
+    assert_eq!((status, conflict["error"]["kind"].as_str()), (409, Some("idempotency_key_reused")), "{conflict}");
+    assert_eq!(conflict["error"]["id"].as_str(), Some(id.as_str()));
+
+    // An ERC-20 withdrawal and eight more in ether, concurrently.
+    let r2 = recipient(&run, 2);
+    let (status, token_withdrawal) =
+        api.post(&withdrawal(&format!("{run}-token"), r2, &token.to_string(), "250")).await;
+    assert_eq!(status, 202, "{token_withdrawal}");
+    let posts = (0..8u64).map(|index| {
+        let body =
+            withdrawal(&format!("{run}-eth-{index}"), recipient(&run, index + 100), "ETH", &(1000 + index).to_string());
+        let api = &api;
+        async move { api.post(&body).await }
+    });
+    let mut ids = vec![id.clone(), token_withdrawal["id"].as_str().unwrap().to_owned()];
+    for (status, body) in futures_util::future::join_all(posts).await {
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+
+    // Refusals, each naming what was wrong; none is stored or signed.
+    let cases = [
+        (None, json!({ "idempotency_key": "x" }), 400, "invalid_request", "missing field"),
+        (None, json!("not an object"), 400, "invalid_request", "not a withdrawal"),
+        (None, withdrawal("x", r1, "ETH", "12abc"), 400, "invalid_request", "`amount`"),
+        (None, withdrawal("x", r1, "ETH", "0"), 400, "invalid_request", "more than zero"),
+        (None, withdrawal("x", r1, "DOGE", "1"), 400, "invalid_request", "`asset`"),
+        (
+            None,
+            json!({ "idempotency_key": "x", "key": "hot", "to": "0x12", "asset": "ETH", "amount": "1" }),
+            400,
+            "invalid_request",
+            "`to`",
+        ),
+        (
+            None,
+            json!({ "idempotency_key": "x", "key": "cold", "to": r1, "asset": "ETH", "amount": "1" }),
+            403,
+            "forbidden",
+            "`cold`",
+        ),
+        (
+            None,
+            withdrawal(
+                &format!("{run}-dead"),
+                "0x000000000000000000000000000000000000dEaD".parse().unwrap(),
+                "ETH",
+                "1",
+            ),
+            403,
+            "policy_denied",
+            "destination_denylist",
+        ),
+        (None, withdrawal(&format!("{run}-big"), r1, "ETH", "2ether"), 403, "policy_denied", "max_value"),
+        (Some("reader-token"), withdrawal("x", r1, "ETH", "1"), 403, "forbidden", "may not make withdrawals"),
+        (Some("wrong-token"), withdrawal("x", r1, "ETH", "1"), 401, "unauthorized", "unknown bearer token"),
+    ];
+    for (token_used, body, expected_status, kind, needle) in cases {
+        let (status, answer) = api.post_as(token_used.unwrap_or(TOKEN), &body).await;
+        assert_eq!((status, answer["error"]["kind"].as_str()), (expected_status, Some(kind)), "{body} -> {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "`{needle}` not in: {message}");
+    }
+    let (status, _) = api.get_as("reader-token", &id).await;
+    assert_eq!(status, 404, "another client does not see the withdrawal");
+    let (status, missing) = api.get_as(TOKEN, "no-such-withdrawal").await;
+    assert_eq!((status, missing["error"]["kind"].as_str()), (404, Some("not_found")));
+
+    // All mined, with nonces 0..10 (a fresh key), and the money where it should be.
+    let mut nonces = BTreeSet::new();
+    for id in &ids {
+        let settled = api.settled(id, Duration::from_secs(60)).await;
+        assert_eq!(settled["status"], "mined", "{settled}");
+        assert_eq!(settled["from"].as_str().unwrap().parse::<Address>().unwrap(), address);
+        nonces.insert(settled["nonce"].as_u64().unwrap());
+    }
+    assert_eq!(nonces, (0..10).collect::<BTreeSet<u64>>());
+    assert_eq!(balance(&rpc_url, r1).await, U256::from(ETHER / 100));
+    assert_eq!(token_balance(&rpc_url, token, r2).await, U256::from(250));
+    assert_eq!(token_balance(&rpc_url, token, address).await, U256::from(750));
+    let mined = transactions_from(&rpc_url, address).await;
+    assert_eq!(mined.keys().copied().collect::<Vec<_>>(), (0..10).collect::<Vec<u64>>(), "exactly 10 transactions");
+
+    let metrics = api.metrics().await;
+    for line in [
+        "ethkms_withdrawals_total{status=\"accepted\"} 10",
+        "ethkms_withdrawals_total{status=\"mined\"} 10",
+        "ethkms_policy_denials_total{rule=\"max_value\"} 1",
+        "ethkms_signatures_total{method=\"withdrawals\"} 10",
+    ] {
+        assert!(metrics.contains(line), "`{line}` not in:\n{metrics}");
+    }
+    let verified = ethkms::audit::verify(&paths.audit).unwrap();
+    assert_eq!(verified.records, 12, "10 signatures and 2 denials");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_transaction_is_signed_again_with_fees_at_least_ten_percent_higher() {
+    let Some((_, backend)) = localstack().await else { return };
+    let Some(anvil) = Anvil::start(&["--no-mining"]).await else { return };
+    let (key, address) = funded_key(&backend, &anvil.url).await;
+    let paths = Paths::new();
+    let text = configuration("127.0.0.1:0", &anvil.url, &key, &paths)
+        .replace("rebroadcast_after_seconds = 600", "rebroadcast_after_seconds = 1");
+    let api = serve_in_process(&text, backend).await;
+    let (status, accepted) = api.post(&withdrawal("stuck-1", recipient("stuck", 1), "ETH", "12345")).await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap();
+
+    let http = reqwest::Client::new();
+    let fees = |hash: Value| {
+        let (http, url) = (&http, &anvil.url);
+        async move {
+            let tx = rpc(http, url, "eth_getTransactionByHash", json!([hash])).await;
+            (quantity(&tx["maxFeePerGas"]), quantity(&tx["maxPriorityFeePerGas"]))
+        }
+    };
+    let wait_for = |count: u64| {
+        let api = &api;
+        async move {
+            let started = Instant::now();
+            loop {
+                let withdrawal = api.get(id).await;
+                if withdrawal["transactions"].as_u64() >= Some(count) && withdrawal["status"] == "submitted" {
+                    return withdrawal;
+                }
+                assert!(started.elapsed() < Duration::from_secs(30), "{withdrawal}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let first = wait_for(1).await;
+    let (first_max, first_priority) = fees(first["tx_hash"].clone()).await;
+    let second = wait_for(2).await;
+    assert_ne!(first["tx_hash"], second["tx_hash"]);
+    assert_eq!(first["nonce"], second["nonce"]);
+    let (second_max, second_priority) = fees(second["tx_hash"].clone()).await;
+    assert!(second_max * 10 >= first_max * 11, "max fee {first_max} -> {second_max}");
+    assert!(second_priority * 10 >= first_priority * 11, "priority fee {first_priority} -> {second_priority}");
+
+    rpc(&http, &anvil.url, "evm_mine", json!([])).await;
+    let settled = api.settled(id, Duration::from_secs(30)).await;
+    assert_eq!(settled["status"], "mined", "{settled}");
+    let mined = transactions_from(&anvil.url, address).await;
+    assert_eq!(mined.len(), 1, "one transaction mined: {mined:?}");
+    assert_eq!(Some(mined[&0].2.as_str()), settled["tx_hash"].as_str());
+    assert_eq!(mined[&0].1, U256::from(12345));
+    assert!(
+        api.metrics().await.lines().any(|line| line.starts_with("ethkms_rebroadcasts_total ") && !line.ends_with(" 0"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nonce_left_by_a_failed_signature_is_filled_and_later_withdrawals_are_mined() {
+    // The memory backend injects the failure; the chain is the shared anvil.
+    let Some(rpc_url) = service_from_env("ETHKMS_TEST_RPC_URL", "anvil") else { return };
+    let memory = Arc::new(MemoryBackend::new());
+    let backend: Arc<dyn KeyBackend> = memory.clone();
+    let (key, address) = funded_key(&backend, &rpc_url).await;
+    let paths = Paths::new();
+    let api = serve_in_process(&configuration("127.0.0.1:0", &rpc_url, &key, &paths), backend).await;
+
+    // The first withdrawal takes nonce 0 and waits in KMS; the second takes nonce 1; then the first
+    // signature fails, leaving 0 free below 1.
+    let latency = Duration::from_millis(700);
+    memory.set_faults(Faults { latency, ..Faults::default() });
+    let run = unique("gap");
+    let (_, first) = api.post(&withdrawal("gap-1", recipient(&run, 1), "ETH", "1000")).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    memory.set_faults(Faults { latency, failing_signatures: 1, ..Faults::default() });
+    let (_, second) = api.post(&withdrawal("gap-2", recipient(&run, 2), "ETH", "2000")).await;
+
+    let failed = api.settled(first["id"].as_str().unwrap(), Duration::from_secs(30)).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(failed["error"].as_str().unwrap().contains("InjectedFault"), "{failed}");
+    let mined = api.settled(second["id"].as_str().unwrap(), Duration::from_secs(30)).await;
+    assert_eq!((mined["status"].as_str(), mined["nonce"].as_u64()), (Some("mined"), Some(1)), "{mined}");
+
+    let on_chain = transactions_from(&rpc_url, address).await;
+    assert_eq!(on_chain.keys().copied().collect::<Vec<_>>(), [0, 1]);
+    assert_eq!((on_chain[&0].0, on_chain[&0].1), (address, U256::ZERO), "nonce 0 is a zero-value self-transfer");
+    assert_eq!((on_chain[&1].0, on_chain[&1].1), (recipient(&run, 2), U256::from(2000)));
+    assert!(api.metrics().await.contains("ethkms_nonce_gaps_filled_total 1"));
+    let audit = std::fs::read_to_string(&paths.audit).unwrap();
+    assert!(audit.contains("\"method\":\"gap_fill\""), "the gap fill's signature is audited");
+}
+
+const COUNT: u64 = 60;
+
+fn crash_amount(index: u64) -> String {
+    (1_000_000 + index).to_string()
+}
+
+fn crash_body(index: u64) -> Value {
+    withdrawal(&format!("crash-{index}"), recipient("crash", index), "ETH", &crash_amount(index))
+}
+
+/// The server binary, as a child process.
+struct Server {
+    child: Child,
+}
+
+impl Server {
+    async fn start(config: &Path, kms_endpoint: &str, url: &str) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_ethkms-server"))
+            .arg("--config")
+            .arg(config)
+            .env("AWS_ENDPOINT_URL", kms_endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the server starts");
+        let server = Self { child };
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        while !http.get(format!("{url}/healthz")).send().await.is_ok_and(|response| response.status().is_success()) {
+            assert!(started.elapsed() < Duration::from_secs(30), "the server did not come up at {url}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    fn kill_9(&mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_every_accepted_withdrawal_is_mined_exactly_once() {
+    let Some((kms_endpoint, backend)) = localstack().await else { return };
+    // One-second blocks: withdrawals are still in flight when the server is killed.
+    let Some(anvil) = Anvil::start(&["--block-time", "1"]).await else { return };
+    let (key, address) = funded_key(&backend, &anvil.url).await;
+    let paths = Paths::new();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config_path = paths.journal.with_extension("toml");
+    std::fs::write(&config_path, configuration(&listen, &anvil.url, &key, &paths)).unwrap();
+    let url = format!("http://{listen}");
+    let api = Api { url: url.clone(), http: reqwest::Client::new() };
+
+    let mut server = Server::start(&config_path, &kms_endpoint, &url).await;
+    let (accepted_sender, mut accepted_receiver) = tokio::sync::mpsc::unbounded_channel();
+    let posting = {
+        let api = Api { url: url.clone(), http: reqwest::Client::new() };
+        tokio::spawn(async move {
+            use futures_util::StreamExt as _;
+            futures_util::stream::iter(0..COUNT)
+                .for_each_concurrent(2, |index| {
+                    let (api, accepted_sender) = (&api, accepted_sender.clone());
+                    async move {
+                        let response = api
+                            .http
+                            .post(format!("{}/v1/withdrawals", api.url))
+                            .bearer_auth(TOKEN)
+                            .json(&crash_body(index))
+                            .send()
+                            .await;
+                        if let Ok(response) = response
+                            && response.status().as_u16() == 202
+                            && let Ok(answer) = response.json::<Value>().await
+                        {
+                            let _ = accepted_sender.send((index, answer["id"].as_str().unwrap().to_owned()));
+                        }
+                    }
+                })
+                .await;
+        })
+    };
+    // Killed once some withdrawals have reached the node (and wait for a block) while others are
+    // still being posted.
+    let mut accepted = BTreeMap::new();
+    let started = Instant::now();
+    loop {
+        while let Ok((index, id)) = accepted_receiver.try_recv() {
+            accepted.insert(index, id);
+        }
+        let mut submitted = false;
+        for id in accepted.values().take(4) {
+            submitted |= api.get(id).await["status"] == "submitted";
+        }
+        if submitted {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no withdrawal reached the node");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill_9();
+    posting.await.unwrap();
+    while let Ok((index, id)) = accepted_receiver.try_recv() {
+        accepted.insert(index, id);
+    }
+
+    // The crash caught withdrawals in flight.
+    let journal = Journal::open(&paths.journal).unwrap();
+    let unfinished = journal.unfinished().await.unwrap();
+    journal.close();
+    assert!(!unfinished.is_empty(), "the server was killed with no withdrawal in flight");
+    let mut statuses = BTreeMap::new();
+    for withdrawal in &unfinished {
+        *statuses.entry(withdrawal.status.as_str()).or_insert(0) += 1;
+    }
+    eprintln!("killed with {} accepted answers received; unfinished in the journal: {statuses:?}", accepted.len());
+
+    // Restarted, the client sends every request again with its idempotency key.
+    let _server = Server::start(&config_path, &kms_endpoint, &url).await;
+    let mut ids = BTreeMap::new();
+    for index in 0..COUNT {
+        let (status, answer) = api.post(&crash_body(index)).await;
+        let id = answer["id"].as_str().unwrap_or_else(|| panic!("{answer}")).to_owned();
+        if let Some(before) = accepted.get(&index) {
+            assert_eq!((status, &id), (200, before), "accepted before the crash: the same withdrawal");
+        } else {
+            assert!(status == 200 || status == 202, "{answer}");
+        }
+        ids.insert(index, id);
+    }
+    for id in ids.values() {
+        let settled = api.settled(id, Duration::from_secs(90)).await;
+        assert_eq!(settled["status"], "mined", "{settled}");
+    }
+
+    // On chain: nonces 0..N without a gap or a repeat; each withdrawal paid once; the rest gap fills.
+    let mined = transactions_from(&anvil.url, address).await;
+    assert_eq!(mined.keys().copied().collect::<Vec<_>>(), (0..mined.len() as u64).collect::<Vec<_>>());
+    let mut paid = BTreeMap::new();
+    for (to, value, _) in mined.values() {
+        if *to == address {
+            assert_eq!(*value, U256::ZERO, "a transfer to the key itself is a zero-value gap fill");
+        } else {
+            *paid.entry(*to).or_insert(0u32) += 1;
+        }
+    }
+    for index in 0..COUNT {
+        assert_eq!(paid.get(&recipient("crash", index)), Some(&1), "withdrawal {index} paid once");
+        assert_eq!(balance(&anvil.url, recipient("crash", index)).await, crash_amount(index).parse::<U256>().unwrap());
+    }
+    assert_eq!(paid.len() as u64, COUNT);
+    let verified = ethkms::audit::verify(&paths.audit).unwrap();
+    assert!(verified.records >= COUNT, "{verified:?}");
+    let audit = std::fs::read_to_string(&paths.audit).unwrap();
+    for (_, _, hash) in mined.values() {
+        assert!(audit.contains(hash.as_str()), "mined transaction {hash} has no signature record");
+    }
+}
