@@ -11,7 +11,13 @@
 //! `ethkms-bench eth` measures signed-and-mined ether transfers per second from one KMS key to anvil
 //! through the alloy provider with `KmsSigner` as its wallet, interleaved with the bare `Sign` loop.
 //!
-//! Usage: `ethkms-bench kms|eth [--seconds S] [--rounds R] [--concurrency 1,8,32]` with
+//! `ethkms-bench withdrawals` measures the signing service end to end: the `ethkms-server` binary
+//! (`ETHKMS_BENCH_SERVER`) with one KMS key, 1,000 withdrawals posted to `POST /v1/withdrawals` with 64
+//! in flight, timed from the first post until the last is mined; interleaved with the bare `Sign` loop
+//! at the same concurrency. Every withdrawal is then checked mined, with nonces contiguous and none
+//! used twice.
+//!
+//! Usage: `ethkms-bench kms|eth|withdrawals [--seconds S] [--rounds R] [--concurrency 1,8,32]` with
 //! `ETHKMS_TEST_KMS_ENDPOINT` (and for `eth`, `ETHKMS_TEST_RPC_URL`) pointing at LocalStack and anvil
 //! (`cargo xtask bench kms|eth` does all of this).
 
@@ -37,6 +43,7 @@ use ethkms_eth::KmsSigner;
 enum Mode {
     Kms,
     Eth,
+    Withdrawals,
 }
 
 struct Options {
@@ -52,13 +59,18 @@ fn options() -> Result<Options, String> {
     let mode = match arguments.next() {
         Some("kms") => Mode::Kms,
         Some("eth") => Mode::Eth,
+        Some("withdrawals") => Mode::Withdrawals,
         other => {
             return Err(format!(
-                "usage: ethkms-bench kms|eth [--seconds S] [--rounds R] [--concurrency 1,8,32]; got {other:?}"
+                "usage: ethkms-bench kms|eth|withdrawals [--seconds S] [--rounds R] [--concurrency 1,8,32]; got {other:?}"
             ));
         }
     };
-    let concurrency = if mode == Mode::Kms { vec![1, 8, 32] } else { vec![1, 8] };
+    let concurrency = match mode {
+        Mode::Kms => vec![1, 8, 32],
+        Mode::Eth => vec![1, 8],
+        Mode::Withdrawals => vec![64],
+    };
     let mut options = Options { mode, seconds: 3.0, rounds: 3, concurrency };
     while let Some(option) = arguments.next() {
         let value = arguments.next().ok_or(format!("{option} needs a value"))?;
@@ -154,6 +166,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match options.mode {
         Mode::Kms => kms(&options, &client, &info.key_id, handle).await,
         Mode::Eth => eth(&options, &client, &info.key_id, handle).await,
+        Mode::Withdrawals => withdrawals(&options, &client, &info.key_id, handle).await,
     }
 }
 
@@ -259,5 +272,161 @@ async fn eth(
         let (bare, mined) = (median(bare), median(mined));
         println!("| {concurrency} | {bare:.0} | {mined:.0} | {:.2} |", mined / bare);
     }
+    Ok(())
+}
+
+/// How many withdrawals each round posts.
+const WITHDRAWALS: u64 = 1000;
+
+/// A JSON-RPC call to anvil.
+async fn anvil(http: &reqwest::Client, url: &str, method: &str, params: serde_json::Value) -> serde_json::Value {
+    let body = serde_json::json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
+    let answer: serde_json::Value = http.post(url).json(&body).send().await.expect("anvil").json().await.expect("json");
+    assert!(answer.get("error").is_none(), "{method}: {answer}");
+    answer["result"].clone()
+}
+
+async fn mined_count(http: &reqwest::Client, url: &str, address: Address) -> u64 {
+    let count = anvil(http, url, "eth_getTransactionCount", serde_json::json!([address, "latest"])).await;
+    u64::from_str_radix(count.as_str().expect("a quantity").trim_start_matches("0x"), 16).expect("hex")
+}
+
+/// The signing service: 1,000 withdrawals from one key per round, 64 in flight, against the bare Sign
+/// loop at the same concurrency.
+async fn withdrawals(
+    options: &Options,
+    client: &Client,
+    key_id: &str,
+    handle: KeyHandle,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use futures_util::StreamExt as _;
+    use sha2::Digest as _;
+
+    let rpc_url = std::env::var("ETHKMS_TEST_RPC_URL")
+        .map_err(|_| "ETHKMS_TEST_RPC_URL is not set: start anvil with `cargo xtask services up`")?;
+    let server = std::env::var("ETHKMS_BENCH_SERVER")
+        .map_err(|_| "ETHKMS_BENCH_SERVER is not set: the ethkms-server binary (`cargo xtask bench withdrawals`)")?;
+    let kms_endpoint = std::env::var("ETHKMS_TEST_KMS_ENDPOINT")?;
+    let address = Address::from(handle.address().0);
+    let http = reqwest::Client::new();
+    anvil(&http, &rpc_url, "anvil_setBalance", serde_json::json!([address, "0xd3c21bcecceda1000000"])).await;
+
+    let directory = std::env::temp_dir().join(format!("ethkms-bench-withdrawals-{}", std::process::id()));
+    std::fs::create_dir_all(&directory)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let token = "bench-token";
+    let token_sha256: String =
+        sha2::Sha256::digest(token.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect();
+    let config = directory.join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"listen = "127.0.0.1:{port}"
+upstream = "{rpc_url}"
+audit_log = "{audit}"
+journal = "{journal}"
+# anvil mines at once: a transaction unmined after 2 s is stuck (anvil can leave the next nonce in
+# its queue while later ones pile up behind it), and re-signing it with higher fees releases them.
+withdrawals = {{ poll_interval_ms = 200, rebroadcast_after_seconds = 2 }}
+
+[keys.hot]
+key = "{key_id}"
+chain_id = 31337
+
+[clients.bench]
+token_sha256 = "{token_sha256}"
+keys = ["hot"]
+methods = ["withdrawals"]
+"#,
+            audit = directory.join("audit.jsonl").display(),
+            journal = directory.join("journal.sqlite").display(),
+        ),
+    )?;
+    let mut child = std::process::Command::new(&server)
+        .arg("--config")
+        .arg(&config)
+        .env("AWS_ENDPOINT_URL", &kms_endpoint)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|error| format!("{server}: {error}"))?;
+    let url = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while !http.get(format!("{url}/readyz")).send().await.is_ok_and(|response| response.status().is_success()) {
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            return Err(format!("{server} did not become ready at {url}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let concurrency = options.concurrency[0];
+    println!(
+        "ethkms-server (release) at {url}, anvil at {rpc_url}; {WITHDRAWALS} withdrawals per round, {concurrency} in flight"
+    );
+    println!();
+    println!("| round | raw LocalStack Sign/s | withdrawals/s (posted → mined) | withdrawals ÷ Sign |");
+    println!("| ---: | ---: | ---: | ---: |");
+    let (mut bare_rates, mut withdrawal_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut posted = 0u64;
+    for round in 0..options.rounds {
+        let bare = bare_sign_rate(client, key_id, concurrency, options.seconds).await;
+        let first_nonce = mined_count(&http, &rpc_url, address).await;
+        let started = Instant::now();
+        let ids: Vec<String> = futures_util::stream::iter(0..WITHDRAWALS)
+            .map(|index| {
+                let (http, url) = (&http, &url);
+                let body = serde_json::json!({
+                    "idempotency_key": format!("bench-{round}-{index}"),
+                    "key": "hot",
+                    "to": Address::with_last_byte(0xde),
+                    "asset": "ETH",
+                    "amount": "1",
+                });
+                async move {
+                    let response = http
+                        .post(format!("{url}/v1/withdrawals"))
+                        .bearer_auth(token)
+                        .json(&body)
+                        .send()
+                        .await
+                        .expect("post");
+                    assert_eq!(response.status().as_u16(), 202, "withdrawal {index} not accepted");
+                    let answer: serde_json::Value = response.json().await.expect("json");
+                    answer["id"].as_str().expect("an id").to_owned()
+                }
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        while mined_count(&http, &rpc_url, address).await < first_nonce + WITHDRAWALS {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let rate = WITHDRAWALS as f64 / started.elapsed().as_secs_f64();
+        posted += WITHDRAWALS;
+
+        // Checked outside the timing: every one mined, nonces contiguous, none used twice.
+        let mut nonces = std::collections::BTreeSet::new();
+        for id in &ids {
+            let withdrawal = loop {
+                let withdrawal: serde_json::Value =
+                    http.get(format!("{url}/v1/withdrawals/{id}")).bearer_auth(token).send().await?.json().await?;
+                if withdrawal["status"] != "submitted" {
+                    break withdrawal;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            assert_eq!(withdrawal["status"], "mined", "{withdrawal}");
+            assert!(nonces.insert(withdrawal["nonce"].as_u64().expect("a nonce")), "a nonce used twice");
+        }
+        let expected: std::collections::BTreeSet<u64> = (first_nonce..first_nonce + WITHDRAWALS).collect();
+        assert_eq!(nonces, expected, "nonces not contiguous");
+        assert_eq!(mined_count(&http, &rpc_url, address).await, posted, "transactions beyond the withdrawals");
+        println!("| {} | {bare:.0} | {rate:.0} | {:.2} |", round + 1, rate / bare);
+        bare_rates.push(bare);
+        withdrawal_rates.push(rate);
+        ratios.push(rate / bare);
+    }
+    println!("| median | {:.0} | {:.0} | {:.2} |", median(bare_rates), median(withdrawal_rates), median(ratios));
+    let _ = child.kill();
+    let _ = child.wait();
     Ok(())
 }

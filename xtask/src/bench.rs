@@ -8,6 +8,8 @@
 //!   `alloy-signer-aws`, interleaved in one run.
 //! - `eth`: signed-and-mined ether transfers per second from one KMS key to anvil through the alloy
 //!   provider with `KmsSigner`, interleaved with the bare `Sign` loop.
+//! - `withdrawals`: the signing service (`ethkms-server`, release build) with 1,000 withdrawals per
+//!   round, 64 in flight, posted until mined, against the bare `Sign` rate at the same concurrency.
 //! - `cli`: wall time of `ethkms wallet address` and `ethkms sign message` (release build) against
 //!   `cast wallet address --aws` and `cast wallet sign --aws` on the same LocalStack key, alternating.
 
@@ -26,15 +28,17 @@ pub(crate) fn run(options: &[&str]) -> Result {
     match options {
         ["core", rest @ ..] => core(rest),
         [mode @ ("kms" | "eth"), rest @ ..] => live(mode, rest),
+        ["withdrawals", rest @ ..] => withdrawals(rest),
         ["cli", rest @ ..] => cli(rest),
         [] => {
             core(&[])?;
             live("kms", &[])?;
             live("eth", &[])?;
+            withdrawals(&[])?;
             cli(&[])
         }
         _ => Err(
-            "usage: cargo xtask bench [core [criterion options] | kms|eth [--seconds S] [--rounds R] [--concurrency 1,8] | cli [--runs N]]"
+            "usage: cargo xtask bench [core [criterion options] | kms|eth|withdrawals [--seconds S] [--rounds R] [--concurrency 1,8] | cli [--runs N]]"
                 .into(),
         ),
     }
@@ -50,6 +54,20 @@ fn live(mode: &str, options: &[&str]) -> Result {
     let services = services::up()?;
     let mut command = cargo();
     command.args(["run", "--release", "--locked", "--manifest-path", "bench/Cargo.toml", "--", mode]).args(options);
+    services.apply(&mut command);
+    run_command(&mut command)
+}
+
+/// The signing service end to end: builds `ethkms-server` (release) and runs the `bench/` workspace's
+/// withdrawal benchmark against it.
+fn withdrawals(options: &[&str]) -> Result {
+    let services = services::up()?;
+    run_command(cargo().args(["build", "--release", "--locked", "-p", "ethkms-server"]))?;
+    let mut command = cargo();
+    command
+        .args(["run", "--release", "--locked", "--manifest-path", "bench/Cargo.toml", "--", "withdrawals"])
+        .args(options)
+        .env("ETHKMS_BENCH_SERVER", workspace_root().join("target/release/ethkms-server"));
     services.apply(&mut command);
     run_command(&mut command)
 }

@@ -115,6 +115,7 @@ pub(crate) struct Metrics {
     pub(crate) withdrawals: Mutex<BTreeMap<String, u64>>,
     pub(crate) gaps_filled: AtomicU64,
     pub(crate) rebroadcasts: AtomicU64,
+    pub(crate) unresolved: AtomicU64,
     /// Signing latency histogram: counts per upper bound in seconds, then the sum in microseconds.
     latency_buckets: [AtomicU64; 8],
     latency_count: AtomicU64,
@@ -174,6 +175,13 @@ impl Metrics {
             "# HELP ethkms_rebroadcasts_total Transactions signed again with higher fees after staying unmined.\n\
              # TYPE ethkms_rebroadcasts_total counter\nethkms_rebroadcasts_total {}",
             self.rebroadcasts.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            text,
+            "# HELP ethkms_withdrawals_unresolved_total Withdrawals whose nonce was mined without a receipt for any of \
+             their transactions (another transaction may have used the nonce).\n\
+             # TYPE ethkms_withdrawals_unresolved_total counter\nethkms_withdrawals_unresolved_total {}",
+            self.unresolved.load(Ordering::Relaxed)
         );
         let name = "ethkms_signing_seconds";
         let _ = writeln!(

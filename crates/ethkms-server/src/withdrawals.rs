@@ -11,7 +11,9 @@
 //!    nonce back;
 //! 4. a watcher follows each key's mined nonce and reads the receipt (status `mined`, or `failed` if
 //!    it reverted). A transaction still unmined after `rebroadcast_after_seconds` is signed again with
-//!    the same nonce and fees raised by at least 10%. A nonce left free by a failure and not reused is
+//!    the same nonce and fees raised by at least 10% (and at least to the market's) — if it holds the
+//!    key's next nonce or pays less than the market; later ones wait for it rather than all being
+//!    re-signed at once. A nonce left free by a failure and not reused is
 //!    filled with a zero-value transfer to the key itself (`ethkms_nonce_gaps_filled_total`).
 //!
 //! After a crash, withdrawals with a stored transaction are broadcast again as they are — never signed
@@ -47,8 +49,8 @@ use crate::service::{Key, Metrics, Service};
 const FEES_FOR: Duration = Duration::from_secs(1);
 
 /// How many watcher rounds a mined nonce may show no receipt for any of the withdrawal's transactions
-/// before the withdrawal is taken to have lost its nonce to another transaction.
-const MISSES_BEFORE_RESET: u32 = 3;
+/// before this is reported (`ethkms_withdrawals_unresolved_total`).
+const MISSES_BEFORE_WARNING: u32 = 20;
 
 /// Settings of the withdrawal engine (`[withdrawals]` in the configuration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -363,6 +365,28 @@ impl Service {
         }
     }
 
+    /// The gas limit of a withdrawal: 21,000 for ether sent to an address without code (what any
+    /// estimate gives, without making the node execute it), else the node's estimate.
+    async fn gas(&self, withdrawal: &Withdrawal, probe: TransactionRequest) -> Result<u64, Trouble> {
+        let provider = self.manager.provider();
+        if withdrawal.asset == Asset::Ether && withdrawal.kind == Kind::Withdrawal {
+            let code = provider
+                .get_code_at(withdrawal.recipient)
+                .await
+                .map_err(|error| Trouble::Retry(format!("the recipient's code: {error}")))?;
+            if code.is_empty() {
+                return Ok(21_000);
+            }
+        }
+        if withdrawal.kind == Kind::GapFill {
+            return Ok(21_000);
+        }
+        provider.estimate_gas(probe).await.map_err(|error| match error.as_error_resp() {
+            Some(payload) => Trouble::Fail(format!("the node would not execute it: {}", payload.message)),
+            None => Trouble::Retry(format!("estimating gas: {error}")),
+        })
+    }
+
     /// The fees to pay now, reused for [`FEES_FOR`].
     async fn current_fees(&self) -> Result<Fees, Trouble> {
         if let Some((at, fees)) = *self.fee_cache.lock().unwrap_or_else(PoisonError::into_inner)
@@ -485,15 +509,7 @@ impl Service {
             .value(transaction_value(withdrawal.asset, withdrawal.amount))
             .input(transaction_data(withdrawal.recipient, withdrawal.asset, withdrawal.amount).into());
         let waiting = key.waiting.start();
-        let gas = match self.manager.provider().estimate_gas(probe).await {
-            Ok(gas) => gas,
-            Err(error) => {
-                return Err(match error.as_error_resp() {
-                    Some(payload) => Trouble::Fail(format!("the node would not execute it: {}", payload.message)),
-                    None => Trouble::Retry(format!("estimating gas: {error}")),
-                });
-            }
-        };
+        let gas = self.gas(withdrawal, probe).await?;
         let fees = self.current_fees().await?;
         let nonce = match gap_nonce {
             Some(nonce) => nonce,
@@ -566,6 +582,7 @@ impl Service {
             key.nonces.lock().unwrap_or_else(PoisonError::into_inner).release(nonce);
         }
         Metrics::count(&self.metrics.withdrawals, "failed");
+        eprintln!("ethkms-server: withdrawal {} failed: {reason}", withdrawal.id);
         if let Some(journal) = &self.journal
             && let Err(error) = journal.mark_failed(&withdrawal.id, reason).await
         {
@@ -655,16 +672,14 @@ impl Service {
     }
 
     async fn watch_key(self: &Arc<Self>, key: &Key) -> Result<(), String> {
-        let in_flight: Vec<(Withdrawal, bool)> = self
+        let busy = self
             .in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
-            .filter(|entry| entry.withdrawal.key == key.name)
-            .map(|entry| (entry.withdrawal.clone(), entry.submitted))
-            .collect();
+            .any(|entry| entry.withdrawal.key == key.name);
         let has_gaps = !key.nonces.lock().unwrap_or_else(PoisonError::into_inner).gaps().is_empty();
-        if in_flight.is_empty() && !has_gaps {
+        if !busy && !has_gaps {
             return Ok(());
         }
         let address = key.signer.address();
@@ -675,17 +690,39 @@ impl Service {
             .latest()
             .await
             .map_err(|error| format!("nonce: {error}"))?;
-        let (mined, waiting): (Vec<_>, Vec<_>) = in_flight
-            .into_iter()
+        let now = now_ms();
+        let rebroadcast_after = u64::try_from(self.settings.rebroadcast_after.as_millis()).unwrap_or(u64::MAX);
+        // Only what needs attention is copied: mined, not yet confirmed by the node, or unmined long.
+        let (mined, waiting): (Vec<_>, Vec<_>) = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|entry| {
+                let last_signed = entry.withdrawal.attempts.last().map_or(0, |last| last.signed_ms);
+                entry.withdrawal.key == key.name
+                    && (entry.withdrawal.nonce.is_some_and(|nonce| nonce < mined_count)
+                        || !entry.submitted
+                        || now.saturating_sub(last_signed) >= rebroadcast_after)
+            })
+            .map(|entry| (entry.withdrawal.clone(), entry.submitted))
             .partition(|(withdrawal, _)| withdrawal.nonce.is_some_and(|nonce| nonce < mined_count));
         let settle = mined.iter().map(|(withdrawal, _)| self.settle(withdrawal));
         futures_util::future::join_all(settle).await;
-        let now = now_ms();
-        let rebroadcast_after = u64::try_from(self.settings.rebroadcast_after.as_millis()).unwrap_or(u64::MAX);
+        // Re-signed with higher fees, once unmined for `rebroadcast_after`: the transaction holding
+        // the key's next nonce (everything after it waits for it), and any paying less than the
+        // market now. The others wait their turn rather than being re-signed all at once.
+        let market = match self.current_fees().await {
+            Ok(Fees::Eip1559 { max_fee_per_gas, .. }) => max_fee_per_gas,
+            Ok(Fees::Legacy { gas_price }) => gas_price,
+            Err(_) => 0,
+        };
         let mut stuck = Vec::new();
         for (withdrawal, submitted) in waiting {
             let Some(last) = withdrawal.attempts.last() else { continue };
-            if now.saturating_sub(last.signed_ms) >= rebroadcast_after {
+            let unmined_long = now.saturating_sub(last.signed_ms) >= rebroadcast_after;
+            let blocking = withdrawal.nonce == Some(mined_count);
+            if unmined_long && (blocking || last.max_fee_per_gas < market) {
                 stuck.push(withdrawal);
             } else if !submitted && matches!(self.broadcast(&last.raw).await, Broadcast::Accepted) {
                 self.submitted(&withdrawal.id).await;
@@ -721,30 +758,24 @@ impl Service {
                 }
             }
         }
-        // None of ours was mined with that nonce.
+        // None of ours was mined with that nonce (yet: a node may answer the count before the
+        // receipt). Never signed again with another nonce — if one of its transactions was mined after
+        // all, that would pay twice — but reported until a receipt turns up.
         let misses = {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
             let Some(entry) = in_flight.get_mut(&withdrawal.id) else { return };
             entry.misses += 1;
             entry.misses
         };
-        if misses < MISSES_BEFORE_RESET {
-            return;
-        }
-        self.untrack(&withdrawal.id);
-        let Some(journal) = &self.journal else { return };
-        if withdrawal.kind == Kind::GapFill {
-            let _ = journal.mark_failed(&withdrawal.id, "the nonce was used by another transaction").await;
-            return;
-        }
-        eprintln!(
-            "ethkms-server: withdrawal {}: its nonce was used by another transaction; signing it again",
-            withdrawal.id
-        );
-        if journal.reset(&withdrawal.id).await.is_ok()
-            && let Ok(Some(reset)) = journal.get(&withdrawal.id).await
-        {
-            self.spawn_processing(reset);
+        if misses == MISSES_BEFORE_WARNING {
+            self.metrics.unresolved.fetch_add(1, Ordering::Relaxed);
+            eprintln!(
+                "ethkms-server: withdrawal {}: nonce {:?} is mined but none of its {} transactions has a receipt; \
+                 it stays `submitted` until one does (another transaction may have used the nonce: check the chain)",
+                withdrawal.id,
+                withdrawal.nonce,
+                withdrawal.attempts.len()
+            );
         }
     }
 

@@ -413,3 +413,43 @@ fn audit_verify_passes_a_real_log_and_pinpoints_edits_and_deletions() {
     assert!(error.contains("line 3") && error.contains("deleted"), "{error}");
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn serve_runs_the_server_binary_with_the_kms_options_or_says_where_to_get_it() {
+    // A copy of ethkms in a directory of its own, with a stand-in `ethkms-server` beside it that
+    // records how it was started.
+    let directory = std::env::temp_dir().join(unique("ethkms-serve"));
+    std::fs::create_dir_all(&directory).unwrap();
+    let ethkms = directory.join("ethkms");
+    std::fs::copy(assert_cmd::cargo::cargo_bin("ethkms"), &ethkms).unwrap();
+    let mut alone = Command::new(&ethkms);
+    alone.env_clear().env("PATH", &directory);
+    let (code, stderr) = fails(alone.args(["serve", "--config", "service.toml"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("ethkms-server") && stderr.contains("cargo install"), "{stderr}");
+
+    let record = directory.join("started.txt");
+    let server = directory.join("ethkms-server");
+    std::fs::write(
+        &server,
+        format!("#!/bin/sh\necho \"$@ $AWS_ENDPOINT_URL_KMS $AWS_REGION\" > {}\nexit 0\n", record.display()),
+    )
+    .unwrap();
+    let mut permissions = std::fs::metadata(&server).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&server, permissions).unwrap();
+    let mut beside = Command::new(&ethkms);
+    beside.env_clear().env("PATH", "/usr/bin:/bin").args([
+        "serve",
+        "--config",
+        "service.toml",
+        "--kms-endpoint",
+        "http://127.0.0.1:4566",
+        "--aws-region",
+        "eu-west-1",
+    ]);
+    beside.assert().success();
+    let started = std::fs::read_to_string(&record).unwrap();
+    assert_eq!(started.trim(), "--config service.toml http://127.0.0.1:4566 eu-west-1");
+    let _ = std::fs::remove_dir_all(&directory);
+}

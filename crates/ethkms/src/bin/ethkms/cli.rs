@@ -95,6 +95,16 @@ pub(crate) enum Command {
     /// Audit logs.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Run the signing service (JSON-RPC, REST withdrawals, policy, audit log): starts the
+    /// `ethkms-server` binary, found next to this one or on PATH, with the KMS options given here.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The service's TOML configuration (keys, policies, clients, upstream node, journal).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

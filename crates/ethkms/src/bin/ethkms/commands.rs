@@ -21,7 +21,8 @@ use serde_json::{Value, json};
 
 use crate::cli::{
     AuditCommand, AuditVerifyArgs, BackendKind, BalanceArgs, Cli, Command, CreateArgs, Global, IamArgs, ListArgs,
-    PolicyCommand, RotateArgs, SendArgs, SignCommand, SignTxArgs, TransactionArgs, TxType, VerifyArgs, WalletCommand,
+    PolicyCommand, RotateArgs, SendArgs, ServeArgs, SignCommand, SignTxArgs, TransactionArgs, TxType, VerifyArgs,
+    WalletCommand,
 };
 use crate::{CliError, Exit, policy};
 
@@ -50,6 +51,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Policy(PolicyCommand::Iam(args)) => policy_iam(&args),
         Command::Verify(args) => verify(output, &args),
         Command::Audit(AuditCommand::Verify(args)) => audit_verify(output, &args),
+        Command::Serve(args) => serve(&global, &args),
         Command::Wallet(command) => {
             let manager = manager(&global).await?;
             match command {
@@ -481,6 +483,54 @@ fn policy_iam(args: &IamArgs) -> Result<(), CliError> {
     let document = policy::policy(&args.key_arn, args.role, tag).map_err(CliError::usage)?;
     println!("{}", serde_json::to_string_pretty(&document).unwrap_or_else(|_| document.to_string()));
     Ok(())
+}
+
+/// `ethkms serve`: the signing service lives in the `ethkms-server` crate, which depends on this one,
+/// so this runs its binary (as `cargo foo` runs `cargo-foo`), replacing this process on Unix so that
+/// signals reach the server directly.
+fn serve(global: &Global, args: &ServeArgs) -> Result<(), CliError> {
+    const SERVER: &str = "ethkms-server";
+    let beside = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.join(SERVER)));
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|directory| directory.join(SERVER)).find(|path| path.is_file())
+    });
+    let Some(binary) = beside.filter(|path| path.is_file()).or(on_path) else {
+        return Err(CliError::new(
+            Exit::Failure,
+            format!(
+                "`ethkms serve` runs the `{SERVER}` binary, which is neither next to ethkms nor on PATH; install it \
+                 with `cargo install {SERVER}`"
+            ),
+        ));
+    };
+    let mut command = std::process::Command::new(&binary);
+    command.arg("--config").arg(&args.config);
+    if let Some(endpoint) = &global.kms_endpoint {
+        command.env("AWS_ENDPOINT_URL_KMS", endpoint);
+    }
+    if let Some(region) = &global.aws_region {
+        command.env("AWS_REGION", region);
+    }
+    if let Some(profile) = &global.aws_profile {
+        command.env("AWS_PROFILE", profile);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt as _;
+        let error = command.exec();
+        Err(CliError::new(Exit::Failure, format!("running {}: {error}", binary.display())))
+    }
+    #[cfg(not(unix))]
+    {
+        let status = command
+            .status()
+            .map_err(|error| CliError::new(Exit::Failure, format!("running {}: {error}", binary.display())))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(CliError::new(Exit::Failure, format!("{SERVER} exited with {status}")))
+        }
+    }
 }
 
 fn audit_verify(output: Output, args: &AuditVerifyArgs) -> Result<(), CliError> {
