@@ -204,12 +204,16 @@ fn withdrawal(idempotency_key: &str, to: Address, asset: &str, amount: &str) -> 
     json!({ "idempotency_key": idempotency_key, "key": "hot", "to": to, "asset": asset, "amount": amount })
 }
 
-/// Every transaction from `from` on the chain, by nonce: (to, value, hash).
-async fn transactions_from(rpc_url: &str, from: Address) -> BTreeMap<u64, (Address, U256, String)> {
+async fn block_number(rpc_url: &str) -> u128 {
+    quantity(&rpc(&reqwest::Client::new(), rpc_url, "eth_blockNumber", json!([])).await)
+}
+
+/// Every transaction from `from` mined since block `first`, by nonce: (to, value, hash).
+async fn transactions_from(rpc_url: &str, from: Address, first: u128) -> BTreeMap<u64, (Address, U256, String)> {
     let http = reqwest::Client::new();
-    let latest = quantity(&rpc(&http, rpc_url, "eth_blockNumber", json!([])).await);
+    let latest = block_number(rpc_url).await;
     let mut found = BTreeMap::new();
-    for number in 0..=latest {
+    for number in first..=latest {
         let block = rpc(&http, rpc_url, "eth_getBlockByNumber", json!([format!("{number:#x}"), true])).await;
         for tx in block["transactions"].as_array().into_iter().flatten() {
             if tx["from"].as_str().unwrap().parse::<Address>().unwrap() == from {
@@ -232,11 +236,27 @@ async fn deploy_token(rpc_url: &str, to: Address, amount: U256) -> Address {
     let supply = format!("{:064x}", U256::from(1_000_000u64));
     let create = json!([{ "from": DEVELOPER, "data": format!("0x{}{supply}", code.trim().trim_start_matches("0x")) }]);
     let hash = rpc(&http, rpc_url, "eth_sendTransaction", create).await;
-    let receipt = rpc(&http, rpc_url, "eth_getTransactionReceipt", json!([hash])).await;
-    let token: Address = receipt["contractAddress"].as_str().unwrap().parse().unwrap();
+    let created = receipt(rpc_url, &hash).await;
+    let token: Address = created["contractAddress"].as_str().unwrap().parse().unwrap();
     let data = format!("0x{}", alloy_primitives::hex::encode(transferCall { to, amount }.abi_encode()));
-    rpc(&http, rpc_url, "eth_sendTransaction", json!([{ "from": DEVELOPER, "to": token, "data": data }])).await;
+    let hash =
+        rpc(&http, rpc_url, "eth_sendTransaction", json!([{ "from": DEVELOPER, "to": token, "data": data }])).await;
+    assert_eq!(receipt(rpc_url, &hash).await["status"], "0x1", "the token transfer to the key failed");
     token
+}
+
+/// The receipt of `hash`, once mined (anvil mines a moment after answering).
+async fn receipt(rpc_url: &str, hash: &Value) -> Value {
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        let receipt = rpc(&http, rpc_url, "eth_getTransactionReceipt", json!([hash])).await;
+        if !receipt.is_null() {
+            return receipt;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{hash} not mined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn token_balance(rpc_url: &str, token: Address, owner: Address) -> U256 {
@@ -260,6 +280,7 @@ fn recipient(run: &str, index: u64) -> Address {
 async fn withdrawals_are_idempotent_checked_and_mined_with_contiguous_nonces() {
     let Some((_, backend)) = localstack().await else { return };
     let rpc_url = service_from_env("ETHKMS_TEST_RPC_URL", "anvil").unwrap();
+    let first_block = block_number(&rpc_url).await;
     let (key, address) = funded_key(&backend, &rpc_url).await;
     let token = deploy_token(&rpc_url, address, U256::from(1000)).await;
     let paths = Paths::new();
@@ -355,7 +376,7 @@ async fn withdrawals_are_idempotent_checked_and_mined_with_contiguous_nonces() {
     assert_eq!(balance(&rpc_url, r1).await, U256::from(ETHER / 100));
     assert_eq!(token_balance(&rpc_url, token, r2).await, U256::from(250));
     assert_eq!(token_balance(&rpc_url, token, address).await, U256::from(750));
-    let mined = transactions_from(&rpc_url, address).await;
+    let mined = transactions_from(&rpc_url, address, first_block).await;
     assert_eq!(mined.keys().copied().collect::<Vec<_>>(), (0..10).collect::<Vec<u64>>(), "exactly 10 transactions");
 
     let metrics = api.metrics().await;
@@ -418,7 +439,7 @@ async fn a_stuck_transaction_is_signed_again_with_fees_at_least_ten_percent_high
     rpc(&http, &anvil.url, "evm_mine", json!([])).await;
     let settled = api.settled(id, Duration::from_secs(30)).await;
     assert_eq!(settled["status"], "mined", "{settled}");
-    let mined = transactions_from(&anvil.url, address).await;
+    let mined = transactions_from(&anvil.url, address, 0).await;
     assert_eq!(mined.len(), 1, "one transaction mined: {mined:?}");
     assert_eq!(Some(mined[&0].2.as_str()), settled["tx_hash"].as_str());
     assert_eq!(mined[&0].1, U256::from(12345));
@@ -433,6 +454,7 @@ async fn a_nonce_left_by_a_failed_signature_is_filled_and_later_withdrawals_are_
     let Some(rpc_url) = service_from_env("ETHKMS_TEST_RPC_URL", "anvil") else { return };
     let memory = Arc::new(MemoryBackend::new());
     let backend: Arc<dyn KeyBackend> = memory.clone();
+    let first_block = block_number(&rpc_url).await;
     let (key, address) = funded_key(&backend, &rpc_url).await;
     let paths = Paths::new();
     let api = serve_in_process(&configuration("127.0.0.1:0", &rpc_url, &key, &paths), backend).await;
@@ -453,7 +475,7 @@ async fn a_nonce_left_by_a_failed_signature_is_filled_and_later_withdrawals_are_
     let mined = api.settled(second["id"].as_str().unwrap(), Duration::from_secs(30)).await;
     assert_eq!((mined["status"].as_str(), mined["nonce"].as_u64()), (Some("mined"), Some(1)), "{mined}");
 
-    let on_chain = transactions_from(&rpc_url, address).await;
+    let on_chain = transactions_from(&rpc_url, address, first_block).await;
     assert_eq!(on_chain.keys().copied().collect::<Vec<_>>(), [0, 1]);
     assert_eq!((on_chain[&0].0, on_chain[&0].1), (address, U256::ZERO), "nonce 0 is a zero-value self-transfer");
     assert_eq!((on_chain[&1].0, on_chain[&1].1), (recipient(&run, 2), U256::from(2000)));
@@ -591,7 +613,7 @@ async fn after_kill_9_every_accepted_withdrawal_is_mined_exactly_once() {
     eprintln!("killed with {} accepted answers received; unfinished in the journal: {statuses:?}", accepted.len());
 
     // Restarted, the client sends every request again with its idempotency key.
-    let _server = Server::start(&config_path, &kms_endpoint, &url).await;
+    let mut server = Server::start(&config_path, &kms_endpoint, &url).await;
     let mut ids = BTreeMap::new();
     for index in 0..COUNT {
         let (status, answer) = api.post(&crash_body(index)).await;
@@ -609,7 +631,7 @@ async fn after_kill_9_every_accepted_withdrawal_is_mined_exactly_once() {
     }
 
     // On chain: nonces 0..N without a gap or a repeat; each withdrawal paid once; the rest gap fills.
-    let mined = transactions_from(&anvil.url, address).await;
+    let mined = transactions_from(&anvil.url, address, 0).await;
     assert_eq!(mined.keys().copied().collect::<Vec<_>>(), (0..mined.len() as u64).collect::<Vec<_>>());
     let mut paid = BTreeMap::new();
     for (to, value, _) in mined.values() {
@@ -630,4 +652,10 @@ async fn after_kill_9_every_accepted_withdrawal_is_mined_exactly_once() {
     for (_, _, hash) in mined.values() {
         assert!(audit.contains(hash.as_str()), "mined transaction {hash} has no signature record");
     }
+
+    // SIGTERM: a graceful stop, which closes the journal (a new server can open it at once).
+    let terminated = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    assert!(terminated.success());
+    assert!(server.child.wait().unwrap().success(), "the server exits 0 after SIGTERM");
+    Journal::open(&paths.journal).unwrap().close();
 }
