@@ -128,6 +128,12 @@ fn digest(index: u64) -> [u8; 32] {
     ethkms_core::keccak256(&index.to_be_bytes())
 }
 
+/// anvil's URL, from `ETHKMS_TEST_RPC_URL`.
+fn rpc_url() -> Result<String, &'static str> {
+    std::env::var("ETHKMS_TEST_RPC_URL")
+        .map_err(|_| "ETHKMS_TEST_RPC_URL is not set: start anvil with `cargo xtask services up`")
+}
+
 /// The bare `aws-sdk-kms` Sign loop: the ceiling for any KMS signer.
 async fn bare_sign_rate(client: &Client, key_id: &str, concurrency: usize, seconds: f64) -> f64 {
     let (client, key_id) = (client.clone(), key_id.to_owned());
@@ -226,8 +232,7 @@ async fn eth(
     key_id: &str,
     handle: KeyHandle,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let rpc_url = std::env::var("ETHKMS_TEST_RPC_URL")
-        .map_err(|_| "ETHKMS_TEST_RPC_URL is not set: start anvil with `cargo xtask services up`")?;
+    let rpc_url = rpc_url()?;
     let signer = KmsSigner::from_handle(handle, Some(31337));
     let from = alloy_signer::Signer::address(&signer);
     let provider =
@@ -302,8 +307,7 @@ async fn withdrawals(
     use futures_util::StreamExt as _;
     use sha2::Digest as _;
 
-    let rpc_url = std::env::var("ETHKMS_TEST_RPC_URL")
-        .map_err(|_| "ETHKMS_TEST_RPC_URL is not set: start anvil with `cargo xtask services up`")?;
+    let rpc_url = rpc_url()?;
     let server = std::env::var("ETHKMS_BENCH_SERVER")
         .map_err(|_| "ETHKMS_BENCH_SERVER is not set: the ethkms-server binary (`cargo xtask bench withdrawals`)")?;
     let kms_endpoint = std::env::var("ETHKMS_TEST_KMS_ENDPOINT")?;

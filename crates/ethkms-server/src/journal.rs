@@ -355,15 +355,15 @@ impl Journal {
     /// Stores `withdrawal` under a fresh id, unless its client has used its idempotency key before
     /// (then the withdrawal stored then is returned). `check` runs first, inside the same serialised
     /// step (so two requests with the same idempotency key cannot both pass it): an `Err` stores
-    /// nothing and is returned as [`Inserted::Refused`]; an `Ok` with an amount records that amount
-    /// against the key's daily limit in the same commit.
+    /// nothing and is returned as [`Inserted::Refused`]; an `Ok` gives the amount recorded against the
+    /// key's daily limit in the same commit.
     ///
     /// # Errors
     /// [`JournalError`].
     pub async fn insert<D: Send + 'static>(
         &self,
         withdrawal: NewWithdrawal,
-        check: impl FnOnce() -> Result<Option<(Asset, U256)>, D> + Send + 'static,
+        check: impl FnOnce() -> Result<(Asset, U256), D> + Send + 'static,
     ) -> Result<Inserted<D>, JournalError> {
         self.run(move |connection| {
             let existing: Option<String> = connection
@@ -376,7 +376,7 @@ impl Journal {
             if let Some(id) = existing {
                 return Ok(Inserted::Existing(load(connection, &id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?));
             }
-            let spend = match check() {
+            let (asset, amount) = match check() {
                 Ok(spend) => spend,
                 Err(denial) => return Ok(Inserted::Refused(denial)),
             };
@@ -396,9 +396,7 @@ impl Journal {
                     sql_u64(now)
                 ],
             )?;
-            if let Some((asset, amount)) = spend {
-                insert_spend(connection, &withdrawal.key, asset, amount, now)?;
-            }
+            insert_spend(connection, &withdrawal.key, asset, amount, now)?;
             Ok(Inserted::New(load(connection, &id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?))
         })
         .await
@@ -752,8 +750,8 @@ mod tests {
         }
     }
 
-    fn allow() -> Result<Option<(Asset, U256)>, String> {
-        Ok(Some((Asset::Ether, U256::from(5))))
+    fn allow() -> Result<(Asset, U256), String> {
+        Ok((Asset::Ether, U256::from(5)))
     }
 
     #[tokio::test]
@@ -776,10 +774,8 @@ mod tests {
         assert_eq!(again.id, first.id);
         // The check ran once: one spend recorded.
         assert_eq!(reopened.spends_since(0).await.unwrap().len(), 1);
-        let Inserted::Refused(reason) = reopened
-            .insert(withdrawal("w-2", 5), || Err::<Option<(Asset, U256)>, _>("denied".to_owned()))
-            .await
-            .unwrap()
+        let Inserted::Refused(reason) =
+            reopened.insert(withdrawal("w-2", 5), || Err::<(Asset, U256), _>("denied".to_owned())).await.unwrap()
         else {
             panic!("a refused check stored a row")
         };

@@ -29,7 +29,7 @@ use ethkms::{ChainSettings, WalletManager};
 use serde_json::{Value, json};
 
 use crate::config::{ClientConfig, Config};
-use crate::journal::Journal;
+use crate::journal::{Journal, now_ms};
 use crate::nonces::Nonces;
 use crate::policy::{Denial, Movement, PolicyEngine, SignRequest};
 use crate::rpc::{Call, RequestBody, RpcError, parse_body};
@@ -149,11 +149,11 @@ impl Metrics {
                 let _ = writeln!(text, "{name}{{{label}=\"{value}\"}} {count}");
             }
         };
-        let _ = writeln!(
-            text,
-            "# HELP ethkms_requests_total JSON-RPC requests received.\n# TYPE ethkms_requests_total counter\nethkms_requests_total {}",
-            self.requests.load(Ordering::Relaxed)
-        );
+        let single = |text: &mut String, name: &str, help: &str, value: &AtomicU64| {
+            let value = value.load(Ordering::Relaxed);
+            let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        };
+        single(&mut text, "ethkms_requests_total", "JSON-RPC requests received.", &self.requests);
         counter(&mut text, "ethkms_signatures_total", "Signatures released, by method.", "method", &self.signatures);
         counter(&mut text, "ethkms_policy_denials_total", "Requests denied by policy, by rule.", "rule", &self.denials);
         counter(&mut text, "ethkms_kms_errors_total", "Key service errors, by kind.", "kind", &self.kms_errors);
@@ -164,24 +164,24 @@ impl Metrics {
             "status",
             &self.withdrawals,
         );
-        let _ = writeln!(
-            text,
-            "# HELP ethkms_nonce_gaps_filled_total Nonce gaps filled with a zero-value transfer to the key itself.\n\
-             # TYPE ethkms_nonce_gaps_filled_total counter\nethkms_nonce_gaps_filled_total {}",
-            self.gaps_filled.load(Ordering::Relaxed)
+        single(
+            &mut text,
+            "ethkms_nonce_gaps_filled_total",
+            "Nonce gaps filled with a zero-value transfer to the key itself.",
+            &self.gaps_filled,
         );
-        let _ = writeln!(
-            text,
-            "# HELP ethkms_rebroadcasts_total Transactions signed again with higher fees after staying unmined.\n\
-             # TYPE ethkms_rebroadcasts_total counter\nethkms_rebroadcasts_total {}",
-            self.rebroadcasts.load(Ordering::Relaxed)
+        single(
+            &mut text,
+            "ethkms_rebroadcasts_total",
+            "Transactions signed again with higher fees after staying unmined.",
+            &self.rebroadcasts,
         );
-        let _ = writeln!(
-            text,
-            "# HELP ethkms_withdrawals_unresolved_total Withdrawals whose nonce was mined without a receipt for any of \
-             their transactions (another transaction may have used the nonce).\n\
-             # TYPE ethkms_withdrawals_unresolved_total counter\nethkms_withdrawals_unresolved_total {}",
-            self.unresolved.load(Ordering::Relaxed)
+        single(
+            &mut text,
+            "ethkms_withdrawals_unresolved_total",
+            "Withdrawals whose nonce was mined without a receipt for any of their transactions (another \
+             transaction may have used the nonce).",
+            &self.unresolved,
         );
         let name = "ethkms_signing_seconds";
         let _ = writeln!(
@@ -217,8 +217,7 @@ pub struct Service {
     pub(crate) work: WorkCounter,
     pub(crate) stopping: AtomicBool,
     /// `true` once the journal has been recovered after the start.
-    pub(crate) recovered: tokio::sync::watch::Receiver<bool>,
-    pub(crate) recovered_sender: tokio::sync::watch::Sender<bool>,
+    pub(crate) recovered: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Service {
@@ -291,10 +290,8 @@ impl Service {
         let journal = match &config.journal {
             Some(path) => {
                 let journal = Journal::open(path)?;
-                let now = SystemTime::now();
-                let day_ago = now.checked_sub(crate::policy::DAY).unwrap_or(SystemTime::UNIX_EPOCH);
-                let since = day_ago.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
-                for (key, asset, amount, at_ms) in journal.spends_since(u64::try_from(since).unwrap_or(0)).await? {
+                let day = u64::try_from(crate::policy::DAY.as_millis()).unwrap_or(u64::MAX);
+                for (key, asset, amount, at_ms) in journal.spends_since(now_ms().saturating_sub(day)).await? {
                     let at = SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms);
                     policy.record(&key, Movement { asset, recipient: Address::ZERO, amount }, at);
                 }
@@ -302,7 +299,6 @@ impl Service {
             }
             None => None,
         };
-        let (recovered_sender, recovered) = tokio::sync::watch::channel(false);
         let service = Arc::new(Self {
             settings: config.withdrawals,
             config,
@@ -317,8 +313,7 @@ impl Service {
             fee_cache: Mutex::new(None),
             work: WorkCounter::default(),
             stopping: AtomicBool::new(false),
-            recovered,
-            recovered_sender,
+            recovered: tokio::sync::watch::Sender::new(false),
         });
         let recovering = Arc::clone(&service);
         tokio::spawn(async move { recovering.recover().await });
@@ -382,6 +377,12 @@ impl Service {
     }
 
     fn backend_error(&self, error: &SignerError) -> RpcError {
+        self.count_kms_error(error);
+        RpcError::new(codes::SERVER_ERROR, error.to_string())
+    }
+
+    /// Counts a key-service error by kind (`ethkms_kms_errors_total`); other errors are not counted.
+    pub(crate) fn count_kms_error(&self, error: &SignerError) {
         let kind = match &error {
             SignerError::Backend(BackendError::Throttled { .. }) => "throttled",
             SignerError::Backend(BackendError::Timeout { .. } | BackendError::Transport { .. }) => "transport",
@@ -392,7 +393,6 @@ impl Service {
         if !kind.is_empty() {
             Metrics::count(&self.metrics.kms_errors, kind);
         }
-        RpcError::new(codes::SERVER_ERROR, error.to_string())
     }
 
     async fn sign_message(&self, client_name: &str, key: &Key, method: &str, data: &Value) -> Result<Value, RpcError> {

@@ -25,9 +25,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use alloy_consensus::{Transaction as _, TxEnvelope};
+use alloy_consensus::{SignableTransaction as _, Transaction as _, TxEnvelope};
 use alloy_eips::eip2718::{Decodable2718, Encodable2718};
-use alloy_network::{Ethereum, EthereumWallet, NetworkTransactionBuilder};
 use alloy_primitives::{Address, Bytes, U256};
 use alloy_provider::Provider;
 use alloy_rpc_types_eth::TransactionRequest;
@@ -226,7 +225,7 @@ pub(crate) async fn post(
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .check_and_record(&policy_request, std::time::SystemTime::now())
-            .map(|movement| Some((movement.asset, movement.amount)))
+            .map(|movement| (movement.asset, movement.amount))
     };
     let inserted = journal
         .insert(new.clone(), check)
@@ -291,6 +290,15 @@ pub(crate) async fn get(
     }
 }
 
+/// The transaction that carries `withdrawal` from `from`, without nonce, gas or fees.
+fn withdrawal_request(from: Address, withdrawal: &Withdrawal) -> TransactionRequest {
+    TransactionRequest::default()
+        .from(from)
+        .to(transaction_to(withdrawal.recipient, withdrawal.asset))
+        .value(transaction_value(withdrawal.asset, withdrawal.amount))
+        .input(transaction_data(withdrawal.recipient, withdrawal.asset, withdrawal.amount).into())
+}
+
 fn transaction_to(recipient: Address, asset: Asset) -> Address {
     match asset {
         Asset::Ether => recipient,
@@ -333,14 +341,19 @@ enum Trouble {
 }
 
 impl Service {
-    /// Runs `withdrawal` (accepted, no transaction yet) in the background.
+    /// Runs `withdrawal` (accepted, no transaction yet; a gap fill with its nonce) in the background.
     pub(crate) fn spawn_processing(self: &Arc<Self>, withdrawal: Withdrawal) {
         let service = Arc::clone(self);
         let guard = self.work.start();
         tokio::spawn(async move {
-            service.process(withdrawal, None).await;
+            service.process(withdrawal).await;
             drop(guard);
         });
+    }
+
+    /// Waits until the journal has been recovered after the start.
+    async fn recovered(&self) {
+        let _ = self.recovered.subscribe().wait_for(|done| *done).await;
     }
 
     async fn broadcast(&self, raw: &Bytes) -> Broadcast {
@@ -368,8 +381,11 @@ impl Service {
     /// The gas limit of a withdrawal: 21,000 for ether sent to an address without code (what any
     /// estimate gives, without making the node execute it), else the node's estimate.
     async fn gas(&self, withdrawal: &Withdrawal, probe: TransactionRequest) -> Result<u64, Trouble> {
+        if withdrawal.kind == Kind::GapFill {
+            return Ok(21_000);
+        }
         let provider = self.manager.provider();
-        if withdrawal.asset == Asset::Ether && withdrawal.kind == Kind::Withdrawal {
+        if withdrawal.asset == Asset::Ether {
             let code = provider
                 .get_code_at(withdrawal.recipient)
                 .await
@@ -377,9 +393,6 @@ impl Service {
             if code.is_empty() {
                 return Ok(21_000);
             }
-        }
-        if withdrawal.kind == Kind::GapFill {
-            return Ok(21_000);
         }
         provider.estimate_gas(probe).await.map_err(|error| match error.as_error_resp() {
             Some(payload) => Trouble::Fail(format!("the node would not execute it: {}", payload.message)),
@@ -411,29 +424,18 @@ impl Service {
         gas: u64,
         fees: Fees,
     ) -> Result<Attempt, Trouble> {
-        let (to, value, data) = (
-            transaction_to(withdrawal.recipient, withdrawal.asset),
-            transaction_value(withdrawal.asset, withdrawal.amount),
-            transaction_data(withdrawal.recipient, withdrawal.asset, withdrawal.amount),
-        );
-        let request = fees.apply(
-            TransactionRequest::default()
-                .from(key.signer.address())
-                .to(to)
-                .value(value)
-                .input(data.into())
-                .nonce(nonce)
-                .gas_limit(gas),
-        );
-        let mut request = request;
+        let mut request = fees.apply(withdrawal_request(key.signer.address(), withdrawal).nonce(nonce).gas_limit(gas));
         request.chain_id = Some(key.chain_id);
+        let unsigned = request
+            .build_typed_tx()
+            .map_err(|request| Trouble::Fail(format!("cannot build the transaction from {request:?}")))?;
         let started = Instant::now();
-        let wallet = EthereumWallet::from(key.signer.clone());
-        let envelope = NetworkTransactionBuilder::<Ethereum>::build(request, &wallet).await.map_err(|error| {
-            self.count_signing_error(&error.to_string());
+        let signature = key.signer.sign_digest(&unsigned.signature_hash()).await.map_err(|error| {
+            self.count_kms_error(&error);
             Trouble::Fail(format!("signing failed: {error}"))
         })?;
         self.metrics.observe(started.elapsed().as_secs_f64());
+        let envelope: TxEnvelope = unsigned.into_envelope(signature);
         let method = if withdrawal.kind == Kind::GapFill { "gap_fill" } else { "withdrawals" };
         self.audit(json!({
             "kind": "signature", "method": method, "client": withdrawal.client, "key": key.name,
@@ -462,27 +464,16 @@ impl Service {
         Ok(attempt)
     }
 
-    fn count_signing_error(&self, message: &str) {
-        let kind = if message.contains("throttl") {
-            "throttled"
-        } else if message.contains("timed out") || message.contains("transport") {
-            "transport"
-        } else {
-            "other"
-        };
-        Metrics::count(&self.metrics.kms_errors, kind);
-    }
-
-    /// Takes an accepted withdrawal (or a gap fill, with its `nonce`) to `submitted`, or to `failed`.
-    async fn process(self: &Arc<Self>, mut withdrawal: Withdrawal, gap_nonce: Option<u64>) {
-        let _ = self.recovered.clone().wait_for(|done| *done).await;
+    /// Takes an accepted withdrawal (or a gap fill) to `submitted`, or to `failed`.
+    async fn process(self: &Arc<Self>, mut withdrawal: Withdrawal) {
+        self.recovered().await;
         let Some(key) = self.keys.get(&withdrawal.key) else {
             self.fail(&withdrawal, None, &format!("no key named `{}` in the configuration", withdrawal.key)).await;
             return;
         };
         let mut delay = Duration::from_millis(200);
         loop {
-            match self.try_process(key, &mut withdrawal, gap_nonce).await {
+            match self.try_process(key, &mut withdrawal).await {
                 Ok(()) => return,
                 Err(Trouble::Fail(reason)) => {
                     self.fail(&withdrawal, None, &reason).await;
@@ -501,19 +492,15 @@ impl Service {
         }
     }
 
-    async fn try_process(&self, key: &Key, withdrawal: &mut Withdrawal, gap_nonce: Option<u64>) -> Result<(), Trouble> {
+    async fn try_process(&self, key: &Key, withdrawal: &mut Withdrawal) -> Result<(), Trouble> {
         let from = key.signer.address();
-        let probe = TransactionRequest::default()
-            .from(from)
-            .to(transaction_to(withdrawal.recipient, withdrawal.asset))
-            .value(transaction_value(withdrawal.asset, withdrawal.amount))
-            .input(transaction_data(withdrawal.recipient, withdrawal.asset, withdrawal.amount).into());
         let waiting = key.waiting.start();
-        let gas = self.gas(withdrawal, probe).await?;
+        let gas = self.gas(withdrawal, withdrawal_request(from, withdrawal)).await?;
         let fees = self.current_fees().await?;
-        let nonce = match gap_nonce {
-            Some(nonce) => nonce,
-            None => key.nonces.lock().unwrap_or_else(PoisonError::into_inner).allocate(),
+        // A gap fill was stored with the nonce it fills; a withdrawal takes one now.
+        let nonce = match (withdrawal.kind, withdrawal.nonce) {
+            (Kind::GapFill, Some(nonce)) => nonce,
+            _ => key.nonces.lock().unwrap_or_else(PoisonError::into_inner).allocate(),
         };
         drop(waiting);
         let attempt = match self.sign_attempt(key, withdrawal, nonce, gas, fees).await {
@@ -606,7 +593,7 @@ impl Service {
     /// transactions again and processes withdrawals that had none. Retries until the node answers.
     pub(crate) async fn recover(self: &Arc<Self>) {
         let Some(journal) = self.journal.clone() else {
-            let _ = self.recovered_sender.send(true);
+            let _ = self.recovered.send(true);
             return;
         };
         let mut delay = Duration::from_millis(200);
@@ -620,7 +607,7 @@ impl Service {
                 }
             }
         }
-        let _ = self.recovered_sender.send(true);
+        let _ = self.recovered.send(true);
     }
 
     async fn try_recover(self: &Arc<Self>, journal: &Journal) -> Result<(), String> {
@@ -658,7 +645,7 @@ impl Service {
     /// The watcher: every poll interval, settles mined withdrawals, re-broadcasts stuck ones and fills
     /// nonce gaps. Runs until the service stops.
     pub(crate) async fn watch(self: Arc<Self>) {
-        let _ = self.recovered.clone().wait_for(|done| *done).await;
+        self.recovered().await;
         let mut ticker = tokio::time::interval(self.settings.poll_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !self.stopping.load(Ordering::Relaxed) {
@@ -712,17 +699,23 @@ impl Service {
         // Re-signed with higher fees, once unmined for `rebroadcast_after`: the transaction holding
         // the key's next nonce (everything after it waits for it), and any paying less than the
         // market now. The others wait their turn rather than being re-signed all at once.
-        let market = match self.current_fees().await {
-            Ok(Fees::Eip1559 { max_fee_per_gas, .. }) => max_fee_per_gas,
-            Ok(Fees::Legacy { gas_price }) => gas_price,
-            Err(_) => 0,
+        let unmined_long = |withdrawal: &Withdrawal| {
+            withdrawal.attempts.last().is_some_and(|last| now.saturating_sub(last.signed_ms) >= rebroadcast_after)
+        };
+        let market = if waiting.iter().any(|(withdrawal, _)| unmined_long(withdrawal)) {
+            match self.current_fees().await {
+                Ok(Fees::Eip1559 { max_fee_per_gas, .. }) => max_fee_per_gas,
+                Ok(Fees::Legacy { gas_price }) => gas_price,
+                Err(_) => 0,
+            }
+        } else {
+            0
         };
         let mut stuck = Vec::new();
         for (withdrawal, submitted) in waiting {
             let Some(last) = withdrawal.attempts.last() else { continue };
-            let unmined_long = now.saturating_sub(last.signed_ms) >= rebroadcast_after;
             let blocking = withdrawal.nonce == Some(mined_count);
-            if unmined_long && (blocking || last.max_fee_per_gas < market) {
+            if unmined_long(&withdrawal) && (blocking || last.max_fee_per_gas < market) {
                 stuck.push(withdrawal);
             } else if !submitted && matches!(self.broadcast(&last.raw).await, Broadcast::Accepted) {
                 self.submitted(&withdrawal.id).await;
@@ -818,12 +811,7 @@ impl Service {
             match journal.insert_gap_fill(&key.name, key.signer.address(), nonce).await {
                 Ok(fill) => {
                     eprintln!("ethkms-server: filling nonce gap {nonce} of key `{}` ({})", key.name, fill.id);
-                    let service = Arc::clone(self);
-                    let guard = self.work.start();
-                    tokio::spawn(async move {
-                        service.process(fill, Some(nonce)).await;
-                        drop(guard);
-                    });
+                    self.spawn_processing(fill);
                 }
                 Err(error) => {
                     key.nonces.lock().unwrap_or_else(PoisonError::into_inner).release(nonce);
