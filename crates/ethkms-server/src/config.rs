@@ -5,13 +5,16 @@
 //! listen = "127.0.0.1:8600"
 //! upstream = "http://127.0.0.1:8545"
 //! audit_log = "/var/lib/ethkms/audit.jsonl"
-//! journal = "/var/lib/ethkms/withdrawals.sqlite"   # needed by clients allowed `withdrawals`
+//! journal = "/var/lib/ethkms/withdrawals.sqlite"   # needed for withdrawals and transactions
 //! withdrawals = { poll_interval_ms = 500, rebroadcast_after_seconds = 60 }   # the defaults
 //! tls = { cert = "/etc/ethkms/cert.pem", key = "/etc/ethkms/key.pem" }   # optional: HTTPS
 //!
 //! [keys.hot]
 //! key = "alias/hot-wallet"
 //! chain_id = 1
+//! confirmations = 12   # the default: blocks, the including one counted, before a transaction is final
+//! # The defaults, safe on mainnet: no transaction pays more, first signature or fee bump.
+//! fees = { max_fee_per_gas = "500gwei", max_priority_fee_per_gas = "10gwei", max_fee_per_tx = "0.05ether" }
 //! [keys.hot.policy]
 //! destination_allowlist = ["0x000000000000000000000000000000000000dEaD"]
 //! max_value = { ETH = "1ether", "0x6B175474E89094C44Da98b954EedeAC495271d0F" = "5000" }
@@ -37,7 +40,29 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::policy::{Asset, ContractCall, KeyPolicy};
-use crate::withdrawals::WithdrawalSettings;
+use crate::withdrawals::fees::FeeCaps;
+
+/// Blocks (the including one counted) before a mined transaction is final, unless a key says otherwise:
+/// about two and a half minutes on Ethereum mainnet, deeper than any reorg seen since the merge.
+pub const DEFAULT_CONFIRMATIONS: u64 = 12;
+
+/// Settings of the withdrawal engine (`[withdrawals]` in the configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WithdrawalSettings {
+    /// How often the watcher checks for mined transactions.
+    pub poll_interval: std::time::Duration,
+    /// How long a transaction may stay unmined before it is re-broadcast with higher fees.
+    pub rebroadcast_after: std::time::Duration,
+}
+
+impl Default for WithdrawalSettings {
+    fn default() -> Self {
+        Self {
+            poll_interval: std::time::Duration::from_millis(500),
+            rebroadcast_after: std::time::Duration::from_secs(60),
+        }
+    }
+}
 
 /// A configuration error, naming the setting.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +107,10 @@ pub struct KeyConfig {
     pub key: String,
     /// The chain it signs for.
     pub chain_id: u64,
+    /// Blocks (the including one counted) before its transactions are final.
+    pub confirmations: u64,
+    /// Fee caps for every transaction it signs.
+    pub fees: FeeCaps,
     /// Its rules.
     pub policy: KeyPolicy,
 }
@@ -125,8 +154,19 @@ struct RawWithdrawals {
 struct RawKey {
     key: String,
     chain_id: u64,
+    confirmations: Option<u64>,
+    #[serde(default)]
+    fees: RawFees,
     #[serde(default)]
     policy: RawPolicy,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFees {
+    max_fee_per_gas: Option<String>,
+    max_priority_fee_per_gas: Option<String>,
+    max_fee_per_tx: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -158,6 +198,9 @@ struct RawClient {
     methods: Vec<String>,
 }
 
+/// The methods whose transactions take a nonce, and so need the journal.
+pub const JOURNALLED_METHODS: [&str; 3] = ["eth_signTransaction", "eth_sendTransaction", "withdrawals"];
+
 /// The JSON-RPC methods that sign.
 pub const SIGNING_METHODS: [&str; 6] =
     ["eth_sign", "personal_sign", "eth_signTypedData_v4", "eth_signTransaction", "eth_sendTransaction", "withdrawals"];
@@ -174,7 +217,14 @@ impl Config {
         let mut keys = BTreeMap::new();
         for (name, key) in raw.keys {
             let policy = policy(&name, key.policy)?;
-            keys.insert(name, KeyConfig { key: key.key, chain_id: key.chain_id, policy });
+            let fees = fee_caps(&name, &key.fees)?;
+            let confirmations = key.confirmations.unwrap_or(DEFAULT_CONFIRMATIONS);
+            if confirmations == 0 {
+                return Err(ConfigError(format!(
+                    "keys.{name}.confirmations: must be at least 1 (the block that includes the transaction)"
+                )));
+            }
+            keys.insert(name, KeyConfig { key: key.key, chain_id: key.chain_id, confirmations, fees, policy });
         }
         let mut clients = BTreeMap::new();
         let mut tokens = HashMap::new();
@@ -197,9 +247,12 @@ impl Config {
                     )));
                 }
             }
-            if raw.journal.is_none() && client.methods.iter().any(|method| method == "withdrawals") {
+            if raw.journal.is_none()
+                && let Some(method) = client.methods.iter().find(|method| JOURNALLED_METHODS.contains(&method.as_str()))
+            {
                 return Err(ConfigError(format!(
-                    "clients.{name}.methods: `withdrawals` needs `journal` (the SQLite file withdrawals are kept in)"
+                    "clients.{name}.methods: `{method}` needs `journal` (the SQLite file every transaction and its \
+                     nonce are kept in)"
                 )));
             }
             clients.insert(name, ClientConfig { token_sha256, keys: client.keys, methods: client.methods });
@@ -265,6 +318,30 @@ pub fn token_hash(token: &str) -> String {
 fn parse_hash(text: &str) -> Option<[u8; 32]> {
     let bytes = alloy_primitives::hex::decode(text).ok()?;
     bytes.try_into().ok()
+}
+
+fn fee_caps(name: &str, raw: &RawFees) -> Result<FeeCaps, ConfigError> {
+    let defaults = FeeCaps::default();
+    let amount = |field: &str, text: &Option<String>, default: u128| -> Result<u128, ConfigError> {
+        let Some(text) = text else { return Ok(default) };
+        let value = ethkms::units::parse_value(text)
+            .map_err(|error| ConfigError(format!("keys.{name}.fees.{field}: {error}")))?;
+        let value = u128::try_from(value)
+            .map_err(|_| ConfigError(format!("keys.{name}.fees.{field}: `{text}` is more than any fee")))?;
+        if value == 0 {
+            return Err(ConfigError(format!("keys.{name}.fees.{field}: must be more than zero")));
+        }
+        Ok(value)
+    };
+    Ok(FeeCaps {
+        max_fee_per_gas: amount("max_fee_per_gas", &raw.max_fee_per_gas, defaults.max_fee_per_gas)?,
+        max_priority_fee_per_gas: amount(
+            "max_priority_fee_per_gas",
+            &raw.max_priority_fee_per_gas,
+            defaults.max_priority_fee_per_gas,
+        )?,
+        max_fee_per_tx: amount("max_fee_per_tx", &raw.max_fee_per_tx, defaults.max_fee_per_tx)?,
+    })
 }
 
 fn policy(name: &str, raw: RawPolicy) -> Result<KeyPolicy, ConfigError> {
@@ -335,9 +412,13 @@ listen = "127.0.0.1:8600"
 upstream = "http://127.0.0.1:8545"
 audit_log = "audit.jsonl"
 
+journal = "withdrawals.sqlite"
+
 [keys.hot]
 key = "alias/hot-wallet"
 chain_id = 1
+confirmations = 3
+fees = {{ max_fee_per_gas = "200gwei" }}
 [keys.hot.policy]
 destination_allowlist = ["0x000000000000000000000000000000000000dEaD"]
 max_value = {{ ETH = "1ether", "0x6B175474E89094C44Da98b954EedeAC495271d0F" = "5000" }}
@@ -358,6 +439,9 @@ methods = ["eth_sendTransaction", "eth_signTransaction"]
         let config = Config::parse(&example("s3cret")).unwrap();
         let hot = &config.keys["hot"];
         assert_eq!((hot.key.as_str(), hot.chain_id), ("alias/hot-wallet", 1));
+        assert_eq!(hot.confirmations, 3);
+        assert_eq!(hot.fees.max_fee_per_gas, 200_000_000_000);
+        assert_eq!(hot.fees.max_priority_fee_per_gas, FeeCaps::default().max_priority_fee_per_gas);
         assert_eq!(hot.policy.max_value[&Asset::Ether], U256::from(10u64.pow(18)));
         let dai: Address = "0x6B175474E89094C44Da98b954EedeAC495271d0F".parse().unwrap();
         assert_eq!(hot.policy.max_value[&Asset::Token(dai)], U256::from(5000));
@@ -394,6 +478,9 @@ methods = ["eth_sendTransaction", "eth_signTransaction"]
             (good.replace("keys = [\"hot\"]", "keys = [\"cold\"]"), "no key named `cold`"),
             (good.replace("\"eth_signTransaction\"", "\"eth_steal\""), "eth_steal"),
             (good.replace(&token_hash("t"), "abcd"), "64 hexadecimal digits"),
+            (good.replace("confirmations = 3", "confirmations = 0"), "confirmations: must be at least 1"),
+            (good.replace("\"200gwei\"", "\"lots\""), "fees.max_fee_per_gas"),
+            (good.replace("journal = \"withdrawals.sqlite\"", ""), "`eth_sendTransaction` needs `journal`"),
         ];
         for (text, expected) in cases {
             let error = Config::parse(&text).unwrap_err().to_string();

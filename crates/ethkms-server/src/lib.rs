@@ -1,13 +1,19 @@
 #![doc = include_str!("../README.md")]
 
 #[cfg(feature = "service")]
+mod app;
+#[cfg(feature = "service")]
 pub mod config;
 #[cfg(feature = "service")]
 pub mod journal;
+#[cfg(feature = "service")]
+mod metrics;
 pub mod nonces;
 pub mod policy;
 pub mod rpc;
 #[cfg(feature = "service")]
 pub mod service;
+#[cfg(feature = "service")]
+mod shared;
 #[cfg(feature = "service")]
 pub mod withdrawals;

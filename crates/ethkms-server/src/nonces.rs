@@ -36,6 +36,12 @@ impl Nonces {
         self.next
     }
 
+    /// The nonce [`allocate`](Self::allocate) would give now.
+    #[must_use]
+    pub fn peek(&self) -> u64 {
+        self.free.first().copied().unwrap_or(self.next)
+    }
+
     /// Takes the lowest free nonce, else the next one.
     pub fn allocate(&mut self) -> u64 {
         if let Some(nonce) = self.free.pop_first() {

@@ -261,6 +261,25 @@ impl PolicyEngine {
     pub fn record(&mut self, key: &str, movement: Movement, at: SystemTime) {
         self.spent.entry((key.to_owned(), movement.asset)).or_default().push_back((at, movement.amount));
     }
+
+    /// Forgets a movement recorded at `at` that did not happen after all (a withdrawal refused before it
+    /// was broadcast, or cancelled): its amount no longer counts against the daily limit. Returns whether
+    /// it was found.
+    pub fn forget(&mut self, key: &str, movement: Movement, at: SystemTime) -> bool {
+        let Some(entries) = self.spent.get_mut(&(key.to_owned(), movement.asset)) else { return false };
+        // The journal's time is taken a moment after the check's: the nearest entry of that amount within
+        // a few seconds is the one.
+        let distance = |when: SystemTime| {
+            when.duration_since(at).or_else(|_| at.duration_since(when)).map_or(Duration::MAX, |d| d)
+        };
+        let found = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, (when, amount))| *amount == movement.amount && distance(*when) <= Duration::from_secs(5))
+            .min_by_key(|(_, (when, _))| distance(*when))
+            .map(|(index, _)| index);
+        found.and_then(|index| entries.remove(index)).is_some()
+    }
 }
 
 /// What `key` moved of `asset` in the 24 hours before `now`, forgetting older entries.

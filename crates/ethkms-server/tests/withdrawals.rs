@@ -16,7 +16,7 @@ use ethkms::backend::contract::{service_from_env, unique};
 use ethkms::backend::{CreateKeyRequest, KeyBackend};
 use ethkms::backend::{Faults, MemoryBackend};
 use ethkms_server::config::{Config, token_hash};
-use ethkms_server::journal::Journal;
+use ethkms_server::journal::{JournalStore as _, SqliteJournal};
 use ethkms_server::service::Service;
 use serde_json::{Value, json};
 
@@ -123,6 +123,7 @@ withdrawals = {{ poll_interval_ms = 100, rebroadcast_after_seconds = 600 }}
 [keys.hot]
 key = "{key}"
 chain_id = 31337
+confirmations = 1
 [keys.hot.policy]
 destination_denylist = ["0x000000000000000000000000000000000000dEaD"]
 max_value = {{ ETH = "1ether" }}
@@ -173,12 +174,12 @@ impl Api {
         body
     }
 
-    /// Waits until withdrawal `id` is mined or failed.
+    /// Waits until withdrawal `id` is final: confirmed, failed or cancelled.
     async fn settled(&self, id: &str, within: Duration) -> Value {
         let started = Instant::now();
         loop {
             let withdrawal = self.get(id).await;
-            if matches!(withdrawal["status"].as_str(), Some("mined" | "failed")) {
+            if withdrawal["final"] == true {
                 return withdrawal;
             }
             assert!(started.elapsed() < within, "withdrawal not settled in {within:?}: {withdrawal}");
@@ -368,7 +369,7 @@ async fn withdrawals_are_idempotent_checked_and_mined_with_contiguous_nonces() {
     let mut nonces = BTreeSet::new();
     for id in &ids {
         let settled = api.settled(id, Duration::from_secs(60)).await;
-        assert_eq!(settled["status"], "mined", "{settled}");
+        assert_eq!(settled["status"], "confirmed", "{settled}");
         assert_eq!(settled["from"].as_str().unwrap().parse::<Address>().unwrap(), address);
         nonces.insert(settled["nonce"].as_u64().unwrap());
     }
@@ -383,6 +384,7 @@ async fn withdrawals_are_idempotent_checked_and_mined_with_contiguous_nonces() {
     for line in [
         "ethkms_withdrawals_total{status=\"accepted\"} 10",
         "ethkms_withdrawals_total{status=\"mined\"} 10",
+        "ethkms_withdrawals_total{status=\"confirmed\"} 10",
         "ethkms_policy_denials_total{rule=\"max_value\"} 1",
         "ethkms_signatures_total{method=\"withdrawals\"} 10",
     ] {
@@ -438,7 +440,7 @@ async fn a_stuck_transaction_is_signed_again_with_fees_at_least_ten_percent_high
 
     rpc(&http, &anvil.url, "evm_mine", json!([])).await;
     let settled = api.settled(id, Duration::from_secs(30)).await;
-    assert_eq!(settled["status"], "mined", "{settled}");
+    assert_eq!(settled["status"], "confirmed", "{settled}");
     let mined = transactions_from(&anvil.url, address, 0).await;
     assert_eq!(mined.len(), 1, "one transaction mined: {mined:?}");
     assert_eq!(Some(mined[&0].2.as_str()), settled["tx_hash"].as_str());
@@ -473,7 +475,7 @@ async fn a_nonce_left_by_a_failed_signature_is_filled_and_later_withdrawals_are_
     assert_eq!(failed["status"], "failed", "{failed}");
     assert!(failed["error"].as_str().unwrap().contains("InjectedFault"), "{failed}");
     let mined = api.settled(second["id"].as_str().unwrap(), Duration::from_secs(30)).await;
-    assert_eq!((mined["status"].as_str(), mined["nonce"].as_u64()), (Some("mined"), Some(1)), "{mined}");
+    assert_eq!((mined["status"].as_str(), mined["nonce"].as_u64()), (Some("confirmed"), Some(1)), "{mined}");
 
     let on_chain = transactions_from(&rpc_url, address, first_block).await;
     assert_eq!(on_chain.keys().copied().collect::<Vec<_>>(), [0, 1]);
@@ -602,7 +604,7 @@ async fn after_kill_9_every_accepted_withdrawal_is_mined_exactly_once() {
     }
 
     // The crash caught withdrawals in flight.
-    let journal = Journal::open(&paths.journal).unwrap();
+    let journal = SqliteJournal::open(&paths.journal).unwrap();
     let unfinished = journal.unfinished().await.unwrap();
     journal.close();
     assert!(!unfinished.is_empty(), "the server was killed with no withdrawal in flight");
@@ -627,7 +629,7 @@ async fn after_kill_9_every_accepted_withdrawal_is_mined_exactly_once() {
     }
     for id in ids.values() {
         let settled = api.settled(id, Duration::from_secs(90)).await;
-        assert_eq!(settled["status"], "mined", "{settled}");
+        assert_eq!(settled["status"], "confirmed", "{settled}");
     }
 
     // On chain: nonces 0..N without a gap or a repeat; each withdrawal paid once; the rest gap fills.
@@ -657,5 +659,5 @@ async fn after_kill_9_every_accepted_withdrawal_is_mined_exactly_once() {
     let terminated = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
     assert!(terminated.success());
     assert!(server.child.wait().unwrap().success(), "the server exits 0 after SIGTERM");
-    Journal::open(&paths.journal).unwrap().close();
+    SqliteJournal::open(&paths.journal).unwrap().close();
 }

@@ -1,0 +1,143 @@
+//! The running service: its configuration, the [shared state](crate::shared) and the
+//! [withdrawal engine](crate::withdrawals), started and stopped together. The routes of
+//! [`service`](crate::service) and [`withdrawals::api`](crate::withdrawals) are served with it as state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use alloy_primitives::Address;
+use alloy_signer::Signer as _;
+use ethkms::audit::AuditLog;
+use ethkms::backend::{KeyBackend, KeyRef};
+use ethkms::eth::{KmsSigner, SignerError};
+use ethkms::{ChainSettings, WalletManager};
+
+use crate::config::Config;
+use crate::journal::{JournalStore, SqliteJournal, now_ms};
+use crate::policy::{Movement, PolicyEngine};
+use crate::shared::{Key, Shared};
+use crate::withdrawals::Engine;
+
+/// The running service's state.
+pub struct Service {
+    pub(crate) config: Config,
+    pub(crate) shared: Arc<Shared>,
+    /// The withdrawal engine (with a journal configured).
+    pub(crate) engine: Option<Arc<Engine>>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("listen", &self.config.listen)
+            .field("keys", &self.shared.keys.keys().collect::<Vec<_>>())
+            .field("clients", &self.config.clients.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A key could not be opened.
+    #[error("key `{name}`: {source}")]
+    Key {
+        /// The key's name in the configuration.
+        name: String,
+        /// Why.
+        source: SignerError,
+    },
+    /// Two key names resolve to the same key (address and chain): they would share nonces unknowingly.
+    #[error(
+        "keys `{first}` and `{second}` are the same key ({address} on chain {chain_id}); configure it once and give \
+         clients that name"
+    )]
+    DuplicateKey {
+        /// One name.
+        first: String,
+        /// The other.
+        second: String,
+        /// Their address.
+        address: Address,
+        /// Their chain.
+        chain_id: u64,
+    },
+    /// The audit log could not be opened (or does not verify).
+    #[error(transparent)]
+    Audit(#[from] ethkms::audit::AuditError),
+    /// The upstream URL is invalid.
+    #[error(transparent)]
+    Upstream(SignerError),
+    /// The withdrawal journal could not be opened.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+}
+
+impl Service {
+    /// Opens every configured key (one `GetPublicKey` each), the audit log and the withdrawal journal;
+    /// replays the journal's amounts into the daily limits, then (in the background, retrying until the
+    /// node answers) checks each key's chain against the node's, broadcasts stored transactions again and
+    /// resumes unfinished withdrawals.
+    ///
+    /// # Errors
+    /// [`StartError`] naming the key or file that failed.
+    pub async fn start(config: Config, backend: Arc<dyn KeyBackend>) -> Result<Arc<Self>, StartError> {
+        let manager = WalletManager::with_backend(backend, ChainSettings::new(config.upstream.clone()))
+            .map_err(StartError::Upstream)?;
+        let mut keys = BTreeMap::new();
+        let mut seen: HashMap<(Address, u64), String> = HashMap::new();
+        let mut policies = HashMap::new();
+        for (name, key) in &config.keys {
+            let reference = KeyRef::new(key.key.clone())
+                .map_err(|error| StartError::Key { name: name.clone(), source: error.into() })?;
+            let handle = ethkms::backend::KeyHandle::open(Arc::clone(manager.backend()), reference)
+                .await
+                .map_err(|error| StartError::Key { name: name.clone(), source: error.into() })?;
+            let signer = KmsSigner::from_handle(handle, Some(key.chain_id));
+            let address = signer.address();
+            if let Some(first) = seen.insert((address, key.chain_id), name.clone()) {
+                return Err(StartError::DuplicateKey { first, second: name.clone(), address, chain_id: key.chain_id });
+            }
+            policies.insert(name.clone(), key.policy.clone());
+            keys.insert(
+                name.clone(),
+                Key {
+                    name: name.clone(),
+                    signer,
+                    chain_id: key.chain_id,
+                    fee_caps: key.fees,
+                    confirmations: key.confirmations,
+                },
+            );
+        }
+        let audit = AuditLog::open(&config.audit_log)?;
+        let mut policy = PolicyEngine::new(policies);
+        let journal: Option<Arc<dyn JournalStore>> = match &config.journal {
+            Some(path) => {
+                let journal = SqliteJournal::open(path)?;
+                let day = u64::try_from(crate::policy::DAY.as_millis()).unwrap_or(u64::MAX);
+                for (key, asset, amount, at_ms) in journal.spends_since(now_ms().saturating_sub(day)).await? {
+                    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms);
+                    policy.record(&key, Movement { asset, recipient: Address::ZERO, amount }, at);
+                }
+                Some(Arc::new(journal))
+            }
+            None => None,
+        };
+        let shared = Arc::new(Shared::new(manager, keys, policy, audit));
+        let engine = journal.map(|journal| Engine::new(Arc::clone(&shared), journal, config.withdrawals));
+        if let Some(engine) = &engine {
+            engine.start();
+        }
+        Ok(Arc::new(Self { config, shared, engine }))
+    }
+
+    /// Stops background work: waits up to `timeout` for withdrawals being signed and sent (what is left
+    /// resumes at the next start), stops the watcher and closes the journal.
+    pub async fn stop(&self, timeout: Duration) {
+        if let Some(engine) = &self.engine {
+            engine.stop(timeout).await;
+        }
+    }
+}

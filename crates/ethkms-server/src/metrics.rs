@@ -1,0 +1,187 @@
+//! The service's Prometheus metrics, kept and exposed (`OpenMetrics` text at `/metrics`) with
+//! `prometheus-client`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::render`].
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A counter with one label.
+#[derive(Clone, Debug)]
+pub(crate) struct Labeled {
+    label: &'static str,
+    family: Family<Vec<(&'static str, String)>, Counter>,
+}
+
+impl Labeled {
+    fn new(label: &'static str) -> Self {
+        Self { label, family: Family::default() }
+    }
+
+    /// Adds one to the counter labelled `value`.
+    pub(crate) fn inc(&self, value: &str) {
+        self.family.get_or_create(&vec![(self.label, value.to_owned())]).inc();
+    }
+
+    /// The counter labelled `value`.
+    #[cfg(test)]
+    pub(crate) fn get(&self, value: &str) -> u64 {
+        self.family.get_or_create(&vec![(self.label, value.to_owned())]).get()
+    }
+}
+
+/// Every metric of the service.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// JSON-RPC requests received.
+    pub(crate) requests: Counter,
+    /// Signatures released, by method.
+    pub(crate) signatures: Labeled,
+    /// Requests denied by policy, by rule.
+    pub(crate) denials: Labeled,
+    /// Key service errors, by kind.
+    pub(crate) kms_errors: Labeled,
+    /// Withdrawals by what became of them.
+    pub(crate) withdrawals: Labeled,
+    /// Nonce gaps filled.
+    pub(crate) gaps_filled: Counter,
+    /// Gap fills the node refused (each followed by a longer wait before the next).
+    pub(crate) gap_fill_failures: Counter,
+    /// Transactions signed again with higher fees.
+    pub(crate) rebroadcasts: Counter,
+    /// Bumps stopped by a fee cap.
+    pub(crate) fee_cap_reached: Counter,
+    /// Broadcasts, by how the node answered.
+    pub(crate) broadcasts: Labeled,
+    /// Passing failures retried, by cause.
+    pub(crate) retries: Labeled,
+    /// Mined transactions a reorg dropped.
+    pub(crate) reorgs: Counter,
+    /// Nonces taken by a transaction this service did not sign (the row failed with proof).
+    pub(crate) nonce_taken: Counter,
+    /// Withdrawals whose nonce is mined but no transaction of theirs has a receipt yet.
+    pub(crate) unresolved: Counter,
+    /// Time to sign, KMS request and verification included.
+    pub(crate) signing_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let metrics = Self {
+            requests: Counter::default(),
+            signatures: Labeled::new("method"),
+            denials: Labeled::new("rule"),
+            kms_errors: Labeled::new("kind"),
+            withdrawals: Labeled::new("status"),
+            gaps_filled: Counter::default(),
+            gap_fill_failures: Counter::default(),
+            rebroadcasts: Counter::default(),
+            fee_cap_reached: Counter::default(),
+            broadcasts: Labeled::new("outcome"),
+            retries: Labeled::new("cause"),
+            reorgs: Counter::default(),
+            nonce_taken: Counter::default(),
+            unresolved: Counter::default(),
+            signing_seconds: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+            registry: Registry::default(),
+        };
+        let counters: [(&str, &str, &Counter); 8] = [
+            ("ethkms_requests", "JSON-RPC requests received", &metrics.requests),
+            (
+                "ethkms_nonce_gaps_filled",
+                "Nonce gaps filled with a zero-value transfer to the key itself",
+                &metrics.gaps_filled,
+            ),
+            (
+                "ethkms_gap_fill_failures",
+                "Gap fills refused by the node; the next waits longer",
+                &metrics.gap_fill_failures,
+            ),
+            (
+                "ethkms_rebroadcasts",
+                "Transactions signed again with higher fees after staying unmined",
+                &metrics.rebroadcasts,
+            ),
+            (
+                "ethkms_fee_cap_reached",
+                "Fee bumps (or first signatures) held down by a key's fee cap",
+                &metrics.fee_cap_reached,
+            ),
+            ("ethkms_reorgs", "Mined transactions dropped by a reorg and broadcast again", &metrics.reorgs),
+            (
+                "ethkms_nonce_taken_by_foreign_transaction",
+                "Nonces mined by a transaction this service did not sign; the row failed, unpaid, with the proof",
+                &metrics.nonce_taken,
+            ),
+            (
+                "ethkms_withdrawals_unresolved",
+                "Withdrawals whose nonce was mined without a receipt for any of their transactions, reported",
+                &metrics.unresolved,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        let families: [(&str, &str, &Labeled); 6] = [
+            ("ethkms_signatures", "Signatures released, by method", &metrics.signatures),
+            ("ethkms_policy_denials", "Requests denied by policy, by rule", &metrics.denials),
+            ("ethkms_kms_errors", "Key service errors, by kind", &metrics.kms_errors),
+            (
+                "ethkms_withdrawals",
+                "Withdrawals by status reached: accepted, mined, confirmed, failed, cancelled",
+                &metrics.withdrawals,
+            ),
+            ("ethkms_broadcasts", "Broadcasts by the node's answer", &metrics.broadcasts),
+            ("ethkms_transient_retries", "Passing failures retried with back-off, by cause", &metrics.retries),
+        ];
+        for (name, help, family) in families {
+            registry.register(name, help, family.family.clone());
+        }
+        registry.register(
+            "ethkms_signing_seconds",
+            "Time to sign, KMS request and verification included",
+            metrics.signing_seconds.clone(),
+        );
+        Self { registry, ..metrics }
+    }
+}
+
+impl Metrics {
+    /// The `OpenMetrics` text of every metric.
+    pub(crate) fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_render_with_their_labels_and_the_histogram_counts_observations() {
+        let metrics = Metrics::default();
+        metrics.withdrawals.inc("accepted");
+        metrics.withdrawals.inc("accepted");
+        metrics.gaps_filled.inc();
+        metrics.signing_seconds.observe(0.02);
+        let text = metrics.render();
+        for line in [
+            "ethkms_withdrawals_total{status=\"accepted\"} 2",
+            "ethkms_nonce_gaps_filled_total 1",
+            "ethkms_signing_seconds_count 1",
+            "ethkms_fee_cap_reached_total 0",
+        ] {
+            assert!(text.lines().any(|candidate| candidate == line), "`{line}` not in:\n{text}");
+        }
+        assert_eq!(metrics.withdrawals.get("accepted"), 2);
+    }
+}

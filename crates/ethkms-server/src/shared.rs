@@ -1,0 +1,145 @@
+//! State shared by the HTTP routes, the JSON-RPC methods and the withdrawal engine, so that none of them
+//! imports another: the opened keys, the Ethereum node, the policy engine, the audit log and the metrics.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use alloy_primitives::Address;
+use alloy_signer::Signer as _;
+use ethkms::WalletManager;
+use ethkms::audit::AuditLog;
+use ethkms::backend::BackendError;
+use ethkms::eth::{KmsSigner, SignerError};
+use serde_json::Value;
+
+use crate::journal::Released;
+use crate::metrics::Metrics;
+use crate::policy::{Movement, PolicyEngine};
+use crate::withdrawals::fees::FeeCaps;
+
+/// One configured key, opened.
+pub(crate) struct Key {
+    /// Its name in the configuration.
+    pub(crate) name: String,
+    pub(crate) signer: KmsSigner,
+    pub(crate) chain_id: u64,
+    /// Fee caps for every transaction it signs.
+    pub(crate) fee_caps: FeeCaps,
+    /// Blocks (the including one counted) before a mined transaction is final.
+    pub(crate) confirmations: u64,
+}
+
+impl Key {
+    pub(crate) fn address(&self) -> Address {
+        self.signer.address()
+    }
+}
+
+/// The audit log could not take a record: nothing was released.
+#[derive(Debug, thiserror::Error)]
+#[error("audit log: {0}; nothing was released")]
+pub(crate) struct AuditFailure(pub(crate) String);
+
+/// What the routes and the engine share.
+pub(crate) struct Shared {
+    pub(crate) manager: WalletManager,
+    pub(crate) keys: BTreeMap<String, Key>,
+    pub(crate) by_address: BTreeMap<Address, String>,
+    pub(crate) policy: Mutex<PolicyEngine>,
+    audit: Mutex<AuditLog>,
+    pub(crate) metrics: Metrics,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        manager: WalletManager,
+        keys: BTreeMap<String, Key>,
+        policy: PolicyEngine,
+        audit: AuditLog,
+    ) -> Self {
+        let by_address = keys.values().map(|key| (key.address(), key.name.clone())).collect();
+        Self {
+            manager,
+            keys,
+            by_address,
+            policy: Mutex::new(policy),
+            audit: Mutex::new(audit),
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// Appends `event` to the audit log, flushed to disk.
+    pub(crate) fn audit(&self, event: Value) -> Result<(), AuditFailure> {
+        self.audit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .append(event)
+            .map(|_| ())
+            .map_err(|error| AuditFailure(error.to_string()))
+    }
+
+    /// Counts a key-service error by kind (`ethkms_kms_errors_total`); other errors are not counted.
+    pub(crate) fn count_kms_error(&self, error: &SignerError) {
+        let kind = match &error {
+            SignerError::Backend(BackendError::Throttled { .. }) => "throttled",
+            SignerError::Backend(BackendError::Timeout { .. } | BackendError::Transport { .. }) => "transport",
+            SignerError::Backend(BackendError::InvalidSignature { .. }) => "invalid_signature",
+            SignerError::Backend(_) => "other",
+            _ => return,
+        };
+        self.metrics.kms_errors.inc(kind);
+    }
+
+    /// Gives an amount back to its daily limit (a row that failed or was cancelled before value left).
+    pub(crate) fn release(&self, released: &Released) {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(released.at_ms);
+        let movement = Movement { asset: released.asset, recipient: Address::ZERO, amount: released.amount };
+        self.policy.lock().unwrap_or_else(PoisonError::into_inner).forget(&released.key, movement, at);
+    }
+}
+
+/// Counts pieces of work in progress; each [`WorkCounter::start`] guard counts until dropped.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct WorkCounter {
+    count: Arc<AtomicUsize>,
+    idle: Arc<tokio::sync::Notify>,
+}
+
+/// One piece of work of a [`WorkCounter`].
+pub(crate) struct WorkGuard(WorkCounter);
+
+impl Drop for WorkGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl WorkCounter {
+    pub(crate) fn start(&self) -> WorkGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        WorkGuard(self.clone())
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Waits until nothing is in progress, or `timeout`; returns whether it got there.
+    pub(crate) async fn idle(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, async {
+            loop {
+                let notified = self.idle.notified();
+                if self.count() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+}

@@ -1,0 +1,780 @@
+//! The [`Engine`]: claims a row, signs its transaction, stores it, broadcasts it, and hands it to the
+//! [watcher](super::watcher); recovers the journal after a start. See the [module](super) for the
+//! invariant this keeps.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::BuildHasher as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use alloy_consensus::{SignableTransaction as _, TxEnvelope, TypedTransaction};
+use alloy_eips::eip2718::Encodable2718;
+use alloy_primitives::{Address, Bytes, U256};
+use alloy_provider::Provider;
+use alloy_rpc_types_eth::TransactionRequest;
+use alloy_sol_types::SolCall;
+use ethkms::eth::SignerError;
+use ethkms::eth::chain::{self, Fees};
+use serde_json::json;
+
+use super::broadcast::{self, outcome_name};
+use super::fees;
+use super::rejections::BroadcastOutcome;
+use crate::config::WithdrawalSettings;
+use crate::journal::{Attempt, JournalError, JournalStore, Kind, NewRow, Status, Withdrawal, now_ms};
+use crate::nonces::Nonces;
+use crate::policy::{Asset, transferCall};
+use crate::shared::{Key, Shared, WorkCounter};
+
+/// How long fee estimates are reused.
+const FEES_FOR: Duration = Duration::from_secs(1);
+
+/// The longest wait between two tries of something passing.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How long an RPC client waits for its transaction to be signed through passing trouble before it is
+/// answered with an error (the transaction is then not signed, and its nonce given back).
+pub(crate) const RPC_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Per-key state of the engine.
+#[derive(Debug, Default)]
+pub(crate) struct KeyState {
+    /// The key's nonces.
+    pub(crate) nonces: Mutex<Nonces>,
+    /// Rows of this key between deciding to take a nonce and storing their first transaction (a free nonce
+    /// is not filled while any is).
+    pub(crate) waiting: WorkCounter,
+    /// The node's pending count, with when the request for it was sent.
+    pending: tokio::sync::Mutex<Option<(Instant, u64)>>,
+    /// Gap fills: the earliest next try, and the current wait (doubled after each refused gap fill).
+    pub(crate) gap_backoff: Mutex<(Option<Instant>, Duration)>,
+}
+
+/// A transaction of someone else's that took a row's nonce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Foreign {
+    pub(crate) tx_hash: alloy_primitives::B256,
+    pub(crate) block: u64,
+}
+
+/// A row whose transaction is stored and not yet final, as the watcher follows it.
+#[derive(Clone, Debug)]
+pub(crate) struct InFlight {
+    pub(crate) row: Withdrawal,
+    /// The node confirmed it has the latest transaction.
+    pub(crate) submitted: bool,
+    /// The fees of the newest transaction the node accepted (bumps start from these).
+    pub(crate) accepted_fees: Option<Fees>,
+    /// When the latest transaction may be broadcast again, and the wait after that.
+    pub(crate) next_broadcast: Instant,
+    pub(crate) broadcast_delay: Duration,
+    /// Watcher rounds in which the nonce was mined but no receipt of ours was found.
+    pub(crate) misses: u32,
+    /// Someone else's transaction found at the nonce.
+    pub(crate) foreign: Option<Foreign>,
+    /// A fee cap has stopped its bumps (reported once).
+    pub(crate) cap_reported: bool,
+}
+
+/// Why a row could not be taken further now.
+#[derive(Debug)]
+pub(crate) enum Trouble {
+    /// Permanent, and nothing was broadcast: the row fails, unpaid.
+    Fail(String),
+    /// Passing: try again later.
+    Retry {
+        /// What failed (`kms`, `audit`, `journal`, `node`), for `ethkms_transient_retries_total`.
+        cause: &'static str,
+        reason: String,
+    },
+    /// Nothing to do: another task owns the row, or it is no longer open.
+    Skip(String),
+}
+
+impl Trouble {
+    fn node(reason: impl std::fmt::Display) -> Self {
+        Self::Retry { cause: "node", reason: reason.to_string() }
+    }
+
+    fn journal(error: &JournalError) -> Self {
+        match error {
+            JournalError::Refused(reason) => Self::Skip(reason.clone()),
+            other => Self::Retry { cause: "journal", reason: other.to_string() },
+        }
+    }
+}
+
+/// What processing a row did.
+#[derive(Debug)]
+pub(crate) enum Processed {
+    /// Signed, stored and broadcast (whatever the node answered, it is followed until its nonce is mined).
+    Sent { attempt: Attempt },
+    /// Failed before anything was broadcast.
+    Failed(String),
+}
+
+/// The withdrawal engine. Shared by the REST routes, the JSON-RPC methods and its own background tasks.
+pub(crate) struct Engine {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) journal: Arc<dyn JournalStore>,
+    pub(crate) settings: WithdrawalSettings,
+    pub(crate) key_states: BTreeMap<String, KeyState>,
+    /// Rows with a stored transaction, not yet final, by id.
+    pub(crate) in_flight: Mutex<HashMap<String, InFlight>>,
+    /// Cancellations asked for rows not yet followed by the watcher.
+    cancel_requests: Mutex<HashSet<String>>,
+    fee_cache: Mutex<Option<(Instant, Fees)>>,
+    /// Rows being signed and sent, which shutdown waits for.
+    pub(crate) work: WorkCounter,
+    pub(crate) stopping: AtomicBool,
+    /// `true` once the journal has been recovered after the start.
+    recovered: tokio::sync::watch::Sender<bool>,
+    /// Why the engine refuses to work (a key configured for another chain than the node's).
+    halted: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("journal", &self.journal)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A wait of `base × 2^attempt`, at most [`MAX_BACKOFF`], with ±25% jitter so that many rows retrying
+/// together do not stampede.
+pub(crate) fn backoff(attempt: u32, base: Duration) -> Duration {
+    let delay = base.saturating_mul(2u32.saturating_pow(attempt.min(16))).min(MAX_BACKOFF);
+    let random = std::collections::hash_map::RandomState::new().hash_one((attempt, Instant::now()));
+    let quarter = delay / 4;
+    let nanos = u64::try_from(quarter.as_nanos()).unwrap_or(u64::MAX).max(1);
+    delay - quarter + Duration::from_nanos(random % (2 * nanos))
+}
+
+/// The transaction that carries a withdrawal of `amount` of `asset` to `recipient`, from `from`, without
+/// nonce, gas or fees.
+pub(crate) fn withdrawal_request(from: Address, recipient: Address, asset: Asset, amount: U256) -> TransactionRequest {
+    let (to, value, data): (Address, U256, Bytes) = match asset {
+        Asset::Ether => (recipient, amount, Bytes::new()),
+        Asset::Token(token) => (token, U256::ZERO, transferCall { to: recipient, amount }.abi_encode().into()),
+    };
+    TransactionRequest::default().from(from).to(to).value(value).input(data.into())
+}
+
+/// The JSON-RPC method and the client's transaction request of an RPC row.
+fn rpc_request(row: &Withdrawal) -> Result<(String, TransactionRequest), Trouble> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        method: String,
+        transaction: TransactionRequest,
+    }
+    let text = row.request.as_deref().unwrap_or_default();
+    let stored: Stored = serde_json::from_str(text)
+        .map_err(|error| Trouble::Fail(format!("the stored transaction request does not parse: {error}")))?;
+    Ok((stored.method, stored.transaction))
+}
+
+fn retryable(error: &SignerError) -> bool {
+    matches!(error, SignerError::Backend(backend) if backend.is_retryable())
+}
+
+impl Engine {
+    pub(crate) fn new(shared: Arc<Shared>, journal: Arc<dyn JournalStore>, settings: WithdrawalSettings) -> Arc<Self> {
+        let key_states = shared.keys.keys().map(|name| (name.clone(), KeyState::default())).collect();
+        Arc::new(Self {
+            shared,
+            journal,
+            settings,
+            key_states,
+            in_flight: Mutex::new(HashMap::new()),
+            cancel_requests: Mutex::new(HashSet::new()),
+            fee_cache: Mutex::new(None),
+            work: WorkCounter::default(),
+            stopping: AtomicBool::new(false),
+            recovered: tokio::sync::watch::Sender::new(false),
+            halted: Mutex::new(None),
+        })
+    }
+
+    /// Starts recovery and the watcher in the background.
+    pub(crate) fn start(self: &Arc<Self>) {
+        let recovering = Arc::clone(self);
+        tokio::spawn(async move { recovering.recover().await });
+        tokio::spawn(Arc::clone(self).watch());
+    }
+
+    /// Whether recovery is done.
+    pub(crate) fn is_recovered(&self) -> bool {
+        *self.recovered.borrow()
+    }
+
+    /// Why the engine refuses to work, if it does.
+    pub(crate) fn halted(&self) -> Option<String> {
+        self.halted.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub(crate) async fn wait_recovered(&self) {
+        let _ = self.recovered.subscribe().wait_for(|done| *done).await;
+    }
+
+    pub(crate) fn state(&self, key: &str) -> Option<&KeyState> {
+        self.key_states.get(key)
+    }
+
+    /// A client withdrawal `row` was stored: processed now, unless recovery is still running (then
+    /// recovery's final sweep takes it).
+    pub(crate) fn submit(self: &Arc<Self>, row: Withdrawal) {
+        if self.is_recovered() && self.halted().is_none() {
+            self.spawn_processing(row);
+        }
+    }
+
+    /// Runs `row` (accepted; or signing with its nonce and no transaction) in the background until it is
+    /// sent or fails; passing trouble is retried until the service stops.
+    pub(crate) fn spawn_processing(self: &Arc<Self>, mut row: Withdrawal) {
+        let engine = Arc::clone(self);
+        let guard = self.work.start();
+        tokio::spawn(async move {
+            let mut tries = 0;
+            loop {
+                match engine.process(&mut row).await {
+                    Ok(_) => break,
+                    Err(Trouble::Fail(reason)) => {
+                        engine.fail_unpaid(&row, &reason).await;
+                        break;
+                    }
+                    Err(Trouble::Skip(reason)) => {
+                        tracing::debug!(withdrawal = %row.id, %reason, "not processed here");
+                        break;
+                    }
+                    Err(Trouble::Retry { cause, reason }) => {
+                        engine.shared.metrics.retries.inc(cause);
+                        if engine.stopping.load(Ordering::Relaxed) {
+                            tracing::info!(withdrawal = %row.id, %reason, "left for the next start");
+                            break;
+                        }
+                        let delay = backoff(tries, Duration::from_millis(200));
+                        tries += 1;
+                        tracing::warn!(withdrawal = %row.id, key = %row.key, nonce = ?row.nonce, cause, %reason, ?delay, "retrying");
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+            drop(guard);
+        });
+    }
+
+    /// Processes an RPC transaction `row` now, for a client waiting for the answer: passing trouble is
+    /// retried until [`RPC_DEADLINE`], then the row fails (nothing was broadcast) and the error is returned.
+    pub(crate) async fn process_now(&self, row: &mut Withdrawal) -> Result<Processed, String> {
+        let _guard = self.work.start();
+        let started = Instant::now();
+        let mut tries = 0;
+        loop {
+            let reason = match self.process(row).await {
+                Ok(processed) => return Ok(processed),
+                Err(Trouble::Fail(reason) | Trouble::Skip(reason)) => reason,
+                Err(Trouble::Retry { cause, reason }) => {
+                    self.shared.metrics.retries.inc(cause);
+                    if started.elapsed() < RPC_DEADLINE && !self.stopping.load(Ordering::Relaxed) {
+                        tokio::time::sleep(backoff(tries, Duration::from_millis(100))).await;
+                        tries += 1;
+                        continue;
+                    }
+                    format!("{reason} (gave up after {:?}; nothing was signed)", started.elapsed())
+                }
+            };
+            self.fail_unpaid(row, &reason).await;
+            return Err(reason);
+        }
+    }
+
+    /// Claims `row` if it is not yet (taking a nonce), signs its transaction, stores and broadcasts it.
+    async fn process(&self, row: &mut Withdrawal) -> Result<Processed, Trouble> {
+        let key = self
+            .shared
+            .keys
+            .get(&row.key)
+            .ok_or_else(|| Trouble::Fail(format!("no key named `{}` in the configuration", row.key)))?;
+        let state = self.state(&row.key).ok_or_else(|| Trouble::Fail(format!("no key named `{}`", row.key)))?;
+        let waiting = state.waiting.start();
+        let request = self.request_for(key, row)?;
+        let gas = self.gas(row, &request).await?;
+        let market = self.current_fees().await?;
+        let fees = Self::fees_for(key, row, &request, market, gas, &self.shared)?;
+        let nonce = match row.nonce {
+            Some(nonce) => nonce,
+            None => {
+                let nonce = self.allocate(key, state).await?;
+                if row.kind == Kind::Rpc
+                    && let Some(wanted) = rpc_request(row)?.1.nonce
+                    && wanted != nonce
+                {
+                    state.nonces.lock().unwrap_or_else(PoisonError::into_inner).release(nonce);
+                    return Err(Trouble::Fail(format!(
+                        "nonce {wanted}: the service allocates this key's nonces and the next is {nonce}; leave \
+                         `nonce` out"
+                    )));
+                }
+                match self.journal.claim(&row.id, nonce).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        state.nonces.lock().unwrap_or_else(PoisonError::into_inner).release(nonce);
+                        return Err(Trouble::Skip("claimed by another task, or no longer accepted".into()));
+                    }
+                    Err(error) => {
+                        state.nonces.lock().unwrap_or_else(PoisonError::into_inner).release(nonce);
+                        return Err(Trouble::journal(&error));
+                    }
+                }
+                row.nonce = Some(nonce);
+                row.status = Status::Signing;
+                nonce
+            }
+        };
+        drop(waiting);
+        let mut request = fees.apply(request.nonce(nonce).gas_limit(gas));
+        request.chain_id = Some(key.chain_id);
+        let unsigned = request
+            .build_typed_tx()
+            .map_err(|request| Trouble::Fail(format!("cannot build a transaction from {request:?}")))?;
+        let attempt = self.sign_and_store(key, row, unsigned, fees, false).await?;
+        row.attempts.push(attempt.clone());
+        row.status = Status::Signed;
+        row.tx_hash = Some(attempt.tx_hash);
+        if row.kind == Kind::GapFill {
+            self.shared.metrics.gaps_filled.inc();
+        }
+        let outcome = broadcast::send(self.shared.manager.provider(), &attempt.raw).await;
+        self.shared.metrics.broadcasts.inc(outcome_name(outcome));
+        match outcome {
+            BroadcastOutcome::Accepted => {
+                if let Err(error) = self.journal.mark_submitted(&row.id).await {
+                    tracing::warn!(withdrawal = %row.id, %error, "marking submitted (the watcher retries)");
+                }
+                row.status = Status::Submitted;
+                self.track(row.clone(), true, Some(fees));
+            }
+            BroadcastOutcome::Refused(refusal) if row.attempts.len() == 1 => {
+                // The very first broadcast of its only transaction, definitely refused: it was never in any
+                // pool, so the nonce is free and nothing was paid.
+                let reason = format!("the node refused the transaction: {refusal}");
+                self.fail_unpaid(row, &reason).await;
+                return Ok(Processed::Failed(reason));
+            }
+            other => {
+                tracing::warn!(
+                    withdrawal = %row.id, key = %row.key, nonce, outcome = outcome_name(other),
+                    "broadcast not confirmed by the node; the nonce is kept and the transaction broadcast again"
+                );
+                self.track(row.clone(), false, None);
+            }
+        }
+        Ok(Processed::Sent { attempt })
+    }
+
+    /// The transaction of `row`, without nonce, gas, fees or chain id (an RPC request keeps what the client
+    /// gave).
+    fn request_for(&self, key: &Key, row: &Withdrawal) -> Result<TransactionRequest, Trouble> {
+        let from = key.address();
+        Ok(match row.kind {
+            Kind::Withdrawal => withdrawal_request(from, row.recipient, row.asset, row.amount),
+            Kind::GapFill => TransactionRequest::default().from(from).to(from).value(U256::ZERO),
+            Kind::Rpc => {
+                let mut request = rpc_request(row)?.1;
+                request.from = Some(from);
+                request.nonce = None;
+                request
+            }
+        })
+    }
+
+    /// The gas limit: 21,000 for a gap fill and for ether sent to an address without code (what any estimate
+    /// gives, without making the node execute it), the client's for an RPC request that has one, else the
+    /// node's estimate.
+    async fn gas(&self, row: &Withdrawal, request: &TransactionRequest) -> Result<u64, Trouble> {
+        let provider = self.shared.manager.provider();
+        match row.kind {
+            Kind::GapFill => return Ok(21_000),
+            Kind::Rpc if request.gas.is_some() => return Ok(request.gas.unwrap_or_default()),
+            Kind::Withdrawal if row.asset == Asset::Ether => {
+                let code = provider
+                    .get_code_at(row.recipient)
+                    .await
+                    .map_err(|error| Trouble::node(format!("the recipient's code: {error}")))?;
+                if code.is_empty() {
+                    return Ok(21_000);
+                }
+            }
+            _ => {}
+        }
+        provider.estimate_gas(request.clone()).await.map_err(|error| match error.as_error_resp() {
+            Some(payload) => Trouble::Fail(format!("the node would not execute it: {}", payload.message)),
+            None => Trouble::node(format!("estimating gas: {error}")),
+        })
+    }
+
+    /// The fees of a first signature: an RPC client's own, if within the key's caps (else refused by name),
+    /// or the market's lowered to the caps.
+    fn fees_for(
+        key: &Key,
+        row: &Withdrawal,
+        request: &TransactionRequest,
+        market: Fees,
+        gas: u64,
+        shared: &Shared,
+    ) -> Result<Fees, Trouble> {
+        let client = match (request.gas_price, request.max_fee_per_gas, request.max_priority_fee_per_gas) {
+            (Some(gas_price), _, _) => Some(Fees::Legacy { gas_price }),
+            (None, Some(max_fee), priority) => {
+                let market_priority = fees::parts(market).1;
+                Some(Fees::Eip1559 {
+                    max_fee_per_gas: max_fee,
+                    max_priority_fee_per_gas: priority.unwrap_or(market_priority).min(max_fee),
+                })
+            }
+            (None, None, Some(priority)) => {
+                let market_max = fees::parts(market).0;
+                Some(Fees::Eip1559 { max_fee_per_gas: market_max.max(priority), max_priority_fee_per_gas: priority })
+            }
+            (None, None, None) => None,
+        };
+        if let (Kind::Rpc, Some(fees)) = (row.kind, client) {
+            if !key.fee_caps.allow(fees, gas) {
+                let caps = key.fee_caps;
+                return Err(Trouble::Fail(format!(
+                    "fee_cap: fees {fees:?} with {gas} gas exceed key `{}`'s caps (max fee {} wei per gas, priority fee \
+                     {} wei per gas, {} wei per transaction)",
+                    key.name, caps.max_fee_per_gas, caps.max_priority_fee_per_gas, caps.max_fee_per_tx
+                )));
+            }
+            return Ok(fees);
+        }
+        let (fees, capped) = fees::initial(market, gas, &key.fee_caps);
+        if capped {
+            shared.metrics.fee_cap_reached.inc();
+            tracing::warn!(withdrawal = %row.id, key = %key.name, ?market, ?fees, "the market's fees are above the key's caps; signing at the caps");
+        }
+        Ok(fees)
+    }
+
+    /// The node's pending transaction count for `key`, as asked after this call began: allocations that
+    /// arrive while a request is out share the next one, and none uses a count older than itself.
+    async fn pending_count(&self, key: &Key, state: &KeyState) -> Result<u64, Trouble> {
+        let arrived = Instant::now();
+        let mut cached = state.pending.lock().await;
+        if let Some((asked, count)) = *cached
+            && asked >= arrived
+        {
+            return Ok(count);
+        }
+        let asked = Instant::now();
+        let count = chain::nonce(self.shared.manager.provider(), key.address())
+            .await
+            .map_err(|error| Trouble::node(format!("the pending nonce of `{}`: {error}", key.name)))?;
+        *cached = Some((asked, count));
+        Ok(count)
+    }
+
+    /// Takes a nonce for `key`, after observing the node's pending count (so that a transaction sent from the
+    /// key elsewhere is not replaced).
+    async fn allocate(&self, key: &Key, state: &KeyState) -> Result<u64, Trouble> {
+        let pending = self.pending_count(key, state).await?;
+        let mut nonces = state.nonces.lock().unwrap_or_else(PoisonError::into_inner);
+        nonces.observe_pending(pending);
+        Ok(nonces.allocate())
+    }
+
+    /// The fees to pay now, reused for [`FEES_FOR`].
+    pub(crate) async fn current_fees(&self) -> Result<Fees, Trouble> {
+        if let Some((at, fees)) = *self.fee_cache.lock().unwrap_or_else(PoisonError::into_inner)
+            && at.elapsed() < FEES_FOR
+        {
+            return Ok(fees);
+        }
+        let fees = chain::fees(self.shared.manager.provider())
+            .await
+            .map_err(|error| Trouble::node(format!("fees from the node: {error}")))?;
+        *self.fee_cache.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), fees));
+        Ok(fees)
+    }
+
+    /// Signs `unsigned` (a transaction of `row`, with its nonce) with KMS, writes the audit record and stores
+    /// the transaction in the journal; returns it. Nothing is broadcast here.
+    pub(crate) async fn sign_and_store(
+        &self,
+        key: &Key,
+        row: &Withdrawal,
+        unsigned: TypedTransaction,
+        fees: Fees,
+        cancel: bool,
+    ) -> Result<Attempt, Trouble> {
+        let nonce = row.nonce.ok_or_else(|| Trouble::Skip("no nonce".into()))?;
+        let started = Instant::now();
+        let signature = key.signer.sign_digest(&unsigned.signature_hash()).await.map_err(|error| {
+            self.shared.count_kms_error(&error);
+            if retryable(&error) {
+                Trouble::Retry { cause: "kms", reason: error.to_string() }
+            } else {
+                Trouble::Fail(format!("signing failed: {error}"))
+            }
+        })?;
+        self.shared.metrics.signing_seconds.observe(started.elapsed().as_secs_f64());
+        let envelope: TxEnvelope = unsigned.into_envelope(signature);
+        let rpc_method = if row.kind == Kind::Rpc { rpc_request(row).ok().map(|(method, _)| method) } else { None };
+        let method = match (row.kind, cancel) {
+            (_, true) => "cancel",
+            (Kind::GapFill, false) => "gap_fill",
+            (Kind::Rpc, false) => rpc_method.as_deref().unwrap_or("rpc"),
+            (Kind::Withdrawal, false) => "withdrawals",
+        };
+        self.shared
+            .audit(json!({
+                "kind": "signature", "method": method, "client": row.client, "key": key.name,
+                "address": key.address(), "withdrawal": row.id, "nonce": nonce, "tx_hash": envelope.tx_hash(),
+                "to": row.recipient, "asset": row.asset.to_string(), "amount": row.amount.to_string(),
+                "chain_id": key.chain_id,
+            }))
+            .map_err(|error| Trouble::Retry { cause: "audit", reason: error.to_string() })?;
+        self.shared.metrics.signatures.inc(method);
+        let (max_fee_per_gas, priority_fee_per_gas) = fees::parts(fees);
+        let attempt = Attempt {
+            tx_hash: *envelope.tx_hash(),
+            raw: envelope.encoded_2718().into(),
+            max_fee_per_gas,
+            priority_fee_per_gas,
+            signed_ms: now_ms(),
+            cancel,
+        };
+        self.journal.add_attempt(&row.id, nonce, attempt.clone()).await.map_err(|error| {
+            if matches!(error, JournalError::Refused(_)) {
+                tracing::error!(withdrawal = %row.id, nonce, %error, "the journal refused a transaction; it is not broadcast");
+            }
+            Trouble::journal(&error)
+        })?;
+        Ok(attempt)
+    }
+
+    /// Marks `row` failed, unpaid: nothing of it was ever broadcast (or its one broadcast was definitely
+    /// refused), so its nonce is given back and its amount returned to the daily limit. The nonce is given
+    /// back only once the journal has the failure.
+    pub(crate) async fn fail_unpaid(&self, row: &Withdrawal, reason: &str) {
+        let mut tries = 0;
+        let released = loop {
+            match self.journal.mark_failed(&row.id, reason, true).await {
+                Ok(released) => break released,
+                Err(error) if tries < 5 && !matches!(error, JournalError::Closed) => {
+                    self.shared.metrics.retries.inc("journal");
+                    tokio::time::sleep(backoff(tries, Duration::from_millis(100))).await;
+                    tries += 1;
+                }
+                Err(error) => {
+                    tracing::error!(withdrawal = %row.id, %error, "cannot mark failed; its nonce stays taken until a restart");
+                    return;
+                }
+            }
+        };
+        if let (Some(nonce), Some(state)) = (row.nonce, self.state(&row.key)) {
+            state.nonces.lock().unwrap_or_else(PoisonError::into_inner).release(nonce);
+        }
+        if let Some(released) = released {
+            self.shared.release(&released);
+        }
+        self.untrack(&row.id);
+        self.shared.metrics.withdrawals.inc("failed");
+        if row.kind == Kind::GapFill
+            && let Some(state) = self.state(&row.key)
+        {
+            self.shared.metrics.gap_fill_failures.inc();
+            let mut gap = state.gap_backoff.lock().unwrap_or_else(PoisonError::into_inner);
+            let delay = (gap.1 * 2).clamp(Duration::from_secs(1), Duration::from_secs(300));
+            *gap = (Some(Instant::now() + delay), delay);
+            tracing::error!(key = %row.key, nonce = ?row.nonce, %reason, ?delay, "a gap fill failed; the next waits");
+        } else {
+            tracing::warn!(withdrawal = %row.id, key = %row.key, nonce = ?row.nonce, %reason, "failed, unpaid");
+        }
+    }
+
+    /// Starts following `row` (its transaction is stored).
+    pub(crate) fn track(&self, mut row: Withdrawal, submitted: bool, accepted_fees: Option<Fees>) {
+        if self.cancel_requests.lock().unwrap_or_else(PoisonError::into_inner).remove(&row.id) {
+            row.cancel_requested = true;
+        }
+        let id = row.id.clone();
+        let entry = InFlight {
+            row,
+            submitted,
+            accepted_fees,
+            next_broadcast: Instant::now() + self.settings.poll_interval,
+            broadcast_delay: self.settings.poll_interval,
+            misses: 0,
+            foreign: None,
+            cap_reported: false,
+        };
+        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).insert(id, entry);
+    }
+
+    pub(crate) fn untrack(&self, id: &str) {
+        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
+    }
+
+    /// A client's cancellation of `id` was stored as requested: the watcher signs the cancellation.
+    pub(crate) fn cancel_requested(&self, id: &str) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        match in_flight.get_mut(id) {
+            Some(entry) => entry.row.cancel_requested = true,
+            None => {
+                self.cancel_requests.lock().unwrap_or_else(PoisonError::into_inner).insert(id.to_owned());
+            }
+        }
+    }
+
+    /// Stores an RPC transaction for `key` (its amount already checked by the policy and counted) and returns
+    /// the row.
+    pub(crate) async fn insert_rpc(
+        &self,
+        client: &str,
+        method: &str,
+        key: &Key,
+        request: &TransactionRequest,
+        spend: (Asset, U256),
+    ) -> Result<Withdrawal, JournalError> {
+        let to = request.to.and_then(|to| to.to().copied()).unwrap_or_default();
+        let text = json!({ "method": method, "transaction": request }).to_string();
+        self.journal
+            .insert_row(NewRow {
+                kind: Kind::Rpc,
+                client: Some(client.to_owned()),
+                key: key.name.clone(),
+                recipient: to,
+                amount: request.value.unwrap_or_default(),
+                request: Some(text),
+                nonce: None,
+                spend: Some(spend),
+            })
+            .await
+    }
+
+    /// After a start: checks each key's chain against the node's, sets each key's nonces from the node and
+    /// the journal, follows stored transactions again and processes rows that had none. Retries until the
+    /// node and the journal answer; a key for another chain halts the engine.
+    async fn recover(self: Arc<Self>) {
+        let mut tries = 0;
+        let spawned = loop {
+            match self.try_recover().await {
+                Ok(spawned) => break spawned,
+                Err(Trouble::Fail(reason)) => {
+                    tracing::error!(%reason, "the withdrawal engine is halted: nothing is signed");
+                    *self.halted.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
+                    return;
+                }
+                Err(Trouble::Retry { reason, .. } | Trouble::Skip(reason)) => {
+                    self.shared.metrics.retries.inc("recovery");
+                    let delay = backoff(tries, Duration::from_millis(200));
+                    tries += 1;
+                    tracing::warn!(%reason, ?delay, "recovering the journal; retrying");
+                    if self.stopping.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        };
+        let _ = self.recovered.send(true);
+        // Withdrawals posted while recovery ran were stored but not processed: take them now (a claim makes
+        // sure each is signed once, whoever else picked it up).
+        let mut tries = 0;
+        loop {
+            match self.journal.unfinished().await {
+                Ok(rows) => {
+                    for row in rows {
+                        if row.status == Status::Accepted && row.kind == Kind::Withdrawal && !spawned.contains(&row.id)
+                        {
+                            self.spawn_processing(row);
+                        }
+                    }
+                    break;
+                }
+                Err(error) => {
+                    let delay = backoff(tries, Duration::from_millis(200));
+                    tries += 1;
+                    tracing::warn!(%error, ?delay, "sweeping withdrawals posted during recovery; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn try_recover(self: &Arc<Self>) -> Result<HashSet<String>, Trouble> {
+        let provider = self.shared.manager.provider();
+        let chain = provider.get_chain_id().await.map_err(|error| Trouble::node(format!("eth_chainId: {error}")))?;
+        for key in self.shared.keys.values() {
+            if key.chain_id != chain {
+                return Err(Trouble::Fail(format!(
+                    "key `{}` is configured for chain {} but the upstream node is chain {chain}",
+                    key.name, key.chain_id
+                )));
+            }
+        }
+        let rows = self.journal.unfinished().await.map_err(|error| Trouble::journal(&error))?;
+        let mut held: HashMap<&str, BTreeSet<u64>> = HashMap::new();
+        let mut unanswered = Vec::new();
+        for row in &rows {
+            if row.kind == Kind::Rpc && row.attempts.is_empty() {
+                // The client was never answered (and may have tried again): it is not signed now.
+                unanswered.push(row.clone());
+                continue;
+            }
+            if let Some(nonce) = row.nonce {
+                held.entry(row.key.as_str()).or_default().insert(nonce);
+            }
+        }
+        for key in self.shared.keys.values() {
+            let pending = chain::nonce(provider, key.address())
+                .await
+                .map_err(|error| Trouble::node(format!("the nonce of `{}`: {error}", key.name)))?;
+            let nonces = held.get(key.name.as_str()).cloned().unwrap_or_default();
+            if let Some(state) = self.state(&key.name) {
+                let mut recovered = Nonces::default();
+                recovered.recover(pending, &nonces);
+                *state.nonces.lock().unwrap_or_else(PoisonError::into_inner) = recovered;
+            }
+        }
+        for row in unanswered {
+            self.fail_unpaid(
+                &Withdrawal { nonce: None, ..row },
+                "the service restarted before signing it; the client was not answered",
+            )
+            .await;
+        }
+        let mut spawned = HashSet::new();
+        for row in rows {
+            if row.kind == Kind::Rpc && row.attempts.is_empty() {
+                continue;
+            }
+            if !row.attempts.is_empty() {
+                // Broadcast again as they are by the watcher (or confirmed, if mined).
+                self.track(row, false, None);
+            } else if matches!(row.status, Status::Accepted | Status::Signing) {
+                spawned.insert(row.id.clone());
+                self.spawn_processing(row);
+            }
+        }
+        Ok(spawned)
+    }
+
+    /// Stops background work: waits up to `timeout` for rows being signed and sent (what is left resumes at
+    /// the next start) and closes the journal.
+    pub(crate) async fn stop(&self, timeout: Duration) {
+        self.stopping.store(true, Ordering::Relaxed);
+        if !self.work.idle(timeout).await {
+            tracing::warn!(
+                in_progress = self.work.count(),
+                "withdrawals still in progress; they resume at the next start"
+            );
+        }
+        self.journal.close();
+    }
+}

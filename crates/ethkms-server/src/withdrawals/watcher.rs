@@ -1,0 +1,473 @@
+//! The watcher: every poll interval, for each key with rows in flight, reads the key's mined transaction
+//! count and the chain head, and
+//!
+//! - settles each row whose nonce is mined: one of its own transactions has a receipt (→ `mined`, or
+//!   `cancelled` if it was the cancellation, or `failed` if it reverted), or — after a few rounds without one
+//!   — the transaction at that nonce is found by a binary search over blocks: someone else's, once it has the
+//!   key's confirmations, fails the row with the proof (`ethkms_nonce_taken_by_foreign_transaction_total`);
+//! - confirms mined rows once they are `confirmations` deep (the receipt's block hash checked again), and
+//!   takes a row whose transaction a reorg dropped back to `submitted`, broadcasting its bytes again as they
+//!   are (`ethkms_reorgs_total`);
+//! - broadcasts again a transaction the node has not confirmed having, with back-off;
+//! - re-signs, with bumped fees ([`fees::bump`](super::fees::bump)), a transaction unmined for
+//!   `rebroadcast_after` that holds the key's next nonce or pays less than the market; signs a requested
+//!   cancellation;
+//! - fills a nonce left free below those in use (a zero-value transfer to the key itself), with back-off
+//!   after a refused one.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use alloy_consensus::Transaction as _;
+use alloy_eips::BlockNumberOrTag;
+use alloy_provider::Provider;
+use ethkms::eth::chain::Fees;
+
+use super::broadcast::{self, outcome_name};
+use super::engine::{Engine, Foreign, InFlight};
+use super::fees::{self, Bump};
+use super::rejections::BroadcastOutcome;
+use crate::journal::{Kind, MinedAs, NewRow, Status, now_ms};
+use crate::shared::Key;
+
+/// Watcher rounds without a receipt for a mined nonce before the transaction at that nonce is looked up.
+const MISSES_BEFORE_LOOKUP: u32 = 3;
+
+/// Watcher rounds without any answer before an unresolved row is reported.
+const MISSES_BEFORE_WARNING: u32 = 20;
+
+impl Engine {
+    /// Runs until the service stops.
+    pub(crate) async fn watch(self: Arc<Self>) {
+        self.wait_recovered().await;
+        let mut ticker = tokio::time::interval(self.settings.poll_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.stopping.load(Ordering::Relaxed) {
+            ticker.tick().await;
+            for key in self.shared.keys.values() {
+                if let Err(reason) = self.watch_key(key).await {
+                    self.shared.metrics.retries.inc("node");
+                    tracing::warn!(key = %key.name, %reason, "watching the key's transactions; next round retries");
+                }
+            }
+        }
+    }
+
+    fn entries_of(&self, key: &Key) -> Vec<InFlight> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|entry| entry.row.key == key.name)
+            .cloned()
+            .collect()
+    }
+
+    /// Applies `change` to the followed entry `id`, if it is still followed.
+    fn update(&self, id: &str, change: impl FnOnce(&mut InFlight)) {
+        if let Some(entry) = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).get_mut(id) {
+            change(entry);
+        }
+    }
+
+    async fn watch_key(self: &Arc<Self>, key: &Key) -> Result<(), String> {
+        let Some(state) = self.state(&key.name) else { return Ok(()) };
+        let entries = self.entries_of(key);
+        let has_gaps = !state.nonces.lock().unwrap_or_else(PoisonError::into_inner).gaps().is_empty();
+        if entries.is_empty() && !has_gaps {
+            return Ok(());
+        }
+        let provider = self.shared.manager.provider();
+        let address = key.address();
+        let mined_count =
+            provider.get_transaction_count(address).latest().await.map_err(|error| format!("nonce: {error}"))?;
+        let head = provider.get_block_number().await.map_err(|error| format!("block number: {error}"))?;
+        let now = now_ms();
+        let rebroadcast_after = u64::try_from(self.settings.rebroadcast_after.as_millis()).unwrap_or(u64::MAX);
+        let unmined_long = |entry: &InFlight| {
+            entry.row.attempts.last().is_some_and(|last| now.saturating_sub(last.signed_ms) >= rebroadcast_after)
+        };
+        let needs_market = entries.iter().any(|entry| {
+            entry.row.block_number.is_none()
+                && entry.row.nonce.is_some_and(|nonce| nonce >= mined_count)
+                && (unmined_long(entry) || entry.row.cancel_requested)
+        });
+        let market = if needs_market { self.current_fees().await.ok() } else { None };
+        let mut work = Vec::new();
+        for entry in entries {
+            let Some(nonce) = entry.row.nonce else { continue };
+            let engine = Arc::clone(self);
+            let last_is_cancel = entry.row.attempts.last().is_some_and(|last| last.cancel);
+            let blocking = nonce == mined_count;
+            let below_market = market.is_some_and(|market| {
+                entry.row.attempts.last().is_some_and(|last| last.max_fee_per_gas < fees::parts(market).0)
+            });
+            let long = unmined_long(&entry);
+            work.push(tokio::spawn(async move {
+                let Some(key) = engine.shared.keys.get(&entry.row.key) else { return };
+                if let Some(block) = entry.row.block_number {
+                    if nonce >= mined_count {
+                        engine.reorged(&entry).await;
+                    } else if head + 1 >= block + key.confirmations {
+                        engine.confirm(key, &entry).await;
+                    }
+                } else if nonce < mined_count {
+                    engine.settle(key, entry, head).await;
+                } else if entry.row.cancel_requested && !last_is_cancel {
+                    engine.replace(key, &entry, market, true).await;
+                } else if long && (blocking || below_market) {
+                    engine.replace(key, &entry, market, last_is_cancel).await;
+                } else if !entry.submitted && Instant::now() >= entry.next_broadcast {
+                    engine.rebroadcast(&entry).await;
+                }
+            }));
+        }
+        for task in work {
+            let _ = task.await;
+        }
+        self.fill_gaps(key, mined_count).await;
+        Ok(())
+    }
+
+    /// Broadcasts the latest transaction of `entry` again; backs off while the node does not take it.
+    async fn rebroadcast(&self, entry: &InFlight) {
+        let Some(last) = entry.row.attempts.last() else { return };
+        let outcome = broadcast::send(self.shared.manager.provider(), &last.raw).await;
+        self.shared.metrics.broadcasts.inc(outcome_name(outcome));
+        self.after_broadcast(&entry.row.id, outcome, None).await;
+    }
+
+    async fn after_broadcast(&self, id: &str, outcome: BroadcastOutcome, fees: Option<Fees>) {
+        let accepted = outcome == BroadcastOutcome::Accepted;
+        let poll = self.settings.poll_interval;
+        self.update(id, |entry| {
+            entry.submitted = accepted;
+            if accepted {
+                if fees.is_some() {
+                    entry.accepted_fees = fees;
+                }
+                entry.broadcast_delay = poll;
+            } else {
+                entry.broadcast_delay = (entry.broadcast_delay * 2).min(Duration::from_secs(30));
+            }
+            entry.next_broadcast = Instant::now() + entry.broadcast_delay;
+        });
+        if accepted {
+            if let Err(error) = self.journal.mark_submitted(id).await {
+                tracing::warn!(withdrawal = %id, %error, "marking submitted");
+            }
+        } else {
+            tracing::debug!(withdrawal = %id, outcome = outcome_name(outcome), "broadcast again, not taken yet");
+        }
+    }
+
+    /// Signs a replacement for `entry`'s latest transaction — with bumped fees, or (`cancel`) a cancellation
+    /// — and broadcasts it; at a fee cap, broadcasts the stored one again.
+    async fn replace(&self, key: &Key, entry: &InFlight, market: Option<Fees>, cancel: bool) {
+        let Some(last) = entry.row.attempts.last() else { return };
+        let envelope = match broadcast::decode(&last.raw) {
+            Ok(envelope) => envelope,
+            Err(reason) => {
+                tracing::error!(withdrawal = %entry.row.id, %reason, "cannot replace");
+                return;
+            }
+        };
+        // Never compounding from a transaction the node refused: from the newest it accepted, else the first.
+        let base = entry.accepted_fees.unwrap_or_else(|| {
+            entry
+                .row
+                .attempts
+                .first()
+                .and_then(|first| broadcast::decode(&first.raw).ok())
+                .map_or_else(|| broadcast::fees_of(&envelope), |first| broadcast::fees_of(&first))
+        });
+        let gas = if cancel { 21_000 } else { envelope.gas_limit() };
+        let fees = match fees::bump(base, market, gas, &key.fee_caps) {
+            Bump::To(fees) => fees,
+            Bump::AtCap => {
+                if !entry.cap_reported {
+                    self.shared.metrics.fee_cap_reached.inc();
+                    tracing::warn!(
+                        withdrawal = %entry.row.id, key = %key.name, nonce = ?entry.row.nonce, ?base,
+                        "fees are at the key's cap: the transaction is broadcast again as it is, not re-signed"
+                    );
+                    self.update(&entry.row.id, |entry| entry.cap_reported = true);
+                }
+                if Instant::now() >= entry.next_broadcast {
+                    self.rebroadcast(entry).await;
+                }
+                return;
+            }
+        };
+        // A replacement already signed with these fees is broadcast again rather than signed twice.
+        let (max_fee, priority) = fees::parts(fees);
+        if let Some(existing) = entry.row.attempts.iter().rev().find(|attempt| {
+            attempt.cancel == cancel && attempt.max_fee_per_gas == max_fee && attempt.priority_fee_per_gas == priority
+        }) {
+            let outcome = broadcast::send(self.shared.manager.provider(), &existing.raw).await;
+            self.shared.metrics.broadcasts.inc(outcome_name(outcome));
+            self.after_broadcast(&entry.row.id, outcome, Some(fees)).await;
+            return;
+        }
+        let unsigned = if cancel {
+            Ok(broadcast::cancellation(&envelope, key.address(), fees))
+        } else {
+            broadcast::with_fees(envelope, fees)
+        };
+        let unsigned = match unsigned {
+            Ok(unsigned) => unsigned,
+            Err(reason) => {
+                tracing::error!(withdrawal = %entry.row.id, %reason, "cannot replace");
+                return;
+            }
+        };
+        let attempt = match self.sign_and_store(key, &entry.row, unsigned, fees, cancel).await {
+            Ok(attempt) => attempt,
+            Err(trouble) => {
+                tracing::warn!(withdrawal = %entry.row.id, ?trouble, "re-signing; the next round tries again");
+                return;
+            }
+        };
+        self.shared.metrics.rebroadcasts.inc();
+        tracing::info!(
+            withdrawal = %entry.row.id, key = %key.name, nonce = ?entry.row.nonce, cancel, ?fees,
+            tx_hash = %attempt.tx_hash, "signed a replacement"
+        );
+        let outcome = broadcast::send(self.shared.manager.provider(), &attempt.raw).await;
+        self.shared.metrics.broadcasts.inc(outcome_name(outcome));
+        self.update(&entry.row.id, |entry| {
+            entry.row.tx_hash = Some(attempt.tx_hash);
+            entry.row.attempts.push(attempt);
+        });
+        self.after_broadcast(&entry.row.id, outcome, Some(fees)).await;
+    }
+
+    /// The nonce of `entry` is mined: finds which transaction took it.
+    async fn settle(&self, key: &Key, entry: InFlight, head: u64) {
+        let provider = self.shared.manager.provider();
+        for attempt in entry.row.attempts.iter().rev() {
+            match provider.get_transaction_receipt(attempt.tx_hash).await {
+                Ok(Some(receipt)) => {
+                    let (Some(block), Some(block_hash)) = (receipt.block_number, receipt.block_hash) else { return };
+                    let outcome = match (attempt.cancel, receipt.status()) {
+                        (true, _) => MinedAs::Cancelled,
+                        (false, true) => MinedAs::Paid,
+                        (false, false) => MinedAs::Reverted,
+                    };
+                    if let Err(error) =
+                        self.journal.mark_mined(&entry.row.id, attempt.tx_hash, block, block_hash, outcome).await
+                    {
+                        tracing::warn!(withdrawal = %entry.row.id, %error, "recording the receipt; next round retries");
+                        return;
+                    }
+                    let status = match outcome {
+                        MinedAs::Paid => Status::Mined,
+                        MinedAs::Reverted => Status::Failed,
+                        MinedAs::Cancelled => Status::Cancelled,
+                    };
+                    self.shared.metrics.withdrawals.inc(status.as_str());
+                    tracing::info!(withdrawal = %entry.row.id, key = %key.name, nonce = ?entry.row.nonce, block, tx_hash = %attempt.tx_hash, %status, "mined");
+                    if outcome == MinedAs::Reverted {
+                        // Final: the journal has it failed; no value moved.
+                        self.untrack(&entry.row.id);
+                        return;
+                    }
+                    if entry.row.kind == Kind::GapFill
+                        && let Some(state) = self.state(&key.name)
+                    {
+                        *state.gap_backoff.lock().unwrap_or_else(PoisonError::into_inner) = (None, Duration::ZERO);
+                    }
+                    let mut mined = entry.clone();
+                    mined.row.status = status;
+                    mined.row.block_number = Some(block);
+                    mined.row.block_hash = Some(block_hash);
+                    mined.row.tx_hash = Some(attempt.tx_hash);
+                    self.update(&entry.row.id, |followed| *followed = mined.clone());
+                    if head + 1 >= block + key.confirmations {
+                        self.confirm(key, &mined).await;
+                    }
+                    return;
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(withdrawal = %entry.row.id, %error, "reading a receipt; next round retries");
+                    return;
+                }
+            }
+        }
+        // None of its transactions has a receipt: the node may answer the count before the receipt, or
+        // another transaction took the nonce. Never signed again with another nonce — one of its own could
+        // still turn up — until that other transaction is found and confirmed.
+        let misses = entry.misses + 1;
+        self.update(&entry.row.id, |followed| followed.misses = misses);
+        let Some(nonce) = entry.row.nonce else { return };
+        let foreign = match entry.foreign {
+            Some(foreign) => Some(foreign),
+            None if misses >= MISSES_BEFORE_LOOKUP => self.transaction_at(key, nonce, head).await,
+            None => None,
+        };
+        if let Some(foreign) = foreign {
+            if entry.row.attempts.iter().any(|attempt| attempt.tx_hash == foreign.tx_hash) {
+                return; // ours after all: its receipt will follow
+            }
+            self.update(&entry.row.id, |followed| followed.foreign = Some(foreign));
+            if head + 1 >= foreign.block + key.confirmations {
+                let reason = format!(
+                    "nonce {nonce} was used by transaction {} in block {}, which this service did not sign; this \
+                     withdrawal was not paid",
+                    foreign.tx_hash, foreign.block
+                );
+                match self.journal.mark_failed(&entry.row.id, &reason, true).await {
+                    Ok(released) => {
+                        if let Some(released) = released {
+                            self.shared.release(&released);
+                        }
+                        self.untrack(&entry.row.id);
+                        self.shared.metrics.nonce_taken.inc();
+                        self.shared.metrics.withdrawals.inc("failed");
+                        tracing::error!(
+                            withdrawal = %entry.row.id, key = %key.name, nonce, foreign_tx = %foreign.tx_hash,
+                            block = foreign.block, "ALERT: another transaction took this withdrawal's nonce; failed, unpaid"
+                        );
+                    }
+                    Err(error) => tracing::warn!(withdrawal = %entry.row.id, %error, "recording the failure"),
+                }
+            }
+        } else if misses == MISSES_BEFORE_WARNING {
+            self.shared.metrics.unresolved.inc();
+            tracing::warn!(
+                withdrawal = %entry.row.id, key = %key.name, nonce, transactions = entry.row.attempts.len(),
+                "the nonce is mined but none of its transactions has a receipt and the transaction at the nonce \
+                 was not found; it stays open until one is"
+            );
+        }
+    }
+
+    /// The transaction of `key` with `nonce` mined at or below `head`: the first block whose count passes
+    /// `nonce`, found by binary search, then searched.
+    async fn transaction_at(&self, key: &Key, nonce: u64, head: u64) -> Option<Foreign> {
+        let provider = self.shared.manager.provider();
+        let address = key.address();
+        let (mut low, mut high) = (0, head);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            let count = provider.get_transaction_count(address).number(middle).await.ok()?;
+            if count > nonce {
+                high = middle;
+            } else {
+                low = middle + 1;
+            }
+        }
+        let block = provider.get_block_by_number(BlockNumberOrTag::Number(low)).full().await.ok()??;
+        block.transactions.txns().find_map(|tx| {
+            (tx.inner.signer() == address && tx.nonce() == nonce)
+                .then(|| Foreign { tx_hash: *tx.inner.tx_hash(), block: low })
+        })
+    }
+
+    /// `entry` is mined and deep enough: confirmed if its receipt is still in the same block; moved if a
+    /// reorg put it in another; taken back to `submitted` if it is gone.
+    async fn confirm(&self, key: &Key, entry: &InFlight) {
+        let Some(tx_hash) = entry.row.tx_hash else { return };
+        let receipt = match self.shared.manager.provider().get_transaction_receipt(tx_hash).await {
+            Ok(receipt) => receipt,
+            Err(error) => {
+                tracing::warn!(withdrawal = %entry.row.id, %error, "reading a receipt; next round retries");
+                return;
+            }
+        };
+        match receipt {
+            Some(receipt) if receipt.block_hash == entry.row.block_hash => {
+                if let Err(error) = self.journal.mark_confirmed(&entry.row.id).await {
+                    tracing::warn!(withdrawal = %entry.row.id, %error, "recording the confirmation; next round retries");
+                    return;
+                }
+                self.untrack(&entry.row.id);
+                if entry.row.status == Status::Mined {
+                    self.shared.metrics.withdrawals.inc("confirmed");
+                }
+                tracing::info!(withdrawal = %entry.row.id, key = %key.name, %tx_hash, confirmations = key.confirmations, "final");
+            }
+            Some(receipt) => {
+                let (Some(block), Some(block_hash)) = (receipt.block_number, receipt.block_hash) else { return };
+                let outcome = if entry.row.status == Status::Cancelled { MinedAs::Cancelled } else { MinedAs::Paid };
+                if self.journal.mark_mined(&entry.row.id, tx_hash, block, block_hash, outcome).await.is_ok() {
+                    self.shared.metrics.reorgs.inc();
+                    tracing::warn!(withdrawal = %entry.row.id, block, "a reorg moved the transaction to another block");
+                    self.update(&entry.row.id, |followed| {
+                        followed.row.block_number = Some(block);
+                        followed.row.block_hash = Some(block_hash);
+                    });
+                }
+            }
+            None => self.reorged(entry).await,
+        }
+    }
+
+    /// A reorg dropped `entry`'s mined transaction: back to `submitted`, and its bytes broadcast again as
+    /// they are.
+    async fn reorged(&self, entry: &InFlight) {
+        if let Err(error) = self.journal.mark_unmined(&entry.row.id).await {
+            tracing::warn!(withdrawal = %entry.row.id, %error, "recording a reorg; next round retries");
+            return;
+        }
+        self.shared.metrics.reorgs.inc();
+        tracing::warn!(withdrawal = %entry.row.id, tx_hash = ?entry.row.tx_hash, "a reorg dropped the mined transaction; broadcasting it again");
+        let mined = entry.row.tx_hash;
+        self.update(&entry.row.id, |followed| {
+            followed.row.status = Status::Submitted;
+            followed.row.block_number = None;
+            followed.row.block_hash = None;
+            followed.submitted = false;
+            followed.misses = 0;
+            followed.foreign = None;
+        });
+        let raw =
+            entry.row.attempts.iter().find(|attempt| Some(attempt.tx_hash) == mined).map(|attempt| attempt.raw.clone());
+        if let Some(raw) = raw {
+            let outcome = broadcast::send(self.shared.manager.provider(), &raw).await;
+            self.shared.metrics.broadcasts.inc(outcome_name(outcome));
+            self.after_broadcast(&entry.row.id, outcome, None).await;
+        }
+    }
+
+    /// Fills each free nonce below those in use with a zero-value transfer to the key itself, unless a row
+    /// of this key is about to take it, or a refused gap fill asks to wait.
+    async fn fill_gaps(self: &Arc<Self>, key: &Key, mined_count: u64) {
+        let Some(state) = self.state(&key.name) else { return };
+        if state.gap_backoff.lock().unwrap_or_else(PoisonError::into_inner).0.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        let gaps = {
+            let mut nonces = state.nonces.lock().unwrap_or_else(PoisonError::into_inner);
+            if state.waiting.count() > 0 {
+                return;
+            }
+            let gaps: Vec<u64> = nonces.gaps().into_iter().filter(|nonce| *nonce >= mined_count).collect();
+            gaps.into_iter().filter(|nonce| nonces.take(*nonce)).collect::<Vec<_>>()
+        };
+        for nonce in gaps {
+            let row = NewRow {
+                kind: Kind::GapFill,
+                client: None,
+                key: key.name.clone(),
+                recipient: key.address(),
+                amount: alloy_primitives::U256::ZERO,
+                request: None,
+                nonce: Some(nonce),
+                spend: None,
+            };
+            match self.journal.insert_row(row).await {
+                Ok(fill) => {
+                    tracing::info!(key = %key.name, nonce, id = %fill.id, "filling a nonce gap");
+                    self.spawn_processing(fill);
+                }
+                Err(error) => {
+                    state.nonces.lock().unwrap_or_else(PoisonError::into_inner).release(nonce);
+                    tracing::warn!(key = %key.name, nonce, %error, "storing a gap fill; next round retries");
+                }
+            }
+        }
+    }
+}
