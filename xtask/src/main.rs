@@ -9,6 +9,7 @@
 //! cargo xtask services up|down|status start or stop LocalStack KMS and anvil on 127.0.0.1
 //! cargo xtask tools                   install the helper tools (cargo-deny, cargo-fuzz) if missing
 //! cargo xtask demo [--keep]           the whole job end to end on LocalStack and anvil, through the CLI
+//! cargo xtask soak [--seeds N] [--first S] [--withdrawals N]   the long exactly-once fault campaigns
 //! ```
 
 mod bench;
@@ -18,6 +19,7 @@ mod demo;
 mod fuzz;
 mod nostd;
 mod services;
+mod soak;
 #[cfg(test)]
 mod tidy;
 mod tools;
@@ -28,7 +30,8 @@ use std::process::ExitCode;
 pub(crate) type Result<T = (), E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
 const USAGE: &str = "usage: cargo xtask <ci | nostd | fuzz [--seconds N] [TARGET...] | fuzz-seeds | bench [core|kms|eth|cli] | \
-                     services up|down|status | tools | demo [--keep]>";
+                     services up|down|status | tools | demo [--keep] | \
+                     soak [--seeds N] [--first S] [--withdrawals N]>";
 
 fn main() -> ExitCode {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
@@ -53,6 +56,7 @@ fn run(arguments: &[String]) -> Result {
         ("services", [action]) => services::run(action),
         ("tools", []) => tools::install_all(),
         ("demo", options) => demo::run(options),
+        ("soak", options) => soak::run_soak(options),
         _ => Err(USAGE.into()),
     }
 }

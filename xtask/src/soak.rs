@@ -1,0 +1,39 @@
+//! `cargo xtask soak [--seeds N] [--first S] [--withdrawals N]`: the long fault campaigns. Runs the
+//! exactly-once test of `ethkms-server` (withdrawals through a fault-injecting proxy, `kill -9` restarts,
+//! an outage) for seeds `S..S+N` (default 1..=50, 150 withdrawals each) against LocalStack and anvil,
+//! printing each seed; a failing seed is re-run alone with `ETHKMS_FAULT_SEEDS=<seed>`. CI runs three seeds
+//! of the same test.
+
+use crate::Result;
+use crate::command::{cargo, run};
+use crate::services;
+
+pub(crate) fn run_soak(options: &[&str]) -> Result {
+    let mut seeds: u64 = 50;
+    let mut first: u64 = 1;
+    let mut withdrawals: u64 = 150;
+    let mut options = options.iter();
+    while let Some(option) = options.next() {
+        let mut value = |name: &str| -> Result<u64> {
+            let text = options.next().ok_or_else(|| format!("{name} needs a number"))?;
+            text.parse().map_err(|error| format!("{name} {text}: {error}").into())
+        };
+        match *option {
+            "--seeds" => seeds = value("--seeds")?,
+            "--first" => first = value("--first")?,
+            "--withdrawals" => withdrawals = value("--withdrawals")?,
+            other => return Err(format!("soak: unknown option `{other}` (--seeds N, --first S, --withdrawals N)").into()),
+        }
+    }
+    let list: Vec<String> = (first..first + seeds).map(|seed| seed.to_string()).collect();
+    eprintln!("xtask soak: seeds {first}..{}, {withdrawals} withdrawals each", first + seeds - 1);
+    let environment = services::up()?;
+    let mut command = cargo();
+    command
+        .args(["test", "-p", "ethkms-server", "--test", "faults", "--locked", "--", "--nocapture"])
+        .env("ETHKMS_REQUIRE_SERVICES", "1")
+        .env("ETHKMS_FAULT_SEEDS", list.join(","))
+        .env("ETHKMS_FAULT_WITHDRAWALS", withdrawals.to_string());
+    environment.apply(&mut command);
+    run(&mut command)
+}
