@@ -22,7 +22,9 @@ pub(crate) fn run_soak(options: &[&str]) -> Result {
             "--seeds" => seeds = value("--seeds")?,
             "--first" => first = value("--first")?,
             "--withdrawals" => withdrawals = value("--withdrawals")?,
-            other => return Err(format!("soak: unknown option `{other}` (--seeds N, --first S, --withdrawals N)").into()),
+            other => {
+                return Err(format!("soak: unknown option `{other}` (--seeds N, --first S, --withdrawals N)").into());
+            }
         }
     }
     let list: Vec<String> = (first..first + seeds).map(|seed| seed.to_string()).collect();

@@ -83,8 +83,9 @@ impl Service {
     /// # Errors
     /// [`StartError`] naming the key or file that failed.
     pub async fn start(config: Config, backend: Arc<dyn KeyBackend>) -> Result<Arc<Self>, StartError> {
-        let manager = WalletManager::with_backend(backend, ChainSettings::new(config.upstream.clone()))
-            .map_err(StartError::Upstream)?;
+        let chain =
+            ChainSettings { request_timeout: Duration::from_secs(10), ..ChainSettings::new(config.upstream.clone()) };
+        let manager = WalletManager::with_backend(backend, chain).map_err(StartError::Upstream)?;
         let mut keys = BTreeMap::new();
         let mut seen: HashMap<(Address, u64), String> = HashMap::new();
         let mut policies = HashMap::new();

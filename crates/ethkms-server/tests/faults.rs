@@ -59,8 +59,13 @@ async fn unfinished(paths: &Paths) -> BTreeMap<&'static str, usize> {
 async fn post_until_answered(api: &Api, seed: u64, index: u64) -> String {
     let started = Instant::now();
     loop {
-        let response =
-            api.http.post(format!("{}/v1/withdrawals", api.url)).bearer_auth(TOKEN).json(&body(seed, index)).send().await;
+        let response = api
+            .http
+            .post(format!("{}/v1/withdrawals", api.url))
+            .bearer_auth(TOKEN)
+            .json(&body(seed, index))
+            .send()
+            .await;
         if let Ok(response) = response {
             let status = response.status().as_u16();
             if let Ok(answer) = response.json::<Value>().await
@@ -158,7 +163,8 @@ async fn campaign(seed: u64, kms_endpoint: &str, backend: &Arc<dyn ethkms::backe
     for (index, id) in &ids {
         let settled = api.settled(id, Duration::from_secs(180)).await;
         assert_eq!(
-            settled["status"], "confirmed",
+            settled["status"],
+            "confirmed",
             "seed {seed}, withdrawal {index}: {settled}; server log: {}",
             log.display()
         );

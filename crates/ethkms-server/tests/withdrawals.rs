@@ -1,6 +1,5 @@
 //! REST withdrawals against LocalStack's KMS and anvil: idempotency, bad input and policy denials,
-//! ether and ERC-20 withdrawals mined with contiguous nonces, re-broadcast with higher fees, a nonce gap
-//! filled after a failed signature, and the crash test: `kill -9` the server binary while withdrawals
+//! ether and ERC-20 withdrawals mined with contiguous nonces, a nonce gap filled after a failed signature, and the crash test: `kill -9` the server binary while withdrawals
 //! are in flight, restart it, and every accepted withdrawal is mined exactly once.
 
 mod common;
@@ -132,62 +131,6 @@ async fn withdrawals_are_idempotent_checked_and_mined_with_contiguous_nonces() {
     }
     let verified = ethkms::audit::verify(&paths.audit).unwrap();
     assert_eq!(verified.records, 12, "10 signatures and 2 denials");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stuck_transaction_is_signed_again_with_fees_at_least_ten_percent_higher() {
-    let Some((_, backend)) = localstack().await else { return };
-    let Some(anvil) = Anvil::start(&["--no-mining"]).await else { return };
-    let (key, address) = funded_key(&backend, &anvil.url).await;
-    let paths = Paths::new();
-    let text = configuration("127.0.0.1:0", &anvil.url, &key, &paths)
-        .replace("rebroadcast_after_seconds = 600", "rebroadcast_after_seconds = 1");
-    let api = serve_in_process(&text, backend).await;
-    let (status, accepted) = api.post(&withdrawal("stuck-1", recipient("stuck", 1), "ETH", "12345")).await;
-    assert_eq!(status, 202, "{accepted}");
-    let id = accepted["id"].as_str().unwrap();
-
-    let http = reqwest::Client::new();
-    let fees = |hash: Value| {
-        let (http, url) = (&http, &anvil.url);
-        async move {
-            let tx = rpc(http, url, "eth_getTransactionByHash", json!([hash])).await;
-            (quantity(&tx["maxFeePerGas"]), quantity(&tx["maxPriorityFeePerGas"]))
-        }
-    };
-    let wait_for = |count: u64| {
-        let api = &api;
-        async move {
-            let started = Instant::now();
-            loop {
-                let withdrawal = api.get(id).await;
-                if withdrawal["transactions"].as_u64() >= Some(count) && withdrawal["status"] == "submitted" {
-                    return withdrawal;
-                }
-                assert!(started.elapsed() < Duration::from_secs(30), "{withdrawal}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    let first = wait_for(1).await;
-    let (first_max, first_priority) = fees(first["tx_hash"].clone()).await;
-    let second = wait_for(2).await;
-    assert_ne!(first["tx_hash"], second["tx_hash"]);
-    assert_eq!(first["nonce"], second["nonce"]);
-    let (second_max, second_priority) = fees(second["tx_hash"].clone()).await;
-    assert!(second_max * 10 >= first_max * 11, "max fee {first_max} -> {second_max}");
-    assert!(second_priority * 10 >= first_priority * 11, "priority fee {first_priority} -> {second_priority}");
-
-    rpc(&http, &anvil.url, "evm_mine", json!([])).await;
-    let settled = api.settled(id, Duration::from_secs(30)).await;
-    assert_eq!(settled["status"], "confirmed", "{settled}");
-    let mined = transactions_from(&anvil.url, address, 0).await;
-    assert_eq!(mined.len(), 1, "one transaction mined: {mined:?}");
-    assert_eq!(Some(mined[&0].2.as_str()), settled["tx_hash"].as_str());
-    assert_eq!(mined[&0].1, U256::from(12345));
-    assert!(
-        api.metrics().await.lines().any(|line| line.starts_with("ethkms_rebroadcasts_total ") && !line.ends_with(" 0"))
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,13 +66,22 @@ pub struct ChainSettings {
     pub chain_id: Option<ChainId>,
     /// How long to wait for a transaction to be mined.
     pub receipt_timeout: Duration,
+    /// How long one request to the node may take before it fails (a node that never answers must not
+    /// stall the caller).
+    pub request_timeout: Duration,
 }
 
 impl ChainSettings {
-    /// A node at `rpc_url`, its chain id asked from it, receipts awaited for 120 s.
+    /// A node at `rpc_url`, its chain id asked from it, receipts awaited for 120 s, each request at most
+    /// 30 s.
     #[must_use]
     pub fn new(rpc_url: impl Into<String>) -> Self {
-        Self { rpc_url: rpc_url.into(), chain_id: None, receipt_timeout: Duration::from_secs(120) }
+        Self {
+            rpc_url: rpc_url.into(),
+            chain_id: None,
+            receipt_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -134,7 +143,11 @@ impl WalletManager {
             .rpc_url
             .parse()
             .map_err(|error| SignerError::InvalidArgument(format!("RPC URL `{}`: {error}", chain.rpc_url)))?;
-        let provider = ProviderBuilder::new().connect_http(url).erased();
+        let timeout = chain.request_timeout;
+        // A client that cannot be built with the timeout (no TLS backend) is the default one.
+        let provider = ProviderBuilder::new()
+            .with_reqwest(url, |builder| builder.timeout(timeout).build().unwrap_or_default())
+            .erased();
         Ok(Self { keyring: Keyring::new(backend), chain, provider })
     }
 

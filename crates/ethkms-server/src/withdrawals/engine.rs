@@ -21,6 +21,7 @@ use serde_json::json;
 use super::broadcast::{self, outcome_name};
 use super::fees;
 use super::rejections::BroadcastOutcome;
+use super::settlement::{self, AfterBroadcast};
 use crate::config::WithdrawalSettings;
 use crate::journal::{Attempt, JournalError, JournalStore, Kind, NewRow, Status, Withdrawal, now_ms};
 use crate::nonces::Nonces;
@@ -349,24 +350,29 @@ impl Engine {
         }
         let outcome = broadcast::send(self.shared.manager.provider(), &attempt.raw).await;
         self.shared.metrics.broadcasts.inc(outcome_name(outcome));
-        match outcome {
-            BroadcastOutcome::Accepted => {
+        // This is the first broadcast of the row's only transaction: it was stored just now, and a row
+        // recovered after a crash without a transaction had none broadcast.
+        match settlement::after_broadcast(outcome, row.attempts.len() == 1) {
+            AfterBroadcast::Submitted => {
                 if let Err(error) = self.journal.mark_submitted(&row.id).await {
                     tracing::warn!(withdrawal = %row.id, %error, "marking submitted (the watcher retries)");
                 }
                 row.status = Status::Submitted;
                 self.track(row.clone(), true, Some(fees));
             }
-            BroadcastOutcome::Refused(refusal) if row.attempts.len() == 1 => {
-                // The very first broadcast of its only transaction, definitely refused: it was never in any
-                // pool, so the nonce is free and nothing was paid.
+            AfterBroadcast::FailUnpaid => {
+                // Definitely refused: never in any pool, so the nonce is free and nothing was paid.
+                let refusal = match outcome {
+                    BroadcastOutcome::Refused(refusal) => refusal.to_string(),
+                    other => outcome_name(other).to_owned(),
+                };
                 let reason = format!("the node refused the transaction: {refusal}");
                 self.fail_unpaid(row, &reason).await;
                 return Ok(Processed::Failed(reason));
             }
-            other => {
+            AfterBroadcast::Keep => {
                 tracing::warn!(
-                    withdrawal = %row.id, key = %row.key, nonce, outcome = outcome_name(other),
+                    withdrawal = %row.id, key = %row.key, nonce, outcome = outcome_name(outcome),
                     "broadcast not confirmed by the node; the nonce is kept and the transaction broadcast again"
                 );
                 self.track(row.clone(), false, None);

@@ -36,6 +36,7 @@
 //!   fee bumps, cancellations, gap fills;
 //! - [`broadcast`]: sending, and re-signing a stored transaction with other fees or as a cancellation;
 //! - [`rejections`]: what a node's error answer means (a table of real error strings per client);
+//! - [`settlement`]: the settlement rules as pure functions, which the engine and the watcher decide by;
 //! - [`fees`]: fee caps and the bump rule;
 //! - [`api`]: the REST routes, which call the engine.
 
@@ -44,6 +45,7 @@ pub(crate) mod broadcast;
 pub(crate) mod engine;
 pub mod fees;
 pub mod rejections;
+pub mod settlement;
 pub(crate) mod watcher;
 
 pub(crate) use engine::Engine;

@@ -28,6 +28,7 @@ use super::broadcast::{self, outcome_name};
 use super::engine::{Engine, Foreign, InFlight};
 use super::fees::{self, Bump};
 use super::rejections::BroadcastOutcome;
+use super::settlement::{self, NonceSettled};
 use crate::journal::{Kind, MinedAs, NewRow, Status, now_ms};
 use crate::shared::Key;
 
@@ -107,9 +108,9 @@ impl Engine {
             work.push(tokio::spawn(async move {
                 let Some(key) = engine.shared.keys.get(&entry.row.key) else { return };
                 if let Some(block) = entry.row.block_number {
-                    if nonce >= mined_count {
+                    if settlement::reorged(nonce, mined_count) {
                         engine.reorged(&entry).await;
-                    } else if head + 1 >= block + key.confirmations {
+                    } else if settlement::is_final(block, head, key.confirmations) {
                         engine.confirm(key, &entry).await;
                     }
                 } else if nonce < mined_count {
@@ -284,7 +285,7 @@ impl Engine {
                     mined.row.block_hash = Some(block_hash);
                     mined.row.tx_hash = Some(attempt.tx_hash);
                     self.update(&entry.row.id, |followed| *followed = mined.clone());
-                    if head + 1 >= block + key.confirmations {
+                    if settlement::is_final(block, head, key.confirmations) {
                         self.confirm(key, &mined).await;
                     }
                     return;
@@ -312,7 +313,7 @@ impl Engine {
                 return; // ours after all: its receipt will follow
             }
             self.update(&entry.row.id, |followed| followed.foreign = Some(foreign));
-            if head + 1 >= foreign.block + key.confirmations {
+            if settlement::settle(false, Some(foreign.block), head, key.confirmations) == NonceSettled::TakenFinal {
                 let reason = format!(
                     "nonce {nonce} was used by transaction {} in block {}, which this service did not sign; this \
                      withdrawal was not paid",

@@ -185,9 +185,56 @@ impl Api {
     pub async fn metrics(&self) -> String {
         self.http.get(format!("{}/metrics", self.url)).send().await.unwrap().text().await.unwrap()
     }
+
+    /// The value of the metric line that starts with `prefix` (0 if absent).
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or_default()
+    }
+
+    /// `POST /v1/withdrawals/{id}/cancel`: (status, body).
+    pub async fn cancel(&self, id: &str) -> (u16, Value) {
+        let response =
+            self.http.post(format!("{}/v1/withdrawals/{id}/cancel", self.url)).bearer_auth(TOKEN).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    /// A JSON-RPC call to the service as the exchange client: the whole answer.
+    pub async fn call(&self, method: &str, params: Value) -> Value {
+        let body = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
+        self.http
+            .post(format!("{}/", self.url))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until withdrawal `id` satisfies `condition`.
+    pub async fn wait_until(&self, id: &str, within: Duration, condition: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let withdrawal = self.get(id).await;
+            if condition(&withdrawal) {
+                return withdrawal;
+            }
+            assert!(started.elapsed() < within, "condition not reached in {within:?}: {withdrawal}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
 }
 
 pub async fn serve_in_process(text: &str, backend: Arc<dyn KeyBackend>) -> Api {
+    // `ETHKMS_TEST_LOG=debug` (a filter) shows the service's log in the test's output.
+    if let Ok(filter) = std::env::var("ETHKMS_TEST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
     let config = Config::parse(text).unwrap();
     let service = Service::start(config, backend).await.unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -325,4 +372,3 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
-

@@ -1,0 +1,278 @@
+//! The withdrawal engine against LocalStack and anvil, one behaviour per test: fee bumps of at least 12.5%
+//! that stop exactly at the key's cap; a reorg that drops a mined withdrawal (re-broadcast as it is, paid
+//! once); KMS throttling retried, never failed; cancellation before signing, after signing and too late;
+//! an `eth_sendTransaction` stuck at the head bumped like a withdrawal; a transaction sent from the key
+//! elsewhere at the next nonce, which no withdrawal collides with.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alloy_primitives::{Address, U256};
+use common::*;
+use ethkms::backend::contract::service_from_env;
+use ethkms::backend::{Faults, KeyBackend, MemoryBackend};
+use ethkms::eth::chain::{self, Fees};
+use ethkms_test_support::rpc_proxy::{self, RpcProxy};
+use serde_json::{Value, json};
+
+async fn anvil_call(url: &str, method: &str, params: Value) -> Value {
+    rpc(&reqwest::Client::new(), url, method, params).await
+}
+
+/// (max fee per gas, priority fee per gas) of a transaction the node has (pending or mined).
+async fn fees_of(url: &str, hash: &Value) -> Option<(u128, u128)> {
+    let tx = anvil_call(url, "eth_getTransactionByHash", json!([hash])).await;
+    (!tx.is_null()).then(|| (quantity(&tx["maxFeePerGas"]), quantity(&tx["maxPriorityFeePerGas"])))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fee_bumps_rise_by_an_eighth_and_stop_exactly_at_the_cap() {
+    let Some((_, backend)) = localstack().await else { return };
+    let Some(anvil) = Anvil::start(&["--no-mining"]).await else { return };
+    let (key, address) = funded_key(&backend, &anvil.url).await;
+    // The market's fees, as the engine will see them; the cap is 1.5 times the market's max fee, which leaves
+    // room for three bumps of 12.5% (1.125, 1.266, 1.424) and not a fourth.
+    let provider = ethkms::WalletManager::with_backend(
+        Arc::new(MemoryBackend::new()),
+        ethkms::ChainSettings::new(anvil.url.clone()),
+    )
+    .unwrap();
+    let Fees::Eip1559 { max_fee_per_gas: market, .. } = chain::fees(provider.provider()).await.unwrap() else {
+        panic!("anvil has EIP-1559 fees")
+    };
+    let cap = market * 3 / 2;
+    let paths = Paths::new();
+    let text = configuration("127.0.0.1:0", &anvil.url, &key, &paths)
+        .replace("rebroadcast_after_seconds = 600", "rebroadcast_after_seconds = 1")
+        .replace(
+            "confirmations = 1",
+            &format!(
+                "confirmations = 1\nfees = {{ max_fee_per_gas = \"{cap}\", max_priority_fee_per_gas = \"{cap}\" }}"
+            ),
+        );
+    let api = serve_in_process(&text, backend).await;
+    let (status, accepted) = api.post(&withdrawal("capped-1", recipient("capped", 1), "ETH", "12345")).await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_owned();
+
+    // Each transaction's fees, read while it is the pending one.
+    let mut seen: Vec<(Value, (u128, u128))> = Vec::new();
+    let started = Instant::now();
+    let mut stable_since = Instant::now();
+    while stable_since.elapsed() < Duration::from_secs(4) {
+        assert!(started.elapsed() < Duration::from_secs(40), "bumps never stopped: {seen:?}");
+        let withdrawal = api.get(&id).await;
+        let hash = withdrawal["tx_hash"].clone();
+        if !hash.is_null() && seen.last().is_none_or(|(last, _)| *last != hash) {
+            let fees = fees_of(&anvil.url, &hash).await.unwrap_or_else(|| panic!("{hash} replaced before it was read"));
+            seen.push((hash, fees));
+            stable_since = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen.len(), 4, "the first transaction and three bumps, then the cap: {seen:?}");
+    for pair in seen.windows(2) {
+        let ((_, (old_max, old_priority)), (_, (new_max, new_priority))) = (&pair[0], &pair[1]);
+        assert!(new_max * 8 >= old_max * 9, "max fee {old_max} -> {new_max}: less than 12.5% more");
+        assert!(new_priority * 8 >= old_priority * 9, "priority fee {old_priority} -> {new_priority}");
+    }
+    assert!(seen.iter().all(|(_, (max, priority))| *max <= cap && *priority <= cap), "above the cap {cap}: {seen:?}");
+    assert_eq!(api.get(&id).await["transactions"], 4, "nothing signed after the cap");
+    assert!(api.metric("ethkms_fee_cap_reached_total ").await >= 1.0);
+
+    anvil_call(&anvil.url, "evm_mine", json!([])).await;
+    let settled = api.settled(&id, Duration::from_secs(30)).await;
+    assert_eq!(settled["status"], "confirmed", "{settled}");
+    let mined = transactions_from(&anvil.url, address, 0).await;
+    assert_eq!(mined.len(), 1, "one transaction mined: {mined:?}");
+    assert_eq!(Some(mined[&0].2.as_str()), settled["tx_hash"].as_str());
+    assert_eq!(Some(mined[&0].2.as_str()), seen[3].0.as_str(), "the last bump is the one mined");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reorg_that_drops_a_mined_withdrawal_has_it_broadcast_again_and_paid_once() {
+    let Some((_, backend)) = localstack().await else { return };
+    let Some(anvil) = Anvil::start(&[]).await else { return };
+    let (key, address) = funded_key(&backend, &anvil.url).await;
+    let paths = Paths::new();
+    let text = configuration("127.0.0.1:0", &anvil.url, &key, &paths).replace("confirmations = 1", "confirmations = 3");
+    let api = serve_in_process(&text, backend).await;
+    let snapshot = anvil_call(&anvil.url, "evm_snapshot", json!([])).await;
+    let to = recipient("reorg", 1);
+    let (status, accepted) = api.post(&withdrawal("reorg-1", to, "ETH", "777")).await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let mined = api.wait_until(&id, Duration::from_secs(20), |w| w["status"] == "mined").await;
+    let first_block = mined["block_number"].as_u64().unwrap();
+
+    // The block is dropped; anvil's head goes back below it.
+    assert_eq!(anvil_call(&anvil.url, "evm_revert", json!([snapshot])).await, true);
+    let started = Instant::now();
+    while api.metric("ethkms_reorgs_total ").await < 1.0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the reorg was not noticed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Broadcast again as it is (no new signature) and mined again; then confirmed once deep enough.
+    let again = api.wait_until(&id, Duration::from_secs(20), |w| w["status"] == "mined").await;
+    assert_eq!(again["tx_hash"], mined["tx_hash"], "the same bytes, not a new transaction");
+    assert_eq!(again["transactions"], 1);
+    for _ in 0..3 {
+        anvil_call(&anvil.url, "evm_mine", json!([])).await;
+    }
+    let settled = api.settled(&id, Duration::from_secs(30)).await;
+    assert_eq!(settled["status"], "confirmed", "{settled}");
+    assert!(settled["block_number"].as_u64().unwrap() <= first_block, "{settled} vs block {first_block}");
+    assert_eq!(balance(&anvil.url, to).await, U256::from(777), "paid exactly once");
+    assert_eq!(transactions_from(&anvil.url, address, 0).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_throttling_is_retried_and_never_fails_a_withdrawal() {
+    let Some(rpc_url) = service_from_env("ETHKMS_TEST_RPC_URL", "anvil") else { return };
+    let memory = Arc::new(MemoryBackend::new());
+    let backend: Arc<dyn KeyBackend> = memory.clone();
+    let (key, _) = funded_key(&backend, &rpc_url).await;
+    let paths = Paths::new();
+    let api = serve_in_process(&configuration("127.0.0.1:0", &rpc_url, &key, &paths), backend).await;
+    memory.set_faults(Faults { throttle_rate: 1.0, ..Faults::default() });
+    let to = recipient(&ethkms::backend::contract::unique("throttled"), 1);
+    let (status, accepted) = api.post(&withdrawal("throttled-1", to, "ETH", "4242")).await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    while api.metric("ethkms_transient_retries_total{cause=\"kms\"} ").await < 2.0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "{}", api.metrics().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waiting = api.get(&id).await;
+    assert_eq!(waiting["status"], "signing", "throttled: claimed with its nonce, not failed: {waiting}");
+    memory.set_faults(Faults::default());
+    let settled = api.settled(&id, Duration::from_secs(60)).await;
+    assert_eq!(settled["status"], "confirmed", "{settled}");
+    assert_eq!(balance(&rpc_url, to).await, U256::from(4242));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_before_signing_after_signing_and_too_late() {
+    let Some((_, backend)) = localstack().await else { return };
+    let Some(anvil) = Anvil::start(&["--no-mining"]).await else { return };
+    let (key, address) = funded_key(&backend, &anvil.url).await;
+    // The node is unreachable at first: the engine cannot recover, so withdrawals stay `accepted`.
+    let proxy = RpcProxy::start(&anvil.url, 1, rpc_proxy::Faults::none()).await.unwrap();
+    proxy.set_outage(true);
+    let paths = Paths::new();
+    let api =
+        serve_in_process(&configuration("127.0.0.1:0", proxy.url().trim_end_matches('/'), &key, &paths), backend).await;
+    let (early_to, late_to) = (recipient("cancel", 1), recipient("cancel", 2));
+    let (_, early) = api.post(&withdrawal("cancel-early", early_to, "ETH", "1001")).await;
+    let early = early["id"].as_str().unwrap().to_owned();
+    let (status, cancelled) = api.cancel(&early).await;
+    assert_eq!(
+        (status, cancelled["status"].as_str(), cancelled["final"].as_bool()),
+        (200, Some("cancelled"), Some(true))
+    );
+    assert_eq!(api.cancel(&early).await.0, 200, "cancelling twice is the same answer");
+    proxy.set_outage(false);
+
+    // After signing: a zero-value transfer to the key itself with the same nonce, and it is the one mined.
+    let (_, late) = api.post(&withdrawal("cancel-late", late_to, "ETH", "1002")).await;
+    let late = late["id"].as_str().unwrap().to_owned();
+    api.wait_until(&late, Duration::from_secs(30), |w| w["status"] == "submitted").await;
+    let (status, requested) = api.cancel(&late).await;
+    assert_eq!((status, requested["cancel_requested"].as_bool()), (202, Some(true)), "{requested}");
+    api.wait_until(&late, Duration::from_secs(30), |w| w["transactions"] == 2).await;
+    anvil_call(&anvil.url, "evm_mine", json!([])).await;
+    let settled = api.settled(&late, Duration::from_secs(30)).await;
+    assert_eq!((settled["status"].as_str(), settled["nonce"].as_u64()), (Some("cancelled"), Some(0)), "{settled}");
+    let mined = transactions_from(&anvil.url, address, 0).await;
+    assert_eq!(mined.len(), 1, "{mined:?}");
+    assert_eq!((mined[&0].0, mined[&0].1), (address, U256::ZERO), "the cancellation took the nonce");
+    assert_eq!(balance(&anvil.url, late_to).await, U256::ZERO);
+    assert_eq!(balance(&anvil.url, early_to).await, U256::ZERO, "the early one was never signed");
+    let audit = std::fs::read_to_string(&paths.audit).unwrap();
+    let signatures = audit.lines().filter(|line| line.contains("\"kind\":\"signature\""));
+    assert!(
+        signatures.clone().all(|line| !line.contains(&early)),
+        "a signature for the withdrawal cancelled before signing"
+    );
+    assert!(audit.contains("\"method\":\"cancel\""));
+
+    // Too late once mined, and unknown ids are not found.
+    let (_, paid) = api.post(&withdrawal("cancel-paid", late_to, "ETH", "1003")).await;
+    let paid = paid["id"].as_str().unwrap().to_owned();
+    api.wait_until(&paid, Duration::from_secs(30), |w| w["status"] == "submitted").await;
+    anvil_call(&anvil.url, "evm_mine", json!([])).await;
+    api.settled(&paid, Duration::from_secs(30)).await;
+    let (status, refused) = api.cancel(&paid).await;
+    assert_eq!((status, refused["error"]["kind"].as_str()), (409, Some("not_cancellable")), "{refused}");
+    assert_eq!(api.cancel("no-such-withdrawal").await.0, 404);
+    assert_eq!(balance(&anvil.url, late_to).await, U256::from(1003));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eth_send_transaction_stuck_at_the_head_is_bumped_and_mined_once() {
+    let Some((_, backend)) = localstack().await else { return };
+    let Some(anvil) = Anvil::start(&["--no-mining"]).await else { return };
+    let (key, address) = funded_key(&backend, &anvil.url).await;
+    let paths = Paths::new();
+    let text = configuration("127.0.0.1:0", &anvil.url, &key, &paths)
+        .replace("rebroadcast_after_seconds = 600", "rebroadcast_after_seconds = 1")
+        .replace("methods = [\"withdrawals\"]", "methods = [\"withdrawals\", \"eth_sendTransaction\"]");
+    let api = serve_in_process(&text, backend).await;
+    let to = recipient("stuck-rpc", 1);
+    let answer = api.call("eth_sendTransaction", json!([{ "from": address, "to": to, "value": "0x3039" }])).await;
+    let first = answer["result"].clone();
+    assert!(first.is_string(), "{answer}");
+    let (first_max, _) = fees_of(&anvil.url, &first).await.unwrap();
+    let started = Instant::now();
+    let replacement = loop {
+        let pool = anvil_call(&anvil.url, "txpool_content", json!([])).await;
+        let pending =
+            pool["pending"].as_object().unwrap().values().next().and_then(|by_nonce| by_nonce.get("0")).cloned();
+        if let Some(pending) = pending
+            && pending["hash"] != first
+        {
+            break pending;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "never bumped: {pool}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(quantity(&replacement["maxFeePerGas"]) * 8 >= first_max * 9, "{replacement}");
+    anvil_call(&anvil.url, "evm_mine", json!([])).await;
+    let started = Instant::now();
+    while transactions_from(&anvil.url, address, 0).await.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mined = transactions_from(&anvil.url, address, 0).await;
+    assert_eq!(mined.len(), 1);
+    assert_eq!((mined[&0].0, mined[&0].1), (to, U256::from(0x3039)));
+    assert_eq!(balance(&anvil.url, to).await, U256::from(0x3039), "paid once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_sent_elsewhere_at_the_next_nonce_makes_no_withdrawal_fail() {
+    let Some((_, backend)) = localstack().await else { return };
+    let Some(anvil) = Anvil::start(&["--no-mining"]).await else { return };
+    let (key, address) = funded_key(&backend, &anvil.url).await;
+    let paths = Paths::new();
+    let api = serve_in_process(&configuration("127.0.0.1:0", &anvil.url, &key, &paths), backend).await;
+    // An operator's transaction from the same key, pending at nonce 0.
+    let operator_to: Address = recipient("operator", 1);
+    anvil_call(&anvil.url, "anvil_impersonateAccount", json!([address])).await;
+    anvil_call(&anvil.url, "eth_sendTransaction", json!([{ "from": address, "to": operator_to, "value": "0x1" }]))
+        .await;
+    anvil_call(&anvil.url, "anvil_stopImpersonatingAccount", json!([address])).await;
+    let to = recipient("after-operator", 1);
+    let (_, accepted) = api.post(&withdrawal("after-operator-1", to, "ETH", "555")).await;
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let submitted = api.wait_until(&id, Duration::from_secs(20), |w| w["status"] == "submitted").await;
+    assert_eq!(submitted["nonce"], 1, "the pending transaction at nonce 0 was seen: {submitted}");
+    anvil_call(&anvil.url, "evm_mine", json!([])).await;
+    let settled = api.settled(&id, Duration::from_secs(30)).await;
+    assert_eq!(settled["status"], "confirmed", "{settled}");
+    assert_eq!(balance(&anvil.url, operator_to).await, U256::from(1));
+    assert_eq!(balance(&anvil.url, to).await, U256::from(555));
+}
