@@ -25,6 +25,8 @@ pub struct Service {
     pub(crate) shared: Arc<Shared>,
     /// The withdrawal engine (with a journal configured).
     pub(crate) engine: Option<Arc<Engine>>,
+    /// `/readyz`'s last check of the node: when, and whether it answered.
+    pub(crate) node_checked: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -131,7 +133,7 @@ impl Service {
         if let Some(engine) = &engine {
             engine.start();
         }
-        Ok(Arc::new(Self { config, shared, engine }))
+        Ok(Arc::new(Self { config, shared, engine, node_checked: std::sync::Mutex::new(None) }))
     }
 
     /// Stops background work: waits up to `timeout` for withdrawals being signed and sent (what is left

@@ -6,7 +6,7 @@
 //! upstream = "http://127.0.0.1:8545"
 //! audit_log = "/var/lib/ethkms/audit.jsonl"
 //! journal = "/var/lib/ethkms/withdrawals.sqlite"   # needed for withdrawals and transactions
-//! withdrawals = { poll_interval_ms = 500, rebroadcast_after_seconds = 60 }   # the defaults
+//! withdrawals = { poll_interval_ms = 500, rebroadcast_after_seconds = 60, signing_concurrency = 32 }   # the defaults
 //! tls = { cert = "/etc/ethkms/cert.pem", key = "/etc/ethkms/key.pem" }   # optional: HTTPS
 //!
 //! [keys.hot]
@@ -53,6 +53,10 @@ pub struct WithdrawalSettings {
     pub poll_interval: std::time::Duration,
     /// How long a transaction may stay unmined before it is re-broadcast with higher fees.
     pub rebroadcast_after: std::time::Duration,
+    /// How many transactions may be between taking a nonce and being broadcast at once (KMS requests in
+    /// flight). More only queues inside the key service, where a slow signature for a low nonce holds
+    /// back every higher one.
+    pub signing_concurrency: usize,
 }
 
 impl Default for WithdrawalSettings {
@@ -60,6 +64,7 @@ impl Default for WithdrawalSettings {
         Self {
             poll_interval: std::time::Duration::from_millis(500),
             rebroadcast_after: std::time::Duration::from_secs(60),
+            signing_concurrency: 32,
         }
     }
 }
@@ -147,6 +152,7 @@ struct RawConfig {
 struct RawWithdrawals {
     poll_interval_ms: Option<u64>,
     rebroadcast_after_seconds: Option<u64>,
+    signing_concurrency: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -267,10 +273,15 @@ impl Config {
                 .withdrawals
                 .rebroadcast_after_seconds
                 .map_or(defaults.rebroadcast_after, std::time::Duration::from_secs),
+            signing_concurrency: raw.withdrawals.signing_concurrency.unwrap_or(defaults.signing_concurrency),
         };
-        if withdrawals.poll_interval.is_zero() || withdrawals.rebroadcast_after.is_zero() {
+        if withdrawals.poll_interval.is_zero()
+            || withdrawals.rebroadcast_after.is_zero()
+            || withdrawals.signing_concurrency == 0
+        {
             return Err(ConfigError(
-                "withdrawals: poll_interval_ms and rebroadcast_after_seconds must be more than zero".into(),
+                "withdrawals: poll_interval_ms, rebroadcast_after_seconds and signing_concurrency must be more than zero"
+                    .into(),
             ));
         }
         Ok(Self {

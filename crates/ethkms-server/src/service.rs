@@ -299,20 +299,35 @@ async fn one(
     }
 }
 
+/// How long `/readyz` reuses its check of the node.
+const READY_FOR: Duration = Duration::from_secs(5);
+
+/// `/readyz`: not ready while the engine recovers its journal or is halted, or while the node does not
+/// answer (checked at most every [`READY_FOR`]). No KMS request per probe (the keys were opened at start;
+/// key-service trouble shows in `ethkms_kms_errors_total`), and a bare body: no upstream error text, which can
+/// carry URLs and account details.
 async fn ready(State(service): State<Arc<Service>>) -> Response {
-    if let Some(reason) = service.engine.as_ref().and_then(|engine| engine.halted()) {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("halted: {reason}")).into_response();
-    }
-    for key in service.shared.keys.values() {
-        let reference = key.signer.handle().key().clone();
-        if let Err(error) = service.shared.manager.backend().public_key(&reference).await {
-            return (StatusCode::SERVICE_UNAVAILABLE, format!("key `{}`: {error}", key.name)).into_response();
+    let not_ready =
+        |what: &'static str| (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {what}")).into_response();
+    if let Some(engine) = &service.engine {
+        if engine.halted().is_some() {
+            return not_ready("halted (see the log)");
+        }
+        if !engine.is_recovered() {
+            return not_ready("recovering the withdrawal journal");
         }
     }
-    match service.shared.manager.provider().get_chain_id().await {
-        Ok(_) => "ready".into_response(),
-        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("upstream node: {error}")).into_response(),
-    }
+    let cached = *service.node_checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let node_ok = match cached {
+        Some((at, ok)) if at.elapsed() < READY_FOR => ok,
+        _ => {
+            let ok = service.shared.manager.provider().get_chain_id().await.is_ok();
+            *service.node_checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some((Instant::now(), ok));
+            ok
+        }
+    };
+    if node_ok { "ready".into_response() } else { not_ready("the upstream node does not answer") }
 }
 
 async fn metrics(State(service): State<Arc<Service>>) -> Response {

@@ -344,7 +344,8 @@ pub trait JournalStore: Send + Sync + fmt::Debug {
     /// `signed → submitted`: the node has one of its transactions.
     async fn mark_submitted(&self, id: &str) -> Result<(), JournalError>;
 
-    /// Its nonce was mined by `tx_hash` (one of its attempts) in block `block`/`block_hash`.
+    /// Its nonce was mined by `tx_hash` (one of its attempts) in block `block`/`block_hash`; with
+    /// `confirmed`, already deep enough to be final (one write instead of two).
     async fn mark_mined(
         &self,
         id: &str,
@@ -352,6 +353,7 @@ pub trait JournalStore: Send + Sync + fmt::Debug {
         block: u64,
         block_hash: B256,
         outcome: MinedAs,
+        confirmed: bool,
     ) -> Result<(), JournalError>;
 
     /// A reorg dropped the mined transaction: back to `submitted` (its stored transactions are broadcast

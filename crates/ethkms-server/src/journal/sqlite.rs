@@ -357,15 +357,16 @@ impl JournalStore for SqliteJournal {
         block: u64,
         block_hash: B256,
         outcome: MinedAs,
+        confirmed: bool,
     ) -> Result<(), JournalError> {
         let id = id.to_owned();
         self.run(move |connection| {
             let (status, error) = match outcome {
+                MinedAs::Paid if confirmed => (Status::Confirmed, None),
                 MinedAs::Paid => (Status::Mined, None),
                 MinedAs::Reverted => (Status::Failed, Some("reverted on chain: no value moved (the fee was paid)")),
                 MinedAs::Cancelled => (Status::Cancelled, None),
             };
-            let confirmed = false;
             connection.execute(
                 "UPDATE withdrawals SET status = ?2, tx_hash = ?3, block_number = ?4, block_hash = ?5, error = ?6, \
                  confirmed = ?7, updated_ms = ?8 WHERE id = ?1",
@@ -805,7 +806,10 @@ mod tests {
             (Status::Submitted, Some(4), Some(B256::repeat_byte(2)))
         );
         assert_eq!(stored.attempts, vec![attempt(1, 100), attempt(2, 110)]);
-        journal.mark_mined(&row.id, B256::repeat_byte(1), 12, B256::repeat_byte(0xb1), MinedAs::Paid).await.unwrap();
+        journal
+            .mark_mined(&row.id, B256::repeat_byte(1), 12, B256::repeat_byte(0xb1), MinedAs::Paid, false)
+            .await
+            .unwrap();
         let mined = journal.get(&row.id).await.unwrap().unwrap();
         assert_eq!(
             (mined.status, mined.tx_hash, mined.block_number, mined.block_hash),
@@ -816,7 +820,10 @@ mod tests {
         journal.mark_unmined(&row.id).await.unwrap();
         let reorged = journal.get(&row.id).await.unwrap().unwrap();
         assert_eq!((reorged.status, reorged.block_number), (Status::Submitted, None));
-        journal.mark_mined(&row.id, B256::repeat_byte(2), 13, B256::repeat_byte(0xb2), MinedAs::Paid).await.unwrap();
+        journal
+            .mark_mined(&row.id, B256::repeat_byte(2), 13, B256::repeat_byte(0xb2), MinedAs::Paid, false)
+            .await
+            .unwrap();
         journal.mark_confirmed(&row.id).await.unwrap();
         let confirmed = journal.get(&row.id).await.unwrap().unwrap();
         assert_eq!((confirmed.status, confirmed.confirmed), (Status::Confirmed, true));
@@ -842,7 +849,7 @@ mod tests {
         // A mined cancellation gives the amount back and is followed until confirmed.
         journal.add_attempt(&late.id, 0, Attempt { cancel: true, ..attempt(3, 10) }).await.unwrap();
         journal
-            .mark_mined(&late.id, B256::repeat_byte(3), 5, B256::repeat_byte(0xb3), MinedAs::Cancelled)
+            .mark_mined(&late.id, B256::repeat_byte(3), 5, B256::repeat_byte(0xb3), MinedAs::Cancelled, false)
             .await
             .unwrap();
         assert!(journal.spends_since(0).await.unwrap().is_empty());

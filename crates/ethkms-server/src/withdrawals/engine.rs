@@ -50,6 +50,10 @@ pub(crate) struct KeyState {
     pending: tokio::sync::Mutex<Option<(Instant, u64)>>,
     /// Gap fills: the earliest next try, and the current wait (doubled after each refused gap fill).
     pub(crate) gap_backoff: Mutex<(Option<Instant>, Duration)>,
+    /// Rows of this key being processed (from the start of processing until followed or failed).
+    pub(crate) signing: WorkCounter,
+    /// A nonce below every followed row's that nothing of ours holds, and since when it has been seen so.
+    pub(crate) hole: Mutex<Option<(u64, Instant)>>,
 }
 
 /// A transaction of someone else's that took a row's nonce.
@@ -125,7 +129,11 @@ pub(crate) struct Engine {
     pub(crate) in_flight: Mutex<HashMap<String, InFlight>>,
     /// Cancellations asked for rows not yet followed by the watcher.
     cancel_requests: Mutex<HashSet<String>>,
+    /// Rows a task is processing now (claim to broadcast), by id.
+    processing: Mutex<HashSet<String>>,
     fee_cache: Mutex<Option<(Instant, Fees)>>,
+    /// Permits to be between taking a nonce and the first broadcast ([`WithdrawalSettings::signing_concurrency`]).
+    signing: tokio::sync::Semaphore,
     /// Rows being signed and sent, which shutdown waits for.
     pub(crate) work: WorkCounter,
     pub(crate) stopping: AtomicBool,
@@ -191,7 +199,9 @@ impl Engine {
             key_states,
             in_flight: Mutex::new(HashMap::new()),
             cancel_requests: Mutex::new(HashSet::new()),
+            processing: Mutex::new(HashSet::new()),
             fee_cache: Mutex::new(None),
+            signing: tokio::sync::Semaphore::new(settings.signing_concurrency),
             work: WorkCounter::default(),
             stopping: AtomicBool::new(false),
             recovered: tokio::sync::watch::Sender::new(false),
@@ -235,6 +245,9 @@ impl Engine {
     /// Runs `row` (accepted; or signing with its nonce and no transaction) in the background until it is
     /// sent or fails; passing trouble is retried until the service stops.
     pub(crate) fn spawn_processing(self: &Arc<Self>, mut row: Withdrawal) {
+        if !self.processing.lock().unwrap_or_else(PoisonError::into_inner).insert(row.id.clone()) {
+            return; // a task has it already
+        }
         let engine = Arc::clone(self);
         let guard = self.work.start();
         tokio::spawn(async move {
@@ -263,8 +276,27 @@ impl Engine {
                     }
                 }
             }
+            engine.processing.lock().unwrap_or_else(PoisonError::into_inner).remove(&row.id);
             drop(guard);
         });
+    }
+
+    /// Processes every accepted withdrawal no task has: withdrawals posted while recovery ran, and — as a
+    /// safety net, run by the watcher now and then — any that a lost wake-up would leave waiting. The claim
+    /// makes sure each is signed once, whoever picks it up.
+    pub(crate) async fn sweep_accepted(self: &Arc<Self>) -> Result<usize, JournalError> {
+        let rows = self.journal.unfinished().await?;
+        let mut spawned = 0;
+        for row in rows {
+            if row.status == Status::Accepted && row.kind == Kind::Withdrawal {
+                let known = self.processing.lock().unwrap_or_else(PoisonError::into_inner).contains(&row.id);
+                if !known {
+                    spawned += 1;
+                    self.spawn_processing(row);
+                }
+            }
+        }
+        Ok(spawned)
     }
 
     /// Processes an RPC transaction `row` now, for a client waiting for the answer: passing trouble is
@@ -300,7 +332,10 @@ impl Engine {
             .get(&row.key)
             .ok_or_else(|| Trouble::Fail(format!("no key named `{}` in the configuration", row.key)))?;
         let state = self.state(&row.key).ok_or_else(|| Trouble::Fail(format!("no key named `{}`", row.key)))?;
+        let _processing = state.signing.start();
         let waiting = state.waiting.start();
+        let started = Instant::now();
+        tracing::debug!(withdrawal = %row.id, status = %row.status, "processing");
         let request = self.request_for(key, row)?;
         let gas = self.gas(row, &request).await?;
         let market = self.current_fees().await?;
@@ -336,20 +371,29 @@ impl Engine {
             }
         };
         drop(waiting);
+        let claimed = started.elapsed();
+        // Only so many signatures at once, in the order their nonces were taken (the semaphore is first come,
+        // first served): a low nonce is not left behind a queue inside the key service.
+        let permit = self.signing.acquire().await.map_err(|_| Trouble::Skip("the engine is stopping".into()))?;
         let mut request = fees.apply(request.nonce(nonce).gas_limit(gas));
         request.chain_id = Some(key.chain_id);
         let unsigned = request
             .build_typed_tx()
             .map_err(|request| Trouble::Fail(format!("cannot build a transaction from {request:?}")))?;
-        let attempt = self.sign_and_store(key, row, unsigned, fees, false).await?;
+        let attempt = self.sign_and_store(key, row, unsigned, fees, false, Some(permit)).await?;
         row.attempts.push(attempt.clone());
         row.status = Status::Signed;
         row.tx_hash = Some(attempt.tx_hash);
         if row.kind == Kind::GapFill {
             self.shared.metrics.gaps_filled.inc();
         }
+        let stored = started.elapsed();
         let outcome = broadcast::send(self.shared.manager.provider(), &attempt.raw).await;
         self.shared.metrics.broadcasts.inc(outcome_name(outcome));
+        tracing::debug!(
+            withdrawal = %row.id, nonce, claimed_ms = claimed.as_millis(), signed_and_stored_ms = stored.as_millis(),
+            sent_ms = started.elapsed().as_millis(), outcome = outcome_name(outcome), "sent"
+        );
         // This is the first broadcast of the row's only transaction: it was stored just now, and a row
         // recovered after a crash without a transaction had none broadcast.
         match settlement::after_broadcast(outcome, row.attempts.len() == 1) {
@@ -508,7 +552,8 @@ impl Engine {
     }
 
     /// Signs `unsigned` (a transaction of `row`, with its nonce) with KMS, writes the audit record and stores
-    /// the transaction in the journal; returns it. Nothing is broadcast here.
+    /// the transaction in the journal; returns it. Nothing is broadcast here. A signing `permit` is given back
+    /// as soon as KMS has answered.
     pub(crate) async fn sign_and_store(
         &self,
         key: &Key,
@@ -516,10 +561,14 @@ impl Engine {
         unsigned: TypedTransaction,
         fees: Fees,
         cancel: bool,
+        permit: Option<tokio::sync::SemaphorePermit<'_>>,
     ) -> Result<Attempt, Trouble> {
         let nonce = row.nonce.ok_or_else(|| Trouble::Skip("no nonce".into()))?;
         let started = Instant::now();
-        let signature = key.signer.sign_digest(&unsigned.signature_hash()).await.map_err(|error| {
+        let signed = key.signer.sign_digest(&unsigned.signature_hash()).await;
+        // The next nonce may be taken now: what follows is quick.
+        drop(permit);
+        let signature = signed.map_err(|error| {
             self.shared.count_kms_error(&error);
             if retryable(&error) {
                 Trouble::Retry { cause: "kms", reason: error.to_string() }
@@ -527,7 +576,8 @@ impl Engine {
                 Trouble::Fail(format!("signing failed: {error}"))
             }
         })?;
-        self.shared.metrics.signing_seconds.observe(started.elapsed().as_secs_f64());
+        let signed = started.elapsed();
+        self.shared.metrics.signing_seconds.observe(signed.as_secs_f64());
         let envelope: TxEnvelope = unsigned.into_envelope(signature);
         let rpc_method = if row.kind == Kind::Rpc { rpc_request(row).ok().map(|(method, _)| method) } else { None };
         let method = match (row.kind, cancel) {
@@ -544,6 +594,7 @@ impl Engine {
                 "chain_id": key.chain_id,
             }))
             .map_err(|error| Trouble::Retry { cause: "audit", reason: error.to_string() })?;
+        let audited = started.elapsed();
         self.shared.metrics.signatures.inc(method);
         let (max_fee_per_gas, priority_fee_per_gas) = fees::parts(fees);
         let attempt = Attempt {
@@ -560,6 +611,10 @@ impl Engine {
             }
             Trouble::journal(&error)
         })?;
+        tracing::trace!(
+            withdrawal = %row.id, nonce, sign_ms = signed.as_millis(), audit_ms = (audited - signed).as_millis(),
+            store_ms = (started.elapsed() - audited).as_millis(), "signed and stored"
+        );
         Ok(attempt)
     }
 
@@ -688,21 +743,15 @@ impl Engine {
                 }
             }
         };
-        let _ = self.recovered.send(true);
-        // Withdrawals posted while recovery ran were stored but not processed: take them now (a claim makes
-        // sure each is signed once, whoever else picked it up).
+        // `send_replace`, not `send`: `send` stores nothing while no receiver exists yet (the watcher may not
+        // have subscribed), and the flag would stay `false` for ever.
+        self.recovered.send_replace(true);
+        tracing::info!(resumed = spawned, "withdrawal journal recovered");
+        // Withdrawals posted while recovery ran were stored but not processed: take them now.
         let mut tries = 0;
         loop {
-            match self.journal.unfinished().await {
-                Ok(rows) => {
-                    for row in rows {
-                        if row.status == Status::Accepted && row.kind == Kind::Withdrawal && !spawned.contains(&row.id)
-                        {
-                            self.spawn_processing(row);
-                        }
-                    }
-                    break;
-                }
+            match self.sweep_accepted().await {
+                Ok(_) => break,
                 Err(error) => {
                     let delay = backoff(tries, Duration::from_millis(200));
                     tries += 1;
@@ -713,7 +762,7 @@ impl Engine {
         }
     }
 
-    async fn try_recover(self: &Arc<Self>) -> Result<HashSet<String>, Trouble> {
+    async fn try_recover(self: &Arc<Self>) -> Result<usize, Trouble> {
         let provider = self.shared.manager.provider();
         let chain = provider.get_chain_id().await.map_err(|error| Trouble::node(format!("eth_chainId: {error}")))?;
         for key in self.shared.keys.values() {
@@ -755,7 +804,7 @@ impl Engine {
             )
             .await;
         }
-        let mut spawned = HashSet::new();
+        let mut spawned = 0;
         for row in rows {
             if row.kind == Kind::Rpc && row.attempts.is_empty() {
                 continue;
@@ -764,7 +813,7 @@ impl Engine {
                 // Broadcast again as they are by the watcher (or confirmed, if mined).
                 self.track(row, false, None);
             } else if matches!(row.status, Status::Accepted | Status::Signing) {
-                spawned.insert(row.id.clone());
+                spawned += 1;
                 self.spawn_processing(row);
             }
         }

@@ -35,6 +35,9 @@ use crate::shared::Key;
 /// Watcher rounds without a receipt for a mined nonce before the transaction at that nonce is looked up.
 const MISSES_BEFORE_LOOKUP: u32 = 3;
 
+/// How often accepted withdrawals that no task has are looked for (a safety net: none should exist).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 /// Watcher rounds without any answer before an unresolved row is reported.
 const MISSES_BEFORE_WARNING: u32 = 20;
 
@@ -44,8 +47,17 @@ impl Engine {
         self.wait_recovered().await;
         let mut ticker = tokio::time::interval(self.settings.poll_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sweep = Instant::now();
         while !self.stopping.load(Ordering::Relaxed) {
             ticker.tick().await;
+            if last_sweep.elapsed() >= SWEEP_EVERY {
+                last_sweep = Instant::now();
+                match self.sweep_accepted().await {
+                    Ok(0) => {}
+                    Ok(found) => tracing::warn!(found, "accepted withdrawals no task had were picked up"),
+                    Err(error) => tracing::warn!(%error, "sweeping accepted withdrawals"),
+                }
+            }
             for key in self.shared.keys.values() {
                 if let Err(reason) = self.watch_key(key).await {
                     self.shared.metrics.retries.inc("node");
@@ -95,6 +107,12 @@ impl Engine {
                 && (unmined_long(entry) || entry.row.cancel_requested)
         });
         let market = if needs_market { self.current_fees().await.ok() } else { None };
+        let lowest_held = entries
+            .iter()
+            .filter(|entry| entry.row.block_number.is_none())
+            .filter_map(|entry| entry.row.nonce)
+            .filter(|nonce| *nonce >= mined_count)
+            .min();
         let mut work = Vec::new();
         for entry in entries {
             let Some(nonce) = entry.row.nonce else { continue };
@@ -105,6 +123,15 @@ impl Engine {
                 entry.row.attempts.last().is_some_and(|last| last.max_fee_per_gas < fees::parts(market).0)
             });
             let long = unmined_long(&entry);
+            let actionable = entry.row.block_number.is_some()
+                || nonce < mined_count
+                || entry.foreign.is_some()
+                || (entry.row.cancel_requested && !last_is_cancel)
+                || (long && (blocking || below_market))
+                || (!entry.submitted && Instant::now() >= entry.next_broadcast);
+            if !actionable {
+                continue;
+            }
             work.push(tokio::spawn(async move {
                 let Some(key) = engine.shared.keys.get(&entry.row.key) else { return };
                 if let Some(block) = entry.row.block_number {
@@ -115,6 +142,9 @@ impl Engine {
                     }
                 } else if nonce < mined_count {
                     engine.settle(key, entry, head).await;
+                } else if entry.foreign.is_some() {
+                    // The nonce is free again (a reorg): whatever was found there is no proof any more.
+                    engine.update(&entry.row.id, |followed| followed.foreign = None);
                 } else if entry.row.cancel_requested && !last_is_cancel {
                     engine.replace(key, &entry, market, true).await;
                 } else if long && (blocking || below_market) {
@@ -127,7 +157,53 @@ impl Engine {
         for task in work {
             let _ = task.await;
         }
+        self.release_holes(key, lowest_held, mined_count).await?;
         self.fill_gaps(key, mined_count).await;
+        Ok(())
+    }
+
+    /// Nonces from the key's mined count up to the lowest one a followed row holds, held by nothing of ours:
+    /// a transaction sent from the key elsewhere was seen pending there (so the allocator skipped them) and
+    /// has vanished since. Once that has lasted `rebroadcast_after` with nothing processing and the node has
+    /// nothing pending there, they are freed, and so filled (or reused) — otherwise every later row would wait
+    /// behind them until a restart.
+    async fn release_holes(&self, key: &Key, lowest_held: Option<u64>, mined_count: u64) -> Result<(), String> {
+        let Some(state) = self.state(&key.name) else { return Ok(()) };
+        let Some(lowest) = lowest_held.filter(|lowest| *lowest > mined_count) else {
+            *state.hole.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            return Ok(());
+        };
+        if state.signing.count() > 0 || state.waiting.count() > 0 {
+            return Ok(());
+        }
+        {
+            let mut hole = state.hole.lock().unwrap_or_else(PoisonError::into_inner);
+            match *hole {
+                Some((at, since)) if at == mined_count && since.elapsed() >= self.settings.rebroadcast_after => {}
+                Some((at, _)) if at == mined_count => return Ok(()),
+                _ => {
+                    *hole = Some((mined_count, Instant::now()));
+                    return Ok(());
+                }
+            }
+        }
+        let pending = ethkms::eth::chain::nonce(self.shared.manager.provider(), key.address())
+            .await
+            .map_err(|error| format!("pending nonce: {error}"))?;
+        if pending > mined_count {
+            return Ok(()); // the node has a transaction there: it may yet be mined
+        }
+        {
+            let mut nonces = state.nonces.lock().unwrap_or_else(PoisonError::into_inner);
+            for nonce in mined_count..lowest {
+                nonces.release(nonce);
+            }
+        }
+        *state.hole.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        tracing::warn!(
+            key = %key.name, from = mined_count, to = lowest,
+            "nonces held by a transaction sent elsewhere that vanished are free again; they are filled"
+        );
         Ok(())
     }
 
@@ -223,7 +299,7 @@ impl Engine {
                 return;
             }
         };
-        let attempt = match self.sign_and_store(key, &entry.row, unsigned, fees, cancel).await {
+        let attempt = match self.sign_and_store(key, &entry.row, unsigned, fees, cancel, None).await {
             Ok(attempt) => attempt,
             Err(trouble) => {
                 tracing::warn!(withdrawal = %entry.row.id, ?trouble, "re-signing; the next round tries again");
@@ -256,8 +332,12 @@ impl Engine {
                         (false, true) => MinedAs::Paid,
                         (false, false) => MinedAs::Reverted,
                     };
-                    if let Err(error) =
-                        self.journal.mark_mined(&entry.row.id, attempt.tx_hash, block, block_hash, outcome).await
+                    // Final at once (one write) when no more confirmations are needed and it paid.
+                    let final_now = settlement::is_final(block, head, key.confirmations) && outcome == MinedAs::Paid;
+                    if let Err(error) = self
+                        .journal
+                        .mark_mined(&entry.row.id, attempt.tx_hash, block, block_hash, outcome, final_now)
+                        .await
                     {
                         tracing::warn!(withdrawal = %entry.row.id, %error, "recording the receipt; next round retries");
                         return;
@@ -268,16 +348,21 @@ impl Engine {
                         MinedAs::Cancelled => Status::Cancelled,
                     };
                     self.shared.metrics.withdrawals.inc(status.as_str());
-                    tracing::info!(withdrawal = %entry.row.id, key = %key.name, nonce = ?entry.row.nonce, block, tx_hash = %attempt.tx_hash, %status, "mined");
-                    if outcome == MinedAs::Reverted {
-                        // Final: the journal has it failed; no value moved.
-                        self.untrack(&entry.row.id);
-                        return;
-                    }
+                    tracing::debug!(withdrawal = %entry.row.id, key = %key.name, nonce = ?entry.row.nonce, block, tx_hash = %attempt.tx_hash, %status, "mined");
                     if entry.row.kind == Kind::GapFill
                         && let Some(state) = self.state(&key.name)
                     {
                         *state.gap_backoff.lock().unwrap_or_else(PoisonError::into_inner) = (None, Duration::ZERO);
+                    }
+                    if final_now {
+                        self.untrack(&entry.row.id);
+                        self.shared.metrics.withdrawals.inc("confirmed");
+                        return;
+                    }
+                    if outcome == MinedAs::Reverted {
+                        // Final: the journal has it failed; no value moved.
+                        self.untrack(&entry.row.id);
+                        return;
                     }
                     let mut mined = entry.clone();
                     mined.row.status = status;
@@ -308,9 +393,24 @@ impl Engine {
             None if misses >= MISSES_BEFORE_LOOKUP => self.transaction_at(key, nonce, head).await,
             None => None,
         };
-        if let Some(foreign) = foreign {
+        if let Some(mut foreign) = foreign {
             if entry.row.attempts.iter().any(|attempt| attempt.tx_hash == foreign.tx_hash) {
                 return; // ours after all: its receipt will follow
+            }
+            // Never trusted from memory: a reorg may have taken it away (and another transaction may now be
+            // at the nonce, less deep), so its receipt is read again every round.
+            match provider.get_transaction_receipt(foreign.tx_hash).await {
+                Ok(Some(receipt)) if receipt.block_number.is_some() => {
+                    foreign.block = receipt.block_number.unwrap_or(foreign.block);
+                }
+                Ok(_) => {
+                    self.update(&entry.row.id, |followed| followed.foreign = None);
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(withdrawal = %entry.row.id, %error, "reading a receipt; next round retries");
+                    return;
+                }
             }
             self.update(&entry.row.id, |followed| followed.foreign = Some(foreign));
             if settlement::settle(false, Some(foreign.block), head, key.confirmations) == NonceSettled::TakenFinal {
@@ -388,12 +488,12 @@ impl Engine {
                 if entry.row.status == Status::Mined {
                     self.shared.metrics.withdrawals.inc("confirmed");
                 }
-                tracing::info!(withdrawal = %entry.row.id, key = %key.name, %tx_hash, confirmations = key.confirmations, "final");
+                tracing::debug!(withdrawal = %entry.row.id, key = %key.name, %tx_hash, confirmations = key.confirmations, "final");
             }
             Some(receipt) => {
                 let (Some(block), Some(block_hash)) = (receipt.block_number, receipt.block_hash) else { return };
                 let outcome = if entry.row.status == Status::Cancelled { MinedAs::Cancelled } else { MinedAs::Paid };
-                if self.journal.mark_mined(&entry.row.id, tx_hash, block, block_hash, outcome).await.is_ok() {
+                if self.journal.mark_mined(&entry.row.id, tx_hash, block, block_hash, outcome, false).await.is_ok() {
                     self.shared.metrics.reorgs.inc();
                     tracing::warn!(withdrawal = %entry.row.id, block, "a reorg moved the transaction to another block");
                     self.update(&entry.row.id, |followed| {

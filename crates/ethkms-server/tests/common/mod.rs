@@ -230,10 +230,27 @@ impl Api {
     }
 }
 
+/// Serves the configuration `text` in this process and waits until it is ready (journal recovered).
 pub async fn serve_in_process(text: &str, backend: Arc<dyn KeyBackend>) -> Api {
+    let api = serve_in_process_unready(text, backend).await;
+    let started = Instant::now();
+    loop {
+        let answer = match api.http.get(format!("{}/readyz", api.url)).send().await {
+            Ok(response) if response.status().is_success() => return api,
+            Ok(response) => format!("{}: {}", response.status(), response.text().await.unwrap_or_default()),
+            Err(error) => error.to_string(),
+        };
+        assert!(started.elapsed() < Duration::from_secs(30), "the service did not become ready: {answer}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Serves the configuration `text` in this process without waiting for it to be ready (its node may be
+/// unreachable on purpose).
+pub async fn serve_in_process_unready(text: &str, backend: Arc<dyn KeyBackend>) -> Api {
     // `ETHKMS_TEST_LOG=debug` (a filter) shows the service's log in the test's output.
     if let Ok(filter) = std::env::var("ETHKMS_TEST_LOG") {
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     }
     let config = Config::parse(text).unwrap();
     let service = Service::start(config, backend).await.unwrap();
