@@ -14,10 +14,10 @@ use ethkms::backend::BackendError;
 use ethkms::eth::{KmsSigner, SignerError};
 use serde_json::Value;
 
+use crate::config::FeeCaps;
 use crate::journal::Released;
 use crate::metrics::Metrics;
 use crate::policy::{Movement, PolicyEngine};
-use crate::withdrawals::fees::FeeCaps;
 
 /// One configured key, opened.
 pub(crate) struct Key {

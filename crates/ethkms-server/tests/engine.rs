@@ -303,3 +303,39 @@ async fn a_transaction_sent_elsewhere_at_the_next_nonce_makes_no_withdrawal_fail
     assert_eq!(balance(&anvil.url, operator_to).await, U256::ZERO);
     assert_eq!(balance(&anvil.url, to).await, U256::from(555));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_names_for_one_key_and_a_key_for_another_chain_are_refused() {
+    let Some(rpc_url) = service_from_env("ETHKMS_TEST_RPC_URL", "anvil") else { return };
+    let backend: Arc<dyn KeyBackend> = Arc::new(MemoryBackend::new());
+    let (key, address) = funded_key(&backend, &rpc_url).await;
+    let paths = Paths::new();
+    let text = configuration("127.0.0.1:0", &rpc_url, &key, &paths);
+    let twice = text.replace(
+        "[clients.exchange]",
+        &format!("[keys.again]\nkey = \"{key}\"\nchain_id = 31337\n\n[clients.exchange]"),
+    );
+    let config = ethkms_server::config::Config::parse(&twice).unwrap();
+    let error = ethkms_server::service::Service::start(config, Arc::clone(&backend)).await.unwrap_err().to_string();
+    assert!(error.contains("`again` and `hot`") || error.contains("`hot` and `again`"), "{error}");
+    assert!(error.contains(&address.to_string()), "{error}");
+
+    // A key configured for chain 1 on a node that is chain 31337: nothing is signed, and readiness says why.
+    let other = Paths::new();
+    let text = configuration("127.0.0.1:0", &rpc_url, &key, &other).replace("chain_id = 31337", "chain_id = 1");
+    let api = serve_in_process_unready(&text, backend).await;
+    let started = Instant::now();
+    loop {
+        let response = api.http.get(format!("{}/readyz", api.url)).send().await.unwrap();
+        let (status, body) = (response.status().as_u16(), response.text().await.unwrap());
+        if body.contains("halted") {
+            assert_eq!(status, 503);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, refused) = api.post(&withdrawal("wrong-chain-1", recipient("wrong-chain", 1), "ETH", "1")).await;
+    assert_eq!((status, refused["error"]["kind"].as_str()), (503, Some("halted")), "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("chain 31337"), "{refused}");
+}

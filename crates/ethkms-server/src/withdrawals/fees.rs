@@ -25,60 +25,7 @@
 
 use ethkms::eth::chain::Fees;
 
-/// One gwei in wei.
-const GWEI: u128 = 1_000_000_000;
-
-/// A key's fee caps (`[keys.NAME.fees]` in the configuration).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FeeCaps {
-    /// The most paid per gas, base fee included (wei).
-    pub max_fee_per_gas: u128,
-    /// The most tip per gas (wei).
-    pub max_priority_fee_per_gas: u128,
-    /// The most one transaction may cost in fees: gas limit × max fee per gas (wei).
-    pub max_fee_per_tx: u128,
-}
-
-impl Default for FeeCaps {
-    /// Safe on Ethereum mainnet: 500 gwei per gas (over ten times a busy day's base fee), a 10 gwei tip,
-    /// and at most 0.05 ether in fees per transaction (an ERC-20 transfer at 500 gwei costs about 0.03).
-    fn default() -> Self {
-        Self { max_fee_per_gas: 500 * GWEI, max_priority_fee_per_gas: 10 * GWEI, max_fee_per_tx: 50_000_000 * GWEI }
-    }
-}
-
-impl FeeCaps {
-    /// The highest max fee per gas allowed for a transaction with `gas`.
-    #[must_use]
-    pub fn max_fee_for(&self, gas: u64) -> u128 {
-        self.max_fee_per_gas.min(self.max_fee_per_tx / u128::from(gas.max(1)))
-    }
-
-    /// Whether `fees` with `gas` are within the caps.
-    #[must_use]
-    pub fn allow(&self, fees: Fees, gas: u64) -> bool {
-        let (max_fee, priority) = parts(fees);
-        max_fee <= self.max_fee_for(gas) && priority <= self.max_priority_fee_per_gas.min(max_fee)
-    }
-
-    /// `fees` lowered to the caps for `gas`; the flag says whether anything was lowered.
-    #[must_use]
-    pub fn clamp(&self, fees: Fees, gas: u64) -> (Fees, bool) {
-        let limit = self.max_fee_for(gas);
-        match fees {
-            Fees::Eip1559 { max_fee_per_gas, max_priority_fee_per_gas } => {
-                let max_fee = max_fee_per_gas.min(limit);
-                let priority = max_priority_fee_per_gas.min(self.max_priority_fee_per_gas).min(max_fee);
-                let clamped = Fees::Eip1559 { max_fee_per_gas: max_fee, max_priority_fee_per_gas: priority };
-                (clamped, clamped != fees)
-            }
-            Fees::Legacy { gas_price } => {
-                let price = gas_price.min(limit);
-                (Fees::Legacy { gas_price: price }, price != gas_price)
-            }
-        }
-    }
-}
+pub use crate::config::FeeCaps;
 
 /// (max fee per gas, priority fee per gas); a legacy gas price is both.
 #[must_use]
@@ -188,6 +135,8 @@ mod tests {
         assert_eq!(initial(eip1559(900, 20), 21_000, &per_tx), (eip1559(900, 20), false));
         assert_eq!(bump(eip1559(950, 20), None, 21_000, &per_tx), Bump::AtCap);
     }
+
+    const GWEI: u128 = 1_000_000_000;
 
     #[test]
     fn the_default_caps_allow_an_ordinary_mainnet_day_and_stop_a_runaway() {

@@ -31,14 +31,14 @@
 //!
 //! # Layout
 //!
-//! - [`engine`]: the [`Engine`] — claim, sign, store, broadcast; recovery after a start;
-//! - [`watcher`]: per key, every poll interval — settle mined nonces, confirmations and reorgs, re-broadcast,
+//! - `engine`: the engine — claim, sign, store, broadcast; recovery after a start;
+//! - `watcher`: per key, every poll interval — settle mined nonces, confirmations and reorgs, re-broadcast,
 //!   fee bumps, cancellations, gap fills;
-//! - [`broadcast`]: sending, and re-signing a stored transaction with other fees or as a cancellation;
+//! - `broadcast`: sending, and re-signing a stored transaction with other fees or as a cancellation;
 //! - [`rejections`]: what a node's error answer means (a table of real error strings per client);
 //! - [`settlement`]: the settlement rules as pure functions, which the engine and the watcher decide by;
 //! - [`fees`]: fee caps and the bump rule;
-//! - [`api`]: the REST routes, which call the engine.
+//! - `api`: the REST routes, which call the engine.
 
 pub(crate) mod api;
 pub(crate) mod broadcast;

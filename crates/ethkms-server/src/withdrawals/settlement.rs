@@ -1,7 +1,6 @@
 //! The engine's settlement rules as pure functions: what a broadcast answer does to a row, when a mined
 //! transaction is final, when it was dropped by a reorg, and when another transaction's use of a row's
-//! nonce proves the row unpaid. The [engine](super::engine) and the [watcher](super::watcher) decide only
-//! through these, and the property tests drive them (with the real allocator and journal) through random
+//! nonce proves the row unpaid. The engine and the watcher decide only through these, and the property tests drive them (with the real allocator and journal) through random
 //! interleavings of signatures, broadcast answers, mining by whomever, restarts and reorgs.
 
 use super::rejections::BroadcastOutcome;
