@@ -339,3 +339,43 @@ async fn two_names_for_one_key_and_a_key_for_another_chain_are_refused() {
     assert_eq!((status, refused["error"]["kind"].as_str()), (503, Some("halted")), "{refused}");
     assert!(refused["error"]["message"].as_str().unwrap().contains("chain 31337"), "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_asked_while_signing_wins_or_loses_the_race_honestly() {
+    let Some(anvil) = Anvil::start(&["--no-mining"]).await else { return };
+    let memory = Arc::new(MemoryBackend::new());
+    let backend: Arc<dyn KeyBackend> = memory.clone();
+    let (key, address) = funded_key(&backend, &anvil.url).await;
+    let paths = Paths::new();
+    let api = serve_in_process(&configuration("127.0.0.1:0", &anvil.url, &key, &paths), backend).await;
+
+    // Asked while KMS is still signing: the cancellation is signed once the payment is stored, and is the one
+    // mined.
+    memory.set_faults(Faults { latency: Duration::from_millis(1500), ..Faults::default() });
+    let to = recipient("cancel-signing", 1);
+    let (_, accepted) = api.post(&withdrawal("cancel-signing-1", to, "ETH", "31")).await;
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    api.wait_until(&id, Duration::from_secs(10), |w| w["status"] == "signing").await;
+    let (status, requested) = api.cancel(&id).await;
+    assert_eq!((status, requested["cancel_requested"].as_bool()), (202, Some(true)), "{requested}");
+    memory.set_faults(Faults::default());
+    api.wait_until(&id, Duration::from_secs(30), |w| w["transactions"] == 2).await;
+    anvil_call(&anvil.url, "evm_mine", json!([])).await;
+    let settled = api.settled(&id, Duration::from_secs(30)).await;
+    assert_eq!(settled["status"], "cancelled", "{settled}");
+    assert_eq!(balance(&anvil.url, to).await, U256::ZERO);
+
+    // Asked too late to win: the payment is mined first, and the withdrawal says so (confirmed, paid once).
+    let to = recipient("cancel-signing", 2);
+    let (_, accepted) = api.post(&withdrawal("cancel-signing-2", to, "ETH", "32")).await;
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    api.wait_until(&id, Duration::from_secs(10), |w| w["status"] == "submitted").await;
+    anvil_call(&anvil.url, "evm_mine", json!([])).await;
+    let (status, _) = api.cancel(&id).await;
+    assert!(status == 202 || status == 409, "{status}");
+    let settled = api.settled(&id, Duration::from_secs(30)).await;
+    assert_eq!(settled["status"], "confirmed", "{settled}");
+    assert_eq!(balance(&anvil.url, to).await, U256::from(32));
+    let mined = transactions_from(&anvil.url, address, 0).await;
+    assert_eq!(mined.len(), 2, "the cancellation of the first, the payment of the second: {mined:?}");
+}
