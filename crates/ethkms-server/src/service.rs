@@ -246,7 +246,9 @@ impl Service {
                     .provider()
                     .raw_request(other.to_owned().into(), params.to_vec())
                     .await
-                    .map_err(|error| RpcError::new(codes::SERVER_ERROR, format!("upstream: {error}")))?;
+                    .map_err(|error| {
+                        RpcError::new(codes::SERVER_ERROR, crate::shared::redact_urls(&format!("upstream: {error}")))
+                    })?;
                 Ok(result)
             }
             other => Err(RpcError::new(-32601, format!("method `{other}` does not exist here"))),

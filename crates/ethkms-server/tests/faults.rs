@@ -198,6 +198,11 @@ async fn campaign(seed: u64, kms_endpoint: &str, backend: &Arc<dyn ethkms::backe
         mined.len() as u64 - count
     );
     assert!(stats.forwarded_then_error > 0 && stats.outage_refused > 0, "the faults happened: {stats:?}");
+    // The node's URL (which can carry an API key) appears nowhere in the server's log, errors included.
+    let upstream = proxy.url().trim_start_matches("http://").trim_end_matches('/');
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("retrying"), "the log has the retries");
+    assert!(!text.contains(upstream), "the upstream URL {upstream} is in the server log {}", log.display());
     let terminated = std::process::Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status();
     assert!(terminated.unwrap().success());
     assert!(server.child.wait().unwrap().success(), "the server exits 0 after SIGTERM");

@@ -26,7 +26,7 @@ use crate::config::WithdrawalSettings;
 use crate::journal::{Attempt, JournalError, JournalStore, Kind, NewRow, Status, Withdrawal, now_ms};
 use crate::nonces::Nonces;
 use crate::policy::{Asset, transferCall};
-use crate::shared::{Key, Shared, WorkCounter};
+use crate::shared::{Key, Shared, WorkCounter, redact_urls};
 
 /// How long fee estimates are reused.
 const FEES_FOR: Duration = Duration::from_secs(1);
@@ -98,8 +98,9 @@ pub(crate) enum Trouble {
 }
 
 impl Trouble {
+    /// A node error: passing, and with any URL in it hidden.
     fn node(reason: impl std::fmt::Display) -> Self {
-        Self::Retry { cause: "node", reason: reason.to_string() }
+        Self::Retry { cause: "node", reason: redact_urls(&reason.to_string()) }
     }
 
     fn journal(error: &JournalError) -> Self {

@@ -30,7 +30,7 @@ use super::fees::{self, Bump};
 use super::rejections::BroadcastOutcome;
 use super::settlement::{self, NonceSettled};
 use crate::journal::{Kind, MinedAs, NewRow, Status, now_ms};
-use crate::shared::Key;
+use crate::shared::{Key, redact_urls};
 
 /// Watcher rounds without a receipt for a mined nonce before the transaction at that nonce is looked up.
 const MISSES_BEFORE_LOOKUP: u32 = 3;
@@ -93,9 +93,12 @@ impl Engine {
         }
         let provider = self.shared.manager.provider();
         let address = key.address();
-        let mined_count =
-            provider.get_transaction_count(address).latest().await.map_err(|error| format!("nonce: {error}"))?;
-        let head = provider.get_block_number().await.map_err(|error| format!("block number: {error}"))?;
+        let mined_count = provider
+            .get_transaction_count(address)
+            .latest()
+            .await
+            .map_err(|error| redact_urls(&format!("nonce: {error}")))?;
+        let head = provider.get_block_number().await.map_err(|error| redact_urls(&format!("block number: {error}")))?;
         let now = now_ms();
         let rebroadcast_after = u64::try_from(self.settings.rebroadcast_after.as_millis()).unwrap_or(u64::MAX);
         let unmined_long = |entry: &InFlight| {
@@ -189,7 +192,7 @@ impl Engine {
         }
         let pending = ethkms::eth::chain::nonce(self.shared.manager.provider(), key.address())
             .await
-            .map_err(|error| format!("pending nonce: {error}"))?;
+            .map_err(|error| redact_urls(&format!("pending nonce: {error}")))?;
         if pending > mined_count {
             return Ok(()); // the node has a transaction there: it may yet be mined
         }
@@ -377,7 +380,7 @@ impl Engine {
                 }
                 Ok(None) => {}
                 Err(error) => {
-                    tracing::warn!(withdrawal = %entry.row.id, %error, "reading a receipt; next round retries");
+                    tracing::warn!(withdrawal = %entry.row.id, error = %redact_urls(&error.to_string()), "reading a receipt; next round retries");
                     return;
                 }
             }
@@ -408,7 +411,7 @@ impl Engine {
                     return;
                 }
                 Err(error) => {
-                    tracing::warn!(withdrawal = %entry.row.id, %error, "reading a receipt; next round retries");
+                    tracing::warn!(withdrawal = %entry.row.id, error = %redact_urls(&error.to_string()), "reading a receipt; next round retries");
                     return;
                 }
             }
@@ -474,7 +477,7 @@ impl Engine {
         let receipt = match self.shared.manager.provider().get_transaction_receipt(tx_hash).await {
             Ok(receipt) => receipt,
             Err(error) => {
-                tracing::warn!(withdrawal = %entry.row.id, %error, "reading a receipt; next round retries");
+                tracing::warn!(withdrawal = %entry.row.id, error = %redact_urls(&error.to_string()), "reading a receipt; next round retries");
                 return;
             }
         };
