@@ -67,16 +67,6 @@ impl Engine {
         }
     }
 
-    fn entries_of(&self, key: &Key) -> Vec<InFlight> {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .filter(|entry| entry.row.key == key.name)
-            .cloned()
-            .collect()
-    }
-
     /// Applies `change` to the followed entry `id`, if it is still followed.
     fn update(&self, id: &str, change: impl FnOnce(&mut InFlight)) {
         if let Some(entry) = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).get_mut(id) {
@@ -86,9 +76,10 @@ impl Engine {
 
     async fn watch_key(self: &Arc<Self>, key: &Key) -> Result<(), String> {
         let Some(state) = self.state(&key.name) else { return Ok(()) };
-        let entries = self.entries_of(key);
+        let followed =
+            self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).values().any(|e| e.row.key == key.name);
         let has_gaps = !state.nonces.lock().unwrap_or_else(PoisonError::into_inner).gaps().is_empty();
-        if entries.is_empty() && !has_gaps {
+        if !followed && !has_gaps {
             return Ok(());
         }
         let provider = self.shared.manager.provider();
@@ -104,20 +95,44 @@ impl Engine {
         let unmined_long = |entry: &InFlight| {
             entry.row.attempts.last().is_some_and(|last| now.saturating_sub(last.signed_ms) >= rebroadcast_after)
         };
-        let needs_market = entries.iter().any(|entry| {
-            entry.row.block_number.is_none()
-                && entry.row.nonce.is_some_and(|nonce| nonce >= mined_count)
-                && (unmined_long(entry) || entry.row.cancel_requested)
-        });
+        // First pass, nothing copied: whether the market's fees are needed, and the lowest nonce held.
+        let (needs_market, lowest_held) = {
+            let in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+            let unmined = || {
+                in_flight.values().filter(|entry| {
+                    entry.row.key == key.name
+                        && entry.row.block_number.is_none()
+                        && entry.row.nonce.is_some_and(|nonce| nonce >= mined_count)
+                })
+            };
+            let needs_market = unmined().any(|entry| unmined_long(entry) || entry.row.cancel_requested);
+            (needs_market, unmined().filter_map(|entry| entry.row.nonce).min())
+        };
         let market = if needs_market { self.current_fees().await.ok() } else { None };
-        let lowest_held = entries
-            .iter()
-            .filter(|entry| entry.row.block_number.is_none())
-            .filter_map(|entry| entry.row.nonce)
-            .filter(|nonce| *nonce >= mined_count)
-            .min();
+        // Second pass: only the rows that need something this round are copied out (most wait quietly).
+        let actionable: Vec<InFlight> = {
+            let in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+            in_flight
+                .values()
+                .filter(|entry| entry.row.key == key.name)
+                .filter(|entry| {
+                    let Some(nonce) = entry.row.nonce else { return false };
+                    let last_is_cancel = entry.row.attempts.last().is_some_and(|last| last.cancel);
+                    let below_market = market.is_some_and(|market| {
+                        entry.row.attempts.last().is_some_and(|last| last.max_fee_per_gas < fees::parts(market).0)
+                    });
+                    entry.row.block_number.is_some()
+                        || nonce < mined_count
+                        || entry.foreign.is_some()
+                        || (entry.row.cancel_requested && !last_is_cancel)
+                        || (unmined_long(entry) && (nonce == mined_count || below_market))
+                        || (!entry.submitted && Instant::now() >= entry.next_broadcast)
+                })
+                .cloned()
+                .collect()
+        };
         let mut work = Vec::new();
-        for entry in entries {
+        for entry in actionable {
             let Some(nonce) = entry.row.nonce else { continue };
             let engine = Arc::clone(self);
             let last_is_cancel = entry.row.attempts.last().is_some_and(|last| last.cancel);
@@ -126,15 +141,6 @@ impl Engine {
                 entry.row.attempts.last().is_some_and(|last| last.max_fee_per_gas < fees::parts(market).0)
             });
             let long = unmined_long(&entry);
-            let actionable = entry.row.block_number.is_some()
-                || nonce < mined_count
-                || entry.foreign.is_some()
-                || (entry.row.cancel_requested && !last_is_cancel)
-                || (long && (blocking || below_market))
-                || (!entry.submitted && Instant::now() >= entry.next_broadcast);
-            if !actionable {
-                continue;
-            }
             work.push(tokio::spawn(async move {
                 let Some(key) = engine.shared.keys.get(&entry.row.key) else { return };
                 if let Some(block) = entry.row.block_number {
