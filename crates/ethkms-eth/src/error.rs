@@ -38,6 +38,13 @@ pub enum SignerError {
         /// The authorization's chain id.
         authorization: u64,
     },
+    /// Chain id 0 names no chain: a signer for it would sign EIP-7702 authorizations valid on every chain
+    /// (a hostile node answering `eth_chainId` with `0x0`, say). Refused before any KMS request.
+    #[error(
+        "chain id 0 names no chain (an EIP-7702 authorization for chain 0 is valid on every chain); give the signer \
+         the chain's id, or use sign_authorization_for_any_chain to mean every chain"
+    )]
+    ZeroChainId,
     /// The signer has no chain id but the operation needs one.
     #[error("the signer has no chain id; set one with with_chain_id")]
     MissingChainId,

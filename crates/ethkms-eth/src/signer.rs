@@ -53,16 +53,22 @@ impl KmsSigner {
     /// Opens `key` on `backend` (one `GetPublicKey`) for chain `chain_id`.
     ///
     /// # Errors
-    /// The backend's errors; a key that is not a secp256k1 signing key.
+    /// [`SignerError::ZeroChainId`] for chain id 0 (before any request); the backend's errors; a key that is
+    /// not a secp256k1 signing key.
     pub async fn new(
         backend: Arc<dyn KeyBackend>,
         key: KeyRef,
         chain_id: Option<ChainId>,
     ) -> Result<Self, SignerError> {
+        if chain_id == Some(0) {
+            return Err(SignerError::ZeroChainId);
+        }
         Ok(Self::from_handle(KeyHandle::open(backend, key).await?, chain_id))
     }
 
-    /// A signer on an opened key handle.
+    /// A signer on an opened key handle. A signer given chain id 0 (here or by
+    /// [`set_chain_id`](Signer::set_chain_id)) refuses every transaction and authorization with
+    /// [`SignerError::ZeroChainId`]: 0 names no chain.
     #[must_use]
     pub fn from_handle(handle: KeyHandle, chain_id: Option<ChainId>) -> Self {
         let address = Address::from(handle.address().0);
@@ -102,9 +108,13 @@ impl KmsSigner {
     ///
     /// # Errors
     /// [`SignerError::AuthorizationChainMismatch`] (before any KMS request) if it is for another chain or
-    /// for every chain (0), [`SignerError::MissingChainId`], or the backend's errors.
+    /// for every chain (0), [`SignerError::ZeroChainId`] if the signer's chain id is 0,
+    /// [`SignerError::MissingChainId`], or the backend's errors.
     pub async fn sign_authorization(&self, authorization: Authorization) -> Result<SignedAuthorization, SignerError> {
         let chain_id = self.chain_id.ok_or(SignerError::MissingChainId)?;
+        if chain_id == 0 {
+            return Err(SignerError::ZeroChainId);
+        }
         if authorization.chain_id != U256::from(chain_id) {
             return Err(SignerError::AuthorizationChainMismatch {
                 signer: self.chain_id,
@@ -210,6 +220,9 @@ impl TxSigner<Signature> for KmsSigner {
         &self,
         transaction: &mut dyn SignableTransaction<Signature>,
     ) -> alloy_signer::Result<Signature> {
+        if self.chain_id == Some(0) {
+            return Err(SignerError::ZeroChainId.into());
+        }
         if let Some(signer) = self.chain_id {
             // Sets the chain id of a legacy transaction that has none (EIP-155 protection); refuses a
             // transaction for another chain. Either way, before any KMS request.

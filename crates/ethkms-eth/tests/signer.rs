@@ -119,6 +119,28 @@ async fn every_transaction_type_recovers_to_the_signer() {
 }
 
 #[tokio::test]
+async fn chain_id_zero_is_refused_at_construction_and_signs_nothing_if_set_later() {
+    let backend = Arc::new(MemoryBackend::new());
+    let info = backend.create_key(&CreateKeyRequest::new()).await.unwrap();
+    let dynamic: Arc<dyn KeyBackend> = Arc::clone(&backend) as Arc<dyn KeyBackend>;
+    let error = KmsSigner::new(Arc::clone(&dynamic), KeyRef::new(info.key_id.clone()).unwrap(), Some(0)).await;
+    assert!(matches!(error, Err(SignerError::ZeroChainId)), "{:?}", error.err());
+    // Set later (a hostile node answering eth_chainId 0x0): no authorization, no transaction.
+    let mut signer = KmsSigner::new(dynamic, KeyRef::new(info.key_id).unwrap(), Some(1)).await.unwrap();
+    signer.set_chain_id(Some(0));
+    let any_chain = Authorization { chain_id: U256::ZERO, address: Address::ZERO, nonce: 0 };
+    let error = signer.sign_authorization(any_chain.clone()).await.unwrap_err();
+    assert!(matches!(error, SignerError::ZeroChainId), "{error:?}");
+    let mut transaction = TxEip1559 { chain_id: 0, ..TxEip1559::default() };
+    let error = signer.sign_transaction(&mut transaction).await.unwrap_err();
+    assert!(error.to_string().contains("chain id 0 names no chain"), "{error}");
+    assert_eq!(backend.request_counts().sign, 0, "nothing reached KMS");
+    // Only the method that says so signs an authorization for every chain.
+    let signed = signer.sign_authorization_for_any_chain(any_chain).await.unwrap();
+    assert_eq!(signed.recover_authority().unwrap(), Signer::address(&signer));
+}
+
+#[tokio::test]
 async fn another_chain_is_refused_before_any_kms_request() {
     let (backend, signer) = signer(Some(1)).await;
     let mut transaction = TxEip1559 { chain_id: 137, ..TxEip1559::default() };

@@ -282,6 +282,11 @@ impl Config {
         for (name, key) in raw.keys {
             let policy = policy(&name, key.policy)?;
             let fees = fee_caps(&name, &key.fees)?;
+            if key.chain_id == 0 {
+                return Err(ConfigError(format!(
+                    "keys.{name}.chain_id: 0 names no chain (an EIP-7702 authorization for it is valid on every chain)"
+                )));
+            }
             let confirmations = key.confirmations.unwrap_or(DEFAULT_CONFIRMATIONS);
             if confirmations == 0 {
                 return Err(ConfigError(format!(
@@ -548,6 +553,7 @@ methods = ["eth_sendTransaction", "eth_signTransaction"]
             (good.replace("\"eth_signTransaction\"", "\"eth_steal\""), "eth_steal"),
             (good.replace(&token_hash("t"), "abcd"), "64 hexadecimal digits"),
             (good.replace("confirmations = 3", "confirmations = 0"), "confirmations: must be at least 1"),
+            (good.replace("chain_id = 1\n", "chain_id = 0\n"), "chain_id: 0 names no chain"),
             (good.replace("\"200gwei\"", "\"lots\""), "fees.max_fee_per_gas"),
             (good.replace("journal = \"withdrawals.sqlite\"", ""), "`eth_sendTransaction` needs `journal`"),
         ];

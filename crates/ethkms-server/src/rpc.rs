@@ -60,15 +60,23 @@ pub enum RequestBody {
     Batch(Vec<Result<Call, (Value, RpcError)>>),
 }
 
+/// The most calls one batch may hold: each may be a KMS signature, and a client must not queue thousands
+/// of them with one request.
+pub const MAX_BATCH: usize = 100;
+
 /// Parses a request body.
 ///
 /// # Errors
-/// `-32700` if the body is not JSON, `-32600` for an empty batch.
+/// `-32700` if the body is not JSON, `-32600` for an empty batch or one of more than [`MAX_BATCH`] calls
+/// (refused whole: nothing in it is signed).
 pub fn parse_body(body: &[u8]) -> Result<RequestBody, RpcError> {
     let parsed: Value =
         serde_json::from_slice(body).map_err(|error| RpcError::new(-32700, format!("parse error: {error}")))?;
     match parsed {
         Value::Array(batch) if batch.is_empty() => Err(RpcError::new(-32600, "an empty batch")),
+        Value::Array(batch) if batch.len() > MAX_BATCH => {
+            Err(RpcError::new(-32600, format!("a batch of {} calls: at most {MAX_BATCH} per request", batch.len())))
+        }
         Value::Array(batch) => Ok(RequestBody::Batch(batch.into_iter().map(parse_call).collect())),
         single => Ok(RequestBody::Single(parse_call(single))),
     }
@@ -107,6 +115,14 @@ mod tests {
         );
         assert_eq!(parse_body(b"{ nope").unwrap_err().code, -32700);
         assert_eq!(parse_body(b"[]").unwrap_err().code, -32600);
+        let call = r#"{"jsonrpc":"2.0","id":1,"method":"personal_sign","params":["hi","0x00"]}"#;
+        let batch = |count: usize| format!("[{}]", vec![call; count].join(","));
+        assert!(
+            matches!(parse_body(batch(MAX_BATCH).as_bytes()), Ok(RequestBody::Batch(calls)) if calls.len() == MAX_BATCH)
+        );
+        let refused = parse_body(batch(5_000).as_bytes()).unwrap_err();
+        assert_eq!(refused.code, -32600);
+        assert!(refused.message.contains("5000 calls"), "{}", refused.message);
         let RequestBody::Batch(calls) = parse_body(br#"[{"jsonrpc":"2.0","id":1,"method":"a","params":[1]},{"id":2,"method":"b"},{"jsonrpc":"2.0","id":"x","method":"c","params":{}}]"#).unwrap() else {
             panic!("not a batch")
         };
