@@ -46,15 +46,20 @@ pub mod codes {
 impl Service {
     /// The HTTP routes.
     pub fn router(self: &Arc<Self>) -> Router {
+        // The REST API: the client is authenticated before any of the body is read, and no body is read past
+        // MAX_BODY_BYTES (an anonymous multi-gigabyte request costs nothing).
+        let rest = Router::new()
+            .route("/v1/withdrawals", post(crate::withdrawals::api::post))
+            .route("/v1/withdrawals/{id}", get(crate::withdrawals::api::get))
+            .route("/v1/withdrawals/{id}/cancel", post(crate::withdrawals::api::cancel))
+            .route_layer(axum::middleware::from_fn_with_state(Arc::clone(self), authenticated));
         Router::new()
             .route("/", post(rpc))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(ready))
             .route("/metrics", get(metrics))
-            .route("/v1/withdrawals", post(crate::withdrawals::api::post))
-            .route("/v1/withdrawals/{id}", get(crate::withdrawals::api::get))
-            .route("/v1/withdrawals/{id}/cancel", post(crate::withdrawals::api::cancel))
-            .layer(DefaultBodyLimit::disable())
+            .merge(rest)
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(Arc::clone(self))
     }
 
@@ -253,6 +258,18 @@ impl Service {
             }
             other => Err(RpcError::new(-32601, format!("method `{other}` does not exist here"))),
         }
+    }
+}
+
+/// Lets a request through to a REST route only with a known bearer token, before its body is read.
+async fn authenticated(
+    State(service): State<Arc<Service>>,
+    request: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    match crate::withdrawals::api::authenticate(&service, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
     }
 }
 

@@ -83,6 +83,11 @@ fn view(service: &Service, withdrawal: &Withdrawal) -> Value {
     })
 }
 
+/// Whether the request's bearer token is a known client's (checked before the body is read).
+pub(crate) fn authenticate(service: &Service, headers: &HeaderMap) -> Result<(), ApiError> {
+    client(service, headers).map(drop)
+}
+
 /// The client behind the request's bearer token, if it may make withdrawals at all.
 fn client<'a>(service: &'a Service, headers: &HeaderMap) -> Result<(&'a str, &'a ClientConfig), ApiError> {
     let token = crate::service::bearer(headers).ok_or_else(|| {
