@@ -72,6 +72,15 @@ pub enum Fees {
 }
 
 impl Fees {
+    /// (max fee per gas, priority fee per gas); a legacy gas price is both.
+    #[must_use]
+    pub const fn max_and_priority(self) -> (u128, u128) {
+        match self {
+            Self::Eip1559 { max_fee_per_gas, max_priority_fee_per_gas } => (max_fee_per_gas, max_priority_fee_per_gas),
+            Self::Legacy { gas_price } => (gas_price, gas_price),
+        }
+    }
+
     /// Sets these fees on `request` (EIP-1559 fees make it a type-2 transaction unless it already has
     /// a type that carries them).
     #[must_use]

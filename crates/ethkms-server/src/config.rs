@@ -74,10 +74,7 @@ impl FeeCaps {
     /// Whether `fees` with `gas` are within the caps.
     #[must_use]
     pub fn allow(&self, fees: Fees, gas: u64) -> bool {
-        let (max_fee, priority) = match fees {
-            Fees::Eip1559 { max_fee_per_gas, max_priority_fee_per_gas } => (max_fee_per_gas, max_priority_fee_per_gas),
-            Fees::Legacy { gas_price } => (gas_price, gas_price),
-        };
+        let (max_fee, priority) = fees.max_and_priority();
         max_fee <= self.max_fee_for(gas) && priority <= self.max_priority_fee_per_gas.min(max_fee)
     }
 

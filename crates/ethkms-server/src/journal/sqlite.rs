@@ -204,14 +204,15 @@ impl SqliteJournal {
         }
     }
 
-    /// Sets a row's status (and `updated_ms`) where `condition` holds; returns the rows changed.
-    async fn set_status(&self, id: &str, status: Status, condition: &'static str) -> Result<usize, JournalError> {
+    /// Applies `assignments` (and `updated_ms`) to row `id` where `condition` holds.
+    async fn update(&self, id: &str, assignments: &'static str, condition: &'static str) -> Result<(), JournalError> {
         let id = id.to_owned();
         self.run(move |connection| {
-            Ok(connection.execute(
-                &format!("UPDATE withdrawals SET status = ?2, updated_ms = ?3 WHERE id = ?1 AND ({condition})"),
-                params![id, status.as_str(), sql_u64(now_ms())],
-            )?)
+            connection.execute(
+                &format!("UPDATE withdrawals SET {assignments}, updated_ms = ?2 WHERE id = ?1 AND ({condition})"),
+                params![id, sql_u64(now_ms())],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -347,7 +348,7 @@ impl JournalStore for SqliteJournal {
     }
 
     async fn mark_submitted(&self, id: &str) -> Result<(), JournalError> {
-        self.set_status(id, Status::Submitted, "status = 'signed'").await.map(drop)
+        self.update(id, "status = 'submitted'", "status = 'signed'").await
     }
 
     async fn mark_mined(
@@ -391,29 +392,13 @@ impl JournalStore for SqliteJournal {
     }
 
     async fn mark_unmined(&self, id: &str) -> Result<(), JournalError> {
-        let id = id.to_owned();
-        self.run(move |connection| {
-            connection.execute(
-                "UPDATE withdrawals SET status = 'submitted', block_number = NULL, block_hash = NULL, error = NULL, \
-                 confirmed = 0, updated_ms = ?2 WHERE id = ?1 AND confirmed = 0",
-                params![id, sql_u64(now_ms())],
-            )?;
-            Ok(())
-        })
-        .await
+        let unmined = "status = 'submitted', block_number = NULL, block_hash = NULL, error = NULL, confirmed = 0";
+        self.update(id, unmined, "confirmed = 0").await
     }
 
     async fn mark_confirmed(&self, id: &str) -> Result<(), JournalError> {
-        let id = id.to_owned();
-        self.run(move |connection| {
-            connection.execute(
-                "UPDATE withdrawals SET confirmed = 1, updated_ms = ?2, \
-                 status = CASE status WHEN 'mined' THEN 'confirmed' ELSE status END WHERE id = ?1",
-                params![id, sql_u64(now_ms())],
-            )?;
-            Ok(())
-        })
-        .await
+        let confirmed = "confirmed = 1, status = CASE status WHEN 'mined' THEN 'confirmed' ELSE status END";
+        self.update(id, confirmed, "1 = 1").await
     }
 
     async fn mark_failed(&self, id: &str, reason: &str, release: bool) -> Result<Option<Released>, JournalError> {

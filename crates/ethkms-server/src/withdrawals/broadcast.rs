@@ -55,7 +55,7 @@ pub(crate) fn decode(raw: &Bytes) -> Result<TxEnvelope, String> {
 /// `envelope`'s transaction, unsigned, with `fees` (a legacy gas price is set from the max fee when the fees
 /// are EIP-1559, and the other way round).
 pub(crate) fn with_fees(envelope: TxEnvelope, fees: Fees) -> Result<TypedTransaction, String> {
-    let (max_fee, priority) = super::fees::parts(fees);
+    let (max_fee, priority) = fees.max_and_priority();
     Ok(match envelope {
         TxEnvelope::Legacy(signed) => {
             let mut tx = signed.strip_signature();

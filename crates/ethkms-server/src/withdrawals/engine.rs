@@ -50,8 +50,9 @@ pub(crate) struct KeyState {
     pending: tokio::sync::Mutex<Option<(Instant, u64)>>,
     /// Gap fills: the earliest next try, and the current wait (doubled after each refused gap fill).
     pub(crate) gap_backoff: Mutex<(Option<Instant>, Duration)>,
-    /// Rows of this key being processed (from the start of processing until followed or failed).
-    pub(crate) signing: WorkCounter,
+    /// Rows of this key being processed (from the start of processing until followed or failed; the rows of
+    /// `waiting` are among them).
+    pub(crate) in_process: WorkCounter,
     /// A nonce below every followed row's that nothing of ours holds, and since when it has been seen so.
     pub(crate) hole: Mutex<Option<(u64, Instant)>>,
 }
@@ -333,7 +334,7 @@ impl Engine {
             .get(&row.key)
             .ok_or_else(|| Trouble::Fail(format!("no key named `{}` in the configuration", row.key)))?;
         let state = self.state(&row.key).ok_or_else(|| Trouble::Fail(format!("no key named `{}`", row.key)))?;
-        let _processing = state.signing.start();
+        let _processing = state.in_process.start();
         let waiting = state.waiting.start();
         let started = Instant::now();
         tracing::debug!(withdrawal = %row.id, status = %row.status, "processing");
@@ -480,14 +481,14 @@ impl Engine {
         let client = match (request.gas_price, request.max_fee_per_gas, request.max_priority_fee_per_gas) {
             (Some(gas_price), _, _) => Some(Fees::Legacy { gas_price }),
             (None, Some(max_fee), priority) => {
-                let market_priority = fees::parts(market).1;
+                let market_priority = market.max_and_priority().1;
                 Some(Fees::Eip1559 {
                     max_fee_per_gas: max_fee,
                     max_priority_fee_per_gas: priority.unwrap_or(market_priority).min(max_fee),
                 })
             }
             (None, None, Some(priority)) => {
-                let market_max = fees::parts(market).0;
+                let market_max = market.max_and_priority().0;
                 Some(Fees::Eip1559 { max_fee_per_gas: market_max.max(priority), max_priority_fee_per_gas: priority })
             }
             (None, None, None) => None,
@@ -597,7 +598,7 @@ impl Engine {
             .map_err(|error| Trouble::Retry { cause: "audit", reason: error.to_string() })?;
         let audited = started.elapsed();
         self.shared.metrics.signatures.inc(method);
-        let (max_fee_per_gas, priority_fee_per_gas) = fees::parts(fees);
+        let (max_fee_per_gas, priority_fee_per_gas) = fees.max_and_priority();
         let attempt = Attempt {
             tx_hash: *envelope.tx_hash(),
             raw: envelope.encoded_2718().into(),

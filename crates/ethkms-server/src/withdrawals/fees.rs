@@ -27,15 +27,6 @@ use ethkms::eth::chain::Fees;
 
 pub use crate::config::FeeCaps;
 
-/// (max fee per gas, priority fee per gas); a legacy gas price is both.
-#[must_use]
-pub const fn parts(fees: Fees) -> (u128, u128) {
-    match fees {
-        Fees::Eip1559 { max_fee_per_gas, max_priority_fee_per_gas } => (max_fee_per_gas, max_priority_fee_per_gas),
-        Fees::Legacy { gas_price } => (gas_price, gas_price),
-    }
-}
-
 /// The fees of a first signature: the market's, within the caps (and whether the caps lowered them).
 #[must_use]
 pub fn initial(market: Fees, gas: u64, caps: &FeeCaps) -> (Fees, bool) {
@@ -70,20 +61,20 @@ pub fn bump(previous: Fees, market: Option<Fees>, gas: u64, caps: &FeeCaps) -> B
         Fees::Eip1559 { max_fee_per_gas, max_priority_fee_per_gas } => {
             let (mut max_fee, mut priority) = (raise(max_fee_per_gas), raise(max_priority_fee_per_gas));
             if let Some(market) = market {
-                let (market_max, market_priority) = parts(market);
+                let (market_max, market_priority) = market.max_and_priority();
                 max_fee = max_fee.max(market_max);
                 priority = priority.max(market_priority);
             }
             Fees::Eip1559 { max_fee_per_gas: max_fee.max(priority), max_priority_fee_per_gas: priority }
         }
         Fees::Legacy { gas_price } => {
-            let market_price = market.map_or(0, |market| parts(market).0);
+            let market_price = market.map_or(0, |market| market.max_and_priority().0);
             Fees::Legacy { gas_price: raise(gas_price).max(market_price) }
         }
     };
     let (capped, _) = caps.clamp(wanted, gas);
-    let (old_max, old_priority) = parts(previous);
-    let (new_max, new_priority) = parts(capped);
+    let (old_max, old_priority) = previous.max_and_priority();
+    let (new_max, new_priority) = capped.max_and_priority();
     if new_max < replacement_floor(old_max) || new_priority < replacement_floor(old_priority) {
         Bump::AtCap
     } else {
@@ -126,7 +117,7 @@ mod tests {
             assert!(steps < 10, "bumps never stop");
         }
         // 1000 → 1125 → 1266 (the next, 1425, is capped at 1300: less than 10% more, so it stops).
-        assert_eq!((steps, parts(fees).0), (2, 1266));
+        assert_eq!((steps, fees.max_and_priority().0), (2, 1266));
         // The per-transaction cap: at most 21,000 × 1,000 wei in fees.
         let per_tx = FeeCaps { max_fee_per_tx: 21_000 * 1_000, ..UNCAPPED };
         assert_eq!(per_tx.max_fee_for(21_000), 1_000);
@@ -151,6 +142,6 @@ mod tests {
             }
         }
         assert!(caps.allow(fees, 100_000));
-        assert!(parts(fees).0 * 100_000 <= caps.max_fee_per_tx);
+        assert!(fees.max_and_priority().0 * 100_000 <= caps.max_fee_per_tx);
     }
 }

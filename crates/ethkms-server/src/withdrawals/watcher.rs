@@ -41,6 +41,59 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// Watcher rounds without any answer before an unresolved row is reported.
 const MISSES_BEFORE_WARNING: u32 = 20;
 
+/// What the watcher does this round for one followed row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    /// Mined, and a reorg took it away.
+    Reorged,
+    /// Mined, and deep enough: check and confirm.
+    Confirm,
+    /// Its nonce is mined: find by which transaction.
+    Settle,
+    /// Its nonce is free again after a reorg: forget the outside transaction found there.
+    ForgetForeign,
+    /// Sign a replacement: a cancellation, or the same with bumped fees.
+    Replace { cancel: bool },
+    /// Broadcast the latest transaction again.
+    Rebroadcast,
+}
+
+/// What `entry` needs this round, if anything: `long` says it has been unmined for `rebroadcast_after`.
+fn action(
+    entry: &InFlight,
+    mined_count: u64,
+    head: u64,
+    confirmations: u64,
+    market: Option<Fees>,
+    long: bool,
+) -> Option<Action> {
+    let nonce = entry.row.nonce?;
+    let last_is_cancel = entry.row.attempts.last().is_some_and(|last| last.cancel);
+    let below_market = market.is_some_and(|market| {
+        entry.row.attempts.last().is_some_and(|last| last.max_fee_per_gas < market.max_and_priority().0)
+    });
+    if let Some(block) = entry.row.block_number {
+        return if settlement::reorged(nonce, mined_count) {
+            Some(Action::Reorged)
+        } else {
+            settlement::is_final(block, head, confirmations).then_some(Action::Confirm)
+        };
+    }
+    if nonce < mined_count {
+        Some(Action::Settle)
+    } else if entry.foreign.is_some() {
+        Some(Action::ForgetForeign)
+    } else if entry.row.cancel_requested && !last_is_cancel {
+        Some(Action::Replace { cancel: true })
+    } else if long && (nonce == mined_count || below_market) {
+        Some(Action::Replace { cancel: last_is_cancel })
+    } else if !entry.submitted && Instant::now() >= entry.next_broadcast {
+        Some(Action::Rebroadcast)
+    } else {
+        None
+    }
+}
+
 impl Engine {
     /// Runs until the service stops.
     pub(crate) async fn watch(self: Arc<Self>) {
@@ -110,56 +163,31 @@ impl Engine {
         };
         let market = if needs_market { self.current_fees().await.ok() } else { None };
         // Second pass: only the rows that need something this round are copied out (most wait quietly).
-        let actionable: Vec<InFlight> = {
+        let confirmations = key.confirmations;
+        let actionable: Vec<(InFlight, Action)> = {
             let in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
             in_flight
                 .values()
                 .filter(|entry| entry.row.key == key.name)
-                .filter(|entry| {
-                    let Some(nonce) = entry.row.nonce else { return false };
-                    let last_is_cancel = entry.row.attempts.last().is_some_and(|last| last.cancel);
-                    let below_market = market.is_some_and(|market| {
-                        entry.row.attempts.last().is_some_and(|last| last.max_fee_per_gas < fees::parts(market).0)
-                    });
-                    entry.row.block_number.is_some()
-                        || nonce < mined_count
-                        || entry.foreign.is_some()
-                        || (entry.row.cancel_requested && !last_is_cancel)
-                        || (unmined_long(entry) && (nonce == mined_count || below_market))
-                        || (!entry.submitted && Instant::now() >= entry.next_broadcast)
+                .filter_map(|entry| {
+                    let long = unmined_long(entry);
+                    action(entry, mined_count, head, confirmations, market, long).map(|action| (entry.clone(), action))
                 })
-                .cloned()
                 .collect()
         };
         let mut work = Vec::new();
-        for entry in actionable {
-            let Some(nonce) = entry.row.nonce else { continue };
+        for (entry, action) in actionable {
             let engine = Arc::clone(self);
-            let last_is_cancel = entry.row.attempts.last().is_some_and(|last| last.cancel);
-            let blocking = nonce == mined_count;
-            let below_market = market.is_some_and(|market| {
-                entry.row.attempts.last().is_some_and(|last| last.max_fee_per_gas < fees::parts(market).0)
-            });
-            let long = unmined_long(&entry);
             work.push(tokio::spawn(async move {
                 let Some(key) = engine.shared.keys.get(&entry.row.key) else { return };
-                if let Some(block) = entry.row.block_number {
-                    if settlement::reorged(nonce, mined_count) {
-                        engine.reorged(&entry).await;
-                    } else if settlement::is_final(block, head, key.confirmations) {
-                        engine.confirm(key, &entry).await;
-                    }
-                } else if nonce < mined_count {
-                    engine.settle(key, entry, head).await;
-                } else if entry.foreign.is_some() {
+                match action {
+                    Action::Reorged => engine.reorged(&entry).await,
+                    Action::Confirm => engine.confirm(key, &entry).await,
+                    Action::Settle => engine.settle(key, entry, head).await,
                     // The nonce is free again (a reorg): whatever was found there is no proof any more.
-                    engine.update(&entry.row.id, |followed| followed.foreign = None);
-                } else if entry.row.cancel_requested && !last_is_cancel {
-                    engine.replace(key, &entry, market, true).await;
-                } else if long && (blocking || below_market) {
-                    engine.replace(key, &entry, market, last_is_cancel).await;
-                } else if !entry.submitted && Instant::now() >= entry.next_broadcast {
-                    engine.rebroadcast(&entry).await;
+                    Action::ForgetForeign => engine.update(&entry.row.id, |followed| followed.foreign = None),
+                    Action::Replace { cancel } => engine.replace(key, &entry, market, cancel).await,
+                    Action::Rebroadcast => engine.rebroadcast(&entry).await,
                 }
             }));
         }
@@ -182,7 +210,7 @@ impl Engine {
             *state.hole.lock().unwrap_or_else(PoisonError::into_inner) = None;
             return Ok(());
         };
-        if state.signing.count() > 0 || state.waiting.count() > 0 {
+        if state.in_process.count() > 0 {
             return Ok(());
         }
         {
@@ -287,7 +315,7 @@ impl Engine {
             }
         };
         // A replacement already signed with these fees is broadcast again rather than signed twice.
-        let (max_fee, priority) = fees::parts(fees);
+        let (max_fee, priority) = fees.max_and_priority();
         if let Some(existing) = entry.row.attempts.iter().rev().find(|attempt| {
             attempt.cancel == cancel && attempt.max_fee_per_gas == max_fee && attempt.priority_fee_per_gas == priority
         }) {
