@@ -108,6 +108,8 @@ impl AwsKmsBackend {
             max_attempts: 10,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(5),
+            // No deadline: an abandoned CreateKey may still create a key, and a retry a second one.
+            deadline: Duration::MAX,
         };
         Self { client, create_retry }
     }
@@ -168,7 +170,7 @@ impl AwsKmsBackend {
         let no_sdk_retries = aws_sdk_kms::config::Builder::default().retry_config(RetryConfig::disabled());
         let output = self
             .create_retry
-            .retry(|| async {
+            .retry("(new key)", || async {
                 let result = operation.clone().customize().config_override(no_sdk_retries.clone()).send().await;
                 result.map_err(|error| match map_sdk_error(&error, "(new key)", "CreateKey") {
                     throttled @ BackendError::Throttled { .. } => throttled,

@@ -35,7 +35,8 @@ pub struct AwsKmsConfig {
     pub endpoint_url: Option<String>,
     /// The SDK's retry mode.
     pub retry_mode: RetryMode,
-    /// Attempts per request in the SDK, the first included.
+    /// Attempts per request in the SDK, the first included. 1 by default: signatures are retried once, by
+    /// the key handle's `RetryPolicy` (with an overall deadline), not by both layers.
     pub max_attempts: u32,
     /// How long to wait for a TCP and TLS connection.
     pub connect_timeout: Duration,
@@ -46,7 +47,8 @@ pub struct AwsKmsConfig {
 }
 
 impl Default for AwsKmsConfig {
-    /// Standard retries with 3 attempts; 3.1 s to connect, 10 s per attempt, 30 s per operation.
+    /// One attempt per request (the key handle retries); 3.1 s to connect, 10 s per attempt, 30 s per
+    /// operation.
     fn default() -> Self {
         Self {
             region: None,
@@ -54,7 +56,7 @@ impl Default for AwsKmsConfig {
             credentials: None,
             endpoint_url: None,
             retry_mode: RetryMode::Standard,
-            max_attempts: 3,
+            max_attempts: 1,
             connect_timeout: Duration::from_millis(3100),
             operation_timeout: Duration::from_secs(30),
             operation_attempt_timeout: Duration::from_secs(10),

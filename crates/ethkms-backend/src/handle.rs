@@ -15,10 +15,13 @@ use crate::backend::{KeyBackend, secp256k1_public_key};
 use crate::error::BackendError;
 use crate::types::KeyRef;
 
-/// How retryable errors ([`BackendError::is_retryable`]) are retried: exponential backoff with jitter.
+/// How retryable errors ([`BackendError::is_retryable`]) are retried: exponential backoff with jitter,
+/// within an overall deadline.
 ///
-/// Signing a digest is idempotent, so retrying it is always safe. The AWS SDK retries as well (its
-/// own retry mode and attempts); this policy sits above any backend, including the in-memory one.
+/// This is the one retry layer: signing a digest is idempotent, so retrying it is always safe, and it
+/// sits above any backend, the in-memory one included. The AWS backend makes one attempt per request by
+/// default (`AwsKmsConfig::max_attempts`), so that retries do not multiply (5 here × 3 in the SDK were
+/// 15 `Sign` requests per signature under throttling, and minutes on a hung endpoint).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included; 1 means no retry.
@@ -27,20 +30,28 @@ pub struct RetryPolicy {
     pub initial_backoff: Duration,
     /// The largest backoff ceiling.
     pub max_backoff: Duration,
+    /// The most all attempts and the waits between them may take: an attempt still running then is
+    /// abandoned ([`BackendError::Timeout`]), and no attempt is started whose backoff would end past it.
+    pub deadline: Duration,
 }
 
 impl Default for RetryPolicy {
-    /// 5 attempts, backoff from 50 ms doubling up to 2 s.
+    /// 5 attempts, backoff from 50 ms doubling up to 2 s, 20 s in all.
     fn default() -> Self {
-        Self { max_attempts: 5, initial_backoff: Duration::from_millis(50), max_backoff: Duration::from_secs(2) }
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+            deadline: Duration::from_secs(20),
+        }
     }
 }
 
 impl RetryPolicy {
-    /// No retries: one attempt.
+    /// No retries: one attempt, with no deadline of its own (the backend's timeouts apply).
     #[must_use]
     pub const fn none() -> Self {
-        Self { max_attempts: 1, initial_backoff: Duration::ZERO, max_backoff: Duration::ZERO }
+        Self { max_attempts: 1, initial_backoff: Duration::ZERO, max_backoff: Duration::ZERO, deadline: Duration::MAX }
     }
 
     /// The delay before attempt `attempt + 1` (so `attempt` ≥ 1): uniformly random between half and
@@ -54,21 +65,33 @@ impl RetryPolicy {
         half + half.mul_f64(jitter as f64 / 1023.0)
     }
 
-    /// Runs `operation` until it succeeds, fails with a non-retryable error, or the attempts run out
-    /// (then the last error is returned).
+    /// Runs `operation` (a request for `key`) until it succeeds, fails with a non-retryable error, the
+    /// attempts run out or the deadline passes; then the last error is returned.
     ///
     /// # Errors
-    /// The operation's error.
-    pub async fn retry<T, F, Fut>(&self, mut operation: F) -> Result<T, BackendError>
+    /// The operation's error; [`BackendError::Timeout`] when the deadline ends an attempt.
+    pub async fn retry<T, F, Fut>(&self, key: &str, mut operation: F) -> Result<T, BackendError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
     {
+        let started = tokio::time::Instant::now();
+        let end = started.checked_add(self.deadline);
         let mut attempt = 1;
         loop {
-            match operation().await {
+            let result = match end {
+                Some(end) => tokio::time::timeout_at(end, operation())
+                    .await
+                    .unwrap_or_else(|_| Err(BackendError::Timeout { key: key.to_owned(), after: Some(self.deadline) })),
+                None => operation().await,
+            };
+            match result {
                 Err(error) if error.is_retryable() && attempt < self.max_attempts => {
-                    tokio::time::sleep(self.backoff(attempt)).await;
+                    let delay = self.backoff(attempt);
+                    if end.is_some_and(|end| tokio::time::Instant::now() + delay >= end) {
+                        return Err(error);
+                    }
+                    tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
                 result => return result,
@@ -133,7 +156,7 @@ impl KeyHandle {
         key: KeyRef,
         retry: RetryPolicy,
     ) -> Result<Self, BackendError> {
-        let response = retry.retry(|| backend.public_key(&key)).await?;
+        let response = retry.retry(key.as_str(), || backend.public_key(&key)).await?;
         let public_key = secp256k1_public_key(&key, &response)?;
         let resolved = KeyRef::new(response.key_id.clone()).map_err(|_| BackendError::MalformedResponse {
             key: key.to_string(),
@@ -178,7 +201,7 @@ impl KeyHandle {
     /// The backend's error (after retries), or [`BackendError::InvalidSignature`] if what the backend
     /// returned is not a valid signature of `digest` by this key.
     pub async fn sign_digest(&self, digest: &[u8; 32]) -> Result<Signature, BackendError> {
-        let der = self.retry.retry(|| self.backend.sign_digest(&self.resolved, digest)).await?;
+        let der = self.retry.retry(self.key.as_str(), || self.backend.sign_digest(&self.resolved, digest)).await?;
         Signature::from_kms_der(&der, digest, &self.public_key)
             .map_err(|source| BackendError::InvalidSignature { key: self.key.to_string(), source })
     }
@@ -282,6 +305,7 @@ mod tests {
             max_attempts: 10,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_millis(700),
+            deadline: Duration::from_secs(60),
         };
         for (attempt, ceiling) in [(1, 100), (2, 200), (3, 400), (4, 700), (9, 700), (40, 700)] {
             let delay = policy.backoff(attempt);
@@ -297,7 +321,7 @@ mod tests {
         let calls = std::sync::atomic::AtomicU32::new(0);
         let throttled = || BackendError::Throttled { key: "k".into(), message: "slow down".into() };
         let result: Result<(), _> = policy
-            .retry(|| async {
+            .retry("k", || async {
                 calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 Err(throttled())
             })
@@ -306,7 +330,7 @@ mod tests {
         assert_eq!(calls.swap(0, std::sync::atomic::Ordering::SeqCst), 3);
 
         let result: Result<(), _> = policy
-            .retry(|| async {
+            .retry("k", || async {
                 calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 Err(BackendError::NotFound { key: "k".into() })
             })
@@ -315,11 +339,47 @@ mod tests {
         assert_eq!(calls.swap(0, std::sync::atomic::Ordering::SeqCst), 1);
 
         let result = policy
-            .retry(|| async {
+            .retry("k", || async {
                 let call = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 if call < 2 { Err(throttled()) } else { Ok(call) }
             })
             .await;
         assert_eq!(result.unwrap(), 2);
+    }
+
+    /// A hung key service costs the deadline, not attempts × the backend's own timeouts.
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_ends_a_hung_attempt_and_starts_no_other() {
+        let policy = RetryPolicy { deadline: Duration::from_secs(20), ..RetryPolicy::default() };
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let result: Result<(), _> = policy
+            .retry("alias/hung", || async {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(())
+            })
+            .await;
+        let error = result.unwrap_err();
+        assert!(
+            matches!(&error, BackendError::Timeout { key, after: Some(after) } if key == "alias/hung" && *after == Duration::from_secs(20)),
+            "{error:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(20));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // Throttled for ever: attempts stop before a backoff would pass the deadline.
+        let policy = RetryPolicy {
+            max_attempts: 100,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(4),
+            deadline: Duration::from_secs(10),
+        };
+        let started = tokio::time::Instant::now();
+        let result: Result<(), _> = policy
+            .retry("k", || async { Err(BackendError::Throttled { key: "k".into(), message: "slow down".into() }) })
+            .await;
+        assert!(matches!(result, Err(BackendError::Throttled { .. })));
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
     }
 }

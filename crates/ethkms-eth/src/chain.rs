@@ -194,7 +194,7 @@ pub async fn wait_for_receipt(
         alloy_provider::PendingTransactionError::TxWatcher(alloy_provider::WatchTxError::Timeout) => {
             SignerError::ReceiptTimeout { hash, timeout }
         }
-        other => SignerError::Rpc(other.to_string()),
+        other => SignerError::Rpc(crate::url::redact_urls(&other.to_string())),
     })?;
     if receipt.status() { Ok(receipt) } else { Err(SignerError::Reverted { hash, block: receipt.block_number }) }
 }

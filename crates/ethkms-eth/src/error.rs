@@ -52,7 +52,7 @@ pub enum SignerError {
     /// KMS request.
     #[error("invalid EIP-712 typed data: {0}")]
     TypedData(String),
-    /// The Ethereum node returned an error or could not be reached.
+    /// The Ethereum node returned an error or could not be reached (URLs in the text are hidden).
     #[error("Ethereum node: {0}")]
     Rpc(String),
     /// A transaction was not mined in time. It may still be mined later: check the hash.
@@ -89,8 +89,28 @@ impl From<SignerError> for alloy_signer::Error {
     }
 }
 
+/// Back from alloy's error, for what went through alloy's signing traits (a transaction built by
+/// `NetworkTransactionBuilder`, say): our own error comes back with its kind, a chain id mismatch as
+/// [`SignerError::ChainIdMismatch`], anything else as [`SignerError::InvalidArgument`].
+impl From<alloy_signer::Error> for SignerError {
+    fn from(error: alloy_signer::Error) -> Self {
+        match error {
+            alloy_signer::Error::TransactionChainIdMismatch { signer, tx } => {
+                Self::ChainIdMismatch { signer, transaction: tx }
+            }
+            alloy_signer::Error::Other(other) => match other.downcast::<Self>() {
+                Ok(ours) => *ours,
+                Err(other) => Self::InvalidArgument(other.to_string()),
+            },
+            other => Self::InvalidArgument(other.to_string()),
+        }
+    }
+}
+
+/// A node error, with any URL in its text (transport errors quote the URL, which may hold an API key)
+/// replaced by `<url>`.
 impl<E: std::fmt::Display> From<alloy_provider::transport::RpcError<E>> for SignerError {
     fn from(error: alloy_provider::transport::RpcError<E>) -> Self {
-        Self::Rpc(error.to_string())
+        Self::Rpc(crate::url::redact_urls(&error.to_string()))
     }
 }

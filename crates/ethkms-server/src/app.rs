@@ -68,7 +68,7 @@ pub enum StartError {
     /// The audit log could not be opened (or does not verify).
     #[error(transparent)]
     Audit(#[from] ethkms::audit::AuditError),
-    /// The upstream URL is invalid.
+    /// The node connection could not be prepared.
     #[error(transparent)]
     Upstream(SignerError),
     /// The withdrawal journal could not be opened.

@@ -134,8 +134,9 @@ pub struct ConfigError(String);
 pub struct Config {
     /// Where to listen.
     pub listen: SocketAddr,
-    /// The Ethereum node reads are proxied to and transactions sent through.
-    pub upstream: String,
+    /// The Ethereum node reads are proxied to and transactions sent through (its API key, if the URL
+    /// holds one, never shows in `Debug`, logs or errors).
+    pub upstream: ethkms::NodeUrl,
     /// The audit log file.
     pub audit_log: PathBuf,
     /// Keys by the name clients use.
@@ -346,7 +347,7 @@ impl Config {
         }
         Ok(Self {
             listen: raw.listen,
-            upstream: raw.upstream,
+            upstream: raw.upstream.parse().map_err(|error| ConfigError(format!("upstream: {error}")))?,
             audit_log: raw.audit_log,
             keys,
             clients,

@@ -26,7 +26,7 @@ use crate::config::ClientConfig;
 use crate::policy::{Denial, SignRequest};
 use crate::rpc::{Call, RequestBody, RpcError, parse_body};
 use crate::shared::Key;
-use crate::withdrawals::engine::Processed;
+use crate::withdrawals::engine::{FailureKind, Processed, RpcFailure};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -39,8 +39,42 @@ pub mod codes {
     pub const FORBIDDEN: i64 = -32002;
     /// A policy rule denied the transaction.
     pub const POLICY_DENIED: i64 = -32003;
-    /// The key service or the node failed.
+    /// The key service or the node failed, or the key cannot be used (`data.kind` says which,
+    /// `data.retryable` whether trying again later may help).
     pub const SERVER_ERROR: i64 = -32000;
+    /// The key service is throttling signatures (EIP-1474 "limit exceeded"): retry later, more slowly.
+    pub const LIMIT_EXCEEDED: i64 = -32005;
+    /// Invalid method parameters: the client's own mistake, not worth retrying as it is.
+    pub const INVALID_PARAMS: i64 = -32602;
+}
+
+/// The JSON-RPC answer for a signer error, by whose fault it is: throttling is `-32005`, a key-service or
+/// node failure a server error (`data.retryable` when trying later may help), and only what the request
+/// itself got wrong is invalid params.
+fn signer_error(error: &SignerError) -> RpcError {
+    use ethkms::backend::BackendError;
+    let (code, kind, retryable) = match error {
+        SignerError::Backend(BackendError::Throttled { .. }) => (codes::LIMIT_EXCEEDED, "kms_throttled", true),
+        SignerError::Backend(backend) if backend.is_retryable() => (codes::SERVER_ERROR, "kms_unavailable", true),
+        SignerError::Backend(_) => (codes::SERVER_ERROR, "kms", false),
+        SignerError::Rpc(_) => (codes::SERVER_ERROR, "node", true),
+        SignerError::ReceiptTimeout { .. } | SignerError::Reverted { .. } => {
+            (codes::SERVER_ERROR, "transaction", false)
+        }
+        _ => (codes::INVALID_PARAMS, "invalid_params", false),
+    };
+    RpcError::with_data(code, error.to_string(), json!({ "kind": kind, "retryable": retryable }))
+}
+
+/// The JSON-RPC answer for a transaction the engine gave up on (nothing was signed, or nothing broadcast).
+fn engine_failure(failure: RpcFailure) -> RpcError {
+    let (code, kind, retryable) = match failure.kind {
+        FailureKind::Client => (codes::INVALID_PARAMS, "invalid_params", false),
+        FailureKind::Throttled => (codes::LIMIT_EXCEEDED, "kms_throttled", true),
+        FailureKind::Unavailable => (codes::SERVER_ERROR, "unavailable", true),
+        FailureKind::Server => (codes::SERVER_ERROR, "server", false),
+    };
+    RpcError::with_data(code, failure.reason, json!({ "kind": kind, "retryable": retryable }))
 }
 
 impl Service {
@@ -86,7 +120,7 @@ impl Service {
 
     fn backend_error(&self, error: &SignerError) -> RpcError {
         self.shared.count_kms_error(error);
-        RpcError::new(codes::SERVER_ERROR, error.to_string())
+        signer_error(error)
     }
 
     async fn sign_message(&self, client_name: &str, key: &Key, method: &str, data: &Value) -> Result<Value, RpcError> {
@@ -96,11 +130,8 @@ impl Service {
             _ => text.as_bytes().to_vec(),
         };
         let started = Instant::now();
-        let signature = key
-            .signer
-            .sign_message(&message)
-            .await
-            .map_err(|error| RpcError::new(codes::SERVER_ERROR, error.to_string()))?;
+        let signature =
+            key.signer.sign_message(&message).await.map_err(|error| self.backend_error(&SignerError::from(error)))?;
         self.shared.metrics.signing_seconds.observe(started.elapsed().as_secs_f64());
         self.audit(json!({
             "kind": "signature", "method": method, "client": client_name, "key": key.name,
@@ -187,10 +218,7 @@ impl Service {
             Ok(Processed::Sent { attempt, .. }) if method == "eth_signTransaction" => Ok(json!(attempt.raw)),
             Ok(Processed::Sent { attempt, .. }) => Ok(json!(attempt.tx_hash)),
             Ok(Processed::Failed(reason)) => Err(RpcError::new(codes::SERVER_ERROR, reason)),
-            Err(reason) if reason.starts_with("fee_cap") || reason.starts_with("nonce ") => {
-                Err(RpcError::new(-32602, reason))
-            }
-            Err(reason) => Err(RpcError::new(codes::SERVER_ERROR, reason)),
+            Err(failure) => Err(engine_failure(failure)),
         }
     }
 

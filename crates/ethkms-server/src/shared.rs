@@ -144,40 +144,4 @@ impl WorkCounter {
     }
 }
 
-/// `text` with every URL in it (`http://…`, `https://…`, `ws://…`, `wss://…`) replaced by `<upstream>`:
-/// transport errors name the node's URL, which can carry an API key in its path, query or userinfo. Used
-/// on every node error before it reaches a log or a client.
-pub(crate) fn redact_urls(text: &str) -> String {
-    const SCHEMES: [&str; 4] = ["https://", "http://", "wss://", "ws://"];
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some((at, scheme)) =
-        SCHEMES.iter().filter_map(|scheme| rest.find(scheme).map(|at| (at, *scheme))).min_by_key(|(at, _)| *at)
-    {
-        out.push_str(&rest[..at]);
-        out.push_str("<upstream>");
-        let after = &rest[at + scheme.len()..];
-        let end = after
-            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | ',' | ']' | '>'))
-            .unwrap_or(after.len());
-        rest = &after[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_urls;
-
-    #[test]
-    fn urls_in_node_errors_are_hidden_whatever_they_carry() {
-        let error = "error sending request for url (https://mainnet.example/v3/SECRETKEY?x=1): connection refused";
-        assert_eq!(redact_urls(error), "error sending request for url (<upstream>): connection refused");
-        let two = "http://user:pw@a/ then wss://b/key, done";
-        assert_eq!(redact_urls(two), "<upstream> then <upstream>, done");
-        assert_eq!(redact_urls("no url here"), "no url here");
-        assert_eq!(redact_urls("https://"), "<upstream>");
-        assert!(!redact_urls("…é https://x/ü ok").contains('x'));
-    }
-}
+pub(crate) use ethkms::eth::redact_urls;

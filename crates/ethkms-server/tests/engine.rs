@@ -36,7 +36,7 @@ async fn fee_bumps_rise_by_an_eighth_and_stop_exactly_at_the_cap() {
     // room for three bumps of 12.5% (1.125, 1.266, 1.424) and not a fourth.
     let provider = ethkms::WalletManager::with_backend(
         Arc::new(MemoryBackend::new()),
-        ethkms::ChainSettings::new(anvil.url.clone()),
+        ethkms::ChainSettings::new(anvil.url.parse().unwrap()),
     )
     .unwrap();
     let Fees::Eip1559 { max_fee_per_gas: market, .. } = chain::fees(provider.provider()).await.unwrap() else {
@@ -142,7 +142,7 @@ async fn kms_throttling_is_retried_and_never_fails_a_withdrawal() {
     assert_eq!(status, 202, "{accepted}");
     let id = accepted["id"].as_str().unwrap().to_owned();
     let started = Instant::now();
-    while api.metric("ethkms_transient_retries_total{cause=\"kms\"} ").await < 2.0 {
+    while api.metric("ethkms_transient_retries_total{cause=\"kms_throttled\"} ").await < 2.0 {
         assert!(started.elapsed() < Duration::from_secs(30), "{}", api.metrics().await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -152,6 +152,42 @@ async fn kms_throttling_is_retried_and_never_fails_a_withdrawal() {
     let settled = api.settled(&id, Duration::from_secs(60)).await;
     assert_eq!(settled["status"], "confirmed", "{settled}");
     assert_eq!(balance(&rpc_url, to).await, U256::from(4242));
+}
+
+/// A key-service error keeps its kind up to the JSON-RPC answer: throttling is -32005 (retry later),
+/// a disabled key a server error that is not the client's mistake, and both are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_errors_keep_their_kind_up_to_the_json_rpc_code() {
+    let Some(rpc_url) = service_from_env("ETHKMS_TEST_RPC_URL", "anvil") else { return };
+    let memory = Arc::new(MemoryBackend::new());
+    let backend: Arc<dyn KeyBackend> = memory.clone();
+    let (key, address) = funded_key(&backend, &rpc_url).await;
+    let paths = Paths::new();
+    let api = serve_in_process(&configuration("127.0.0.1:0", &rpc_url, &key, &paths), backend).await;
+    let sign = || async {
+        let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "personal_sign", "params": ["0x6869", address] });
+        let response = api.http.post(format!("{}/", api.url)).bearer_auth("reader-token").json(&body).send().await;
+        response.unwrap().json::<Value>().await.unwrap()
+    };
+    assert!(sign().await["result"].is_string());
+
+    memory.set_faults(Faults { throttle_rate: 1.0, ..Faults::default() });
+    let before = memory.request_counts().sign;
+    let throttled = sign().await;
+    assert_eq!(throttled["error"]["code"], -32005, "{throttled}");
+    assert_eq!(throttled["error"]["data"]["kind"], "kms_throttled", "{throttled}");
+    assert_eq!(throttled["error"]["data"]["retryable"], true, "{throttled}");
+    // One retry layer: the key handle's five attempts, not five times the SDK's.
+    assert_eq!(memory.request_counts().sign - before, 5);
+    assert!(api.metric("ethkms_kms_errors_total{kind=\"throttled\"} ").await >= 1.0);
+
+    memory.set_faults(Faults::default());
+    memory.disable_key(&key.parse().unwrap()).await.unwrap();
+    let disabled = sign().await;
+    assert_eq!(disabled["error"]["code"], -32000, "{disabled}");
+    assert_eq!(disabled["error"]["data"]["kind"], "kms", "{disabled}");
+    assert_eq!(disabled["error"]["data"]["retryable"], false, "{disabled}");
+    assert!(disabled["error"]["message"].as_str().unwrap().contains("disabled"), "{disabled}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => BackendSettings::aws_from_env(),
     };
     let rpc_url = std::env::var("ETH_RPC_URL").unwrap_or_else(|_| "http://localhost:8545".into());
-    let chain = ChainSettings { chain_id: Some(31337), ..ChainSettings::new(rpc_url) };
+    let chain = ChainSettings { chain_id: Some(31337), ..ChainSettings::new(rpc_url.parse()?) };
     let manager = WalletManager::new(backend, chain).await?;
 
     // 1. A wallet: a new ECC_SECG_P256K1 key in KMS; its address comes from its public key.

@@ -4,6 +4,7 @@ pub mod audit;
 mod manager;
 pub mod units;
 
+pub use ethkms_eth::NodeUrl;
 pub use manager::{BackendSettings, ChainSettings, Wallet, WalletManager};
 
 /// The AWS KMS backend.

@@ -13,7 +13,7 @@ use alloy_rpc_types_eth::{TransactionReceipt, TransactionRequest};
 use alloy_signer::Signer;
 use ethkms_aws::{AwsKmsBackend, AwsKmsConfig, StaticCredentials};
 use ethkms_backend::{CreateKeyRequest, KeyBackend, KeyRef, Keyring, MemoryBackend};
-use ethkms_eth::{KmsSigner, SignerError, chain};
+use ethkms_eth::{KmsSigner, NodeUrl, SignerError, chain};
 
 /// Where the keys live.
 #[derive(Clone, Debug)]
@@ -57,11 +57,12 @@ impl BackendSettings {
     }
 }
 
-/// The Ethereum node to talk to.
+/// The Ethereum node to talk to. Its `Debug` shows the node's scheme, host and port, never the API key
+/// a provider's URL carries (see [`NodeUrl`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainSettings {
     /// The node's JSON-RPC URL (`http://` or `https://`).
-    pub rpc_url: String,
+    pub rpc_url: NodeUrl,
     /// The chain id; asked from the node when `None`.
     pub chain_id: Option<ChainId>,
     /// How long to wait for a transaction to be mined.
@@ -75,9 +76,9 @@ impl ChainSettings {
     /// A node at `rpc_url`, its chain id asked from it, receipts awaited for 120 s, each request at most
     /// 30 s.
     #[must_use]
-    pub fn new(rpc_url: impl Into<String>) -> Self {
+    pub fn new(rpc_url: NodeUrl) -> Self {
         Self {
-            rpc_url: rpc_url.into(),
+            rpc_url,
             chain_id: None,
             receipt_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(30),
@@ -107,7 +108,7 @@ pub struct Wallet {
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let manager = WalletManager::new(
 ///     BackendSettings::Memory { seed: Some(7) },
-///     ChainSettings { chain_id: Some(1), ..ChainSettings::new("http://127.0.0.1:8545") },
+///     ChainSettings { chain_id: Some(1), ..ChainSettings::new("http://127.0.0.1:8545".parse()?) },
 /// )
 /// .await?;
 /// let wallet = manager.create_wallet(CreateKeyRequest::new().alias("hot-wallet")).await?;
@@ -127,8 +128,7 @@ impl WalletManager {
     /// Connects to the key backend and prepares the node connection (nothing is sent to the node yet).
     ///
     /// # Errors
-    /// [`SignerError::Backend`] for backend configuration problems, [`SignerError::InvalidArgument`]
-    /// for an RPC URL that does not parse.
+    /// [`SignerError::Backend`] for backend configuration problems.
     pub async fn new(backend: BackendSettings, chain: ChainSettings) -> Result<Self, SignerError> {
         let backend = backend.connect().await?;
         Self::with_backend(backend, chain)
@@ -137,12 +137,9 @@ impl WalletManager {
     /// A manager over a backend you built.
     ///
     /// # Errors
-    /// [`SignerError::InvalidArgument`] for an RPC URL that does not parse.
+    /// None today; kept fallible for connection settings to come.
     pub fn with_backend(backend: Arc<dyn KeyBackend>, chain: ChainSettings) -> Result<Self, SignerError> {
-        let url = chain
-            .rpc_url
-            .parse()
-            .map_err(|error| SignerError::InvalidArgument(format!("RPC URL `{}`: {error}", chain.rpc_url)))?;
+        let url = chain.rpc_url.expose().clone();
         let timeout = chain.request_timeout;
         // A client that cannot be built with the timeout (no TLS backend) is the default one.
         let provider = ProviderBuilder::new()
@@ -234,8 +231,9 @@ impl WalletManager {
     /// it with `key` and returns the raw EIP-2718 transaction, ready for `eth_sendRawTransaction`.
     ///
     /// # Errors
-    /// The backend's errors; [`SignerError::Rpc`]; [`SignerError::ChainIdMismatch`] before any KMS
-    /// request for a transaction for another chain.
+    /// The backend's errors, with their kind (a throttled or disabled key is not the caller's mistake);
+    /// [`SignerError::Rpc`]; [`SignerError::ChainIdMismatch`] before any KMS request for a transaction for
+    /// another chain; [`SignerError::InvalidArgument`] for a request that cannot make a transaction.
     pub async fn sign_transaction(&self, key: &KeyRef, request: TransactionRequest) -> Result<Bytes, SignerError> {
         let signer = self.signer(key).await?;
         let from = Signer::address(&signer);
@@ -247,9 +245,7 @@ impl WalletManager {
         let wallet = EthereumWallet::from(signer);
         let envelope =
             NetworkTransactionBuilder::<Ethereum>::build(request, &wallet).await.map_err(|error| match error {
-                alloy_network::TransactionBuilderError::Signer(signer_error) => {
-                    SignerError::InvalidArgument(signer_error.to_string())
-                }
+                alloy_network::TransactionBuilderError::Signer(signer_error) => SignerError::from(signer_error),
                 other => SignerError::InvalidArgument(format!("cannot build the transaction: {other}")),
             })?;
         Ok(envelope.encoded_2718().into())
@@ -312,7 +308,7 @@ mod tests {
     async fn signing_errors_keep_their_kind() {
         let manager = WalletManager::new(
             BackendSettings::Memory { seed: Some(3) },
-            ChainSettings { chain_id: Some(1), ..ChainSettings::new("http://127.0.0.1:9") },
+            ChainSettings { chain_id: Some(1), ..ChainSettings::new("http://127.0.0.1:9".parse().unwrap()) },
         )
         .await
         .unwrap();
@@ -322,5 +318,28 @@ mod tests {
         manager.backend().disable_key(&key).await.unwrap();
         let error = manager.sign_message(&key, b"after").await.unwrap_err();
         assert!(matches!(error, SignerError::Backend(BackendError::Disabled { .. })), "{error:?}");
+        // Through alloy's transaction builder too: the kind survives the round trip through its error.
+        let request = TransactionRequest::default()
+            .with_to(Address::ZERO)
+            .with_nonce(0)
+            .with_gas_limit(21_000)
+            .with_max_fee_per_gas(2)
+            .with_max_priority_fee_per_gas(1)
+            .with_chain_id(1);
+        let error = manager.sign_transaction(&key, request).await.unwrap_err();
+        assert!(matches!(error, SignerError::Backend(BackendError::Disabled { .. })), "{error:?}");
+    }
+
+    /// Neither `Debug` nor the errors show what a provider's URL hides.
+    #[tokio::test]
+    async fn the_node_url_secret_never_shows() {
+        let url: NodeUrl = "http://user:SECRET@127.0.0.1:9/v3/SECRET?key=SECRET".parse().unwrap();
+        let chain = ChainSettings { chain_id: None, ..ChainSettings::new(url) };
+        assert!(!format!("{chain:?}").contains("SECRET"), "{chain:?}");
+        let manager = WalletManager::new(BackendSettings::Memory { seed: Some(4) }, chain).await.unwrap();
+        assert!(!format!("{manager:?}").contains("SECRET"));
+        let error = manager.chain_id().await.unwrap_err();
+        assert!(matches!(error, SignerError::Rpc(_)), "{error:?}");
+        assert!(!error.to_string().contains("SECRET") && !format!("{error:?}").contains("SECRET"), "{error}");
     }
 }

@@ -87,7 +87,7 @@ async fn manager(services: &Services) -> WalletManager {
     let config =
         AwsKmsConfig::with_endpoint(services.kms.clone(), "us-east-1", StaticCredentials::new("test", "test", None));
     let backend: Arc<dyn KeyBackend> = Arc::new(AwsKmsBackend::new(config).await.unwrap());
-    WalletManager::with_backend(backend, ChainSettings::new(services.rpc.clone())).unwrap()
+    WalletManager::with_backend(backend, ChainSettings::new(services.rpc.parse().unwrap())).unwrap()
 }
 
 async fn fund(manager: &WalletManager, address: Address) {

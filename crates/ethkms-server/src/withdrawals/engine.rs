@@ -88,6 +88,9 @@ pub(crate) struct InFlight {
 pub(crate) enum Trouble {
     /// Permanent, and nothing was broadcast: the row fails, unpaid.
     Fail(String),
+    /// The client's own mistake (fees above the caps, a nonce of its choosing, a transaction the node will
+    /// not execute): the row fails unpaid, and an RPC client is told it was its request.
+    Invalid(String),
     /// Passing: try again later.
     Retry {
         /// What failed (`kms`, `audit`, `journal`, `node`), for `ethkms_transient_retries_total`.
@@ -110,6 +113,28 @@ impl Trouble {
             other => Self::Retry { cause: "journal", reason: other.to_string() },
         }
     }
+}
+
+/// Why [`Engine::process_now`] gave up, by whose fault: the JSON-RPC layer answers each differently.
+#[derive(Debug)]
+pub(crate) struct RpcFailure {
+    /// Whose fault, and whether trying again may help.
+    pub(crate) kind: FailureKind,
+    /// What went wrong (URLs hidden).
+    pub(crate) reason: String,
+}
+
+/// See [`RpcFailure`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    /// The request itself is wrong: retrying it as it is cannot help.
+    Client,
+    /// The key service throttled the signatures until the deadline: retry later, more slowly.
+    Throttled,
+    /// The key service, the node, the journal or the audit log failed until the deadline: retry later.
+    Unavailable,
+    /// Something on the service's side that a retry will not mend (a disabled key, say).
+    Server,
 }
 
 /// What processing a row did.
@@ -257,7 +282,7 @@ impl Engine {
             loop {
                 match engine.process(&mut row).await {
                     Ok(_) => break,
-                    Err(Trouble::Fail(reason)) => {
+                    Err(Trouble::Fail(reason) | Trouble::Invalid(reason)) => {
                         engine.fail_unpaid(&row, &reason).await;
                         break;
                     }
@@ -303,14 +328,15 @@ impl Engine {
 
     /// Processes an RPC transaction `row` now, for a client waiting for the answer: passing trouble is
     /// retried until [`RPC_DEADLINE`], then the row fails (nothing was broadcast) and the error is returned.
-    pub(crate) async fn process_now(&self, row: &mut Withdrawal) -> Result<Processed, String> {
+    pub(crate) async fn process_now(&self, row: &mut Withdrawal) -> Result<Processed, RpcFailure> {
         let _guard = self.work.start();
         let started = Instant::now();
         let mut tries = 0;
         loop {
-            let reason = match self.process(row).await {
+            let (kind, reason) = match self.process(row).await {
                 Ok(processed) => return Ok(processed),
-                Err(Trouble::Fail(reason) | Trouble::Skip(reason)) => reason,
+                Err(Trouble::Invalid(reason)) => (FailureKind::Client, reason),
+                Err(Trouble::Fail(reason) | Trouble::Skip(reason)) => (FailureKind::Server, reason),
                 Err(Trouble::Retry { cause, reason }) => {
                     self.shared.metrics.retries.inc(cause);
                     if started.elapsed() < RPC_DEADLINE && !self.stopping.load(Ordering::Relaxed) {
@@ -318,11 +344,12 @@ impl Engine {
                         tries += 1;
                         continue;
                     }
-                    format!("{reason} (gave up after {:?}; nothing was signed)", started.elapsed())
+                    let kind = if cause == "kms_throttled" { FailureKind::Throttled } else { FailureKind::Unavailable };
+                    (kind, format!("{reason} (gave up after {:?}; nothing was signed)", started.elapsed()))
                 }
             };
             self.fail_unpaid(row, &reason).await;
-            return Err(reason);
+            return Err(RpcFailure { kind, reason });
         }
     }
 
@@ -351,7 +378,7 @@ impl Engine {
                     && wanted != nonce
                 {
                     state.nonces.lock().unwrap_or_else(PoisonError::into_inner).release(nonce);
-                    return Err(Trouble::Fail(format!(
+                    return Err(Trouble::Invalid(format!(
                         "nonce {wanted}: the service allocates this key's nonces and the next is {nonce}; leave \
                          `nonce` out"
                     )));
@@ -463,7 +490,7 @@ impl Engine {
             _ => {}
         }
         provider.estimate_gas(request.clone()).await.map_err(|error| match error.as_error_resp() {
-            Some(payload) => Trouble::Fail(format!("the node would not execute it: {}", payload.message)),
+            Some(payload) => Trouble::Invalid(format!("the node would not execute it: {}", payload.message)),
             None => Trouble::node(format!("estimating gas: {error}")),
         })
     }
@@ -496,7 +523,7 @@ impl Engine {
         if let (Kind::Rpc, Some(fees)) = (row.kind, client) {
             if !key.fee_caps.allow(fees, gas) {
                 let caps = key.fee_caps;
-                return Err(Trouble::Fail(format!(
+                return Err(Trouble::Invalid(format!(
                     "fee_cap: fees {fees:?} with {gas} gas exceed key `{}`'s caps (max fee {} wei per gas, priority fee \
                      {} wei per gas, {} wei per transaction)",
                     key.name, caps.max_fee_per_gas, caps.max_priority_fee_per_gas, caps.max_fee_per_tx
@@ -572,7 +599,9 @@ impl Engine {
         drop(permit);
         let signature = signed.map_err(|error| {
             self.shared.count_kms_error(&error);
-            if retryable(&error) {
+            if matches!(error, SignerError::Backend(ethkms::backend::BackendError::Throttled { .. })) {
+                Trouble::Retry { cause: "kms_throttled", reason: error.to_string() }
+            } else if retryable(&error) {
                 Trouble::Retry { cause: "kms", reason: error.to_string() }
             } else {
                 Trouble::Fail(format!("signing failed: {error}"))
@@ -728,7 +757,7 @@ impl Engine {
         let spawned = loop {
             match self.try_recover().await {
                 Ok(spawned) => break spawned,
-                Err(Trouble::Fail(reason)) => {
+                Err(Trouble::Fail(reason) | Trouble::Invalid(reason)) => {
                     tracing::error!(%reason, "the withdrawal engine is halted: nothing is signed");
                     *self.halted.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
                     return;

@@ -637,7 +637,8 @@ mod tests {
             fee_caps: FeeCaps::default(),
             confirmations: 1,
         };
-        let manager = WalletManager::with_backend(backend, ChainSettings::new("http://127.0.0.1:9")).unwrap();
+        let manager =
+            WalletManager::with_backend(backend, ChainSettings::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
         let audit_path = std::env::temp_dir().join(format!("ethkms-watcher-{name}-{}.jsonl", std::process::id()));
         let _ = std::fs::remove_file(&audit_path);
         let audit = ethkms::audit::AuditLog::open(&audit_path).unwrap();

@@ -54,7 +54,7 @@ pub(crate) struct Global {
         default_value = "http://localhost:8545",
         value_name = "URL"
     )]
-    pub(crate) rpc_url: String,
+    pub(crate) rpc_url: ethkms::NodeUrl,
     /// Chain id (otherwise asked from the node).
     #[arg(long, global = true, env = "CHAIN_ID", value_name = "ID")]
     pub(crate) chain_id: Option<u64>,
