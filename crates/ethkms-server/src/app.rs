@@ -27,6 +27,8 @@ pub struct Service {
     pub(crate) engine: Option<Arc<Engine>>,
     /// `/readyz`'s last check of the node: when, and whether it answered.
     pub(crate) node_checked: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    /// Slots of the requests being answered.
+    pub(crate) in_flight: crate::limits::InFlight,
 }
 
 impl std::fmt::Debug for Service {
@@ -133,7 +135,8 @@ impl Service {
         if let Some(engine) = &engine {
             engine.start();
         }
-        Ok(Arc::new(Self { config, shared, engine, node_checked: std::sync::Mutex::new(None) }))
+        let in_flight = crate::limits::InFlight::new(config.limits.max_in_flight_requests);
+        Ok(Arc::new(Self { config, shared, engine, node_checked: std::sync::Mutex::new(None), in_flight }))
     }
 
     /// Stops background work: waits up to `timeout` for withdrawals being signed and sent (what is left

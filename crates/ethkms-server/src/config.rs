@@ -8,6 +8,7 @@
 //! journal = "/var/lib/ethkms/withdrawals.sqlite"   # needed for withdrawals and transactions
 //! withdrawals = { poll_interval_ms = 500, rebroadcast_after_seconds = 60, signing_concurrency = 32 }   # the defaults
 //! tls = { cert = "/etc/ethkms/cert.pem", key = "/etc/ethkms/key.pem" }   # optional: HTTPS
+//! limits = { max_connections = 1024, max_in_flight_requests = 256 }   # see crate::limits for all, and the defaults
 //!
 //! [keys.hot]
 //! key = "alias/hot-wallet"
@@ -149,6 +150,8 @@ pub struct Config {
     pub journal: Option<PathBuf>,
     /// How withdrawals are watched and re-broadcast.
     pub withdrawals: WithdrawalSettings,
+    /// How much the service takes on at once.
+    pub limits: crate::limits::Limits,
 }
 
 /// The listener's certificate and private key, PEM files.
@@ -201,6 +204,8 @@ struct RawConfig {
     journal: Option<PathBuf>,
     #[serde(default)]
     withdrawals: RawWithdrawals,
+    #[serde(default)]
+    limits: crate::limits::Limits,
 }
 
 #[derive(Deserialize, Default)]
@@ -345,6 +350,7 @@ impl Config {
                     .into(),
             ));
         }
+        raw.limits.validate().map_err(ConfigError)?;
         Ok(Self {
             listen: raw.listen,
             upstream: raw.upstream.parse().map_err(|error| ConfigError(format!("upstream: {error}")))?,
@@ -354,6 +360,7 @@ impl Config {
             tls: raw.tls,
             journal: raw.journal,
             withdrawals,
+            limits: raw.limits,
         })
     }
 

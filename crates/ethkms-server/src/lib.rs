@@ -7,6 +7,8 @@ pub mod config;
 #[cfg(feature = "service")]
 pub mod journal;
 #[cfg(feature = "service")]
+pub mod limits;
+#[cfg(feature = "service")]
 mod metrics;
 pub mod nonces;
 pub mod policy;

@@ -18,7 +18,7 @@ pub(crate) struct Labeled {
 }
 
 impl Labeled {
-    fn new(label: &'static str) -> Self {
+    pub(crate) fn new(label: &'static str) -> Self {
         Self { label, family: Family::default() }
     }
 
@@ -68,6 +68,8 @@ pub(crate) struct Metrics {
     pub(crate) unresolved: Counter,
     /// Time to sign, KMS request and verification included.
     pub(crate) signing_seconds: Histogram,
+    /// Connections and requests refused for overload, by limit.
+    pub(crate) overload: Labeled,
 }
 
 impl Default for Metrics {
@@ -89,6 +91,7 @@ impl Default for Metrics {
             nonce_taken: Counter::default(),
             unresolved: Counter::default(),
             signing_seconds: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+            overload: Labeled::new("limit"),
             registry: Registry::default(),
         };
         let counters: [(&str, &str, &Counter); 8] = [
@@ -128,7 +131,7 @@ impl Default for Metrics {
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
         }
-        let families: [(&str, &str, &Labeled); 6] = [
+        let families: [(&str, &str, &Labeled); 7] = [
             ("ethkms_signatures", "Signatures released, by method", &metrics.signatures),
             ("ethkms_policy_denials", "Requests denied by policy, by rule", &metrics.denials),
             ("ethkms_kms_errors", "Key service errors, by kind", &metrics.kms_errors),
@@ -139,6 +142,12 @@ impl Default for Metrics {
             ),
             ("ethkms_broadcasts", "Broadcasts by the node's answer", &metrics.broadcasts),
             ("ethkms_transient_retries", "Passing failures retried with back-off, by cause", &metrics.retries),
+            (
+                "ethkms_overload_refusals",
+                "Connections closed and requests answered 503 for overload, by limit: connections, requests, \
+                 pending_withdrawals, journal_queue",
+                &metrics.overload,
+            ),
         ];
         for (name, help, family) in families {
             registry.register(name, help, family.family.clone());

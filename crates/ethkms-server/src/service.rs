@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 pub use crate::app::{Service, StartError};
 use crate::config::ClientConfig;
+use crate::limits::{BodyError, ConnectionCap, read_body};
 use crate::policy::{Denial, SignRequest};
 use crate::rpc::{Call, RequestBody, RpcError, parse_body};
 use crate::shared::Key;
@@ -87,12 +88,17 @@ impl Service {
             .route("/v1/withdrawals/{id}", get(crate::withdrawals::api::get))
             .route("/v1/withdrawals/{id}/cancel", post(crate::withdrawals::api::cancel))
             .route_layer(axum::middleware::from_fn_with_state(Arc::clone(self), authenticated));
-        Router::new()
+        // Signing and withdrawals take one of `limits.max_in_flight_requests` slots, or are answered 503 at
+        // once; the probes and metrics never wait behind them.
+        let limited = Router::new()
             .route("/", post(rpc))
+            .merge(rest)
+            .route_layer(axum::middleware::from_fn_with_state(Arc::clone(self), within_capacity));
+        Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(ready))
             .route("/metrics", get(metrics))
-            .merge(rest)
+            .merge(limited)
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(Arc::clone(self))
     }
@@ -289,16 +295,49 @@ impl Service {
     }
 }
 
-/// Lets a request through to a REST route only with a known bearer token, before its body is read.
+/// Lets a request through to a REST route only with a known bearer token, before its body is read; then
+/// reads the body, at most [`MAX_BODY_BYTES`] within the body timeout.
 async fn authenticated(
     State(service): State<Arc<Service>>,
     request: Request<Body>,
     next: axum::middleware::Next,
 ) -> Response {
-    match crate::withdrawals::api::authenticate(&service, request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(error) => error.into_response(),
+    if let Err(error) = crate::withdrawals::api::authenticate(&service, request.headers()) {
+        return error.into_response();
     }
+    let (parts, body) = request.into_parts();
+    match read_body(body, MAX_BODY_BYTES, service.config.limits.body_timeout()).await {
+        Ok(bytes) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Err(error) => body_refusal(
+            &error,
+            || json!({ "error": { "kind": "bad_request", "message": body_message(&error, service.config.limits.body_timeout()) } }),
+        ),
+    }
+}
+
+/// Runs a signing or withdrawal request if one of the in-flight slots is free, else answers 503 at once.
+async fn within_capacity(
+    State(service): State<Arc<Service>>,
+    request: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    crate::limits::within_capacity(&service.in_flight, &service.shared.metrics.overload, || next.run(request)).await
+}
+
+fn body_message(error: &BodyError, timeout: Duration) -> String {
+    match error {
+        BodyError::TooLarge => format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+        BodyError::TooSlow => format!("the request body was not sent within {} s", timeout.as_secs()),
+    }
+}
+
+/// 413 for a body over the limit, 408 for one sent too slowly, with `body` as the JSON answer.
+fn body_refusal(error: &BodyError, body: impl FnOnce() -> Value) -> Response {
+    let status = match error {
+        BodyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        BodyError::TooSlow => StatusCode::REQUEST_TIMEOUT,
+    };
+    (status, axum::Json(body())).into_response()
 }
 
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -312,9 +351,12 @@ async fn rpc(State(service): State<Arc<Service>>, request: Request<Body>) -> Res
         let error = RpcError::new(codes::UNAUTHORIZED, "missing or unknown bearer token (Authorization: Bearer …)");
         return (StatusCode::UNAUTHORIZED, axum::Json(error.to_json(&Value::Null))).into_response();
     };
-    let Ok(body) = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES).await else {
-        let error = RpcError::new(-32600, format!("the request body is larger than {MAX_BODY_BYTES} bytes"));
-        return (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(error.to_json(&Value::Null))).into_response();
+    let timeout = service.config.limits.body_timeout();
+    let body = match read_body(request.into_body(), MAX_BODY_BYTES, timeout).await {
+        Ok(body) => body,
+        Err(error) => {
+            return body_refusal(&error, || RpcError::new(-32600, body_message(&error, timeout)).to_json(&Value::Null));
+        }
     };
     let answer = match parse_body(&body) {
         Err(error) => error.to_json(&Value::Null),
@@ -402,12 +444,26 @@ pub async fn serve(
         stopper.graceful_shutdown(Some(Duration::from_secs(30)));
     });
     listener.set_nonblocking(true)?;
+    let limits = service.config.limits;
+    let refusals = service.shared.metrics.overload.clone();
+    // Connections past the cap are closed before any TLS handshake; a client has `header_timeout` to send
+    // each request's headers, the first request's too.
     let served = match tls {
         Some(tls) => {
             let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key).await?;
-            axum_server::from_tcp_rustls(listener, config)?.handle(handle).serve(app.into_make_service()).await
+            let mut server = axum_server::from_tcp_rustls(listener, config)?
+                .map(|tls| ConnectionCap::new(tls, limits.max_connections, refusals))
+                .first_request_timeout(limits.header_timeout());
+            server.http_builder().http1().header_read_timeout(limits.header_timeout());
+            server.handle(handle).serve(app.into_make_service()).await
         }
-        None => axum_server::from_tcp(listener)?.handle(handle).serve(app.into_make_service()).await,
+        None => {
+            let mut server = axum_server::from_tcp(listener)?
+                .map(|plain| ConnectionCap::new(plain, limits.max_connections, refusals))
+                .first_request_timeout(limits.header_timeout());
+            server.http_builder().http1().header_read_timeout(limits.header_timeout());
+            server.handle(handle).serve(app.into_make_service()).await
+        }
     };
     stopping.stop(Duration::from_secs(30)).await;
     served

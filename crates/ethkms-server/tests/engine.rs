@@ -415,3 +415,36 @@ async fn a_cancellation_asked_while_signing_wins_or_loses_the_race_honestly() {
     let mined = transactions_from(&anvil.url, address, 0).await;
     assert_eq!(mined.len(), 2, "the cancellation of the first, the payment of the second: {mined:?}");
 }
+
+/// With `limits.max_pending_withdrawals` reached, a POST is answered 503 with `Retry-After` and nothing is
+/// stored; once the backlog is signed, the same request is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_backlog_answers_503_and_stores_nothing() {
+    let Some(rpc_url) = service_from_env("ETHKMS_TEST_RPC_URL", "anvil") else { return };
+    let memory = Arc::new(MemoryBackend::new());
+    let backend: Arc<dyn KeyBackend> = memory.clone();
+    let (key, _) = funded_key(&backend, &rpc_url).await;
+    let paths = Paths::new();
+    let text =
+        format!("limits = {{ max_pending_withdrawals = 1 }}\n{}", configuration("127.0.0.1:0", &rpc_url, &key, &paths));
+    let api = serve_in_process(&text, backend).await;
+    memory.set_faults(Faults { latency: Duration::from_millis(1500), ..Faults::default() });
+    let run = ethkms::backend::contract::unique("backlog");
+    let (status, first) = api.post(&withdrawal(&format!("{run}-1"), recipient(&run, 1), "ETH", "1")).await;
+    assert_eq!(status, 202, "{first}");
+    let second = withdrawal(&format!("{run}-2"), recipient(&run, 2), "ETH", "2");
+    let response = api.http.post(format!("{}/v1/withdrawals", api.url)).bearer_auth(TOKEN).json(&second).send().await;
+    let response = response.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["kind"], "overloaded", "{body}");
+    assert!(api.metric("ethkms_overload_refusals_total{limit=\"pending_withdrawals\"} ").await >= 1.0);
+    api.wait_until(first["id"].as_str().unwrap(), Duration::from_secs(30), |row| {
+        row["status"] != "signing" && row["status"] != "accepted"
+    })
+    .await;
+    memory.set_faults(Faults::default());
+    let (status, accepted) = api.post(&second).await;
+    assert_eq!(status, 202, "stored nothing the first time, so this is new: {accepted}");
+}

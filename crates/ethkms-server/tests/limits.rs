@@ -77,3 +77,88 @@ async fn an_anonymous_huge_body_is_refused_unread_and_an_authenticated_one_at_th
     assert_eq!(status, 400, "{body}");
     drop(server);
 }
+
+/// Reads what the server sends on `stream` until it closes or `within` passes: the first line of its
+/// answer (empty if it closed without one), and whether it closed.
+fn answer_and_close(stream: &mut TcpStream, within: Duration) -> (String, bool) {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let closed = loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break true,
+            Ok(read) => answer.extend_from_slice(&buffer[..read]),
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false, // still open when `within` passed
+        }
+    };
+    (String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned(), closed)
+}
+
+/// A connection cap, header and body timeouts and a cap on requests in flight, on a service whose limits are
+/// set low: connections past the cap are closed at once; a client that sends its headers or body too slowly is
+/// cut off; a request past the in-flight cap is answered 503 with `Retry-After` while the others are served;
+/// and after all that the service answers as before, every refusal counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_surplus_clients_are_cut_off_and_counted() {
+    let Some((_, backend)) = localstack().await else { return };
+    let rpc_url = ethkms::backend::contract::service_from_env("ETHKMS_TEST_RPC_URL", "anvil").unwrap();
+    let (key, _) = funded_key(&backend, &rpc_url).await;
+    let paths = Paths::new();
+    let limits = "limits = { max_connections = 3, max_in_flight_requests = 1, header_timeout_seconds = 1, \
+                  body_timeout_seconds = 1 }\n";
+    let text = format!("{limits}{}", configuration("127.0.0.1:0", &rpc_url, &key, &paths));
+    let api = serve_in_process(&text, backend).await;
+    // A client that keeps no idle connection, which would hold one of the three.
+    let api = Api { url: api.url, http: reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap() };
+    let address = api.url.trim_start_matches("http://").to_owned();
+
+    // Slow headers: a request line and no more is closed after the header timeout, unanswered or 408.
+    let mut slow_headers = TcpStream::connect(&address).unwrap();
+    slow_headers.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let started = std::time::Instant::now();
+    let (_, closed) = answer_and_close(&mut slow_headers, Duration::from_secs(5));
+    assert!(
+        closed && started.elapsed() < Duration::from_secs(4),
+        "slow headers still open after {:?}",
+        started.elapsed()
+    );
+
+    // Slow body: authenticated, a Content-Length it never sends: 408 after the body timeout. Meanwhile it holds
+    // the only in-flight slot, so another request is answered 503 with Retry-After.
+    let mut slow_body = TcpStream::connect(&address).unwrap();
+    let head = "POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer reader-token\r\nContent-Type: application/json\r\n\
+                Content-Length: 1000\r\n\r\n{\"jsonrpc\"";
+    slow_body.write_all(head.as_bytes()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let busy = api
+        .http
+        .post(format!("{}/", api.url))
+        .bearer_auth("reader-token")
+        .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": [] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(busy.status(), 503);
+    assert_eq!(busy.headers()["retry-after"], "1");
+    let body: serde_json::Value = busy.json().await.unwrap();
+    assert_eq!(body["error"]["kind"], "overloaded", "{body}");
+    let (answer, _) = answer_and_close(&mut slow_body, Duration::from_secs(5));
+    assert!(answer.contains("408"), "{answer}");
+    drop((slow_headers, slow_body));
+
+    // The connection cap: three held open, the fourth closed at once without an answer.
+    let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(&address).unwrap()).collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut surplus = TcpStream::connect(&address).unwrap();
+    let (answer, closed) = answer_and_close(&mut surplus, Duration::from_millis(500));
+    assert!(closed && answer.is_empty(), "the fourth connection was served: {answer:?}");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Served as before, and every refusal counted.
+    let answer = api.call("eth_chainId", json!([])).await;
+    assert_eq!(answer["result"], "0x7a69", "{answer}");
+    assert!(api.metric("ethkms_overload_refusals_total{limit=\"requests\"} ").await >= 1.0);
+    assert!(api.metric("ethkms_overload_refusals_total{limit=\"connections\"} ").await >= 1.0);
+}

@@ -51,6 +51,9 @@ pub enum JournalError {
     /// The journal's thread has stopped (after a fatal error, or after [`JournalStore::close`]).
     #[error("the withdrawal journal has stopped")]
     Closed,
+    /// The journal's write queue is full: nothing was stored; try again in a moment.
+    #[error("the withdrawal journal's write queue is full ({0} writes waiting); nothing was stored")]
+    Busy(usize),
 }
 
 /// Where a row is. The engine moves it only forwards, except that a reorg takes `mined` (or a mined

@@ -85,13 +85,17 @@ const OPEN: &str = "confirmed = 0 AND status NOT IN ('confirmed', 'failed') \
     AND NOT (status = 'cancelled' AND block_number IS NULL)";
 
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// Writes that may wait for the journal's thread at once; one more is refused ([`JournalError::Busy`]),
+/// so that a flood of requests cannot grow the queue without bound.
+pub(crate) const QUEUE: usize = 8192;
+
 type Job = Box<dyn FnOnce(Result<&Connection, &str>) -> Reply + Send>;
 
 /// The SQLite journal: a handle on the thread that owns the database. Cheap to clone.
 #[derive(Clone)]
 pub struct SqliteJournal {
     path: PathBuf,
-    jobs: mpsc::Sender<Message>,
+    jobs: mpsc::SyncSender<Message>,
     /// Answered when the thread has closed the database.
     closed: std::sync::Arc<std::sync::Mutex<mpsc::Receiver<()>>>,
 }
@@ -157,7 +161,7 @@ impl SqliteJournal {
                 .map_err(sqlite)?;
             tracing::info!(path = %path.display(), from, to, "withdrawal journal schema migrated");
         }
-        let (jobs, queue) = mpsc::channel();
+        let (jobs, queue) = mpsc::sync_channel(QUEUE);
         let (closing, closed) = mpsc::channel();
         std::thread::Builder::new()
             .name("ethkms-journal".into())
@@ -195,7 +199,10 @@ impl SqliteJournal {
                 let _ = sender.send(answer);
             })
         });
-        self.jobs.send(Message::Job(job)).map_err(|_| JournalError::Closed)?;
+        self.jobs.try_send(Message::Job(job)).map_err(|error| match error {
+            mpsc::TrySendError::Full(_) => JournalError::Busy(QUEUE),
+            mpsc::TrySendError::Disconnected(_) => JournalError::Closed,
+        })?;
         match receiver.await.map_err(|_| JournalError::Closed)? {
             Ok(value) => Ok(value),
             Err(Failure::Sqlite(source)) => Err(JournalError::Sqlite { path: self.path.clone(), source }),

@@ -45,7 +45,15 @@ impl IntoResponse for ApiError {
         if let (Some(body), Value::Object(details)) = (body.as_object_mut(), self.details) {
             body.extend(details);
         }
-        (self.status, Json(json!({ "error": body }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": body }))).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Everything answered 503 here passes: the journal, the audit log, the engine's recovery.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(crate::limits::RETRY_AFTER_SECONDS),
+            );
+        }
+        response
     }
 }
 
@@ -183,7 +191,19 @@ pub(crate) async fn post(
             .check_and_record(&policy_request, std::time::SystemTime::now())
             .map(|movement| (movement.asset, movement.amount))
     });
-    let inserted = engine.journal.insert(new.clone(), check).await.map_err(journal_error)?;
+    if engine.backlog() >= service.config.limits.max_pending_withdrawals {
+        service.shared.metrics.overload.inc("pending_withdrawals");
+        return Ok(crate::limits::overloaded(&format!(
+            "{} withdrawals are waiting to be signed (limits.max_pending_withdrawals)",
+            engine.backlog()
+        )));
+    }
+    let inserted = engine.journal.insert(new.clone(), check).await.map_err(|journal| {
+        if matches!(journal, crate::journal::JournalError::Busy(_)) {
+            service.shared.metrics.overload.inc("journal_queue");
+        }
+        journal_error(journal)
+    })?;
     match inserted {
         Inserted::New(withdrawal) => {
             service.shared.metrics.withdrawals.inc("accepted");

@@ -271,6 +271,11 @@ impl Engine {
 
     /// Runs `row` (accepted; or signing with its nonce and no transaction) in the background until it is
     /// sent or fails; passing trouble is retried until the service stops.
+    /// Withdrawals taken by a task and not yet signed or given up: what a new one would wait behind.
+    pub(crate) fn backlog(&self) -> usize {
+        self.processing.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
     pub(crate) fn spawn_processing(self: &Arc<Self>, mut row: Withdrawal) {
         if !self.processing.lock().unwrap_or_else(PoisonError::into_inner).insert(row.id.clone()) {
             return; // a task has it already
