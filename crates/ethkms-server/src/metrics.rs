@@ -4,6 +4,7 @@
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -70,6 +71,10 @@ pub(crate) struct Metrics {
     pub(crate) signing_seconds: Histogram,
     /// Connections and requests refused for overload, by limit.
     pub(crate) overload: Labeled,
+    /// The node's latest block number, as last seen.
+    chain_head: Gauge,
+    /// The node's latest block hash, as last seen: one series, labelled with it.
+    chain_head_hash: Family<Vec<(&'static str, String)>, Gauge>,
 }
 
 impl Default for Metrics {
@@ -92,6 +97,8 @@ impl Default for Metrics {
             unresolved: Counter::default(),
             signing_seconds: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
             overload: Labeled::new("limit"),
+            chain_head: Gauge::default(),
+            chain_head_hash: Family::default(),
             registry: Registry::default(),
         };
         let counters: [(&str, &str, &Counter); 8] = [
@@ -157,11 +164,29 @@ impl Default for Metrics {
             "Time to sign, KMS request and verification included",
             metrics.signing_seconds.clone(),
         );
+        registry.register(
+            "ethkms_chain_head_block",
+            "The upstream node's latest block number, read when /metrics is scraped",
+            metrics.chain_head.clone(),
+        );
+        registry.register(
+            "ethkms_chain_head",
+            "The upstream node's latest block, its hash as the `hash` label (value: its number), to pin it elsewhere",
+            metrics.chain_head_hash.clone(),
+        );
         Self { registry, ..metrics }
     }
 }
 
 impl Metrics {
+    /// Records the node's latest block.
+    pub(crate) fn set_chain_head(&self, number: u64, hash: &str) {
+        let number = i64::try_from(number).unwrap_or(i64::MAX);
+        self.chain_head.set(number);
+        self.chain_head_hash.clear();
+        self.chain_head_hash.get_or_create(&vec![("hash", hash.to_owned())]).set(number);
+    }
+
     /// The `OpenMetrics` text of every metric.
     pub(crate) fn render(&self) -> String {
         let mut text = String::new();
@@ -182,12 +207,17 @@ mod tests {
         metrics.withdrawals.inc("accepted");
         metrics.gaps_filled.inc();
         metrics.signing_seconds.observe(0.02);
+        metrics.set_chain_head(7, "0xaa");
+        metrics.set_chain_head(8, "0xbb");
         let text = metrics.render();
+        assert!(!text.contains("0xaa"), "only the latest head is shown:\n{text}");
         for line in [
             "ethkms_withdrawals_total{status=\"accepted\"} 2",
             "ethkms_nonce_gaps_filled_total 1",
             "ethkms_signing_seconds_count 1",
             "ethkms_fee_cap_reached_total 0",
+            "ethkms_chain_head_block 8",
+            "ethkms_chain_head{hash=\"0xbb\"} 8",
         ] {
             assert!(text.lines().any(|candidate| candidate == line), "`{line}` not in:\n{text}");
         }

@@ -419,7 +419,16 @@ async fn ready(State(service): State<Arc<Service>>) -> Response {
     if node_ok { "ready".into_response() } else { not_ready("the upstream node does not answer") }
 }
 
+/// How long `/metrics` waits for the node's latest block before showing the last one seen.
+const HEAD_WAIT: Duration = Duration::from_secs(2);
+
+/// `/metrics`, with the node's latest block (number and hash) read for the scrape, so that an outside
+/// system can pin the chain this service sees.
 async fn metrics(State(service): State<Arc<Service>>) -> Response {
+    let latest = service.shared.manager.provider().get_block_by_number(alloy_eips::BlockNumberOrTag::Latest);
+    if let Ok(Ok(Some(block))) = tokio::time::timeout(HEAD_WAIT, latest).await {
+        service.shared.metrics.set_chain_head(block.header.number, &block.header.hash.to_string());
+    }
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], service.shared.metrics.render()).into_response()
 }
 

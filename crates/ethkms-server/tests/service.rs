@@ -328,6 +328,13 @@ async fn the_signing_service_end_to_end() {
     ] {
         assert!(metrics.contains(expected), "{expected} not in:\n{metrics}");
     }
+    // The chain head as the service saw it: the hash is that of the block with that number on anvil.
+    let head = metrics.lines().find(|line| line.starts_with("ethkms_chain_head{hash=")).expect("no chain head");
+    let (labels, number) = head.rsplit_once(' ').unwrap();
+    let hash = labels.trim_start_matches("ethkms_chain_head{hash=\"").trim_end_matches("\"}");
+    let block =
+        service.result("eth_getBlockByNumber", json!([format!("{:#x}", number.parse::<u64>().unwrap()), false])).await;
+    assert_eq!(block["hash"], hash, "{head}");
     std::fs::remove_file(&service.audit_log).unwrap();
 }
 

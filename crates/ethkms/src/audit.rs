@@ -7,6 +7,11 @@
 //! record's `hash`; 64 zeros for the first), `event` (whatever the caller logs) and `hash`: the SHA-256 of
 //! the record without `hash`, serialised with its keys sorted.
 //!
+//! A power cut while a record is written leaves a torn last line: bytes after the last newline. No caller
+//! acted on that record (its `append` never returned), so [`AuditLog::open`] cuts the file back to the
+//! last complete record and logs what it dropped; [`verify`] still reports the torn line. A broken record
+//! anywhere else is never repaired: the log is refused.
+//!
 //! ```
 //! use ethkms::audit::{AuditLog, verify};
 //!
@@ -78,13 +83,20 @@ pub struct AuditLog {
 
 impl AuditLog {
     /// Opens (or creates) the log at `path`, verifying the existing chain first: records are never
-    /// appended to a broken log.
+    /// appended to a broken log. A torn last line (no newline at the end of the file: a write cut short by
+    /// a crash) is cut off first, with a warning naming how many bytes were dropped.
     ///
     /// # Errors
     /// [`AuditError::Broken`] for a log that does not verify, [`AuditError::Io`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self, AuditError> {
         let path = path.as_ref().to_path_buf();
         let io = |source| AuditError::Io { path: path.clone(), source };
+        if let Some(dropped) = cut_torn_tail(&path).map_err(io)? {
+            tracing::warn!(
+                path = %path.display(), dropped_bytes = dropped,
+                "the audit log ended in a torn record (a write cut short by a crash); it was cut back to the last complete record"
+            );
+        }
         let verified = if path.exists() { verify(&path)? } else { Verified { records: 0, head: GENESIS.into() } };
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
         Ok(Self { path, file, next_seq: verified.records, head: verified.head })
@@ -106,8 +118,13 @@ impl AuditLog {
         let mut line = Value::Object(record).to_string();
         line.push('\n');
         let io = |source| AuditError::Io { path: self.path.clone(), source };
-        self.file.write_all(line.as_bytes()).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
+        let length = self.file.metadata().map_err(io)?.len();
+        if let Err(error) = self.file.write_all(line.as_bytes()).and_then(|()| self.file.sync_data()) {
+            // A part of the line may be in the file (a full disk, say): take it back, so that the next
+            // record, once the trouble passes, follows a complete one.
+            let _ = self.file.set_len(length);
+            return Err(io(error));
+        }
         self.next_seq += 1;
         self.head.clone_from(&hash);
         Ok(hash)
@@ -118,6 +135,42 @@ impl AuditLog {
     pub fn head(&self) -> &str {
         &self.head
     }
+}
+
+/// Cuts the file at `path` back to its last newline if anything follows it, returning how many bytes
+/// were dropped. A missing file is left alone.
+fn cut_torn_tail(path: &Path) -> std::io::Result<Option<u64>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let length = file.metadata()?.len();
+    // Walk back from the end in blocks to the last newline.
+    let mut end = length;
+    let mut block = [0u8; 4096];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let size = usize::try_from(end - start).unwrap_or(block.len());
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut block[..size])?;
+        if let Some(at) = block[..size].iter().rposition(|byte| *byte == b'\n') {
+            let keep = start + at as u64 + 1;
+            return cut(&file, keep, length);
+        }
+        end = start;
+    }
+    cut(&file, 0, length)
+}
+
+fn cut(file: &File, keep: u64, length: u64) -> std::io::Result<Option<u64>> {
+    if keep == length {
+        return Ok(None);
+    }
+    file.set_len(keep)?;
+    file.sync_all()?;
+    Ok(Some(length - keep))
 }
 
 /// The SHA-256 of a record without its `hash`, serialised with sorted keys, in hexadecimal.
@@ -262,5 +315,29 @@ mod tests {
         assert_eq!(line, 2);
         assert!(reason.contains("not JSON"), "{reason}");
         assert!(matches!(AuditLog::open(&cut.0), Err(AuditError::Broken { .. })), "no appending to a broken log");
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_off_at_open_and_the_chain_goes_on() {
+        let log = TempLog::new("torn");
+        write_records(&log.0, 3);
+        let complete = std::fs::read(&log.0).unwrap();
+        let before = verify(&log.0).unwrap();
+        // A crash in the middle of the fourth record's write: part of a line, no newline.
+        let mut torn = complete.clone();
+        torn.extend_from_slice(br#"{"event":{"kind":"signature","index":3},"hash":"ab"#);
+        std::fs::write(&log.0, &torn).unwrap();
+        assert!(matches!(verify(&log.0), Err(AuditError::Broken { line: 4, .. })), "verify still names it");
+        let mut reopened = AuditLog::open(&log.0).unwrap();
+        assert_eq!(std::fs::read(&log.0).unwrap(), complete, "cut back to the last complete record");
+        assert_eq!(reopened.head(), before.head);
+        reopened.append(json!({ "kind": "signature", "index": 3 })).unwrap();
+        assert_eq!(verify(&log.0).unwrap().records, 4);
+
+        // Zeros left by a crash on some file systems are a torn tail too; a file of nothing but is emptied.
+        let zeros = TempLog::new("zeros");
+        std::fs::write(&zeros.0, [0u8; 5000]).unwrap();
+        AuditLog::open(&zeros.0).unwrap().append(json!({ "kind": "first" })).unwrap();
+        assert_eq!(verify(&zeros.0).unwrap().records, 1);
     }
 }
