@@ -162,3 +162,33 @@ async fn slow_and_surplus_clients_are_cut_off_and_counted() {
     assert!(api.metric("ethkms_overload_refusals_total{limit=\"requests\"} ").await >= 1.0);
     assert!(api.metric("ethkms_overload_refusals_total{limit=\"connections\"} ").await >= 1.0);
 }
+
+/// An upstream whose URL holds secrets (userinfo, path, query) and does not answer: `/readyz` says not
+/// ready without a word of it and without a KMS request per probe, and a proxied read's error hides it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstream_with_a_secret_in_its_url_shows_none_of_it() {
+    use ethkms::backend::{CreateKeyRequest, KeyBackend, MemoryBackend};
+    let memory = std::sync::Arc::new(MemoryBackend::new());
+    let backend: std::sync::Arc<dyn KeyBackend> = memory.clone();
+    let key = backend.create_key(&CreateKeyRequest::new()).await.unwrap().key_id;
+    let upstream = format!("http://user:SECRET1@127.0.0.1:{}/v3/SECRET2?apikey=SECRET3", free_port());
+    let paths = Paths::new();
+    let api = serve_in_process_unready(&configuration("127.0.0.1:0", &upstream, &key, &paths), backend).await;
+    let before = memory.request_counts();
+    for _ in 0..5 {
+        let response = api.http.get(format!("{}/readyz", api.url)).send().await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert!(!body.contains("SECRET") && !body.contains("127.0.0.1"), "{body}");
+    }
+    let after = memory.request_counts();
+    assert_eq!((after.public_key, after.sign), (before.public_key, before.sign), "no KMS request per probe");
+
+    let answer = api.call("eth_blockNumber", json!([])).await;
+    let message = answer["error"]["message"].as_str().unwrap_or_else(|| panic!("{answer}"));
+    assert!(!answer.to_string().contains("SECRET"), "{answer}");
+    assert!(message.contains("upstream"), "{message}");
+    let metrics = api.metrics().await;
+    assert!(!metrics.contains("SECRET"));
+}
