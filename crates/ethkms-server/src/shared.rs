@@ -145,3 +145,24 @@ impl WorkCounter {
 }
 
 pub(crate) use ethkms::eth::redact_urls;
+
+/// What an audit record says of a signed transaction, for forensics: chain id, nonce, to, value, the
+/// calldata's selector and Keccak-256 (not the calldata itself), gas and every fee field it has.
+pub(crate) fn transaction_fields(transaction: &impl alloy_consensus::Transaction) -> Value {
+    let input = transaction.input();
+    serde_json::json!({
+        "type": transaction.ty(),
+        "chain_id": transaction.chain_id(),
+        "nonce": transaction.nonce(),
+        "to": transaction.to(),
+        "value": transaction.value().to_string(),
+        "selector": input.get(..4).map(alloy_primitives::hex::encode_prefixed),
+        "calldata_keccak256": (!input.is_empty()).then(|| alloy_primitives::keccak256(input)),
+        "calldata_bytes": input.len(),
+        "gas": transaction.gas_limit(),
+        "gas_price": transaction.gas_price().map(|fee| fee.to_string()),
+        "max_fee_per_gas": (transaction.gas_price().is_none()).then(|| transaction.max_fee_per_gas().to_string()),
+        "max_priority_fee_per_gas": transaction.max_priority_fee_per_gas().map(|fee| fee.to_string()),
+        "max_fee_per_blob_gas": transaction.max_fee_per_blob_gas().map(|fee| fee.to_string()),
+    })
+}

@@ -131,6 +131,29 @@ async fn withdrawals_are_idempotent_checked_and_mined_with_contiguous_nonces() {
     }
     let verified = ethkms::audit::verify(&paths.audit).unwrap();
     assert_eq!(verified.records, 12, "10 signatures and 2 denials");
+    // The token withdrawal's record holds what forensics needs: who asked, under which idempotency key,
+    // the transaction's chain, nonce, contract, calldata selector and hash, gas and fees, and its hash.
+    let records: Vec<Value> = std::fs::read_to_string(&paths.audit)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["event"].clone())
+        .collect();
+    let token_record = records
+        .iter()
+        .find(|event| event["idempotency_key"] == format!("{run}-token"))
+        .unwrap_or_else(|| panic!("no record of the token withdrawal in {records:?}"));
+    assert_eq!(token_record["client"], "exchange", "{token_record}");
+    assert_eq!(token_record["chain_id"], 31337, "{token_record}");
+    assert_eq!(token_record["to"], json!(token), "{token_record}");
+    assert_eq!(token_record["recipient"], json!(r2), "{token_record}");
+    assert_eq!(token_record["selector"], "0xa9059cbb", "{token_record}");
+    assert_eq!(token_record["value"], "0", "{token_record}");
+    assert!(token_record["calldata_keccak256"].as_str().is_some_and(|hash| hash.len() == 66), "{token_record}");
+    assert!(token_record["gas"].as_u64().is_some_and(|gas| gas > 21_000), "{token_record}");
+    assert!(token_record["max_fee_per_gas"].as_str().is_some(), "{token_record}");
+    assert!(token_record["nonce"].is_u64() && token_record["tx_hash"].is_string(), "{token_record}");
+    let denial = records.iter().find(|event| event["kind"] == "denial").unwrap();
+    assert!(denial["rule"].is_string() && denial["client"] == "exchange", "{denial}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ use alloy_rpc_types_eth::TransactionRequest;
 use alloy_sol_types::SolCall;
 use ethkms::eth::SignerError;
 use ethkms::eth::chain::{self, Fees};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::broadcast::{self, outcome_name};
 use super::fees;
@@ -26,7 +26,7 @@ use crate::config::WithdrawalSettings;
 use crate::journal::{Attempt, JournalError, JournalStore, Kind, NewRow, Status, Withdrawal, now_ms};
 use crate::nonces::Nonces;
 use crate::policy::{Asset, transferCall};
-use crate::shared::{Key, Shared, WorkCounter, redact_urls};
+use crate::shared::{Key, Shared, WorkCounter, redact_urls, transaction_fields};
 
 /// How long fee estimates are reused.
 const FEES_FOR: Duration = Duration::from_secs(1);
@@ -622,14 +622,16 @@ impl Engine {
             (Kind::Rpc, false) => rpc_method.as_deref().unwrap_or("rpc"),
             (Kind::Withdrawal, false) => "withdrawals",
         };
-        self.shared
-            .audit(json!({
-                "kind": "signature", "method": method, "client": row.client, "key": key.name,
-                "address": key.address(), "withdrawal": row.id, "nonce": nonce, "tx_hash": envelope.tx_hash(),
-                "to": row.recipient, "asset": row.asset.to_string(), "amount": row.amount.to_string(),
-                "chain_id": key.chain_id,
-            }))
-            .map_err(|error| Trouble::Retry { cause: "audit", reason: error.to_string() })?;
+        let mut record = json!({
+            "kind": "signature", "method": method, "client": row.client, "key": key.name,
+            "address": key.address(), "withdrawal": row.id, "idempotency_key": row.idempotency_key,
+            "tx_hash": envelope.tx_hash(), "recipient": row.recipient, "asset": row.asset.to_string(),
+            "amount": row.amount.to_string(),
+        });
+        if let (Some(record), Value::Object(fields)) = (record.as_object_mut(), transaction_fields(&envelope)) {
+            record.extend(fields);
+        }
+        self.shared.audit(record).map_err(|error| Trouble::Retry { cause: "audit", reason: error.to_string() })?;
         let audited = started.elapsed();
         self.shared.metrics.signatures.inc(method);
         let (max_fee_per_gas, priority_fee_per_gas) = fees.max_and_priority();
