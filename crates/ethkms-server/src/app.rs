@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use alloy_primitives::Address;
 use alloy_signer::Signer as _;
-use ethkms::audit::AuditLog;
+use ethkms::audit::{AuditLog, AuditWriter};
 use ethkms::backend::{KeyBackend, KeyRef};
 use ethkms::eth::{KmsSigner, SignerError};
 use ethkms::{ChainSettings, WalletManager};
@@ -116,7 +116,7 @@ impl Service {
                 },
             );
         }
-        let audit = AuditLog::open(&config.audit_log)?;
+        let audit = AuditWriter::spawn(AuditLog::open(&config.audit_log)?)?;
         let mut policy = PolicyEngine::new(policies);
         let journal: Option<Arc<dyn JournalStore>> = match &config.journal {
             Some(path) => {

@@ -103,8 +103,8 @@ impl Service {
             .with_state(Arc::clone(self))
     }
 
-    fn audit(&self, event: Value) -> Result<(), RpcError> {
-        self.shared.audit(event).map_err(|error| RpcError::new(codes::SERVER_ERROR, error.to_string()))
+    async fn audit(&self, event: Value) -> Result<(), RpcError> {
+        self.shared.audit(event).await.map_err(|error| RpcError::new(codes::SERVER_ERROR, error.to_string()))
     }
 
     fn key_for(&self, client: &ClientConfig, method: &str, address: &Value) -> Result<&Key, RpcError> {
@@ -142,7 +142,7 @@ impl Service {
         self.audit(json!({
             "kind": "signature", "method": method, "client": client_name, "key": key.name,
             "address": key.address(), "digest": alloy_primitives::B256::from(ethkms::core::eip191_hash_message(&message)),
-        }))?;
+        })).await?;
         self.shared.metrics.signatures.inc(method);
         Ok(json!(signature.to_string()))
     }
@@ -196,7 +196,8 @@ impl Service {
                 self.audit(json!({
                     "kind": "denial", "method": method, "client": client_name, "key": key.name,
                     "rule": rule.to_string(), "reason": message, "to": to, "value": policy_request.value.to_string(),
-                }))?;
+                }))
+                .await?;
                 return Err(RpcError::with_data(
                     codes::POLICY_DENIED,
                     format!("denied by policy rule `{rule}`: {message}"),
@@ -267,7 +268,8 @@ impl Service {
                 self.audit(json!({
                     "kind": "signature", "method": method, "client": client_name, "key": key.name,
                     "address": key.address(), "digest": digest,
-                }))?;
+                }))
+                .await?;
                 self.shared.metrics.signatures.inc(method);
                 Ok(json!(signature.to_string()))
             }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use alloy_primitives::Address;
 use alloy_signer::Signer as _;
 use ethkms::WalletManager;
-use ethkms::audit::AuditLog;
+use ethkms::audit::AuditWriter;
 use ethkms::backend::BackendError;
 use ethkms::eth::{KmsSigner, SignerError};
 use serde_json::Value;
@@ -48,7 +48,7 @@ pub(crate) struct Shared {
     pub(crate) keys: BTreeMap<String, Key>,
     pub(crate) by_address: BTreeMap<Address, String>,
     pub(crate) policy: Mutex<PolicyEngine>,
-    audit: Mutex<AuditLog>,
+    audit: AuditWriter,
     pub(crate) metrics: Metrics,
 }
 
@@ -57,27 +57,16 @@ impl Shared {
         manager: WalletManager,
         keys: BTreeMap<String, Key>,
         policy: PolicyEngine,
-        audit: AuditLog,
+        audit: AuditWriter,
     ) -> Self {
         let by_address = keys.values().map(|key| (key.address(), key.name.clone())).collect();
-        Self {
-            manager,
-            keys,
-            by_address,
-            policy: Mutex::new(policy),
-            audit: Mutex::new(audit),
-            metrics: Metrics::default(),
-        }
+        Self { manager, keys, by_address, policy: Mutex::new(policy), audit, metrics: Metrics::default() }
     }
 
-    /// Appends `event` to the audit log, flushed to disk.
-    pub(crate) fn audit(&self, event: Value) -> Result<(), AuditFailure> {
-        self.audit
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .append(event)
-            .map(|_| ())
-            .map_err(|error| AuditFailure(error.to_string()))
+    /// Appends `event` to the audit log and returns once it is flushed to disk (group commit: one flush
+    /// for every record queued meanwhile).
+    pub(crate) async fn audit(&self, event: Value) -> Result<(), AuditFailure> {
+        self.audit.append(event).await.map(|_| ()).map_err(|error| AuditFailure(error.to_string()))
     }
 
     /// Counts a key-service error by kind (`ethkms_kms_errors_total`); other errors are not counted.

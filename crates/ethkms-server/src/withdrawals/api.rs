@@ -232,6 +232,7 @@ pub(crate) async fn post(
                     "rule": rule.to_string(), "reason": message, "to": recipient, "asset": asset.to_string(),
                     "amount": amount.to_string(),
                 }))
+                .await
                 .map_err(|audit_error| error(StatusCode::SERVICE_UNAVAILABLE, "audit", audit_error, Value::Null))?;
             Err(error(
                 StatusCode::FORBIDDEN,
@@ -300,8 +301,11 @@ pub(crate) async fn cancel(
         }
     };
     let withdrawal = owned(engine, client_name, &id).await?;
-    let _ = service.shared.audit(json!({
-        "kind": "cancel", "client": client_name, "withdrawal": id, "status": withdrawal.status.as_str(),
-    }));
+    let _ = service
+        .shared
+        .audit(json!({
+            "kind": "cancel", "client": client_name, "withdrawal": id, "status": withdrawal.status.as_str(),
+        }))
+        .await;
     Ok((status, Json(view(&service, &withdrawal))).into_response())
 }

@@ -631,7 +631,10 @@ impl Engine {
         if let (Some(record), Value::Object(fields)) = (record.as_object_mut(), transaction_fields(&envelope)) {
             record.extend(fields);
         }
-        self.shared.audit(record).map_err(|error| Trouble::Retry { cause: "audit", reason: error.to_string() })?;
+        self.shared
+            .audit(record)
+            .await
+            .map_err(|error| Trouble::Retry { cause: "audit", reason: error.to_string() })?;
         let audited = started.elapsed();
         self.shared.metrics.signatures.inc(method);
         let (max_fee_per_gas, priority_fee_per_gas) = fees.max_and_priority();

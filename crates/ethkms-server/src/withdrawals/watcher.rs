@@ -641,7 +641,7 @@ mod tests {
             WalletManager::with_backend(backend, ChainSettings::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
         let audit_path = std::env::temp_dir().join(format!("ethkms-watcher-{name}-{}.jsonl", std::process::id()));
         let _ = std::fs::remove_file(&audit_path);
-        let audit = ethkms::audit::AuditLog::open(&audit_path).unwrap();
+        let audit = ethkms::audit::AuditWriter::spawn(ethkms::audit::AuditLog::open(&audit_path).unwrap()).unwrap();
         let shared =
             Arc::new(Shared::new(manager, BTreeMap::from([("hot".into(), key)]), PolicyEngine::default(), audit));
         let journal_path = audit_path.with_extension("sqlite");

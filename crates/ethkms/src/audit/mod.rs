@@ -12,6 +12,10 @@
 //! last complete record and logs what it dropped; [`verify`] still reports the torn line. A broken record
 //! anywhere else is never repaired: the log is refused.
 //!
+//! Many writers (a signing service's requests) share one log through an [`AuditWriter`]: a thread that
+//! writes what is queued in one go and flushes it with one `fsync` (group commit), answering each writer
+//! only once its record is on disk.
+//!
 //! ```
 //! use ethkms::audit::{AuditLog, verify};
 //!
@@ -32,6 +36,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
+
+mod writer;
+
+pub use writer::AuditWriter;
 
 /// The `prev` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -107,27 +115,52 @@ impl AuditLog {
     /// # Errors
     /// [`AuditError::Io`]; the record is then not in the log, and the caller must not act on it.
     pub fn append(&mut self, event: Value) -> Result<String, AuditError> {
+        let mut hashes = self.append_all(vec![event])?;
+        Ok(hashes.pop().unwrap_or_default())
+    }
+
+    /// Appends one record for each of `events`, in order, with one write and one flush to disk; returns
+    /// their hashes. All or none are in the log.
+    ///
+    /// # Errors
+    /// [`AuditError::Io`]; none of the records is then in the log, and the caller must not act on them.
+    pub fn append_all(&mut self, events: Vec<Value>) -> Result<Vec<String>, AuditError> {
         let time = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis());
-        let mut record = Map::new();
-        record.insert("seq".into(), json!(self.next_seq));
-        record.insert("time".into(), json!(u64::try_from(time).unwrap_or(u64::MAX)));
-        record.insert("prev".into(), json!(self.head));
-        record.insert("event".into(), event);
-        let hash = record_hash(&record);
-        record.insert("hash".into(), json!(hash));
-        let mut line = Value::Object(record).to_string();
-        line.push('\n');
+        let time = u64::try_from(time).unwrap_or(u64::MAX);
+        let (mut seq, mut head) = (self.next_seq, self.head.clone());
+        let mut lines = String::new();
+        let mut hashes = Vec::with_capacity(events.len());
+        for event in events {
+            let mut record = Map::new();
+            record.insert("seq".into(), json!(seq));
+            record.insert("time".into(), json!(time));
+            record.insert("prev".into(), json!(head));
+            record.insert("event".into(), event);
+            let hash = record_hash(&record);
+            record.insert("hash".into(), json!(hash));
+            lines.push_str(&Value::Object(record).to_string());
+            lines.push('\n');
+            seq += 1;
+            head.clone_from(&hash);
+            hashes.push(hash);
+        }
         let io = |source| AuditError::Io { path: self.path.clone(), source };
         let length = self.file.metadata().map_err(io)?.len();
-        if let Err(error) = self.file.write_all(line.as_bytes()).and_then(|()| self.file.sync_data()) {
-            // A part of the line may be in the file (a full disk, say): take it back, so that the next
+        if let Err(error) = self.file.write_all(lines.as_bytes()).and_then(|()| self.file.sync_data()) {
+            // A part of the lines may be in the file (a full disk, say): take it back, so that the next
             // record, once the trouble passes, follows a complete one.
             let _ = self.file.set_len(length);
             return Err(io(error));
         }
-        self.next_seq += 1;
-        self.head.clone_from(&hash);
-        Ok(hash)
+        self.next_seq = seq;
+        self.head = head;
+        Ok(hashes)
+    }
+
+    /// The file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The hash of the last record.
