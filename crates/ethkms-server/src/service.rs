@@ -3,7 +3,9 @@
 //! (flushed to disk) before the answer leaves; other `eth_*` calls are proxied to the upstream node.
 //! Transactions (`eth_signTransaction`, `eth_sendTransaction`) take their nonce from the
 //! [withdrawal engine](crate::withdrawals), which journals, broadcasts, bumps and confirms them like
-//! withdrawals. Also the routes of [`crate::withdrawals`], `/healthz`, `/readyz` and `/metrics`.
+//! withdrawals. Also the routes of [`crate::withdrawals`], `/healthz`, `/readyz`, `/metrics` and `/openapi.json`
+//! (the [OpenAPI document](crate::withdrawals::openapi)); a path that matches no route is answered a JSON
+//! `404`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -55,10 +57,12 @@ impl Service {
             .route_layer(axum::middleware::from_fn_with_state(Arc::clone(self), authenticated));
         Router::new()
             .route("/", post(rpc))
-            .route("/healthz", get(|| async { "ok" }))
+            .route("/healthz", get(healthz))
             .route("/readyz", get(ready))
             .route("/metrics", get(metrics))
+            .route("/openapi.json", get(crate::withdrawals::openapi::openapi_json))
             .merge(rest)
+            .fallback(crate::withdrawals::api::no_route)
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(Arc::clone(self))
     }
@@ -318,14 +322,40 @@ async fn one(
     }
 }
 
+/// Liveness
+///
+/// `ok` while the process serves requests.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    responses((status = 200, description = "Alive", content_type = "text/plain", body = String, example = "ok"))
+)]
+pub(crate) async fn healthz() -> &'static str {
+    "ok"
+}
+
 /// How long `/readyz` reuses its check of the node.
 const READY_FOR: Duration = Duration::from_secs(5);
 
-/// `/readyz`: not ready while the engine recovers its journal or is halted, or while the node does not
-/// answer (checked at most every [`READY_FOR`]). No KMS request per probe (the keys were opened at start;
-/// key-service trouble shows in `ethkms_kms_errors_total`), and a bare body: no upstream error text, which can
-/// carry URLs and account details.
-async fn ready(State(service): State<Arc<Service>>) -> Response {
+/// Readiness
+///
+/// Not ready while the engine recovers its journal or is halted, or while the node does not answer (checked
+/// at most every 5 s). No KMS request per probe (the keys were opened at start; key-service trouble shows in
+/// `ethkms_kms_errors_total`), and a bare body: no upstream error text, which can carry URLs and account
+/// details.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", content_type = "text/plain", body = String, example = "ready"),
+        (status = 503, description = "Not ready, and why", content_type = "text/plain", body = String),
+    )
+)]
+pub(crate) async fn ready(State(service): State<Arc<Service>>) -> Response {
     let not_ready =
         |what: &'static str| (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {what}")).into_response();
     if let Some(engine) = &service.engine {
@@ -349,7 +379,17 @@ async fn ready(State(service): State<Arc<Service>>) -> Response {
     if node_ok { "ready".into_response() } else { not_ready("the upstream node does not answer") }
 }
 
-async fn metrics(State(service): State<Arc<Service>>) -> Response {
+/// Metrics
+///
+/// Prometheus metrics in the OpenMetrics text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses((status = 200, description = "The metrics", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String))
+)]
+pub(crate) async fn metrics(State(service): State<Arc<Service>>) -> Response {
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], service.shared.metrics.render()).into_response()
 }
 
