@@ -3,12 +3,14 @@
 //! 1. formatting (`cargo fmt --check`, main and fuzz workspaces)
 //! 2. clippy on all targets with warnings denied
 //! 3. the tests (cargo-nextest when installed, else `cargo test`), then the doctests, with LocalStack
-//!    KMS and anvil running (`cargo xtask services up`); in CI they are stopped afterwards
-//! 4. rustdoc with warnings denied
-//! 5. the `no_std` proof (`cargo xtask nostd`)
-//! 6. cargo-deny: licences, bans and sources; advisories when the advisory database can be fetched
-//! 7. `cargo package` for every publishable crate
-//! 8. a short run of every fuzz target
+//!    KMS and anvil running (`cargo xtask services up`)
+//! 4. schemathesis against the signing service's OpenAPI document (`cargo xtask schemathesis`), with the
+//!    same services; in CI they are stopped afterwards
+//! 5. rustdoc with warnings denied
+//! 6. the `no_std` proof (`cargo xtask nostd`)
+//! 7. cargo-deny: licences, bans and sources; advisories when the advisory database can be fetched
+//! 8. `cargo package` for every publishable crate
+//! 9. a short run of every fuzz target
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::Result;
 use crate::command::{cargo, in_ci, output, run};
 use crate::services::{self, ServiceEnv};
-use crate::{fuzz, nostd, tools};
+use crate::{fuzz, nostd, schemathesis, tools};
 
 /// Seconds each fuzz target runs in CI.
 const CI_FUZZ_SECONDS: u64 = 20;
@@ -49,11 +51,23 @@ pub(crate) fn run_all() -> Result {
             "warnings",
         ]))
     })?;
-    step("test", &mut || {
-        let services = services::up()?;
+    {
+        // The services stay up for schemathesis; in CI they are stopped after it (or after a failure).
+        let mut started: Option<ServiceEnv> = None;
         let _stop = StopServicesAfter { in_ci: in_ci() };
-        test(&services)
-    })?;
+        step("test", &mut || {
+            let services = services::up()?;
+            test(&services)?;
+            started = Some(services);
+            Ok(())
+        })?;
+        step("schemathesis", &mut || {
+            schemathesis::check(
+                started.as_ref().ok_or("the services did not start")?,
+                &schemathesis::Settings::default(),
+            )
+        })?;
+    }
     step("doc", &mut || {
         run(cargo().env("RUSTDOCFLAGS", "-D warnings").args(["doc", "--workspace", "--no-deps", "--locked"]))
     })?;

@@ -118,9 +118,14 @@ pub(crate) fn write_seeds() -> Result {
     keys.insert(hex(RSA_SPKI)?);
 
     let requests: BTreeSet<Vec<u8>> = RPC_SEEDS.iter().map(|seed| seed.as_bytes().to_vec()).collect();
-    for (target, inputs) in
-        [("der_signature", signatures), ("spki", keys), ("kms_to_ethereum", whole), ("rpc_request", requests)]
-    {
+    let withdrawals: BTreeSet<Vec<u8>> = WITHDRAWAL_SEEDS.iter().map(|seed| seed.as_bytes().to_vec()).collect();
+    for (target, inputs) in [
+        ("der_signature", signatures),
+        ("spki", keys),
+        ("kms_to_ethereum", whole),
+        ("rpc_request", requests),
+        ("withdrawal_body", withdrawals),
+    ] {
         let directory = root.join("fuzz/corpus").join(target);
         if directory.exists() {
             fs::remove_dir_all(&directory)?;
@@ -145,6 +150,20 @@ const RPC_SEEDS: &[&str] = &[
     r#"[{"jsonrpc":"2.0","id":1,"method":"eth_chainId"},{"jsonrpc":"2.0","id":2,"method":"eth_blockNumber"}]"#,
     r#"{"jsonrpc":"1.0","id":null,"method":7,"params":{}}"#,
     r#"[]"#,
+    r#"{"#,
+];
+
+/// Bodies of `POST /v1/withdrawals`, accepted and refused for each reason.
+const WITHDRAWAL_SEEDS: &[&str] = &[
+    r#"{"idempotency_key":"payout-1","key":"hot","to":"0x000000000000000000000000000000000000dEaD","asset":"ETH","amount":"0.25ether"}"#,
+    r#"{"idempotency_key":"payout-2","key":"hot","to":"0x000000000000000000000000000000000000dead","asset":"0x6B175474E89094C44Da98b954EedeAC495271d0F","amount":"5000"}"#,
+    r#"{"idempotency_key":"é","key":"","to":"0X000000000000000000000000000000000000DEAD","asset":"eth","amount":"1"}"#,
+    r#"{"idempotency_key":"","key":"hot","to":"0x000000000000000000000000000000000000dEaD","asset":"ETH","amount":"1"}"#,
+    r#"{"idempotency_key":"x","key":"hot","to":"0x000000000000000000000000000000000000dEAD","asset":"ETH","amount":"1"}"#,
+    r#"{"idempotency_key":"x","key":"hot","to":"0x12","asset":"DOGE","amount":"1"}"#,
+    r#"{"idempotency_key":"x","key":"hot","to":"0x000000000000000000000000000000000000dEaD","asset":"ETH","amount":"1","memo":1}"#,
+    r#"{"idempotency_key":7,"key":null}"#,
+    r#"["not", "an", "object"]"#,
     r#"{"#,
 ];
 

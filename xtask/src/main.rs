@@ -10,6 +10,7 @@
 //! cargo xtask tools                   install the helper tools (cargo-deny, cargo-fuzz) if missing
 //! cargo xtask demo [--keep]           the whole job end to end on LocalStack and anvil, through the CLI
 //! cargo xtask soak [--seeds N] [--first S] [--withdrawals N]   the long exactly-once fault campaigns
+//! cargo xtask schemathesis [--max-examples N] [--seed S]   the server's REST API against its OpenAPI document
 //! ```
 
 mod bench;
@@ -18,6 +19,7 @@ mod command;
 mod demo;
 mod fuzz;
 mod nostd;
+mod schemathesis;
 mod services;
 mod soak;
 #[cfg(test)]
@@ -31,7 +33,7 @@ pub(crate) type Result<T = (), E = Box<dyn std::error::Error>> = std::result::Re
 
 const USAGE: &str = "usage: cargo xtask <ci | nostd | fuzz [--seconds N] [TARGET...] | fuzz-seeds | bench [core|kms|eth|cli] | \
                      services up|down|status | tools | demo [--keep] | \
-                     soak [--seeds N] [--first S] [--withdrawals N]>";
+                     soak [--seeds N] [--first S] [--withdrawals N] | schemathesis [--max-examples N] [--seed S]>";
 
 fn main() -> ExitCode {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
@@ -57,6 +59,7 @@ fn run(arguments: &[String]) -> Result {
         ("tools", []) => tools::install_all(),
         ("demo", options) => demo::run(options),
         ("soak", options) => soak::run_soak(options),
+        ("schemathesis", options) => schemathesis::run(options),
         _ => Err(USAGE.into()),
     }
 }

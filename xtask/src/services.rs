@@ -156,6 +156,20 @@ impl ServiceEnv {
         .collect()
     }
 
+    /// The services `target/services/env.sh` describes, when a shell that sourced it runs this task (all
+    /// of its `ETHKMS_TEST_*` variables set); `None` otherwise.
+    pub(crate) fn from_environment() -> Option<Self> {
+        let variable = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
+        Some(Self {
+            kms_endpoint: variable("ETHKMS_TEST_KMS_ENDPOINT")?.into_string().ok()?,
+            rpc_url: variable("ETHKMS_TEST_RPC_URL")?.into_string().ok()?,
+            cast: variable("ETHKMS_TEST_CAST")?.into(),
+            anvil: variable("ETHKMS_TEST_ANVIL")?.into(),
+            node_modules: variable("ETHKMS_TEST_NODE_MODULES")?.into(),
+            python: variable("ETHKMS_TEST_PYTHON")?.into(),
+        })
+    }
+
     /// Sets [`Self::pairs`] on `command`.
     pub(crate) fn apply(&self, command: &mut Command) {
         command.envs(self.pairs());
@@ -932,6 +946,21 @@ fn find_localstack_python() -> Result<Python> {
     })
 }
 
+/// A cached virtualenv named `name-<hash>` of the default `python3` (>= 3.11) with `requirements` (a
+/// pinned requirements file's text), made unless an earlier run completed it; returns its interpreter.
+/// `check` is a Python script run after installing, whose output is shown.
+///
+/// # Errors
+///
+/// If there is no Python >= 3.11 or the install fails.
+pub(crate) fn python_venv(name: &str, requirements: &str, check: &str) -> Result<PathBuf> {
+    let cache =
+        std::path::absolute(cache_dir()).map_err(|error| format!("could not resolve the cache directory: {error}"))?;
+    let python = find_python(VERIFIER_MIN_PYTHON, [OsStr::new("python3")])
+        .ok_or_else(|| format!("{name} needs Python >= 3.11 as `python3`"))?;
+    install_venv(name, &cache.join(format!("{name}-{}", venv_key(requirements, &python))), &python, requirements, check)
+}
+
 /// The first of `candidates` that runs and is at least `minimum`.
 fn find_python<'a>(minimum: (u32, u32), candidates: impl IntoIterator<Item = &'a OsStr>) -> Option<Python> {
     candidates.into_iter().filter_map(probe_python).find(|python| python.at_least(minimum))
@@ -1143,16 +1172,16 @@ fn short_hash(bytes: &[u8]) -> String {
 
 /// An HTTP response: status code and body.
 #[derive(Debug, PartialEq, Eq)]
-struct HttpResponse {
+pub(crate) struct HttpResponse {
     /// The status code.
-    status: u16,
+    pub(crate) status: u16,
     /// The body, decoded from chunked transfer encoding if it was, as text.
-    body: String,
+    pub(crate) body: String,
 }
 
 /// Sends one HTTP/1.1 request (with a JSON body if `body` is given) to 127.0.0.1:`port` and reads
 /// the response, with short timeouts.
-fn http_request(port: u16, method: &str, path: &str, body: Option<&str>) -> Result<HttpResponse> {
+pub(crate) fn http_request(port: u16, method: &str, path: &str, body: Option<&str>) -> Result<HttpResponse> {
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;

@@ -17,5 +17,4 @@ pub mod rpc;
 pub mod service;
 #[cfg(feature = "service")]
 mod shared;
-#[cfg(feature = "service")]
 pub mod withdrawals;

@@ -3,7 +3,9 @@
 //! (flushed to disk) before the answer leaves; other `eth_*` calls are proxied to the upstream node.
 //! Transactions (`eth_signTransaction`, `eth_sendTransaction`) take their nonce from the
 //! [withdrawal engine](crate::withdrawals), which journals, broadcasts, bumps and confirms them like
-//! withdrawals. Also the routes of [`crate::withdrawals`], `/healthz`, `/readyz` and `/metrics`.
+//! withdrawals. Also the routes of [`crate::withdrawals`], `/healthz`, `/readyz`, `/metrics` and `/openapi.json`
+//! (the [OpenAPI document](crate::withdrawals::openapi)); a path that matches no route is answered a JSON
+//! `404`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -95,10 +97,12 @@ impl Service {
             .merge(rest)
             .route_layer(axum::middleware::from_fn_with_state(Arc::clone(self), within_capacity));
         Router::new()
-            .route("/healthz", get(|| async { "ok" }))
+            .route("/healthz", get(healthz))
             .route("/readyz", get(ready))
             .route("/metrics", get(metrics))
+            .route("/openapi.json", get(crate::withdrawals::openapi::openapi_json))
             .merge(limited)
+            .fallback(crate::withdrawals::api::no_route)
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(Arc::clone(self))
     }
@@ -310,10 +314,10 @@ async fn authenticated(
     let (parts, body) = request.into_parts();
     match read_body(body, MAX_BODY_BYTES, service.config.limits.body_timeout()).await {
         Ok(bytes) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
-        Err(error) => body_refusal(
-            &error,
-            || json!({ "error": { "kind": "bad_request", "message": body_message(&error, service.config.limits.body_timeout()) } }),
-        ),
+        Err(error) => {
+            let message = body_message(&error, service.config.limits.body_timeout());
+            crate::withdrawals::api::unread_body(&error, message).into_response()
+        }
     }
 }
 
@@ -390,14 +394,40 @@ async fn one(
     }
 }
 
+/// Liveness
+///
+/// `ok` while the process serves requests.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    responses((status = 200, description = "Alive", content_type = "text/plain", body = String, example = "ok"))
+)]
+pub(crate) async fn healthz() -> &'static str {
+    "ok"
+}
+
 /// How long `/readyz` reuses its check of the node.
 const READY_FOR: Duration = Duration::from_secs(5);
 
-/// `/readyz`: not ready while the engine recovers its journal or is halted, or while the node does not
-/// answer (checked at most every [`READY_FOR`]). No KMS request per probe (the keys were opened at start;
-/// key-service trouble shows in `ethkms_kms_errors_total`), and a bare body: no upstream error text, which can
-/// carry URLs and account details.
-async fn ready(State(service): State<Arc<Service>>) -> Response {
+/// Readiness
+///
+/// Not ready while the engine recovers its journal or is halted, or while the node does not answer (checked
+/// at most every 5 s). No KMS request per probe (the keys were opened at start; key-service trouble shows in
+/// `ethkms_kms_errors_total`), and a bare body: no upstream error text, which can carry URLs and account
+/// details.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", content_type = "text/plain", body = String, example = "ready"),
+        (status = 503, description = "Not ready, and why", content_type = "text/plain", body = String),
+    )
+)]
+pub(crate) async fn ready(State(service): State<Arc<Service>>) -> Response {
     let not_ready =
         |what: &'static str| (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {what}")).into_response();
     if let Some(engine) = &service.engine {
@@ -424,9 +454,18 @@ async fn ready(State(service): State<Arc<Service>>) -> Response {
 /// How long `/metrics` waits for the node's latest block before showing the last one seen.
 const HEAD_WAIT: Duration = Duration::from_secs(2);
 
-/// `/metrics`, with the node's latest block (number and hash) read for the scrape, so that an outside
-/// system can pin the chain this service sees.
-async fn metrics(State(service): State<Arc<Service>>) -> Response {
+/// Metrics
+///
+/// Prometheus metrics in the OpenMetrics text format, with the node's latest block (number and hash) read
+/// for the scrape, so that an outside system can pin the chain this service sees.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses((status = 200, description = "The metrics", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String))
+)]
+pub(crate) async fn metrics(State(service): State<Arc<Service>>) -> Response {
     let latest = service.shared.manager.provider().get_block_by_number(alloy_eips::BlockNumberOrTag::Latest);
     if let Ok(Ok(Some(block))) = tokio::time::timeout(HEAD_WAIT, latest).await {
         service.shared.metrics.set_chain_head(block.header.number, &block.header.hash.to_string());

@@ -58,7 +58,8 @@ pub enum JournalError {
 
 /// Where a row is. The engine moves it only forwards, except that a reorg takes `mined` (or a mined
 /// cancellation) back to `submitted`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
 pub enum Status {
     /// Stored, not yet claimed for signing.
     Accepted,
@@ -117,6 +118,13 @@ impl Status {
     #[must_use]
     pub const fn is_final(self) -> bool {
         matches!(self, Self::Confirmed | Self::Failed)
+    }
+}
+
+/// As its [name](Status::as_str), in the REST API.
+impl serde::Serialize for Status {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 

@@ -38,14 +38,27 @@
 //! - [`rejections`]: what a node's error answer means (a table of real error strings per client);
 //! - [`settlement`]: the settlement rules as pure functions, which the engine and the watcher decide by;
 //! - [`fees`]: fee caps and the bump rule;
-//! - `api`: the REST routes, which call the engine.
+//! - `api`: the REST routes, which call the engine, and [`openapi`], their OpenAPI document;
+//! - [`body`]: the body of `POST /v1/withdrawals`, parsed (the only part built without the `service`
+//!   feature, for the fuzz target).
 
+#[cfg(feature = "service")]
 pub(crate) mod api;
+pub mod body;
+#[cfg(feature = "service")]
 pub(crate) mod broadcast;
+#[cfg(feature = "service")]
 pub(crate) mod engine;
+#[cfg(feature = "service")]
 pub mod fees;
+#[cfg(feature = "service")]
+pub mod openapi;
+#[cfg(feature = "service")]
 pub mod rejections;
+#[cfg(feature = "service")]
 pub mod settlement;
+#[cfg(feature = "service")]
 pub(crate) mod watcher;
 
+#[cfg(feature = "service")]
 pub(crate) use engine::Engine;
