@@ -35,67 +35,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use alloy_primitives::U256;
-use ethkms::eth::chain::Fees;
+use alloy_primitives::{Address, U256};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::policy::{Asset, ContractCall, KeyPolicy};
+use crate::policy::{ArgConstraint, ArgKind, Asset, ContractCall, KeyPolicy, TypedDataPolicy, TypedDomain};
 
-/// One gwei in wei.
-const GWEI: u128 = 1_000_000_000;
-
-/// A key's fee caps (`[keys.NAME.fees]` in the configuration).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FeeCaps {
-    /// The most paid per gas, base fee included (wei).
-    pub max_fee_per_gas: u128,
-    /// The most tip per gas (wei).
-    pub max_priority_fee_per_gas: u128,
-    /// The most one transaction may cost in fees: gas limit × max fee per gas (wei).
-    pub max_fee_per_tx: u128,
-}
-
-impl Default for FeeCaps {
-    /// Safe on Ethereum mainnet: 500 gwei per gas (over ten times a busy day's base fee), a 10 gwei tip,
-    /// and at most 0.05 ether in fees per transaction (an ERC-20 transfer at 500 gwei costs about 0.03).
-    fn default() -> Self {
-        Self { max_fee_per_gas: 500 * GWEI, max_priority_fee_per_gas: 10 * GWEI, max_fee_per_tx: 50_000_000 * GWEI }
-    }
-}
-
-impl FeeCaps {
-    /// The highest max fee per gas allowed for a transaction with `gas`.
-    #[must_use]
-    pub fn max_fee_for(&self, gas: u64) -> u128 {
-        self.max_fee_per_gas.min(self.max_fee_per_tx / u128::from(gas.max(1)))
-    }
-
-    /// Whether `fees` with `gas` are within the caps.
-    #[must_use]
-    pub fn allow(&self, fees: Fees, gas: u64) -> bool {
-        let (max_fee, priority) = fees.max_and_priority();
-        max_fee <= self.max_fee_for(gas) && priority <= self.max_priority_fee_per_gas.min(max_fee)
-    }
-
-    /// `fees` lowered to the caps for `gas`; the flag says whether anything was lowered.
-    #[must_use]
-    pub fn clamp(&self, fees: Fees, gas: u64) -> (Fees, bool) {
-        let limit = self.max_fee_for(gas);
-        match fees {
-            Fees::Eip1559 { max_fee_per_gas, max_priority_fee_per_gas } => {
-                let max_fee = max_fee_per_gas.min(limit);
-                let priority = max_priority_fee_per_gas.min(self.max_priority_fee_per_gas).min(max_fee);
-                let clamped = Fees::Eip1559 { max_fee_per_gas: max_fee, max_priority_fee_per_gas: priority };
-                (clamped, clamped != fees)
-            }
-            Fees::Legacy { gas_price } => {
-                let price = gas_price.min(limit);
-                (Fees::Legacy { gas_price: price }, price != gas_price)
-            }
-        }
-    }
-}
+pub use crate::policy::FeeCaps;
 
 /// Blocks (the including one counted) before a mined transaction is final, unless a key says otherwise:
 /// about two and a half minutes on Ethereum mainnet, deeper than any reorg seen since the merge.
@@ -242,6 +188,7 @@ struct RawPolicy {
     #[serde(default)]
     daily_limit: BTreeMap<String, String>,
     contract_calls: Option<Vec<RawCall>>,
+    typed_data: Option<RawTypedData>,
 }
 
 #[derive(Deserialize)]
@@ -249,6 +196,32 @@ struct RawPolicy {
 struct RawCall {
     address: String,
     selector: String,
+    #[serde(default)]
+    args: Vec<RawArg>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArg {
+    index: usize,
+    kind: String,
+    max: Option<String>,
+    asset: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTypedData {
+    #[serde(default)]
+    domains: Vec<RawDomain>,
+    max_deadline_seconds: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDomain {
+    verifying_contract: String,
+    primary_types: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -277,8 +250,8 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError(error.to_string()))?;
         let mut keys = BTreeMap::new();
         for (name, key) in raw.keys {
-            let policy = policy(&name, key.policy)?;
             let fees = fee_caps(&name, &key.fees)?;
+            let policy = KeyPolicy { fees, ..policy(&name, key.policy)? };
             if key.chain_id == 0 {
                 return Err(ConfigError(format!(
                     "keys.{name}.chain_id: 0 names no chain (an EIP-7702 authorization for it is valid on every chain)"
@@ -416,65 +389,111 @@ fn fee_caps(name: &str, raw: &RawFees) -> Result<FeeCaps, ConfigError> {
 }
 
 fn policy(name: &str, raw: RawPolicy) -> Result<KeyPolicy, ConfigError> {
+    let error = |field: &str, message: String| ConfigError(format!("keys.{name}.policy.{field}: {message}"));
     let address = |field: &str, text: &str| {
-        ethkms::units::parse_address(text).map_err(|error| ConfigError(format!("keys.{name}.policy.{field}: {error}")))
+        ethkms::units::parse_address(text).map_err(|message| error(field, message.to_string()))
     };
     let addresses =
         |field: &str, list: Vec<String>| list.iter().map(|text| address(field, text)).collect::<Result<Vec<_>, _>>();
+    let parse_asset = |field: &str, text: &str| {
+        if text.eq_ignore_ascii_case("eth") { Ok(Asset::Ether) } else { address(field, text).map(Asset::Token) }
+    };
+    let amount = |field: &str, asset: Asset, text: &str| {
+        match asset {
+            Asset::Ether => ethkms::units::parse_value(text).map_err(|message| message.to_string()),
+            Asset::Token(_) => text.parse::<U256>().map_err(|message| format!("`{text}`: {message}")),
+        }
+        .map_err(|message| error(field, message))
+    };
     let amounts = |field: &str, map: BTreeMap<String, String>| -> Result<BTreeMap<Asset, U256>, ConfigError> {
         map.into_iter()
-            .map(|(asset, amount)| {
-                let asset = if asset.eq_ignore_ascii_case("eth") {
-                    Asset::Ether
-                } else {
-                    Asset::Token(address(field, &asset)?)
-                };
-                let amount = match asset {
-                    Asset::Ether => ethkms::units::parse_value(&amount),
-                    Asset::Token(_) => amount.parse::<U256>().map_err(|error| format!("`{amount}`: {error}")),
-                }
-                .map_err(|error| ConfigError(format!("keys.{name}.policy.{field}: {error}")))?;
-                Ok((asset, amount))
+            .map(|(text, value)| {
+                let asset = parse_asset(field, &text)?;
+                Ok((asset, amount(field, asset, &value)?))
             })
             .collect()
     };
-    let contract_calls = raw
-        .contract_calls
-        .map(|calls| {
-            calls
-                .into_iter()
-                .map(|call| {
-                    let selector = alloy_primitives::hex::decode(&call.selector)
-                        .ok()
-                        .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
-                        .ok_or_else(|| {
-                            ConfigError(format!(
-                                "keys.{name}.policy.contract_calls: selector `{}` is not 4 bytes",
-                                call.selector
-                            ))
-                        })?;
-                    Ok(ContractCall { address: address("contract_calls", &call.address)?, selector })
-                })
-                .collect::<Result<Vec<_>, ConfigError>>()
+    let destination_allowlist =
+        raw.destination_allowlist.map(|list| addresses("destination_allowlist", list)).transpose()?;
+    let contract_calls = match raw.contract_calls {
+        None => None,
+        Some(calls) => {
+            let mut parsed = Vec::new();
+            for (position, call) in calls.into_iter().enumerate() {
+                let field = format!("contract_calls[{position}]");
+                let selector = alloy_primitives::hex::decode(&call.selector)
+                    .ok()
+                    .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
+                    .ok_or_else(|| error(&field, format!("selector `{}` is not 4 bytes", call.selector)))?;
+                let mut args = Vec::new();
+                for arg in call.args {
+                    let field = format!("{field}.args[{}]", arg.index);
+                    let kind = match (arg.kind.as_str(), arg.max, arg.asset) {
+                        ("address_allowlisted", None, None) if destination_allowlist.is_some() => {
+                            ArgKind::AddressAllowlisted
+                        }
+                        ("address_allowlisted", None, None) => {
+                            return Err(error(&field, "`address_allowlisted` needs a destination_allowlist".into()));
+                        }
+                        ("address_allowlisted", ..) => {
+                            return Err(error(&field, "`address_allowlisted` takes no `max` or `asset`".into()));
+                        }
+                        ("amount_max", Some(max), asset) => {
+                            let asset = asset.map(|text| parse_asset(&field, &text)).transpose()?;
+                            // A plain number, unless it is an amount of ether (which takes units).
+                            let unit =
+                                if asset == Some(Asset::Ether) { Asset::Ether } else { Asset::Token(Address::ZERO) };
+                            ArgKind::AmountMax { max: amount(&field, unit, &max)?, asset }
+                        }
+                        ("amount_max", None, _) => return Err(error(&field, "`amount_max` needs `max`".into())),
+                        (other, ..) => {
+                            return Err(error(
+                                &field,
+                                format!("kind `{other}` is not one of `address_allowlisted`, `amount_max`"),
+                            ));
+                        }
+                    };
+                    args.push(ArgConstraint { index: arg.index, kind });
+                }
+                parsed.push(ContractCall { address: address(&field, &call.address)?, selector, args });
+            }
+            Some(parsed)
+        }
+    };
+    let typed_data = raw
+        .typed_data
+        .map(|typed| {
+            let mut domains = Vec::new();
+            for (position, domain) in typed.domains.into_iter().enumerate() {
+                let field = format!("typed_data.domains[{position}]");
+                if domain.primary_types.is_empty() {
+                    return Err(error(&field, "primary_types is empty: list the types it may sign".into()));
+                }
+                domains.push(TypedDomain {
+                    verifying_contract: address(&field, &domain.verifying_contract)?,
+                    primary_types: domain.primary_types,
+                });
+            }
+            let defaults = TypedDataPolicy::default();
+            let max_deadline = typed.max_deadline_seconds.map_or(defaults.max_deadline, std::time::Duration::from_secs);
+            Ok(TypedDataPolicy { domains, max_deadline })
         })
         .transpose()?;
     Ok(KeyPolicy {
         allowed_chain_ids: raw.allowed_chain_ids,
-        destination_allowlist: raw
-            .destination_allowlist
-            .map(|list| addresses("destination_allowlist", list))
-            .transpose()?,
+        destination_allowlist,
         destination_denylist: addresses("destination_denylist", raw.destination_denylist)?,
         max_value: amounts("max_value", raw.max_value)?,
         daily_limit: amounts("daily_limit", raw.daily_limit)?,
         contract_calls,
+        fees: FeeCaps::default(),
+        typed_data,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloy_primitives::Address;
 
     fn example(token: &str) -> String {
         format!(

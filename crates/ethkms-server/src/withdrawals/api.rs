@@ -17,7 +17,7 @@ use super::engine::withdrawal_request;
 use crate::app::Service;
 use crate::config::ClientConfig;
 use crate::journal::{Cancelled, Inserted, NewWithdrawal, Status, Withdrawal};
-use crate::policy::{Asset, Denial, SignRequest};
+use crate::policy::{Asset, Denial, SignRequest, totals};
 
 /// The body of `POST /v1/withdrawals`.
 #[derive(Deserialize)]
@@ -167,13 +167,7 @@ pub(crate) async fn post(
         amount,
     };
     let transaction = withdrawal_request(key.address(), recipient, asset, amount);
-    let policy_request = SignRequest {
-        key: key.name.clone(),
-        chain_id: key.chain_id,
-        to: transaction.to.and_then(|to| to.to().copied()).unwrap_or_default(),
-        value: transaction.value.unwrap_or_default(),
-        data: transaction.input.input().cloned().unwrap_or_default(),
-    };
+    let policy_request = SignRequest::from_transaction(&key.name, key.chain_id, &transaction);
     let shared = Arc::clone(&service.shared);
     let check = Box::new(move || {
         shared
@@ -181,7 +175,7 @@ pub(crate) async fn post(
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .check_and_record(&policy_request, std::time::SystemTime::now())
-            .map(|movement| (movement.asset, movement.amount))
+            .map(|movements| totals(&movements).into_iter().collect())
     });
     let inserted = engine.journal.insert(new.clone(), check).await.map_err(journal_error)?;
     match inserted {
@@ -256,9 +250,7 @@ pub(crate) async fn cancel(
     let answer = engine.journal.cancel(&id).await.map_err(journal_error)?;
     let status = match answer {
         Cancelled::Now(released) => {
-            if let Some(released) = released {
-                service.shared.release(&released);
-            }
+            service.shared.release(&released);
             service.shared.metrics.withdrawals.inc("cancelled");
             StatusCode::OK
         }
