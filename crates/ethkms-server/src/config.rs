@@ -19,7 +19,19 @@
 //! destination_allowlist = ["0x000000000000000000000000000000000000dEaD"]
 //! max_value = { ETH = "1ether", "0x6B175474E89094C44Da98b954EedeAC495271d0F" = "5000" }
 //! daily_limit = { ETH = "10ether" }
-//! contract_calls = [{ address = "0x7a250d5630B4cF539739dF2C5dAcb4c659F2488D", selector = "0x38ed1739" }]
+//! # Any call besides transfers and approvals of tokens with limits must be listed (see below).
+//! contract_calls = [
+//!     { address = "0x7a250d5630B4cF539739dF2C5dAcb4c659F2488D", selector = "0x38ed1739", args = [
+//!         { index = 0, kind = "amount_max", max = "5000", asset = "0x6B175474E89094C44Da98b954EedeAC495271d0F" },
+//!         { index = 3, kind = "address_allowlisted" },
+//!     ] },
+//! ]
+//! [keys.hot.policy.typed_data]   # without it, a key with limits or allowlists signs no typed data
+//! max_deadline_seconds = 3600    # the default: a permit's deadline at most an hour away
+//! domains = [
+//!     { verifying_contract = "0x6B175474E89094C44Da98b954EedeAC495271d0F", primary_types = ["Permit"] },
+//!     { verifying_contract = "0x000000000022D473030F116dDEE9F6B43aC78BA3", primary_types = ["PermitSingle"] },
+//! ]
 //!
 //! [clients.withdrawals]
 //! token_sha256 = "…64 hex digits: the SHA-256 of the bearer token…"
@@ -30,6 +42,24 @@
 //! Token amounts in `max_value` and `daily_limit` are in the token's smallest unit; ether amounts take
 //! units (`1ether`, `20gwei`, or plain wei). Tokens are stored only as their SHA-256, so the file holds
 //! no secret.
+//!
+//! The [policy](crate::policy) in short:
+//!
+//! - The ether `max_value` and `daily_limit` count value **and** the most a transaction can pay in fees:
+//!   `fees.max_fee_per_tx` when the service picks gas and fees, less with a client gas limit. Client fee
+//!   fields above `fees` are refused (`fee_cap`).
+//! - A key with a token limit, a `destination_allowlist` or `contract_calls` signs calldata only for
+//!   `transfer`, `approve`, `increaseAllowance` and `permit` of tokens with limits (amounts counted, recipient
+//!   or spender through the destination lists) and for the calls in `contract_calls`. An entry's `args`
+//!   constrain static arguments by position (`index`: the 32-byte word at `4 + 32 × index`):
+//!   `address_allowlisted` (passes the destination lists; needs a `destination_allowlist`) or `amount_max`
+//!   (at most `max`, a plain number — units for `asset = "ETH"` — and counted against `asset`'s limits if
+//!   given). Keys with none of these sign any call.
+//! - `typed_data.domains` list the `verifyingContract`s and primary types a key may sign typed data for;
+//!   `domain.chainId` must be the key's chain (an entry without `verifying_contract` is for domains without
+//!   one, such as off-chain logins). ERC-2612, DAI and Permit2 permits count like approvals, with
+//!   a deadline at most `max_deadline_seconds` away. A key with any limit or allowlist and no `typed_data`
+//!   signs no typed data; a key with no rules at all signs any (never for another chain).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -220,7 +250,7 @@ struct RawTypedData {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDomain {
-    verifying_contract: String,
+    verifying_contract: Option<String>,
     primary_types: Vec<String>,
 }
 
@@ -470,7 +500,7 @@ fn policy(name: &str, raw: RawPolicy) -> Result<KeyPolicy, ConfigError> {
                     return Err(error(&field, "primary_types is empty: list the types it may sign".into()));
                 }
                 domains.push(TypedDomain {
-                    verifying_contract: address(&field, &domain.verifying_contract)?,
+                    verifying_contract: domain.verifying_contract.map(|text| address(&field, &text)).transpose()?,
                     primary_types: domain.primary_types,
                 });
             }
@@ -513,7 +543,12 @@ fees = {{ max_fee_per_gas = "200gwei" }}
 destination_allowlist = ["0x000000000000000000000000000000000000dEaD"]
 max_value = {{ ETH = "1ether", "0x6B175474E89094C44Da98b954EedeAC495271d0F" = "5000" }}
 daily_limit = {{ ETH = "10ether" }}
-contract_calls = [{{ address = "0x7a250d5630B4cF539739dF2C5dAcb4c659F2488D", selector = "0x38ed1739" }}]
+contract_calls = [{{ address = "0x7a250d5630B4cF539739dF2C5dAcb4c659F2488D", selector = "0x38ed1739", args = [
+    {{ index = 0, kind = "address_allowlisted" }}, {{ index = 1, kind = "amount_max", max = "1000", asset = "ETH" }},
+] }}]
+[keys.hot.policy.typed_data]
+max_deadline_seconds = 600
+domains = [{{ verifying_contract = "0x6B175474E89094C44Da98b954EedeAC495271d0F", primary_types = ["Permit"] }}]
 
 [clients.withdrawals]
 token_sha256 = "{}"
@@ -535,7 +570,18 @@ methods = ["eth_sendTransaction", "eth_signTransaction"]
         assert_eq!(hot.policy.max_value[&Asset::Ether], U256::from(10u64.pow(18)));
         let dai: Address = "0x6B175474E89094C44Da98b954EedeAC495271d0F".parse().unwrap();
         assert_eq!(hot.policy.max_value[&Asset::Token(dai)], U256::from(5000));
-        assert_eq!(hot.policy.contract_calls.as_ref().unwrap()[0].selector, [0x38, 0xed, 0x17, 0x39]);
+        let call = &hot.policy.contract_calls.as_ref().unwrap()[0];
+        assert_eq!(call.selector, [0x38, 0xed, 0x17, 0x39]);
+        assert_eq!(call.args[0], ArgConstraint { index: 0, kind: ArgKind::AddressAllowlisted });
+        // `asset = "ETH"`: the cap takes units, here 1,000 wei.
+        assert_eq!(call.args[1].kind, ArgKind::AmountMax { max: U256::from(1000), asset: Some(Asset::Ether) });
+        assert_eq!(hot.policy.fees, hot.fees, "the policy knows the key's fee caps");
+        let typed = hot.policy.typed_data.as_ref().unwrap();
+        assert_eq!(typed.max_deadline, std::time::Duration::from_secs(600));
+        assert_eq!(
+            (typed.domains[0].verifying_contract, typed.domains[0].primary_types.as_slice()),
+            (Some(dai), ["Permit".to_owned()].as_slice())
+        );
         assert!(!format!("{config:?}").contains("s3cret"));
     }
 
@@ -572,6 +618,24 @@ methods = ["eth_sendTransaction", "eth_signTransaction"]
             (good.replace("chain_id = 1\n", "chain_id = 0\n"), "chain_id: 0 names no chain"),
             (good.replace("\"200gwei\"", "\"lots\""), "fees.max_fee_per_gas"),
             (good.replace("journal = \"withdrawals.sqlite\"", ""), "`eth_sendTransaction` needs `journal`"),
+            (
+                good.replace("kind = \"amount_max\"", "kind = \"amount_min\""),
+                "contract_calls[0].args[1]: kind `amount_min`",
+            ),
+            (good.replace(", max = \"1000\"", ""), "`amount_max` needs `max`"),
+            (good.replace("max = \"1000\"", "max = \"lots\""), "contract_calls[0].args[1]"),
+            (good.replace("index = 0, kind", "index = 0, max = \"1\", kind"), "takes no `max`"),
+            (
+                good.replace("destination_allowlist = [\"0x000000000000000000000000000000000000dEaD\"]", ""),
+                "needs a destination_allowlist",
+            ),
+            (
+                good.replace("primary_types = [\"Permit\"]", "primary_types = []"),
+                "typed_data.domains[0]: primary_types is empty",
+            ),
+            (good.replace("verifying_contract = \"0x6B", "verifying_contract = \"0xZZ"), "typed_data.domains[0]"),
+            (good.replace("max_deadline_seconds", "max_deadline"), "unknown field `max_deadline`"),
+            (good.replace("index = 0", "position = 0"), "unknown field `position`"),
         ];
         for (text, expected) in cases {
             let error = Config::parse(&text).unwrap_err().to_string();

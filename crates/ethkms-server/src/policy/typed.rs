@@ -17,8 +17,9 @@
 //! understood. The rules, in order, for a key whose typed data is restricted (it has a `typed_data` policy,
 //! or any limit, allowlist or contract-call allowlist):
 //!
-//! 1. `typed_data_domain`: `domain.chainId` present and the key's chain, `domain.verifyingContract` present
-//!    and one of the policy's `domains` (a restricted key without a `typed_data` policy signs no typed data).
+//! 1. `typed_data_domain`: `domain.chainId` present and the key's chain, `domain.verifyingContract` one of
+//!    the policy's `domains` (an entry without one matches domains without one; a restricted key without a
+//!    `typed_data` policy signs no typed data).
 //! 2. `typed_data_type`: the primary type is one of that domain's `primary_types`; a permit is understood, and
 //!    of a token with a `max_value` or `daily_limit`.
 //! 3. `permit_deadline`: a permit's deadline at most `max_deadline` from now.
@@ -67,8 +68,8 @@ impl Default for TypedDataPolicy {
 /// A domain typed data may be signed for: its `verifyingContract`, and the primary types allowed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TypedDomain {
-    /// `domain.verifyingContract`.
-    pub verifying_contract: Address,
+    /// `domain.verifyingContract` (`None`: typed data whose domain has none, such as an off-chain login).
+    pub verifying_contract: Option<Address>,
     /// The primary types allowed for it.
     pub primary_types: Vec<String>,
 }
@@ -277,17 +278,19 @@ pub(super) fn effects(
         if request.chain_id.is_none() {
             return Err(domain_denial(format!("domain.chainId is missing (the key's chain is {chain_id})")));
         }
-        let Some(contract) = request.verifying_contract else {
-            return Err(domain_denial("domain.verifyingContract is missing".into()));
-        };
+        let contract = request.verifying_contract;
+        let contract_name =
+            || contract.map_or_else(|| "no verifyingContract".to_owned(), |contract| contract.to_string());
         let Some(domain) = rules.domains.iter().find(|domain| domain.verifying_contract == contract) else {
-            return Err(domain_denial(format!("domain.verifyingContract {contract} is not one of the key's domains")));
+            return Err(domain_denial(format!("a domain with {} is not one of the key's domains", contract_name())));
         };
         let type_denial = |message: String| Denial::new(Rule::TypedDataType, message);
         if !domain.primary_types.contains(&request.primary_type) {
             return Err(type_denial(format!(
-                "primary type `{}` is not one of {:?} for {contract}",
-                request.primary_type, domain.primary_types
+                "primary type `{}` is not one of {:?} for {}",
+                request.primary_type,
+                domain.primary_types,
+                contract_name()
             )));
         }
         if let Some(why) = &request.not_understood {
