@@ -420,9 +420,7 @@ fn fee_caps(name: &str, raw: &RawFees) -> Result<FeeCaps, ConfigError> {
 
 fn policy(name: &str, raw: RawPolicy) -> Result<KeyPolicy, ConfigError> {
     let error = |field: &str, message: String| ConfigError(format!("keys.{name}.policy.{field}: {message}"));
-    let address = |field: &str, text: &str| {
-        ethkms::units::parse_address(text).map_err(|message| error(field, message.to_string()))
-    };
+    let address = |field: &str, text: &str| ethkms::units::parse_address(text).map_err(|message| error(field, message));
     let addresses =
         |field: &str, list: Vec<String>| list.iter().map(|text| address(field, text)).collect::<Result<Vec<_>, _>>();
     let parse_asset = |field: &str, text: &str| {
@@ -430,7 +428,7 @@ fn policy(name: &str, raw: RawPolicy) -> Result<KeyPolicy, ConfigError> {
     };
     let amount = |field: &str, asset: Asset, text: &str| {
         match asset {
-            Asset::Ether => ethkms::units::parse_value(text).map_err(|message| message.to_string()),
+            Asset::Ether => ethkms::units::parse_value(text),
             Asset::Token(_) => text.parse::<U256>().map_err(|message| format!("`{text}`: {message}")),
         }
         .map_err(|message| error(field, message))

@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use alloy_primitives::{Address, B256, Signature, U256, hex};
 use alloy_sol_types::{SolCall, sol};
+use common::typed::{self, PERMIT2};
 use common::{TOKEN, deploy_token, funded_key, localstack, receipt, recipient, serve_in_process, token_balance};
 use ethkms::backend::contract::{service_from_env, unique};
 use ethkms::backend::{KeyBackend, MemoryBackend};
@@ -22,8 +23,6 @@ sol! {
     function transferFrom(address from, address to, uint256 amount) external returns (bool);
     function transfer(address to, uint256 amount) external returns (bool);
 }
-
-const PERMIT2: &str = "0x000000000022D473030F116dDEE9F6B43aC78BA3";
 
 /// The test's key, token and parties.
 struct Setup {
@@ -81,76 +80,16 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
-fn domain_types() -> Value {
-    json!([
-        { "name": "name", "type": "string" },
-        { "name": "chainId", "type": "uint256" },
-        { "name": "verifyingContract", "type": "address" },
-    ])
-}
-
-/// An ERC-2612 permit of `token`.
 fn erc2612(chain: u64, token: Address, owner: Address, spender: Address, value: u64, deadline: u64) -> Value {
-    json!({
-        "types": {
-            "EIP712Domain": domain_types(),
-            "Permit": [
-                { "name": "owner", "type": "address" },
-                { "name": "spender", "type": "address" },
-                { "name": "value", "type": "uint256" },
-                { "name": "nonce", "type": "uint256" },
-                { "name": "deadline", "type": "uint256" },
-            ],
-        },
-        "primaryType": "Permit",
-        "domain": { "name": "Test Token", "chainId": chain, "verifyingContract": token },
-        "message": { "owner": owner, "spender": spender, "value": value.to_string(), "nonce": 0, "deadline": deadline },
-    })
+    typed::erc2612(chain, token, owner, spender, U256::from(value), deadline)
 }
 
-/// A Permit2 `PermitSingle` (an allowance) of `token`.
 fn permit_single(token: Address, spender: Address, amount: u64, deadline: u64) -> Value {
-    json!({
-        "types": {
-            "EIP712Domain": domain_types(),
-            "PermitSingle": [
-                { "name": "details", "type": "PermitDetails" },
-                { "name": "spender", "type": "address" },
-                { "name": "sigDeadline", "type": "uint256" },
-            ],
-            "PermitDetails": [
-                { "name": "token", "type": "address" },
-                { "name": "amount", "type": "uint160" },
-                { "name": "expiration", "type": "uint48" },
-                { "name": "nonce", "type": "uint48" },
-            ],
-        },
-        "primaryType": "PermitSingle",
-        "domain": { "name": "Permit2", "chainId": 31337, "verifyingContract": PERMIT2 },
-        "message": {
-            "details": { "token": token, "amount": amount.to_string(), "expiration": deadline, "nonce": 0 },
-            "spender": spender, "sigDeadline": deadline,
-        },
-    })
+    typed::permit_single(31337, typed::permit2(), token, spender, U256::from(amount), deadline)
 }
 
-/// A Permit2 `PermitTransferFrom` (a one-off transfer) of `token`.
 fn permit_transfer_from(token: Address, spender: Address, amount: u64, deadline: u64) -> Value {
-    json!({
-        "types": {
-            "EIP712Domain": domain_types(),
-            "PermitTransferFrom": [
-                { "name": "permitted", "type": "TokenPermissions" },
-                { "name": "spender", "type": "address" },
-                { "name": "nonce", "type": "uint256" },
-                { "name": "deadline", "type": "uint256" },
-            ],
-            "TokenPermissions": [{ "name": "token", "type": "address" }, { "name": "amount", "type": "uint256" }],
-        },
-        "primaryType": "PermitTransferFrom",
-        "domain": { "name": "Permit2", "chainId": 31337, "verifyingContract": PERMIT2 },
-        "message": { "permitted": { "token": token, "amount": amount.to_string() }, "spender": spender, "nonce": 0, "deadline": deadline },
-    })
+    typed::permit_transfer_from(31337, typed::permit2(), token, spender, U256::from(amount), deadline)
 }
 
 fn calldata(data: &[u8]) -> String {

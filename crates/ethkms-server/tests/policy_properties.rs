@@ -7,14 +7,16 @@
 
 use std::time::{Duration, SystemTime};
 
+mod common;
+
 use alloy_primitives::{Address, Bytes, U256};
 use alloy_sol_types::{SolCall, sol};
+use common::typed::{self, permit2};
 use ethkms_server::policy::{
     ArgConstraint, ArgKind, Asset, ContractCall, DAY, FeeCaps, GasRequest, KeyPolicy, PolicyEngine, SignRequest,
     TypedDataPolicy, TypedDomain, TypedRequest,
 };
 use proptest::prelude::*;
-use serde_json::json;
 
 sol! {
     function transfer(address to, uint256 amount) external returns (bool);
@@ -48,9 +50,6 @@ fn attacker() -> Address {
 }
 fn router() -> Address {
     Address::with_last_byte(0x55)
-}
-fn permit2() -> Address {
-    "0x000000000022D473030F116dDEE9F6B43aC78BA3".parse().unwrap()
 }
 
 fn policy() -> KeyPolicy {
@@ -310,66 +309,19 @@ struct Typed {
 
 impl Typed {
     fn json(&self) -> String {
-        let domain = json!({ "name": "x", "chainId": self.chain, "verifyingContract": self.contract });
-        let domain_types = json!([
-            { "name": "name", "type": "string" },
-            { "name": "chainId", "type": "uint256" },
-            { "name": "verifyingContract", "type": "address" },
-        ]);
-        let (amount, deadline) = (self.amount.to_string(), self.deadline);
-        let (types, message) = match self.primary {
-            "Permit" => {
-                let mut fields = vec![
-                    json!({ "name": "owner", "type": "address" }),
-                    json!({ "name": "spender", "type": "address" }),
-                    json!({ "name": "value", "type": "uint256" }),
-                    json!({ "name": "nonce", "type": "uint256" }),
-                    json!({ "name": "deadline", "type": "uint256" }),
-                ];
-                if self.mangled {
-                    fields.swap(0, 1);
-                }
-                (
-                    json!({ "Permit": fields }),
-                    json!({ "owner": friend(), "spender": self.spender, "value": amount, "nonce": 0, "deadline": deadline }),
-                )
-            }
-            "PermitSingle" => (
-                json!({
-                    "PermitSingle": [
-                        { "name": "details", "type": "PermitDetails" },
-                        { "name": "spender", "type": "address" },
-                        { "name": "sigDeadline", "type": "uint256" },
-                    ],
-                    "PermitDetails": [
-                        { "name": "token", "type": "address" },
-                        { "name": "amount", "type": "uint160" },
-                        { "name": "expiration", "type": "uint48" },
-                        { "name": "nonce", "type": "uint48" },
-                    ],
-                }),
-                json!({
-                    "details": { "token": self.token, "amount": amount, "expiration": 0, "nonce": 0 },
-                    "spender": self.spender, "sigDeadline": deadline,
-                }),
-            ),
-            "PermitTransferFrom" => (
-                json!({
-                    "PermitTransferFrom": [
-                        { "name": "permitted", "type": "TokenPermissions" },
-                        { "name": "spender", "type": "address" },
-                        { "name": "nonce", "type": "uint256" },
-                        { "name": "deadline", "type": "uint256" },
-                    ],
-                    "TokenPermissions": [{ "name": "token", "type": "address" }, { "name": "amount", "type": "uint256" }],
-                }),
-                json!({ "permitted": { "token": self.token, "amount": amount }, "spender": self.spender, "nonce": 0, "deadline": deadline }),
-            ),
-            _ => (json!({ "Note": [{ "name": "text", "type": "string" }] }), json!({ "text": "hi" })),
+        let &Self { chain, contract, spender, token, amount, deadline, .. } = self;
+        let mut typed = match self.primary {
+            "Permit" => typed::erc2612(chain, contract, friend(), spender, amount, deadline),
+            "PermitSingle" => typed::permit_single(chain, contract, token, spender, amount, deadline),
+            "PermitTransferFrom" => typed::permit_transfer_from(chain, contract, token, spender, amount, deadline),
+            _ => typed::note(chain, contract),
         };
-        let mut types = types;
-        types["EIP712Domain"] = domain_types;
-        json!({ "types": types, "primaryType": self.primary, "domain": domain, "message": message }).to_string()
+        if self.mangled
+            && let Some(fields) = typed["types"]["Permit"].as_array_mut()
+        {
+            fields.swap(0, 1);
+        }
+        typed.to_string()
     }
 }
 

@@ -246,10 +246,8 @@ mod tests {
         assert!(matches!(call.arguments(&data(word, 10)[..60]), Err(ArgumentError::Calldata(_))));
         word[0] = 1;
         assert!(matches!(call.arguments(&data(word, 1)), Err(ArgumentError::Calldata(_))));
-        let far = ContractCall {
-            args: vec![ArgConstraint { index: usize::MAX, kind: ArgKind::AddressAllowlisted }],
-            ..call.clone()
-        };
+        let far =
+            ContractCall { args: vec![ArgConstraint { index: usize::MAX, kind: ArgKind::AddressAllowlisted }], ..call };
         assert!(matches!(far.arguments(&data(word, 1)), Err(ArgumentError::Calldata(_))));
     }
 }
