@@ -11,6 +11,9 @@
 //! - A blob transaction is never re-signed: its worst case is exactly `g × maxFeePerGas + blob gas ×
 //!   maxFeePerBlobGas`, all three given by the client (else refused), and at most `max_fee_per_tx`.
 //!
+//! The transactions the service signs on its own — gap fills and cancellations, zero-value transfers to the
+//! key itself that replace a nonce's transaction — stay within the same caps and are not counted.
+//!
 //! Client fee fields above the caps are refused, not lowered: `maxFeePerGas` (or `gasPrice`) above
 //! `max_fee_per_gas`, `maxPriorityFeePerGas` above `max_priority_fee_per_gas`, and `gas × max fee + blob
 //! gas × max blob fee` above `max_fee_per_tx`. All arithmetic is in [`U256`], saturating.
