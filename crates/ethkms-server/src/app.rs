@@ -124,7 +124,7 @@ impl Service {
                 let day = u64::try_from(crate::policy::DAY.as_millis()).unwrap_or(u64::MAX);
                 for (key, asset, amount, at_ms) in journal.spends_since(now_ms().saturating_sub(day)).await? {
                     let at = SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms);
-                    policy.record(&key, Movement { asset, recipient: Address::ZERO, amount }, at);
+                    policy.record(&key, &[Movement { asset, recipient: None, amount }], at);
                 }
                 Some(Arc::new(journal))
             }

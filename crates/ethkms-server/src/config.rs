@@ -20,7 +20,19 @@
 //! destination_allowlist = ["0x000000000000000000000000000000000000dEaD"]
 //! max_value = { ETH = "1ether", "0x6B175474E89094C44Da98b954EedeAC495271d0F" = "5000" }
 //! daily_limit = { ETH = "10ether" }
-//! contract_calls = [{ address = "0x7a250d5630B4cF539739dF2C5dAcb4c659F2488D", selector = "0x38ed1739" }]
+//! # Any call besides transfers and approvals of tokens with limits must be listed (see below).
+//! contract_calls = [
+//!     { address = "0x7a250d5630B4cF539739dF2C5dAcb4c659F2488D", selector = "0x38ed1739", args = [
+//!         { index = 0, kind = "amount_max", max = "5000", asset = "0x6B175474E89094C44Da98b954EedeAC495271d0F" },
+//!         { index = 3, kind = "address_allowlisted" },
+//!     ] },
+//! ]
+//! [keys.hot.policy.typed_data]   # without it, a key with limits or allowlists signs no typed data
+//! max_deadline_seconds = 3600    # the default: a permit's deadline at most an hour away
+//! domains = [
+//!     { verifying_contract = "0x6B175474E89094C44Da98b954EedeAC495271d0F", primary_types = ["Permit"] },
+//!     { verifying_contract = "0x000000000022D473030F116dDEE9F6B43aC78BA3", primary_types = ["PermitSingle"] },
+//! ]
 //!
 //! [clients.withdrawals]
 //! token_sha256 = "…64 hex digits: the SHA-256 of the bearer token…"
@@ -31,72 +43,36 @@
 //! Token amounts in `max_value` and `daily_limit` are in the token's smallest unit; ether amounts take
 //! units (`1ether`, `20gwei`, or plain wei). Tokens are stored only as their SHA-256, so the file holds
 //! no secret.
+//!
+//! The [policy](crate::policy) in short:
+//!
+//! - The ether `max_value` and `daily_limit` count value **and** the most a transaction can pay in fees:
+//!   `fees.max_fee_per_tx` when the service picks gas and fees, less with a client gas limit. Client fee
+//!   fields above `fees` are refused (`fee_cap`).
+//! - A key with a token limit, a `destination_allowlist` or `contract_calls` signs calldata only for
+//!   `transfer`, `approve`, `increaseAllowance` and `permit` of tokens with limits (amounts counted, recipient
+//!   or spender through the destination lists) and for the calls in `contract_calls`. An entry's `args`
+//!   constrain static arguments by position (`index`: the 32-byte word at `4 + 32 × index`):
+//!   `address_allowlisted` (passes the destination lists; needs a `destination_allowlist`) or `amount_max`
+//!   (at most `max`, a plain number — units for `asset = "ETH"` — and counted against `asset`'s limits if
+//!   given). Keys with none of these sign any call.
+//! - `typed_data.domains` list the `verifyingContract`s and primary types a key may sign typed data for;
+//!   `domain.chainId` must be the key's chain (an entry without `verifying_contract` is for domains without
+//!   one, such as off-chain logins). ERC-2612, DAI and Permit2 permits count like approvals, with
+//!   a deadline at most `max_deadline_seconds` away. A key with any limit or allowlist and no `typed_data`
+//!   signs no typed data; a key with no rules at all signs any (never for another chain).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use alloy_primitives::U256;
-use ethkms::eth::chain::Fees;
+use alloy_primitives::{Address, U256};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::policy::{Asset, ContractCall, KeyPolicy};
+use crate::policy::{ArgConstraint, ArgKind, Asset, ContractCall, KeyPolicy, TypedDataPolicy, TypedDomain};
 
-/// One gwei in wei.
-const GWEI: u128 = 1_000_000_000;
-
-/// A key's fee caps (`[keys.NAME.fees]` in the configuration).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FeeCaps {
-    /// The most paid per gas, base fee included (wei).
-    pub max_fee_per_gas: u128,
-    /// The most tip per gas (wei).
-    pub max_priority_fee_per_gas: u128,
-    /// The most one transaction may cost in fees: gas limit × max fee per gas (wei).
-    pub max_fee_per_tx: u128,
-}
-
-impl Default for FeeCaps {
-    /// Safe on Ethereum mainnet: 500 gwei per gas (over ten times a busy day's base fee), a 10 gwei tip,
-    /// and at most 0.05 ether in fees per transaction (an ERC-20 transfer at 500 gwei costs about 0.03).
-    fn default() -> Self {
-        Self { max_fee_per_gas: 500 * GWEI, max_priority_fee_per_gas: 10 * GWEI, max_fee_per_tx: 50_000_000 * GWEI }
-    }
-}
-
-impl FeeCaps {
-    /// The highest max fee per gas allowed for a transaction with `gas`.
-    #[must_use]
-    pub fn max_fee_for(&self, gas: u64) -> u128 {
-        self.max_fee_per_gas.min(self.max_fee_per_tx / u128::from(gas.max(1)))
-    }
-
-    /// Whether `fees` with `gas` are within the caps.
-    #[must_use]
-    pub fn allow(&self, fees: Fees, gas: u64) -> bool {
-        let (max_fee, priority) = fees.max_and_priority();
-        max_fee <= self.max_fee_for(gas) && priority <= self.max_priority_fee_per_gas.min(max_fee)
-    }
-
-    /// `fees` lowered to the caps for `gas`; the flag says whether anything was lowered.
-    #[must_use]
-    pub fn clamp(&self, fees: Fees, gas: u64) -> (Fees, bool) {
-        let limit = self.max_fee_for(gas);
-        match fees {
-            Fees::Eip1559 { max_fee_per_gas, max_priority_fee_per_gas } => {
-                let max_fee = max_fee_per_gas.min(limit);
-                let priority = max_priority_fee_per_gas.min(self.max_priority_fee_per_gas).min(max_fee);
-                let clamped = Fees::Eip1559 { max_fee_per_gas: max_fee, max_priority_fee_per_gas: priority };
-                (clamped, clamped != fees)
-            }
-            Fees::Legacy { gas_price } => {
-                let price = gas_price.min(limit);
-                (Fees::Legacy { gas_price: price }, price != gas_price)
-            }
-        }
-    }
-}
+pub use crate::policy::FeeCaps;
 
 /// Blocks (the including one counted) before a mined transaction is final, unless a key says otherwise:
 /// about two and a half minutes on Ethereum mainnet, deeper than any reorg seen since the merge.
@@ -248,6 +224,7 @@ struct RawPolicy {
     #[serde(default)]
     daily_limit: BTreeMap<String, String>,
     contract_calls: Option<Vec<RawCall>>,
+    typed_data: Option<RawTypedData>,
 }
 
 #[derive(Deserialize)]
@@ -255,6 +232,32 @@ struct RawPolicy {
 struct RawCall {
     address: String,
     selector: String,
+    #[serde(default)]
+    args: Vec<RawArg>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArg {
+    index: usize,
+    kind: String,
+    max: Option<String>,
+    asset: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTypedData {
+    #[serde(default)]
+    domains: Vec<RawDomain>,
+    max_deadline_seconds: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDomain {
+    verifying_contract: Option<String>,
+    primary_types: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -283,8 +286,8 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError(error.to_string()))?;
         let mut keys = BTreeMap::new();
         for (name, key) in raw.keys {
-            let policy = policy(&name, key.policy)?;
             let fees = fee_caps(&name, &key.fees)?;
+            let policy = KeyPolicy { fees, ..policy(&name, key.policy)? };
             if key.chain_id == 0 {
                 return Err(ConfigError(format!(
                     "keys.{name}.chain_id: 0 names no chain (an EIP-7702 authorization for it is valid on every chain)"
@@ -424,65 +427,109 @@ fn fee_caps(name: &str, raw: &RawFees) -> Result<FeeCaps, ConfigError> {
 }
 
 fn policy(name: &str, raw: RawPolicy) -> Result<KeyPolicy, ConfigError> {
-    let address = |field: &str, text: &str| {
-        ethkms::units::parse_address(text).map_err(|error| ConfigError(format!("keys.{name}.policy.{field}: {error}")))
-    };
+    let error = |field: &str, message: String| ConfigError(format!("keys.{name}.policy.{field}: {message}"));
+    let address = |field: &str, text: &str| ethkms::units::parse_address(text).map_err(|message| error(field, message));
     let addresses =
         |field: &str, list: Vec<String>| list.iter().map(|text| address(field, text)).collect::<Result<Vec<_>, _>>();
+    let parse_asset = |field: &str, text: &str| {
+        if text.eq_ignore_ascii_case("eth") { Ok(Asset::Ether) } else { address(field, text).map(Asset::Token) }
+    };
+    let amount = |field: &str, asset: Asset, text: &str| {
+        match asset {
+            Asset::Ether => ethkms::units::parse_value(text),
+            Asset::Token(_) => text.parse::<U256>().map_err(|message| format!("`{text}`: {message}")),
+        }
+        .map_err(|message| error(field, message))
+    };
     let amounts = |field: &str, map: BTreeMap<String, String>| -> Result<BTreeMap<Asset, U256>, ConfigError> {
         map.into_iter()
-            .map(|(asset, amount)| {
-                let asset = if asset.eq_ignore_ascii_case("eth") {
-                    Asset::Ether
-                } else {
-                    Asset::Token(address(field, &asset)?)
-                };
-                let amount = match asset {
-                    Asset::Ether => ethkms::units::parse_value(&amount),
-                    Asset::Token(_) => amount.parse::<U256>().map_err(|error| format!("`{amount}`: {error}")),
-                }
-                .map_err(|error| ConfigError(format!("keys.{name}.policy.{field}: {error}")))?;
-                Ok((asset, amount))
+            .map(|(text, value)| {
+                let asset = parse_asset(field, &text)?;
+                Ok((asset, amount(field, asset, &value)?))
             })
             .collect()
     };
-    let contract_calls = raw
-        .contract_calls
-        .map(|calls| {
-            calls
-                .into_iter()
-                .map(|call| {
-                    let selector = alloy_primitives::hex::decode(&call.selector)
-                        .ok()
-                        .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
-                        .ok_or_else(|| {
-                            ConfigError(format!(
-                                "keys.{name}.policy.contract_calls: selector `{}` is not 4 bytes",
-                                call.selector
-                            ))
-                        })?;
-                    Ok(ContractCall { address: address("contract_calls", &call.address)?, selector })
-                })
-                .collect::<Result<Vec<_>, ConfigError>>()
+    let destination_allowlist =
+        raw.destination_allowlist.map(|list| addresses("destination_allowlist", list)).transpose()?;
+    let contract_calls = match raw.contract_calls {
+        None => None,
+        Some(calls) => {
+            let mut parsed = Vec::new();
+            for (position, call) in calls.into_iter().enumerate() {
+                let field = format!("contract_calls[{position}]");
+                let selector = alloy_primitives::hex::decode(&call.selector)
+                    .ok()
+                    .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
+                    .ok_or_else(|| error(&field, format!("selector `{}` is not 4 bytes", call.selector)))?;
+                let mut args = Vec::new();
+                for arg in call.args {
+                    let field = format!("{field}.args[{}]", arg.index);
+                    let kind = match (arg.kind.as_str(), arg.max, arg.asset) {
+                        ("address_allowlisted", None, None) if destination_allowlist.is_some() => {
+                            ArgKind::AddressAllowlisted
+                        }
+                        ("address_allowlisted", None, None) => {
+                            return Err(error(&field, "`address_allowlisted` needs a destination_allowlist".into()));
+                        }
+                        ("address_allowlisted", ..) => {
+                            return Err(error(&field, "`address_allowlisted` takes no `max` or `asset`".into()));
+                        }
+                        ("amount_max", Some(max), asset) => {
+                            let asset = asset.map(|text| parse_asset(&field, &text)).transpose()?;
+                            // A plain number, unless it is an amount of ether (which takes units).
+                            let unit =
+                                if asset == Some(Asset::Ether) { Asset::Ether } else { Asset::Token(Address::ZERO) };
+                            ArgKind::AmountMax { max: amount(&field, unit, &max)?, asset }
+                        }
+                        ("amount_max", None, _) => return Err(error(&field, "`amount_max` needs `max`".into())),
+                        (other, ..) => {
+                            return Err(error(
+                                &field,
+                                format!("kind `{other}` is not one of `address_allowlisted`, `amount_max`"),
+                            ));
+                        }
+                    };
+                    args.push(ArgConstraint { index: arg.index, kind });
+                }
+                parsed.push(ContractCall { address: address(&field, &call.address)?, selector, args });
+            }
+            Some(parsed)
+        }
+    };
+    let typed_data = raw
+        .typed_data
+        .map(|typed| {
+            let mut domains = Vec::new();
+            for (position, domain) in typed.domains.into_iter().enumerate() {
+                let field = format!("typed_data.domains[{position}]");
+                if domain.primary_types.is_empty() {
+                    return Err(error(&field, "primary_types is empty: list the types it may sign".into()));
+                }
+                domains.push(TypedDomain {
+                    verifying_contract: domain.verifying_contract.map(|text| address(&field, &text)).transpose()?,
+                    primary_types: domain.primary_types,
+                });
+            }
+            let defaults = TypedDataPolicy::default();
+            let max_deadline = typed.max_deadline_seconds.map_or(defaults.max_deadline, std::time::Duration::from_secs);
+            Ok(TypedDataPolicy { domains, max_deadline })
         })
         .transpose()?;
     Ok(KeyPolicy {
         allowed_chain_ids: raw.allowed_chain_ids,
-        destination_allowlist: raw
-            .destination_allowlist
-            .map(|list| addresses("destination_allowlist", list))
-            .transpose()?,
+        destination_allowlist,
         destination_denylist: addresses("destination_denylist", raw.destination_denylist)?,
         max_value: amounts("max_value", raw.max_value)?,
         daily_limit: amounts("daily_limit", raw.daily_limit)?,
         contract_calls,
+        fees: FeeCaps::default(),
+        typed_data,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloy_primitives::Address;
 
     fn example(token: &str) -> String {
         format!(
@@ -502,7 +549,12 @@ fees = {{ max_fee_per_gas = "200gwei" }}
 destination_allowlist = ["0x000000000000000000000000000000000000dEaD"]
 max_value = {{ ETH = "1ether", "0x6B175474E89094C44Da98b954EedeAC495271d0F" = "5000" }}
 daily_limit = {{ ETH = "10ether" }}
-contract_calls = [{{ address = "0x7a250d5630B4cF539739dF2C5dAcb4c659F2488D", selector = "0x38ed1739" }}]
+contract_calls = [{{ address = "0x7a250d5630B4cF539739dF2C5dAcb4c659F2488D", selector = "0x38ed1739", args = [
+    {{ index = 0, kind = "address_allowlisted" }}, {{ index = 1, kind = "amount_max", max = "1000", asset = "ETH" }},
+] }}]
+[keys.hot.policy.typed_data]
+max_deadline_seconds = 600
+domains = [{{ verifying_contract = "0x6B175474E89094C44Da98b954EedeAC495271d0F", primary_types = ["Permit"] }}]
 
 [clients.withdrawals]
 token_sha256 = "{}"
@@ -524,7 +576,18 @@ methods = ["eth_sendTransaction", "eth_signTransaction"]
         assert_eq!(hot.policy.max_value[&Asset::Ether], U256::from(10u64.pow(18)));
         let dai: Address = "0x6B175474E89094C44Da98b954EedeAC495271d0F".parse().unwrap();
         assert_eq!(hot.policy.max_value[&Asset::Token(dai)], U256::from(5000));
-        assert_eq!(hot.policy.contract_calls.as_ref().unwrap()[0].selector, [0x38, 0xed, 0x17, 0x39]);
+        let call = &hot.policy.contract_calls.as_ref().unwrap()[0];
+        assert_eq!(call.selector, [0x38, 0xed, 0x17, 0x39]);
+        assert_eq!(call.args[0], ArgConstraint { index: 0, kind: ArgKind::AddressAllowlisted });
+        // `asset = "ETH"`: the cap takes units, here 1,000 wei.
+        assert_eq!(call.args[1].kind, ArgKind::AmountMax { max: U256::from(1000), asset: Some(Asset::Ether) });
+        assert_eq!(hot.policy.fees, hot.fees, "the policy knows the key's fee caps");
+        let typed = hot.policy.typed_data.as_ref().unwrap();
+        assert_eq!(typed.max_deadline, std::time::Duration::from_secs(600));
+        assert_eq!(
+            (typed.domains[0].verifying_contract, typed.domains[0].primary_types.as_slice()),
+            (Some(dai), ["Permit".to_owned()].as_slice())
+        );
         assert!(!format!("{config:?}").contains("s3cret"));
     }
 
@@ -561,6 +624,24 @@ methods = ["eth_sendTransaction", "eth_signTransaction"]
             (good.replace("chain_id = 1\n", "chain_id = 0\n"), "chain_id: 0 names no chain"),
             (good.replace("\"200gwei\"", "\"lots\""), "fees.max_fee_per_gas"),
             (good.replace("journal = \"withdrawals.sqlite\"", ""), "`eth_sendTransaction` needs `journal`"),
+            (
+                good.replace("kind = \"amount_max\"", "kind = \"amount_min\""),
+                "contract_calls[0].args[1]: kind `amount_min`",
+            ),
+            (good.replace(", max = \"1000\"", ""), "`amount_max` needs `max`"),
+            (good.replace("max = \"1000\"", "max = \"lots\""), "contract_calls[0].args[1]"),
+            (good.replace("index = 0, kind", "index = 0, max = \"1\", kind"), "takes no `max`"),
+            (
+                good.replace("destination_allowlist = [\"0x000000000000000000000000000000000000dEaD\"]", ""),
+                "needs a destination_allowlist",
+            ),
+            (
+                good.replace("primary_types = [\"Permit\"]", "primary_types = []"),
+                "typed_data.domains[0]: primary_types is empty",
+            ),
+            (good.replace("verifying_contract = \"0x6B", "verifying_contract = \"0xZZ"), "typed_data.domains[0]"),
+            (good.replace("max_deadline_seconds", "max_deadline"), "unknown field `max_deadline`"),
+            (good.replace("index = 0", "position = 0"), "unknown field `position`"),
         ];
         for (text, expected) in cases {
             let error = Config::parse(&text).unwrap_err().to_string();

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use alloy_primitives::{Address, U256, hex};
+use alloy_primitives::{Address, hex};
 use alloy_provider::Provider;
 use alloy_rpc_types_eth::TransactionRequest;
 use alloy_signer::Signer;
@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 pub use crate::app::{Service, StartError};
 use crate::config::ClientConfig;
 use crate::limits::{BodyError, ConnectionCap, read_body};
-use crate::policy::{Denial, SignRequest};
+use crate::policy::{Denial, PolicyEngine, SignRequest, TypedRequest, totals};
 use crate::rpc::{Call, RequestBody, RpcError, parse_body};
 use crate::shared::Key;
 use crate::withdrawals::engine::{FailureKind, Processed, RpcFailure};
@@ -175,54 +175,28 @@ impl Service {
                 "the service is recovering its journal after a start; try again in a moment",
             ));
         }
-        let chain = request.chain_id.unwrap_or(key.chain_id);
-        let to = request.to.and_then(|to| to.to().copied()).unwrap_or_default();
-        let policy_request = SignRequest {
-            key: key.name.clone(),
-            chain_id: chain,
-            to,
-            value: request.value.unwrap_or(U256::ZERO),
-            data: request.input.input().cloned().unwrap_or_default(),
-        };
+        let policy_request = SignRequest::from_transaction(&key.name, key.chain_id, &request);
+        let chain = policy_request.chain_id;
         // Checked and counted against the limits in one step, so that concurrent requests cannot both
-        // pass a daily limit. A transaction that is then not signed gives the amount back.
-        let checked = self
-            .shared
-            .policy
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .check_and_record(&policy_request, SystemTime::now());
-        // (A transaction that is refused below gives its amount back to the limit.)
-        let movement = match checked {
-            Ok(movement) => movement,
-            Err(Denial { rule, message }) => {
-                self.shared.metrics.denials.inc(&rule.to_string());
-                self.audit(json!({
-                    "kind": "denial", "method": method, "client": client_name, "key": key.name,
-                    "rule": rule.to_string(), "reason": message, "to": to, "value": policy_request.value.to_string(),
-                }))
-                .await?;
-                return Err(RpcError::with_data(
-                    codes::POLICY_DENIED,
-                    format!("denied by policy rule `{rule}`: {message}"),
-                    json!({ "rule": rule.to_string() }),
-                ));
+        // pass a daily limit. A transaction that is then not signed gives what it moves back.
+        let now = SystemTime::now();
+        let checked = self.policy().check_and_record(&policy_request, now);
+        let movements = match checked {
+            Ok(movements) => movements,
+            Err(denial) => {
+                let details = json!({ "to": policy_request.to, "value": policy_request.value.to_string() });
+                return Err(self.denied(client_name, key, method, denial, details).await);
             }
         };
-        let now = SystemTime::now();
         if chain != key.chain_id {
-            self.shared
-                .policy
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .forget(&key.name, movement, now);
+            self.policy().forget(&key.name, &movements, now);
             return Err(RpcError::new(
                 -32602,
                 format!("chain id {chain}: key `{}` signs for chain {}; nothing was signed", key.name, key.chain_id),
             ));
         }
         let mut row = engine
-            .insert_rpc(client_name, method, key, &request, (movement.asset, movement.amount))
+            .insert_rpc(client_name, method, key, &request, totals(&movements).into_iter().collect())
             .await
             .map_err(|error| RpcError::new(codes::SERVER_ERROR, format!("{error}; nothing was signed")))?;
         match engine.process_now(&mut row).await {
@@ -231,6 +205,69 @@ impl Service {
             Ok(Processed::Failed(reason)) => Err(RpcError::new(codes::SERVER_ERROR, reason)),
             Err(failure) => Err(engine_failure(failure)),
         }
+    }
+
+    /// `eth_signTypedData_v4`: parsed once, into the digest signed and what the policy checks (what permits
+    /// allow is counted against the limits, given back if the signature fails, and kept in the journal).
+    async fn sign_typed(&self, client_name: &str, key: &Key, method: &str, json: &str) -> Result<Value, RpcError> {
+        let typed = TypedRequest::parse(json).map_err(|error| RpcError::new(-32602, error.to_string()))?;
+        let now = SystemTime::now();
+        let checked = self.policy().check_typed_and_record(&key.name, key.chain_id, &typed, now);
+        let movements = match checked {
+            Ok(movements) => movements,
+            Err(denial) => {
+                let details = json!({ "primary_type": typed.primary_type, "digest": typed.digest });
+                return Err(self.denied(client_name, key, method, denial, details).await);
+            }
+        };
+        let started = Instant::now();
+        let signature = match key.signer.sign_digest(&typed.digest).await {
+            Ok(signature) => signature,
+            Err(error) => {
+                self.policy().forget(&key.name, &movements, now);
+                return Err(self.backend_error(&error));
+            }
+        };
+        self.shared.metrics.signing_seconds.observe(started.elapsed().as_secs_f64());
+        if let Some(engine) = &self.engine {
+            for (asset, amount) in totals(&movements) {
+                if let Err(error) = engine.journal.record_spend(&key.name, asset, amount).await {
+                    tracing::warn!(key = %key.name, %asset, %amount, %error, "a permit's amount is not in the journal");
+                }
+            }
+        }
+        self.audit(json!({
+            "kind": "signature", "method": method, "client": client_name, "key": key.name,
+            "address": key.address(), "digest": typed.digest,
+        }))
+        .await?;
+        self.shared.metrics.signatures.inc(method);
+        Ok(json!(signature.to_string()))
+    }
+
+    fn policy(&self) -> std::sync::MutexGuard<'_, PolicyEngine> {
+        self.shared.policy.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A policy denial: counted, audited (with `details`), and answered `-32003` naming the rule.
+    async fn denied(&self, client_name: &str, key: &Key, method: &str, denial: Denial, details: Value) -> RpcError {
+        let Denial { rule, message } = denial;
+        self.shared.metrics.denials.inc(rule.name());
+        let mut record = json!({
+            "kind": "denial", "method": method, "client": client_name, "key": key.name,
+            "rule": rule.name(), "reason": message,
+        });
+        if let (Some(record), Value::Object(details)) = (record.as_object_mut(), details) {
+            record.extend(details);
+        }
+        if let Err(error) = self.audit(record).await {
+            return error;
+        }
+        RpcError::with_data(
+            codes::POLICY_DENIED,
+            format!("denied by policy rule `{rule}`: {message}"),
+            json!({ "rule": rule.name() }),
+        )
     }
 
     async fn call(
@@ -264,18 +301,7 @@ impl Service {
                 let key = self.key_for(client, method, param(0)?)?;
                 let typed = param(1)?;
                 let json = typed.as_str().map_or_else(|| typed.to_string(), str::to_owned);
-                let digest =
-                    ethkms::eth::typed_data_hash(&json).map_err(|error| RpcError::new(-32602, error.to_string()))?;
-                let started = Instant::now();
-                let signature = key.signer.sign_digest(&digest).await.map_err(|error| self.backend_error(&error))?;
-                self.shared.metrics.signing_seconds.observe(started.elapsed().as_secs_f64());
-                self.audit(json!({
-                    "kind": "signature", "method": method, "client": client_name, "key": key.name,
-                    "address": key.address(), "digest": digest,
-                }))
-                .await?;
-                self.shared.metrics.signatures.inc(method);
-                Ok(json!(signature.to_string()))
+                self.sign_typed(client_name, key, method, &json).await
             }
             "eth_signTransaction" | "eth_sendTransaction" => {
                 let request: TransactionRequest = serde_json::from_value(param(0)?.clone())

@@ -81,11 +81,14 @@ impl Shared {
         self.metrics.kms_errors.inc(kind);
     }
 
-    /// Gives an amount back to its daily limit (a row that failed or was cancelled before value left).
-    pub(crate) fn release(&self, released: &Released) {
-        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(released.at_ms);
-        let movement = Movement { asset: released.asset, recipient: Address::ZERO, amount: released.amount };
-        self.policy.lock().unwrap_or_else(PoisonError::into_inner).forget(&released.key, movement, at);
+    /// Gives amounts back to their daily limits (a row that failed or was cancelled before value left).
+    pub(crate) fn release(&self, released: &[Released]) {
+        let mut policy = self.policy.lock().unwrap_or_else(PoisonError::into_inner);
+        for released in released {
+            let at = SystemTime::UNIX_EPOCH + Duration::from_millis(released.at_ms);
+            let movement = Movement { asset: released.asset, recipient: None, amount: released.amount };
+            policy.forget(&released.key, &[movement], at);
+        }
     }
 }
 

@@ -95,11 +95,14 @@ journal = "{journal}"
 key = "{key}"
 chain_id = 31337
 confirmations = 1
+# At most 0.001 ether of fees per transaction: what counts with the value against the ether limits.
+fees = {{ max_fee_per_tx = "0.001ether" }}
 [keys.hot.policy]
 allowed_chain_ids = [31337]
 destination_allowlist = ["{RECIPIENT}"]
 max_value = {{ ETH = "1ether" }}
 daily_limit = {{ ETH = "3ether" }}
+typed_data = {{ domains = [{{ primary_types = ["Note"] }}] }}
 
 [clients.withdrawals]
 token_sha256 = "{withdrawals}"
@@ -169,7 +172,7 @@ async fn the_signing_service_end_to_end() {
     assert_eq!(signature.recover_address_from_msg("hello service").unwrap(), address);
     let signature = parse_signature(&service.result("eth_sign", json!([address, "0x68656c6c6f"])).await);
     assert_eq!(signature.recover_address_from_msg(b"hello").unwrap(), address);
-    let typed = r#"{"types":{"EIP712Domain":[{"name":"name","type":"string"}],"Note":[{"name":"text","type":"string"}]},"primaryType":"Note","domain":{"name":"ethkms"},"message":{"text":"hi"}}"#;
+    let typed = r#"{"types":{"EIP712Domain":[{"name":"name","type":"string"},{"name":"chainId","type":"uint256"}],"Note":[{"name":"text","type":"string"}]},"primaryType":"Note","domain":{"name":"ethkms","chainId":31337},"message":{"text":"hi"}}"#;
     let signature = parse_signature(&service.result("eth_signTypedData_v4", json!([address, typed])).await);
     let hash: B256 = ethkms::eth::typed_data_hash(typed).unwrap();
     assert_eq!(signature.recover_address_from_prehash(&hash).unwrap(), address);
@@ -255,7 +258,8 @@ async fn the_signing_service_end_to_end() {
         )
         .await;
     assert_eq!((code, error["data"]["rule"].as_str()), (-32003, Some("allowed_chain_ids")), "{error}");
-    let one_ether = json!([{ "from": address, "to": RECIPIENT, "value": "0xde0b6b3a7640000" }]);
+    // 0.999 ether and up to 0.001 in fees: one ether each against the limits.
+    let one_ether = json!([{ "from": address, "to": RECIPIENT, "value": "0xddd2935029d8000" }]);
     service.result("eth_signTransaction", one_ether.clone()).await;
     service.result("eth_signTransaction", one_ether.clone()).await;
     let (code, error) = service.error_code("eth_signTransaction", one_ether).await;

@@ -376,7 +376,7 @@ impl Driver {
         let (client, idempotency_key) = ("client".to_owned(), format!("withdrawal-{key}"));
         let recipient = Address::with_last_byte(key);
         let new = NewWithdrawal { client, idempotency_key, key: "hot".into(), recipient, asset: Asset::Ether, amount };
-        let check: Check = Box::new(move || Ok((Asset::Ether, amount)));
+        let check: Check = Box::new(move || Ok(vec![(Asset::Ether, amount)]));
         match self.run(self.journal.insert(new, check))? {
             Inserted::New(row) => {
                 ensure!(self.posted.insert(key, self.rows.len()).is_none(), "idempotency key {key}: a second row");
@@ -590,8 +590,16 @@ impl Driver {
                 continue;
             }
             let (kind, key, recipient, amount) = (Kind::GapFill, "hot".to_owned(), Address::ZERO, U256::ZERO);
-            let fill =
-                NewRow { kind, client: None, key, recipient, amount, request: None, nonce: Some(nonce), spend: None };
+            let fill = NewRow {
+                kind,
+                client: None,
+                key,
+                recipient,
+                amount,
+                request: None,
+                nonce: Some(nonce),
+                spends: Vec::new(),
+            };
             self.rows.push(self.run(self.journal.insert_row(fill))?.id);
             self.nonce_of.push(Some(nonce));
             self.check_handed_out(self.rows.len() - 1, nonce)?;

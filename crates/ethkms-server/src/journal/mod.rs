@@ -276,8 +276,8 @@ pub struct NewRow {
     pub request: Option<String>,
     /// The nonce a gap fill fills.
     pub nonce: Option<u64>,
-    /// What the policy counted against the daily limit, recorded in the same commit.
-    pub spend: Option<(Asset, U256)>,
+    /// What the policy counted against the daily limits (a total per asset), recorded in the same commit.
+    pub spends: Vec<(Asset, U256)>,
 }
 
 /// The answer to [`JournalStore::insert`].
@@ -291,9 +291,9 @@ pub enum Inserted {
     Refused(Denial),
 }
 
-/// The check [`JournalStore::insert`] runs in the same serialised step as the insert: the amount to count
-/// against the daily limit, or the denial.
-pub type Check = Box<dyn FnOnce() -> Result<(Asset, U256), Denial> + Send>;
+/// The check [`JournalStore::insert`] runs in the same serialised step as the insert: the amounts to count
+/// against the daily limits (a total per asset), or the denial.
+pub type Check = Box<dyn FnOnce() -> Result<Vec<(Asset, U256)>, Denial> + Send>;
 
 /// How a row's nonce was settled on chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -309,8 +309,8 @@ pub enum MinedAs {
 /// The answer to [`JournalStore::cancel`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cancelled {
-    /// It had not been signed: now [`Status::Cancelled`], its amount given back to the daily limit.
-    Now(Option<Released>),
+    /// It had not been signed: now [`Status::Cancelled`], its amounts given back to the daily limits.
+    Now(Vec<Released>),
     /// It is signed: a cancellation has been requested (a zero-value transaction with its nonce).
     Requested,
     /// Too late or nothing to do: its status.
@@ -374,9 +374,9 @@ pub trait JournalStore: Send + Sync + fmt::Debug {
     /// `mined → confirmed` (a mined cancellation stays `cancelled`): final.
     async fn mark_confirmed(&self, id: &str) -> Result<(), JournalError>;
 
-    /// Marks row `id` failed for `reason`. With `release`, its amount is given back to the daily limit
+    /// Marks row `id` failed for `reason`. With `release`, its amounts are given back to the daily limits
     /// (returned): only for a row whose value provably did not leave.
-    async fn mark_failed(&self, id: &str, reason: &str, release: bool) -> Result<Option<Released>, JournalError>;
+    async fn mark_failed(&self, id: &str, reason: &str, release: bool) -> Result<Vec<Released>, JournalError>;
 
     /// A client asks to cancel row `id` (see [`Cancelled`]).
     async fn cancel(&self, id: &str) -> Result<Cancelled, JournalError>;

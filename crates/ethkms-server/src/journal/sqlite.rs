@@ -239,8 +239,8 @@ impl JournalStore for SqliteJournal {
             if let Some(id) = existing {
                 return Ok(Inserted::Existing(load_existing(connection, &id)?));
             }
-            let (asset, amount) = match check() {
-                Ok(spend) => spend,
+            let spends = match check() {
+                Ok(spends) => spends,
                 Err(denial) => return Ok(Inserted::Refused(denial)),
             };
             let id = uuid::Uuid::new_v4().to_string();
@@ -259,7 +259,9 @@ impl JournalStore for SqliteJournal {
                     sql_u64(now)
                 ],
             )?;
-            insert_spend(connection, &withdrawal.key, asset, amount, now, Some(&id))?;
+            for (asset, amount) in spends {
+                insert_spend(connection, &withdrawal.key, asset, amount, now, Some(&id))?;
+            }
             Ok(Inserted::New(load_existing(connection, &id)?))
         })
         .await
@@ -287,7 +289,7 @@ impl JournalStore for SqliteJournal {
                     sql_u64(now)
                 ],
             )?;
-            if let Some((asset, amount)) = row.spend {
+            for (asset, amount) in row.spends {
                 insert_spend(connection, &row.key, asset, amount, now, Some(&id))?;
             }
             load_existing(connection, &id)
@@ -408,14 +410,14 @@ impl JournalStore for SqliteJournal {
         self.update(id, confirmed, "1 = 1").await
     }
 
-    async fn mark_failed(&self, id: &str, reason: &str, release: bool) -> Result<Option<Released>, JournalError> {
+    async fn mark_failed(&self, id: &str, reason: &str, release: bool) -> Result<Vec<Released>, JournalError> {
         let (id, reason) = (id.to_owned(), reason.to_owned());
         self.run(move |connection| {
             connection.execute(
                 "UPDATE withdrawals SET status = 'failed', error = ?2, confirmed = 1, updated_ms = ?3 WHERE id = ?1",
                 params![id, reason, sql_u64(now_ms())],
             )?;
-            if release { release_spend(connection, &id) } else { Ok(None) }
+            if release { release_spend(connection, &id) } else { Ok(Vec::new()) }
         })
         .await
     }
@@ -582,20 +584,21 @@ fn insert_spend(
     Ok(())
 }
 
-/// Deletes the amount row `id` counted against its daily limit, and returns it.
-fn release_spend(connection: &Connection, id: &str) -> Result<Option<Released>, Failure> {
-    let spend = connection
-        .query_row("SELECT key, asset, amount, at_ms FROM spends WHERE withdrawal = ?1", params![id], |row| {
+/// Deletes the amounts row `id` counted against the daily limits, and returns them.
+fn release_spend(connection: &Connection, id: &str) -> Result<Vec<Released>, Failure> {
+    let spends = connection
+        .prepare("SELECT key, asset, amount, at_ms FROM spends WHERE withdrawal = ?1")?
+        .query_map(params![id], |row| {
             Ok(Released {
                 key: row.get(0)?,
                 asset: parse_asset(&row.get::<_, String>(1)?)?,
                 amount: parse_u256(&row.get::<_, String>(2)?)?,
                 at_ms: row.get::<_, i64>(3)?.try_into().unwrap_or(0),
             })
-        })
-        .optional()?;
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     connection.execute("DELETE FROM spends WHERE withdrawal = ?1", params![id])?;
-    Ok(spend)
+    Ok(spends)
 }
 
 fn load_existing(connection: &Connection, id: &str) -> Result<Withdrawal, Failure> {
@@ -709,7 +712,7 @@ mod tests {
     }
 
     fn allow() -> Check {
-        Box::new(|| Ok((Asset::Ether, U256::from(5))))
+        Box::new(|| Ok(vec![(Asset::Ether, U256::from(5))]))
     }
 
     fn attempt(byte: u8, fee: u128) -> Attempt {
@@ -828,8 +831,11 @@ mod tests {
         let path = temp("cancel");
         let journal = SqliteJournal::open(&path).unwrap();
         let early = new_row(&journal, "w-early").await;
-        let Cancelled::Now(Some(released)) = journal.cancel(&early.id).await.unwrap() else { panic!() };
-        assert_eq!((released.asset, released.amount), (Asset::Ether, U256::from(5)));
+        let Cancelled::Now(released) = journal.cancel(&early.id).await.unwrap() else { panic!() };
+        assert_eq!(
+            released.iter().map(|released| (released.asset, released.amount)).collect::<Vec<_>>(),
+            [(Asset::Ether, U256::from(5))]
+        );
         assert_eq!(journal.get(&early.id).await.unwrap().unwrap().status, Status::Cancelled);
         assert!(!journal.claim(&early.id, 0).await.unwrap(), "a cancelled withdrawal is never signed");
         assert_eq!(journal.cancel(&early.id).await.unwrap(), Cancelled::Unchanged(Status::Cancelled));

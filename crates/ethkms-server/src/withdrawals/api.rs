@@ -23,7 +23,7 @@ use super::engine::withdrawal_request;
 use crate::app::Service;
 use crate::config::ClientConfig;
 use crate::journal::{Cancelled, Inserted, NewWithdrawal, Status, Withdrawal};
-use crate::policy::{Asset, Denial, SignRequest};
+use crate::policy::{Asset, Denial, SignRequest, totals};
 
 /// What kind of error, stable for clients to match on; it decides the HTTP status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -319,13 +319,7 @@ pub(crate) async fn post(
         amount,
     };
     let transaction = withdrawal_request(key.address(), recipient, asset, amount);
-    let policy_request = SignRequest {
-        key: key.name.clone(),
-        chain_id: key.chain_id,
-        to: transaction.to.and_then(|to| to.to().copied()).unwrap_or_default(),
-        value: transaction.value.unwrap_or_default(),
-        data: transaction.input.input().cloned().unwrap_or_default(),
-    };
+    let policy_request = SignRequest::from_transaction(&key.name, key.chain_id, &transaction);
     let shared = Arc::clone(&service.shared);
     let check = Box::new(move || {
         shared
@@ -333,7 +327,7 @@ pub(crate) async fn post(
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .check_and_record(&policy_request, std::time::SystemTime::now())
-            .map(|movement| (movement.asset, movement.amount))
+            .map(|movements| totals(&movements).into_iter().collect())
     });
     if engine.backlog() >= service.config.limits.max_pending_withdrawals {
         service.shared.metrics.overload.inc("pending_withdrawals");
@@ -462,9 +456,7 @@ pub(crate) async fn cancel(
     let answer = engine.journal.cancel(&id).await.map_err(journal_error)?;
     let status = match answer {
         Cancelled::Now(released) => {
-            if let Some(released) = released {
-                service.shared.release(&released);
-            }
+            service.shared.release(&released);
             service.shared.metrics.withdrawals.inc("cancelled");
             StatusCode::OK
         }

@@ -681,9 +681,7 @@ impl Engine {
         if let (Some(nonce), Some(state)) = (row.nonce, self.state(&row.key)) {
             state.nonces.lock().unwrap_or_else(PoisonError::into_inner).release(nonce);
         }
-        if let Some(released) = released {
-            self.shared.release(&released);
-        }
+        self.shared.release(&released);
         self.untrack(&row.id);
         self.shared.metrics.withdrawals.inc("failed");
         if row.kind == Kind::GapFill
@@ -733,15 +731,15 @@ impl Engine {
         }
     }
 
-    /// Stores an RPC transaction for `key` (its amount already checked by the policy and counted) and returns
-    /// the row.
+    /// Stores an RPC transaction for `key` (what it moves already checked by the policy and counted: `spends`,
+    /// a total per asset) and returns the row.
     pub(crate) async fn insert_rpc(
         &self,
         client: &str,
         method: &str,
         key: &Key,
         request: &TransactionRequest,
-        spend: (Asset, U256),
+        spends: Vec<(Asset, U256)>,
     ) -> Result<Withdrawal, JournalError> {
         let to = request.to.and_then(|to| to.to().copied()).unwrap_or_default();
         let text = json!({ "method": method, "transaction": request }).to_string();
@@ -754,7 +752,7 @@ impl Engine {
                 amount: request.value.unwrap_or_default(),
                 request: Some(text),
                 nonce: None,
-                spend: Some(spend),
+                spends,
             })
             .await
     }

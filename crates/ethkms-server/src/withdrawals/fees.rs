@@ -27,6 +27,33 @@ use ethkms::eth::chain::Fees;
 
 pub use crate::config::FeeCaps;
 
+impl FeeCaps {
+    /// Whether `fees` with `gas` are within the caps.
+    #[must_use]
+    pub fn allow(&self, fees: Fees, gas: u64) -> bool {
+        let (max_fee, priority) = fees.max_and_priority();
+        max_fee <= self.max_fee_for(gas) && priority <= self.max_priority_fee_per_gas.min(max_fee)
+    }
+
+    /// `fees` lowered to the caps for `gas`; the flag says whether anything was lowered.
+    #[must_use]
+    pub fn clamp(&self, fees: Fees, gas: u64) -> (Fees, bool) {
+        let limit = self.max_fee_for(gas);
+        match fees {
+            Fees::Eip1559 { max_fee_per_gas, max_priority_fee_per_gas } => {
+                let max_fee = max_fee_per_gas.min(limit);
+                let priority = max_priority_fee_per_gas.min(self.max_priority_fee_per_gas).min(max_fee);
+                let clamped = Fees::Eip1559 { max_fee_per_gas: max_fee, max_priority_fee_per_gas: priority };
+                (clamped, clamped != fees)
+            }
+            Fees::Legacy { gas_price } => {
+                let price = gas_price.min(limit);
+                (Fees::Legacy { gas_price: price }, price != gas_price)
+            }
+        }
+    }
+}
+
 /// The fees of a first signature: the market's, within the caps (and whether the caps lowered them).
 #[must_use]
 pub fn initial(market: Fees, gas: u64, caps: &FeeCaps) -> (Fees, bool) {

@@ -458,9 +458,7 @@ impl Engine {
                 );
                 match self.journal.mark_failed(&entry.row.id, &reason, true).await {
                     Ok(released) => {
-                        if let Some(released) = released {
-                            self.shared.release(&released);
-                        }
+                        self.shared.release(&released);
                         self.untrack(&entry.row.id);
                         self.shared.metrics.nonce_taken.inc();
                         self.shared.metrics.withdrawals.inc("failed");
@@ -594,7 +592,7 @@ impl Engine {
                 amount: alloy_primitives::U256::ZERO,
                 request: None,
                 nonce: Some(nonce),
-                spend: None,
+                spends: Vec::new(),
             };
             match self.journal.insert_row(row).await {
                 Ok(fill) => {
@@ -673,7 +671,7 @@ mod tests {
             amount: alloy_primitives::U256::ZERO,
             request: None,
             nonce: Some(nonce),
-            spend: None,
+            spends: Vec::new(),
         };
         let row = engine.journal.insert_row(fill(1)).await.unwrap();
         assert!(state.nonces.lock().unwrap().take(1));
