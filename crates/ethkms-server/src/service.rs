@@ -184,7 +184,7 @@ impl Service {
         let movements = match checked {
             Ok(movements) => movements,
             Err(denial) => {
-                let details = json!({ "to": policy_request.to, "value": policy_request.value.to_string() });
+                let details = crate::shared::request_fields(&request);
                 return Err(self.denied(client_name, key, method, denial, details).await);
             }
         };
@@ -327,8 +327,13 @@ impl Service {
     }
 }
 
+/// The header that names a REST request, for the audit log and the client's own logs: the client's if it
+/// sends one (1 to 128 visible ASCII characters), else a new UUID; answered back either way.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
 /// Lets a request through to a REST route only with a known bearer token, before its body is read; then
-/// reads the body, at most [`MAX_BODY_BYTES`] within the body timeout.
+/// reads the body, at most [`MAX_BODY_BYTES`] within the body timeout, and answers it as request
+/// [`REQUEST_ID_HEADER`].
 async fn authenticated(
     State(service): State<Arc<Service>>,
     request: Request<Body>,
@@ -337,14 +342,27 @@ async fn authenticated(
     if let Err(error) = crate::withdrawals::api::authenticate(&service, request.headers()) {
         return error.into_response();
     }
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| (1..=128).contains(&id.len()) && id.bytes().all(|byte| byte.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
     let (parts, body) = request.into_parts();
-    match read_body(body, MAX_BODY_BYTES, service.config.limits.body_timeout()).await {
-        Ok(bytes) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+    let mut response = match read_body(body, MAX_BODY_BYTES, service.config.limits.body_timeout()).await {
+        Ok(bytes) => {
+            let request = Request::from_parts(parts, Body::from(bytes));
+            crate::shared::with_request_id(json!(request_id), next.run(request)).await
+        }
         Err(error) => {
             let message = body_message(&error, service.config.limits.body_timeout());
             crate::withdrawals::api::unread_body(&error, message).into_response()
         }
+    };
+    if let Ok(value) = axum::http::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
+    response
 }
 
 /// Runs a signing or withdrawal request if one of the in-flight slots is free, else answers 503 at once.
@@ -414,7 +432,9 @@ async fn one(
         Ok(call) => call,
         Err((id, error)) => return error.to_json(&id),
     };
-    match service.call(client_name, client, &call.method, &call.params).await {
+    let answer =
+        crate::shared::with_request_id(call.id.clone(), service.call(client_name, client, &call.method, &call.params));
+    match answer.await {
         Ok(result) => json!({ "jsonrpc": "2.0", "id": call.id, "result": result }),
         Err(error) => error.to_json(&call.id),
     }

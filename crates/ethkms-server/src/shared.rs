@@ -64,8 +64,11 @@ impl Shared {
     }
 
     /// Appends `event` to the audit log and returns once it is flushed to disk (group commit: one flush
-    /// for every record queued meanwhile).
-    pub(crate) async fn audit(&self, event: Value) -> Result<(), AuditFailure> {
+    /// for every record queued meanwhile). Inside a request, the record carries its `request_id`.
+    pub(crate) async fn audit(&self, mut event: Value) -> Result<(), AuditFailure> {
+        if let (Some(record), Ok(id)) = (event.as_object_mut(), REQUEST_ID.try_with(Clone::clone)) {
+            record.insert("request_id".into(), id);
+        }
         self.audit.append(event).await.map(|_| ()).map_err(|error| AuditFailure(error.to_string()))
     }
 
@@ -156,5 +159,36 @@ pub(crate) fn transaction_fields(transaction: &impl alloy_consensus::Transaction
         "max_fee_per_gas": (transaction.gas_price().is_none()).then(|| transaction.max_fee_per_gas().to_string()),
         "max_priority_fee_per_gas": transaction.max_priority_fee_per_gas().map(|fee| fee.to_string()),
         "max_fee_per_blob_gas": transaction.max_fee_per_blob_gas().map(|fee| fee.to_string()),
+    })
+}
+
+tokio::task_local! {
+    /// The id of the request being answered (the JSON-RPC `id`, or a REST request's `X-Request-Id`), for
+    /// the audit records it causes.
+    static REQUEST_ID: Value;
+}
+
+/// Runs `work` as part of the request `id`: every audit record it makes carries it.
+pub(crate) async fn with_request_id<F: Future>(id: Value, work: F) -> F::Output {
+    REQUEST_ID.scope(id, work).await
+}
+
+/// What an audit record says of a transaction a client asked for (before the service fills anything in):
+/// chain id, nonce, to, value, the calldata's selector and Keccak-256, gas and fee fields.
+pub(crate) fn request_fields(request: &alloy_rpc_types_eth::TransactionRequest) -> Value {
+    let input = request.input.input().map(alloy_primitives::Bytes::as_ref).unwrap_or_default();
+    serde_json::json!({
+        "chain_id": request.chain_id,
+        "nonce": request.nonce,
+        "to": request.to.and_then(|to| to.to().copied()),
+        "value": request.value.unwrap_or_default().to_string(),
+        "selector": input.get(..4).map(alloy_primitives::hex::encode_prefixed),
+        "calldata_keccak256": (!input.is_empty()).then(|| alloy_primitives::keccak256(input)),
+        "calldata_bytes": input.len(),
+        "gas": request.gas,
+        "gas_price": request.gas_price.map(|fee| fee.to_string()),
+        "max_fee_per_gas": request.max_fee_per_gas.map(|fee| fee.to_string()),
+        "max_priority_fee_per_gas": request.max_priority_fee_per_gas.map(|fee| fee.to_string()),
+        "max_fee_per_blob_gas": request.max_fee_per_blob_gas.map(|fee| fee.to_string()),
     })
 }

@@ -318,6 +318,15 @@ async fn the_signing_service_end_to_end() {
     assert_eq!(verified.records, 3 + 3 + 5 + 1 + 4);
     let log = std::fs::read_to_string(&service.audit_log).unwrap();
     assert_eq!(log.matches("\"kind\":\"denial\"").count(), 4);
+    // Each record names the JSON-RPC request it answered; a denial what was asked, field by field.
+    let events: Vec<Value> =
+        log.lines().map(|line| serde_json::from_str::<Value>(line).unwrap()["event"].clone()).collect();
+    assert!(events.iter().all(|event| event["request_id"] == 7), "{events:?}");
+    let chain_denial = events.iter().find(|event| event["rule"] == "allowed_chain_ids").unwrap();
+    assert_eq!(chain_denial["chain_id"], 1, "{chain_denial}");
+    assert_eq!(chain_denial["to"], RECIPIENT.to_lowercase(), "{chain_denial}");
+    assert_eq!(chain_denial["value"], "1", "{chain_denial}");
+    assert_eq!(chain_denial["client"], "withdrawals", "{chain_denial}");
 
     // Health, readiness, metrics.
     let base = service.url.trim_end_matches('/');

@@ -103,6 +103,12 @@ async fn withdrawals_are_idempotent_checked_and_mined_with_contiguous_nonces() {
     assert_eq!(status, 404, "another client does not see the withdrawal");
     let (status, missing) = api.get_as(TOKEN, "no-such-withdrawal").await;
     assert_eq!((status, missing["error"]["kind"].as_str()), (404, Some("not_found")));
+    // A request names itself with X-Request-Id (the client's, or a new UUID), answered back.
+    let named = api.http.get(format!("{}/v1/withdrawals/{id}", api.url)).bearer_auth(TOKEN);
+    let named = named.header("x-request-id", "ticket-42").send().await.unwrap();
+    assert_eq!(named.headers()["x-request-id"], "ticket-42");
+    let unnamed = api.http.get(format!("{}/v1/withdrawals/{id}", api.url)).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(unnamed.headers()["x-request-id"].len(), 36, "a UUID");
 
     // All mined, with nonces 0..10 (a fresh key), and the money where it should be.
     let mut nonces = BTreeSet::new();
@@ -154,6 +160,7 @@ async fn withdrawals_are_idempotent_checked_and_mined_with_contiguous_nonces() {
     assert!(token_record["nonce"].is_u64() && token_record["tx_hash"].is_string(), "{token_record}");
     let denial = records.iter().find(|event| event["kind"] == "denial").unwrap();
     assert!(denial["rule"].is_string() && denial["client"] == "exchange", "{denial}");
+    assert!(denial["request_id"].as_str().is_some_and(|id| id.len() == 36), "{denial}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
