@@ -171,6 +171,16 @@ async fn kms_errors_keep_their_kind_up_to_the_json_rpc_code() {
     };
     assert!(sign().await["result"].is_string());
 
+    // A 5,000-call signing batch is refused whole, before any signature.
+    let before = memory.request_counts().sign;
+    let call = json!({ "jsonrpc": "2.0", "id": 1, "method": "personal_sign", "params": ["0x6869", address] });
+    let batch = Value::Array(vec![call; 5_000]);
+    let response = api.http.post(format!("{}/", api.url)).bearer_auth("reader-token").json(&batch).send().await;
+    let refused: Value = response.unwrap().json().await.unwrap();
+    assert_eq!(refused["error"]["code"], -32600, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("5000 calls"), "{refused}");
+    assert_eq!(memory.request_counts().sign, before, "nothing signed");
+
     memory.set_faults(Faults { throttle_rate: 1.0, ..Faults::default() });
     let before = memory.request_counts().sign;
     let throttled = sign().await;
