@@ -21,6 +21,8 @@
 //! `ETHKMS_TEST_KMS_ENDPOINT` (and for `eth`, `ETHKMS_TEST_RPC_URL`) pointing at LocalStack and anvil
 //! (`cargo xtask bench kms|eth` does all of this).
 
+mod cpu;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -376,10 +378,15 @@ methods = ["withdrawals"]
     );
     println!("| ---: | ---: | ---: | ---: | ---: |");
     let (mut bare_rates, mut withdrawal_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let processes = cpu::Processes::new(child.id());
+    let mut cpu_rows = Vec::new();
     let mut posted = 0u64;
     for round in 0..options.rounds {
+        let bare_before = processes.ticks();
         let bare = bare_sign_rate(client, key_id, concurrency, options.seconds).await;
+        let bare_cpu = cpu::per_item_ms(&bare_before, &processes.ticks(), (bare * options.seconds).round() as u64);
         let first_nonce = mined_count(&http, &rpc_url, address).await;
+        let before = processes.ticks();
         let started = Instant::now();
         let ids: Vec<String> = futures_util::stream::iter(0..WITHDRAWALS)
             .map(|index| {
@@ -412,6 +419,7 @@ methods = ["withdrawals"]
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let rate = WITHDRAWALS as f64 / started.elapsed().as_secs_f64();
+        cpu_rows.push((bare_cpu, cpu::per_item_ms(&before, &processes.ticks(), WITHDRAWALS)));
         posted += WITHDRAWALS;
 
         // Checked outside the timing: every one mined, nonces contiguous, none used twice.
@@ -445,7 +453,30 @@ methods = ["withdrawals"]
         "withdrawals ÷ Sign over {} rounds: median {median_ratio:.2}, lowest {lowest:.2}, highest {highest:.2}",
         options.rounds
     );
+    print_cpu(&processes, &cpu_rows);
     let _ = child.kill();
     let _ = child.wait();
     Ok(())
+}
+
+/// Where the CPU went, per round: milliseconds of processor time per bare `Sign` (each process, in the bare
+/// loop) and per withdrawal (each process, while the withdrawals ran).
+fn print_cpu(processes: &cpu::Processes, rows: &[(Vec<Option<f64>>, Vec<Option<f64>>)]) {
+    let names: Vec<&str> = processes.names().collect();
+    let show = |values: &[Option<f64>]| -> String {
+        values
+            .iter()
+            .map(|value| value.map_or_else(|| "–".to_owned(), |ms| format!("{ms:.2}")))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    println!();
+    println!("CPU milliseconds (user + system, all threads) per bare Sign, then per withdrawal:");
+    println!();
+    println!("| round | phase | {} |", names.join(" | "));
+    println!("| ---: | --- |{}", " ---: |".repeat(names.len()));
+    for (round, (bare, withdrawals)) in rows.iter().enumerate() {
+        println!("| {} | bare Sign | {} |", round + 1, show(bare));
+        println!("| {} | withdrawal | {} |", round + 1, show(withdrawals));
+    }
 }

@@ -67,7 +67,9 @@ fn withdrawals(options: &[&str]) -> Result {
     command
         .args(["run", "--release", "--locked", "--manifest-path", "bench/Cargo.toml", "--", "withdrawals"])
         .args(options)
-        .env("ETHKMS_BENCH_SERVER", workspace_root().join("target/release/ethkms-server"));
+        .env("ETHKMS_BENCH_SERVER", workspace_root().join("target/release/ethkms-server"))
+        // For the benchmark's table of where the CPU goes.
+        .env("ETHKMS_BENCH_PIDS", services::recorded_pids());
     services.apply(&mut command);
     run_command(&mut command)
 }

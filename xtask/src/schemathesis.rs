@@ -9,8 +9,9 @@
 //! invalid data refused and valid data accepted; authentication not ignored; responses within
 //! [`MAX_RESPONSE_SECONDS`]. Afterwards the server must still be running and answer `/healthz`.
 //!
-//! Its withdrawals are real but tiny: the key's policy allows at most 1,000 wei each and 0.001 ether a
-//! day, and no token transfers (`contract_calls = []`), so the rest are refused by policy.
+//! Its withdrawals are real but tiny: the key pays at most 0.0001 ether in fees per transaction, and its
+//! policy, which counts those fees too, allows at most 1,000 wei each on top and 0.01 ether a day, and no
+//! token transfers (`contract_calls = []`), so the rest are refused by policy.
 //!
 //! Without `cargo xtask services up`'s variables (`source target/services/env.sh`), the services are started
 //! first. The server's log, configuration and journal are in `target/schemathesis/`.
@@ -163,6 +164,10 @@ pub(crate) fn check(services: &ServiceEnv, settings: &Settings) -> Result {
     }) {
         eprintln!("  {line}");
     }
+    // Valid withdrawals must have reached the engine: a policy that refuses everything tests only refusals.
+    if !metrics.lines().any(|line| line.starts_with("ethkms_withdrawals_total{status=\"accepted\"}")) {
+        return Err("no withdrawal was accepted during the run: the server's policy refused them all".into());
+    }
     Ok(())
 }
 
@@ -180,9 +185,11 @@ withdrawals = {{ poll_interval_ms = 200 }}
 key = "{key_id}"
 chain_id = 31337
 confirmations = 1
+fees = {{ max_fee_per_tx = "0.0001ether" }}
 [keys.hot.policy]
-max_value = {{ ETH = "1000" }}
-daily_limit = {{ ETH = "0.001ether" }}
+# 1,000 wei and at most 0.0001 ether (100,000,000,000,000 wei) of fees.
+max_value = {{ ETH = "100000000001000" }}
+daily_limit = {{ ETH = "0.01ether" }}
 contract_calls = []
 
 [clients.schemathesis]
@@ -280,6 +287,7 @@ mod tests {
         // SHA-256 of "secret".
         assert!(text.contains("2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"), "{text}");
         assert!(!text.contains("\"secret\""), "{text}");
-        assert!(text.contains(r#"max_value = { ETH = "1000" }"#) && text.contains("contract_calls = []"), "{text}");
+        assert!(text.contains(r#"max_value = { ETH = "100000000001000" }"#), "{text}");
+        assert!(text.contains("contract_calls = []") && text.contains("max_fee_per_tx"), "{text}");
     }
 }

@@ -241,6 +241,15 @@ pub(crate) fn down() -> Result {
     if failures.is_empty() { Ok(()) } else { Err(failures.join("; ").into()) }
 }
 
+/// `name=pid,…` of the services running, as their pid files record them.
+pub(crate) fn recorded_pids() -> String {
+    Service::ALL
+        .iter()
+        .filter_map(|service| service.recorded().map(|recorded| format!("{}={}", service.name(), recorded.pid)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Prints whether each service is running, with its pid and URL.
 ///
 /// # Errors

@@ -1,0 +1,56 @@
+//! Where the CPU goes during a benchmark round: the processor time (user + system, all threads) each
+//! process of the run used, read from `/proc/PID/stat` before and after (Linux; elsewhere nothing is
+//! shown). `ETHKMS_BENCH_PIDS` (`name=pid,…`, set by `cargo xtask bench`) names the services.
+
+/// Clock ticks per second of `/proc/PID/stat` (`USER_HZ`): 100 on every Linux that matters.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// The processes watched, by name.
+pub(crate) struct Processes(Vec<(String, u32)>);
+
+impl Processes {
+    /// The services named in `ETHKMS_BENCH_PIDS`, the server and this process.
+    pub(crate) fn new(server: u32) -> Self {
+        let mut named: Vec<(String, u32)> = std::env::var("ETHKMS_BENCH_PIDS")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|entry| {
+                let (name, pid) = entry.split_once('=')?;
+                Some((name.to_owned(), pid.parse().ok()?))
+            })
+            .collect();
+        named.push(("ethkms-server".into(), server));
+        named.push(("load generator".into(), std::process::id()));
+        Self(named)
+    }
+
+    /// The names, in the order of [`Self::ticks`].
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(name, _)| name.as_str())
+    }
+
+    /// Each process's ticks so far (`None` where it cannot be read).
+    pub(crate) fn ticks(&self) -> Vec<Option<u64>> {
+        self.0.iter().map(|(_, pid)| ticks(*pid)).collect()
+    }
+}
+
+/// Milliseconds of CPU per item between two [`Processes::ticks`] readings.
+pub(crate) fn per_item_ms(before: &[Option<u64>], after: &[Option<u64>], items: u64) -> Vec<Option<f64>> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(before, after)| {
+            let used = after.zip(*before).map(|(after, before)| after.saturating_sub(before))?;
+            Some(used as f64 / TICKS_PER_SECOND * 1000.0 / items as f64)
+        })
+        .collect()
+}
+
+/// utime + stime of `pid`.
+fn ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: the fields after it follow its closing parenthesis.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
