@@ -356,7 +356,7 @@ async fn authenticated(
         }
         Err(error) => {
             let message = body_message(&error, service.config.limits.body_timeout());
-            crate::withdrawals::api::unread_body(&error, message).into_response()
+            closing(crate::withdrawals::api::unread_body(&error, message).into_response())
         }
     };
     if let Ok(value) = axum::http::HeaderValue::from_str(&request_id) {
@@ -387,7 +387,14 @@ fn body_refusal(error: &BodyError, body: impl FnOnce() -> Value) -> Response {
         BodyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         BodyError::TooSlow => StatusCode::REQUEST_TIMEOUT,
     };
-    (status, axum::Json(body())).into_response()
+    closing((status, axum::Json(body())).into_response())
+}
+
+/// `response` with `Connection: close`: the rest of an unread body is never read, so the connection cannot
+/// carry another request, and the client must not reuse it.
+fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    response
 }
 
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {

@@ -2,7 +2,7 @@
 //! [watcher](super::watcher); recovers the journal after a start. See the [module](super) for the
 //! invariant this keeps.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -10,23 +10,26 @@ use std::time::{Duration, Instant};
 
 use alloy_consensus::{SignableTransaction as _, TxEnvelope, TypedTransaction};
 use alloy_eips::eip2718::Encodable2718;
-use alloy_primitives::{Address, Bytes, U256};
-use alloy_provider::Provider;
+use alloy_primitives::U256;
 use alloy_rpc_types_eth::TransactionRequest;
-use alloy_sol_types::SolCall;
 use ethkms::eth::SignerError;
-use ethkms::eth::chain::{self, Fees};
+use ethkms::eth::chain::Fees;
 use serde_json::{Value, json};
 
 use super::broadcast::{self, outcome_name};
-use super::fees;
 use super::rejections::BroadcastOutcome;
 use super::settlement::{self, AfterBroadcast};
 use crate::config::WithdrawalSettings;
 use crate::journal::{Attempt, JournalError, JournalStore, Kind, NewRow, Status, Withdrawal, now_ms};
 use crate::nonces::Nonces;
-use crate::policy::{Asset, transferCall};
+use crate::policy::Asset;
 use crate::shared::{Key, Shared, WorkCounter, redact_urls, transaction_fields};
+
+mod recovery;
+mod transaction;
+
+use transaction::rpc_request;
+pub(crate) use transaction::withdrawal_request;
 
 /// How long fee estimates are reused.
 const FEES_FOR: Duration = Duration::from_secs(1);
@@ -187,29 +190,6 @@ pub(crate) fn backoff(attempt: u32, base: Duration) -> Duration {
     let quarter = delay / 4;
     let nanos = u64::try_from(quarter.as_nanos()).unwrap_or(u64::MAX).max(1);
     delay - quarter + Duration::from_nanos(random % (2 * nanos))
-}
-
-/// The transaction that carries a withdrawal of `amount` of `asset` to `recipient`, from `from`, without
-/// nonce, gas or fees.
-pub(crate) fn withdrawal_request(from: Address, recipient: Address, asset: Asset, amount: U256) -> TransactionRequest {
-    let (to, value, data): (Address, U256, Bytes) = match asset {
-        Asset::Ether => (recipient, amount, Bytes::new()),
-        Asset::Token(token) => (token, U256::ZERO, transferCall { to: recipient, amount }.abi_encode().into()),
-    };
-    TransactionRequest::default().from(from).to(to).value(value).input(data.into())
-}
-
-/// The JSON-RPC method and the client's transaction request of an RPC row.
-fn rpc_request(row: &Withdrawal) -> Result<(String, TransactionRequest), Trouble> {
-    #[derive(serde::Deserialize)]
-    struct Stored {
-        method: String,
-        transaction: TransactionRequest,
-    }
-    let text = row.request.as_deref().unwrap_or_default();
-    let stored: Stored = serde_json::from_str(text)
-        .map_err(|error| Trouble::Fail(format!("the stored transaction request does not parse: {error}")))?;
-    Ok((stored.method, stored.transaction))
 }
 
 fn retryable(error: &SignerError) -> bool {
@@ -459,132 +439,6 @@ impl Engine {
         Ok(Processed::Sent { attempt })
     }
 
-    /// The transaction of `row`, without nonce, gas, fees or chain id (an RPC request keeps what the client
-    /// gave).
-    fn request_for(&self, key: &Key, row: &Withdrawal) -> Result<TransactionRequest, Trouble> {
-        let from = key.address();
-        Ok(match row.kind {
-            Kind::Withdrawal => withdrawal_request(from, row.recipient, row.asset, row.amount),
-            Kind::GapFill => TransactionRequest::default().from(from).to(from).value(U256::ZERO),
-            Kind::Rpc => {
-                let mut request = rpc_request(row)?.1;
-                request.from = Some(from);
-                request.nonce = None;
-                request
-            }
-        })
-    }
-
-    /// The gas limit: 21,000 for a gap fill and for ether sent to an address without code (what any estimate
-    /// gives, without making the node execute it), the client's for an RPC request that has one, else the
-    /// node's estimate.
-    async fn gas(&self, row: &Withdrawal, request: &TransactionRequest) -> Result<u64, Trouble> {
-        let provider = self.shared.manager.provider();
-        match row.kind {
-            Kind::GapFill => return Ok(21_000),
-            Kind::Rpc if request.gas.is_some() => return Ok(request.gas.unwrap_or_default()),
-            Kind::Withdrawal if row.asset == Asset::Ether => {
-                let code = provider
-                    .get_code_at(row.recipient)
-                    .await
-                    .map_err(|error| Trouble::node(format!("the recipient's code: {error}")))?;
-                if code.is_empty() {
-                    return Ok(21_000);
-                }
-            }
-            _ => {}
-        }
-        provider.estimate_gas(request.clone()).await.map_err(|error| match error.as_error_resp() {
-            Some(payload) => Trouble::Invalid(format!("the node would not execute it: {}", payload.message)),
-            None => Trouble::node(format!("estimating gas: {error}")),
-        })
-    }
-
-    /// The fees of a first signature: an RPC client's own, if within the key's caps (else refused by name),
-    /// or the market's lowered to the caps.
-    fn fees_for(
-        key: &Key,
-        row: &Withdrawal,
-        request: &TransactionRequest,
-        market: Fees,
-        gas: u64,
-        shared: &Shared,
-    ) -> Result<Fees, Trouble> {
-        let client = match (request.gas_price, request.max_fee_per_gas, request.max_priority_fee_per_gas) {
-            (Some(gas_price), _, _) => Some(Fees::Legacy { gas_price }),
-            (None, Some(max_fee), priority) => {
-                let market_priority = market.max_and_priority().1;
-                Some(Fees::Eip1559 {
-                    max_fee_per_gas: max_fee,
-                    max_priority_fee_per_gas: priority.unwrap_or(market_priority).min(max_fee),
-                })
-            }
-            (None, None, Some(priority)) => {
-                let market_max = market.max_and_priority().0;
-                Some(Fees::Eip1559 { max_fee_per_gas: market_max.max(priority), max_priority_fee_per_gas: priority })
-            }
-            (None, None, None) => None,
-        };
-        if let (Kind::Rpc, Some(fees)) = (row.kind, client) {
-            if !key.fee_caps.allow(fees, gas) {
-                let caps = key.fee_caps;
-                return Err(Trouble::Invalid(format!(
-                    "fee_cap: fees {fees:?} with {gas} gas exceed key `{}`'s caps (max fee {} wei per gas, priority fee \
-                     {} wei per gas, {} wei per transaction)",
-                    key.name, caps.max_fee_per_gas, caps.max_priority_fee_per_gas, caps.max_fee_per_tx
-                )));
-            }
-            return Ok(fees);
-        }
-        let (fees, capped) = fees::initial(market, gas, &key.fee_caps);
-        if capped {
-            shared.metrics.fee_cap_reached.inc();
-            tracing::warn!(withdrawal = %row.id, key = %key.name, ?market, ?fees, "the market's fees are above the key's caps; signing at the caps");
-        }
-        Ok(fees)
-    }
-
-    /// The node's pending transaction count for `key`, as asked after this call began: allocations that
-    /// arrive while a request is out share the next one, and none uses a count older than itself.
-    async fn pending_count(&self, key: &Key, state: &KeyState) -> Result<u64, Trouble> {
-        let arrived = Instant::now();
-        let mut cached = state.pending.lock().await;
-        if let Some((asked, count)) = *cached
-            && asked >= arrived
-        {
-            return Ok(count);
-        }
-        let asked = Instant::now();
-        let count = chain::nonce(self.shared.manager.provider(), key.address())
-            .await
-            .map_err(|error| Trouble::node(format!("the pending nonce of `{}`: {error}", key.name)))?;
-        *cached = Some((asked, count));
-        Ok(count)
-    }
-
-    /// Takes a nonce for `key`, after observing the node's pending count (so that a transaction sent from the
-    /// key elsewhere is not replaced).
-    async fn allocate(&self, key: &Key, state: &KeyState) -> Result<u64, Trouble> {
-        let pending = self.pending_count(key, state).await?;
-        let mut nonces = state.nonces.lock().unwrap_or_else(PoisonError::into_inner);
-        nonces.observe_pending(pending);
-        Ok(nonces.allocate())
-    }
-
-    /// The fees to pay now, reused for [`FEES_FOR`].
-    pub(crate) async fn current_fees(&self) -> Result<Fees, Trouble> {
-        if let Some((at, fees)) = *self.fee_cache.lock().unwrap_or_else(PoisonError::into_inner)
-            && at.elapsed() < FEES_FOR
-        {
-            return Ok(fees);
-        }
-        let fees = chain::fees(self.shared.manager.provider())
-            .await
-            .map_err(|error| Trouble::node(format!("fees from the node: {error}")))?;
-        *self.fee_cache.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), fees));
-        Ok(fees)
-    }
-
     /// Signs `unsigned` (a transaction of `row`, with its nonce) with KMS, writes the audit record and stores
     /// the transaction in the journal; returns it. Nothing is broadcast here. A signing `permit` is given back
     /// as soon as KMS has answered.
@@ -755,108 +609,6 @@ impl Engine {
                 spends,
             })
             .await
-    }
-
-    /// After a start: checks each key's chain against the node's, sets each key's nonces from the node and
-    /// the journal, follows stored transactions again and processes rows that had none. Retries until the
-    /// node and the journal answer; a key for another chain halts the engine.
-    async fn recover(self: Arc<Self>) {
-        let mut tries = 0;
-        let spawned = loop {
-            match self.try_recover().await {
-                Ok(spawned) => break spawned,
-                Err(Trouble::Fail(reason) | Trouble::Invalid(reason)) => {
-                    tracing::error!(%reason, "the withdrawal engine is halted: nothing is signed");
-                    *self.halted.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
-                    return;
-                }
-                Err(Trouble::Retry { reason, .. } | Trouble::Skip(reason)) => {
-                    self.shared.metrics.retries.inc("recovery");
-                    let delay = backoff(tries, Duration::from_millis(200));
-                    tries += 1;
-                    tracing::warn!(%reason, ?delay, "recovering the journal; retrying");
-                    if self.stopping.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        };
-        // `send_replace`, not `send`: `send` stores nothing while no receiver exists yet (the watcher may not
-        // have subscribed), and the flag would stay `false` for ever.
-        self.recovered.send_replace(true);
-        tracing::info!(resumed = spawned, "withdrawal journal recovered");
-        // Withdrawals posted while recovery ran were stored but not processed: take them now.
-        let mut tries = 0;
-        loop {
-            match self.sweep_accepted().await {
-                Ok(_) => break,
-                Err(error) => {
-                    let delay = backoff(tries, Duration::from_millis(200));
-                    tries += 1;
-                    tracing::warn!(%error, ?delay, "sweeping withdrawals posted during recovery; retrying");
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
-    }
-
-    async fn try_recover(self: &Arc<Self>) -> Result<usize, Trouble> {
-        let provider = self.shared.manager.provider();
-        let chain = provider.get_chain_id().await.map_err(|error| Trouble::node(format!("eth_chainId: {error}")))?;
-        for key in self.shared.keys.values() {
-            if key.chain_id != chain {
-                return Err(Trouble::Fail(format!(
-                    "key `{}` is configured for chain {} but the upstream node is chain {chain}",
-                    key.name, key.chain_id
-                )));
-            }
-        }
-        let rows = self.journal.unfinished().await.map_err(|error| Trouble::journal(&error))?;
-        let mut held: HashMap<&str, BTreeSet<u64>> = HashMap::new();
-        let mut unanswered = Vec::new();
-        for row in &rows {
-            if row.kind == Kind::Rpc && row.attempts.is_empty() {
-                // The client was never answered (and may have tried again): it is not signed now.
-                unanswered.push(row.clone());
-                continue;
-            }
-            if let Some(nonce) = row.nonce {
-                held.entry(row.key.as_str()).or_default().insert(nonce);
-            }
-        }
-        for key in self.shared.keys.values() {
-            let pending = chain::nonce(provider, key.address())
-                .await
-                .map_err(|error| Trouble::node(format!("the nonce of `{}`: {error}", key.name)))?;
-            let nonces = held.get(key.name.as_str()).cloned().unwrap_or_default();
-            if let Some(state) = self.state(&key.name) {
-                let mut recovered = Nonces::default();
-                recovered.recover(pending, &nonces);
-                *state.nonces.lock().unwrap_or_else(PoisonError::into_inner) = recovered;
-            }
-        }
-        for row in unanswered {
-            self.fail_unpaid(
-                &Withdrawal { nonce: None, ..row },
-                "the service restarted before signing it; the client was not answered",
-            )
-            .await;
-        }
-        let mut spawned = 0;
-        for row in rows {
-            if row.kind == Kind::Rpc && row.attempts.is_empty() {
-                continue;
-            }
-            if !row.attempts.is_empty() {
-                // Broadcast again as they are by the watcher (or confirmed, if mined).
-                self.track(row, false, None);
-            } else if matches!(row.status, Status::Accepted | Status::Signing) {
-                spawned += 1;
-                self.spawn_processing(row);
-            }
-        }
-        Ok(spawned)
     }
 
     /// Stops background work: waits up to `timeout` for rows being signed and sent (what is left resumes at

@@ -1,0 +1,126 @@
+//! Rows in and out of SQLite: loading a withdrawal with its attempts, the amounts counted against the
+//! daily limits, and the conversions between SQLite values and ours.
+
+use alloy_primitives::U256;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::Failure;
+use crate::journal::{Attempt, Kind, Released, Status, Withdrawal};
+use crate::policy::Asset;
+
+pub(super) fn insert_spend(
+    connection: &Connection,
+    key: &str,
+    asset: Asset,
+    amount: U256,
+    at: u64,
+    withdrawal: Option<&str>,
+) -> Result<(), Failure> {
+    connection.execute(
+        "INSERT INTO spends (key, asset, amount, at_ms, withdrawal) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![key, asset_text(asset), amount.to_string(), sql_u64(at), withdrawal],
+    )?;
+    Ok(())
+}
+
+/// Deletes the amounts row `id` counted against the daily limits, and returns them.
+pub(super) fn release_spend(connection: &Connection, id: &str) -> Result<Vec<Released>, Failure> {
+    let spends = connection
+        .prepare("SELECT key, asset, amount, at_ms FROM spends WHERE withdrawal = ?1")?
+        .query_map(params![id], |row| {
+            Ok(Released {
+                key: row.get(0)?,
+                asset: parse_asset(&row.get::<_, String>(1)?)?,
+                amount: parse_u256(&row.get::<_, String>(2)?)?,
+                at_ms: row.get::<_, i64>(3)?.try_into().unwrap_or(0),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    connection.execute("DELETE FROM spends WHERE withdrawal = ?1", params![id])?;
+    Ok(spends)
+}
+
+pub(super) fn load_existing(connection: &Connection, id: &str) -> Result<Withdrawal, Failure> {
+    load(connection, id)?.ok_or(Failure::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+}
+
+pub(super) fn load(connection: &Connection, id: &str) -> rusqlite::Result<Option<Withdrawal>> {
+    let withdrawal = connection
+        .query_row(
+            "SELECT id, kind, client, idempotency_key, key, recipient, asset, amount, status, nonce, tx_hash, \
+             block_number, error, created_ms, request, block_hash, cancel_requested, confirmed FROM withdrawals \
+             WHERE id = ?1",
+            params![id],
+            |row| {
+                let kind: String = row.get(1)?;
+                let status: String = row.get(8)?;
+                Ok(Withdrawal {
+                    id: row.get(0)?,
+                    kind: Kind::parse(&kind).ok_or_else(|| invalid(format!("kind `{kind}`")))?,
+                    client: row.get(2)?,
+                    idempotency_key: row.get(3)?,
+                    key: row.get(4)?,
+                    recipient: parse_text(&row.get::<_, String>(5)?)?,
+                    asset: parse_asset(&row.get::<_, String>(6)?)?,
+                    amount: parse_u256(&row.get::<_, String>(7)?)?,
+                    status: Status::parse(&status).ok_or_else(|| invalid(format!("status `{status}`")))?,
+                    nonce: row.get::<_, Option<i64>>(9)?.map(|nonce| nonce.try_into().unwrap_or(0)),
+                    tx_hash: row.get::<_, Option<String>>(10)?.map(|hash| parse_text(&hash)).transpose()?,
+                    block_number: row.get::<_, Option<i64>>(11)?.map(|block| block.try_into().unwrap_or(0)),
+                    error: row.get(12)?,
+                    created_ms: row.get::<_, i64>(13)?.try_into().unwrap_or(0),
+                    request: row.get(14)?,
+                    block_hash: row.get::<_, Option<String>>(15)?.map(|hash| parse_text(&hash)).transpose()?,
+                    cancel_requested: row.get(16)?,
+                    confirmed: row.get(17)?,
+                    attempts: Vec::new(),
+                })
+            },
+        )
+        .optional()?;
+    let Some(mut withdrawal) = withdrawal else { return Ok(None) };
+    let mut statement = connection.prepare(
+        "SELECT tx_hash, raw, max_fee_per_gas, priority_fee_per_gas, signed_ms, cancel FROM attempts \
+         WHERE withdrawal = ?1 ORDER BY number",
+    )?;
+    withdrawal.attempts = statement
+        .query_map(params![id], |row| {
+            Ok(Attempt {
+                tx_hash: parse_text(&row.get::<_, String>(0)?)?,
+                raw: row.get::<_, Vec<u8>>(1)?.into(),
+                max_fee_per_gas: parse_text(&row.get::<_, String>(2)?)?,
+                priority_fee_per_gas: parse_text(&row.get::<_, String>(3)?)?,
+                signed_ms: row.get::<_, i64>(4)?.try_into().unwrap_or(0),
+                cancel: row.get(5)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(Some(withdrawal))
+}
+
+pub(super) fn sql_u64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+pub(super) fn asset_text(asset: Asset) -> String {
+    match asset {
+        Asset::Ether => "ETH".into(),
+        Asset::Token(address) => address.to_string(),
+    }
+}
+
+pub(super) fn invalid(what: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, what.into())
+}
+
+pub(super) fn parse_text<T: std::str::FromStr>(text: &str) -> rusqlite::Result<T> {
+    text.parse().map_err(|_| invalid(format!("`{text}` in the journal cannot be read")))
+}
+
+pub(super) fn parse_u256(text: &str) -> rusqlite::Result<U256> {
+    parse_text(text)
+}
+
+pub(super) fn parse_asset(text: &str) -> rusqlite::Result<Asset> {
+    if text == "ETH" { Ok(Asset::Ether) } else { parse_text(text).map(Asset::Token) }
+}
