@@ -374,9 +374,10 @@ methods = ["withdrawals"]
     );
     println!();
     println!(
-        "| round | raw LocalStack Sign/s | withdrawals/s (posted → mined) | withdrawals ÷ Sign | all posted after |"
+        "| round | raw LocalStack Sign/s | withdrawals/s (posted → mined) | withdrawals ÷ Sign | all posted after | signatures over 1 s |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut slow_before = slow_signatures(&http, &url).await;
     let (mut bare_rates, mut withdrawal_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let processes = cpu::Processes::new(child.id());
     let mut cpu_rows = Vec::new();
@@ -439,7 +440,15 @@ methods = ["withdrawals"]
         let expected: std::collections::BTreeSet<u64> = (first_nonce..first_nonce + WITHDRAWALS).collect();
         assert_eq!(nonces, expected, "nonces not contiguous");
         assert_eq!(mined_count(&http, &rpc_url, address).await, posted, "transactions beyond the withdrawals");
-        println!("| {} | {bare:.0} | {rate:.0} | {:.2} | {:.2} s |", round + 1, rate / bare, posted_in.as_secs_f64());
+        let slow = slow_signatures(&http, &url).await;
+        println!(
+            "| {} | {bare:.0} | {rate:.0} | {:.2} | {:.2} s | {} |",
+            round + 1,
+            rate / bare,
+            posted_in.as_secs_f64(),
+            slow.saturating_sub(slow_before)
+        );
+        slow_before = slow;
         bare_rates.push(bare);
         withdrawal_rates.push(rate);
         ratios.push(rate / bare);
@@ -479,4 +488,18 @@ fn print_cpu(processes: &cpu::Processes, rows: &[(Vec<Option<f64>>, Vec<Option<f
         println!("| {} | bare Sign | {} |", round + 1, show(bare));
         println!("| {} | withdrawal | {} |", round + 1, show(withdrawals));
     }
+}
+
+/// How many of the server's signatures so far took more than a second (KMS request and verification), from
+/// its `ethkms_signing_seconds` histogram: one such signature holds every higher nonce back.
+async fn slow_signatures(http: &reqwest::Client, url: &str) -> u64 {
+    let Ok(response) = http.get(format!("{url}/metrics")).send().await else { return 0 };
+    let text = response.text().await.unwrap_or_default();
+    let value = |prefix: &str| -> u64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .and_then(|rest| rest.trim().parse::<f64>().ok())
+            .map_or(0, |value| value as u64)
+    };
+    value("ethkms_signing_seconds_count ").saturating_sub(value("ethkms_signing_seconds_bucket{le=\"1.0\"} "))
 }
