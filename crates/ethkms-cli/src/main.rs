@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod exit;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -19,6 +20,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(log_filter(cli.global.verbose, serving))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(serving)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

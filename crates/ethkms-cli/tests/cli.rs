@@ -579,6 +579,8 @@ fn serve_runs_the_service_in_process_with_no_other_binary_on_path() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains(&format!("listening on 127.0.0.1:{port}")) && stderr.contains("stopped"), "{stderr}");
+    // Said by ethkms itself, not by an `ethkms-server` process (which would name itself).
+    assert!(!stderr.contains("ethkms-server listening"), "{stderr}");
     let (code, stderr) = fails(bare().args(["serve", "--config", directory.join("missing.toml").to_str().unwrap()]));
     assert_eq!(code, 2);
     assert!(one_line(&stderr).contains("missing.toml"), "{stderr}");
