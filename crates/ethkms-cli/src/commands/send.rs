@@ -35,7 +35,7 @@ fn spinner(message: String) -> ProgressBar {
 /// What is sent: ether (the request is complete) or a token (its amount is scaled by the token's
 /// decimals, which only the node knows).
 enum Payment {
-    Ether(TransactionRequest),
+    Ether(Box<TransactionRequest>),
     Token { token: Address, to: Address },
 }
 
@@ -43,7 +43,7 @@ pub(super) async fn send(global: &Global, output: Output, args: &SendArgs) -> Re
     let key = key_ref(&args.key)?;
     let to = address(&args.transaction.to)?;
     let payment = match &args.token {
-        None => Payment::Ether(base_request(&args.transaction)?),
+        None => Payment::Ether(Box::new(base_request(&args.transaction)?)),
         Some(token) => {
             if args.transaction.data.is_some() {
                 return Err(CliError::usage("--data cannot be combined with --token"));
@@ -53,7 +53,7 @@ pub(super) async fn send(global: &Global, output: Output, args: &SendArgs) -> Re
     };
     let manager = connect(global).await?;
     let request = match payment {
-        Payment::Ether(request) => request,
+        Payment::Ether(request) => *request,
         Payment::Token { token, to } => {
             let decimals = chain::token_decimals(manager.provider(), token).await?;
             let amount: U256 = parse_units(&args.transaction.value, decimals)
