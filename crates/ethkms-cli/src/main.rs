@@ -1,5 +1,4 @@
-//! `ethkms`: Ethereum wallets whose keys live in AWS KMS, from the command line, and the signing
-//! service (`ethkms serve`).
+#![doc = include_str!("../README.md")]
 
 mod cli;
 mod commands;
