@@ -100,7 +100,7 @@ fn cli(options: &[&str]) -> Result {
         _ => return Err("usage: cargo xtask bench cli [--runs N]".into()),
     };
     let services = services::up()?;
-    run_command(cargo().args(["build", "--release", "--locked", "-p", "ethkms"]))?;
+    run_command(cargo().args(["build", "--release", "--locked", "-p", "ethkms-cli"]))?;
     let ethkms = workspace_root().join("target/release/ethkms");
     let environment = |command: &mut Command| {
         services.apply(command);

@@ -1,16 +1,23 @@
-//! `cargo xtask demo`: the main job end to end on local services it starts itself (LocalStack KMS and
-//! anvil), through the `ethkms` command line: create a KMS wallet, fund it, send an EIP-1559 transfer
-//! and an ERC-20 transfer, sign and verify a message and typed data, print a summary, stop the services.
-//! `cargo xtask demo --keep` leaves the services running.
+//! `cargo xtask demo`: the main job end to end on local services (LocalStack KMS and anvil), through the
+//! `ethkms` command line: create a KMS wallet, fund it, send an EIP-1559 transfer and an ERC-20 transfer,
+//! sign and verify a message and typed data. Then the product: `ethkms serve` on the same KMS key, a few
+//! withdrawals posted to its REST API (one refused by the key's policy, its rule named), watched until they
+//! are confirmed, the audit log verified, the service stopped; a summary at the end.
+//!
+//! Services announced by a sourced `target/services/env.sh` are used and left running; otherwise the demo
+//! starts them and stops them at the end (`cargo xtask demo --keep` leaves them running).
 
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use crate::Result;
 use crate::command::{cargo, display, run as run_command, workspace_root};
-use crate::services::{self, ServiceEnv};
+use crate::services::{self, ServiceEnv, http_request};
 
 const RECIPIENT: &str = "0x000000000000000000000000000000000000dEaD";
 const TYPED_DATA: &str = r#"{
@@ -30,16 +37,19 @@ pub(crate) fn run(options: &[&str]) -> Result {
         ["--keep"] => true,
         _ => return Err("usage: cargo xtask demo [--keep]".into()),
     };
-    let services = services::up()?;
+    let (services, started) = match ServiceEnv::from_environment() {
+        Some(services) => (services, false),
+        None => (services::up()?, true),
+    };
     let result = demo(&services);
-    if !keep {
+    if started && !keep {
         services::down()?;
     }
     result
 }
 
 fn demo(services: &ServiceEnv) -> Result {
-    run_command(cargo().args(["build", "--quiet", "-p", "ethkms"]))?;
+    run_command(cargo().args(["build", "--quiet", "-p", "ethkms-cli"]))?;
     let binary = workspace_root().join("target/debug/ethkms");
     let ethkms = |arguments: &[&str]| -> Result<Value> { json(&mut cli(&binary, services), arguments) };
     let mut summary = Vec::new();
@@ -94,11 +104,247 @@ fn demo(services: &ServiceEnv) -> Result {
     }
     summary.push(format!("signed EIP-712 typed data; ethers v6 recovers the signer: {recovered}"));
 
+    withdrawals(services, &binary, &key_id, &mut summary)?;
+
     println!("\nethkms demo: all done with a key that never left KMS");
-    for (index, line) in summary.iter().enumerate() {
-        println!("  {}. {line}", index + 1);
+    for (index, item) in summary.iter().enumerate() {
+        let mut lines = item.lines();
+        println!("  {:>2}. {}", index + 1, lines.next().unwrap_or_default());
+        for line in lines {
+            println!("        {line}");
+        }
     }
     Ok(())
+}
+
+/// The withdrawals the demo posts: (idempotency key, recipient, amount). The last is over the policy's
+/// `max_value`.
+const WITHDRAWALS: [(&str, &str, &str); 4] = [
+    ("payout-1", "0x1111111111111111111111111111111111111111", "0.01ether"),
+    ("payout-2", "0x2222222222222222222222222222222222222222", "0.025ether"),
+    ("payout-3", "0x3333333333333333333333333333333333333333", "0.05ether"),
+    ("payout-4", "0x4444444444444444444444444444444444444444", "0.5ether"),
+];
+
+/// The product: `ethkms serve` on the demo's KMS key, withdrawals through its REST API until they are
+/// confirmed, its audit log verified.
+fn withdrawals(services: &ServiceEnv, binary: &Path, key_id: &str, summary: &mut Vec<String>) -> Result {
+    let directory = workspace_root().join("target/demo");
+    if directory.exists() {
+        std::fs::remove_dir_all(&directory).map_err(|error| format!("{}: {error}", directory.display()))?;
+    }
+    std::fs::create_dir_all(&directory)?;
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+    let token = format!("demo-{}-{nanos}", std::process::id());
+    let config = directory.join("ethkms-server.toml");
+    std::fs::write(&config, configuration(port, &services.rpc_url, key_id, &token, &directory))?;
+    let log = directory.join("serve.log");
+
+    let mut serve = cli(binary, services);
+    serve.args(["serve", "--config"]).arg(&config).stdout(Stdio::null()).stderr(std::fs::File::create(&log)?);
+    eprintln!("$ {} 2> {}", display(&serve), log.display());
+    let mut server = Server(Some(serve.spawn().map_err(|error| format!("could not start `ethkms serve`: {error}"))?));
+    server.wait_ready(port, &log)?;
+    summary.push(format!(
+        "started `ethkms serve` on the same KMS key (127.0.0.1:{port}); its policy: at most 0.051 ETH per \
+         withdrawal, fees included"
+    ));
+
+    let api = Api { port, token };
+    let mut accepted = Vec::new();
+    let mut refused = Vec::new();
+    for (idempotency_key, to, amount) in WITHDRAWALS {
+        let body =
+            json!({ "idempotency_key": idempotency_key, "key": "hot", "to": to, "asset": "ETH", "amount": amount });
+        let (status, answer) = api.call("POST", "/v1/withdrawals", Some(&body))?;
+        match (status, answer["id"].as_str(), answer["error"]["kind"].as_str()) {
+            (202, Some(id), _) => accepted.push((id.to_owned(), amount, to)),
+            (403, _, Some("policy_denied")) => refused.push(format!(
+                "{amount} to {to}: policy_denied, rule {}: {}",
+                answer["error"]["rule"].as_str().unwrap_or("?"),
+                answer["error"]["message"].as_str().unwrap_or("")
+            )),
+            _ => return Err(format!("POST /v1/withdrawals {body} answered {status}: {answer}").into()),
+        }
+    }
+    if accepted.len() != WITHDRAWALS.len() - 1 || refused.len() != 1 {
+        return Err(format!("expected 3 withdrawals accepted and 1 refused; refused: {refused:?}").into());
+    }
+    summary.push(format!(
+        "posted {} withdrawals to POST /v1/withdrawals: {} accepted (202), 1 refused (403)\n{}",
+        WITHDRAWALS.len(),
+        accepted.len(),
+        refused.join("\n")
+    ));
+
+    let started = Instant::now();
+    let mut finals = Vec::new();
+    for (id, amount, to) in &accepted {
+        let answer = loop {
+            let (status, answer) = api.call("GET", &format!("/v1/withdrawals/{id}"), None)?;
+            if status != 200 {
+                return Err(format!("GET /v1/withdrawals/{id} answered {status}: {answer}").into());
+            }
+            if answer["final"] == true {
+                break answer;
+            }
+            if started.elapsed() > Duration::from_secs(90) {
+                return Err(format!("withdrawal {id} is still {} after 90 s", answer["status"]).into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        if answer["status"] != "confirmed" {
+            return Err(format!("withdrawal {id} ended {}: {answer}", answer["status"]).into());
+        }
+        finals.push(format!(
+            "{amount} to {to}: confirmed in block {} (nonce {}, {})",
+            answer["block_number"],
+            answer["nonce"],
+            answer["tx_hash"].as_str().unwrap_or("?")
+        ));
+    }
+    summary.push(format!(
+        "watched them with GET /v1/withdrawals/ID until final ({:.1} s):\n{}",
+        started.elapsed().as_secs_f64(),
+        finals.join("\n")
+    ));
+
+    server.stop()?;
+    let verified =
+        json(&mut cli(binary, services), &["audit", "verify", &directory.join("audit.jsonl").display().to_string()])?;
+    if verified["valid"] != true {
+        return Err(format!("the audit log does not verify: {verified}").into());
+    }
+    summary.push(format!(
+        "stopped the service; `ethkms audit verify` checks its audit log: {} records, hash chain intact (head {})",
+        verified["records"],
+        text(&verified["head"])?
+    ));
+    Ok(())
+}
+
+/// The service's configuration: the demo's key as `hot`, with a small policy; one client, `demo`.
+fn configuration(port: u16, upstream: &str, key_id: &str, token: &str, directory: &Path) -> String {
+    let token_sha256: String = Sha256::digest(token.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect();
+    format!(
+        r#"listen = "127.0.0.1:{port}"
+upstream = "{upstream}"
+audit_log = "{audit}"
+journal = "{journal}"
+withdrawals = {{ poll_interval_ms = 200 }}
+
+[keys.hot]
+key = "{key_id}"
+chain_id = 31337
+confirmations = 1
+fees = {{ max_fee_per_tx = "0.001ether" }}
+[keys.hot.policy]
+# Ether limits count the most a withdrawal can pay in fees (max_fee_per_tx) too: 0.05 ether + 0.001.
+max_value = {{ ETH = "0.051ether" }}
+daily_limit = {{ ETH = "1ether" }}
+
+[clients.demo]
+token_sha256 = "{token_sha256}"
+keys = ["hot"]
+methods = ["withdrawals"]
+"#,
+        audit = directory.join("audit.jsonl").display(),
+        journal = directory.join("journal.sqlite").display(),
+    )
+}
+
+/// The service's REST API, through curl (the token stays out of what is printed).
+struct Api {
+    port: u16,
+    token: String,
+}
+
+impl Api {
+    /// `method path [body]`: the status and the JSON answer.
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+        let mut curl = Command::new("curl");
+        curl.args([
+            "--silent",
+            "--show-error",
+            "--max-time",
+            "10",
+            "--request",
+            method,
+            "--write-out",
+            "\n%{http_code}",
+        ])
+        .arg("--header")
+        .arg(format!("Authorization: Bearer {}", self.token));
+        if let Some(body) = body {
+            curl.args(["--header", "Content-Type: application/json", "--data"]).arg(body.to_string());
+            eprintln!("$ curl -X {method} http://127.0.0.1:{}{path} -d '{body}'", self.port);
+        }
+        curl.arg(format!("http://127.0.0.1:{}{path}", self.port));
+        let output = curl.output().map_err(|error| format!("could not run curl (is it installed?): {error}"))?;
+        let printed = String::from_utf8_lossy(&output.stdout);
+        let (answer, status) = printed.rsplit_once('\n').unwrap_or(("", &printed));
+        if !output.status.success() {
+            return Err(format!("curl {method} {path}: {}", String::from_utf8_lossy(&output.stderr).trim()).into());
+        }
+        let status = status.trim().parse().map_err(|_| format!("curl {method} {path}: no status in {printed:?}"))?;
+        let answer = if answer.trim().is_empty() { Value::Null } else { serde_json::from_str(answer)? };
+        if body.is_some() {
+            eprintln!("  {status} {answer}");
+        }
+        Ok((status, answer))
+    }
+}
+
+/// The `ethkms serve` process: stopped with SIGTERM (graceful), and killed if the demo ends otherwise.
+struct Server(Option<Child>);
+
+impl Server {
+    fn wait_ready(&mut self, port: u16, log: &Path) -> Result {
+        let started = Instant::now();
+        while !http_request(port, "GET", "/readyz", None).is_ok_and(|response| response.status == 200) {
+            if let Some(status) = self.0.as_mut().and_then(|child| child.try_wait().ok().flatten()) {
+                let _ = self.0.take();
+                return Err(format!("`ethkms serve` exited ({status}); its log: {}", log.display()).into());
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                return Err(format!("`ethkms serve` was not ready within 60 s; its log: {}", log.display()).into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then up to 30 s for the requests and withdrawals in flight to finish.
+    fn stop(mut self) -> Result {
+        let Some(mut child) = self.0.take() else { return Ok(()) };
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("`ethkms serve` exited with {status}").into())
+                };
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("`ethkms serve` did not stop within 30 s of SIGTERM; killed".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// `ethkms --json` pointed at the services through the standard AWS and foundry variables.
@@ -133,8 +379,8 @@ fn recover_typed_data(services: &ServiceEnv, signature: &str) -> Result<String> 
     let script: PathBuf = workspace_root().join("crates/ethkms-eth/tests/verifiers/ethers_recover.cjs");
     let case = serde_json::json!([{ "name": "typed", "kind": "typed", "json": TYPED_DATA, "signature": signature }]);
     let mut node = Command::new("node");
-    node.arg(script).env("NODE_PATH", &services.node_modules).stdin(std::process::Stdio::piped());
-    node.stdout(std::process::Stdio::piped());
+    node.arg(script).env("NODE_PATH", &services.node_modules).stdin(Stdio::piped());
+    node.stdout(Stdio::piped());
     let mut child = node.spawn()?;
     if let Some(mut stdin) = child.stdin.take() {
         std::io::Write::write_all(&mut stdin, case.to_string().as_bytes())?;

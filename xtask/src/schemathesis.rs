@@ -81,7 +81,7 @@ impl Default for Settings {
 /// schemathesis against the server's `/openapi.json`.
 pub(crate) fn check(services: &ServiceEnv, settings: &Settings) -> Result {
     let started = Instant::now();
-    run_command(cargo().args(["build", "--locked", "-p", "ethkms", "-p", "ethkms-server"]))?;
+    run_command(cargo().args(["build", "--locked", "-p", "ethkms-cli", "-p", "ethkms-server"]))?;
     let python = services::python_venv(
         "schemathesis",
         REQUIREMENTS,

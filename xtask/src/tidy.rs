@@ -77,10 +77,13 @@ fn crates_have_complete_metadata() {
             "{name}/Cargo.toml does not opt into the workspace lints"
         );
         assert!(directory.join("README.md").is_file(), "{name} has no README.md");
-        let lib = fs::read_to_string(directory.join("src/lib.rs")).unwrap_or_default();
+        // The crate root: the library's, or the binary's for a crate that is only a binary (ethkms-cli).
+        let root = ["src/lib.rs", "src/main.rs"].into_iter().find(|root| directory.join(root).is_file());
+        let text = root.and_then(|root| fs::read_to_string(directory.join(root)).ok()).unwrap_or_default();
         assert!(
-            lib.starts_with("#![doc = include_str!(\"../README.md\")]"),
-            "{name}/src/lib.rs does not use its README as crate doc"
+            text.starts_with("#![doc = include_str!(\"../README.md\")]"),
+            "{name}/{} does not use its README as crate doc",
+            root.unwrap_or("src/lib.rs")
         );
         checked += 1;
     }

@@ -19,7 +19,7 @@ use ethkms_backend::{
 };
 
 use crate::config::{AwsKmsConfig, RetryMode};
-use crate::errors::map_sdk_error;
+use crate::errors::{map_sdk_error, never_sent};
 
 /// A [`KeyBackend`] on AWS KMS (or anything that speaks its API, such as LocalStack).
 ///
@@ -168,25 +168,31 @@ impl AwsKmsBackend {
             operation = operation.tags(tag);
         }
         let no_sdk_retries = aws_sdk_kms::config::Builder::default().retry_config(RetryConfig::disabled());
+        // A connection that was refused sent nothing, so no key exists: that error leaves the retry loop
+        // as it is (inside `Ok`), neither retried nor reported as a key that may have been created.
         let output = self
             .create_retry
             .retry("(new key)", || async {
                 let result = operation.clone().customize().config_override(no_sdk_retries.clone()).send().await;
-                result.map_err(|error| match map_sdk_error(&error, "(new key)", "CreateKey") {
-                    throttled @ BackendError::Throttled { .. } => throttled,
-                    // Anything else is final: a retry could create a second key.
-                    other if other.is_retryable() => BackendError::Service {
-                        key: "(new key)".into(),
-                        code: error.code().unwrap_or("Unknown").into(),
-                        message: format!(
-                            "{other}; not retried, since the key may have been created: check `ethkms wallet list`"
-                        ),
-                        retryable: false,
-                    },
-                    other => other,
-                })
+                match result {
+                    Ok(output) => Ok(Ok(output)),
+                    Err(error) if never_sent(&error) => Ok(Err(map_sdk_error(&error, "(new key)", "CreateKey"))),
+                    Err(error) => Err(match map_sdk_error(&error, "(new key)", "CreateKey") {
+                        throttled @ BackendError::Throttled { .. } => throttled,
+                        // Anything else is final: a retry could create a second key.
+                        other if other.is_retryable() => BackendError::Service {
+                            key: "(new key)".into(),
+                            code: error.code().unwrap_or("Unknown").into(),
+                            message: format!(
+                                "{other}; not retried, since the key may have been created: check `ethkms wallet list`"
+                            ),
+                            retryable: false,
+                        },
+                        other => other,
+                    }),
+                }
             })
-            .await?;
+            .await??;
         let metadata =
             output.key_metadata().ok_or_else(|| malformed("(new key)", "CreateKey returned no KeyMetadata"))?;
         Ok((metadata.key_id().to_owned(), metadata.arn().unwrap_or_default().to_owned()))

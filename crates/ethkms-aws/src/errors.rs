@@ -1,6 +1,6 @@
 //! Turning AWS SDK errors into [`BackendError`]s that name the key and say what to do.
 
-use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use ethkms_backend::BackendError;
 
 /// Maps an SDK error of a request about `key` (for the KMS `action`, e.g. `"Sign"`).
@@ -70,9 +70,46 @@ pub(crate) fn classify(code: &str, message: &str, key: String, action: &'static 
     }
 }
 
-/// The error and all its sources, as one line.
+/// The error and all its sources by their `Display`, as one line (never the SDK's `Debug` dump); a
+/// source whose text the line already holds is skipped.
 fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    format!("{}", DisplayErrorContext(error))
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(error) = next {
+        let text = error.to_string();
+        if !text.is_empty() && !parts.iter().any(|part| part.contains(&text)) {
+            parts.push(text);
+        }
+        next = error.source();
+    }
+    parts.join(": ")
+}
+
+/// Whether the request provably never reached the service: the connection itself was refused or had no
+/// route. (A request that may have been sent, even if no answer came, is not this.)
+pub(crate) fn never_sent<E, R>(error: &SdkError<E, R>) -> bool
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    use std::io::ErrorKind;
+    let SdkError::DispatchFailure(_) = error else { return false };
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = next {
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::AddrNotAvailable
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkUnreachable
+            )
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
 }
 
 fn mentions_credentials(message: &str) -> bool {

@@ -38,20 +38,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let service: Arc<Service> = Service::start(config, backend).await?;
     let listener = std::net::TcpListener::bind(listen).map_err(|error| format!("listening on {listen}: {error}"))?;
     eprintln!("ethkms-server listening on {listen} ({})", if tls.is_some() { "https" } else { "http" });
-    ethkms_server::service::serve(service, listener, tls.as_ref(), shutdown()).await?;
+    ethkms_server::service::serve(service, listener, tls.as_ref(), ethkms_server::service::shutdown_signal()).await?;
     eprintln!("ethkms-server stopped");
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown() {
-    let interrupt = tokio::signal::ctrl_c();
-    let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
-        let _ = interrupt.await;
-        return;
-    };
-    tokio::select! {
-        _ = interrupt => {}
-        _ = terminate.recv() => {}
-    }
 }

@@ -526,6 +526,20 @@ pub(crate) async fn metrics(State(service): State<Arc<Service>>) -> Response {
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], service.shared.metrics.render()).into_response()
 }
 
+/// Resolves on SIGINT or SIGTERM: the `shutdown` to give [`serve`] in a process of its own (the
+/// `ethkms-server` binary, `ethkms serve`).
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        let _ = interrupt.await;
+        return;
+    };
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+}
+
 /// Serves `service` on `listener` until `shutdown` resolves, then finishes the requests in flight and the
 /// withdrawals being signed and sent (up to 30 s each) and closes the journal. With `tls`, over HTTPS
 /// (rustls) with that certificate and key.

@@ -9,26 +9,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Ethereum wallets whose keys live in AWS KMS and never leave it.
 #[derive(Debug, Parser)]
-#[command(name = "ethkms", version, about, long_about = None, after_long_help = EXIT_CODES)]
+#[command(name = "ethkms", version, about, long_about = None, after_long_help = crate::exit::help())]
 pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) global: Global,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
-
-/// Exit codes, shown by `ethkms --help`.
-pub(crate) const EXIT_CODES: &str = "\
-Exit codes:
-  0  success
-  1  any other failure
-  2  invalid arguments (bad value, address, key reference, typed data, wrong chain)
-  3  key or alias not found
-  4  credentials or permissions (missing or rejected credentials, access denied, no region)
-  5  key unusable (wrong key type or usage, disabled, pending deletion)
-  6  network (KMS or Ethereum node unreachable, timed out, throttled)
-  7  transaction failed (reverted, or not mined in time)
-  8  verification failed: a signature (`ethkms verify`) or an audit log (`ethkms audit verify`)";
 
 /// Options every command takes.
 #[derive(Debug, Args)]
@@ -95,8 +82,8 @@ pub(crate) enum Command {
     /// Audit logs.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Run the signing service (JSON-RPC, REST withdrawals, policy, audit log): starts the
-    /// `ethkms-server` binary, found next to this one or on PATH, with the KMS options given here.
+    /// Run the signing service (JSON-RPC, REST withdrawals, policy, audit log) in this process, with the
+    /// KMS options given here; stops gracefully on SIGINT or SIGTERM.
     Serve(ServeArgs),
 }
 
@@ -302,13 +289,22 @@ pub(crate) enum PolicyCommand {
     Iam(IamArgs),
 }
 
-/// IAM roles.
+/// IAM roles (see `ethkms::iam::Role`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Role {
     /// May only sign with, and read the public key of, the key.
     App,
     /// May create, alias, tag, describe, disable and schedule deletion, but never sign.
     Admin,
+}
+
+impl From<Role> for ethkms::iam::Role {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::App => Self::App,
+            Role::Admin => Self::Admin,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -1,22 +1,57 @@
 //! Least-privilege IAM policies: the application may only sign and read the public key of its key; the
-//! administrator manages keys but may never sign.
+//! administrator manages keys but may never sign. `ethkms policy iam` prints them.
+//!
+//! ```
+//! use ethkms::iam::{Role, policy};
+//!
+//! let arn = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+//! let document = policy(arn, Role::App, Some(("Environment", "production")))?;
+//! assert_eq!(document["Statement"][0]["Action"][0], "kms:Sign");
+//! assert!(policy("arn:aws:kms:eu-west-1:1:key/x", Role::Admin, None).is_err());
+//! # Ok::<(), ethkms::iam::IamError>(())
+//! ```
 
 use serde_json::{Value, json};
 
-use crate::cli::Role;
+/// Who a policy is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// May only sign with, and read the public key of, the key.
+    App,
+    /// May create, alias, tag, describe, disable and schedule deletion, but never sign.
+    Admin,
+}
+
+/// Why no policy can be written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IamError {
+    /// The key ARN is not one of a single KMS key.
+    #[error("`{arn}` is not a KMS key ARN ({reason}); expected arn:aws:kms:REGION:ACCOUNT:key/ID")]
+    InvalidKeyArn {
+        /// The ARN given.
+        arn: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
 
 /// The parts of a KMS key ARN.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct KeyArn<'a> {
-    partition: &'a str,
-    region: &'a str,
-    account: &'a str,
+pub struct KeyArn<'a> {
+    /// `aws`, `aws-cn`, `aws-us-gov`.
+    pub partition: &'a str,
+    /// The region.
+    pub region: &'a str,
+    /// The 12-digit account id.
+    pub account: &'a str,
 }
 
 /// Checks `arn:PARTITION:kms:REGION:ACCOUNT:key/ID`.
-pub(crate) fn parse_key_arn(arn: &str) -> Result<KeyArn<'_>, String> {
-    let invalid =
-        |why: &str| format!("`{arn}` is not a KMS key ARN ({why}); expected arn:aws:kms:REGION:ACCOUNT:key/ID");
+///
+/// # Errors
+/// [`IamError::InvalidKeyArn`] naming what is wrong.
+pub fn parse_key_arn(arn: &str) -> Result<KeyArn<'_>, IamError> {
+    let invalid = |reason: &'static str| IamError::InvalidKeyArn { arn: arn.to_owned(), reason };
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     let [prefix, partition, service, region, account, resource] = parts.as_slice() else {
         return Err(invalid("too few parts"));
@@ -33,8 +68,12 @@ pub(crate) fn parse_key_arn(arn: &str) -> Result<KeyArn<'_>, String> {
     Ok(KeyArn { partition, region, account })
 }
 
-/// The policy document.
-pub(crate) fn policy(key_arn: &str, role: Role, principal_tag: Option<(&str, &str)>) -> Result<Value, String> {
+/// The policy document for `role` on the key `key_arn`, optionally only for principals carrying the tag
+/// `principal_tag` (key, value).
+///
+/// # Errors
+/// [`IamError::InvalidKeyArn`] if `key_arn` does not name one KMS key.
+pub fn policy(key_arn: &str, role: Role, principal_tag: Option<(&str, &str)>) -> Result<Value, IamError> {
     let arn = parse_key_arn(key_arn)?;
     let tag_condition = principal_tag.map(|(key, value)| json!({ format!("aws:PrincipalTag/{key}"): value }));
     let with_tag = |mut condition: serde_json::Map<String, Value>| {

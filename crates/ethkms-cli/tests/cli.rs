@@ -1,10 +1,14 @@
-//! The `ethkms` command line, run as a program: every command, the shape of its `--json` output, and
-//! the error paths with their exit codes. Commands that need keys or a chain run against LocalStack
-//! KMS and anvil (`cargo xtask services up`); in CI a missing service fails them.
+//! The `ethkms` command line, run as a program: every command, the shape of its `--json` output, the
+//! error paths with their exit codes, what a newcomer sees first (one line per error, arguments checked
+//! before configuration), and the signing service run in-process by `ethkms serve`. Commands that need
+//! keys or a chain run against LocalStack KMS and anvil (`cargo xtask services up`); in CI a missing
+//! service fails them.
 
 use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use alloy_consensus::TxEnvelope;
 use alloy_consensus::transaction::SignerRecoverable;
@@ -414,42 +418,171 @@ fn audit_verify_passes_a_real_log_and_pinpoints_edits_and_deletions() {
     std::fs::remove_file(&path).unwrap();
 }
 
+/// The lines of standard error, asserting there is exactly one: the error.
+fn one_line(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line on standard error, got:\n{stderr}");
+    lines[0]
+}
+
 #[test]
-fn serve_runs_the_server_binary_with_the_kms_options_or_says_where_to_get_it() {
-    // A copy of ethkms in a directory of its own, with a stand-in `ethkms-server` beside it that
-    // records how it was started.
+fn a_newcomer_without_a_region_sees_one_line_and_the_documented_exit_code() {
+    // No region, profile, endpoint or credentials, no config file, no instance metadata.
+    let (code, stderr) = fails(bare().args(["wallet", "create"]));
+    assert_eq!(code, 4, "{stderr}");
+    let line = one_line(&stderr);
+    assert!(line.starts_with("error: ") && line.contains("AWS_REGION") && line.contains("--aws-region"), "{line}");
+    // The SDK's own warnings (here: the missing config file) come back with RUST_LOG.
+    let (code, stderr) = fails(bare().args(["wallet", "create"]).env("RUST_LOG", "warn"));
+    assert_eq!(code, 4);
+    assert!(stderr.lines().count() > 1 && stderr.contains("WARN"), "{stderr}");
+}
+
+#[test]
+fn an_unreachable_key_service_is_one_line_naming_the_endpoint_and_the_fix() {
+    let unreachable = || {
+        let mut command = bare();
+        command
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .args(["--kms-endpoint", "http://127.0.0.1:1"]);
+        command
+    };
+    for arguments in [&["wallet", "create"][..], &["wallet", "address", "alias/anything"]] {
+        let started = Instant::now();
+        let (code, stderr) = fails(unreachable().args(arguments));
+        assert_eq!(code, 6, "{arguments:?}: {stderr}");
+        let line = one_line(&stderr);
+        assert!(line.contains("http://127.0.0.1:1") && line.contains("--kms-endpoint"), "{line}");
+        assert!(line.to_lowercase().contains("connection refused"), "{line}");
+        assert!(!line.contains("DispatchFailure") && !line.contains('{'), "{line}");
+        // A refused connection created no key: it is not retried for half a minute.
+        assert!(started.elapsed() < Duration::from_secs(20), "{arguments:?} took {:?}", started.elapsed());
+    }
+    // -v adds the whole chain, still without Debug dumps.
+    let (_, stderr) = fails(unreachable().args(["-v", "wallet", "address", "alias/anything"]));
+    assert!(stderr.contains("detail: ") && stderr.contains("tcp connect error"), "{stderr}");
+    assert!(!stderr.contains("DispatchFailure"), "{stderr}");
+}
+
+#[test]
+fn bad_arguments_are_reported_before_configuration_and_network() {
+    // No region at all: a configuration error would be exit code 4; these are the arguments' fault.
+    let dead = "0x000000000000000000000000000000000000dEaD";
+    let cases: [&[&str]; 9] = [
+        &["send", "alias/x", "--to", "0xdead"],
+        &["send", "alias/x", "--to", dead, "--value", "1.5"],
+        &["send", "alias/x", "--to", dead, "--token", "0x1234"],
+        &["sign", "tx", "alias/x", "--to", dead, "--type", "legacy", "--max-fee", "1gwei"],
+        &["sign", "tx", "alias/x", "--to", dead, "--type", "7702"],
+        &["sign", "message", "not a key", "hello"],
+        &["wallet", "create", "--count", "0"],
+        &["wallet", "create", "--alias", "has spaces"],
+        &["balance", dead, "--token", "0xnot"],
+    ];
+    for arguments in cases {
+        let (code, stderr) = fails(bare().args(arguments));
+        assert_eq!(code, 2, "{arguments:?}: {stderr}");
+        let line = one_line(&stderr);
+        assert!(!line.contains("region") && !line.contains("credentials"), "{arguments:?}: {line}");
+    }
+    let (_, stderr) = fails(bare().args(["send", "alias/x", "--to", "0xdead"]));
+    assert!(stderr.contains("`0xdead`") && stderr.contains("address"), "{stderr}");
+}
+
+#[test]
+fn the_exit_codes_in_the_help_are_the_documented_ones() {
+    let help = ok(bare().arg("--help"));
+    let table = help.split("Exit codes:").nth(1).unwrap_or_else(|| panic!("no exit codes in --help:\n{help}"));
+    let rows: Vec<(u8, &str)> = table
+        .lines()
+        .filter_map(|line| {
+            let (code, meaning) = line.trim().split_once("  ")?;
+            Some((code.parse().ok()?, meaning.trim()))
+        })
+        .collect();
+    assert_eq!(rows.iter().map(|(code, _)| *code).collect::<Vec<_>>(), (0..=8).collect::<Vec<u8>>(), "{table}");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for (code, meaning) in &rows {
+        let row = format!("| {code} | {meaning} |");
+        assert!(readme.contains(&row), "README.md lacks the row `{row}`");
+    }
+    let documented = readme
+        .lines()
+        .filter(|line| {
+            line.starts_with("| ") && line.split('|').nth(1).is_some_and(|cell| cell.trim().parse::<u8>().is_ok())
+        })
+        .count();
+    assert_eq!(documented, rows.len(), "README.md documents other exit codes than --help");
+}
+
+/// `GET path` on 127.0.0.1:`port`: the status code, if anything answered.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn serve_runs_the_service_in_process_with_no_other_binary_on_path() {
+    let Some(services) = services() else { return };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let key = runtime.block_on(async {
+        let manager = manager(&services).await;
+        manager.create_wallet(CreateKeyRequest::new()).await.unwrap().key_id
+    });
     let directory = std::env::temp_dir().join(unique("ethkms-serve"));
     std::fs::create_dir_all(&directory).unwrap();
-    let ethkms = directory.join("ethkms");
-    std::fs::copy(assert_cmd::cargo::cargo_bin("ethkms"), &ethkms).unwrap();
-    let mut alone = Command::new(&ethkms);
-    alone.env_clear().env("PATH", &directory);
-    let (code, stderr) = fails(alone.args(["serve", "--config", "service.toml"]));
-    assert_eq!(code, 1);
-    assert!(stderr.contains("ethkms-server") && stderr.contains("cargo install"), "{stderr}");
-
-    let record = directory.join("started.txt");
-    let server = directory.join("ethkms-server");
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = directory.join("service.toml");
     std::fs::write(
-        &server,
-        format!("#!/bin/sh\necho \"$@ $AWS_ENDPOINT_URL_KMS $AWS_REGION\" > {}\nexit 0\n", record.display()),
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nupstream = \"{rpc}\"\naudit_log = \"{audit}\"\njournal = \"{journal}\"\n\n\
+             [keys.hot]\nkey = \"{key}\"\nchain_id = 31337\n",
+            rpc = services.rpc,
+            audit = directory.join("audit.jsonl").display(),
+            journal = directory.join("journal.sqlite").display(),
+        ),
     )
     .unwrap();
-    let mut permissions = std::fs::metadata(&server).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
-    std::fs::set_permissions(&server, permissions).unwrap();
-    let mut beside = Command::new(&ethkms);
-    beside.env_clear().env("PATH", "/usr/bin:/bin").args([
-        "serve",
-        "--config",
-        "service.toml",
-        "--kms-endpoint",
-        "http://127.0.0.1:4566",
-        "--aws-region",
-        "eu-west-1",
-    ]);
-    beside.assert().success();
-    let started = std::fs::read_to_string(&record).unwrap();
-    assert_eq!(started.trim(), "--config service.toml http://127.0.0.1:4566 eu-west-1");
+    // Only the system's directories on PATH: no `ethkms-server` anywhere.
+    let mut serve = std::process::Command::new(assert_cmd::cargo::cargo_bin("ethkms"));
+    serve
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(["serve", "--config", config.to_str().unwrap(), "--kms-endpoint", &services.kms])
+        .args(["--aws-region", "us-east-1"])
+        .stderr(std::process::Stdio::piped());
+    let mut child = serve.spawn().unwrap();
+    let started = Instant::now();
+    while http_status(port, "/readyz") != Some(200) {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+            panic!("ethkms serve exited ({status}): {stderr}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "ethkms serve was not ready within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SIGTERM stops it gracefully, with status 0.
+    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("listening on 127.0.0.1:{port}")) && stderr.contains("stopped"), "{stderr}");
+    // Said by ethkms itself, not by an `ethkms-server` process (which would name itself).
+    assert!(!stderr.contains("ethkms-server listening"), "{stderr}");
+    let (code, stderr) = fails(bare().args(["serve", "--config", directory.join("missing.toml").to_str().unwrap()]));
+    assert_eq!(code, 2);
+    assert!(one_line(&stderr).contains("missing.toml"), "{stderr}");
     let _ = std::fs::remove_dir_all(&directory);
 }
