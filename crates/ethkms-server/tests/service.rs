@@ -10,9 +10,9 @@ use alloy_consensus::TxEnvelope;
 use alloy_consensus::transaction::SignerRecoverable;
 use alloy_eips::eip2718::Decodable2718;
 use alloy_primitives::{Address, B256, Signature, hex};
-use ethkms::aws::{AwsKmsBackend, AwsKmsConfig, StaticCredentials};
-use ethkms::backend::contract::{service_from_env, unique};
-use ethkms::backend::{CreateKeyRequest, KeyBackend};
+use ethkms::backend::CreateKeyRequest;
+use ethkms_test_support::kms::localstack_backend;
+use ethkms_test_support::{service_from_env, unique};
 use ethkms_server::config::{Config, token_hash};
 use ethkms_server::service::Service;
 use serde_json::{Value, json};
@@ -78,8 +78,7 @@ async fn start() -> Option<Running> {
 async fn start_with(tls: Option<(&std::path::Path, &std::path::Path)>) -> Option<Running> {
     let kms = service_from_env("ETHKMS_TEST_KMS_ENDPOINT", "LocalStack KMS")?;
     let rpc = service_from_env("ETHKMS_TEST_RPC_URL", "anvil")?;
-    let config = AwsKmsConfig::with_endpoint(kms, "us-east-1", StaticCredentials::new("test", "test", None));
-    let backend: Arc<dyn KeyBackend> = Arc::new(AwsKmsBackend::new(config).await.unwrap());
+    let backend = localstack_backend(&kms).await;
     let info = backend.create_key(&CreateKeyRequest::new().description("ethkms-server test")).await.unwrap();
     let address: Address = info.address.unwrap().to_string().parse().unwrap();
     let audit_log = std::env::temp_dir().join(format!("{}.jsonl", unique("server-audit")));

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, U256};
 use common::*;
-use ethkms::backend::contract::{service_from_env, unique};
+use ethkms_test_support::{service_from_env, unique};
 use ethkms::backend::{Faults, KeyBackend, MemoryBackend};
 use ethkms_server::journal::{JournalStore as _, SqliteJournal};
 use serde_json::{Value, json};
