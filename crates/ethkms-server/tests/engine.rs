@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, U256};
 use common::*;
-use ethkms_test_support::service_from_env;
 use ethkms::backend::{Faults, KeyBackend, MemoryBackend};
 use ethkms::eth::chain::{self, Fees};
 use ethkms_test_support::rpc_proxy::{self, RpcProxy};
+use ethkms_test_support::service_from_env;
 use serde_json::{Value, json};
 
 async fn anvil_call(url: &str, method: &str, params: Value) -> Value {

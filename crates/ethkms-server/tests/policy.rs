@@ -12,9 +12,9 @@ use alloy_primitives::{Address, B256, Signature, U256, hex};
 use alloy_sol_types::{SolCall, sol};
 use common::typed::{self, PERMIT2};
 use common::{TOKEN, deploy_token, funded_key, localstack, receipt, recipient, serve_in_process, token_balance};
-use ethkms_test_support::{service_from_env, unique};
 use ethkms::backend::{KeyBackend, MemoryBackend};
 use ethkms_server::config::token_hash;
+use ethkms_test_support::{service_from_env, unique};
 use serde_json::{Value, json};
 
 sol! {

@@ -11,10 +11,10 @@ use alloy_consensus::transaction::SignerRecoverable;
 use alloy_eips::eip2718::Decodable2718;
 use alloy_primitives::{Address, B256, Signature, hex};
 use ethkms::backend::CreateKeyRequest;
-use ethkms_test_support::kms::localstack_backend;
-use ethkms_test_support::{service_from_env, unique};
 use ethkms_server::config::{Config, token_hash};
 use ethkms_server::service::Service;
+use ethkms_test_support::kms::localstack_backend;
+use ethkms_test_support::{service_from_env, unique};
 use serde_json::{Value, json};
 
 const RECIPIENT: &str = "0x000000000000000000000000000000000000dEaD";

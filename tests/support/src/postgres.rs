@@ -73,7 +73,8 @@ pub fn binaries_in(directory: &Path) -> Option<Binaries> {
 /// `/usr/lib/postgresql/15/bin`, then every directory of `PATH`.
 #[must_use]
 pub fn search_path() -> Vec<PathBuf> {
-    let mut directories: Vec<PathBuf> = std::env::var_os("ETHKMS_TEST_POSTGRES_BIN").map(PathBuf::from).into_iter().collect();
+    let mut directories: Vec<PathBuf> =
+        std::env::var_os("ETHKMS_TEST_POSTGRES_BIN").map(PathBuf::from).into_iter().collect();
     directories.push(PathBuf::from(format!("/usr/lib/postgresql/{MAJOR}/bin")));
     if let Some(path) = std::env::var_os("PATH") {
         directories.extend(std::env::split_paths(&path));

@@ -99,8 +99,9 @@ pub fn cast_aws_env(command: &mut Command, kms_endpoint: &str, key_id: &str) {
 pub fn cast_decode_transaction(cast: &str, raw: &str) -> Value {
     let output = Command::new(cast).args(["decode-transaction", raw]).output().unwrap();
     assert!(output.status.success(), "cast decode-transaction: {}", String::from_utf8_lossy(&output.stderr));
-    let printed: Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|error| panic!("cast decode-transaction: {error}: {}", String::from_utf8_lossy(&output.stdout)));
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!("cast decode-transaction: {error}: {}", String::from_utf8_lossy(&output.stdout))
+    });
     match printed {
         Value::String(text) => serde_json::from_str(&text).unwrap_or_else(|error| panic!("{error}: {text}")),
         object => object,

@@ -16,9 +16,7 @@ pub use ethkms_test_support::chain::{
     DEVELOPER, ETHER, balance, block_number, deploy_token, quantity, receipt, recipient, rpc, token_balance,
     transactions_from,
 };
-pub use ethkms_test_support::server::{
-    Api, Paths, TOKEN, serve_in_process, serve_in_process_unready, withdrawal,
-};
+pub use ethkms_test_support::server::{Api, Paths, TOKEN, serve_in_process, serve_in_process_unready, withdrawal};
 pub use ethkms_test_support::{Anvil, free_port, funded_key, localstack};
 
 pub fn configuration(listen: &str, rpc_url: &str, key: &str, paths: &Paths) -> String {
