@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use alloy_primitives::{Address, U256, hex};
 use ethkms::backend::CreateKeyRequest;
-use ethkms_server::config::token_hash;
 use ethkms_test_support::chain::{ETHER, balance, quantity, raw_transaction, receipt, recipient, set_balance};
 use ethkms_test_support::kms::localstack_backend;
-use ethkms_test_support::server::{Paths, TOKEN, serve_in_process, withdrawal};
+use ethkms_test_support::server::{Paths, TOKEN, config_client, config_head, serve_in_process, withdrawal};
 use ethkms_test_support::verifiers::{self, cast_decode_transaction};
 use ethkms_test_support::{services, unique};
 use serde_json::{Value, json};
@@ -24,30 +23,13 @@ const CHAIN_ID: u64 = 31337;
 
 fn configuration(rpc_url: &str, alias: &str, allowed: &[Address], paths: &Paths) -> String {
     let allowlist = allowed.iter().map(|address| format!("\"{address}\"")).collect::<Vec<_>>().join(", ");
+    let head = config_head("127.0.0.1:0", rpc_url, alias, paths);
     format!(
-        r#"
-listen = "127.0.0.1:0"
-upstream = "{rpc_url}"
-audit_log = "{audit}"
-journal = "{journal}"
-withdrawals = {{ poll_interval_ms = 100, rebroadcast_after_seconds = 600 }}
-
-[keys.hot]
-key = "{alias}"
-chain_id = {CHAIN_ID}
-confirmations = 1
-[keys.hot.policy]
+        r#"{head}[keys.hot.policy]
 destination_allowlist = [{allowlist}]
 max_value = {{ ETH = "1ether" }}
-
-[clients.exchange]
-token_sha256 = "{exchange}"
-keys = ["hot"]
-methods = ["withdrawals", "eth_sendTransaction", "personal_sign"]
-"#,
-        audit = paths.audit.display(),
-        journal = paths.journal.display(),
-        exchange = token_hash(TOKEN),
+{exchange}"#,
+        exchange = config_client("exchange", TOKEN, &["withdrawals", "eth_sendTransaction", "personal_sign"]),
     )
 }
 
@@ -124,17 +106,7 @@ async fn a_kms_key_pays_through_rest_and_json_rpc_and_every_verifier_agrees() {
     }
     let cases = Value::Array(cases);
     for (verifier, command) in [("eth-account", eth_account), ("ethers", ethers)] {
-        let recovered = verifiers::run_verifier(command, &cases);
-        assert_eq!(recovered.len(), 2, "{verifier}: {recovered:?}");
-        for case in recovered {
-            assert_eq!(
-                case.address.as_deref(),
-                Some(expected.as_str()),
-                "{verifier} on {}: {:?}",
-                case.name,
-                case.error
-            );
-        }
+        verifiers::assert_every_case_recovers(verifier, command, &cases, &expected);
     }
 
     // A message signed through the service, checked by cast.

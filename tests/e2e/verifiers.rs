@@ -154,18 +154,9 @@ async fn every_transaction_type_is_mined_and_every_signature_verified_independen
     let cases = serde_json::Value::Array(cases);
     let expected = from.to_checksum(None);
     let (Some(node), Some(python)) = (verifiers::ethers(), verifiers::eth_account()) else { return };
+    assert_eq!(cases.as_array().map(Vec::len), Some(9));
     for (verifier, command) in [("ethers", node), ("eth-account", python)] {
-        let recovered = verifiers::run_verifier(command, &cases);
-        assert_eq!(recovered.len(), 9, "{verifier}: {recovered:?}");
-        for case in recovered {
-            assert_eq!(
-                case.address.as_deref(),
-                Some(expected.as_str()),
-                "{verifier} on {}: {:?}",
-                case.name,
-                case.error
-            );
-        }
+        verifiers::assert_every_case_recovers(verifier, command, &cases, &expected);
     }
 
     // foundry's cast, reading the same KMS key itself.

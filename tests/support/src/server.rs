@@ -41,6 +41,41 @@ impl Paths {
     }
 }
 
+/// The start of a service configuration that every test shares: `listen`, the node at `rpc_url`, the
+/// journal and audit log of `paths`, withdrawals polled every 100 ms (never rebroadcast within a test),
+/// and key `hot` (KMS key `key`: an id, ARN or alias) on chain 31337 with one confirmation. Append the
+/// key's `[keys.hot.policy]` and the `[clients.*]`.
+#[must_use]
+pub fn config_head(listen: &str, rpc_url: &str, key: &str, paths: &Paths) -> String {
+    format!(
+        r#"
+listen = "{listen}"
+upstream = "{rpc_url}"
+audit_log = "{audit}"
+journal = "{journal}"
+withdrawals = {{ poll_interval_ms = 100, rebroadcast_after_seconds = 600 }}
+
+[keys.hot]
+key = "{key}"
+chain_id = 31337
+confirmations = 1
+"#,
+        audit = paths.audit.display(),
+        journal = paths.journal.display(),
+    )
+}
+
+/// A `[clients.{name}]` section of a service configuration: the client authenticating with the bearer
+/// token `token` may use key `hot` for `methods`.
+#[must_use]
+pub fn config_client(name: &str, token: &str, methods: &[&str]) -> String {
+    let methods = methods.iter().map(|method| format!("\"{method}\"")).collect::<Vec<_>>().join(", ");
+    format!(
+        "\n[clients.{name}]\ntoken_sha256 = \"{hash}\"\nkeys = [\"hot\"]\nmethods = [{methods}]\n",
+        hash = ethkms_server::config::token_hash(token),
+    )
+}
+
 /// The REST API of a running service.
 #[derive(Debug)]
 pub struct Api {

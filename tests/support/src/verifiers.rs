@@ -107,3 +107,16 @@ pub fn cast_decode_transaction(cast: &str, raw: &str) -> Value {
         object => object,
     }
 }
+
+/// Runs the verifier `command` (`name` in messages) on `cases` and checks that it recovered `expected`
+/// (an EIP-55 address) from every one of them.
+///
+/// # Panics
+/// If the verifier fails, answers for another number of cases, or recovers anything else from a case.
+pub fn assert_every_case_recovers(name: &str, command: Command, cases: &Value, expected: &str) {
+    let recovered = run_verifier(command, cases);
+    assert_eq!(recovered.len(), cases.as_array().map_or(0, Vec::len), "{name}: {recovered:?}");
+    for case in recovered {
+        assert_eq!(case.address.as_deref(), Some(expected), "{name} on {}: {:?}", case.name, case.error);
+    }
+}

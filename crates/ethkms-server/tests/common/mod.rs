@@ -10,46 +10,26 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ethkms_server::config::token_hash;
-
 pub use ethkms_test_support::chain::{
     DEVELOPER, ETHER, balance, block_number, deploy_token, quantity, receipt, recipient, rpc, token_balance,
     transactions_from,
 };
-pub use ethkms_test_support::server::{Api, Paths, TOKEN, serve_in_process, serve_in_process_unready, withdrawal};
+pub use ethkms_test_support::server::{
+    Api, Paths, TOKEN, config_client, config_head, serve_in_process, serve_in_process_unready, withdrawal,
+};
 pub use ethkms_test_support::{Anvil, free_port, funded_key, localstack};
 
+/// A configuration of key `hot` (no withdrawals to 0xdEaD, at most 1 ether each) for the clients
+/// `exchange` ([`TOKEN`], withdrawals) and `reader` (`reader-token`, `personal_sign`).
 pub fn configuration(listen: &str, rpc_url: &str, key: &str, paths: &Paths) -> String {
+    let head = config_head(listen, rpc_url, key, paths);
+    let exchange = config_client("exchange", TOKEN, &["withdrawals"]);
+    let reader = config_client("reader", "reader-token", &["personal_sign"]);
     format!(
-        r#"
-listen = "{listen}"
-upstream = "{rpc_url}"
-audit_log = "{audit}"
-journal = "{journal}"
-withdrawals = {{ poll_interval_ms = 100, rebroadcast_after_seconds = 600 }}
-
-[keys.hot]
-key = "{key}"
-chain_id = 31337
-confirmations = 1
-[keys.hot.policy]
+        r#"{head}[keys.hot.policy]
 destination_denylist = ["0x000000000000000000000000000000000000dEaD"]
 max_value = {{ ETH = "1ether" }}
-
-[clients.exchange]
-token_sha256 = "{exchange}"
-keys = ["hot"]
-methods = ["withdrawals"]
-
-[clients.reader]
-token_sha256 = "{reader}"
-keys = ["hot"]
-methods = ["personal_sign"]
-"#,
-        audit = paths.audit.display(),
-        journal = paths.journal.display(),
-        exchange = token_hash(TOKEN),
-        reader = token_hash("reader-token"),
+{exchange}{reader}"#
     )
 }
 
