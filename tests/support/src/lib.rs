@@ -1,7 +1,7 @@
 //! Test support for the ethkms workspace (not published; only ever a dev-dependency), used by every
 //! crate's tests and by the end-to-end tests in `tests/e2e/`:
 //!
-//! - [`services`]: the live services `cargo xtask services up` starts and exports (LocalStack KMS,
+//! - [`services`](mod@services): the live services `cargo xtask services up` starts and exports (LocalStack KMS,
 //!   anvil, the verifiers), found through environment variables; missing ones skip a test, or fail it
 //!   in CI ([`service_from_env`], [`services()`]).
 //! - [`kms`]: a KMS backend on LocalStack and keys funded on anvil.
@@ -9,7 +9,7 @@
 //! - [`chain`]: JSON-RPC calls straight to a node: balances, receipts, blocks, the test ERC-20.
 //! - [`verifiers`]: signatures checked by code nobody here wrote: Python eth-account, ethers v6, cast.
 //! - [`postgres`]: the machine's PostgreSQL 15, or a server named by `ETHKMS_TEST_POSTGRES_URL`.
-//! - [`server`] (feature `server`): the signing service in process and a client of its REST API.
+//! - `server` (feature `server`): the signing service in process and a client of its REST API.
 //! - [`rpc_proxy`]: a JSON-RPC proxy on loopback that forwards to a node and injects faults (errors
 //!   after the node accepted a transaction, bad gateways, dropped connections, outages) from a seeded
 //!   random sequence, for tests that prove withdrawals are paid exactly once.
