@@ -159,8 +159,14 @@ async fn every_transaction_type_is_mined_and_every_signature_verified_independen
         verifiers::assert_every_case_recovers(verifier, command, &cases, &expected);
     }
 
-    // foundry's cast, reading the same KMS key itself.
+    // foundry's cast: every transaction as the chain stored it recovers to our address; then cast reads
+    // the same KMS key itself.
     let Some(cast) = verifiers::cast() else { return };
+    for case in cases.as_array().into_iter().flatten().filter(|case| case["kind"] == "tx") {
+        let decoded = verifiers::cast_decode_transaction(&cast, case["raw"].as_str().unwrap());
+        let signer = decoded["signer"].as_str().map(str::to_lowercase);
+        assert_eq!(signer, Some(expected.to_lowercase()), "cast on {}: {decoded}", case["name"]);
+    }
     let cast_env = |command: &mut Command| cast_aws_env(command, &services.kms_endpoint, &key_id);
     let mut address = Command::new(&cast);
     address.args(["wallet", "address", "--aws"]);

@@ -9,10 +9,11 @@ use std::time::Duration;
 use alloy_consensus::TxEnvelope;
 use alloy_consensus::transaction::SignerRecoverable;
 use alloy_eips::eip2718::Decodable2718;
-use alloy_primitives::{Address, B256, Signature, hex};
+use alloy_primitives::{Address, B256, Signature, U256, hex};
 use ethkms::backend::CreateKeyRequest;
 use ethkms_server::config::{Config, token_hash};
 use ethkms_server::service::Service;
+use ethkms_test_support::chain::{ETHER, set_balance};
 use ethkms_test_support::kms::localstack_backend;
 use ethkms_test_support::{service_from_env, unique};
 use serde_json::{Value, json};
@@ -139,9 +140,7 @@ methods = ["personal_sign"]
         }
         None => reqwest::Client::new(),
     };
-    let fund =
-        json!({ "jsonrpc": "2.0", "id": 1, "method": "anvil_setBalance", "params": [address, "0x8AC7230489E80000"] });
-    http.post(&rpc).json(&fund).send().await.unwrap();
+    set_balance(&rpc, address, U256::from(10) * U256::from(ETHER)).await;
     Some(Running { url, http, address, audit_log })
 }
 

@@ -89,15 +89,21 @@ pub fn cast_aws_env(command: &mut Command, kms_endpoint: &str, key_id: &str) {
         .env("AWS_KMS_KEY_ID", key_id);
 }
 
-/// `cast decode-transaction raw`: the transaction as cast reads it, with the `signer` it recovered.
+/// `cast decode-transaction`: the transaction `raw` (`0x` hex) as cast reads it, with the `signer` it
+/// recovered.
 ///
-/// cast 1.7 prints the JSON object as a JSON string; both forms are accepted.
+/// The transaction goes on standard input (a blob transaction with its sidecar is longer than a command
+/// line may be). cast 1.7 prints the JSON object as a JSON string; both forms are accepted.
 ///
 /// # Panics
 /// If cast fails or prints something else.
 #[must_use]
 pub fn cast_decode_transaction(cast: &str, raw: &str) -> Value {
-    let output = Command::new(cast).args(["decode-transaction", raw]).output().unwrap();
+    let mut command = Command::new(cast);
+    command.arg("decode-transaction").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(raw.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
     assert!(output.status.success(), "cast decode-transaction: {}", String::from_utf8_lossy(&output.stderr));
     let printed: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
         panic!("cast decode-transaction: {error}: {}", String::from_utf8_lossy(&output.stdout))
