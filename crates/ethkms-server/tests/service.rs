@@ -369,8 +369,7 @@ async fn alloy_and_ethers_clients_sign_and_send_through_the_service() {
         .connect_client(alloy_rpc_client::RpcClient::new(transport, true));
     assert_eq!(provider.get_accounts().await.unwrap(), vec![address]);
     assert_eq!(provider.get_chain_id().await.unwrap(), 31337);
-    let request =
-        TransactionRequest::default().with_from(address).with_to(recipient).with_value(alloy_primitives::U256::from(7));
+    let request = TransactionRequest::default().with_from(address).with_to(recipient).with_value(U256::from(7));
     let raw = provider.sign_transaction(request.clone()).await.unwrap();
     let envelope = TxEnvelope::decode_2718(&mut raw.as_ref()).unwrap();
     assert_eq!(envelope.recover_signer().unwrap(), address);
