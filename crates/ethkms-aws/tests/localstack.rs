@@ -10,23 +10,16 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ethkms_aws::{AwsKmsBackend, AwsKmsConfig, StaticCredentials};
+use ethkms_aws::{AwsKmsBackend, AwsKmsConfig};
 use ethkms_backend::{BackendError, CreateKeyRequest, KeyBackend, KeyHandle, KeyRef};
+use ethkms_test_support::kms::{localstack_backend, localstack_config};
+use ethkms_test_support::{localstack, service_from_env};
 
 fn endpoint() -> Option<String> {
-    ethkms_backend::contract::service_from_env("ETHKMS_TEST_KMS_ENDPOINT", "LocalStack KMS")
+    service_from_env("ETHKMS_TEST_KMS_ENDPOINT", "LocalStack KMS")
 }
 
-fn localstack_config(endpoint: String) -> AwsKmsConfig {
-    AwsKmsConfig::with_endpoint(endpoint, "us-east-1", StaticCredentials::new("test", "test", None))
-}
-
-async fn localstack() -> Option<Arc<dyn KeyBackend>> {
-    let backend = AwsKmsBackend::new(localstack_config(endpoint()?)).await.expect("LocalStack backend");
-    Some(Arc::new(backend))
-}
-
-ethkms_backend::contract_tests!(localstack());
+ethkms_backend::contract_tests!(async { localstack().await.map(|(_, backend)| backend) });
 
 /// Runs the ignored test `name` of this binary in a child process whose environment is `vars` only
 /// (plus `PATH`), and returns what it printed after `CHILD-OK `.
@@ -51,7 +44,7 @@ fn run_child(name: &str, vars: &[(&str, &str)]) -> String {
 #[tokio::test]
 async fn address_is_the_same_in_another_process_reached_through_the_endpoint_variables() {
     let Some(endpoint) = endpoint() else { return };
-    let backend: Arc<dyn KeyBackend> = Arc::new(AwsKmsBackend::new(localstack_config(endpoint.clone())).await.unwrap());
+    let backend = localstack_backend(&endpoint).await;
     let info = backend.create_key(&CreateKeyRequest::new()).await.unwrap();
     let expected = info.address.unwrap().to_string();
     let common = [("AWS_REGION", "us-east-1"), ("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test")];
@@ -129,7 +122,7 @@ async fn an_unreachable_endpoint_is_a_retryable_transport_error() {
 
 #[tokio::test]
 async fn kms_signs_the_digest_as_given() {
-    let Some(backend) = localstack().await else {
+    let Some((_, backend)) = localstack().await else {
         return;
     };
     // LocalStack rejects a digest of the wrong length as KMS does; ours are always 32 bytes, so check

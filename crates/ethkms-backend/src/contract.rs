@@ -5,6 +5,9 @@
 //! factory that returns `Some(backend)`, or `None` to skip (a factory must not return `None` in CI).
 //! Names are made unique per run, so the suite can run again and again against one long-lived service.
 //! Every check panics when the backend breaks the contract: these are tests.
+//!
+//! The helpers the workspace's own tests share (finding live services, unique names, LocalStack, anvil)
+//! are in its unpublished test-support crate (`tests/support`), not here.
 
 #![allow(clippy::missing_panics_doc)]
 
@@ -17,12 +20,13 @@ use crate::{
     BackendError, CreateKeyRequest, KeyBackend, KeyFilter, KeyHandle, KeyRef, KeySpec, KeyState, Keyring, Tag,
 };
 
-/// The value of the environment variable `variable` that points a test at a live service (set by
-/// `cargo xtask services up`), or `None` to skip the test when it is missing outside CI.
+/// Transitional, not part of the contract: use `ethkms_test_support::service_from_env` (the workspace's
+/// unpublished test-support crate, `tests/support`). Kept only for `crates/ethkms/tests/cli.rs` until the
+/// command line's tests move to their own crate; then removed.
 ///
 /// # Panics
-/// When it is missing and `CI` or `ETHKMS_REQUIRE_SERVICES` is set: there, a missing service is a
-/// failure, never a silent skip.
+/// When `variable` is missing and `CI` or `ETHKMS_REQUIRE_SERVICES` is set.
+#[doc(hidden)]
 #[must_use]
 pub fn service_from_env(variable: &str, service: &str) -> Option<String> {
     let set = |name: &str| std::env::var(name).is_ok_and(|value| !value.is_empty() && value != "0" && value != "false");
@@ -40,7 +44,11 @@ pub fn service_from_env(variable: &str, service: &str) -> Option<String> {
     }
 }
 
-/// A string unique to this call, for aliases and tag values.
+/// A string unique to this call, for the suite's aliases and tag values.
+///
+/// Public only transitionally, for `crates/ethkms/tests/cli.rs` (others use
+/// `ethkms_test_support::unique`); private to the suite once that file moves.
+#[doc(hidden)]
 #[must_use]
 pub fn unique(prefix: &str) -> String {
     let random = RandomState::new().hash_one(std::time::SystemTime::now());

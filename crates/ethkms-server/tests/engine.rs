@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, U256};
 use common::*;
-use ethkms::backend::contract::service_from_env;
 use ethkms::backend::{Faults, KeyBackend, MemoryBackend};
 use ethkms::eth::chain::{self, Fees};
 use ethkms_test_support::rpc_proxy::{self, RpcProxy};
+use ethkms_test_support::service_from_env;
 use serde_json::{Value, json};
 
 async fn anvil_call(url: &str, method: &str, params: Value) -> Value {
@@ -137,7 +137,7 @@ async fn kms_throttling_is_retried_and_never_fails_a_withdrawal() {
     let paths = Paths::new();
     let api = serve_in_process(&configuration("127.0.0.1:0", &rpc_url, &key, &paths), backend).await;
     memory.set_faults(Faults { throttle_rate: 1.0, ..Faults::default() });
-    let to = recipient(&ethkms::backend::contract::unique("throttled"), 1);
+    let to = recipient(&ethkms_test_support::unique("throttled"), 1);
     let (status, accepted) = api.post(&withdrawal("throttled-1", to, "ETH", "4242")).await;
     assert_eq!(status, 202, "{accepted}");
     let id = accepted["id"].as_str().unwrap().to_owned();
@@ -439,7 +439,7 @@ async fn a_full_backlog_answers_503_and_stores_nothing() {
         format!("limits = {{ max_pending_withdrawals = 1 }}\n{}", configuration("127.0.0.1:0", &rpc_url, &key, &paths));
     let api = serve_in_process(&text, backend).await;
     memory.set_faults(Faults { latency: Duration::from_millis(1500), ..Faults::default() });
-    let run = ethkms::backend::contract::unique("backlog");
+    let run = ethkms_test_support::unique("backlog");
     let (status, first) = api.post(&withdrawal(&format!("{run}-1"), recipient(&run, 1), "ETH", "1")).await;
     assert_eq!(status, 202, "{first}");
     let second = withdrawal(&format!("{run}-2"), recipient(&run, 2), "ETH", "2");

@@ -46,7 +46,7 @@ fn post_huge(address: &str, path: &str, token: Option<&str>, size: usize) -> Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_anonymous_huge_body_is_refused_unread_and_an_authenticated_one_at_the_limit() {
     let Some((kms_endpoint, backend)) = localstack().await else { return };
-    let rpc_url = ethkms::backend::contract::service_from_env("ETHKMS_TEST_RPC_URL", "anvil").unwrap();
+    let rpc_url = ethkms_test_support::service_from_env("ETHKMS_TEST_RPC_URL", "anvil").unwrap();
     let (key, _) = funded_key(&backend, &rpc_url).await;
     let paths = Paths::new();
     let address = format!("127.0.0.1:{}", free_port());
@@ -102,7 +102,7 @@ fn answer_and_close(stream: &mut TcpStream, within: Duration) -> (String, bool) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_surplus_clients_are_cut_off_and_counted() {
     let Some((_, backend)) = localstack().await else { return };
-    let rpc_url = ethkms::backend::contract::service_from_env("ETHKMS_TEST_RPC_URL", "anvil").unwrap();
+    let rpc_url = ethkms_test_support::service_from_env("ETHKMS_TEST_RPC_URL", "anvil").unwrap();
     let (key, _) = funded_key(&backend, &rpc_url).await;
     let paths = Paths::new();
     let limits = "limits = { max_connections = 3, max_in_flight_requests = 1, header_timeout_seconds = 1, \

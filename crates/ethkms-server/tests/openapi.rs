@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use ethkms::backend::contract::service_from_env;
+use ethkms_test_support::service_from_env;
 use serde_json::{Value, json};
 
 /// Refreshes the committed copy: `ETHKMS_UPDATE_OPENAPI=1 cargo test -p ethkms-server --test openapi`.

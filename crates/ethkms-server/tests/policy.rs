@@ -12,9 +12,8 @@ use alloy_primitives::{Address, B256, Signature, U256, hex};
 use alloy_sol_types::{SolCall, sol};
 use common::typed::{self, PERMIT2};
 use common::{TOKEN, deploy_token, funded_key, localstack, receipt, recipient, serve_in_process, token_balance};
-use ethkms::backend::contract::{service_from_env, unique};
 use ethkms::backend::{KeyBackend, MemoryBackend};
-use ethkms_server::config::token_hash;
+use ethkms_test_support::{service_from_env, unique};
 use serde_json::{Value, json};
 
 sol! {
@@ -40,19 +39,9 @@ async fn setup(backend: Arc<dyn KeyBackend>, rpc_url: &str) -> Setup {
     let run = unique("policy");
     let (friend, attacker) = (recipient(&run, 1), recipient(&run, 2));
     let paths = common::Paths::new();
+    let head = common::config_head("127.0.0.1:0", rpc_url, &key, &paths);
     let text = format!(
-        r#"
-listen = "127.0.0.1:0"
-upstream = "{rpc_url}"
-audit_log = "{audit}"
-journal = "{journal}"
-withdrawals = {{ poll_interval_ms = 100, rebroadcast_after_seconds = 600 }}
-
-[keys.hot]
-key = "{key}"
-chain_id = 31337
-confirmations = 1
-[keys.hot.policy]
+        r#"{head}[keys.hot.policy]
 destination_allowlist = ["{friend}"]
 max_value = {{ ETH = "1ether", "{token}" = "1000" }}
 daily_limit = {{ "{token}" = "5000" }}
@@ -62,15 +51,12 @@ domains = [
     {{ verifying_contract = "{token}", primary_types = ["Permit"] }},
     {{ verifying_contract = "{PERMIT2}", primary_types = ["PermitSingle", "PermitTransferFrom"] }},
 ]
-
-[clients.exchange]
-token_sha256 = "{exchange}"
-keys = ["hot"]
-methods = ["eth_sendTransaction", "eth_signTransaction", "eth_signTypedData_v4"]
-"#,
-        audit = paths.audit.display(),
-        journal = paths.journal.display(),
-        exchange = token_hash(TOKEN),
+{exchange}"#,
+        exchange = common::config_client(
+            "exchange",
+            TOKEN,
+            &["eth_sendTransaction", "eth_signTransaction", "eth_signTypedData_v4"]
+        ),
     );
     let api = serve_in_process(&text, backend).await;
     Setup { api, address, token, friend, attacker, audit: paths.audit }

@@ -9,12 +9,13 @@ use std::time::Duration;
 use alloy_consensus::TxEnvelope;
 use alloy_consensus::transaction::SignerRecoverable;
 use alloy_eips::eip2718::Decodable2718;
-use alloy_primitives::{Address, B256, Signature, hex};
-use ethkms::aws::{AwsKmsBackend, AwsKmsConfig, StaticCredentials};
-use ethkms::backend::contract::{service_from_env, unique};
-use ethkms::backend::{CreateKeyRequest, KeyBackend};
+use alloy_primitives::{Address, B256, Signature, U256, hex};
+use ethkms::backend::CreateKeyRequest;
 use ethkms_server::config::{Config, token_hash};
 use ethkms_server::service::Service;
+use ethkms_test_support::chain::{ETHER, set_balance};
+use ethkms_test_support::kms::localstack_backend;
+use ethkms_test_support::{service_from_env, unique};
 use serde_json::{Value, json};
 
 const RECIPIENT: &str = "0x000000000000000000000000000000000000dEaD";
@@ -78,8 +79,7 @@ async fn start() -> Option<Running> {
 async fn start_with(tls: Option<(&std::path::Path, &std::path::Path)>) -> Option<Running> {
     let kms = service_from_env("ETHKMS_TEST_KMS_ENDPOINT", "LocalStack KMS")?;
     let rpc = service_from_env("ETHKMS_TEST_RPC_URL", "anvil")?;
-    let config = AwsKmsConfig::with_endpoint(kms, "us-east-1", StaticCredentials::new("test", "test", None));
-    let backend: Arc<dyn KeyBackend> = Arc::new(AwsKmsBackend::new(config).await.unwrap());
+    let backend = localstack_backend(&kms).await;
     let info = backend.create_key(&CreateKeyRequest::new().description("ethkms-server test")).await.unwrap();
     let address: Address = info.address.unwrap().to_string().parse().unwrap();
     let audit_log = std::env::temp_dir().join(format!("{}.jsonl", unique("server-audit")));
@@ -140,9 +140,7 @@ methods = ["personal_sign"]
         }
         None => reqwest::Client::new(),
     };
-    let fund =
-        json!({ "jsonrpc": "2.0", "id": 1, "method": "anvil_setBalance", "params": [address, "0x8AC7230489E80000"] });
-    http.post(&rpc).json(&fund).send().await.unwrap();
+    set_balance(&rpc, address, U256::from(10) * U256::from(ETHER)).await;
     Some(Running { url, http, address, audit_log })
 }
 
@@ -371,8 +369,7 @@ async fn alloy_and_ethers_clients_sign_and_send_through_the_service() {
         .connect_client(alloy_rpc_client::RpcClient::new(transport, true));
     assert_eq!(provider.get_accounts().await.unwrap(), vec![address]);
     assert_eq!(provider.get_chain_id().await.unwrap(), 31337);
-    let request =
-        TransactionRequest::default().with_from(address).with_to(recipient).with_value(alloy_primitives::U256::from(7));
+    let request = TransactionRequest::default().with_from(address).with_to(recipient).with_value(U256::from(7));
     let raw = provider.sign_transaction(request.clone()).await.unwrap();
     let envelope = TxEnvelope::decode_2718(&mut raw.as_ref()).unwrap();
     assert_eq!(envelope.recover_signer().unwrap(), address);

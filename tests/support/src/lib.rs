@@ -1,5 +1,15 @@
-//! Test support for the ethkms workspace (not published).
+//! Test support for the ethkms workspace (not published; only ever a dev-dependency), used by every
+//! crate's tests and by the end-to-end tests in `tests/e2e/`:
 //!
+//! - [`services`](mod@services): the live services `cargo xtask services up` starts and exports (LocalStack KMS,
+//!   anvil, the verifiers), found through environment variables; missing ones skip a test, or fail it
+//!   in CI ([`service_from_env`], [`services()`]).
+//! - [`kms`]: a KMS backend on LocalStack and keys funded on anvil.
+//! - [`anvil`]: an anvil process of a test's own (mining settings the shared one must not have).
+//! - [`chain`]: JSON-RPC calls straight to a node: balances, receipts, blocks, the test ERC-20.
+//! - [`verifiers`]: signatures checked by code nobody here wrote: Python eth-account, ethers v6, cast.
+//! - [`postgres`]: the machine's PostgreSQL 15, or a server named by `ETHKMS_TEST_POSTGRES_URL`.
+//! - `server` (feature `server`): the signing service in process and a client of its REST API.
 //! - [`rpc_proxy`]: a JSON-RPC proxy on loopback that forwards to a node and injects faults (errors
 //!   after the node accepted a transaction, bad gateways, dropped connections, outages) from a seeded
 //!   random sequence, for tests that prove withdrawals are paid exactly once.
@@ -8,7 +18,19 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub mod anvil;
+pub mod chain;
+pub mod kms;
+pub mod postgres;
 pub mod rpc_proxy;
+#[cfg(feature = "server")]
+pub mod server;
+pub mod services;
+pub mod verifiers;
+
+pub use anvil::Anvil;
+pub use kms::{funded_key, localstack};
+pub use services::{Services, service_from_env, services};
 
 /// A port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
 ///
