@@ -1,4 +1,5 @@
-//! The whole way through the signing service: a key created in LocalStack's KMS under an alias; the
+//! The whole way through the signing service: a key created in LocalStack's KMS under an alias by the
+//! `ethkms` command line (`wallet create`, the binary of `ethkms-cli`), its address checked by the library; the
 //! service configured with it and started in process (`ethkms_server::service`); a withdrawal through
 //! the REST API and an `eth_sendTransaction` through JSON-RPC, sharing the key's nonces; both mined on
 //! anvil; each raw transaction's signature recovered by foundry's cast (`cast decode-transaction`), by
@@ -11,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use alloy_primitives::{Address, U256, hex};
-use ethkms::backend::CreateKeyRequest;
+use ethkms::backend::KeyHandle;
 use ethkms_test_support::chain::{ETHER, balance, quantity, raw_transaction, receipt, recipient, set_balance};
 use ethkms_test_support::kms::localstack_backend;
 use ethkms_test_support::server::{Paths, TOKEN, config_client, config_head, serve_in_process, withdrawal};
@@ -20,6 +21,30 @@ use ethkms_test_support::{services, unique};
 use serde_json::{Value, json};
 
 const CHAIN_ID: u64 = 31337;
+
+/// Runs the `ethkms` binary (built beside this test by `cargo nextest run --workspace`, or
+/// `cargo build -p ethkms-cli`) against LocalStack and anvil, and returns its one JSON line.
+fn ethkms_cli(kms_endpoint: &str, rpc_url: &str, arguments: &[&str]) -> Value {
+    // target/debug/deps/signing_service-… → target/debug/ethkms
+    let binary = std::env::current_exe().unwrap().parent().and_then(std::path::Path::parent).unwrap().join("ethkms");
+    assert!(binary.exists(), "{} is missing: build it with `cargo build -p ethkms-cli`", binary.display());
+    let output = Command::new(&binary)
+        .args(arguments)
+        .env("AWS_ENDPOINT_URL", kms_endpoint)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("ETH_RPC_URL", rpc_url)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "ethkms {arguments:?}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "ethkms {arguments:?} did not print one JSON object ({error}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
 
 fn configuration(rpc_url: &str, alias: &str, allowed: &[Address], paths: &Paths) -> String {
     let allowlist = allowed.iter().map(|address| format!("\"{address}\"")).collect::<Vec<_>>().join(", ");
@@ -38,12 +63,15 @@ async fn a_kms_key_pays_through_rest_and_json_rpc_and_every_verifier_agrees() {
     let Some(services) = services() else { return };
     let rpc_url = services.rpc_url.as_str();
 
-    // A key created in KMS, named by an alias, funded on the chain.
+    // A key created in KMS by the command line, named by an alias, funded on the chain; the library reads
+    // the same address from KMS.
     let backend = localstack_backend(&services.kms_endpoint).await;
     let alias = format!("alias/{}", unique("e2e-hot"));
-    let request = CreateKeyRequest::new().description("ethkms end-to-end test").alias(alias.clone());
-    let info = backend.create_key(&request).await.unwrap();
-    let address: Address = info.address.unwrap().to_string().parse().unwrap();
+    let created = ethkms_cli(&services.kms_endpoint, rpc_url, &["--json", "wallet", "create", "--alias", &alias]);
+    assert_eq!(created["alias"], alias.as_str(), "{created}");
+    let address: Address = created["address"].as_str().unwrap().parse().unwrap();
+    let handle = KeyHandle::open(backend.clone(), alias.parse().unwrap()).await.unwrap();
+    assert_eq!(Address::from(handle.address().0), address);
     set_balance(rpc_url, address, U256::from(100) * U256::from(ETHER)).await;
 
     // The service, configured with the alias and started in process.

@@ -20,37 +20,8 @@ use crate::{
     BackendError, CreateKeyRequest, KeyBackend, KeyFilter, KeyHandle, KeyRef, KeySpec, KeyState, Keyring, Tag,
 };
 
-/// Transitional, not part of the contract: use `ethkms_test_support::service_from_env` (the workspace's
-/// unpublished test-support crate, `tests/support`). Kept only for `crates/ethkms/tests/cli.rs` until the
-/// command line's tests move to their own crate; then removed.
-///
-/// # Panics
-/// When `variable` is missing and `CI` or `ETHKMS_REQUIRE_SERVICES` is set.
-#[doc(hidden)]
-#[must_use]
-pub fn service_from_env(variable: &str, service: &str) -> Option<String> {
-    let set = |name: &str| std::env::var(name).is_ok_and(|value| !value.is_empty() && value != "0" && value != "false");
-    match std::env::var(variable) {
-        Ok(value) if !value.is_empty() => Some(value),
-        _ if set("CI") || set("ETHKMS_REQUIRE_SERVICES") => {
-            panic!("{variable} is not set: {service} must be running for these tests (`cargo xtask services up`)")
-        }
-        _ => {
-            eprintln!(
-                "SKIPPED: no {service} ({variable} is not set); run `cargo xtask services up && source target/services/env.sh`"
-            );
-            None
-        }
-    }
-}
-
 /// A string unique to this call, for the suite's aliases and tag values.
-///
-/// Public only transitionally, for `crates/ethkms/tests/cli.rs` (others use
-/// `ethkms_test_support::unique`); private to the suite once that file moves.
-#[doc(hidden)]
-#[must_use]
-pub fn unique(prefix: &str) -> String {
+fn unique(prefix: &str) -> String {
     let random = RandomState::new().hash_one(std::time::SystemTime::now());
     format!("{prefix}-{random:016x}")
 }

@@ -18,22 +18,10 @@ use alloy_provider::Provider;
 use alloy_rpc_types_eth::TransactionRequest;
 use assert_cmd::Command;
 use ethkms::aws::{AwsKmsBackend, AwsKmsConfig, StaticCredentials};
-use ethkms::backend::contract::{service_from_env, unique};
 use ethkms::backend::{CreateKeyRequest, KeyBackend, KeyHandle, KeySpec, MemoryBackend};
 use ethkms::{ChainSettings, WalletManager};
+use ethkms_test_support::{Services, services, unique};
 use serde_json::Value;
-
-struct Services {
-    kms: String,
-    rpc: String,
-}
-
-fn services() -> Option<Services> {
-    Some(Services {
-        kms: service_from_env("ETHKMS_TEST_KMS_ENDPOINT", "LocalStack KMS")?,
-        rpc: service_from_env("ETHKMS_TEST_RPC_URL", "anvil")?,
-    })
-}
 
 /// `ethkms` with a clean environment: only what is set here (and `PATH`, `HOME`).
 fn bare() -> Command {
@@ -53,11 +41,11 @@ fn bare() -> Command {
 fn ethkms(services: &Services) -> Command {
     let mut command = bare();
     command
-        .env("AWS_ENDPOINT_URL", &services.kms)
+        .env("AWS_ENDPOINT_URL", &services.kms_endpoint)
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", "us-east-1")
-        .env("ETH_RPC_URL", &services.rpc);
+        .env("ETH_RPC_URL", &services.rpc_url);
     command
 }
 
@@ -88,10 +76,13 @@ fn shape(fields: &[&'static str]) -> BTreeSet<&'static str> {
 }
 
 async fn manager(services: &Services) -> WalletManager {
-    let config =
-        AwsKmsConfig::with_endpoint(services.kms.clone(), "us-east-1", StaticCredentials::new("test", "test", None));
+    let config = AwsKmsConfig::with_endpoint(
+        services.kms_endpoint.clone(),
+        "us-east-1",
+        StaticCredentials::new("test", "test", None),
+    );
     let backend: Arc<dyn KeyBackend> = Arc::new(AwsKmsBackend::new(config).await.unwrap());
-    WalletManager::with_backend(backend, ChainSettings::new(services.rpc.parse().unwrap())).unwrap()
+    WalletManager::with_backend(backend, ChainSettings::new(services.rpc_url.parse().unwrap())).unwrap()
 }
 
 async fn fund(manager: &WalletManager, address: Address) {
@@ -190,7 +181,7 @@ fn missing_credentials_and_region_say_how_to_provide_them() {
         bare()
             .args(["wallet", "address", "alias/anything"])
             .env("AWS_REGION", "us-east-1")
-            .env("AWS_ENDPOINT_URL", &services.kms),
+            .env("AWS_ENDPOINT_URL", &services.kms_endpoint),
     );
     assert_eq!(code, 4, "{error}");
     assert!(
@@ -544,7 +535,7 @@ fn serve_runs_the_service_in_process_with_no_other_binary_on_path() {
         format!(
             "listen = \"127.0.0.1:{port}\"\nupstream = \"{rpc}\"\naudit_log = \"{audit}\"\njournal = \"{journal}\"\n\n\
              [keys.hot]\nkey = \"{key}\"\nchain_id = 31337\n",
-            rpc = services.rpc,
+            rpc = services.rpc_url,
             audit = directory.join("audit.jsonl").display(),
             journal = directory.join("journal.sqlite").display(),
         ),
@@ -558,7 +549,7 @@ fn serve_runs_the_service_in_process_with_no_other_binary_on_path() {
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .args(["serve", "--config", config.to_str().unwrap(), "--kms-endpoint", &services.kms])
+        .args(["serve", "--config", config.to_str().unwrap(), "--kms-endpoint", &services.kms_endpoint])
         .args(["--aws-region", "us-east-1"])
         .stderr(std::process::Stdio::piped());
     let mut child = serve.spawn().unwrap();
