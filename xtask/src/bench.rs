@@ -23,7 +23,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::Result;
-use crate::command::{cargo, run as run_command, workspace_root};
+use crate::command::{cargo, run as run_command, target_dir};
 use crate::services::Session;
 
 /// `cargo xtask bench [core|kms|eth|withdrawals|cli] [options for that benchmark]`; all when none is named.
@@ -65,7 +65,7 @@ fn services() -> Result<Session> {
 
 fn core(options: &[&str]) -> Result {
     run_command(cargo().args(["bench", "--locked", "-p", "ethkms-core", "--bench", "parity", "--"]).args(options))?;
-    print_parity_table(&workspace_root().join("target/criterion/kms_signature_to_ethereum"))
+    print_parity_table(&target_dir().join("criterion/kms_signature_to_ethereum"))
 }
 
 /// A benchmark of the `bench/` workspace against the live services.
@@ -86,7 +86,7 @@ fn withdrawals(session: &Session, options: &[&str]) -> Result {
     command
         .args(["run", "--release", "--locked", "--manifest-path", "bench/Cargo.toml", "--", "withdrawals"])
         .args(options)
-        .env("ETHKMS_BENCH_SERVER", workspace_root().join("target/release/ethkms-server"))
+        .env("ETHKMS_BENCH_SERVER", target_dir().join("release/ethkms-server"))
         // For the benchmark's table of where the CPU goes.
         .env("ETHKMS_BENCH_PIDS", crate::services::recorded_pids());
     services.apply(&mut command);
@@ -115,7 +115,7 @@ fn print_parity_table(directory: &Path) -> Result {
 fn cli(session: &Session, runs: usize) -> Result {
     let services = session.env();
     run_command(cargo().args(["build", "--release", "--locked", "-p", "ethkms"]))?;
-    let ethkms = workspace_root().join("target/release/ethkms");
+    let ethkms = target_dir().join("release/ethkms");
     let environment = |command: &mut Command| {
         services.apply(command);
         command.env("AWS_ENDPOINT_URL", &services.kms_endpoint);
