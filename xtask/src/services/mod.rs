@@ -9,8 +9,9 @@
 //! cargo xtask services down    stop both
 //! ```
 //!
-//! Everything is installed here, into [`cache_dir`], under a name that carries a hash of what is
-//! installed (so changing a pin installs afresh beside the old copy). A clean machine needs only a
+//! Everything is installed here ([`install`]), into [`cache_dir`](crate::command::cache_dir), under a
+//! name that carries a hash of what is installed (so changing a pin installs afresh beside the old
+//! copy). A clean machine needs only a
 //! Python >= 3.13 (LocalStack; `ETHKMS_PYTHON` picks one), a Python >= 3.11 (eth-account: the
 //! default `python3`, else the same 3.13) and Node.js with npm:
 //!
@@ -43,8 +44,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::Result;
-#[cfg(doc)]
-use crate::command::cache_dir;
 use crate::command::workspace_root;
 use process::{process_matches, remove_if_present, stop, write_file};
 
@@ -211,9 +210,9 @@ impl Session {
         &self.env
     }
 
-    /// The names of the services this session started and stops when it ends (`localstack`, `anvil`).
+    /// The services this session started and stops when it ends, by title (`LocalStack KMS`, `anvil`).
     pub(crate) fn started(&self) -> Vec<&'static str> {
-        self.started.iter().map(|service| service.name).collect()
+        self.started.iter().map(|service| service.title).collect()
     }
 
     /// Ends the session leaving every service running, as [`up`] does.
