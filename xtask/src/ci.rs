@@ -121,10 +121,11 @@ fn clippy_other(manifest: &str) -> Command {
 ///
 /// Without the nightly toolchain this fails in CI and is skipped, loudly, elsewhere.
 fn doc_nightly() -> Result {
-    // `+nightly` is understood by rustup's `cargo` proxy, not by the toolchain's own cargo in `$CARGO`.
+    // `+nightly` is understood by rustup's `cargo` proxy, not by the toolchain's own cargo in `$CARGO`;
+    // a compiler named in the environment would be the stable one.
     let nightly = || {
         let mut command = Command::new("cargo");
-        command.current_dir(workspace_root()).arg("+nightly");
+        command.current_dir(workspace_root()).env_remove("RUSTC").env_remove("RUSTDOC").arg("+nightly");
         command
     };
     if output(nightly().arg("--version")).is_none() {
