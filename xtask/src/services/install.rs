@@ -353,7 +353,7 @@ fn run_with_progress(what: &str, command: &mut Command) -> Result {
 /// The first 12 hex digits of the SHA-256 of `bytes`, for directory names: the same on every machine
 /// and Rust version.
 fn short_hash(bytes: &[u8]) -> String {
-    let mut text: String = Sha256::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect();
+    let mut text = format!("{:x}", Sha256::digest(bytes));
     text.truncate(12);
     text
 }
