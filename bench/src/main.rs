@@ -468,9 +468,12 @@ methods = ["withdrawals"]
     Ok(())
 }
 
+/// Milliseconds of processor time per operation, one for each process (`None` where it was not measured).
+type CpuMillis = Vec<Option<f64>>;
+
 /// Where the CPU went, per round: milliseconds of processor time per bare `Sign` (each process, in the bare
 /// loop) and per withdrawal (each process, while the withdrawals ran).
-fn print_cpu(processes: &cpu::Processes, rows: &[(Vec<Option<f64>>, Vec<Option<f64>>)]) {
+fn print_cpu(processes: &cpu::Processes, rows: &[(CpuMillis, CpuMillis)]) {
     let names: Vec<&str> = processes.names().collect();
     let show = |values: &[Option<f64>]| -> String {
         values

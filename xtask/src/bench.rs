@@ -12,6 +12,9 @@
 //!   round, 64 in flight, posted until mined, against the bare `Sign` rate at the same concurrency.
 //! - `cli`: wall time of `ethkms wallet address` and `ethkms sign message` (release build) against
 //!   `cast wallet address --aws` and `cast wallet sign --aws` on the same LocalStack key, alternating.
+//!
+//! The services are started once for all the live benchmarks of a run, and when it ends (or fails)
+//! those it started are stopped again; services that were already running stay running.
 
 use std::path::Path;
 use std::process::Command;
@@ -20,22 +23,26 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::Result;
-use crate::command::{cargo, run as run_command, workspace_root};
-use crate::services;
+use crate::command::{cargo, run as run_command, target_dir};
+use crate::services::Session;
 
-/// `cargo xtask bench [core|kms] [options for that benchmark]`; both when none is named.
+/// `cargo xtask bench [core|kms|eth|withdrawals|cli] [options for that benchmark]`; all when none is named.
 pub(crate) fn run(options: &[&str]) -> Result {
     match options {
         ["core", rest @ ..] => core(rest),
-        [mode @ ("kms" | "eth"), rest @ ..] => live(mode, rest),
-        ["withdrawals", rest @ ..] => withdrawals(rest),
-        ["cli", rest @ ..] => cli(rest),
+        [mode @ ("kms" | "eth"), rest @ ..] => live(&services()?, mode, rest),
+        ["withdrawals", rest @ ..] => withdrawals(&services()?, rest),
+        ["cli", rest @ ..] => {
+            let runs = cli_runs(rest)?;
+            cli(&services()?, runs)
+        }
         [] => {
             core(&[])?;
-            live("kms", &[])?;
-            live("eth", &[])?;
-            withdrawals(&[])?;
-            cli(&[])
+            let session = services()?;
+            live(&session, "kms", &[])?;
+            live(&session, "eth", &[])?;
+            withdrawals(&session, &[])?;
+            cli(&session, cli_runs(&[])?)
         }
         _ => Err(
             "usage: cargo xtask bench [core [criterion options] | kms|eth|withdrawals [--seconds S] [--rounds R] [--concurrency 1,8] | cli [--runs N]]"
@@ -44,14 +51,26 @@ pub(crate) fn run(options: &[&str]) -> Result {
     }
 }
 
-fn core(options: &[&str]) -> Result {
-    run_command(cargo().args(["bench", "--locked", "-p", "ethkms-core", "--bench", "parity", "--"]).args(options))?;
-    print_parity_table(&workspace_root().join("target/criterion/kms_signature_to_ethereum"))
+/// The services for the live benchmarks, saying which of them this run started (and so stops again).
+fn services() -> Result<Session> {
+    let session = Session::start()?;
+    let started = session.started();
+    if started.is_empty() {
+        eprintln!("xtask: bench: the services were already running; they stay running");
+    } else {
+        eprintln!("xtask: bench: started {}; stopped again when the benchmarks end", started.join(" and "));
+    }
+    Ok(session)
 }
 
-/// A benchmark of the `bench/` workspace against the live services, which are started first.
-fn live(mode: &str, options: &[&str]) -> Result {
-    let services = services::up()?;
+fn core(options: &[&str]) -> Result {
+    run_command(cargo().args(["bench", "--locked", "-p", "ethkms-core", "--bench", "parity", "--"]).args(options))?;
+    print_parity_table(&target_dir().join("criterion/kms_signature_to_ethereum"))
+}
+
+/// A benchmark of the `bench/` workspace against the live services.
+fn live(session: &Session, mode: &str, options: &[&str]) -> Result {
+    let services = session.env();
     let mut command = cargo();
     command.args(["run", "--release", "--locked", "--manifest-path", "bench/Cargo.toml", "--", mode]).args(options);
     services.apply(&mut command);
@@ -60,16 +79,16 @@ fn live(mode: &str, options: &[&str]) -> Result {
 
 /// The signing service end to end: builds `ethkms-server` (release) and runs the `bench/` workspace's
 /// withdrawal benchmark against it.
-fn withdrawals(options: &[&str]) -> Result {
-    let services = services::up()?;
+fn withdrawals(session: &Session, options: &[&str]) -> Result {
+    let services = session.env();
     run_command(cargo().args(["build", "--release", "--locked", "-p", "ethkms-server"]))?;
     let mut command = cargo();
     command
         .args(["run", "--release", "--locked", "--manifest-path", "bench/Cargo.toml", "--", "withdrawals"])
         .args(options)
-        .env("ETHKMS_BENCH_SERVER", workspace_root().join("target/release/ethkms-server"))
+        .env("ETHKMS_BENCH_SERVER", target_dir().join("release/ethkms-server"))
         // For the benchmark's table of where the CPU goes.
-        .env("ETHKMS_BENCH_PIDS", services::recorded_pids());
+        .env("ETHKMS_BENCH_PIDS", crate::services::recorded_pids());
     services.apply(&mut command);
     run_command(&mut command)
 }
@@ -93,15 +112,10 @@ fn print_parity_table(directory: &Path) -> Result {
 }
 
 /// Wall time of whole `ethkms` and `cast` invocations on one LocalStack key, run alternately.
-fn cli(options: &[&str]) -> Result {
-    let runs: usize = match options {
-        [] => 20,
-        ["--runs", runs] => runs.parse().map_err(|_| format!("--runs: `{runs}` is not a whole number"))?,
-        _ => return Err("usage: cargo xtask bench cli [--runs N]".into()),
-    };
-    let services = services::up()?;
+fn cli(session: &Session, runs: usize) -> Result {
+    let services = session.env();
     run_command(cargo().args(["build", "--release", "--locked", "-p", "ethkms-cli"]))?;
-    let ethkms = workspace_root().join("target/release/ethkms");
+    let ethkms = target_dir().join("release/ethkms");
     let environment = |command: &mut Command| {
         services.apply(command);
         command.env("AWS_ENDPOINT_URL", &services.kms_endpoint);
@@ -150,6 +164,15 @@ fn cli(options: &[&str]) -> Result {
         println!("| `{name}` | {ours:.1} ms | {theirs:.1} ms | {:.2} |", ours / theirs);
     }
     Ok(())
+}
+
+/// `[--runs N]` of `bench cli`: how many timed runs of each command (20 by default).
+fn cli_runs(options: &[&str]) -> Result<usize> {
+    match options {
+        [] => Ok(20),
+        ["--runs", runs] => Ok(runs.parse().map_err(|_| format!("--runs: `{runs}` is not a whole number"))?),
+        _ => Err("usage: cargo xtask bench cli [--runs N]".into()),
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -1,12 +1,12 @@
 //! `cargo xtask ci`: everything CI checks, in order, each step timed, stopping at the first failure.
 //!
-//! 1. formatting (`cargo fmt --check`, main and fuzz workspaces)
-//! 2. clippy on all targets with warnings denied
+//! 1. formatting (`cargo fmt --check`: the main workspace, `fuzz/`, `bench/`, the no-std proof)
+//! 2. clippy on all targets with warnings denied, in the same four places
 //! 3. the tests (cargo-nextest when installed, else `cargo test`), then the doctests, with LocalStack
 //!    KMS and anvil running (`cargo xtask services up`)
 //! 4. schemathesis against the signing service's OpenAPI document (`cargo xtask schemathesis`), with the
 //!    same services; in CI they are stopped afterwards
-//! 5. rustdoc with warnings denied
+//! 5. rustdoc with warnings denied; then as docs.rs builds it: nightly, `--cfg docsrs`, all features
 //! 6. the `no_std` proof (`cargo xtask nostd`)
 //! 7. cargo-deny: licences, bans and sources; advisories when the advisory database can be fetched
 //! 8. `cargo package` for every publishable crate
@@ -16,12 +16,17 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::Result;
-use crate::command::{cargo, in_ci, output, run};
+use crate::command::{cargo, in_ci, output, run, target_dir, workspace_root};
 use crate::services::{self, ServiceEnv};
 use crate::{fuzz, nostd, schemathesis, tools};
 
 /// Seconds each fuzz target runs in CI.
 const CI_FUZZ_SECONDS: u64 = 20;
+
+/// The workspaces besides the main one, each with a manifest of its own: fmt and clippy cover them
+/// too. The no-std proof has no lock file (it must resolve like a user's build) and no test target (a
+/// test harness links std).
+const OTHER_WORKSPACES: [&str; 3] = ["fuzz/Cargo.toml", "bench/Cargo.toml", "xtask/no-std-proof/Cargo.toml"];
 
 pub(crate) fn run_all() -> Result {
     let mut timings: Vec<(&str, Duration)> = Vec::new();
@@ -35,9 +40,10 @@ pub(crate) fn run_all() -> Result {
 
     step("fmt", &mut || {
         run(cargo().args(["fmt", "--all", "--check"]))?;
-        run(cargo().args(["fmt", "--check", "--manifest-path", "fuzz/Cargo.toml"]))?;
-        run(cargo().args(["fmt", "--check", "--manifest-path", "bench/Cargo.toml"]))?;
-        run(cargo().args(["fmt", "--check", "--manifest-path", "xtask/no-std-proof/Cargo.toml"]))
+        for manifest in OTHER_WORKSPACES {
+            run(cargo().args(["fmt", "--check", "--manifest-path", manifest]))?;
+        }
+        Ok(())
     })?;
     step("clippy", &mut || {
         run(cargo().args([
@@ -49,7 +55,11 @@ pub(crate) fn run_all() -> Result {
             "--",
             "-D",
             "warnings",
-        ]))
+        ]))?;
+        for manifest in OTHER_WORKSPACES {
+            run(&mut clippy_other(manifest))?;
+        }
+        Ok(())
     })?;
     {
         // The services stay up for schemathesis; in CI they are stopped after it (or after a failure).
@@ -71,6 +81,7 @@ pub(crate) fn run_all() -> Result {
     step("doc", &mut || {
         run(cargo().env("RUSTDOCFLAGS", "-D warnings").args(["doc", "--workspace", "--no-deps", "--locked"]))
     })?;
+    step("doc-nightly", &mut doc_nightly)?;
     step("nostd", &mut nostd::run)?;
     step("deny", &mut deny)?;
     step("package", &mut || {
@@ -88,6 +99,48 @@ pub(crate) fn run_all() -> Result {
         eprintln!("  {name:<10} {:>7.1} s", elapsed.as_secs_f64());
     }
     Ok(())
+}
+
+/// `cargo clippy` over one of [`OTHER_WORKSPACES`], warnings denied.
+fn clippy_other(manifest: &str) -> Command {
+    let mut command = cargo();
+    command.args(["clippy", "--manifest-path", manifest]);
+    if manifest.starts_with("xtask/no-std-proof/") {
+        // Its own target directory, as `cargo xtask nostd` builds it.
+        command.arg("--target-dir").arg(target_dir().join("no-std-proof"));
+    } else {
+        command.args(["--all-targets", "--locked"]);
+    }
+    command.args(["--", "-D", "warnings"]);
+    command
+}
+
+/// The documentation as docs.rs builds it: nightly rustdoc, `--cfg docsrs`, every feature, warnings
+/// denied; so a nightly-only attribute that nightly removed (as `doc_auto_cfg` was) fails here and not
+/// on docs.rs after publishing. In its own target directory, so it does not displace the stable build.
+///
+/// Without the nightly toolchain this fails in CI and is skipped, loudly, elsewhere.
+fn doc_nightly() -> Result {
+    // `+nightly` is understood by rustup's `cargo` proxy, not by the toolchain's own cargo in `$CARGO`;
+    // a compiler named in the environment would be the stable one.
+    let nightly = || {
+        let mut command = Command::new("cargo");
+        command.current_dir(workspace_root()).env_remove("RUSTC").env_remove("RUSTDOC").arg("+nightly");
+        command
+    };
+    if output(nightly().arg("--version")).is_none() {
+        let message = "the nightly toolchain is not installed (`rustup toolchain install nightly --profile minimal`); \
+                       docs.rs builds with it";
+        if in_ci() {
+            return Err(message.into());
+        }
+        eprintln!("xtask: WARNING: {message}; the docs.rs build was NOT checked");
+        return Ok(());
+    }
+    run(nightly()
+        .env("RUSTDOCFLAGS", "--cfg docsrs -D warnings")
+        .args(["doc", "--workspace", "--no-deps", "--all-features", "--locked", "--target-dir"])
+        .arg(target_dir().join("docs-rs")))
 }
 
 /// The tests: nextest if it is installed (it runs each test in its own process), else `cargo test`;

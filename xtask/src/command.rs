@@ -11,6 +11,15 @@ pub(crate) fn workspace_root() -> PathBuf {
     manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
 }
 
+/// Where cargo puts what it builds: `$CARGO_TARGET_DIR` (relative to the workspace root if it is
+/// relative), else `target/` in the workspace root.
+pub(crate) fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|directory| !directory.is_empty()) {
+        Some(directory) => workspace_root().join(directory),
+        None => workspace_root().join("target"),
+    }
+}
+
 /// `cargo` as the one running this task (honours `$CARGO`), started in the workspace root.
 pub(crate) fn cargo() -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));

@@ -8,7 +8,7 @@
 use std::process::Command;
 
 use crate::Result;
-use crate::command::{cargo, display, workspace_root};
+use crate::command::{cargo, display, target_dir, workspace_root};
 
 pub(crate) fn run() -> Result {
     let build = |canary: bool| -> Command {
@@ -18,7 +18,7 @@ pub(crate) fn run() -> Result {
             .args(["build", "--quiet", "--manifest-path"])
             .arg(root.join("xtask/no-std-proof/Cargo.toml"))
             .arg("--target-dir")
-            .arg(root.join("target/no-std-proof"));
+            .arg(target_dir().join("no-std-proof"));
         if canary {
             command.args(["--features", "std-canary"]);
         }
