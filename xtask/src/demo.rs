@@ -37,20 +37,22 @@ pub(crate) fn run(options: &[&str]) -> Result {
         ["--keep"] => true,
         _ => return Err("usage: cargo xtask demo [--keep]".into()),
     };
-    let (services, started) = match ServiceEnv::from_environment() {
-        Some(services) => (services, false),
-        None => (services::up()?, true),
-    };
-    let result = demo(&services);
-    if started && !keep {
-        services::down()?;
+    // Services already running (`env.sh` sourced, or started before) are used and left running; what this
+    // run starts, it stops at the end (unless `--keep`).
+    if let Some(services) = ServiceEnv::from_environment() {
+        return demo(&services);
+    }
+    let session = services::Session::start()?;
+    let result = demo(session.env());
+    if keep {
+        session.keep();
     }
     result
 }
 
 fn demo(services: &ServiceEnv) -> Result {
     run_command(cargo().args(["build", "--quiet", "-p", "ethkms-cli"]))?;
-    let binary = workspace_root().join("target/debug/ethkms");
+    let binary = crate::command::target_dir().join("debug/ethkms");
     let ethkms = |arguments: &[&str]| -> Result<Value> { json(&mut cli(&binary, services), arguments) };
     let mut summary = Vec::new();
 

@@ -117,7 +117,7 @@ pub(crate) fn check(services: &ServiceEnv, settings: &Settings) -> Result {
     std::fs::write(&config, configuration(server_port, &anvil_url, &key_id, &token, &directory))?;
     let log_path = directory.join("server.log");
     let log = std::fs::File::create(&log_path)?;
-    let mut server = Command::new(workspace_root().join("target/debug/ethkms-server"));
+    let mut server = Command::new(crate::command::target_dir().join("debug/ethkms-server"));
     server.arg("--config").arg(&config).env("AWS_ENDPOINT_URL", &services.kms_endpoint).stdout(Stdio::null());
     server.stderr(log).env("RUST_LOG", "warn,ethkms_server=info");
     services.apply(&mut server);
@@ -204,7 +204,7 @@ methods = ["withdrawals"]
 
 /// A new KMS key on LocalStack, through the `ethkms` command line: its id and address.
 fn create_key(services: &ServiceEnv) -> Result<(String, String)> {
-    let mut create = Command::new(workspace_root().join("target/debug/ethkms"));
+    let mut create = Command::new(crate::command::target_dir().join("debug/ethkms"));
     create.args(["--json", "wallet", "create", "--description", "ethkms schemathesis"]);
     create.env("AWS_ENDPOINT_URL", &services.kms_endpoint);
     services.apply(&mut create);

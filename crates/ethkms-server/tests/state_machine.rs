@@ -31,7 +31,7 @@
 //! `PROPTEST_CASES` sets the number of cases (48 by default). The test at the end is an engine bug this model
 //! found (a row failed on a foreign transaction a reorg had taken away, then paid), kept as its minimal case.
 //!
-//! One file of ~800 lines on purpose: the simulated network, the driver and the properties are one model, read
+//! Longer than 600 lines because the simulated network, the driver and the properties are one model, read
 //! together against the engine they mirror; split, each part would only make sense with the others open.
 
 use std::collections::{BTreeMap, BTreeSet};

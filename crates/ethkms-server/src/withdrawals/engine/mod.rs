@@ -21,12 +21,14 @@ use super::rejections::BroadcastOutcome;
 use super::settlement::{self, AfterBroadcast};
 use crate::config::WithdrawalSettings;
 use crate::journal::{Attempt, JournalError, JournalStore, Kind, NewRow, Status, Withdrawal, now_ms};
-use crate::nonces::Nonces;
 use crate::policy::Asset;
-use crate::shared::{Key, Shared, WorkCounter, redact_urls, transaction_fields};
+use crate::shared::{Key, Shared, WorkCounter, transaction_fields};
 
 mod recovery;
+mod state;
 mod transaction;
+
+pub(crate) use state::{FailureKind, Foreign, InFlight, KeyState, Processed, RpcFailure, Trouble};
 
 use transaction::rpc_request;
 pub(crate) use transaction::withdrawal_request;
@@ -40,114 +42,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long an RPC client waits for its transaction to be signed through passing trouble before it is
 /// answered with an error (the transaction is then not signed, and its nonce given back).
 pub(crate) const RPC_DEADLINE: Duration = Duration::from_secs(30);
-
-/// Per-key state of the engine.
-#[derive(Debug, Default)]
-pub(crate) struct KeyState {
-    /// The key's nonces.
-    pub(crate) nonces: Mutex<Nonces>,
-    /// Rows of this key between deciding to take a nonce and storing their first transaction (a free nonce
-    /// is not filled while any is).
-    pub(crate) waiting: WorkCounter,
-    /// The node's pending count, with when the request for it was sent.
-    pending: tokio::sync::Mutex<Option<(Instant, u64)>>,
-    /// Gap fills: the earliest next try, and the current wait (doubled after each refused gap fill).
-    pub(crate) gap_backoff: Mutex<(Option<Instant>, Duration)>,
-    /// Rows of this key being processed (from the start of processing until followed or failed; the rows of
-    /// `waiting` are among them).
-    pub(crate) in_process: WorkCounter,
-    /// A nonce below every followed row's that nothing of ours holds, and since when it has been seen so.
-    pub(crate) hole: Mutex<Option<(u64, Instant)>>,
-}
-
-/// A transaction of someone else's that took a row's nonce.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Foreign {
-    pub(crate) tx_hash: alloy_primitives::B256,
-    pub(crate) block: u64,
-}
-
-/// A row whose transaction is stored and not yet final, as the watcher follows it.
-#[derive(Clone, Debug)]
-pub(crate) struct InFlight {
-    pub(crate) row: Withdrawal,
-    /// The node confirmed it has the latest transaction.
-    pub(crate) submitted: bool,
-    /// The fees of the newest transaction the node accepted (bumps start from these).
-    pub(crate) accepted_fees: Option<Fees>,
-    /// When the latest transaction may be broadcast again, and the wait after that.
-    pub(crate) next_broadcast: Instant,
-    pub(crate) broadcast_delay: Duration,
-    /// Watcher rounds in which the nonce was mined but no receipt of ours was found.
-    pub(crate) misses: u32,
-    /// Someone else's transaction found at the nonce.
-    pub(crate) foreign: Option<Foreign>,
-    /// A fee cap has stopped its bumps (reported once).
-    pub(crate) cap_reported: bool,
-}
-
-/// Why a row could not be taken further now.
-#[derive(Debug)]
-pub(crate) enum Trouble {
-    /// Permanent, and nothing was broadcast: the row fails, unpaid.
-    Fail(String),
-    /// The client's own mistake (fees above the caps, a nonce of its choosing, a transaction the node will
-    /// not execute): the row fails unpaid, and an RPC client is told it was its request.
-    Invalid(String),
-    /// Passing: try again later.
-    Retry {
-        /// What failed (`kms`, `audit`, `journal`, `node`), for `ethkms_transient_retries_total`.
-        cause: &'static str,
-        reason: String,
-    },
-    /// Nothing to do: another task owns the row, or it is no longer open.
-    Skip(String),
-}
-
-impl Trouble {
-    /// A node error: passing, and with any URL in it hidden.
-    fn node(reason: impl std::fmt::Display) -> Self {
-        Self::Retry { cause: "node", reason: redact_urls(&reason.to_string()) }
-    }
-
-    fn journal(error: &JournalError) -> Self {
-        match error {
-            JournalError::Refused(reason) => Self::Skip(reason.clone()),
-            other => Self::Retry { cause: "journal", reason: other.to_string() },
-        }
-    }
-}
-
-/// Why [`Engine::process_now`] gave up, by whose fault: the JSON-RPC layer answers each differently.
-#[derive(Debug)]
-pub(crate) struct RpcFailure {
-    /// Whose fault, and whether trying again may help.
-    pub(crate) kind: FailureKind,
-    /// What went wrong (URLs hidden).
-    pub(crate) reason: String,
-}
-
-/// See [`RpcFailure`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FailureKind {
-    /// The request itself is wrong: retrying it as it is cannot help.
-    Client,
-    /// The key service throttled the signatures until the deadline: retry later, more slowly.
-    Throttled,
-    /// The key service, the node, the journal or the audit log failed until the deadline: retry later.
-    Unavailable,
-    /// Something on the service's side that a retry will not mend (a disabled key, say).
-    Server,
-}
-
-/// What processing a row did.
-#[derive(Debug)]
-pub(crate) enum Processed {
-    /// Signed, stored and broadcast (whatever the node answered, it is followed until its nonce is mined).
-    Sent { attempt: Attempt },
-    /// Failed before anything was broadcast.
-    Failed(String),
-}
 
 /// The withdrawal engine. Shared by the REST routes, the JSON-RPC methods and its own background tasks.
 pub(crate) struct Engine {
