@@ -13,7 +13,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::Result;
 use crate::command::{cargo, display, run as run_command, workspace_root};
@@ -228,32 +227,18 @@ fn withdrawals(services: &ServiceEnv, binary: &Path, key_id: &str, summary: &mut
 
 /// The service's configuration: the demo's key as `hot`, with a small policy; one client, `demo`.
 fn configuration(port: u16, upstream: &str, key_id: &str, token: &str, directory: &Path) -> String {
-    let token_sha256: String = Sha256::digest(token.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect();
-    format!(
-        r#"listen = "127.0.0.1:{port}"
-upstream = "{upstream}"
-audit_log = "{audit}"
-journal = "{journal}"
-withdrawals = {{ poll_interval_ms = 200 }}
-
-[keys.hot]
-key = "{key_id}"
-chain_id = 31337
-confirmations = 1
-fees = {{ max_fee_per_tx = "0.001ether" }}
-[keys.hot.policy]
-# Ether limits count the most a withdrawal can pay in fees (max_fee_per_tx) too: 0.05 ether + 0.001.
-max_value = {{ ETH = "0.051ether" }}
-daily_limit = {{ ETH = "1ether" }}
-
-[clients.demo]
-token_sha256 = "{token_sha256}"
-keys = ["hot"]
-methods = ["withdrawals"]
-"#,
-        audit = directory.join("audit.jsonl").display(),
-        journal = directory.join("journal.sqlite").display(),
-    )
+    crate::server_config::ServerConfig {
+        port,
+        upstream,
+        key_id,
+        client: ("demo", token),
+        directory,
+        fees: r#"{ max_fee_per_tx = "0.001ether" }"#,
+        policy: r#"# Ether limits count the most a withdrawal can pay in fees (max_fee_per_tx) too: 0.05 ether + 0.001.
+max_value = { ETH = "0.051ether" }
+daily_limit = { ETH = "1ether" }"#,
+    }
+    .text()
 }
 
 /// The service's REST API, through curl (the token stays out of what is printed).

@@ -21,6 +21,7 @@ mod demo;
 mod fuzz;
 mod nostd;
 mod schemathesis;
+mod server_config;
 mod services;
 mod soak;
 #[cfg(test)]

@@ -22,7 +22,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::Result;
 use crate::command::{cargo, display, run as run_command, workspace_root};
@@ -173,33 +172,19 @@ pub(crate) fn check(services: &ServiceEnv, settings: &Settings) -> Result {
 
 /// The server's configuration: one key with a tiny policy, one client with `token`, files in `directory`.
 fn configuration(port: u16, upstream: &str, key_id: &str, token: &str, directory: &Path) -> String {
-    let token_sha256: String = Sha256::digest(token.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect();
-    format!(
-        r#"listen = "127.0.0.1:{port}"
-upstream = "{upstream}"
-audit_log = "{audit}"
-journal = "{journal}"
-withdrawals = {{ poll_interval_ms = 200 }}
-
-[keys.hot]
-key = "{key_id}"
-chain_id = 31337
-confirmations = 1
-fees = {{ max_fee_per_tx = "0.0001ether" }}
-[keys.hot.policy]
-# 1,000 wei and at most 0.0001 ether (100,000,000,000,000 wei) of fees.
-max_value = {{ ETH = "100000000001000" }}
-daily_limit = {{ ETH = "0.01ether" }}
-contract_calls = []
-
-[clients.schemathesis]
-token_sha256 = "{token_sha256}"
-keys = ["hot"]
-methods = ["withdrawals"]
-"#,
-        audit = directory.join("audit.jsonl").display(),
-        journal = directory.join("journal.sqlite").display(),
-    )
+    crate::server_config::ServerConfig {
+        port,
+        upstream,
+        key_id,
+        client: ("schemathesis", token),
+        directory,
+        fees: r#"{ max_fee_per_tx = "0.0001ether" }"#,
+        policy: r#"# 1,000 wei and at most 0.0001 ether (100,000,000,000,000 wei) of fees.
+max_value = { ETH = "100000000001000" }
+daily_limit = { ETH = "0.01ether" }
+contract_calls = []"#,
+    }
+    .text()
 }
 
 /// A new KMS key on LocalStack, through the `ethkms` command line: its id and address.

@@ -1,0 +1,61 @@
+//! The signing service's configuration as the tasks that start it write it (`demo`, `schemathesis`): one
+//! KMS key named `hot` on anvil's chain, final after one block, one client allowed to make withdrawals, its
+//! files in one folder; each task gives the key's fee caps and policy.
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+/// What differs between the tasks' services.
+pub(crate) struct ServerConfig<'a> {
+    /// The port on 127.0.0.1.
+    pub(crate) port: u16,
+    /// The node's URL.
+    pub(crate) upstream: &'a str,
+    /// The KMS key.
+    pub(crate) key_id: &'a str,
+    /// The client's name and bearer token (only its SHA-256 is written).
+    pub(crate) client: (&'a str, &'a str),
+    /// Where the audit log and the journal go.
+    pub(crate) directory: &'a Path,
+    /// The key's `fees = { … }` caps, TOML.
+    pub(crate) fees: &'a str,
+    /// The lines of `[keys.hot.policy]`, TOML.
+    pub(crate) policy: &'a str,
+}
+
+impl ServerConfig<'_> {
+    /// The configuration file's text.
+    pub(crate) fn text(&self) -> String {
+        let (client, token) = self.client;
+        let token_sha256: String = Sha256::digest(token.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect();
+        format!(
+            r#"listen = "127.0.0.1:{port}"
+upstream = "{upstream}"
+audit_log = "{audit}"
+journal = "{journal}"
+withdrawals = {{ poll_interval_ms = 200 }}
+
+[keys.hot]
+key = "{key_id}"
+chain_id = 31337
+confirmations = 1
+fees = {fees}
+[keys.hot.policy]
+{policy}
+
+[clients.{client}]
+token_sha256 = "{token_sha256}"
+keys = ["hot"]
+methods = ["withdrawals"]
+"#,
+            port = self.port,
+            upstream = self.upstream,
+            key_id = self.key_id,
+            fees = self.fees,
+            policy = self.policy.trim_end(),
+            audit = self.directory.join("audit.jsonl").display(),
+            journal = self.directory.join("journal.sqlite").display(),
+        )
+    }
+}
