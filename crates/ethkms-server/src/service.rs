@@ -195,10 +195,16 @@ impl Service {
                 format!("chain id {chain}: key `{}` signs for chain {}; nothing was signed", key.name, key.chain_id),
             ));
         }
-        let mut row = engine
-            .insert_rpc(client_name, method, key, &request, totals(&movements).into_iter().collect())
-            .await
-            .map_err(|error| RpcError::new(codes::SERVER_ERROR, format!("{error}; nothing was signed")))?;
+        let inserted =
+            engine.insert_rpc(client_name, method, key, &request, totals(&movements).into_iter().collect()).await;
+        let mut row = match inserted {
+            Ok(row) => row,
+            Err(error) => {
+                // Not stored, so never signed: what it would have moved goes back to the limits.
+                self.policy().forget(&key.name, &movements, now);
+                return Err(RpcError::new(codes::SERVER_ERROR, format!("{error}; nothing was signed")));
+            }
+        };
         match engine.process_now(&mut row).await {
             Ok(Processed::Sent { attempt, .. }) if method == "eth_signTransaction" => Ok(json!(attempt.raw)),
             Ok(Processed::Sent { attempt, .. }) => Ok(json!(attempt.tx_hash)),
