@@ -416,7 +416,18 @@ methods = ["withdrawals"]
             .collect()
             .await;
         let posted_in = started.elapsed();
-        while mined_count(&http, &rpc_url, address).await < first_nonce + WITHDRAWALS {
+        let (mut last_count, mut last_change, mut reported) = (0, Instant::now(), false);
+        loop {
+            let count = mined_count(&http, &rpc_url, address).await;
+            if count >= first_nonce + WITHDRAWALS {
+                break;
+            }
+            if count != last_count {
+                (last_count, last_change, reported) = (count, Instant::now(), false);
+            } else if !reported && last_change.elapsed() > STALL {
+                reported = true;
+                report_stall(&http, &rpc_url, &url, address, count).await;
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let rate = WITHDRAWALS as f64 / started.elapsed().as_secs_f64();
@@ -505,4 +516,50 @@ async fn slow_signatures(http: &reqwest::Client, url: &str) -> u64 {
             .map_or(0, |value| value as u64)
     };
     value("ethkms_signing_seconds_count ").saturating_sub(value("ethkms_signing_seconds_bucket{le=\"1.0\"} "))
+}
+
+/// How long the key's mined count may stay still, with withdrawals outstanding, before the benchmark says
+/// what the node and the service hold.
+const STALL: Duration = Duration::from_millis(700);
+
+/// Prints, once per stall, what anvil's pool holds of the key (pending and queued nonces) and the server's
+/// broadcast and retry counters: where a round's lost time is.
+async fn report_stall(http: &reqwest::Client, rpc_url: &str, server: &str, address: Address, mined: u64) {
+    let content = anvil(http, rpc_url, "txpool_inspect", serde_json::json!([])).await;
+    let nonces = |part: &str| -> Vec<u64> {
+        let mut nonces: Vec<u64> = content[part]
+            .as_object()
+            .into_iter()
+            .flat_map(|accounts| accounts.iter())
+            .filter(|(account, _)| account.eq_ignore_ascii_case(&address.to_string()))
+            .flat_map(|(_, by_nonce)| by_nonce.as_object().into_iter().flat_map(|map| map.keys()))
+            .filter_map(|nonce| nonce.parse().ok())
+            .collect();
+        nonces.sort_unstable();
+        nonces
+    };
+    let (pending, queued) = (nonces("pending"), nonces("queued"));
+    let ends = |nonces: &[u64]| match (nonces.first(), nonces.last()) {
+        (Some(first), Some(last)) => format!("{} ({first}..={last})", nonces.len()),
+        _ => "0".to_owned(),
+    };
+    let metrics = match http.get(format!("{server}/metrics")).send().await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let counters: Vec<&str> = metrics
+        .lines()
+        .filter(|line| {
+            ["ethkms_broadcasts_total", "ethkms_transient_retries_total", "ethkms_rebroadcasts_total"]
+                .iter()
+                .any(|name| line.starts_with(name))
+        })
+        .collect();
+    println!(
+        "  stall: mined count {mined} for {} ms; anvil holds pending {}, queued {}; {}",
+        STALL.as_millis(),
+        ends(&pending),
+        ends(&queued),
+        counters.join(", ")
+    );
 }
