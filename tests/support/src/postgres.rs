@@ -145,7 +145,17 @@ mod tests {
             return;
         };
         match found {
-            Postgres::Url(url) => assert!(is_postgres_url(&url), "{url}"),
+            Postgres::Url(url) => {
+                assert!(is_postgres_url(&url), "{url}");
+                // The server answers, and is PostgreSQL 15 (`cargo xtask services up` starts one).
+                let output = std::process::Command::new("psql")
+                    .args([url.as_str(), "-tAc", "show server_version"])
+                    .output()
+                    .expect("psql (PostgreSQL's client) runs");
+                let version = String::from_utf8_lossy(&output.stdout);
+                assert!(output.status.success(), "{url}: {}", String::from_utf8_lossy(&output.stderr));
+                assert!(version.trim().starts_with(&format!("{MAJOR}.")), "server version {version}");
+            }
             Postgres::Binaries(binaries) => {
                 for name in ["initdb", "postgres", "pg_ctl"] {
                     assert!(binaries.binary(name).is_file(), "{}", binaries.binary(name).display());

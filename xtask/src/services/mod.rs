@@ -1,5 +1,6 @@
-//! Local services for the integration tests: LocalStack (a KMS that signs like AWS KMS) and anvil
-//! (a local Ethereum node), both on 127.0.0.1, and the independent verifiers the tests check our
+//! Local services for the integration tests: LocalStack (a KMS that signs like AWS KMS), anvil (a local
+//! Ethereum node) and PostgreSQL (a private cluster of the machine's PostgreSQL 15, for the replicated
+//! journal; see [`postgres`]), all on 127.0.0.1, and the independent verifiers the tests check our
 //! output against (foundry's `cast`, ethers v6, Python's eth-account).
 //!
 //! ```text
@@ -29,7 +30,8 @@
 //! every interface), in host mode, with its files and a self-signed TLS certificate in
 //! `target/services/localstack-state/` (see [`localstack::command`] for why each setting).
 //!
-//! Ports: `ETHKMS_LOCALSTACK_PORT` (default 4566) and `ETHKMS_ANVIL_PORT` (default 8545).
+//! Ports: `ETHKMS_LOCALSTACK_PORT` (default 4566), `ETHKMS_ANVIL_PORT` (default 8545) and
+//! `ETHKMS_POSTGRES_PORT` (default 55432, away from a system server's 5432).
 //!
 //! A task that needs the services for itself (the benchmarks) holds a [`Session`]: it stops again
 //! what it started and leaves alone what was already running.
@@ -51,6 +53,7 @@ mod anvil;
 mod http;
 mod install;
 mod localstack;
+mod postgres;
 mod process;
 
 pub(crate) use http::http_request;
@@ -65,7 +68,10 @@ pub(crate) fn run(action: &str) -> Result {
     match action {
         "up" => {
             let env = up()?;
-            eprintln!("xtask: LocalStack KMS at {}, anvil at {}", env.kms_endpoint, env.rpc_url);
+            eprintln!(
+                "xtask: LocalStack KMS at {}, anvil at {}, PostgreSQL at {}",
+                env.kms_endpoint, env.rpc_url, env.postgres_url
+            );
             eprintln!("xtask: for a shell: source {}", env_file().display());
             Ok(())
         }
@@ -95,6 +101,8 @@ pub(crate) struct ServiceEnv {
     pub(crate) node_modules: PathBuf,
     /// A Python interpreter with eth-account installed (`ETHKMS_TEST_PYTHON`).
     pub(crate) python: PathBuf,
+    /// PostgreSQL, `postgres://postgres@127.0.0.1:PORT/postgres` (`ETHKMS_TEST_POSTGRES_URL`).
+    pub(crate) postgres_url: String,
 }
 
 impl ServiceEnv {
@@ -108,6 +116,7 @@ impl ServiceEnv {
             ("ETHKMS_TEST_ANVIL", self.anvil.display().to_string()),
             ("ETHKMS_TEST_NODE_MODULES", self.node_modules.display().to_string()),
             ("ETHKMS_TEST_PYTHON", self.python.display().to_string()),
+            ("ETHKMS_TEST_POSTGRES_URL", self.postgres_url.clone()),
             ("AWS_ACCESS_KEY_ID", "test".to_owned()),
             ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
             ("AWS_REGION", "us-east-1".to_owned()),
@@ -131,6 +140,7 @@ impl ServiceEnv {
             anvil: variable("ETHKMS_TEST_ANVIL")?.into(),
             node_modules: variable("ETHKMS_TEST_NODE_MODULES")?.into(),
             python: variable("ETHKMS_TEST_PYTHON")?.into(),
+            postgres_url: variable("ETHKMS_TEST_POSTGRES_URL")?.into_string().ok()?,
         })
     }
 
@@ -173,6 +183,7 @@ impl Session {
     pub(crate) fn start() -> Result<Self> {
         let localstack_port = Service::LOCALSTACK.port()?;
         let anvil_port = Service::ANVIL.port()?;
+        let postgres_port = Service::POSTGRES.port()?;
         let directory = state_dir();
         std::fs::create_dir_all(&directory)
             .map_err(|error| format!("could not create {}: {error}", directory.display()))?;
@@ -183,7 +194,11 @@ impl Session {
         let localstack = Service::LOCALSTACK
             .launch(localstack_port, || localstack::command(&tools.localstack_python, localstack_port))?;
         let anvil = Service::ANVIL.launch(anvil_port, || Ok(anvil::command(&tools.node.anvil, anvil_port)))?;
+        let postgres = Service::POSTGRES.launch(postgres_port, || postgres::command(postgres_port))?;
         let mut started = Vec::new();
+        if postgres.started() {
+            started.push(Service::POSTGRES);
+        }
         if anvil.started() {
             started.push(Service::ANVIL);
         }
@@ -191,6 +206,7 @@ impl Session {
             started.push(Service::LOCALSTACK);
         }
         Service::ANVIL.finish(anvil_port, anvil)?;
+        Service::POSTGRES.finish(postgres_port, postgres)?;
         Service::LOCALSTACK.finish(localstack_port, localstack)?;
 
         let env = ServiceEnv {
@@ -200,6 +216,7 @@ impl Session {
             anvil: tools.node.anvil.clone(),
             node_modules: tools.node.node_modules,
             python: tools.verifier_python,
+            postgres_url: Service::POSTGRES.url(postgres_port),
         };
         write_env_file(&env)?;
         Ok(Self { env, started })
@@ -326,6 +343,8 @@ struct Service {
     timeout: Duration,
     /// Whether it answers on a port as a healthy instance of this service does.
     healthy: fn(u16) -> bool,
+    /// Its URL on a port.
+    url: fn(u16) -> String,
 }
 
 /// A service's pid and port as its files in `target/services/` record them.
@@ -347,6 +366,7 @@ impl Service {
         default_port: 4566,
         timeout: localstack::TIMEOUT,
         healthy: localstack::healthy,
+        url: http_url,
     };
 
     /// foundry's anvil.
@@ -358,10 +378,23 @@ impl Service {
         default_port: 8545,
         timeout: anvil::TIMEOUT,
         healthy: anvil::healthy,
+        url: http_url,
     };
 
-    /// Both services.
-    const ALL: [Self; 2] = [Self::LOCALSTACK, Self::ANVIL];
+    /// PostgreSQL 15, a private cluster.
+    const POSTGRES: Self = Self {
+        name: "postgres",
+        title: "PostgreSQL",
+        signature: postgres::SIGNATURE,
+        port_variable: "ETHKMS_POSTGRES_PORT",
+        default_port: 55432,
+        timeout: postgres::TIMEOUT,
+        healthy: postgres::healthy,
+        url: postgres::url,
+    };
+
+    /// Every service.
+    const ALL: [Self; 3] = [Self::LOCALSTACK, Self::ANVIL, Self::POSTGRES];
 
     /// The port to use: the variable, else the default.
     fn port(self) -> Result<u16> {
@@ -377,9 +410,9 @@ impl Service {
         }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// Its URL on `port`.
     fn url(self, port: u16) -> String {
-        format!("http://127.0.0.1:{port}")
+        (self.url)(port)
     }
 
     /// `target/services/<name>.pid`: the process id.
@@ -409,6 +442,11 @@ impl Service {
         remove_if_present(&self.pid_file())?;
         remove_if_present(&self.port_file())
     }
+}
+
+/// `http://127.0.0.1:PORT`.
+fn http_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
 }
 
 /// `target/services/`: pid, port and log files, LocalStack's state and `env.sh`.
@@ -457,6 +495,7 @@ mod tests {
             anvil: "/c/anvil".into(),
             node_modules: "/c/node_modules".into(),
             python: "/c/python".into(),
+            postgres_url: "postgres://postgres@127.0.0.1:55432/postgres".to_owned(),
         };
         let names: Vec<String> = env.pairs().into_iter().map(|(name, _)| name).collect();
         assert_eq!(
@@ -468,6 +507,7 @@ mod tests {
                 "ETHKMS_TEST_ANVIL",
                 "ETHKMS_TEST_NODE_MODULES",
                 "ETHKMS_TEST_PYTHON",
+                "ETHKMS_TEST_POSTGRES_URL",
                 "AWS_ACCESS_KEY_ID",
                 "AWS_SECRET_ACCESS_KEY",
                 "AWS_REGION",
@@ -484,11 +524,12 @@ mod tests {
     #[test]
     fn the_table_tells_the_services_apart() {
         let names: Vec<&str> = Service::ALL.iter().map(|service| service.name).collect();
-        assert_eq!(names, ["localstack", "anvil"]);
+        assert_eq!(names, ["localstack", "anvil", "postgres"]);
         let ports: Vec<u16> = Service::ALL.iter().map(|service| service.default_port).collect();
-        assert_eq!(ports, [4566, 8545]);
+        assert_eq!(ports, [4566, 8545, 55432]);
         assert_eq!(Service::LOCALSTACK.signature, "run_localstack.py");
         assert!(Service::ALL.iter().all(|service| service.timeout >= Duration::from_secs(30)));
         assert_eq!(Service::ANVIL.url(8545), "http://127.0.0.1:8545");
+        assert_eq!(Service::POSTGRES.url(55432), "postgres://postgres@127.0.0.1:55432/postgres");
     }
 }
