@@ -21,8 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum_server::accept::Accept;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
@@ -93,16 +92,6 @@ impl Limits {
     pub fn body_timeout(&self) -> Duration {
         Duration::from_secs(self.body_timeout_seconds)
     }
-}
-
-/// A refusal for overload: 503, `Retry-After`, and a JSON body naming the limit.
-pub(crate) fn overloaded(what: &str) -> Response {
-    let body = serde_json::json!({
-        "error": { "kind": "overloaded", "message": format!("{what}; retry after {RETRY_AFTER_SECONDS} s") },
-    });
-    let mut response = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
-    response
 }
 
 /// Why a body could not be read.
@@ -219,21 +208,26 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
-/// Runs `next` only if a request slot is free; otherwise answers 503 at once.
+/// Runs `next` only if a request slot is free; otherwise counts the refusal and answers `refuse(what)` at
+/// once (the service's 503 with `Retry-After`).
 pub(crate) async fn within_capacity<F: Future<Output = Response>>(
     in_flight: &InFlight,
     refusals: &Labeled,
+    refuse: impl FnOnce(&str) -> Response,
     next: impl FnOnce() -> F,
 ) -> Response {
     let Some(_slot) = in_flight.try_enter() else {
         refusals.inc("requests");
-        return overloaded("too many requests are being answered");
+        return refuse("too many requests are being answered");
     };
     next().await
 }
 
 #[cfg(test)]
 mod tests {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+
     use super::*;
 
     #[test]
@@ -264,13 +258,16 @@ mod tests {
     async fn a_full_house_is_answered_503_with_retry_after() {
         let in_flight = InFlight::new(1);
         let refusals = Labeled::new("limit");
+        let refuse = |what: &str| crate::withdrawals::api::overloaded(what).into_response();
         let held = in_flight.try_enter().unwrap();
-        let response = within_capacity(&in_flight, &refusals, || async { StatusCode::OK.into_response() }).await;
+        let response =
+            within_capacity(&in_flight, &refusals, refuse, || async { StatusCode::OK.into_response() }).await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
         assert_eq!(refusals.get("requests"), 1);
         drop(held);
-        let response = within_capacity(&in_flight, &refusals, || async { StatusCode::OK.into_response() }).await;
+        let response =
+            within_capacity(&in_flight, &refusals, refuse, || async { StatusCode::OK.into_response() }).await;
         assert_eq!(response.status(), StatusCode::OK);
     }
 }

@@ -377,7 +377,9 @@ async fn within_capacity(
     request: Request<Body>,
     next: axum::middleware::Next,
 ) -> Response {
-    crate::limits::within_capacity(&service.in_flight, &service.shared.metrics.overload, || next.run(request)).await
+    let refuse = |what: &str| crate::withdrawals::api::overloaded(what).into_response();
+    crate::limits::within_capacity(&service.in_flight, &service.shared.metrics.overload, refuse, || next.run(request))
+        .await
 }
 
 fn body_message(error: &BodyError, timeout: Duration) -> String {
