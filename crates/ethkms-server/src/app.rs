@@ -29,6 +29,8 @@ pub struct Service {
     pub(crate) node_checked: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
     /// Slots of the requests being answered.
     pub(crate) in_flight: crate::limits::InFlight,
+    /// When `/metrics` last asked the node for its latest block.
+    pub(crate) head_asked: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -136,7 +138,14 @@ impl Service {
             engine.start();
         }
         let in_flight = crate::limits::InFlight::new(config.limits.max_in_flight_requests);
-        Ok(Arc::new(Self { config, shared, engine, node_checked: std::sync::Mutex::new(None), in_flight }))
+        Ok(Arc::new(Self {
+            config,
+            shared,
+            engine,
+            node_checked: std::sync::Mutex::new(None),
+            in_flight,
+            head_asked: std::sync::Mutex::new(None),
+        }))
     }
 
     /// Stops background work: waits up to `timeout` for withdrawals being signed and sent (what is left

@@ -515,6 +515,10 @@ pub(crate) async fn ready(State(service): State<Arc<Service>>) -> Response {
 /// How long `/metrics` waits for the node's latest block before showing the last one seen.
 const HEAD_WAIT: Duration = Duration::from_secs(2);
 
+/// How often at most `/metrics` asks the node for its latest block: an unauthenticated scraper cannot
+/// turn into a stream of node requests (as `/readyz` reuses its check).
+const HEAD_EVERY: Duration = Duration::from_secs(1);
+
 /// Metrics
 ///
 /// Prometheus metrics in the OpenMetrics text format, with the node's latest block (number and hash) read
@@ -527,9 +531,19 @@ const HEAD_WAIT: Duration = Duration::from_secs(2);
     responses((status = 200, description = "The metrics", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String))
 )]
 pub(crate) async fn metrics(State(service): State<Arc<Service>>) -> Response {
-    let latest = service.shared.manager.provider().get_block_by_number(alloy_eips::BlockNumberOrTag::Latest);
-    if let Ok(Ok(Some(block))) = tokio::time::timeout(HEAD_WAIT, latest).await {
-        service.shared.metrics.set_chain_head(block.header.number, &block.header.hash.to_string());
+    let due = {
+        let mut asked = service.head_asked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = asked.is_none_or(|at| at.elapsed() >= HEAD_EVERY);
+        if due {
+            *asked = Some(Instant::now());
+        }
+        due
+    };
+    if due {
+        let latest = service.shared.manager.provider().get_block_by_number(alloy_eips::BlockNumberOrTag::Latest);
+        if let Ok(Ok(Some(block))) = tokio::time::timeout(HEAD_WAIT, latest).await {
+            service.shared.metrics.set_chain_head(block.header.number, &block.header.hash.to_string());
+        }
     }
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], service.shared.metrics.render()).into_response()
 }
