@@ -13,6 +13,8 @@ pub mod limits;
 mod metrics;
 pub mod nonces;
 pub mod policy;
+#[cfg(feature = "service")]
+mod probes;
 pub mod rpc;
 #[cfg(feature = "service")]
 pub mod service;
