@@ -3,7 +3,8 @@
 //! counted against a daily limit, so that a crash loses nothing and replays nothing twice.
 //!
 //! [`JournalStore`] is what the withdrawal engine needs of a journal; [`SqliteJournal`] implements it in
-//! one SQLite file (the embedded default). Every transition the engine's invariant depends on is one
+//! one SQLite file (the embedded default), [`PostgresJournal`] in a PostgreSQL database that several
+//! replicas share. Every transition the engine's invariant depends on is one
 //! conditional write:
 //!
 //! - [`claim`](JournalStore::claim): `accepted → signing` with a nonce, only if the row is still
@@ -13,6 +14,7 @@
 //! - [`mark_failed`](JournalStore::mark_failed) and [`cancel`](JournalStore::cancel) give the amount back
 //!   to the daily limit only for rows whose value provably never left.
 
+mod postgres;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -26,6 +28,7 @@ use async_trait::async_trait;
 pub use crate::nonces::Nonces;
 use crate::policy::{Asset, Denial};
 
+pub use postgres::PostgresJournal;
 pub use sqlite::{SCHEMA_VERSION, SqliteJournal, now_ms};
 
 /// What went wrong with the journal.

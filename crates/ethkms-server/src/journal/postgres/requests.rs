@@ -1,0 +1,191 @@
+//! The requests' side of the PostgreSQL journal: what any replica writes for a client (withdrawals, RPC
+//! transactions, amounts counted against the daily limits, cancellations) and the reads. Each function runs
+//! inside one transaction of [`PostgresJournal::run`](super::PostgresJournal).
+//!
+//! Writes that give the key's owner new work (a row to sign, a cancellation to send) notify
+//! [`CHANNEL`](super::listener::CHANNEL) with the key's name in the same transaction: PostgreSQL delivers
+//! the notification when, and only if, it commits.
+
+use alloy_primitives::U256;
+use deadpool_postgres::Transaction;
+
+use super::Failure;
+use super::engine::OPEN;
+use super::listener::CHANNEL;
+use super::rows::{
+    NOW_MS, asset_text, execute, insert_spend, load, load_existing, load_where, lock_limits, query, query_opt,
+    release_spend, spent, to_i64,
+};
+use crate::journal::{Cancelled, Inserted, LimitCheck, NewRpc, NewWithdrawal, Status, Withdrawal};
+use crate::policy::{Asset, Denial};
+
+/// Wakes the owner of `key` once this transaction commits.
+async fn notify(transaction: &Transaction<'_>, key: &str) -> Result<(), Failure> {
+    query(transaction, "SELECT pg_notify($1, $2)", &[&CHANNEL, &key]).await?;
+    Ok(())
+}
+
+/// Runs `check` on what `key` moved in the last 24 hours under the key's limit lock; the time (the
+/// database's) and the amounts to count, or the denial.
+async fn checked(
+    transaction: &Transaction<'_>,
+    key: &str,
+    check: LimitCheck,
+) -> Result<(u64, Result<Vec<(Asset, U256)>, Denial>), Failure> {
+    let now = lock_limits(transaction, key).await?;
+    let spent = spent(transaction, key, &check.assets, now).await?;
+    Ok((now, (check.check)(&spent)))
+}
+
+/// Stores a client withdrawal, unless the client used its idempotency key before (on any replica).
+pub(super) async fn insert(
+    transaction: &Transaction<'_>,
+    withdrawal: NewWithdrawal,
+    check: LimitCheck,
+) -> Result<Inserted, Failure> {
+    let existing = "SELECT id FROM withdrawals WHERE client = $1 AND idempotency_key = $2";
+    let (client, idempotency_key) = (&withdrawal.client, &withdrawal.idempotency_key);
+    let now = lock_limits(transaction, &withdrawal.key).await?;
+    if let Some(row) = query_opt(transaction, existing, &[client, idempotency_key]).await? {
+        return Ok(Inserted::Existing(load_existing(transaction, row.try_get(0)?).await?));
+    }
+    let spends = match (check.check)(&spent(transaction, &withdrawal.key, &check.assets, now).await?) {
+        Ok(spends) => spends,
+        Err(denial) => return Ok(Inserted::Refused(denial)),
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    // Another replica may have stored the same idempotency key for another key (under another limit lock):
+    // the insert waits for it, and then stores nothing.
+    let sql = "INSERT INTO withdrawals (id, kind, client, idempotency_key, key, recipient, asset, amount, status, \
+               created_ms, updated_ms) VALUES ($1, 'withdrawal', $2, $3, $4, $5, $6, $7::text::numeric, 'accepted', \
+               $8, $8) ON CONFLICT (client, idempotency_key) DO NOTHING";
+    let stored = execute(
+        transaction,
+        sql,
+        &[
+            &id,
+            client,
+            idempotency_key,
+            &withdrawal.key,
+            &withdrawal.recipient.to_string(),
+            &asset_text(withdrawal.asset),
+            &withdrawal.amount.to_string(),
+            &to_i64(now),
+        ],
+    )
+    .await?;
+    if stored == 0 {
+        let row = query_opt(transaction, existing, &[client, idempotency_key]).await?;
+        let id: String = row.ok_or_else(|| Failure::Invalid("an idempotency key's row vanished".into()))?.try_get(0)?;
+        return Ok(Inserted::Existing(load_existing(transaction, &id).await?));
+    }
+    for spend in spends {
+        insert_spend(transaction, &withdrawal.key, spend, now, &id).await?;
+    }
+    notify(transaction, &withdrawal.key).await?;
+    Ok(Inserted::New(load_existing(transaction, &id).await?))
+}
+
+/// Stores an RPC client's transaction (`accepted`) after `check`.
+pub(super) async fn insert_rpc(
+    transaction: &Transaction<'_>,
+    row: NewRpc,
+    check: LimitCheck,
+) -> Result<Result<Withdrawal, Denial>, Failure> {
+    let (now, spends) = checked(transaction, &row.key, check).await?;
+    let spends = match spends {
+        Ok(spends) => spends,
+        Err(denial) => return Ok(Err(denial)),
+    };
+    let id = format!("tx-{}", uuid::Uuid::new_v4());
+    let sql = "INSERT INTO withdrawals (id, kind, client, key, recipient, asset, amount, request, status, created_ms, \
+               updated_ms) VALUES ($1, 'rpc', $2, $3, $4, 'ETH', $5::text::numeric, $6, 'accepted', $7, $7)";
+    let values: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+        [&id, &row.client, &row.key, &row.recipient.to_string(), &row.amount.to_string(), &row.request, &to_i64(now)];
+    execute(transaction, sql, &values).await?;
+    for spend in spends {
+        insert_spend(transaction, &row.key, spend, now, &id).await?;
+    }
+    notify(transaction, &row.key).await?;
+    Ok(Ok(load_existing(transaction, &id).await?))
+}
+
+/// Runs `check` for `key` and records its amounts under `tag`.
+pub(super) async fn record_spends(
+    transaction: &Transaction<'_>,
+    key: String,
+    tag: String,
+    check: LimitCheck,
+) -> Result<Result<Vec<(Asset, U256)>, Denial>, Failure> {
+    let (now, spends) = checked(transaction, &key, check).await?;
+    let spends = match spends {
+        Ok(spends) => spends,
+        Err(denial) => return Ok(Err(denial)),
+    };
+    for spend in &spends {
+        insert_spend(transaction, &key, *spend, now, &tag).await?;
+    }
+    Ok(Ok(spends))
+}
+
+/// A client asks to cancel row `id`.
+pub(super) async fn cancel(transaction: &Transaction<'_>, id: String) -> Result<Cancelled, Failure> {
+    let row = query_opt(transaction, "SELECT status, key FROM withdrawals WHERE id = $1 FOR NO KEY UPDATE", &[&id]).await?;
+    let Some(row) = row else { return Ok(Cancelled::NotFound) };
+    let (status, key): (&str, &str) = (row.try_get(0)?, row.try_get(1)?);
+    let status = Status::parse(status).ok_or_else(|| Failure::Invalid(format!("row `{id}` has status `{status}`")))?;
+    match status {
+        Status::Accepted => {
+            let sql =
+                format!("UPDATE withdrawals SET status = 'cancelled', confirmed = TRUE, updated_ms = {NOW_MS} WHERE id = $1");
+            execute(transaction, &sql, &[&id]).await?;
+            Ok(Cancelled::Now(release_spend(transaction, &id).await?))
+        }
+        Status::Signing | Status::Signed | Status::Submitted => {
+            let sql = format!("UPDATE withdrawals SET cancel_requested = TRUE, updated_ms = {NOW_MS} WHERE id = $1");
+            execute(transaction, &sql, &[&id]).await?;
+            notify(transaction, key).await?;
+            Ok(Cancelled::Requested)
+        }
+        other => Ok(Cancelled::Unchanged(other)),
+    }
+}
+
+/// `accepted → failed`, its amounts given back, only if nobody claimed it yet.
+pub(super) async fn abandon(transaction: &Transaction<'_>, id: String, reason: String) -> Result<bool, Failure> {
+    let sql = format!(
+        "UPDATE withdrawals SET status = 'failed', error = $2, confirmed = TRUE, updated_ms = {NOW_MS} \
+         WHERE id = $1 AND status = 'accepted' AND nonce IS NULL"
+    );
+    let changed = execute(transaction, &sql, &[&id, &reason]).await? == 1;
+    if changed {
+        release_spend(transaction, &id).await?;
+    }
+    Ok(changed)
+}
+
+/// Row `id`, if it exists.
+pub(super) async fn get(transaction: &Transaction<'_>, id: String) -> Result<Option<Withdrawal>, Failure> {
+    load(transaction, &id).await
+}
+
+/// The open rows of `key` (or of every key), oldest first.
+pub(super) async fn unfinished(transaction: &Transaction<'_>, key: Option<String>) -> Result<Vec<Withdrawal>, Failure> {
+    match key {
+        Some(key) => load_where(transaction, &format!("key = $1 AND {OPEN} ORDER BY seq"), &[&key]).await,
+        None => load_where(transaction, &format!("{OPEN} ORDER BY seq"), &[]).await,
+    }
+}
+
+/// The rows of `key` still `accepted`, oldest first.
+pub(super) async fn accepted(transaction: &Transaction<'_>, key: String) -> Result<Vec<Withdrawal>, Failure> {
+    let filter =
+        format!("key = $1 AND {OPEN} AND status = 'accepted' AND kind IN ('withdrawal', 'rpc') ORDER BY seq");
+    load_where(transaction, &filter, &[&key]).await
+}
+
+/// The ids of `key`'s open rows whose cancellation was asked for.
+pub(super) async fn cancellations(transaction: &Transaction<'_>, key: String) -> Result<Vec<String>, Failure> {
+    let sql = format!("SELECT id FROM withdrawals WHERE key = $1 AND cancel_requested AND {OPEN} ORDER BY seq");
+    query(transaction, &sql, &[&key]).await?.iter().map(|row| Ok(row.try_get(0)?)).collect()
+}

@@ -1,0 +1,151 @@
+//! The PostgreSQL journal's schema: its migrations, applied at connect in one transaction under an advisory
+//! lock (several replicas may start at once), the version table `ethkms_schema`, and the check that the
+//! tables hold every column the queries use.
+//!
+//! A database whose schema is newer than this program's is refused by name: an older replica must not
+//! write to tables whose meaning it does not know.
+
+use deadpool_postgres::Client;
+
+use super::Failure;
+
+/// Migration `version` takes the schema from `version - 1` to `version`, in order.
+const MIGRATIONS: [(i32, &str); 1] = [(
+    1,
+    // Withdrawals (every row the engine signs), their signed attempts, every amount counted against a daily
+    // limit, the per-key leases (with the epoch every engine write is fenced by) and nonces.
+    //
+    // `seq` orders rows "oldest first" (ids are random). `UNIQUE (key, epoch)` on `leases` makes `epoch` a
+    // key column for row locks: a takeover (which changes it) takes `FOR UPDATE` of the lease row and so
+    // conflicts with the `FOR KEY SHARE` every fenced write holds, while a renewal (only `expires_ms`) takes
+    // `FOR NO KEY UPDATE`, which does not (see the module documentation of `postgres`).
+    "
+CREATE TABLE withdrawals (
+    seq BIGSERIAL NOT NULL,
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    client TEXT,
+    idempotency_key TEXT,
+    key TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    amount NUMERIC(78, 0) NOT NULL,
+    status TEXT NOT NULL,
+    nonce BIGINT,
+    tx_hash TEXT,
+    block_number BIGINT,
+    block_hash TEXT,
+    error TEXT,
+    created_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    request TEXT,
+    cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+    confirmed BOOLEAN NOT NULL DEFAULT FALSE,
+    UNIQUE (client, idempotency_key)
+);
+CREATE INDEX withdrawals_open_by_key ON withdrawals (key, seq)
+    WHERE NOT confirmed AND status NOT IN ('confirmed', 'failed');
+CREATE TABLE attempts (
+    withdrawal TEXT NOT NULL REFERENCES withdrawals (id),
+    number INTEGER NOT NULL,
+    tx_hash TEXT NOT NULL,
+    raw BYTEA NOT NULL,
+    max_fee_per_gas TEXT NOT NULL,
+    priority_fee_per_gas TEXT NOT NULL,
+    signed_ms BIGINT NOT NULL,
+    cancel BOOLEAN NOT NULL DEFAULT FALSE,
+    epoch BIGINT,
+    replica TEXT,
+    PRIMARY KEY (withdrawal, number)
+);
+CREATE TABLE leases (
+    key TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    epoch BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    UNIQUE (key, epoch)
+);
+CREATE TABLE nonces (
+    key TEXT PRIMARY KEY,
+    next BIGINT NOT NULL,
+    free TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE spends (
+    key TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    amount NUMERIC(78, 0) NOT NULL,
+    at_ms BIGINT NOT NULL,
+    withdrawal TEXT
+);
+CREATE INDEX spends_by_key ON spends (key, asset, at_ms);
+CREATE INDEX spends_by_withdrawal ON spends (withdrawal) WHERE withdrawal IS NOT NULL;
+",
+)];
+
+/// The schema version this code writes (the last migration's).
+pub(super) const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// The advisory lock (two-key form, so it never meets the one-key locks of the daily limits) held while
+/// the schema is read and migrated.
+const MIGRATION_LOCK: (i32, i32) = (0x6574_686b, 1);
+
+/// Every column the journal's queries use, table by table: a schema that lacks one is refused at connect.
+const COLUMNS: [(&str, &str); 5] = [
+    (
+        "withdrawals",
+        "seq, id, kind, client, idempotency_key, key, recipient, asset, amount, status, nonce, tx_hash, \
+         block_number, block_hash, error, created_ms, updated_ms, request, cancel_requested, confirmed",
+    ),
+    (
+        "attempts",
+        "withdrawal, number, tx_hash, raw, max_fee_per_gas, priority_fee_per_gas, signed_ms, cancel, epoch, replica",
+    ),
+    ("leases", "key, holder, epoch, expires_ms"),
+    ("nonces", "key, next, free"),
+    ("spends", "key, asset, amount, at_ms, withdrawal"),
+];
+
+/// Brings the database's schema to [`SCHEMA_VERSION`] (in one transaction, under [`MIGRATION_LOCK`]) and
+/// checks its tables; refuses a newer schema.
+pub(super) async fn migrate(client: &mut Client) -> Result<(), Failure> {
+    let transaction = client.transaction().await?;
+    transaction.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&MIGRATION_LOCK.0, &MIGRATION_LOCK.1]).await?;
+    transaction.batch_execute("CREATE TABLE IF NOT EXISTS ethkms_schema (version INTEGER NOT NULL)").await?;
+    let version: Option<i32> = transaction.query_one("SELECT max(version) FROM ethkms_schema", &[]).await?.try_get(0)?;
+    let version = version.unwrap_or(0);
+    if version > SCHEMA_VERSION {
+        return Err(Failure::Invalid(format!(
+            "the database's schema is version {version}, newer than this ethkms-server's ({SCHEMA_VERSION}); \
+             use a newer ethkms-server"
+        )));
+    }
+    for (to, migration) in MIGRATIONS.iter().filter(|(to, _)| *to > version) {
+        transaction.batch_execute(migration).await?;
+        tracing::info!(from = to - 1, to, "PostgreSQL journal schema migrated");
+    }
+    if version < SCHEMA_VERSION {
+        transaction.execute("DELETE FROM ethkms_schema", &[]).await?;
+        transaction.execute("INSERT INTO ethkms_schema (version) VALUES ($1)", &[&SCHEMA_VERSION]).await?;
+    }
+    transaction.commit().await?;
+    for (table, columns) in COLUMNS {
+        if let Err(error) = client.prepare(&format!("SELECT {columns} FROM {table} LIMIT 0")).await {
+            return Err(Failure::Invalid(format!(
+                "table `{table}` is not the journal's (schema version {SCHEMA_VERSION}): {error}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_numbered_from_one_without_gaps() {
+        for (index, (version, _)) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(usize::try_from(*version).unwrap(), index + 1);
+        }
+    }
+}
