@@ -93,6 +93,24 @@ impl Nonces {
     pub fn gaps(&self) -> Vec<u64> {
         self.free.iter().copied().collect()
     }
+
+    /// The free nonces as a journal stores them: decimal, comma-separated, lowest first (empty if none).
+    #[must_use]
+    pub fn free_text(&self) -> String {
+        self.free.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+    }
+
+    /// Nonces as a journal stored them: the next one and [`free_text`](Self::free_text); `None` if the text
+    /// is not that, or names a free nonce at or above `next`.
+    #[must_use]
+    pub fn from_stored(next: u64, free_text: &str) -> Option<Self> {
+        let free = free_text
+            .split(',')
+            .filter(|part| !part.is_empty())
+            .map(|part| part.parse::<u64>().ok().filter(|nonce| *nonce < next))
+            .collect::<Option<BTreeSet<u64>>>()?;
+        Some(Self { next, free })
+    }
 }
 
 #[cfg(test)]
@@ -131,6 +149,18 @@ mod tests {
         // A lower count never moves the counter back.
         nonces.observe_pending(2);
         assert_eq!(nonces.allocate(), 16);
+    }
+
+    #[test]
+    fn stored_text_round_trips_and_refuses_nonsense() {
+        let mut nonces = Nonces::default();
+        nonces.recover(5, &[5, 7, 9].into());
+        let stored = Nonces::from_stored(nonces.next(), &nonces.free_text());
+        assert_eq!(stored.as_ref(), Some(&nonces));
+        assert_eq!(nonces.free_text(), "6,8");
+        assert_eq!(Nonces::from_stored(4, ""), Some(Nonces { next: 4, free: BTreeSet::new() }));
+        assert_eq!(Nonces::from_stored(4, "1,x"), None);
+        assert_eq!(Nonces::from_stored(4, "4"), None, "a free nonce must lie below the next");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! listen = "127.0.0.1:8600"
 //! upstream = "http://127.0.0.1:8545"
 //! audit_log = "/var/lib/ethkms/audit.jsonl"
-//! journal = "/var/lib/ethkms/withdrawals.sqlite"   # needed for withdrawals and transactions
+//! journal = "/var/lib/ethkms/withdrawals.sqlite"   # needed for withdrawals and transactions; or postgres://…
+//! replica = { name = "withdrawals-a", lease_seconds = 10 }   # with PostgreSQL: see ReplicaSettings
 //! withdrawals = { poll_interval_ms = 500, rebroadcast_after_seconds = 60, signing_concurrency = 32 }   # the defaults
 //! tls = { cert = "/etc/ethkms/cert.pem", key = "/etc/ethkms/key.pem" }   # optional: HTTPS
 //! limits = { max_connections = 1024, max_in_flight_requests = 256 }   # see crate::limits for all, and the defaults
@@ -73,6 +74,9 @@ use sha2::{Digest, Sha256};
 use crate::policy::{ArgConstraint, ArgKind, Asset, ContractCall, KeyPolicy, TypedDataPolicy, TypedDomain};
 
 pub use crate::policy::FeeCaps;
+pub use replica::{JournalLocation, ReplicaSettings, redact_password};
+
+mod replica;
 
 /// Blocks (the including one counted) before a mined transaction is final, unless a key says otherwise:
 /// about two and a half minutes on Ethereum mainnet, deeper than any reorg seen since the merge.
@@ -122,8 +126,11 @@ pub struct Config {
     pub clients: BTreeMap<String, ClientConfig>,
     /// Serve HTTPS with this certificate and key (PEM files); plain HTTP when `None`.
     pub tls: Option<TlsConfig>,
-    /// The withdrawal journal (SQLite); REST withdrawals are off without it.
-    pub journal: Option<PathBuf>,
+    /// The withdrawal journal (a SQLite file, or PostgreSQL shared by replicas); REST withdrawals are off
+    /// without it.
+    pub journal: Option<JournalLocation>,
+    /// This replica's name and lease time.
+    pub replica: ReplicaSettings,
     /// How withdrawals are watched and re-broadcast.
     pub withdrawals: WithdrawalSettings,
     /// How much the service takes on at once.
@@ -177,7 +184,9 @@ struct RawConfig {
     #[serde(default)]
     clients: BTreeMap<String, RawClient>,
     tls: Option<TlsConfig>,
-    journal: Option<PathBuf>,
+    journal: Option<String>,
+    #[serde(default)]
+    replica: replica::RawReplica,
     #[serde(default)]
     withdrawals: RawWithdrawals,
     #[serde(default)]
@@ -326,8 +335,8 @@ impl Config {
                 && let Some(method) = client.methods.iter().find(|method| JOURNALLED_METHODS.contains(&method.as_str()))
             {
                 return Err(ConfigError(format!(
-                    "clients.{name}.methods: `{method}` needs `journal` (the SQLite file every transaction and its \
-                     nonce are kept in)"
+                    "clients.{name}.methods: `{method}` needs `journal` (the SQLite file or PostgreSQL database every \
+                     transaction and its nonce are kept in)"
                 )));
             }
             clients.insert(name, ClientConfig { token_sha256, keys: client.keys, methods: client.methods });
@@ -361,7 +370,8 @@ impl Config {
             keys,
             clients,
             tls: raw.tls,
-            journal: raw.journal,
+            journal: replica::journal(raw.journal)?,
+            replica: replica::replica(raw.replica)?,
             withdrawals,
             limits: raw.limits,
         })

@@ -376,7 +376,53 @@ impl PolicyEngine {
             fees::worst_case(&request.gas, &policy.fees).map_err(|message| Denial::new(Rule::FeeCap, message))?;
         let mut effects = call_effects(policy, request)?;
         effects.movements.push(Movement { asset: Asset::Ether, recipient: None, amount: fees });
-        within_limits(&mut self.spent, &request.key, policy, &effects, now)?;
+        let spent = &mut self.spent;
+        within_limits(policy, &effects, &mut |asset| spent_in_window(spent, &request.key, asset, now))?;
+        Ok(effects.movements)
+    }
+
+    /// The assets `key` has a daily limit for: what a journal reads the last 24 hours of before
+    /// [`check_spent`](Self::check_spent).
+    #[must_use]
+    pub fn limited_assets(&self, key: &str) -> Vec<Asset> {
+        self.policies.get(key).map(|policy| policy.daily_limit.keys().copied().collect()).unwrap_or_default()
+    }
+
+    /// As [`check`](Self::check), with what the key moved in the last 24 hours given (`spent`, read by a
+    /// journal that every replica writes to) instead of this engine's own record.
+    ///
+    /// # Errors
+    /// As [`check`](Self::check).
+    pub fn check_spent(&self, request: &SignRequest, spent: &BTreeMap<Asset, U256>) -> Result<Vec<Movement>, Denial> {
+        let policy = known(&self.policies, &request.key)?;
+        if let Some(chains) = &policy.allowed_chain_ids
+            && !chains.contains(&request.chain_id)
+        {
+            return Err(Denial::new(Rule::ChainId, format!("chain {} is not one of {chains:?}", request.chain_id)));
+        }
+        let fees =
+            fees::worst_case(&request.gas, &policy.fees).map_err(|message| Denial::new(Rule::FeeCap, message))?;
+        let mut effects = call_effects(policy, request)?;
+        effects.movements.push(Movement { asset: Asset::Ether, recipient: None, amount: fees });
+        within_limits(policy, &effects, &mut |asset| spent.get(&asset).copied().unwrap_or_default())?;
+        Ok(effects.movements)
+    }
+
+    /// As [`check_typed`](Self::check_typed), with what the key moved in the last 24 hours given.
+    ///
+    /// # Errors
+    /// As [`check_typed`](Self::check_typed).
+    pub fn check_typed_spent(
+        &self,
+        key: &str,
+        chain_id: u64,
+        request: &TypedRequest,
+        now: SystemTime,
+        spent: &BTreeMap<Asset, U256>,
+    ) -> Result<Vec<Movement>, Denial> {
+        let policy = known(&self.policies, key)?;
+        let effects = typed::effects(policy, chain_id, request, now)?;
+        within_limits(policy, &effects, &mut |asset| spent.get(&asset).copied().unwrap_or_default())?;
         Ok(effects.movements)
     }
 
@@ -394,7 +440,8 @@ impl PolicyEngine {
     ) -> Result<Vec<Movement>, Denial> {
         let policy = known(&self.policies, key)?;
         let effects = typed::effects(policy, chain_id, request, now)?;
-        within_limits(&mut self.spent, key, policy, &effects, now)?;
+        let spent = &mut self.spent;
+        within_limits(policy, &effects, &mut |asset| spent_in_window(spent, key, asset, now))?;
         Ok(effects.movements)
     }
 
@@ -465,14 +512,8 @@ fn known<'a>(policies: &'a HashMap<String, KeyPolicy>, key: &str) -> Result<&'a 
 }
 
 /// Checks `effects` against the destination lists, then each asset's total against its per-transaction
-/// maximum and daily limit.
-fn within_limits(
-    spent: &mut HashMap<(String, Asset), VecDeque<(SystemTime, U256)>>,
-    key: &str,
-    policy: &KeyPolicy,
-    effects: &Effects,
-    now: SystemTime,
-) -> Result<(), Denial> {
+/// maximum and daily limit (`spent`: what the key moved of an asset in the last 24 hours).
+fn within_limits(policy: &KeyPolicy, effects: &Effects, spent: &mut dyn FnMut(Asset) -> U256) -> Result<(), Denial> {
     for recipient in &effects.recipients {
         if policy.destination_denylist.contains(recipient) {
             return Err(Denial::new(Rule::DestinationDenied, format!("{recipient} is on the deny list")));
@@ -500,7 +541,7 @@ fn within_limits(
     }
     for (asset, amount) in &totals {
         if let Some(limit) = policy.daily_limit.get(asset) {
-            let total = spent_in_window(spent, key, *asset, now).saturating_add(*amount);
+            let total = spent(*asset).saturating_add(*amount);
             if total > *limit {
                 return Err(Denial::new(
                     Rule::DailyLimit,

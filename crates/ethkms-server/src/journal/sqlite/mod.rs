@@ -9,29 +9,32 @@
 //! file written by a newer version is refused by name. The database is locked exclusively while a server
 //! runs, so a second server on the same journal is refused.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use alloy_primitives::{B256, U256};
+use alloy_primitives::{Address, B256, U256};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Attempt, Cancelled, Check, Inserted, JournalError, JournalStore, Kind, MinedAs, NewRow, NewWithdrawal, Released,
-    Status, Withdrawal,
+    Attempt, Cancelled, Claim, Fence, Inserted, JournalError, JournalStore, LeaseRow, LimitCheck, MinedAs, NewRpc,
+    NewWithdrawal, Nonces, Release, Released, Status, Withdrawal,
 };
-use crate::policy::Asset;
+use crate::policy::{Asset, Denial};
 
 mod rows;
 
-use rows::{asset_text, insert_spend, invalid, load, load_existing, parse_asset, parse_u256, release_spend, sql_u64};
+use rows::{
+    asset_text, insert_spend, invalid, load, load_existing, load_nonces, release_spend, spent, sql_u64, store_nonces,
+};
 
 /// The schema version this code writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     // 1: withdrawals, their attempts, and amounts counted against daily limits.
     "
 CREATE TABLE withdrawals (
@@ -81,6 +84,25 @@ ALTER TABLE spends ADD COLUMN withdrawal TEXT;
 CREATE INDEX spends_by_withdrawal ON spends (withdrawal) WHERE withdrawal IS NOT NULL;
 DROP INDEX open_withdrawals;
 CREATE INDEX open_rows ON withdrawals (status) WHERE confirmed = 0 AND status NOT IN ('confirmed', 'failed');
+",
+    // 3: leases and nonces per key (the journal allocates nonces), attempts named by the lease they were
+    // stored under, daily-limit sums read by key.
+    "
+CREATE TABLE leases (
+    key TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE TABLE nonces (
+    key TEXT PRIMARY KEY,
+    next INTEGER NOT NULL,
+    free TEXT NOT NULL DEFAULT ''
+);
+ALTER TABLE attempts ADD COLUMN epoch INTEGER;
+ALTER TABLE attempts ADD COLUMN replica TEXT;
+CREATE INDEX spends_by_key ON spends (key, asset, at_ms);
+CREATE INDEX open_rows_by_key ON withdrawals (key, status) WHERE confirmed = 0 AND status NOT IN ('confirmed', 'failed');
 ",
 ];
 
@@ -140,7 +162,7 @@ impl SqliteJournal {
             _ => JournalError::Sqlite { path: path.clone(), source },
         };
         let connection = Connection::open(&path).map_err(sqlite)?;
-        connection.busy_timeout(std::time::Duration::ZERO).map_err(sqlite)?;
+        connection.busy_timeout(Duration::ZERO).map_err(sqlite)?;
         // One server per journal: the lock is taken by the first write below and held until the
         // process ends (the operating system releases it even after kill -9).
         connection.execute_batch("PRAGMA locking_mode = EXCLUSIVE").map_err(sqlite)?;
@@ -212,16 +234,26 @@ impl SqliteJournal {
             Err(Failure::Sqlite(source)) => Err(JournalError::Sqlite { path: self.path.clone(), source }),
             Err(Failure::Commit(reason)) => Err(JournalError::Corrupt { path: self.path.clone(), reason }),
             Err(Failure::Refused(reason)) => Err(JournalError::Refused(reason)),
+            Err(Failure::Fenced { key, epoch }) => Err(JournalError::Fenced { key, epoch }),
         }
     }
 
-    /// Applies `assignments` (and `updated_ms`) to row `id` where `condition` holds.
-    async fn update(&self, id: &str, assignments: &'static str, condition: &'static str) -> Result<(), JournalError> {
-        let id = id.to_owned();
+    /// Applies `assignments` (and `updated_ms`) to row `id` of the fence's key where `condition` holds.
+    async fn update(
+        &self,
+        fence: &Fence,
+        id: &str,
+        assignments: &'static str,
+        condition: &'static str,
+    ) -> Result<(), JournalError> {
+        let (fence, id) = (fence.clone(), id.to_owned());
         self.run(move |connection| {
+            fenced(connection, &fence)?;
             connection.execute(
-                &format!("UPDATE withdrawals SET {assignments}, updated_ms = ?2 WHERE id = ?1 AND ({condition})"),
-                params![id, sql_u64(now_ms())],
+                &format!(
+                    "UPDATE withdrawals SET {assignments}, updated_ms = ?2 WHERE id = ?1 AND key = ?3 AND ({condition})"
+                ),
+                params![id, sql_u64(now_ms()), fence.key],
             )?;
             Ok(())
         })
@@ -231,7 +263,7 @@ impl SqliteJournal {
 
 #[async_trait]
 impl JournalStore for SqliteJournal {
-    async fn insert(&self, withdrawal: NewWithdrawal, check: Check) -> Result<Inserted, JournalError> {
+    async fn insert(&self, withdrawal: NewWithdrawal, check: LimitCheck) -> Result<Inserted, JournalError> {
         self.run(move |connection| {
             let existing: Option<String> = connection
                 .query_row(
@@ -243,12 +275,12 @@ impl JournalStore for SqliteJournal {
             if let Some(id) = existing {
                 return Ok(Inserted::Existing(load_existing(connection, &id)?));
             }
-            let spends = match check() {
+            let now = now_ms();
+            let spends = match (check.check)(&spent(connection, &withdrawal.key, &check.assets, now)?) {
                 Ok(spends) => spends,
                 Err(denial) => return Ok(Inserted::Refused(denial)),
             };
             let id = uuid::Uuid::new_v4().to_string();
-            let now = now_ms();
             connection.execute(
                 "INSERT INTO withdrawals (id, kind, client, idempotency_key, key, recipient, asset, amount, status, \
                  created_ms, updated_ms) VALUES (?1, 'withdrawal', ?2, ?3, ?4, ?5, ?6, ?7, 'accepted', ?8, ?8)",
@@ -271,159 +303,59 @@ impl JournalStore for SqliteJournal {
         .await
     }
 
-    async fn insert_row(&self, row: NewRow) -> Result<Withdrawal, JournalError> {
+    async fn insert_rpc(&self, row: NewRpc, check: LimitCheck) -> Result<Result<Withdrawal, Denial>, JournalError> {
         self.run(move |connection| {
-            let prefix = if row.kind == Kind::GapFill { "gap-" } else { "tx-" };
-            let id = format!("{prefix}{}", uuid::Uuid::new_v4());
-            let status = if row.nonce.is_some() { Status::Signing } else { Status::Accepted };
             let now = now_ms();
+            let spends = match (check.check)(&spent(connection, &row.key, &check.assets, now)?) {
+                Ok(spends) => spends,
+                Err(denial) => return Ok(Err(denial)),
+            };
+            let id = row.id;
             connection.execute(
-                "INSERT INTO withdrawals (id, kind, client, key, recipient, asset, amount, request, status, nonce, \
-                 created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, 'ETH', ?6, ?7, ?8, ?9, ?10, ?10)",
+                "INSERT INTO withdrawals (id, kind, client, key, recipient, asset, amount, request, status, \
+                 created_ms, updated_ms) VALUES (?1, 'rpc', ?2, ?3, ?4, 'ETH', ?5, ?6, 'accepted', ?7, ?7)",
                 params![
                     id,
-                    row.kind.as_str(),
                     row.client,
                     row.key,
                     row.recipient.to_string(),
                     row.amount.to_string(),
                     row.request,
-                    status.as_str(),
-                    row.nonce.map(sql_u64),
                     sql_u64(now)
                 ],
             )?;
-            for (asset, amount) in row.spends {
+            for (asset, amount) in spends {
                 insert_spend(connection, &row.key, asset, amount, now, Some(&id))?;
             }
-            load_existing(connection, &id)
+            Ok(Ok(load_existing(connection, &id)?))
         })
         .await
     }
 
-    async fn claim(&self, id: &str, nonce: u64) -> Result<bool, JournalError> {
-        let id = id.to_owned();
-        self.run(move |connection| {
-            let changed = connection.execute(
-                "UPDATE withdrawals SET status = 'signing', nonce = ?2, updated_ms = ?3 \
-                 WHERE id = ?1 AND status = 'accepted' AND nonce IS NULL",
-                params![id, sql_u64(nonce), sql_u64(now_ms())],
-            )?;
-            Ok(changed == 1)
-        })
-        .await
-    }
-
-    async fn add_attempt(&self, id: &str, nonce: u64, attempt: Attempt) -> Result<(), JournalError> {
-        let id = id.to_owned();
-        self.run(move |connection| {
-            let row: Option<(Option<i64>, String)> = connection
-                .query_row("SELECT nonce, status FROM withdrawals WHERE id = ?1", params![id], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })
-                .optional()?;
-            let Some((held, status)) = row else {
-                return Err(Failure::Refused(format!("no row `{id}` to add a transaction to")));
-            };
-            if held != Some(sql_u64(nonce)) {
-                return Err(Failure::Refused(format!(
-                    "`{id}` holds nonce {held:?}; a transaction with nonce {nonce} is not stored for it"
-                )));
-            }
-            if !matches!(status.as_str(), "signing" | "signed" | "submitted") {
-                return Err(Failure::Refused(format!("`{id}` is {status}; no transaction is added to it")));
-            }
-            let number: i64 =
-                connection
-                    .query_row("SELECT COUNT(*) FROM attempts WHERE withdrawal = ?1", params![id], |row| row.get(0))?;
-            connection.execute(
-                "INSERT INTO attempts (withdrawal, number, tx_hash, raw, max_fee_per_gas, priority_fee_per_gas, \
-                 signed_ms, cancel) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    id,
-                    number,
-                    attempt.tx_hash.to_string(),
-                    attempt.raw.to_vec(),
-                    attempt.max_fee_per_gas.to_string(),
-                    attempt.priority_fee_per_gas.to_string(),
-                    sql_u64(attempt.signed_ms),
-                    attempt.cancel
-                ],
-            )?;
-            connection.execute(
-                "UPDATE withdrawals SET tx_hash = ?2, updated_ms = ?3, \
-                 status = CASE status WHEN 'signing' THEN 'signed' ELSE status END WHERE id = ?1",
-                params![id, attempt.tx_hash.to_string(), sql_u64(now_ms())],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn mark_submitted(&self, id: &str) -> Result<(), JournalError> {
-        self.update(id, "status = 'submitted'", "status = 'signed'").await
-    }
-
-    async fn mark_mined(
+    async fn record_spends(
         &self,
-        id: &str,
-        tx_hash: B256,
-        block: u64,
-        block_hash: B256,
-        outcome: MinedAs,
-        confirmed: bool,
-    ) -> Result<(), JournalError> {
-        let id = id.to_owned();
+        key: &str,
+        tag: &str,
+        check: LimitCheck,
+    ) -> Result<Result<Vec<(Asset, U256)>, Denial>, JournalError> {
+        let (key, tag) = (key.to_owned(), tag.to_owned());
         self.run(move |connection| {
-            let (status, error) = match outcome {
-                MinedAs::Paid if confirmed => (Status::Confirmed, None),
-                MinedAs::Paid => (Status::Mined, None),
-                MinedAs::Reverted => (Status::Failed, Some("reverted on chain: no value moved (the fee was paid)")),
-                MinedAs::Cancelled => (Status::Cancelled, None),
+            let now = now_ms();
+            let spends = match (check.check)(&spent(connection, &key, &check.assets, now)?) {
+                Ok(spends) => spends,
+                Err(denial) => return Ok(Err(denial)),
             };
-            connection.execute(
-                "UPDATE withdrawals SET status = ?2, tx_hash = ?3, block_number = ?4, block_hash = ?5, error = ?6, \
-                 confirmed = ?7, updated_ms = ?8 WHERE id = ?1",
-                params![
-                    id,
-                    status.as_str(),
-                    tx_hash.to_string(),
-                    sql_u64(block),
-                    block_hash.to_string(),
-                    error,
-                    confirmed,
-                    sql_u64(now_ms())
-                ],
-            )?;
-            if matches!(outcome, MinedAs::Reverted | MinedAs::Cancelled) {
-                // No value left: the amount no longer counts against the daily limit.
-                connection.execute("DELETE FROM spends WHERE withdrawal = ?1", params![id])?;
+            for (asset, amount) in &spends {
+                insert_spend(connection, &key, *asset, *amount, now, Some(&tag))?;
             }
-            Ok(())
+            Ok(Ok(spends))
         })
         .await
     }
 
-    async fn mark_unmined(&self, id: &str) -> Result<(), JournalError> {
-        let unmined = "status = 'submitted', block_number = NULL, block_hash = NULL, error = NULL, confirmed = 0";
-        self.update(id, unmined, "confirmed = 0").await
-    }
-
-    async fn mark_confirmed(&self, id: &str) -> Result<(), JournalError> {
-        let confirmed = "confirmed = 1, status = CASE status WHEN 'mined' THEN 'confirmed' ELSE status END";
-        self.update(id, confirmed, "1 = 1").await
-    }
-
-    async fn mark_failed(&self, id: &str, reason: &str, release: bool) -> Result<Vec<Released>, JournalError> {
-        let (id, reason) = (id.to_owned(), reason.to_owned());
-        self.run(move |connection| {
-            connection.execute(
-                "UPDATE withdrawals SET status = 'failed', error = ?2, confirmed = 1, updated_ms = ?3 WHERE id = ?1",
-                params![id, reason, sql_u64(now_ms())],
-            )?;
-            if release { release_spend(connection, &id) } else { Ok(Vec::new()) }
-        })
-        .await
+    async fn release_spends(&self, tag: &str) -> Result<Vec<Released>, JournalError> {
+        let tag = tag.to_owned();
+        self.run(move |connection| release_spend(connection, &tag)).await
     }
 
     async fn cancel(&self, id: &str) -> Result<Cancelled, JournalError> {
@@ -455,23 +387,18 @@ impl JournalStore for SqliteJournal {
         .await
     }
 
-    async fn record_spend(&self, key: &str, asset: Asset, amount: U256) -> Result<(), JournalError> {
-        let key = key.to_owned();
-        self.run(move |connection| insert_spend(connection, &key, asset, amount, now_ms(), None)).await
-    }
-
-    async fn spends_since(&self, since_ms: u64) -> Result<Vec<(String, Asset, U256, u64)>, JournalError> {
+    async fn abandon(&self, id: &str, reason: &str) -> Result<bool, JournalError> {
+        let (id, reason) = (id.to_owned(), reason.to_owned());
         self.run(move |connection| {
-            let mut statement = connection.prepare("SELECT key, asset, amount, at_ms FROM spends WHERE at_ms > ?1")?;
-            let rows = statement.query_map(params![sql_u64(since_ms)], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    parse_asset(&row.get::<_, String>(1)?)?,
-                    parse_u256(&row.get::<_, String>(2)?)?,
-                    row.get::<_, i64>(3)?.try_into().unwrap_or(0),
-                ))
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            let changed = connection.execute(
+                "UPDATE withdrawals SET status = 'failed', error = ?2, confirmed = 1, updated_ms = ?3 \
+                 WHERE id = ?1 AND status = 'accepted' AND nonce IS NULL",
+                params![id, reason, sql_u64(now_ms())],
+            )?;
+            if changed == 1 {
+                release_spend(connection, &id)?;
+            }
+            Ok(changed == 1)
         })
         .await
     }
@@ -481,16 +408,339 @@ impl JournalStore for SqliteJournal {
         self.run(move |connection| Ok(load(connection, &id)?)).await
     }
 
-    async fn unfinished(&self) -> Result<Vec<Withdrawal>, JournalError> {
+    async fn unfinished(&self, key: Option<&str>) -> Result<Vec<Withdrawal>, JournalError> {
+        let key = key.map(str::to_owned);
+        self.run(move |connection| {
+            let ids = match &key {
+                Some(key) => ids(
+                    connection,
+                    &format!("SELECT id FROM withdrawals WHERE key = ?1 AND {OPEN} ORDER BY rowid"),
+                    key,
+                )?,
+                None => {
+                    ids(connection, &format!("SELECT id FROM withdrawals WHERE ?1 = ?1 AND {OPEN} ORDER BY rowid"), "")?
+                }
+            };
+            load_all(connection, ids)
+        })
+        .await
+    }
+
+    async fn accepted(&self, key: &str) -> Result<Vec<Withdrawal>, JournalError> {
+        let key = key.to_owned();
+        self.run(move |connection| {
+            let sql = "SELECT id FROM withdrawals WHERE key = ?1 AND confirmed = 0 AND status = 'accepted' \
+                       AND kind IN ('withdrawal', 'rpc') ORDER BY rowid";
+            let ids = ids(connection, sql, &key)?;
+            load_all(connection, ids)
+        })
+        .await
+    }
+
+    async fn cancellations(&self, key: &str) -> Result<Vec<String>, JournalError> {
+        let key = key.to_owned();
+        self.run(move |connection| {
+            let sql = format!("SELECT id FROM withdrawals WHERE key = ?1 AND cancel_requested = 1 AND {OPEN}");
+            Ok(ids(connection, &sql, &key)?)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), JournalError> {
+        self.run(|_| Ok(())).await
+    }
+
+    async fn acquire_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<Option<u64>, JournalError> {
+        let (key, holder) = (key.to_owned(), holder.to_owned());
+        self.run(move |connection| {
+            // Only ever one server on a SQLite journal (the file is locked exclusively): a lease that has not
+            // run out is a crashed predecessor's, and taken at once — with a new epoch all the same.
+            let now = now_ms();
+            let current: Option<i64> = connection
+                .query_row("SELECT epoch FROM leases WHERE key = ?1", params![key], |row| row.get(0))
+                .optional()?;
+            let epoch = current.map_or(1, |epoch| epoch.saturating_add(1));
+            connection.execute(
+                "INSERT INTO leases (key, holder, epoch, expires_ms) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (key) DO UPDATE SET holder = ?2, epoch = ?3, expires_ms = ?4",
+                params![key, holder, epoch, sql_u64(now.saturating_add(millis(ttl)))],
+            )?;
+            Ok(Some(u64::try_from(epoch).unwrap_or(0)))
+        })
+        .await
+    }
+
+    async fn renew_lease(&self, fence: &Fence, holder: &str, ttl: Duration) -> Result<bool, JournalError> {
+        let (fence, holder) = (fence.clone(), holder.to_owned());
+        self.run(move |connection| {
+            let changed = connection.execute(
+                "UPDATE leases SET expires_ms = ?4 WHERE key = ?1 AND holder = ?2 AND epoch = ?3",
+                params![fence.key, holder, sql_u64(fence.epoch), sql_u64(now_ms().saturating_add(millis(ttl)))],
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, fence: &Fence, holder: &str) -> Result<(), JournalError> {
+        let (fence, holder) = (fence.clone(), holder.to_owned());
+        self.run(move |connection| {
+            connection.execute(
+                "UPDATE leases SET expires_ms = 0 WHERE key = ?1 AND holder = ?2 AND epoch = ?3",
+                params![fence.key, holder, sql_u64(fence.epoch)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn leases(&self) -> Result<Vec<LeaseRow>, JournalError> {
         self.run(|connection| {
-            let mut statement =
-                connection.prepare(&format!("SELECT id FROM withdrawals WHERE {OPEN} ORDER BY rowid"))?;
-            let ids = statement.query_map([], |row| row.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
-            let mut rows = Vec::with_capacity(ids.len());
-            for id in ids {
-                rows.extend(load(connection, &id)?);
+            let mut statement = connection.prepare("SELECT key, holder, epoch, expires_ms FROM leases ORDER BY key")?;
+            let rows = statement.query_map([], |row| {
+                Ok(LeaseRow {
+                    key: row.get(0)?,
+                    holder: row.get(1)?,
+                    epoch: row.get::<_, i64>(2)?.try_into().unwrap_or(0),
+                    expires_ms: row.get::<_, i64>(3)?.try_into().unwrap_or(0),
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn recover_nonces(&self, fence: &Fence, pending: u64) -> Result<Nonces, JournalError> {
+        let fence = fence.clone();
+        self.run(move |connection| {
+            fenced(connection, &fence)?;
+            let sql = format!("SELECT nonce FROM withdrawals WHERE key = ?1 AND nonce IS NOT NULL AND {OPEN}");
+            let held = connection
+                .prepare(&sql)?
+                .query_map(params![fence.key], |row| row.get::<_, i64>(0))?
+                .map(|nonce| nonce.map(|nonce| u64::try_from(nonce).unwrap_or(0)))
+                .collect::<Result<_, _>>()?;
+            let mut nonces = Nonces::default();
+            nonces.recover(pending, &held);
+            store_nonces(connection, &fence.key, &nonces)?;
+            Ok(nonces)
+        })
+        .await
+    }
+
+    async fn claim(&self, fence: &Fence, id: &str, pending: u64, wanted: Option<u64>) -> Result<Claim, JournalError> {
+        let (fence, id) = (fence.clone(), id.to_owned());
+        self.run(move |connection| {
+            fenced(connection, &fence)?;
+            let open: bool = connection
+                .query_row(
+                    "SELECT COUNT(*) FROM withdrawals WHERE id = ?1 AND key = ?2 AND status = 'accepted' AND nonce IS NULL",
+                    params![id, fence.key],
+                    |row| row.get::<_, i64>(0),
+                )
+                .map(|count| count == 1)?;
+            if !open {
+                return Ok(Claim::NotAccepted);
             }
-            Ok(rows)
+            let mut nonces = load_nonces(connection, &fence.key)?;
+            nonces.observe_pending(pending);
+            if let Some(wanted) = wanted
+                && wanted != nonces.peek()
+            {
+                return Ok(Claim::NotNext { next: nonces.peek() });
+            }
+            let nonce = nonces.allocate();
+            store_nonces(connection, &fence.key, &nonces)?;
+            connection.execute(
+                "UPDATE withdrawals SET status = 'signing', nonce = ?2, updated_ms = ?3 WHERE id = ?1",
+                params![id, sql_u64(nonce), sql_u64(now_ms())],
+            )?;
+            Ok(Claim::Claimed { nonce, nonces })
+        })
+        .await
+    }
+
+    async fn release_nonces(&self, fence: &Fence, released: Range<u64>) -> Result<Nonces, JournalError> {
+        let fence = fence.clone();
+        self.run(move |connection| {
+            fenced(connection, &fence)?;
+            let mut nonces = load_nonces(connection, &fence.key)?;
+            for nonce in released {
+                nonces.release(nonce);
+            }
+            store_nonces(connection, &fence.key, &nonces)?;
+            Ok(nonces)
+        })
+        .await
+    }
+
+    async fn insert_gap_fill(
+        &self,
+        fence: &Fence,
+        nonce: u64,
+        recipient: Address,
+    ) -> Result<Option<Withdrawal>, JournalError> {
+        let fence = fence.clone();
+        self.run(move |connection| {
+            fenced(connection, &fence)?;
+            let mut nonces = load_nonces(connection, &fence.key)?;
+            if !nonces.take(nonce) {
+                return Ok(None);
+            }
+            store_nonces(connection, &fence.key, &nonces)?;
+            let id = format!("gap-{}", uuid::Uuid::new_v4());
+            let now = now_ms();
+            connection.execute(
+                "INSERT INTO withdrawals (id, kind, key, recipient, asset, amount, status, nonce, created_ms, \
+                 updated_ms) VALUES (?1, 'gap_fill', ?2, ?3, 'ETH', '0', 'signing', ?4, ?5, ?5)",
+                params![id, fence.key, recipient.to_string(), sql_u64(nonce), sql_u64(now)],
+            )?;
+            Ok(Some(load_existing(connection, &id)?))
+        })
+        .await
+    }
+
+    async fn add_attempt(&self, fence: &Fence, id: &str, nonce: u64, attempt: Attempt) -> Result<(), JournalError> {
+        let (fence, id) = (fence.clone(), id.to_owned());
+        self.run(move |connection| {
+            fenced(connection, &fence)?;
+            let row: Option<(Option<i64>, String, String)> = connection
+                .query_row("SELECT nonce, status, key FROM withdrawals WHERE id = ?1", params![id], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .optional()?;
+            let Some((held, status, key)) = row else {
+                return Err(Failure::Refused(format!("no row `{id}` to add a transaction to")));
+            };
+            if key != fence.key {
+                return Err(Failure::Refused(format!("`{id}` is key `{key}`'s, not `{}`'s", fence.key)));
+            }
+            if held != Some(sql_u64(nonce)) {
+                return Err(Failure::Refused(format!(
+                    "`{id}` holds nonce {held:?}; a transaction with nonce {nonce} is not stored for it"
+                )));
+            }
+            if !matches!(status.as_str(), "signing" | "signed" | "submitted") {
+                return Err(Failure::Refused(format!("`{id}` is {status}; no transaction is added to it")));
+            }
+            let number: i64 =
+                connection
+                    .query_row("SELECT COUNT(*) FROM attempts WHERE withdrawal = ?1", params![id], |row| row.get(0))?;
+            connection.execute(
+                "INSERT INTO attempts (withdrawal, number, tx_hash, raw, max_fee_per_gas, priority_fee_per_gas, \
+                 signed_ms, cancel, epoch, replica) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
+                 (SELECT holder FROM leases WHERE key = ?10))",
+                params![
+                    id,
+                    number,
+                    attempt.tx_hash.to_string(),
+                    attempt.raw.to_vec(),
+                    attempt.max_fee_per_gas.to_string(),
+                    attempt.priority_fee_per_gas.to_string(),
+                    sql_u64(attempt.signed_ms),
+                    attempt.cancel,
+                    sql_u64(fence.epoch),
+                    fence.key
+                ],
+            )?;
+            connection.execute(
+                "UPDATE withdrawals SET tx_hash = ?2, updated_ms = ?3, \
+                 status = CASE status WHEN 'signing' THEN 'signed' ELSE status END WHERE id = ?1",
+                params![id, attempt.tx_hash.to_string(), sql_u64(now_ms())],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mark_submitted(&self, fence: &Fence, id: &str) -> Result<(), JournalError> {
+        self.update(fence, id, "status = 'submitted'", "status = 'signed'").await
+    }
+
+    async fn mark_mined(
+        &self,
+        fence: &Fence,
+        id: &str,
+        tx_hash: B256,
+        block: u64,
+        block_hash: B256,
+        outcome: MinedAs,
+        confirmed: bool,
+    ) -> Result<(), JournalError> {
+        let (fence, id) = (fence.clone(), id.to_owned());
+        self.run(move |connection| {
+            fenced(connection, &fence)?;
+            let (status, error) = match outcome {
+                MinedAs::Paid if confirmed => (Status::Confirmed, None),
+                MinedAs::Paid => (Status::Mined, None),
+                MinedAs::Reverted => (Status::Failed, Some("reverted on chain: no value moved (the fee was paid)")),
+                MinedAs::Cancelled => (Status::Cancelled, None),
+            };
+            connection.execute(
+                "UPDATE withdrawals SET status = ?2, tx_hash = ?3, block_number = ?4, block_hash = ?5, error = ?6, \
+                 confirmed = ?7, updated_ms = ?8 WHERE id = ?1 AND key = ?9",
+                params![
+                    id,
+                    status.as_str(),
+                    tx_hash.to_string(),
+                    sql_u64(block),
+                    block_hash.to_string(),
+                    error,
+                    confirmed,
+                    sql_u64(now_ms()),
+                    fence.key
+                ],
+            )?;
+            if matches!(outcome, MinedAs::Reverted | MinedAs::Cancelled) {
+                // No value left: the amount no longer counts against the daily limit.
+                connection.execute("DELETE FROM spends WHERE withdrawal = ?1", params![id])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mark_unmined(&self, fence: &Fence, id: &str) -> Result<(), JournalError> {
+        let unmined = "status = 'submitted', block_number = NULL, block_hash = NULL, error = NULL, confirmed = 0";
+        self.update(fence, id, unmined, "confirmed = 0").await
+    }
+
+    async fn mark_confirmed(&self, fence: &Fence, id: &str) -> Result<(), JournalError> {
+        let confirmed = "confirmed = 1, status = CASE status WHEN 'mined' THEN 'confirmed' ELSE status END";
+        self.update(fence, id, confirmed, "1 = 1").await
+    }
+
+    async fn mark_failed(
+        &self,
+        fence: &Fence,
+        id: &str,
+        reason: &str,
+        release: Release,
+    ) -> Result<(Vec<Released>, Nonces), JournalError> {
+        let (fence, id, reason) = (fence.clone(), id.to_owned(), reason.to_owned());
+        self.run(move |connection| {
+            fenced(connection, &fence)?;
+            let nonce: Option<Option<i64>> = connection
+                .query_row("SELECT nonce FROM withdrawals WHERE id = ?1 AND key = ?2", params![id, fence.key], |row| {
+                    row.get(0)
+                })
+                .optional()?;
+            let Some(nonce) = nonce else {
+                return Err(Failure::Refused(format!("no row `{id}` of key `{}` to mark failed", fence.key)));
+            };
+            connection.execute(
+                "UPDATE withdrawals SET status = 'failed', error = ?2, confirmed = 1, updated_ms = ?3 WHERE id = ?1",
+                params![id, reason, sql_u64(now_ms())],
+            )?;
+            let mut nonces = load_nonces(connection, &fence.key)?;
+            if release.nonce
+                && let Some(nonce) = nonce
+            {
+                nonces.release(u64::try_from(nonce).unwrap_or(0));
+                store_nonces(connection, &fence.key, &nonces)?;
+            }
+            let released = if release.spends { release_spend(connection, &id)? } else { Vec::new() };
+            Ok((released, nonces))
         })
         .await
     }
@@ -502,12 +752,46 @@ impl JournalStore for SqliteJournal {
     }
 }
 
+/// Refuses the operation unless `fence` is the key's current lease.
+fn fenced(connection: &Connection, fence: &Fence) -> Result<(), Failure> {
+    let epoch: Option<i64> = connection
+        .query_row("SELECT epoch FROM leases WHERE key = ?1", params![fence.key], |row| row.get(0))
+        .optional()?;
+    if epoch == Some(sql_u64(fence.epoch)) {
+        Ok(())
+    } else {
+        Err(Failure::Fenced { key: fence.key.clone(), epoch: fence.epoch })
+    }
+}
+
+/// The ids `sql` selects with `parameter` as `?1`.
+fn ids(connection: &Connection, sql: &str, parameter: &str) -> rusqlite::Result<Vec<String>> {
+    connection.prepare(sql)?.query_map(params![parameter], |row| row.get::<_, String>(0))?.collect()
+}
+
+fn load_all(connection: &Connection, ids: Vec<String>) -> Result<Vec<Withdrawal>, Failure> {
+    let mut rows = Vec::with_capacity(ids.len());
+    for id in ids {
+        rows.extend(load(connection, &id)?);
+    }
+    Ok(rows)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Why an operation did not happen.
 enum Failure {
     Sqlite(rusqlite::Error),
     Commit(String),
     /// A conditional write whose condition did not hold.
     Refused(String),
+    /// An engine write whose lease is no longer the key's.
+    Fenced {
+        key: String,
+        epoch: u64,
+    },
 }
 
 impl From<rusqlite::Error> for Failure {

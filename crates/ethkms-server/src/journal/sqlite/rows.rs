@@ -5,8 +5,46 @@ use alloy_primitives::U256;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::Failure;
-use crate::journal::{Attempt, Kind, Released, Status, Withdrawal};
-use crate::policy::Asset;
+use crate::journal::{Attempt, Kind, Nonces, Released, Spent, Status, Withdrawal};
+use crate::policy::{Asset, DAY};
+
+/// What `key` moved of each of `assets` in the 24 hours before `now_ms`.
+pub(super) fn spent(connection: &Connection, key: &str, assets: &[Asset], now_ms: u64) -> Result<Spent, Failure> {
+    let since = now_ms.saturating_sub(u64::try_from(DAY.as_millis()).unwrap_or(u64::MAX));
+    let mut statement = connection.prepare("SELECT amount FROM spends WHERE key = ?1 AND asset = ?2 AND at_ms > ?3")?;
+    let mut spent = Spent::new();
+    for asset in assets {
+        let mut total = U256::ZERO;
+        let amounts =
+            statement.query_map(params![key, asset_text(*asset), sql_u64(since)], |row| row.get::<_, String>(0))?;
+        for amount in amounts {
+            let amount: String = amount?;
+            total = total.saturating_add(parse_u256(&amount)?);
+        }
+        spent.insert(*asset, total);
+    }
+    Ok(spent)
+}
+
+/// The nonces the journal holds for `key` (none yet: a fresh key, whose first allocation observes the node).
+pub(super) fn load_nonces(connection: &Connection, key: &str) -> Result<Nonces, Failure> {
+    let stored: Option<(i64, String)> = connection
+        .query_row("SELECT next, free FROM nonces WHERE key = ?1", params![key], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    match stored {
+        None => Ok(Nonces::default()),
+        Some((next, free)) => Nonces::from_stored(u64::try_from(next).unwrap_or(0), &free)
+            .ok_or_else(|| Failure::Sqlite(invalid(format!("the nonces of key `{key}`: `{free}`")))),
+    }
+}
+
+pub(super) fn store_nonces(connection: &Connection, key: &str, nonces: &Nonces) -> Result<(), Failure> {
+    connection.execute(
+        "INSERT INTO nonces (key, next, free) VALUES (?1, ?2, ?3) ON CONFLICT (key) DO UPDATE SET next = ?2, free = ?3",
+        params![key, sql_u64(nonces.next()), nonces.free_text()],
+    )?;
+    Ok(())
+}
 
 pub(super) fn insert_spend(
     connection: &Connection,
