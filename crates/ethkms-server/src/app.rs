@@ -25,8 +25,8 @@ pub struct Service {
     pub(crate) shared: Arc<Shared>,
     /// The withdrawal engine (with a journal configured).
     pub(crate) engine: Option<Arc<Engine>>,
-    /// `/readyz`'s last check of the node: when, and whether it answered.
-    pub(crate) node_checked: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    /// `/readyz`'s last check: when, and whether the node and the journal answered.
+    pub(crate) node_checked: std::sync::Mutex<Option<(std::time::Instant, bool, bool)>>,
     /// Slots of the requests being answered.
     pub(crate) in_flight: crate::limits::InFlight,
     /// When `/metrics` last asked the node for its latest block.
@@ -128,7 +128,7 @@ impl Service {
             }
             None => None,
         };
-        let shared = Arc::new(Shared::new(manager, keys, policy, audit));
+        let shared = Arc::new(Shared::new(manager, keys, policy, audit, config.replica.name.clone()));
         let engine = journal
             .map(|journal| Engine::new(Arc::clone(&shared), journal, config.withdrawals, config.replica.clone()));
         if let Some(engine) = &engine {

@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) policy: Mutex<PolicyEngine>,
     audit: AuditWriter,
     pub(crate) metrics: Metrics,
+    /// This replica's name, on every audit record (each replica keeps its own hash chain).
+    replica: String,
 }
 
 impl Shared {
@@ -58,16 +60,21 @@ impl Shared {
         keys: BTreeMap<String, Key>,
         policy: PolicyEngine,
         audit: AuditWriter,
+        replica: String,
     ) -> Self {
         let by_address = keys.values().map(|key| (key.address(), key.name.clone())).collect();
-        Self { manager, keys, by_address, policy: Mutex::new(policy), audit, metrics: Metrics::default() }
+        Self { manager, keys, by_address, policy: Mutex::new(policy), audit, metrics: Metrics::default(), replica }
     }
 
     /// Appends `event` to the audit log and returns once it is flushed to disk (group commit: one flush
-    /// for every record queued meanwhile). Inside a request, the record carries its `request_id`.
+    /// for every record queued meanwhile). Every record names the replica; inside a request, it carries its
+    /// `request_id`.
     pub(crate) async fn audit(&self, mut event: Value) -> Result<(), AuditFailure> {
-        if let (Some(record), Ok(id)) = (event.as_object_mut(), REQUEST_ID.try_with(Clone::clone)) {
-            record.insert("request_id".into(), id);
+        if let Some(record) = event.as_object_mut() {
+            record.entry("replica").or_insert_with(|| Value::String(self.replica.clone()));
+            if let Ok(id) = REQUEST_ID.try_with(Clone::clone) {
+                record.insert("request_id".into(), id);
+            }
         }
         self.audit.append(event).await.map(|_| ()).map_err(|error| AuditFailure(error.to_string()))
     }

@@ -387,7 +387,7 @@ impl Engine {
             "kind": "signature", "method": method, "client": row.client, "key": key.name,
             "address": key.address(), "withdrawal": row.id, "idempotency_key": row.idempotency_key,
             "tx_hash": envelope.tx_hash(), "recipient": row.recipient, "asset": row.asset.to_string(),
-            "amount": row.amount.to_string(), "replica": self.replica.name, "epoch": fence.epoch,
+            "amount": row.amount.to_string(), "epoch": fence.epoch,
         });
         if let (Some(record), Value::Object(fields)) = (record.as_object_mut(), transaction_fields(&envelope)) {
             record.extend(fields);

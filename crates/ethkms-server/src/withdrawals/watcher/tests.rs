@@ -31,7 +31,13 @@ async fn engine(name: &str) -> Arc<Engine> {
     let audit_path = std::env::temp_dir().join(format!("ethkms-watcher-{name}-{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&audit_path);
     let audit = ethkms::audit::AuditWriter::spawn(ethkms::audit::AuditLog::open(&audit_path).unwrap()).unwrap();
-    let shared = Arc::new(Shared::new(manager, BTreeMap::from([("hot".into(), key)]), PolicyEngine::default(), audit));
+    let shared = Arc::new(Shared::new(
+        manager,
+        BTreeMap::from([("hot".into(), key)]),
+        PolicyEngine::default(),
+        audit,
+        "test".into(),
+    ));
     let journal_path = audit_path.with_extension("sqlite");
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", journal_path.display()));
