@@ -470,9 +470,9 @@ pub trait JournalStore: Send + Sync + fmt::Debug {
     /// yet confirmed) — of `key`, or of every key — oldest first.
     async fn unfinished(&self, key: Option<&str>) -> Result<Vec<Withdrawal>, JournalError>;
 
-    /// The rows of `key` still `accepted` (withdrawals and RPC transactions), oldest first: the work waiting
-    /// for the key's owner.
-    async fn accepted(&self, key: &str) -> Result<Vec<Withdrawal>, JournalError>;
+    /// The ids of `key`'s rows still `accepted` (withdrawals and RPC transactions), oldest first: the work
+    /// waiting for the key's owner (ids only: most are already being processed, and a sweep loads the others).
+    async fn accepted(&self, key: &str) -> Result<Vec<String>, JournalError>;
 
     /// The ids of `key`'s open rows whose cancellation was asked for.
     async fn cancellations(&self, key: &str) -> Result<Vec<String>, JournalError>;

@@ -340,13 +340,12 @@ impl JournalStore for SqliteJournal {
         .await
     }
 
-    async fn accepted(&self, key: &str) -> Result<Vec<Withdrawal>, JournalError> {
+    async fn accepted(&self, key: &str) -> Result<Vec<String>, JournalError> {
         let key = key.to_owned();
         self.run(move |connection| {
             let sql = "SELECT id FROM withdrawals WHERE key = ?1 AND confirmed = 0 AND status = 'accepted' \
                        AND kind IN ('withdrawal', 'rpc') ORDER BY rowid";
-            let ids = ids(connection, sql, &key)?;
-            load_all(connection, ids)
+            Ok(ids(connection, sql, &key)?)
         })
         .await
     }

@@ -194,12 +194,19 @@ impl Engine {
     pub(crate) async fn sweep_key(self: &Arc<Self>, fence: &Fence) -> usize {
         let mut spawned = 0;
         match self.journal.accepted(&fence.key).await {
-            Ok(rows) => {
-                for row in rows {
-                    let known = self.processing.lock().unwrap_or_else(PoisonError::into_inner).contains(&row.id);
-                    if !known && self.holds(fence) {
-                        spawned += 1;
-                        self.spawn_processing(row);
+            Ok(ids) => {
+                for id in ids {
+                    let known = self.processing.lock().unwrap_or_else(PoisonError::into_inner).contains(&id);
+                    if known || !self.holds(fence) {
+                        continue;
+                    }
+                    match self.journal.get(&id).await {
+                        Ok(Some(row)) if row.status == Status::Accepted => {
+                            spawned += 1;
+                            self.spawn_processing(row);
+                        }
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(withdrawal = %id, %error, "loading an accepted row"),
                     }
                 }
             }
