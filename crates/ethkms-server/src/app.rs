@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use alloy_primitives::Address;
 use alloy_signer::Signer as _;
@@ -13,9 +13,9 @@ use ethkms::backend::{KeyBackend, KeyRef};
 use ethkms::eth::{KmsSigner, SignerError};
 use ethkms::{ChainSettings, WalletManager};
 
-use crate::config::Config;
-use crate::journal::{JournalStore, SqliteJournal, now_ms};
-use crate::policy::{Movement, PolicyEngine};
+use crate::config::{Config, JournalLocation};
+use crate::journal::{JournalStore, PostgresJournal, SqliteJournal};
+use crate::policy::PolicyEngine;
 use crate::shared::{Key, Shared};
 use crate::withdrawals::Engine;
 
@@ -25,8 +25,8 @@ pub struct Service {
     pub(crate) shared: Arc<Shared>,
     /// The withdrawal engine (with a journal configured).
     pub(crate) engine: Option<Arc<Engine>>,
-    /// `/readyz`'s last check of the node: when, and whether it answered.
-    pub(crate) node_checked: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    /// `/readyz`'s last check: when, and whether the node and the journal answered.
+    pub(crate) node_checked: std::sync::Mutex<Option<(std::time::Instant, bool, bool)>>,
     /// Slots of the requests being answered.
     pub(crate) in_flight: crate::limits::InFlight,
     /// When `/metrics` last asked the node for its latest block.
@@ -81,10 +81,10 @@ pub enum StartError {
 }
 
 impl Service {
-    /// Opens every configured key (one `GetPublicKey` each), the audit log and the withdrawal journal;
-    /// replays the journal's amounts into the daily limits, then (in the background, retrying until the
-    /// node answers) checks each key's chain against the node's, broadcasts stored transactions again and
-    /// resumes unfinished withdrawals.
+    /// Opens every configured key (one `GetPublicKey` each), the audit log and the withdrawal journal
+    /// (SQLite, or PostgreSQL shared with other replicas); then, in the background, checks each key's chain
+    /// against the node's (retrying until it answers) and takes the leases of the keys no other replica
+    /// holds — recovering each: stored transactions broadcast again, unfinished withdrawals resumed.
     ///
     /// # Errors
     /// [`StartError`] naming the key or file that failed.
@@ -119,21 +119,15 @@ impl Service {
             );
         }
         let audit = AuditWriter::spawn(AuditLog::open(&config.audit_log)?)?;
-        let mut policy = PolicyEngine::new(policies);
+        let policy = PolicyEngine::new(policies);
         let journal: Option<Arc<dyn JournalStore>> = match &config.journal {
-            Some(path) => {
-                let journal = SqliteJournal::open(path)?;
-                let day = u64::try_from(crate::policy::DAY.as_millis()).unwrap_or(u64::MAX);
-                for (key, asset, amount, at_ms) in journal.spends_since(now_ms().saturating_sub(day)).await? {
-                    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms);
-                    policy.record(&key, &[Movement { asset, recipient: None, amount }], at);
-                }
-                Some(Arc::new(journal))
-            }
+            Some(JournalLocation::Sqlite(path)) => Some(Arc::new(SqliteJournal::open(path)?)),
+            Some(JournalLocation::Postgres(url)) => Some(Arc::new(PostgresJournal::connect(url).await?)),
             None => None,
         };
-        let shared = Arc::new(Shared::new(manager, keys, policy, audit));
-        let engine = journal.map(|journal| Engine::new(Arc::clone(&shared), journal, config.withdrawals));
+        let shared = Arc::new(Shared::new(manager, keys, policy, audit, config.replica.name.clone()));
+        let engine = journal
+            .map(|journal| Engine::new(Arc::clone(&shared), journal, config.withdrawals, config.replica.clone()));
         if let Some(engine) = &engine {
             engine.start();
         }

@@ -71,6 +71,14 @@ pub(crate) struct Metrics {
     pub(crate) signing_seconds: Histogram,
     /// Connections and requests refused for overload, by limit.
     pub(crate) overload: Labeled,
+    /// Leases taken by this replica.
+    pub(crate) lease_acquisitions: Counter,
+    /// Leases this replica lost (another took the key, or it could not renew in time).
+    pub(crate) lease_losses: Counter,
+    /// Journal writes refused because their lease was no longer the key's.
+    pub(crate) fenced_writes: Counter,
+    /// Whether this replica holds each key's lease (1) or not (0).
+    leases_held: Family<Vec<(&'static str, String)>, Gauge>,
     /// The node's latest block number, as last seen.
     chain_head: Gauge,
     /// The node's latest block hash, as last seen: one series, labelled with it.
@@ -97,11 +105,15 @@ impl Default for Metrics {
             unresolved: Counter::default(),
             signing_seconds: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
             overload: Labeled::new("limit"),
+            lease_acquisitions: Counter::default(),
+            lease_losses: Counter::default(),
+            fenced_writes: Counter::default(),
+            leases_held: Family::default(),
             chain_head: Gauge::default(),
             chain_head_hash: Family::default(),
             registry: Registry::default(),
         };
-        let counters: [(&str, &str, &Counter); 8] = [
+        let counters: [(&str, &str, &Counter); 11] = [
             ("ethkms_requests", "JSON-RPC requests received", &metrics.requests),
             (
                 "ethkms_nonce_gaps_filled",
@@ -134,6 +146,17 @@ impl Default for Metrics {
                 "Withdrawals whose nonce was mined without a receipt for any of their transactions, reported",
                 &metrics.unresolved,
             ),
+            ("ethkms_lease_acquisitions", "Key leases taken by this replica", &metrics.lease_acquisitions),
+            (
+                "ethkms_lease_losses",
+                "Key leases this replica lost: another replica took the key, or it could not renew in time",
+                &metrics.lease_losses,
+            ),
+            (
+                "ethkms_fenced_writes",
+                "Journal writes refused because this replica's lease on the key was no longer current",
+                &metrics.fenced_writes,
+            ),
         ];
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
@@ -165,6 +188,11 @@ impl Default for Metrics {
             metrics.signing_seconds.clone(),
         );
         registry.register(
+            "ethkms_lease_held",
+            "Whether this replica holds the key's lease and processes its rows (1) or not (0)",
+            metrics.leases_held.clone(),
+        );
+        registry.register(
             "ethkms_chain_head_block",
             "The upstream node's latest block number, read when /metrics is scraped",
             metrics.chain_head.clone(),
@@ -179,6 +207,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Records whether this replica holds `key`'s lease.
+    pub(crate) fn lease_held(&self, key: &str, held: bool) {
+        self.leases_held.get_or_create(&vec![("key", key.to_owned())]).set(i64::from(held));
+    }
+
     /// Records the node's latest block.
     pub(crate) fn set_chain_head(&self, number: u64, hash: &str) {
         let number = i64::try_from(number).unwrap_or(i64::MAX);
@@ -209,6 +242,9 @@ mod tests {
         metrics.signing_seconds.observe(0.02);
         metrics.set_chain_head(7, "0xaa");
         metrics.set_chain_head(8, "0xbb");
+        metrics.lease_held("hot", true);
+        metrics.lease_held("cold", true);
+        metrics.lease_held("cold", false);
         let text = metrics.render();
         assert!(!text.contains("0xaa"), "only the latest head is shown:\n{text}");
         for line in [
@@ -218,6 +254,9 @@ mod tests {
             "ethkms_fee_cap_reached_total 0",
             "ethkms_chain_head_block 8",
             "ethkms_chain_head{hash=\"0xbb\"} 8",
+            "ethkms_lease_held{key=\"hot\"} 1",
+            "ethkms_lease_held{key=\"cold\"} 0",
+            "ethkms_fenced_writes_total 0",
         ] {
             assert!(text.lines().any(|candidate| candidate == line), "`{line}` not in:\n{text}");
         }

@@ -26,13 +26,16 @@ pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
-/// How long `/readyz` reuses its check of the node.
+/// How long `/readyz` reuses its check of the node and the journal.
 const READY_FOR: Duration = Duration::from_secs(5);
+
+/// How long `/readyz` waits for the journal's answer.
+const READY_WAIT: Duration = Duration::from_secs(2);
 
 /// Readiness
 ///
-/// Not ready while the engine recovers its journal or is halted, or while the node does not answer (checked
-/// at most every 5 s). No KMS request per probe (the keys were opened at start; key-service trouble shows in
+/// Not ready while the engine checks the node's chain or is halted, or while the journal (the replicas'
+/// database) or the node does not answer (checked at most every 5 s). No KMS request per probe (the keys were opened at start; key-service trouble shows in
 /// `ethkms_kms_errors_total`), and a bare body: no upstream error text, which can carry URLs and account
 /// details.
 #[utoipa::path(
@@ -57,15 +60,25 @@ pub(crate) async fn ready(State(service): State<Arc<Service>>) -> Response {
         }
     }
     let cached = *service.node_checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let node_ok = match cached {
-        Some((at, ok)) if at.elapsed() < READY_FOR => ok,
+    let (node_ok, journal_ok) = match cached {
+        Some((at, node, journal)) if at.elapsed() < READY_FOR => (node, journal),
         _ => {
-            let ok = service.shared.manager.provider().get_chain_id().await.is_ok();
+            let node = service.shared.manager.provider().get_chain_id().await.is_ok();
+            // A replica without its database can answer nothing that matters: not ready.
+            let journal = match &service.engine {
+                Some(engine) => {
+                    tokio::time::timeout(READY_WAIT, engine.journal.ping()).await.is_ok_and(|ping| ping.is_ok())
+                }
+                None => true,
+            };
             *service.node_checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Some((Instant::now(), ok));
-            ok
+                Some((Instant::now(), node, journal));
+            (node, journal)
         }
     };
+    if !journal_ok {
+        return not_ready("the journal does not answer");
+    }
     if node_ok { "ready".into_response() } else { not_ready("the upstream node does not answer") }
 }
 

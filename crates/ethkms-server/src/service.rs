@@ -25,11 +25,12 @@ use serde_json::{Value, json};
 
 pub use crate::app::{Service, StartError};
 use crate::config::ClientConfig;
+use crate::journal::LimitCheck;
 use crate::limits::{BodyError, ConnectionCap, read_body};
 use crate::policy::{Denial, PolicyEngine, SignRequest, TypedRequest, totals};
 use crate::rpc::{Call, RequestBody, RpcError, parse_body};
 use crate::shared::Key;
-use crate::withdrawals::engine::{FailureKind, Processed, RpcFailure};
+use crate::withdrawals::engine::{FailureKind, RpcFailure};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -177,38 +178,29 @@ impl Service {
         }
         let policy_request = SignRequest::from_transaction(&key.name, key.chain_id, &request);
         let chain = policy_request.chain_id;
-        // Checked and counted against the limits in one step, so that concurrent requests cannot both
-        // pass a daily limit. A transaction that is then not signed gives what it moves back.
-        let now = SystemTime::now();
-        let checked = self.policy().check_and_record(&policy_request, now);
-        let movements = match checked {
-            Ok(movements) => movements,
-            Err(denial) => {
-                let details = crate::shared::request_fields(&request);
-                return Err(self.denied(client_name, key, method, denial, details).await);
-            }
-        };
+        // Every rule but the daily limit first, so that a denial names its rule before a wrong chain is
+        // reported (with nothing spent, only the transaction's own amount counts).
+        let precheck = self.policy().check_spent(&policy_request, &crate::journal::Spent::new());
+        if let Err(denial) = precheck {
+            let details = crate::shared::request_fields(&request);
+            return Err(self.denied(client_name, key, method, denial, details).await);
+        }
         if chain != key.chain_id {
-            self.policy().forget(&key.name, &movements, now);
             return Err(RpcError::new(
                 -32602,
                 format!("chain id {chain}: key `{}` signs for chain {}; nothing was signed", key.name, key.chain_id),
             ));
         }
-        let inserted =
-            engine.insert_rpc(client_name, method, key, &request, totals(&movements).into_iter().collect()).await;
-        let mut row = match inserted {
-            Ok(row) => row,
-            Err(error) => {
-                // Not stored, so never signed: what it would have moved goes back to the limits.
-                self.policy().forget(&key.name, &movements, now);
-                return Err(RpcError::new(codes::SERVER_ERROR, format!("{error}; nothing was signed")));
+        // Checked and counted against the daily limits in the journal's transaction that stores it, so that
+        // concurrent requests — on any replica — cannot both pass a limit.
+        let check = crate::shared::limit_check(&self.shared, policy_request);
+        match engine.transact(client_name, method, key, &request, check).await {
+            Ok(Ok(attempt)) if method == "eth_signTransaction" => Ok(json!(attempt.raw)),
+            Ok(Ok(attempt)) => Ok(json!(attempt.tx_hash)),
+            Ok(Err(denial)) => {
+                let details = crate::shared::request_fields(&request);
+                Err(self.denied(client_name, key, method, denial, details).await)
             }
-        };
-        match engine.process_now(&mut row).await {
-            Ok(Processed::Sent { attempt, .. }) if method == "eth_signTransaction" => Ok(json!(attempt.raw)),
-            Ok(Processed::Sent { attempt, .. }) => Ok(json!(attempt.tx_hash)),
-            Ok(Processed::Failed(reason)) => Err(RpcError::new(codes::SERVER_ERROR, reason)),
             Err(failure) => Err(engine_failure(failure)),
         }
     }
@@ -218,7 +210,32 @@ impl Service {
     async fn sign_typed(&self, client_name: &str, key: &Key, method: &str, json: &str) -> Result<Value, RpcError> {
         let typed = TypedRequest::parse(json).map_err(|error| RpcError::new(-32602, error.to_string()))?;
         let now = SystemTime::now();
-        let checked = self.policy().check_typed_and_record(&key.name, key.chain_id, &typed, now);
+        // With a journal, what permits allow is counted there (every replica's), under its lock; without
+        // one, in this process.
+        let tag = format!("typed-{}", uuid::Uuid::new_v4());
+        let checked = match &self.engine {
+            Some(engine) => {
+                let assets = self.policy().limited_assets(&key.name);
+                let (shared, name, chain_id, typed) =
+                    (Arc::clone(&self.shared), key.name.clone(), key.chain_id, typed.clone());
+                let check = LimitCheck {
+                    assets,
+                    check: Box::new(move |spent| {
+                        let policy = shared.policy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        policy
+                            .check_typed_spent(&name, chain_id, &typed, now, spent)
+                            .map(|movements| totals(&movements).into_iter().collect())
+                    }),
+                };
+                match engine.journal.record_spends(&key.name, &tag, check).await {
+                    Ok(checked) => checked.map(|_| Vec::new()),
+                    Err(error) => {
+                        return Err(RpcError::new(codes::SERVER_ERROR, format!("{error}; nothing was signed")));
+                    }
+                }
+            }
+            None => self.policy().check_typed_and_record(&key.name, key.chain_id, &typed, now),
+        };
         let movements = match checked {
             Ok(movements) => movements,
             Err(denial) => {
@@ -230,18 +247,20 @@ impl Service {
         let signature = match key.signer.sign_digest(&typed.digest).await {
             Ok(signature) => signature,
             Err(error) => {
-                self.policy().forget(&key.name, &movements, now);
+                match &self.engine {
+                    Some(engine) => {
+                        if let Err(release) = engine.journal.release_spends(&tag).await {
+                            tracing::warn!(key = %key.name, %release, "a permit's amounts stay counted");
+                        }
+                    }
+                    None => {
+                        self.policy().forget(&key.name, &movements, now);
+                    }
+                }
                 return Err(self.backend_error(&error));
             }
         };
         self.shared.metrics.signing_seconds.observe(started.elapsed().as_secs_f64());
-        if let Some(engine) = &self.engine {
-            for (asset, amount) in totals(&movements) {
-                if let Err(error) = engine.journal.record_spend(&key.name, asset, amount).await {
-                    tracing::warn!(key = %key.name, %asset, %amount, %error, "a permit's amount is not in the journal");
-                }
-            }
-        }
         self.audit(json!({
             "kind": "signature", "method": method, "client": client_name, "key": key.name,
             "address": key.address(), "digest": typed.digest,

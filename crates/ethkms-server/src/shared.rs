@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use alloy_primitives::Address;
 use alloy_signer::Signer as _;
@@ -15,9 +15,9 @@ use ethkms::eth::{KmsSigner, SignerError};
 use serde_json::Value;
 
 use crate::config::FeeCaps;
-use crate::journal::Released;
+use crate::journal::LimitCheck;
 use crate::metrics::Metrics;
-use crate::policy::{Movement, PolicyEngine};
+use crate::policy::{PolicyEngine, SignRequest, totals};
 
 /// One configured key, opened.
 pub(crate) struct Key {
@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) policy: Mutex<PolicyEngine>,
     audit: AuditWriter,
     pub(crate) metrics: Metrics,
+    /// This replica's name, on every audit record (each replica keeps its own hash chain).
+    replica: String,
 }
 
 impl Shared {
@@ -58,16 +60,21 @@ impl Shared {
         keys: BTreeMap<String, Key>,
         policy: PolicyEngine,
         audit: AuditWriter,
+        replica: String,
     ) -> Self {
         let by_address = keys.values().map(|key| (key.address(), key.name.clone())).collect();
-        Self { manager, keys, by_address, policy: Mutex::new(policy), audit, metrics: Metrics::default() }
+        Self { manager, keys, by_address, policy: Mutex::new(policy), audit, metrics: Metrics::default(), replica }
     }
 
     /// Appends `event` to the audit log and returns once it is flushed to disk (group commit: one flush
-    /// for every record queued meanwhile). Inside a request, the record carries its `request_id`.
+    /// for every record queued meanwhile). Every record names the replica; inside a request, it carries its
+    /// `request_id`.
     pub(crate) async fn audit(&self, mut event: Value) -> Result<(), AuditFailure> {
-        if let (Some(record), Ok(id)) = (event.as_object_mut(), REQUEST_ID.try_with(Clone::clone)) {
-            record.insert("request_id".into(), id);
+        if let Some(record) = event.as_object_mut() {
+            record.entry("replica").or_insert_with(|| Value::String(self.replica.clone()));
+            if let Ok(id) = REQUEST_ID.try_with(Clone::clone) {
+                record.insert("request_id".into(), id);
+            }
         }
         self.audit.append(event).await.map(|_| ()).map_err(|error| AuditFailure(error.to_string()))
     }
@@ -83,15 +90,19 @@ impl Shared {
         };
         self.metrics.kms_errors.inc(kind);
     }
+}
 
-    /// Gives amounts back to their daily limits (a row that failed or was cancelled before value left).
-    pub(crate) fn release(&self, released: &[Released]) {
-        let mut policy = self.policy.lock().unwrap_or_else(PoisonError::into_inner);
-        for released in released {
-            let at = SystemTime::UNIX_EPOCH + Duration::from_millis(released.at_ms);
-            let movement = Movement { asset: released.asset, recipient: None, amount: released.amount };
-            policy.forget(&released.key, &[movement], at);
-        }
+/// The daily-limit check of `request`, for the journal to run under its lock with what the key moved in
+/// the last 24 hours (on every replica).
+pub(crate) fn limit_check(shared: &Arc<Shared>, request: SignRequest) -> LimitCheck {
+    let assets = shared.policy.lock().unwrap_or_else(PoisonError::into_inner).limited_assets(&request.key);
+    let shared = Arc::clone(shared);
+    LimitCheck {
+        assets,
+        check: Box::new(move |spent| {
+            let policy = shared.policy.lock().unwrap_or_else(PoisonError::into_inner);
+            policy.check_spent(&request, spent).map(|movements| totals(&movements).into_iter().collect())
+        }),
     }
 }
 

@@ -48,7 +48,7 @@ fn body(seed: u64, index: u64) -> Value {
 async fn unfinished(paths: &Paths) -> BTreeMap<&'static str, usize> {
     let journal = SqliteJournal::open(&paths.journal).unwrap();
     let mut statuses = BTreeMap::new();
-    for row in journal.unfinished().await.unwrap() {
+    for row in journal.unfinished(None).await.unwrap() {
         *statuses.entry(row.status.as_str()).or_default() += 1;
     }
     journal.close();

@@ -40,8 +40,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use alloy_primitives::{Address, B256, Bytes, U256};
 use ethkms_server::journal::{
-    Attempt, Check, Inserted, JournalError, JournalStore, Kind, MinedAs, NewRow, NewWithdrawal, SqliteJournal, Status,
-    Withdrawal,
+    Attempt, Claim, Fence, Inserted, JournalError, JournalStore, Kind, LimitCheck, MinedAs, NewWithdrawal, Release,
+    SqliteJournal, Status, Withdrawal,
 };
 use ethkms_server::nonces::Nonces;
 use ethkms_server::policy::Asset;
@@ -276,7 +276,10 @@ struct Driver {
     runtime: tokio::runtime::Runtime,
     journal: SqliteJournal,
     path: PathBuf,
+    /// The key's nonces, as the journal last answered them.
     nonces: Nonces,
+    /// The lease the driver's writes carry (a new one at each restart, as a new process takes the key).
+    fence: Fence,
     chain: Chain,
     withdrawals: u8,
     /// Row ids, by row number.
@@ -302,17 +305,28 @@ fn journal<T>(result: Result<T, JournalError>) -> Outcome<T> {
     result.map_err(|error| format!("journal: {error}"))
 }
 
+/// Key `hot`'s lease, as a starting process takes it.
+fn take_lease(runtime: &tokio::runtime::Runtime, journal: &SqliteJournal) -> Outcome<Fence> {
+    let ttl = std::time::Duration::from_secs(3600);
+    let epoch = runtime.block_on(journal.acquire_lease("hot", "model", ttl)).map_err(|error| error.to_string())?;
+    Ok(Fence { key: "hot".into(), epoch: epoch.ok_or("the lease was not taken")? })
+}
+
 impl Driver {
     fn new(withdrawals: u8, confirmations: u64) -> Outcome<Self> {
         static CASE: AtomicU64 = AtomicU64::new(0);
         let name = format!("ethkms-state-machine-{}-{}.db", std::process::id(), CASE.fetch_add(1, Ordering::Relaxed));
         let path = std::env::temp_dir().join(name);
         let chain = Chain { blocks: vec![(B256::ZERO, Vec::new())], floor: 1, confirmations, ..Chain::default() };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let opened = journal(SqliteJournal::open(&path))?;
+        let fence = take_lease(&runtime, &opened)?;
         Ok(Self {
-            runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?,
-            journal: journal(SqliteJournal::open(&path))?,
+            runtime,
+            journal: opened,
             path,
             nonces: Nonces::default(),
+            fence,
             chain,
             withdrawals,
             rows: Vec::new(),
@@ -338,7 +352,7 @@ impl Driver {
     /// mined (what it broadcasts again or replaces).
     fn followed_rows(&self, unmined: bool) -> Outcome<Vec<(usize, Withdrawal)>> {
         let mined = self.chain.mined();
-        let rows = self.run(self.journal.unfinished())?.into_iter().filter(|row| {
+        let rows = self.run(self.journal.unfinished(None))?.into_iter().filter(|row| {
             !row.attempts.is_empty()
                 && (!unmined || (row.block_number.is_none() && row.nonce.is_some_and(|nonce| nonce >= mined)))
         });
@@ -379,7 +393,7 @@ impl Driver {
         let (client, idempotency_key) = ("client".to_owned(), format!("withdrawal-{key}"));
         let recipient = Address::with_last_byte(key);
         let new = NewWithdrawal { client, idempotency_key, key: "hot".into(), recipient, asset: Asset::Ether, amount };
-        let check: Check = Box::new(move || Ok(vec![(Asset::Ether, amount)]));
+        let check = LimitCheck::count(vec![(Asset::Ether, amount)]);
         match self.run(self.journal.insert(new, check))? {
             Inserted::New(row) => {
                 ensure!(self.posted.insert(key, self.rows.len()).is_none(), "idempotency key {key}: a second row");
@@ -400,20 +414,23 @@ impl Driver {
         let nonce = if let Some(nonce) = self.nonce_of[row] {
             nonce
         } else {
-            self.nonces.observe_pending(self.chain.pending());
-            let first = self.nonces.allocate();
-            let (won, lost) = match race.map(|loser_first| (loser_first, self.nonces.allocate())) {
-                None => (first, None),
-                Some((true, second)) => (second, Some(first)),
-                Some((false, second)) => (first, Some(second)),
+            let pending = self.chain.pending();
+            let claimed = self.run(self.journal.claim(&self.fence, &id, pending, None))?;
+            let Claim::Claimed { nonce: won, nonces } = claimed else {
+                return Err(format!("row {row}: claim refused: {claimed:?}"));
             };
-            ensure!(self.run(self.journal.claim(&id, won))?, "row {row}: claim with nonce {won} refused");
+            ensure!(nonces.next() > won, "row {row}: nonce {won} handed out but the next is {}", nonces.next());
+            self.nonces = nonces;
             self.nonce_of[row] = Some(won);
             self.check_handed_out(row, won)?;
-            // Property 4: the losing task's claim (or the same one again) is refused.
-            ensure!(!self.run(self.journal.claim(&id, lost.unwrap_or(won)))?, "row {row}: a second claim succeeded");
-            if let Some(lost) = lost {
-                self.nonces.release(lost);
+            // Property 4: a racing task's claim (or the same one again) is refused, and takes no nonce.
+            let again = self.run(self.journal.claim(&self.fence, &id, pending, None))?;
+            ensure!(again == Claim::NotAccepted, "row {row}: a second claim answered {again:?}");
+            if race == Some(true) {
+                // A replica that lost the key (a stale lease) cannot store anything for it.
+                let stale = Fence { epoch: self.fence.epoch - 1, ..self.fence.clone() };
+                let refused = self.runtime.block_on(self.journal.mark_submitted(&stale, &id));
+                ensure!(matches!(refused, Err(JournalError::Fenced { .. })), "a stale lease wrote: {refused:?}");
             }
             if let Some(CrashAfter::Claim) = crash {
                 return self.restart();
@@ -421,7 +438,7 @@ impl Driver {
             won
         };
         let tx = self.chain.add(nonce, FIRST_FEE, Some(row), false);
-        self.run(self.journal.add_attempt(&id, nonce, attempt(tx, FIRST_FEE, false)))?;
+        self.run(self.journal.add_attempt(&self.fence, &id, nonce, attempt(tx, FIRST_FEE, false)))?;
         self.refused(row, nonce + 1, "a transaction with another nonce")?;
         if let Some(CrashAfter::Store) = crash {
             return self.restart();
@@ -432,11 +449,12 @@ impl Driver {
             return self.restart();
         }
         match after_broadcast(outcome, first_broadcast) {
-            AfterBroadcast::Submitted => self.run(self.journal.mark_submitted(&id)),
+            AfterBroadcast::Submitted => self.run(self.journal.mark_submitted(&self.fence, &id)),
             AfterBroadcast::Keep => Ok(()),
             AfterBroadcast::FailUnpaid => {
-                self.run(self.journal.mark_failed(&id, "the node refused the transaction", true))?;
-                self.nonces.release(nonce);
+                let failed =
+                    self.journal.mark_failed(&self.fence, &id, "the node refused the transaction", Release::UNPAID);
+                self.nonces = self.run(failed)?.1;
                 self.refused(row, nonce, "a transaction for a failed row")
             }
         }
@@ -444,8 +462,12 @@ impl Driver {
 
     /// Property 4: the journal refuses a transaction with `nonce` for `row`.
     fn refused(&self, row: usize, nonce: u64, what: &str) -> Outcome {
-        let result =
-            self.runtime.block_on(self.journal.add_attempt(&self.rows[row], nonce, attempt(1 << 40, 1, false)));
+        let result = self.runtime.block_on(self.journal.add_attempt(
+            &self.fence,
+            &self.rows[row],
+            nonce,
+            attempt(1 << 40, 1, false),
+        ));
         ensure!(matches!(result, Err(JournalError::Refused(_))), "row {row}: {what} was not refused: {result:?}");
         Ok(())
     }
@@ -467,7 +489,7 @@ impl Driver {
     /// `watcher.rs` `rebroadcast` (or `reorged`): broadcasts `tx` again; `submitted` if the node has it.
     fn send(&mut self, row: usize, tx: usize, net: Net) -> Outcome {
         let accepted = self.chain.broadcast(tx, net) == BroadcastOutcome::Accepted;
-        if accepted { self.run(self.journal.mark_submitted(&self.rows[row])) } else { Ok(()) }
+        if accepted { self.run(self.journal.mark_submitted(&self.fence, &self.rows[row])) } else { Ok(()) }
     }
 
     fn rebroadcast(&mut self, row: usize, stored: &Withdrawal, net: Net) -> Outcome {
@@ -482,7 +504,7 @@ impl Driver {
             return self.send(row, tx_of(&last.tx_hash), net);
         }
         let tx = self.chain.add(nonce, fee, Some(row), cancel);
-        self.run(self.journal.add_attempt(&stored.id, nonce, attempt(tx, fee, cancel)))?;
+        self.run(self.journal.add_attempt(&self.fence, &stored.id, nonce, attempt(tx, fee, cancel)))?;
         self.send(row, tx, net)
     }
 
@@ -491,9 +513,13 @@ impl Driver {
         self.journal.close();
         self.journal = journal(SqliteJournal::open(&self.path))?;
         self.followed.clear();
-        let held: BTreeSet<u64> = self.run(self.journal.unfinished())?.iter().filter_map(|row| row.nonce).collect();
-        self.nonces = Nonces::default();
-        self.nonces.recover(self.chain.pending(), &held);
+        let held: BTreeSet<u64> = self.run(self.journal.unfinished(None))?.iter().filter_map(|row| row.nonce).collect();
+        let previous = std::mem::replace(&mut self.fence, take_lease(&self.runtime, &self.journal)?);
+        ensure!(self.fence.epoch > previous.epoch, "a new process's lease has epoch {}", self.fence.epoch);
+        self.nonces = self.run(self.journal.recover_nonces(&self.fence, self.chain.pending()))?;
+        let mut expected = Nonces::default();
+        expected.recover(self.chain.pending(), &held);
+        ensure!(self.nonces == expected, "recovered {:?}, expected {expected:?}", self.nonces);
         Ok(())
     }
 
@@ -527,7 +553,15 @@ impl Driver {
             let outcome = if attempt.cancel { MinedAs::Cancelled } else { MinedAs::Paid };
             // A payment deep enough is recorded final at once; anything else is confirmed by `confirm`.
             let final_now = is_final(block, head, confirmations) && outcome == MinedAs::Paid;
-            self.run(self.journal.mark_mined(&stored.id, attempt.tx_hash, block, hash, outcome, final_now))?;
+            self.run(self.journal.mark_mined(
+                &self.fence,
+                &stored.id,
+                attempt.tx_hash,
+                block,
+                hash,
+                outcome,
+                final_now,
+            ))?;
             if final_now {
                 self.followed.remove(&row);
                 return Ok(());
@@ -553,7 +587,10 @@ impl Driver {
         self.followed.entry(row).or_default().1 = Some((tx, block));
         if settle(false, Some(block), head, confirmations) == NonceSettled::TakenFinal {
             // Failed, unpaid; the nonce is used up, so it is not given back to the allocator.
-            self.run(self.journal.mark_failed(&stored.id, "nonce taken by another transaction", true))?;
+            let release = Release { spends: true, nonce: false };
+            let failed =
+                self.journal.mark_failed(&self.fence, &stored.id, "nonce taken by another transaction", release);
+            self.nonces = self.run(failed)?.1;
             self.followed.remove(&row);
         }
         Ok(())
@@ -565,11 +602,11 @@ impl Driver {
         match self.chain.receipt(tx_of(&hash)) {
             Some((_, block_hash)) if Some(block_hash) == stored.block_hash => {
                 self.followed.remove(&row);
-                self.run(self.journal.mark_confirmed(&stored.id))
+                self.run(self.journal.mark_confirmed(&self.fence, &stored.id))
             }
             Some((block, block_hash)) => {
                 let outcome = if stored.status == Status::Cancelled { MinedAs::Cancelled } else { MinedAs::Paid };
-                self.run(self.journal.mark_mined(&stored.id, hash, block, block_hash, outcome, false))
+                self.run(self.journal.mark_mined(&self.fence, &stored.id, hash, block, block_hash, outcome, false))
             }
             None => self.unmine(row, stored, net),
         }
@@ -577,7 +614,7 @@ impl Driver {
 
     /// `watcher.rs` `reorged`: back to `submitted`, the mined transaction broadcast again as it is.
     fn unmine(&mut self, row: usize, stored: &Withdrawal, net: Net) -> Outcome {
-        self.run(self.journal.mark_unmined(&stored.id))?;
+        self.run(self.journal.mark_unmined(&self.fence, &stored.id))?;
         self.followed.remove(&row);
         match stored.tx_hash.filter(|hash| stored.attempts.iter().any(|attempt| attempt.tx_hash == *hash)) {
             Some(hash) => self.send(row, tx_of(&hash), net),
@@ -589,21 +626,11 @@ impl Driver {
     fn fill_gaps(&mut self, net: Net) -> Outcome {
         let mined = self.chain.mined();
         for nonce in self.nonces.gaps().into_iter().filter(|nonce| *nonce >= mined) {
-            if !self.nonces.take(nonce) {
-                continue;
-            }
-            let (kind, key, recipient, amount) = (Kind::GapFill, "hot".to_owned(), Address::ZERO, U256::ZERO);
-            let fill = NewRow {
-                kind,
-                client: None,
-                key,
-                recipient,
-                amount,
-                request: None,
-                nonce: Some(nonce),
-                spends: Vec::new(),
+            let Some(fill) = self.run(self.journal.insert_gap_fill(&self.fence, nonce, Address::ZERO))? else {
+                return Err(format!("free nonce {nonce} could not be filled"));
             };
-            self.rows.push(self.run(self.journal.insert_row(fill))?.id);
+            self.nonces.take(nonce);
+            self.rows.push(fill.id);
             self.nonce_of.push(Some(nonce));
             self.check_handed_out(self.rows.len() - 1, nonce)?;
             self.process(self.rows.len() - 1, None, None, net)?;

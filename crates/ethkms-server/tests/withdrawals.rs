@@ -276,7 +276,7 @@ async fn after_kill_9_every_accepted_withdrawal_is_mined_exactly_once() {
 
     // The crash caught withdrawals in flight.
     let journal = SqliteJournal::open(&paths.journal).unwrap();
-    let unfinished = journal.unfinished().await.unwrap();
+    let unfinished = journal.unfinished(None).await.unwrap();
     journal.close();
     assert!(!unfinished.is_empty(), "the server was killed with no withdrawal in flight");
     let mut statuses = BTreeMap::new();

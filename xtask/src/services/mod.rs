@@ -53,7 +53,7 @@ mod anvil;
 mod http;
 mod install;
 mod localstack;
-mod postgres;
+pub(crate) mod postgres;
 mod process;
 
 pub(crate) use http::http_request;

@@ -99,7 +99,7 @@ fn is_root() -> bool {
 
 /// The directory of the PostgreSQL 15 binaries: `ETHKMS_POSTGRES_BIN`, else Debian's
 /// `/usr/lib/postgresql/15/bin`.
-fn binaries() -> Result<PathBuf> {
+pub(crate) fn binaries() -> Result<PathBuf> {
     let directory = std::env::var_os("ETHKMS_POSTGRES_BIN")
         .map_or_else(|| PathBuf::from(format!("/usr/lib/postgresql/{MAJOR}/bin")), PathBuf::from);
     if ["initdb", "postgres", "pg_isready"].iter().all(|name| directory.join(name).is_file()) {

@@ -14,6 +14,8 @@
 //! - [`mark_failed`](JournalStore::mark_failed) and [`cancel`](JournalStore::cancel) give the amount back
 //!   to the daily limit only for rows whose value provably never left.
 
+#[cfg(test)]
+mod conformance;
 mod postgres;
 mod sqlite;
 
@@ -279,6 +281,9 @@ impl NewWithdrawal {
 /// An RPC client's transaction to store (status `accepted`): `eth_sendTransaction` or `eth_signTransaction`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewRpc {
+    /// Its id, chosen by the caller (`tx-` and a UUID), so that the caller can mark it as its own before it
+    /// is stored.
+    pub id: String,
     /// The client.
     pub client: String,
     /// The key's name.
@@ -312,8 +317,11 @@ pub struct LimitCheck {
     /// The assets whose last 24 hours the check reads (those with a daily limit); the others count as zero.
     pub assets: Vec<Asset>,
     /// Given what was moved, the amounts to count now (a total per asset), or the denial.
-    pub check: Box<dyn FnOnce(&Spent) -> Result<Vec<(Asset, U256)>, Denial> + Send>,
+    pub check: CheckFn,
 }
+
+/// See [`LimitCheck::check`].
+pub type CheckFn = Box<dyn FnOnce(&Spent) -> Result<Vec<(Asset, U256)>, Denial> + Send>;
 
 impl LimitCheck {
     /// A check that counts `amounts` without reading anything (no daily limit applies).
@@ -467,9 +475,9 @@ pub trait JournalStore: Send + Sync + fmt::Debug {
     /// yet confirmed) — of `key`, or of every key — oldest first.
     async fn unfinished(&self, key: Option<&str>) -> Result<Vec<Withdrawal>, JournalError>;
 
-    /// The rows of `key` still `accepted` (withdrawals and RPC transactions), oldest first: the work waiting
-    /// for the key's owner.
-    async fn accepted(&self, key: &str) -> Result<Vec<Withdrawal>, JournalError>;
+    /// The ids of `key`'s rows still `accepted` (withdrawals and RPC transactions), oldest first: the work
+    /// waiting for the key's owner (ids only: most are already being processed, and a sweep loads the others).
+    async fn accepted(&self, key: &str) -> Result<Vec<String>, JournalError>;
 
     /// The ids of `key`'s open rows whose cancellation was asked for.
     async fn cancellations(&self, key: &str) -> Result<Vec<String>, JournalError>;

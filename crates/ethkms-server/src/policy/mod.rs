@@ -393,11 +393,7 @@ impl PolicyEngine {
     ///
     /// # Errors
     /// As [`check`](Self::check).
-    pub fn check_spent(
-        &self,
-        request: &SignRequest,
-        spent: &BTreeMap<Asset, U256>,
-    ) -> Result<Vec<Movement>, Denial> {
+    pub fn check_spent(&self, request: &SignRequest, spent: &BTreeMap<Asset, U256>) -> Result<Vec<Movement>, Denial> {
         let policy = known(&self.policies, &request.key)?;
         if let Some(chains) = &policy.allowed_chain_ids
             && !chains.contains(&request.chain_id)

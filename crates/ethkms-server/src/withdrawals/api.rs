@@ -4,7 +4,7 @@
 //! [`ErrorBody`], also for a body that cannot be read or a path that matches no route — and each handler's
 //! `#[utoipa::path]` lists every status it can answer, for the [OpenAPI document](super::openapi).
 
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use alloy_primitives::{Address, B256, U256};
 use axum::Json;
@@ -23,7 +23,7 @@ use super::engine::withdrawal_request;
 use crate::app::Service;
 use crate::config::ClientConfig;
 use crate::journal::{Cancelled, Inserted, NewWithdrawal, Status, Withdrawal};
-use crate::policy::{Asset, Denial, SignRequest, totals};
+use crate::policy::{Asset, Denial, SignRequest};
 
 /// What kind of error, stable for clients to match on; it decides the HTTP status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -320,15 +320,7 @@ pub(crate) async fn post(
     };
     let transaction = withdrawal_request(key.address(), recipient, asset, amount);
     let policy_request = SignRequest::from_transaction(&key.name, key.chain_id, &transaction);
-    let shared = Arc::clone(&service.shared);
-    let check = Box::new(move || {
-        shared
-            .policy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .check_and_record(&policy_request, std::time::SystemTime::now())
-            .map(|movements| totals(&movements).into_iter().collect())
-    });
+    let check = crate::shared::limit_check(&service.shared, policy_request);
     if engine.backlog() >= service.config.limits.max_pending_withdrawals {
         service.shared.metrics.overload.inc("pending_withdrawals");
         return Err(overloaded(format!(
@@ -455,8 +447,7 @@ pub(crate) async fn cancel(
     owned(engine, client_name, &id).await?;
     let answer = engine.journal.cancel(&id).await.map_err(journal_error)?;
     let status = match answer {
-        Cancelled::Now(released) => {
-            service.shared.release(&released);
+        Cancelled::Now(_) => {
             service.shared.metrics.withdrawals.inc("cancelled");
             StatusCode::OK
         }

@@ -11,8 +11,7 @@ use deadpool_postgres::Transaction;
 
 use super::Failure;
 use super::rows::{
-    NOW_MS, execute, load_existing, lock_nonces, query, query_opt, release_spend, store_nonces, to_i64,
-    to_u64,
+    NOW_MS, execute, load_existing, lock_nonces, query, query_opt, release_spend, store_nonces, to_i64, to_u64,
 };
 use crate::journal::{Attempt, Claim, Fence, LeaseRow, MinedAs, Nonces, Release, Released, Status, Withdrawal};
 
@@ -112,7 +111,11 @@ pub(super) async fn leases(transaction: &Transaction<'_>) -> Result<Vec<LeaseRow
 }
 
 /// Sets the key's nonces from the nonces its open rows hold and the node's `pending` count.
-pub(super) async fn recover_nonces(transaction: &Transaction<'_>, fence: Fence, pending: u64) -> Result<Nonces, Failure> {
+pub(super) async fn recover_nonces(
+    transaction: &Transaction<'_>,
+    fence: Fence,
+    pending: u64,
+) -> Result<Nonces, Failure> {
     fenced(transaction, &fence).await?;
     lock_nonces(transaction, &fence.key).await?;
     let sql = format!("SELECT nonce FROM withdrawals WHERE key = $1 AND nonce IS NOT NULL AND {OPEN}");
@@ -208,8 +211,9 @@ pub(super) async fn add_attempt(
     attempt: Attempt,
 ) -> Result<(), Failure> {
     fenced(transaction, &fence).await?;
-    let row = query_opt(transaction, "SELECT nonce, status, key FROM withdrawals WHERE id = $1 FOR NO KEY UPDATE", &[&id])
-        .await?;
+    let row =
+        query_opt(transaction, "SELECT nonce, status, key FROM withdrawals WHERE id = $1 FOR NO KEY UPDATE", &[&id])
+            .await?;
     let Some(row) = row else {
         return Err(Failure::Refused(format!("no row `{id}` to add a transaction to")));
     };
@@ -287,7 +291,12 @@ pub(super) struct Mined {
 
 /// Row `id` was mined as `mined` says; a reverted payment or a mined cancellation no longer counts
 /// against the daily limit.
-pub(super) async fn mark_mined(transaction: &Transaction<'_>, fence: Fence, id: String, mined: Mined) -> Result<(), Failure> {
+pub(super) async fn mark_mined(
+    transaction: &Transaction<'_>,
+    fence: Fence,
+    id: String,
+    mined: Mined,
+) -> Result<(), Failure> {
     fenced(transaction, &fence).await?;
     let (status, error) = match mined.outcome {
         MinedAs::Paid if mined.confirmed => (Status::Confirmed, None),

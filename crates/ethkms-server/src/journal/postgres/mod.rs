@@ -130,7 +130,10 @@ enum Failure {
     /// A conditional write whose condition did not hold.
     Refused(String),
     /// An engine write whose lease is no longer the key's.
-    Fenced { key: String, epoch: u64 },
+    Fenced {
+        key: String,
+        epoch: u64,
+    },
 }
 
 impl From<tokio_postgres::Error> for Failure {
@@ -184,18 +187,24 @@ impl PostgresJournal {
             JournalError::Postgres(format!("`{shown}` is not a PostgreSQL URL: {}", describe(&error)))
         })?;
         let redact = Redact(config.get_password().map(|password| String::from_utf8_lossy(password).into_owned()));
-        let fail = |what: &str, failure: Failure| JournalError::Postgres(format!("{shown}: {what}: {}", message(&redact, failure)));
+        let fail = |what: &str, failure: Failure| {
+            JournalError::Postgres(format!("{shown}: {what}: {}", message(&redact, failure)))
+        };
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         // A peer that vanished without closing (a partition, a dead host) is noticed within a minute.
-        config.keepalives_idle(Duration::from_secs(30)).keepalives_interval(Duration::from_secs(10)).keepalives_retries(3);
+        config
+            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3);
         if config.get_application_name().is_none() {
             config.application_name("ethkms");
         }
         let mut listen = config.clone();
         listen.application_name(listener::APPLICATION_NAME);
-        let manager = Manager::from_config(config, tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager =
+            Manager::from_config(config, tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
@@ -204,8 +213,10 @@ impl PostgresJournal {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|error| JournalError::Postgres(format!("{shown}: connection pool: {error}")))?;
-        let mut client =
-            pool.get().await.map_err(|error| JournalError::Postgres(format!("{shown}: {}", pool_message(&redact, &error))))?;
+        let mut client = pool
+            .get()
+            .await
+            .map_err(|error| JournalError::Postgres(format!("{shown}: {}", pool_message(&redact, &error))))?;
         schema::migrate(&mut client).await.map_err(|failure| fail("schema", failure))?;
         drop(client);
         let (wake_ups, _) = broadcast::channel(WAKE_UPS);
@@ -224,7 +235,8 @@ impl PostgresJournal {
         loop {
             let mut client = self.inner.pool.get().await.map_err(|error| self.pool_error(&error))?;
             let builder = client.build_transaction();
-            let builder = if read { builder.isolation_level(IsolationLevel::RepeatableRead).read_only(true) } else { builder };
+            let builder =
+                if read { builder.isolation_level(IsolationLevel::RepeatableRead).read_only(true) } else { builder };
             let transaction = match builder.start().await {
                 Ok(transaction) => transaction,
                 // Nothing was done: a connection that PostgreSQL closed (it restarted), try another.
@@ -355,7 +367,7 @@ impl JournalStore for PostgresJournal {
         self.read(op!(|t| requests::unfinished(t, key))).await
     }
 
-    async fn accepted(&self, key: &str) -> Result<Vec<Withdrawal>, JournalError> {
+    async fn accepted(&self, key: &str) -> Result<Vec<String>, JournalError> {
         let key = key.to_owned();
         self.read(op!(|t| requests::accepted(t, key))).await
     }
@@ -366,9 +378,7 @@ impl JournalStore for PostgresJournal {
     }
 
     async fn ping(&self) -> Result<(), JournalError> {
-        let client = self.inner.pool.get().await.map_err(|error| self.pool_error(&error))?;
-        client.simple_query("SELECT 1").await.map_err(|error| self.error(Failure::Postgres(error)))?;
-        Ok(())
+        self.read(op!(|t| async move { rows::query(t, "SELECT 1", &[]).await.map(drop) })).await
     }
 
     fn wake_ups(&self) -> Option<broadcast::Receiver<String>> {

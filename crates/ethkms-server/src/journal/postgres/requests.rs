@@ -97,7 +97,7 @@ pub(super) async fn insert_rpc(
         Ok(spends) => spends,
         Err(denial) => return Ok(Err(denial)),
     };
-    let id = format!("tx-{}", uuid::Uuid::new_v4());
+    let id = row.id;
     let sql = "INSERT INTO withdrawals (id, kind, client, key, recipient, asset, amount, request, status, created_ms, \
                updated_ms) VALUES ($1, 'rpc', $2, $3, $4, 'ETH', $5::text::numeric, $6, 'accepted', $7, $7)";
     let values: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
@@ -130,14 +130,16 @@ pub(super) async fn record_spends(
 
 /// A client asks to cancel row `id`.
 pub(super) async fn cancel(transaction: &Transaction<'_>, id: String) -> Result<Cancelled, Failure> {
-    let row = query_opt(transaction, "SELECT status, key FROM withdrawals WHERE id = $1 FOR NO KEY UPDATE", &[&id]).await?;
+    let row =
+        query_opt(transaction, "SELECT status, key FROM withdrawals WHERE id = $1 FOR NO KEY UPDATE", &[&id]).await?;
     let Some(row) = row else { return Ok(Cancelled::NotFound) };
     let (status, key): (&str, &str) = (row.try_get(0)?, row.try_get(1)?);
     let status = Status::parse(status).ok_or_else(|| Failure::Invalid(format!("row `{id}` has status `{status}`")))?;
     match status {
         Status::Accepted => {
-            let sql =
-                format!("UPDATE withdrawals SET status = 'cancelled', confirmed = TRUE, updated_ms = {NOW_MS} WHERE id = $1");
+            let sql = format!(
+                "UPDATE withdrawals SET status = 'cancelled', confirmed = TRUE, updated_ms = {NOW_MS} WHERE id = $1"
+            );
             execute(transaction, &sql, &[&id]).await?;
             Ok(Cancelled::Now(release_spend(transaction, &id).await?))
         }
@@ -177,11 +179,13 @@ pub(super) async fn unfinished(transaction: &Transaction<'_>, key: Option<String
     }
 }
 
-/// The rows of `key` still `accepted`, oldest first.
-pub(super) async fn accepted(transaction: &Transaction<'_>, key: String) -> Result<Vec<Withdrawal>, Failure> {
-    let filter =
-        format!("key = $1 AND {OPEN} AND status = 'accepted' AND kind IN ('withdrawal', 'rpc') ORDER BY seq");
-    load_where(transaction, &filter, &[&key]).await
+/// The ids of `key`'s rows still `accepted`, oldest first.
+pub(super) async fn accepted(transaction: &Transaction<'_>, key: String) -> Result<Vec<String>, Failure> {
+    let sql = format!(
+        "SELECT id FROM withdrawals WHERE key = $1 AND {OPEN} AND status = 'accepted' \
+         AND kind IN ('withdrawal', 'rpc') ORDER BY seq"
+    );
+    query(transaction, &sql, &[&key]).await?.iter().map(|row| Ok(row.try_get(0)?)).collect()
 }
 
 /// The ids of `key`'s open rows whose cancellation was asked for.

@@ -111,7 +111,8 @@ pub(super) async fn migrate(client: &mut Client) -> Result<(), Failure> {
     let transaction = client.transaction().await?;
     transaction.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&MIGRATION_LOCK.0, &MIGRATION_LOCK.1]).await?;
     transaction.batch_execute("CREATE TABLE IF NOT EXISTS ethkms_schema (version INTEGER NOT NULL)").await?;
-    let version: Option<i32> = transaction.query_one("SELECT max(version) FROM ethkms_schema", &[]).await?.try_get(0)?;
+    let version: Option<i32> =
+        transaction.query_one("SELECT max(version) FROM ethkms_schema", &[]).await?.try_get(0)?;
     let version = version.unwrap_or(0);
     if version > SCHEMA_VERSION {
         return Err(Failure::Invalid(format!(

@@ -1,1 +1,346 @@
-//! Tests of the PostgreSQL journal.
+//! Tests of what only the PostgreSQL journal does: fencing against a takeover in flight (two connections),
+//! leases on the database's clock, replicas racing for nonces, idempotency keys and daily limits, schema
+//! versions, wake-ups that survive a lost connection, a pool that survives PostgreSQL dropping every
+//! connection, retried writes, and passwords kept out of messages. The contract both journals share is
+//! tested in `journal/conformance.rs`.
+//!
+//! Each test makes a database of its own (`CREATE DATABASE ethkms_…`) on the server of
+//! `ETHKMS_TEST_POSTGRES_URL`; without it the tests are skipped (with a line saying so), unless
+//! `ETHKMS_REQUIRE_SERVICES=1`, where they fail.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use alloy_primitives::U256;
+use tokio_postgres::NoTls;
+
+use super::*;
+use crate::journal::conformance::{allow, attempt, lease, new_row, withdrawal};
+use crate::journal::{Claim, Inserted, Status};
+use crate::policy::Rule;
+
+/// A database of a test's own, dropped by [`remove`](Self::remove) (a failed test leaves it behind).
+pub(crate) struct TestDatabase {
+    admin: String,
+    name: String,
+    /// Its URL.
+    pub(crate) url: String,
+}
+
+impl TestDatabase {
+    /// Creates one on the server of `ETHKMS_TEST_POSTGRES_URL`; `None` (the test is skipped) without it.
+    pub(crate) async fn create() -> Option<Self> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let admin = ethkms_test_support::service_from_env("ETHKMS_TEST_POSTGRES_URL", "PostgreSQL")?;
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+        let name = format!("ethkms_{}_{}_{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        raw(&admin).await.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        let url = with_database(&admin, &name);
+        Some(Self { admin, name, url })
+    }
+
+    /// A journal on it (as one replica).
+    pub(crate) async fn journal(&self) -> PostgresJournal {
+        PostgresJournal::connect(&self.url).await.unwrap()
+    }
+
+    /// A plain connection to it.
+    async fn client(&self) -> tokio_postgres::Client {
+        raw(&self.url).await
+    }
+
+    /// Drops it, closing whatever is still connected.
+    pub(crate) async fn remove(self) {
+        raw(&self.admin)
+            .await
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .await
+            .unwrap();
+    }
+}
+
+/// `url` naming database `name` instead of its own.
+fn with_database(url: &str, name: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (authority, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let query = tail.split_once('?').map(|(_, query)| format!("?{query}")).unwrap_or_default();
+    format!("{scheme}://{authority}/{name}{query}")
+}
+
+async fn raw(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Whether `future` is still waiting after `wait`.
+async fn blocked<T>(future: &mut JoinHandle<T>, wait: Duration) -> bool {
+    tokio::time::timeout(wait, future).await.is_err()
+}
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_waits_for_fenced_writes_in_flight_and_then_fences_their_epoch() {
+    let Some(database) = TestDatabase::create().await else { return };
+    let (a, b) = (database.journal().await, database.journal().await);
+    let fence = lease(&a).await;
+    let row = new_row(&a, "w-1").await;
+    let Claim::Claimed { nonce, .. } = a.claim(&fence, &row.id, 0, None).await.unwrap() else { panic!() };
+    // A fenced write in flight: an attempt stored, not yet committed (and a second one beside it: fenced
+    // writes of one key do not wait for each other).
+    let mut first = a.inner.pool.get().await.unwrap();
+    let first = first.transaction().await.unwrap();
+    engine::add_attempt(&first, fence.clone(), row.id.clone(), nonce, attempt(1, 10)).await.unwrap();
+    let mut second = a.inner.pool.get().await.unwrap();
+    let second = second.transaction().await.unwrap();
+    engine::fenced(&second, &fence).await.unwrap();
+    // Renewing and releasing change only `expires_ms`: they do not wait for it.
+    let renewed = tokio::time::timeout(Duration::from_secs(5), a.renew_lease(&fence, "test", LONG)).await;
+    assert!(renewed.unwrap().unwrap());
+    tokio::time::timeout(Duration::from_secs(5), a.release_lease(&fence, "test")).await.unwrap().unwrap();
+    // A takeover waits for both.
+    let taker = b.clone();
+    let mut takeover = tokio::spawn(async move { taker.acquire_lease("hot", "b", LONG).await });
+    assert!(blocked(&mut takeover, Duration::from_millis(500)).await, "the takeover did not wait");
+    first.commit().await.unwrap();
+    assert!(blocked(&mut takeover, Duration::from_millis(300)).await, "the takeover did not wait for the second");
+    second.rollback().await.unwrap();
+    let epoch = takeover.await.unwrap().unwrap().unwrap();
+    assert_eq!(epoch, fence.epoch + 1);
+    // What committed before it is stored; nothing of the old epoch is after it.
+    assert_eq!(a.get(&row.id).await.unwrap().unwrap().attempts, [attempt(1, 10)]);
+    let late = a.add_attempt(&fence, &row.id, nonce, attempt(2, 20)).await;
+    assert!(matches!(late, Err(JournalError::Fenced { epoch, .. }) if epoch == fence.epoch), "{late:?}");
+    assert_eq!(a.get(&row.id).await.unwrap().unwrap().attempts.len(), 1);
+    // The other way round: a fenced write that reaches the lease during a takeover waits for it, then is
+    // refused.
+    let new = Fence { key: "hot".into(), epoch };
+    b.release_lease(&new, "b").await.unwrap();
+    let mut third = a.inner.pool.get().await.unwrap();
+    let third = third.transaction().await.unwrap();
+    let taken = engine::acquire_lease(&third, "hot".into(), "c".into(), LONG).await.unwrap().unwrap();
+    let writer = b.clone();
+    let (id, held) = (row.id.clone(), new.clone());
+    let mut write = tokio::spawn(async move { writer.add_attempt(&held, &id, nonce, attempt(3, 30)).await });
+    assert!(blocked(&mut write, Duration::from_millis(500)).await, "the fenced write did not wait for the takeover");
+    third.commit().await.unwrap();
+    let refused = write.await.unwrap();
+    assert!(matches!(refused, Err(JournalError::Fenced { epoch, .. }) if epoch == new.epoch), "{refused:?}");
+    assert_eq!(taken, new.epoch + 1);
+    let stored = a.get(&row.id).await.unwrap().unwrap();
+    assert_eq!(stored.attempts.len(), 1);
+    let attempts = database.client().await.query("SELECT epoch, replica FROM attempts", &[]).await.unwrap();
+    let named: Vec<(i64, String)> = attempts.iter().map(|row| (row.get(0), row.get(1))).collect();
+    assert_eq!(named, [(rows::to_i64(fence.epoch), "test".to_owned())], "an attempt names its lease");
+    a.close();
+    b.close();
+    database.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_racing_a_takeover_are_stored_exactly_when_they_succeed() {
+    let Some(database) = TestDatabase::create().await else { return };
+    let (a, b) = (database.journal().await, database.journal().await);
+    let fence = lease(&a).await;
+    let mut rows = Vec::new();
+    for index in 0..40 {
+        rows.push(new_row(&a, &format!("w-{index}")).await.id);
+    }
+    let claims: Vec<_> = rows
+        .iter()
+        .map(|id| {
+            let (journal, fence, id) = (a.clone(), fence.clone(), id.clone());
+            tokio::spawn(async move { journal.claim(&fence, &id, 0, None).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    a.release_lease(&fence, "test").await.unwrap();
+    let epoch = b.acquire_lease("hot", "b", LONG).await.unwrap().unwrap();
+    let mut claimed = Vec::new();
+    for (id, claim) in rows.iter().zip(claims) {
+        let stored = a.get(id).await.unwrap().unwrap();
+        match claim.await.unwrap() {
+            Ok(Claim::Claimed { nonce, .. }) => {
+                assert_eq!((stored.status, stored.nonce), (Status::Signing, Some(nonce)));
+                claimed.push(nonce);
+            }
+            Err(JournalError::Fenced { .. }) => assert_eq!((stored.status, stored.nonce), (Status::Accepted, None)),
+            other => panic!("{other:?}"),
+        }
+    }
+    claimed.sort_unstable();
+    assert_eq!(claimed, (0..claimed.len() as u64).collect::<Vec<_>>(), "contiguous: {claimed:?}");
+    // The new holder goes on from what was stored.
+    let next = Fence { key: "hot".into(), epoch };
+    let nonces = b.recover_nonces(&next, 0).await.unwrap();
+    assert_eq!((nonces.next(), nonces.gaps()), (claimed.len() as u64, vec![]));
+    a.close();
+    b.close();
+    database.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_run_out_on_the_databases_clock_and_a_holder_may_take_its_own_again() {
+    let Some(database) = TestDatabase::create().await else { return };
+    let (a, b) = (database.journal().await, database.journal().await);
+    let epoch = a.acquire_lease("hot", "a", Duration::from_millis(400)).await.unwrap().unwrap();
+    assert_eq!(epoch, 1);
+    let clock: i64 = database.client().await.query_one(&format!("SELECT {}", rows::NOW_MS), &[]).await.unwrap().get(0);
+    let lease = b.leases().await.unwrap().pop().unwrap();
+    let expires = i64::try_from(lease.expires_ms).unwrap();
+    assert!(
+        (clock - expires + 400).abs() < 2_000,
+        "the expiry is the database's time plus the lease: {expires} {clock}"
+    );
+    assert_eq!(b.acquire_lease("hot", "b", LONG).await.unwrap(), None, "a running lease is its holder's");
+    // A replica restarted under its configured name takes its lease back at once, with a new epoch.
+    let again = a.acquire_lease("hot", "a", Duration::from_millis(400)).await.unwrap().unwrap();
+    assert_eq!(again, 2);
+    let old = Fence { key: "hot".into(), epoch };
+    assert!(!a.renew_lease(&old, "a", LONG).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let taken = b.acquire_lease("hot", "b", LONG).await.unwrap().unwrap();
+    assert_eq!(taken, 3, "run out: taken by another replica");
+    let current = Fence { key: "hot".into(), epoch: again };
+    assert!(!a.renew_lease(&current, "a", LONG).await.unwrap(), "the former holder cannot renew it");
+    a.close();
+    b.close();
+    database.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_on_two_pools_take_distinct_contiguous_nonces() {
+    let Some(database) = TestDatabase::create().await else { return };
+    let (a, b) = (database.journal().await, database.journal().await);
+    let fence = lease(&a).await;
+    let mut rows = Vec::new();
+    for index in 0..60 {
+        rows.push(new_row(&a, &format!("w-{index}")).await.id);
+    }
+    let claims: Vec<_> = rows
+        .iter()
+        .enumerate()
+        .map(|(index, id)| {
+            let journal = if index % 2 == 0 { a.clone() } else { b.clone() };
+            let (fence, id) = (fence.clone(), id.clone());
+            tokio::spawn(async move { journal.claim(&fence, &id, 100, None).await })
+        })
+        .collect();
+    let mut nonces = Vec::new();
+    for claim in claims {
+        let Claim::Claimed { nonce, .. } = claim.await.unwrap().unwrap() else { panic!() };
+        nonces.push(nonce);
+    }
+    nonces.sort_unstable();
+    assert_eq!(nonces, (100..160).collect::<Vec<_>>());
+    a.close();
+    b.close();
+    database.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_store_one_row_per_idempotency_key_and_cannot_both_pass_a_daily_limit() {
+    let Some(database) = TestDatabase::create().await else { return };
+    let (a, b) = (database.journal().await, database.journal().await);
+    // One idempotency key, asked on both replicas at once (for two keys: two limit locks).
+    let inserts: Vec<_> = (0..20)
+        .map(|index| {
+            let journal = if index % 2 == 0 { a.clone() } else { b.clone() };
+            let key = if index % 4 < 2 { "hot" } else { "warm" };
+            let new = NewWithdrawal { key: key.into(), ..withdrawal("same", 1) };
+            tokio::spawn(async move { journal.insert(new, allow()).await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    let mut new = 0;
+    for insert in inserts {
+        match insert.await.unwrap().unwrap() {
+            Inserted::New(row) => {
+                new += 1;
+                ids.push(row.id);
+            }
+            Inserted::Existing(row) => ids.push(row.id),
+            Inserted::Refused(denial) => panic!("{denial}"),
+        }
+    }
+    assert_eq!(new, 1);
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every answer is the one row");
+    let client = database.client().await;
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!((count("SELECT count(*) FROM withdrawals").await, count("SELECT count(*) FROM spends").await), (1, 1));
+    // A daily limit of 10 (5 already counted), 30 requests of 1 on two replicas: exactly 5 pass.
+    let limited = || LimitCheck {
+        assets: vec![Asset::Ether],
+        check: Box::new(|spent| {
+            if spent.get(&Asset::Ether).copied().unwrap_or_default() + U256::from(1) > U256::from(10) {
+                return Err(Denial { rule: Rule::DailyLimit, message: "over".into() });
+            }
+            Ok(vec![(Asset::Ether, U256::from(1))])
+        }),
+    };
+    let requests: Vec<_> = (0..30)
+        .map(|index| {
+            let journal = if index % 2 == 0 { a.clone() } else { b.clone() };
+            let check = limited();
+            tokio::spawn(async move {
+                if index % 3 == 0 {
+                    journal.record_spends("hot", &format!("permit-{index}"), check).await.unwrap().is_ok()
+                } else {
+                    let inserted = journal.insert(withdrawal(&format!("w-{index}"), 1), check).await.unwrap();
+                    matches!(inserted, Inserted::New(_))
+                }
+            })
+        })
+        .collect();
+    let mut passed = 0;
+    for request in requests {
+        passed += usize::from(request.await.unwrap());
+    }
+    assert_eq!(passed, 5);
+    let total: String =
+        client.query_one("SELECT sum(amount)::text FROM spends WHERE key = 'hot'", &[]).await.unwrap().get(0);
+    assert_eq!(total, "10");
+    a.close();
+    b.close();
+    database.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_at_once_migrate_once_and_a_newer_schema_is_refused() {
+    let Some(database) = TestDatabase::create().await else { return };
+    let starts = (0..4).map(|_| PostgresJournal::connect(&database.url));
+    let journals: Vec<PostgresJournal> =
+        futures_util::future::join_all(starts).await.into_iter().collect::<Result<_, _>>().unwrap();
+    let client = database.client().await;
+    let versions: Vec<i32> =
+        client.query("SELECT version FROM ethkms_schema", &[]).await.unwrap().iter().map(|row| row.get(0)).collect();
+    assert_eq!(versions, [PostgresJournal::SCHEMA_VERSION]);
+    for journal in &journals {
+        journal.close();
+    }
+    // Reconnecting to a current schema changes nothing.
+    database.journal().await.close();
+    let newer = PostgresJournal::SCHEMA_VERSION + 1;
+    client.execute("UPDATE ethkms_schema SET version = $1", &[&newer]).await.unwrap();
+    let error = PostgresJournal::connect(&database.url).await.unwrap_err().to_string();
+    assert!(
+        error.contains(&format!("version {newer}, newer than"))
+            && error.contains(&format!("({})", PostgresJournal::SCHEMA_VERSION))
+            && !error.contains('\n'),
+        "{error}"
+    );
+    // Tables of the same name that are not the journal's.
+    let other = TestDatabase::create().await.unwrap();
+    other.client().await.batch_execute("CREATE TABLE leases (key TEXT PRIMARY KEY)").await.unwrap();
+    let error = PostgresJournal::connect(&other.url).await.unwrap_err().to_string();
+    assert!(error.contains("leases"), "{error}");
+    other.remove().await;
+    database.remove().await;
+}
+
+mod replicas;

@@ -24,98 +24,20 @@ use super::{
 };
 use crate::policy::{Asset, Denial};
 
+mod leases;
 mod rows;
+mod schema;
+mod writer;
+
+use leases::fenced;
+pub use schema::SCHEMA_VERSION;
+use schema::{MIGRATIONS, OPEN};
+pub(crate) use writer::QUEUE;
+use writer::{Failure, Job, Message, savepoint, writer};
 
 use rows::{
     asset_text, insert_spend, invalid, load, load_existing, load_nonces, release_spend, spent, sql_u64, store_nonces,
 };
-
-/// The schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
-
-/// Migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 3] = [
-    // 1: withdrawals, their attempts, and amounts counted against daily limits.
-    "
-CREATE TABLE withdrawals (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    client TEXT,
-    idempotency_key TEXT,
-    key TEXT NOT NULL,
-    recipient TEXT NOT NULL,
-    asset TEXT NOT NULL,
-    amount TEXT NOT NULL,
-    status TEXT NOT NULL,
-    nonce INTEGER,
-    tx_hash TEXT,
-    block_number INTEGER,
-    error TEXT,
-    created_ms INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL,
-    UNIQUE (client, idempotency_key)
-);
-CREATE INDEX open_withdrawals ON withdrawals (status) WHERE status IN ('accepted', 'signed', 'submitted');
-CREATE TABLE attempts (
-    withdrawal TEXT NOT NULL REFERENCES withdrawals (id),
-    number INTEGER NOT NULL,
-    tx_hash TEXT NOT NULL,
-    raw BLOB NOT NULL,
-    max_fee_per_gas TEXT NOT NULL,
-    priority_fee_per_gas TEXT NOT NULL,
-    signed_ms INTEGER NOT NULL,
-    PRIMARY KEY (withdrawal, number)
-);
-CREATE TABLE spends (
-    key TEXT NOT NULL,
-    asset TEXT NOT NULL,
-    amount TEXT NOT NULL,
-    at_ms INTEGER NOT NULL
-);
-",
-    // 2: RPC transactions, confirmations, cancellation, and amounts given back.
-    "
-ALTER TABLE withdrawals ADD COLUMN request TEXT;
-ALTER TABLE withdrawals ADD COLUMN block_hash TEXT;
-ALTER TABLE withdrawals ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE withdrawals ADD COLUMN confirmed INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE attempts ADD COLUMN cancel INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE spends ADD COLUMN withdrawal TEXT;
-CREATE INDEX spends_by_withdrawal ON spends (withdrawal) WHERE withdrawal IS NOT NULL;
-DROP INDEX open_withdrawals;
-CREATE INDEX open_rows ON withdrawals (status) WHERE confirmed = 0 AND status NOT IN ('confirmed', 'failed');
-",
-    // 3: leases and nonces per key (the journal allocates nonces), attempts named by the lease they were
-    // stored under, daily-limit sums read by key.
-    "
-CREATE TABLE leases (
-    key TEXT PRIMARY KEY,
-    holder TEXT NOT NULL,
-    epoch INTEGER NOT NULL,
-    expires_ms INTEGER NOT NULL
-);
-CREATE TABLE nonces (
-    key TEXT PRIMARY KEY,
-    next INTEGER NOT NULL,
-    free TEXT NOT NULL DEFAULT ''
-);
-ALTER TABLE attempts ADD COLUMN epoch INTEGER;
-ALTER TABLE attempts ADD COLUMN replica TEXT;
-CREATE INDEX spends_by_key ON spends (key, asset, at_ms);
-CREATE INDEX open_rows_by_key ON withdrawals (key, status) WHERE confirmed = 0 AND status NOT IN ('confirmed', 'failed');
-",
-];
-
-/// Statuses of rows still in the engine's hands (with `confirmed = 0` for a mined cancellation).
-const OPEN: &str = "confirmed = 0 AND status NOT IN ('confirmed', 'failed') \
-    AND NOT (status = 'cancelled' AND block_number IS NULL)";
-
-type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-/// Writes that may wait for the journal's thread at once; one more is refused ([`JournalError::Busy`]),
-/// so that a flood of requests cannot grow the queue without bound.
-pub(crate) const QUEUE: usize = 8192;
-
-type Job = Box<dyn FnOnce(Result<&Connection, &str>) -> Reply + Send>;
 
 /// The SQLite journal: a handle on the thread that owns the database. Cheap to clone.
 #[derive(Clone)]
@@ -126,19 +48,11 @@ pub struct SqliteJournal {
     closed: std::sync::Arc<std::sync::Mutex<mpsc::Receiver<()>>>,
 }
 
-enum Message {
-    Job(Job),
-    Close,
-}
-
 impl std::fmt::Debug for SqliteJournal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteJournal").field("path", &self.path).finish_non_exhaustive()
     }
 }
-
-/// The most operations one commit holds.
-const MAX_BATCH: usize = 512;
 
 /// Now, in Unix milliseconds.
 #[must_use]
@@ -162,7 +76,7 @@ impl SqliteJournal {
             _ => JournalError::Sqlite { path: path.clone(), source },
         };
         let connection = Connection::open(&path).map_err(sqlite)?;
-        connection.busy_timeout(std::time::Duration::ZERO).map_err(sqlite)?;
+        connection.busy_timeout(Duration::ZERO).map_err(sqlite)?;
         // One server per journal: the lock is taken by the first write below and held until the
         // process ends (the operating system releases it even after kill -9).
         connection.execute_batch("PRAGMA locking_mode = EXCLUSIVE").map_err(sqlite)?;
@@ -310,11 +224,19 @@ impl JournalStore for SqliteJournal {
                 Ok(spends) => spends,
                 Err(denial) => return Ok(Err(denial)),
             };
-            let id = format!("tx-{}", uuid::Uuid::new_v4());
+            let id = row.id;
             connection.execute(
                 "INSERT INTO withdrawals (id, kind, client, key, recipient, asset, amount, request, status, \
                  created_ms, updated_ms) VALUES (?1, 'rpc', ?2, ?3, ?4, 'ETH', ?5, ?6, 'accepted', ?7, ?7)",
-                params![id, row.client, row.key, row.recipient.to_string(), row.amount.to_string(), row.request, sql_u64(now)],
+                params![
+                    id,
+                    row.client,
+                    row.key,
+                    row.recipient.to_string(),
+                    row.amount.to_string(),
+                    row.request,
+                    sql_u64(now)
+                ],
             )?;
             for (asset, amount) in spends {
                 insert_spend(connection, &row.key, asset, amount, now, Some(&id))?;
@@ -404,21 +326,26 @@ impl JournalStore for SqliteJournal {
         let key = key.map(str::to_owned);
         self.run(move |connection| {
             let ids = match &key {
-                Some(key) => ids(connection, &format!("SELECT id FROM withdrawals WHERE key = ?1 AND {OPEN} ORDER BY rowid"), key)?,
-                None => ids(connection, &format!("SELECT id FROM withdrawals WHERE ?1 = ?1 AND {OPEN} ORDER BY rowid"), "")?,
+                Some(key) => ids(
+                    connection,
+                    &format!("SELECT id FROM withdrawals WHERE key = ?1 AND {OPEN} ORDER BY rowid"),
+                    key,
+                )?,
+                None => {
+                    ids(connection, &format!("SELECT id FROM withdrawals WHERE ?1 = ?1 AND {OPEN} ORDER BY rowid"), "")?
+                }
             };
             load_all(connection, ids)
         })
         .await
     }
 
-    async fn accepted(&self, key: &str) -> Result<Vec<Withdrawal>, JournalError> {
+    async fn accepted(&self, key: &str) -> Result<Vec<String>, JournalError> {
         let key = key.to_owned();
         self.run(move |connection| {
             let sql = "SELECT id FROM withdrawals WHERE key = ?1 AND confirmed = 0 AND status = 'accepted' \
                        AND kind IN ('withdrawal', 'rpc') ORDER BY rowid";
-            let ids = ids(connection, sql, &key)?;
-            load_all(connection, ids)
+            Ok(ids(connection, sql, &key)?)
         })
         .await
     }
@@ -437,131 +364,31 @@ impl JournalStore for SqliteJournal {
     }
 
     async fn acquire_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<Option<u64>, JournalError> {
-        let (key, holder) = (key.to_owned(), holder.to_owned());
-        self.run(move |connection| {
-            let now = now_ms();
-            let current: Option<(i64, i64)> = connection
-                .query_row("SELECT epoch, expires_ms FROM leases WHERE key = ?1", params![key], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })
-                .optional()?;
-            let epoch = match current {
-                Some((_, expires)) if expires > sql_u64(now) => return Ok(None),
-                Some((epoch, _)) => epoch.saturating_add(1),
-                None => 1,
-            };
-            connection.execute(
-                "INSERT INTO leases (key, holder, epoch, expires_ms) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (key) DO UPDATE SET holder = ?2, epoch = ?3, expires_ms = ?4",
-                params![key, holder, epoch, sql_u64(now.saturating_add(millis(ttl)))],
-            )?;
-            Ok(Some(u64::try_from(epoch).unwrap_or(0)))
-        })
-        .await
+        self.take_lease(key, holder, ttl).await
     }
 
     async fn renew_lease(&self, fence: &Fence, holder: &str, ttl: Duration) -> Result<bool, JournalError> {
-        let (fence, holder) = (fence.clone(), holder.to_owned());
-        self.run(move |connection| {
-            let changed = connection.execute(
-                "UPDATE leases SET expires_ms = ?4 WHERE key = ?1 AND holder = ?2 AND epoch = ?3",
-                params![fence.key, holder, sql_u64(fence.epoch), sql_u64(now_ms().saturating_add(millis(ttl)))],
-            )?;
-            Ok(changed == 1)
-        })
-        .await
+        self.extend_lease(fence, holder, ttl).await
     }
 
     async fn release_lease(&self, fence: &Fence, holder: &str) -> Result<(), JournalError> {
-        let (fence, holder) = (fence.clone(), holder.to_owned());
-        self.run(move |connection| {
-            connection.execute(
-                "UPDATE leases SET expires_ms = 0 WHERE key = ?1 AND holder = ?2 AND epoch = ?3",
-                params![fence.key, holder, sql_u64(fence.epoch)],
-            )?;
-            Ok(())
-        })
-        .await
+        self.end_lease(fence, holder).await
     }
 
     async fn leases(&self) -> Result<Vec<LeaseRow>, JournalError> {
-        self.run(|connection| {
-            let mut statement = connection.prepare("SELECT key, holder, epoch, expires_ms FROM leases ORDER BY key")?;
-            let rows = statement.query_map([], |row| {
-                Ok(LeaseRow {
-                    key: row.get(0)?,
-                    holder: row.get(1)?,
-                    epoch: row.get::<_, i64>(2)?.try_into().unwrap_or(0),
-                    expires_ms: row.get::<_, i64>(3)?.try_into().unwrap_or(0),
-                })
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .await
+        self.lease_rows().await
     }
 
     async fn recover_nonces(&self, fence: &Fence, pending: u64) -> Result<Nonces, JournalError> {
-        let fence = fence.clone();
-        self.run(move |connection| {
-            fenced(connection, &fence)?;
-            let sql = format!("SELECT nonce FROM withdrawals WHERE key = ?1 AND nonce IS NOT NULL AND {OPEN}");
-            let held = connection
-                .prepare(&sql)?
-                .query_map(params![fence.key], |row| row.get::<_, i64>(0))?
-                .map(|nonce| nonce.map(|nonce| u64::try_from(nonce).unwrap_or(0)))
-                .collect::<Result<_, _>>()?;
-            let mut nonces = Nonces::default();
-            nonces.recover(pending, &held);
-            store_nonces(connection, &fence.key, &nonces)?;
-            Ok(nonces)
-        })
-        .await
+        self.recovered_nonces(fence, pending).await
     }
 
     async fn claim(&self, fence: &Fence, id: &str, pending: u64, wanted: Option<u64>) -> Result<Claim, JournalError> {
-        let (fence, id) = (fence.clone(), id.to_owned());
-        self.run(move |connection| {
-            fenced(connection, &fence)?;
-            let open: bool = connection
-                .query_row(
-                    "SELECT COUNT(*) FROM withdrawals WHERE id = ?1 AND key = ?2 AND status = 'accepted' AND nonce IS NULL",
-                    params![id, fence.key],
-                    |row| row.get::<_, i64>(0),
-                )
-                .map(|count| count == 1)?;
-            if !open {
-                return Ok(Claim::NotAccepted);
-            }
-            let mut nonces = load_nonces(connection, &fence.key)?;
-            nonces.observe_pending(pending);
-            if let Some(wanted) = wanted
-                && wanted != nonces.peek()
-            {
-                return Ok(Claim::NotNext { next: nonces.peek() });
-            }
-            let nonce = nonces.allocate();
-            store_nonces(connection, &fence.key, &nonces)?;
-            connection.execute(
-                "UPDATE withdrawals SET status = 'signing', nonce = ?2, updated_ms = ?3 WHERE id = ?1",
-                params![id, sql_u64(nonce), sql_u64(now_ms())],
-            )?;
-            Ok(Claim::Claimed { nonce, nonces })
-        })
-        .await
+        self.claim_with_nonce(fence, id, pending, wanted).await
     }
 
     async fn release_nonces(&self, fence: &Fence, released: Range<u64>) -> Result<Nonces, JournalError> {
-        let fence = fence.clone();
-        self.run(move |connection| {
-            fenced(connection, &fence)?;
-            let mut nonces = load_nonces(connection, &fence.key)?;
-            for nonce in released {
-                nonces.release(nonce);
-            }
-            store_nonces(connection, &fence.key, &nonces)?;
-            Ok(nonces)
-        })
-        .await
+        self.free_nonces(fence, released).await
     }
 
     async fn insert_gap_fill(
@@ -570,24 +397,7 @@ impl JournalStore for SqliteJournal {
         nonce: u64,
         recipient: Address,
     ) -> Result<Option<Withdrawal>, JournalError> {
-        let fence = fence.clone();
-        self.run(move |connection| {
-            fenced(connection, &fence)?;
-            let mut nonces = load_nonces(connection, &fence.key)?;
-            if !nonces.take(nonce) {
-                return Ok(None);
-            }
-            store_nonces(connection, &fence.key, &nonces)?;
-            let id = format!("gap-{}", uuid::Uuid::new_v4());
-            let now = now_ms();
-            connection.execute(
-                "INSERT INTO withdrawals (id, kind, key, recipient, asset, amount, status, nonce, created_ms, \
-                 updated_ms) VALUES (?1, 'gap_fill', ?2, ?3, 'ETH', '0', 'signing', ?4, ?5, ?5)",
-                params![id, fence.key, recipient.to_string(), sql_u64(nonce), sql_u64(now)],
-            )?;
-            Ok(Some(load_existing(connection, &id)?))
-        })
-        .await
+        self.store_gap_fill(fence, nonce, recipient).await
     }
 
     async fn add_attempt(&self, fence: &Fence, id: &str, nonce: u64, attempt: Attempt) -> Result<(), JournalError> {
@@ -742,18 +552,6 @@ impl JournalStore for SqliteJournal {
     }
 }
 
-/// Refuses the operation unless `fence` is the key's current lease.
-fn fenced(connection: &Connection, fence: &Fence) -> Result<(), Failure> {
-    let epoch: Option<i64> = connection
-        .query_row("SELECT epoch FROM leases WHERE key = ?1", params![fence.key], |row| row.get(0))
-        .optional()?;
-    if epoch == Some(sql_u64(fence.epoch)) {
-        Ok(())
-    } else {
-        Err(Failure::Fenced { key: fence.key.clone(), epoch: fence.epoch })
-    }
-}
-
 /// The ids `sql` selects with `parameter` as `?1`.
 fn ids(connection: &Connection, sql: &str, parameter: &str) -> rusqlite::Result<Vec<String>> {
     connection.prepare(sql)?.query_map(params![parameter], |row| row.get::<_, String>(0))?.collect()
@@ -767,81 +565,8 @@ fn load_all(connection: &Connection, ids: Vec<String>) -> Result<Vec<Withdrawal>
     Ok(rows)
 }
 
-fn millis(duration: Duration) -> u64 {
+pub(super) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Why an operation did not happen.
-enum Failure {
-    Sqlite(rusqlite::Error),
-    Commit(String),
-    /// A conditional write whose condition did not hold.
-    Refused(String),
-    /// An engine write whose lease is no longer the key's.
-    Fenced { key: String, epoch: u64 },
-}
-
-impl From<rusqlite::Error> for Failure {
-    fn from(error: rusqlite::Error) -> Self {
-        Self::Sqlite(error)
-    }
-}
-
-/// The journal thread: takes what is queued, runs it in one transaction, commits, answers.
-fn writer(connection: &Connection, queue: &mpsc::Receiver<Message>) {
-    let mut open = true;
-    while open && let Ok(first) = queue.recv() {
-        let mut jobs = Vec::new();
-        let mut next = Some(first);
-        while let Some(message) = next.take() {
-            match message {
-                Message::Job(job) => jobs.push(job),
-                Message::Close => {
-                    open = false;
-                    break;
-                }
-            }
-            if jobs.len() < MAX_BATCH {
-                next = queue.try_recv().ok();
-            }
-        }
-        if jobs.is_empty() {
-            continue;
-        }
-        if let Err(error) = connection.execute_batch("BEGIN IMMEDIATE") {
-            let reason = format!("cannot begin a transaction, nothing was stored: {error}");
-            for job in jobs {
-                job(Err(&reason))(Err(reason.clone()));
-            }
-            continue;
-        }
-        let replies: Vec<Reply> = jobs.into_iter().map(|job| job(Ok(connection))).collect();
-        let committed = connection.execute_batch("COMMIT").map_err(|error| {
-            let _ = connection.execute_batch("ROLLBACK");
-            format!("commit failed, nothing of it was stored: {error}")
-        });
-        for reply in replies {
-            reply(committed.clone());
-        }
-    }
-}
-
-/// Runs `operation` inside a savepoint, undone if it fails.
-fn savepoint<R>(
-    connection: &Connection,
-    operation: impl FnOnce(&Connection) -> Result<R, Failure>,
-) -> Result<R, Failure> {
-    connection.execute_batch("SAVEPOINT operation")?;
-    match operation(connection) {
-        Ok(value) => {
-            connection.execute_batch("RELEASE operation")?;
-            Ok(value)
-        }
-        Err(error) => {
-            connection.execute_batch("ROLLBACK TO operation; RELEASE operation")?;
-            Err(error)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -11,13 +11,15 @@ use crate::policy::{Asset, DAY};
 /// What `key` moved of each of `assets` in the 24 hours before `now_ms`.
 pub(super) fn spent(connection: &Connection, key: &str, assets: &[Asset], now_ms: u64) -> Result<Spent, Failure> {
     let since = now_ms.saturating_sub(u64::try_from(DAY.as_millis()).unwrap_or(u64::MAX));
-    let mut statement =
-        connection.prepare_cached("SELECT amount FROM spends WHERE key = ?1 AND asset = ?2 AND at_ms > ?3")?;
+    let mut statement = connection.prepare("SELECT amount FROM spends WHERE key = ?1 AND asset = ?2 AND at_ms > ?3")?;
     let mut spent = Spent::new();
     for asset in assets {
         let mut total = U256::ZERO;
-        for amount in statement.query_map(params![key, asset_text(*asset), sql_u64(since)], |row| row.get::<_, String>(0))? {
-            total = total.saturating_add(parse_u256(&amount?)?);
+        let amounts =
+            statement.query_map(params![key, asset_text(*asset), sql_u64(since)], |row| row.get::<_, String>(0))?;
+        for amount in amounts {
+            let amount: String = amount?;
+            total = total.saturating_add(parse_u256(&amount)?);
         }
         spent.insert(*asset, total);
     }

@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use alloy_consensus::{SignableTransaction as _, TxEnvelope, TypedTransaction};
 use alloy_eips::eip2718::Encodable2718;
-use alloy_primitives::U256;
-use alloy_rpc_types_eth::TransactionRequest;
 use ethkms::eth::SignerError;
 use ethkms::eth::chain::Fees;
 use serde_json::{Value, json};
@@ -19,16 +17,17 @@ use serde_json::{Value, json};
 use super::broadcast::{self, outcome_name};
 use super::rejections::BroadcastOutcome;
 use super::settlement::{self, AfterBroadcast};
-use crate::config::WithdrawalSettings;
-use crate::journal::{Attempt, JournalError, JournalStore, Kind, NewRow, Status, Withdrawal, now_ms};
-use crate::policy::Asset;
+use crate::config::{ReplicaSettings, WithdrawalSettings};
+use crate::journal::{Attempt, Claim, Fence, JournalError, JournalStore, Kind, Release, Status, Withdrawal, now_ms};
 use crate::shared::{Key, Shared, WorkCounter, transaction_fields};
 
+mod leases;
 mod recovery;
+mod rpc;
 mod state;
 mod transaction;
 
-pub(crate) use state::{FailureKind, Foreign, InFlight, KeyState, Processed, RpcFailure, Trouble};
+pub(crate) use state::{FailureKind, Foreign, HeldLease, InFlight, KeyState, Processed, RpcFailure, Trouble};
 
 use transaction::rpc_request;
 pub(crate) use transaction::withdrawal_request;
@@ -48,6 +47,8 @@ pub(crate) struct Engine {
     pub(crate) shared: Arc<Shared>,
     pub(crate) journal: Arc<dyn JournalStore>,
     pub(crate) settings: WithdrawalSettings,
+    /// This replica's name and lease time.
+    pub(crate) replica: ReplicaSettings,
     pub(crate) key_states: BTreeMap<String, KeyState>,
     /// Rows with a stored transaction, not yet final, by id.
     pub(crate) in_flight: Mutex<HashMap<String, InFlight>>,
@@ -65,6 +66,18 @@ pub(crate) struct Engine {
     recovered: tokio::sync::watch::Sender<bool>,
     /// Why the engine refuses to work (a key configured for another chain than the node's).
     halted: Mutex<Option<String>>,
+}
+
+/// See [`Engine::processing_guard`].
+pub(crate) struct ProcessingGuard<'a> {
+    engine: &'a Engine,
+    id: String,
+}
+
+impl Drop for ProcessingGuard<'_> {
+    fn drop(&mut self) {
+        self.engine.processing.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -91,12 +104,21 @@ fn retryable(error: &SignerError) -> bool {
 }
 
 impl Engine {
-    pub(crate) fn new(shared: Arc<Shared>, journal: Arc<dyn JournalStore>, settings: WithdrawalSettings) -> Arc<Self> {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        journal: Arc<dyn JournalStore>,
+        settings: WithdrawalSettings,
+        replica: ReplicaSettings,
+    ) -> Arc<Self> {
         let key_states = shared.keys.keys().map(|name| (name.clone(), KeyState::default())).collect();
+        for name in shared.keys.keys() {
+            shared.metrics.lease_held(name, false);
+        }
         Arc::new(Self {
             shared,
             journal,
             settings,
+            replica,
             key_states,
             in_flight: Mutex::new(HashMap::new()),
             cancel_requests: Mutex::new(HashSet::new()),
@@ -135,21 +157,22 @@ impl Engine {
         self.key_states.get(key)
     }
 
-    /// A client withdrawal `row` was stored: processed now, unless recovery is still running (then
-    /// recovery's final sweep takes it).
+    /// A client withdrawal `row` was stored: processed now if this replica holds its key and has recovered
+    /// it; otherwise the key's owner takes it (woken by the journal, or at its next sweep), or this replica
+    /// once it has recovered the key.
     pub(crate) fn submit(self: &Arc<Self>, row: Withdrawal) {
-        if self.is_recovered() && self.halted().is_none() {
+        if self.halted().is_none() && self.ready_fence(&row.key).is_some() {
             self.spawn_processing(row);
         }
     }
 
-    /// Runs `row` (accepted; or signing with its nonce and no transaction) in the background until it is
-    /// sent or fails; passing trouble is retried until the service stops.
     /// Withdrawals taken by a task and not yet signed or given up: what a new one would wait behind.
     pub(crate) fn backlog(&self) -> usize {
         self.processing.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
+    /// Runs `row` (accepted; or signing with its nonce and no transaction) in the background until it is
+    /// sent or fails; passing trouble is retried while this replica holds the key.
     pub(crate) fn spawn_processing(self: &Arc<Self>, mut row: Withdrawal) {
         if !self.processing.lock().unwrap_or_else(PoisonError::into_inner).insert(row.id.clone()) {
             return; // a task has it already
@@ -162,7 +185,9 @@ impl Engine {
                 match engine.process(&mut row).await {
                     Ok(_) => break,
                     Err(Trouble::Fail(reason) | Trouble::Invalid(reason)) => {
-                        engine.fail_unpaid(&row, &reason).await;
+                        if let Some(fence) = engine.fence(&row.key) {
+                            engine.fail_unpaid(&fence, &row, &reason).await;
+                        }
                         break;
                     }
                     Err(Trouble::Skip(reason)) => {
@@ -171,8 +196,8 @@ impl Engine {
                     }
                     Err(Trouble::Retry { cause, reason }) => {
                         engine.shared.metrics.retries.inc(cause);
-                        if engine.stopping.load(Ordering::Relaxed) {
-                            tracing::info!(withdrawal = %row.id, %reason, "left for the next start");
+                        if engine.stopping.load(Ordering::Relaxed) || engine.fence(&row.key).is_none() {
+                            tracing::info!(withdrawal = %row.id, %reason, "left for the key's next owner");
                             break;
                         }
                         let delay = backoff(tries, Duration::from_millis(200));
@@ -185,24 +210,6 @@ impl Engine {
             engine.processing.lock().unwrap_or_else(PoisonError::into_inner).remove(&row.id);
             drop(guard);
         });
-    }
-
-    /// Processes every accepted withdrawal no task has: withdrawals posted while recovery ran, and — as a
-    /// safety net, run by the watcher now and then — any that a lost wake-up would leave waiting. The claim
-    /// makes sure each is signed once, whoever picks it up.
-    pub(crate) async fn sweep_accepted(self: &Arc<Self>) -> Result<usize, JournalError> {
-        let rows = self.journal.unfinished().await?;
-        let mut spawned = 0;
-        for row in rows {
-            if row.status == Status::Accepted && row.kind == Kind::Withdrawal {
-                let known = self.processing.lock().unwrap_or_else(PoisonError::into_inner).contains(&row.id);
-                if !known {
-                    spawned += 1;
-                    self.spawn_processing(row);
-                }
-            }
-        }
-        Ok(spawned)
     }
 
     /// Processes an RPC transaction `row` now, for a client waiting for the answer: passing trouble is
@@ -227,7 +234,9 @@ impl Engine {
                     (kind, format!("{reason} (gave up after {:?}; nothing was signed)", started.elapsed()))
                 }
             };
-            self.fail_unpaid(row, &reason).await;
+            if let Some(fence) = self.fence(&row.key) {
+                self.fail_unpaid(&fence, row, &reason).await;
+            }
             return Err(RpcFailure { kind, reason });
         }
     }
@@ -240,6 +249,7 @@ impl Engine {
             .get(&row.key)
             .ok_or_else(|| Trouble::Fail(format!("no key named `{}` in the configuration", row.key)))?;
         let state = self.state(&row.key).ok_or_else(|| Trouble::Fail(format!("no key named `{}`", row.key)))?;
+        let fence = self.fence(&row.key).ok_or_else(|| Trouble::Skip("this replica does not hold the key".into()))?;
         let _processing = state.in_process.start();
         let waiting = state.waiting.start();
         let started = Instant::now();
@@ -251,31 +261,27 @@ impl Engine {
         let nonce = match row.nonce {
             Some(nonce) => nonce,
             None => {
-                let nonce = self.allocate(key, state).await?;
-                if row.kind == Kind::Rpc
-                    && let Some(wanted) = rpc_request(row)?.1.nonce
-                    && wanted != nonce
-                {
-                    state.nonces.lock().unwrap_or_else(PoisonError::into_inner).release(nonce);
-                    return Err(Trouble::Invalid(format!(
-                        "nonce {wanted}: the service allocates this key's nonces and the next is {nonce}; leave \
-                         `nonce` out"
-                    )));
-                }
-                match self.journal.claim(&row.id, nonce).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        state.nonces.lock().unwrap_or_else(PoisonError::into_inner).release(nonce);
+                let pending = self.pending_count(key, state).await?;
+                let wanted = if row.kind == Kind::Rpc { rpc_request(row)?.1.nonce } else { None };
+                let claimed = self.journal.claim(&fence, &row.id, pending, wanted).await;
+                match claimed.map_err(|error| self.trouble(&fence, &error))? {
+                    Claim::Claimed { nonce, nonces } => {
+                        *state.nonces.lock().unwrap_or_else(PoisonError::into_inner) = nonces;
+                        row.nonce = Some(nonce);
+                        row.status = Status::Signing;
+                        nonce
+                    }
+                    Claim::NotAccepted => {
                         return Err(Trouble::Skip("claimed by another task, or no longer accepted".into()));
                     }
-                    Err(error) => {
-                        state.nonces.lock().unwrap_or_else(PoisonError::into_inner).release(nonce);
-                        return Err(Trouble::journal(&error));
+                    Claim::NotNext { next } => {
+                        let wanted = wanted.unwrap_or_default();
+                        return Err(Trouble::Invalid(format!(
+                            "nonce {wanted}: the service allocates this key's nonces and the next is {next}; leave \
+                             `nonce` out"
+                        )));
                     }
                 }
-                row.nonce = Some(nonce);
-                row.status = Status::Signing;
-                nonce
             }
         };
         drop(waiting);
@@ -288,7 +294,7 @@ impl Engine {
         let unsigned = request
             .build_typed_tx()
             .map_err(|request| Trouble::Fail(format!("cannot build a transaction from {request:?}")))?;
-        let attempt = self.sign_and_store(key, row, unsigned, fees, false, Some(permit)).await?;
+        let attempt = self.sign_and_store(&fence, key, row, unsigned, fees, false, Some(permit)).await?;
         row.attempts.push(attempt.clone());
         row.status = Status::Signed;
         row.tx_hash = Some(attempt.tx_hash);
@@ -296,6 +302,11 @@ impl Engine {
             self.shared.metrics.gaps_filled.inc();
         }
         let stored = started.elapsed();
+        if !self.holds(&fence) {
+            // Stored under a lease that has run out since: the key's next owner broadcasts it.
+            tracing::warn!(withdrawal = %row.id, key = %row.key, nonce, "the lease ran out before broadcasting; left to the key's next owner");
+            return Ok(Processed::Sent { attempt });
+        }
         let outcome = broadcast::send(self.shared.manager.provider(), &attempt.raw).await;
         self.shared.metrics.broadcasts.inc(outcome_name(outcome));
         tracing::debug!(
@@ -306,7 +317,7 @@ impl Engine {
         // recovered after a crash without a transaction had none broadcast.
         match settlement::after_broadcast(outcome, row.attempts.len() == 1) {
             AfterBroadcast::Submitted => {
-                if let Err(error) = self.journal.mark_submitted(&row.id).await {
+                if let Err(error) = self.journal.mark_submitted(&fence, &row.id).await {
                     tracing::warn!(withdrawal = %row.id, %error, "marking submitted (the watcher retries)");
                 }
                 row.status = Status::Submitted;
@@ -319,7 +330,7 @@ impl Engine {
                     other => outcome_name(other).to_owned(),
                 };
                 let reason = format!("the node refused the transaction: {refusal}");
-                self.fail_unpaid(row, &reason).await;
+                self.fail_unpaid(&fence, row, &reason).await;
                 return Ok(Processed::Failed(reason));
             }
             AfterBroadcast::Keep => {
@@ -336,8 +347,10 @@ impl Engine {
     /// Signs `unsigned` (a transaction of `row`, with its nonce) with KMS, writes the audit record and stores
     /// the transaction in the journal; returns it. Nothing is broadcast here. A signing `permit` is given back
     /// as soon as KMS has answered.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn sign_and_store(
         &self,
+        fence: &Fence,
         key: &Key,
         row: &Withdrawal,
         unsigned: TypedTransaction,
@@ -374,7 +387,7 @@ impl Engine {
             "kind": "signature", "method": method, "client": row.client, "key": key.name,
             "address": key.address(), "withdrawal": row.id, "idempotency_key": row.idempotency_key,
             "tx_hash": envelope.tx_hash(), "recipient": row.recipient, "asset": row.asset.to_string(),
-            "amount": row.amount.to_string(),
+            "amount": row.amount.to_string(), "epoch": fence.epoch,
         });
         if let (Some(record), Value::Object(fields)) = (record.as_object_mut(), transaction_fields(&envelope)) {
             record.extend(fields);
@@ -394,11 +407,11 @@ impl Engine {
             signed_ms: now_ms(),
             cancel,
         };
-        self.journal.add_attempt(&row.id, nonce, attempt.clone()).await.map_err(|error| {
-            if matches!(error, JournalError::Refused(_)) {
+        self.journal.add_attempt(fence, &row.id, nonce, attempt.clone()).await.map_err(|error| {
+            if matches!(error, JournalError::Refused(_) | JournalError::Fenced { .. }) {
                 tracing::error!(withdrawal = %row.id, nonce, %error, "the journal refused a transaction; it is not broadcast");
             }
-            Trouble::journal(&error)
+            self.trouble(fence, &error)
         })?;
         tracing::trace!(
             withdrawal = %row.id, nonce, sign_ms = signed.as_millis(), audit_ms = (audited - signed).as_millis(),
@@ -410,11 +423,16 @@ impl Engine {
     /// Marks `row` failed, unpaid: nothing of it was ever broadcast (or its one broadcast was definitely
     /// refused), so its nonce is given back and its amount returned to the daily limit. The nonce is given
     /// back only once the journal has the failure.
-    pub(crate) async fn fail_unpaid(&self, row: &Withdrawal, reason: &str) {
+    pub(crate) async fn fail_unpaid(&self, fence: &Fence, row: &Withdrawal, reason: &str) {
         let mut tries = 0;
-        let released = loop {
-            match self.journal.mark_failed(&row.id, reason, true).await {
-                Ok(released) => break released,
+        let nonces = loop {
+            match self.journal.mark_failed(fence, &row.id, reason, Release::UNPAID).await {
+                Ok((_, nonces)) => break nonces,
+                Err(error @ JournalError::Fenced { .. }) => {
+                    self.fenced(fence);
+                    tracing::warn!(withdrawal = %row.id, %error, "not marked failed here; the key's new owner decides");
+                    return;
+                }
                 Err(error) if tries < 5 && !matches!(error, JournalError::Closed) => {
                     self.shared.metrics.retries.inc("journal");
                     tokio::time::sleep(backoff(tries, Duration::from_millis(100))).await;
@@ -426,10 +444,9 @@ impl Engine {
                 }
             }
         };
-        if let (Some(nonce), Some(state)) = (row.nonce, self.state(&row.key)) {
-            state.nonces.lock().unwrap_or_else(PoisonError::into_inner).release(nonce);
+        if let Some(state) = self.state(&row.key) {
+            *state.nonces.lock().unwrap_or_else(PoisonError::into_inner) = nonces;
         }
-        self.shared.release(&released);
         self.untrack(&row.id);
         self.shared.metrics.withdrawals.inc("failed");
         if row.kind == Kind::GapFill
@@ -479,32 +496,6 @@ impl Engine {
         }
     }
 
-    /// Stores an RPC transaction for `key` (what it moves already checked by the policy and counted: `spends`,
-    /// a total per asset) and returns the row.
-    pub(crate) async fn insert_rpc(
-        &self,
-        client: &str,
-        method: &str,
-        key: &Key,
-        request: &TransactionRequest,
-        spends: Vec<(Asset, U256)>,
-    ) -> Result<Withdrawal, JournalError> {
-        let to = request.to.and_then(|to| to.to().copied()).unwrap_or_default();
-        let text = json!({ "method": method, "transaction": request }).to_string();
-        self.journal
-            .insert_row(NewRow {
-                kind: Kind::Rpc,
-                client: Some(client.to_owned()),
-                key: key.name.clone(),
-                recipient: to,
-                amount: request.value.unwrap_or_default(),
-                request: Some(text),
-                nonce: None,
-                spends,
-            })
-            .await
-    }
-
     /// Stops background work: waits up to `timeout` for rows being signed and sent (what is left resumes at
     /// the next start) and closes the journal.
     pub(crate) async fn stop(&self, timeout: Duration) {
@@ -515,6 +506,22 @@ impl Engine {
                 "withdrawals still in progress; they resume at the next start"
             );
         }
+        // Handed over at once rather than when they run out: another replica takes the keys now.
+        for key in self.shared.keys.keys() {
+            let lease = self.state(key).and_then(|state| *state.lease.lock().unwrap_or_else(PoisonError::into_inner));
+            if let Some(lease) = lease {
+                let fence = Fence { key: key.clone(), epoch: lease.epoch };
+                if let Err(error) = self.journal.release_lease(&fence, &self.replica.name).await {
+                    tracing::warn!(key, %error, "releasing the lease (it runs out by itself)");
+                }
+            }
+        }
         self.journal.close();
+    }
+
+    /// Marks `id` as taken by a task until the guard is dropped, so that no sweep starts a second one.
+    pub(crate) fn processing_guard(&self, id: &str) -> ProcessingGuard<'_> {
+        self.processing.lock().unwrap_or_else(PoisonError::into_inner).insert(id.to_owned());
+        ProcessingGuard { engine: self, id: id.to_owned() }
     }
 }

@@ -10,10 +10,25 @@ use crate::journal::{Attempt, JournalError, Withdrawal};
 use crate::nonces::Nonces;
 use crate::shared::{WorkCounter, redact_urls};
 
+/// This replica's lease on a key: the right to process its rows.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HeldLease {
+    /// Its epoch, which every journal write of the key carries.
+    pub(crate) epoch: u64,
+    /// Until when it is surely still ours (measured from before the request that took or renewed it, with
+    /// a margin): past it, nothing more is signed or broadcast for the key until it is renewed.
+    pub(crate) valid_until: Instant,
+    /// The key's rows have been recovered after taking it: new rows may be processed at once.
+    pub(crate) recovered: bool,
+}
+
 /// Per-key state of the engine.
 #[derive(Debug, Default)]
 pub(crate) struct KeyState {
-    /// The key's nonces.
+    /// The lease, while this replica holds it.
+    pub(crate) lease: Mutex<Option<HeldLease>>,
+    /// The key's nonces as the journal last answered them (the journal allocates; this copy shows the
+    /// watcher which nonces are free).
     pub(crate) nonces: Mutex<Nonces>,
     /// Rows of this key between deciding to take a nonce and storing their first transaction (a free nonce
     /// is not filled while any is).
@@ -82,6 +97,7 @@ impl Trouble {
     pub(crate) fn journal(error: &JournalError) -> Self {
         match error {
             JournalError::Refused(reason) => Self::Skip(reason.clone()),
+            JournalError::Fenced { .. } => Self::Skip(error.to_string()),
             other => Self::Retry { cause: "journal", reason: other.to_string() },
         }
     }

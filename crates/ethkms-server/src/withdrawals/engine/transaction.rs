@@ -145,15 +145,6 @@ impl Engine {
         Ok(count)
     }
 
-    /// Takes a nonce for `key`, after observing the node's pending count (so that a transaction sent from the
-    /// key elsewhere is not replaced).
-    pub(super) async fn allocate(&self, key: &Key, state: &KeyState) -> Result<u64, Trouble> {
-        let pending = self.pending_count(key, state).await?;
-        let mut nonces = state.nonces.lock().unwrap_or_else(PoisonError::into_inner);
-        nonces.observe_pending(pending);
-        Ok(nonces.allocate())
-    }
-
     /// The fees to pay now, reused for [`FEES_FOR`].
     pub(crate) async fn current_fees(&self) -> Result<Fees, Trouble> {
         if let Some((at, fees)) = *self.fee_cache.lock().unwrap_or_else(PoisonError::into_inner)

@@ -29,7 +29,7 @@ use super::engine::{Engine, Foreign, InFlight};
 use super::fees::{self, Bump};
 use super::rejections::BroadcastOutcome;
 use super::settlement::{self, NonceSettled};
-use crate::journal::{Kind, MinedAs, NewRow, Status, now_ms};
+use crate::journal::{Fence, Kind, MinedAs, Release, Status, now_ms};
 use crate::shared::{Key, redact_urls};
 
 mod action;
@@ -39,8 +39,9 @@ use action::{Action, action};
 /// Watcher rounds without a receipt for a mined nonce before the transaction at that nonce is looked up.
 const MISSES_BEFORE_LOOKUP: u32 = 3;
 
-/// How often accepted withdrawals that no task has are looked for (a safety net: none should exist).
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How often each held key's accepted rows that no task has (posted on another replica, when no wake-up
+/// came) and its requested cancellations are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Watcher rounds without any answer before an unresolved row is reported.
 const MISSES_BEFORE_WARNING: u32 = 20;
@@ -54,16 +55,19 @@ impl Engine {
         let mut last_sweep = Instant::now();
         while !self.stopping.load(Ordering::Relaxed) {
             ticker.tick().await;
-            if last_sweep.elapsed() >= SWEEP_EVERY {
+            let sweep = last_sweep.elapsed() >= SWEEP_EVERY;
+            if sweep {
                 last_sweep = Instant::now();
-                match self.sweep_accepted().await {
-                    Ok(0) => {}
-                    Ok(found) => tracing::warn!(found, "accepted withdrawals no task had were picked up"),
-                    Err(error) => tracing::warn!(%error, "sweeping accepted withdrawals"),
-                }
             }
             for key in self.shared.keys.values() {
-                if let Err(reason) = self.watch_key(key).await {
+                let Some(fence) = self.ready_fence(&key.name) else { continue };
+                if sweep {
+                    let found = self.sweep_key(&fence).await;
+                    if found > 0 {
+                        tracing::debug!(key = %key.name, found, "accepted rows picked up by the sweep");
+                    }
+                }
+                if let Err(reason) = self.watch_key(key, &fence).await {
                     self.shared.metrics.retries.inc("node");
                     tracing::warn!(key = %key.name, %reason, "watching the key's transactions; next round retries");
                 }
@@ -78,7 +82,7 @@ impl Engine {
         }
     }
 
-    async fn watch_key(self: &Arc<Self>, key: &Key) -> Result<(), String> {
+    async fn watch_key(self: &Arc<Self>, key: &Key, fence: &Fence) -> Result<(), String> {
         let Some(state) = self.state(&key.name) else { return Ok(()) };
         let followed =
             self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).values().any(|e| e.row.key == key.name);
@@ -128,25 +132,26 @@ impl Engine {
         };
         let mut work = Vec::new();
         for (entry, action) in actionable {
-            let engine = Arc::clone(self);
+            let (engine, fence) = (Arc::clone(self), fence.clone());
             work.push(tokio::spawn(async move {
                 let Some(key) = engine.shared.keys.get(&entry.row.key) else { return };
+                let fence = &fence;
                 match action {
-                    Action::Reorged => engine.reorged(&entry).await,
-                    Action::Confirm => engine.confirm(key, &entry).await,
-                    Action::Settle => engine.settle(key, entry, head).await,
+                    Action::Reorged => engine.reorged(fence, &entry).await,
+                    Action::Confirm => engine.confirm(fence, key, &entry).await,
+                    Action::Settle => engine.settle(fence, key, entry, head).await,
                     // The nonce is free again (a reorg): whatever was found there is no proof any more.
                     Action::ForgetForeign => engine.update(&entry.row.id, |followed| followed.foreign = None),
-                    Action::Replace { cancel } => engine.replace(key, &entry, market, cancel).await,
-                    Action::Rebroadcast => engine.rebroadcast(&entry).await,
+                    Action::Replace { cancel } => engine.replace(fence, key, &entry, market, cancel).await,
+                    Action::Rebroadcast => engine.rebroadcast(fence, &entry).await,
                 }
             }));
         }
         for task in work {
             let _ = task.await;
         }
-        self.release_holes(key, lowest_held, mined_count).await?;
-        self.fill_gaps(key, mined_count).await;
+        self.release_holes(fence, key, lowest_held, mined_count).await?;
+        self.fill_gaps(fence, key, mined_count).await;
         Ok(())
     }
 
@@ -155,7 +160,13 @@ impl Engine {
     /// has vanished since. Once that has lasted `rebroadcast_after` with nothing processing and the node has
     /// nothing pending there, they are freed, and so filled (or reused) — otherwise every later row would wait
     /// behind them until a restart.
-    async fn release_holes(&self, key: &Key, lowest_held: Option<u64>, mined_count: u64) -> Result<(), String> {
+    async fn release_holes(
+        &self,
+        fence: &Fence,
+        key: &Key,
+        lowest_held: Option<u64>,
+        mined_count: u64,
+    ) -> Result<(), String> {
         let Some(state) = self.state(&key.name) else { return Ok(()) };
         let Some(lowest) = lowest_held.filter(|lowest| *lowest > mined_count) else {
             *state.hole.lock().unwrap_or_else(PoisonError::into_inner) = None;
@@ -181,12 +192,12 @@ impl Engine {
         if pending > mined_count {
             return Ok(()); // the node has a transaction there: it may yet be mined
         }
-        {
-            let mut nonces = state.nonces.lock().unwrap_or_else(PoisonError::into_inner);
-            for nonce in mined_count..lowest {
-                nonces.release(nonce);
-            }
-        }
+        let nonces = self
+            .journal
+            .release_nonces(fence, mined_count..lowest)
+            .await
+            .map_err(|error| format!("{:?}", self.trouble(fence, &error)))?;
+        *state.nonces.lock().unwrap_or_else(PoisonError::into_inner) = nonces;
         *state.hole.lock().unwrap_or_else(PoisonError::into_inner) = None;
         tracing::warn!(
             key = %key.name, from = mined_count, to = lowest,
@@ -196,14 +207,17 @@ impl Engine {
     }
 
     /// Broadcasts the latest transaction of `entry` again; backs off while the node does not take it.
-    async fn rebroadcast(&self, entry: &InFlight) {
+    async fn rebroadcast(&self, fence: &Fence, entry: &InFlight) {
         let Some(last) = entry.row.attempts.last() else { return };
+        if !self.holds(fence) {
+            return;
+        }
         let outcome = broadcast::send(self.shared.manager.provider(), &last.raw).await;
         self.shared.metrics.broadcasts.inc(outcome_name(outcome));
-        self.after_broadcast(&entry.row.id, outcome, None).await;
+        self.after_broadcast(fence, &entry.row.id, outcome, None).await;
     }
 
-    async fn after_broadcast(&self, id: &str, outcome: BroadcastOutcome, fees: Option<Fees>) {
+    async fn after_broadcast(&self, fence: &Fence, id: &str, outcome: BroadcastOutcome, fees: Option<Fees>) {
         let accepted = outcome == BroadcastOutcome::Accepted;
         let poll = self.settings.poll_interval;
         self.update(id, |entry| {
@@ -219,7 +233,8 @@ impl Engine {
             entry.next_broadcast = Instant::now() + entry.broadcast_delay;
         });
         if accepted {
-            if let Err(error) = self.journal.mark_submitted(id).await {
+            if let Err(error) = self.journal.mark_submitted(fence, id).await {
+                self.trouble(fence, &error);
                 tracing::warn!(withdrawal = %id, %error, "marking submitted");
             }
         } else {
@@ -229,7 +244,7 @@ impl Engine {
 
     /// Signs a replacement for `entry`'s latest transaction — with bumped fees, or (`cancel`) a cancellation
     /// — and broadcasts it; at a fee cap, broadcasts the stored one again.
-    async fn replace(&self, key: &Key, entry: &InFlight, market: Option<Fees>, cancel: bool) {
+    async fn replace(&self, fence: &Fence, key: &Key, entry: &InFlight, market: Option<Fees>, cancel: bool) {
         let Some(last) = entry.row.attempts.last() else { return };
         let envelope = match broadcast::decode(&last.raw) {
             Ok(envelope) => envelope,
@@ -260,7 +275,7 @@ impl Engine {
                     self.update(&entry.row.id, |entry| entry.cap_reported = true);
                 }
                 if Instant::now() >= entry.next_broadcast {
-                    self.rebroadcast(entry).await;
+                    self.rebroadcast(fence, entry).await;
                 }
                 return;
             }
@@ -270,9 +285,12 @@ impl Engine {
         if let Some(existing) = entry.row.attempts.iter().rev().find(|attempt| {
             attempt.cancel == cancel && attempt.max_fee_per_gas == max_fee && attempt.priority_fee_per_gas == priority
         }) {
+            if !self.holds(fence) {
+                return;
+            }
             let outcome = broadcast::send(self.shared.manager.provider(), &existing.raw).await;
             self.shared.metrics.broadcasts.inc(outcome_name(outcome));
-            self.after_broadcast(&entry.row.id, outcome, Some(fees)).await;
+            self.after_broadcast(fence, &entry.row.id, outcome, Some(fees)).await;
             return;
         }
         let unsigned = if cancel {
@@ -287,7 +305,7 @@ impl Engine {
                 return;
             }
         };
-        let attempt = match self.sign_and_store(key, &entry.row, unsigned, fees, cancel, None).await {
+        let attempt = match self.sign_and_store(fence, key, &entry.row, unsigned, fees, cancel, None).await {
             Ok(attempt) => attempt,
             Err(trouble) => {
                 tracing::warn!(withdrawal = %entry.row.id, ?trouble, "re-signing; the next round tries again");
@@ -299,17 +317,20 @@ impl Engine {
             withdrawal = %entry.row.id, key = %key.name, nonce = ?entry.row.nonce, cancel, ?fees,
             tx_hash = %attempt.tx_hash, "signed a replacement"
         );
-        let outcome = broadcast::send(self.shared.manager.provider(), &attempt.raw).await;
-        self.shared.metrics.broadcasts.inc(outcome_name(outcome));
         self.update(&entry.row.id, |entry| {
             entry.row.tx_hash = Some(attempt.tx_hash);
-            entry.row.attempts.push(attempt);
+            entry.row.attempts.push(attempt.clone());
         });
-        self.after_broadcast(&entry.row.id, outcome, Some(fees)).await;
+        if !self.holds(fence) {
+            return; // stored: the key's next owner broadcasts it
+        }
+        let outcome = broadcast::send(self.shared.manager.provider(), &attempt.raw).await;
+        self.shared.metrics.broadcasts.inc(outcome_name(outcome));
+        self.after_broadcast(fence, &entry.row.id, outcome, Some(fees)).await;
     }
 
     /// The nonce of `entry` is mined: finds which transaction took it.
-    async fn settle(&self, key: &Key, entry: InFlight, head: u64) {
+    async fn settle(&self, fence: &Fence, key: &Key, entry: InFlight, head: u64) {
         let provider = self.shared.manager.provider();
         for attempt in entry.row.attempts.iter().rev() {
             match provider.get_transaction_receipt(attempt.tx_hash).await {
@@ -324,9 +345,10 @@ impl Engine {
                     let final_now = settlement::is_final(block, head, key.confirmations) && outcome == MinedAs::Paid;
                     if let Err(error) = self
                         .journal
-                        .mark_mined(&entry.row.id, attempt.tx_hash, block, block_hash, outcome, final_now)
+                        .mark_mined(fence, &entry.row.id, attempt.tx_hash, block, block_hash, outcome, final_now)
                         .await
                     {
+                        self.trouble(fence, &error);
                         tracing::warn!(withdrawal = %entry.row.id, %error, "recording the receipt; next round retries");
                         return;
                     }
@@ -359,7 +381,7 @@ impl Engine {
                     mined.row.tx_hash = Some(attempt.tx_hash);
                     self.update(&entry.row.id, |followed| *followed = mined.clone());
                     if settlement::is_final(block, head, key.confirmations) {
-                        self.confirm(key, &mined).await;
+                        self.confirm(fence, key, &mined).await;
                     }
                     return;
                 }
@@ -407,9 +429,10 @@ impl Engine {
                      withdrawal was not paid",
                     foreign.tx_hash, foreign.block
                 );
-                match self.journal.mark_failed(&entry.row.id, &reason, true).await {
-                    Ok(released) => {
-                        self.shared.release(&released);
+                // Its value never left, but the nonce is used: only the amounts are given back.
+                let release = Release { spends: true, nonce: false };
+                match self.journal.mark_failed(fence, &entry.row.id, &reason, release).await {
+                    Ok(_) => {
                         self.untrack(&entry.row.id);
                         self.shared.metrics.nonce_taken.inc();
                         self.shared.metrics.withdrawals.inc("failed");
@@ -418,7 +441,10 @@ impl Engine {
                             block = foreign.block, "ALERT: another transaction took this withdrawal's nonce; failed, unpaid"
                         );
                     }
-                    Err(error) => tracing::warn!(withdrawal = %entry.row.id, %error, "recording the failure"),
+                    Err(error) => {
+                        self.trouble(fence, &error);
+                        tracing::warn!(withdrawal = %entry.row.id, %error, "recording the failure");
+                    }
                 }
             }
         } else if misses == MISSES_BEFORE_WARNING {
@@ -455,7 +481,7 @@ impl Engine {
 
     /// `entry` is mined and deep enough: confirmed if its receipt is still in the same block; moved if a
     /// reorg put it in another; taken back to `submitted` if it is gone.
-    async fn confirm(&self, key: &Key, entry: &InFlight) {
+    async fn confirm(&self, fence: &Fence, key: &Key, entry: &InFlight) {
         let Some(tx_hash) = entry.row.tx_hash else { return };
         let receipt = match self.shared.manager.provider().get_transaction_receipt(tx_hash).await {
             Ok(receipt) => receipt,
@@ -466,7 +492,8 @@ impl Engine {
         };
         match receipt {
             Some(receipt) if receipt.block_hash == entry.row.block_hash => {
-                if let Err(error) = self.journal.mark_confirmed(&entry.row.id).await {
+                if let Err(error) = self.journal.mark_confirmed(fence, &entry.row.id).await {
+                    self.trouble(fence, &error);
                     tracing::warn!(withdrawal = %entry.row.id, %error, "recording the confirmation; next round retries");
                     return;
                 }
@@ -479,7 +506,12 @@ impl Engine {
             Some(receipt) => {
                 let (Some(block), Some(block_hash)) = (receipt.block_number, receipt.block_hash) else { return };
                 let outcome = if entry.row.status == Status::Cancelled { MinedAs::Cancelled } else { MinedAs::Paid };
-                if self.journal.mark_mined(&entry.row.id, tx_hash, block, block_hash, outcome, false).await.is_ok() {
+                if self
+                    .journal
+                    .mark_mined(fence, &entry.row.id, tx_hash, block, block_hash, outcome, false)
+                    .await
+                    .is_ok()
+                {
                     self.shared.metrics.reorgs.inc();
                     tracing::warn!(withdrawal = %entry.row.id, block, "a reorg moved the transaction to another block");
                     self.update(&entry.row.id, |followed| {
@@ -488,14 +520,15 @@ impl Engine {
                     });
                 }
             }
-            None => self.reorged(entry).await,
+            None => self.reorged(fence, entry).await,
         }
     }
 
     /// A reorg dropped `entry`'s mined transaction: back to `submitted`, and its bytes broadcast again as
     /// they are.
-    async fn reorged(&self, entry: &InFlight) {
-        if let Err(error) = self.journal.mark_unmined(&entry.row.id).await {
+    async fn reorged(&self, fence: &Fence, entry: &InFlight) {
+        if let Err(error) = self.journal.mark_unmined(fence, &entry.row.id).await {
+            self.trouble(fence, &error);
             tracing::warn!(withdrawal = %entry.row.id, %error, "recording a reorg; next round retries");
             return;
         }
@@ -512,46 +545,47 @@ impl Engine {
         });
         let raw =
             entry.row.attempts.iter().find(|attempt| Some(attempt.tx_hash) == mined).map(|attempt| attempt.raw.clone());
-        if let Some(raw) = raw {
+        if let Some(raw) = raw
+            && self.holds(fence)
+        {
             let outcome = broadcast::send(self.shared.manager.provider(), &raw).await;
             self.shared.metrics.broadcasts.inc(outcome_name(outcome));
-            self.after_broadcast(&entry.row.id, outcome, None).await;
+            self.after_broadcast(fence, &entry.row.id, outcome, None).await;
         }
     }
 
     /// Fills each free nonce below those in use with a zero-value transfer to the key itself, unless a row
-    /// of this key is about to take it, or a refused gap fill asks to wait.
-    async fn fill_gaps(self: &Arc<Self>, key: &Key, mined_count: u64) {
+    /// of this key is about to take it, or a refused gap fill asks to wait. The journal takes the nonce in
+    /// the same transaction as it stores the fill.
+    async fn fill_gaps(self: &Arc<Self>, fence: &Fence, key: &Key, mined_count: u64) {
         let Some(state) = self.state(&key.name) else { return };
         if state.gap_backoff.lock().unwrap_or_else(PoisonError::into_inner).0.is_some_and(|at| Instant::now() < at) {
             return;
         }
-        let gaps = {
-            let mut nonces = state.nonces.lock().unwrap_or_else(PoisonError::into_inner);
-            if state.waiting.count() > 0 {
-                return;
-            }
-            let gaps: Vec<u64> = nonces.gaps().into_iter().filter(|nonce| *nonce >= mined_count).collect();
-            gaps.into_iter().filter(|nonce| nonces.take(*nonce)).collect::<Vec<_>>()
-        };
+        if state.waiting.count() > 0 {
+            return;
+        }
+        let gaps: Vec<u64> = state
+            .nonces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .gaps()
+            .into_iter()
+            .filter(|nonce| *nonce >= mined_count)
+            .collect();
         for nonce in gaps {
-            let row = NewRow {
-                kind: Kind::GapFill,
-                client: None,
-                key: key.name.clone(),
-                recipient: key.address(),
-                amount: alloy_primitives::U256::ZERO,
-                request: None,
-                nonce: Some(nonce),
-                spends: Vec::new(),
-            };
-            match self.journal.insert_row(row).await {
-                Ok(fill) => {
+            match self.journal.insert_gap_fill(fence, nonce, key.address()).await {
+                Ok(Some(fill)) => {
+                    state.nonces.lock().unwrap_or_else(PoisonError::into_inner).take(nonce);
                     tracing::info!(key = %key.name, nonce, id = %fill.id, "filling a nonce gap");
                     self.spawn_processing(fill);
                 }
+                Ok(None) => {
+                    // Taken meanwhile: the mirror was behind.
+                    state.nonces.lock().unwrap_or_else(PoisonError::into_inner).take(nonce);
+                }
                 Err(error) => {
-                    state.nonces.lock().unwrap_or_else(PoisonError::into_inner).release(nonce);
+                    self.trouble(fence, &error);
                     tracing::warn!(key = %key.name, nonce, %error, "storing a gap fill; next round retries");
                 }
             }

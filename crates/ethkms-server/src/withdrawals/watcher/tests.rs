@@ -12,6 +12,7 @@ use crate::config::{FeeCaps, WithdrawalSettings};
 use crate::journal::{JournalStore, SqliteJournal};
 use crate::policy::PolicyEngine;
 use crate::shared::Shared;
+use crate::withdrawals::engine::HeldLease;
 
 /// An engine on a memory key and a temporary journal; its node is never reached.
 async fn engine(name: &str) -> Arc<Engine> {
@@ -30,13 +31,23 @@ async fn engine(name: &str) -> Arc<Engine> {
     let audit_path = std::env::temp_dir().join(format!("ethkms-watcher-{name}-{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&audit_path);
     let audit = ethkms::audit::AuditWriter::spawn(ethkms::audit::AuditLog::open(&audit_path).unwrap()).unwrap();
-    let shared = Arc::new(Shared::new(manager, BTreeMap::from([("hot".into(), key)]), PolicyEngine::default(), audit));
+    let shared = Arc::new(Shared::new(
+        manager,
+        BTreeMap::from([("hot".into(), key)]),
+        PolicyEngine::default(),
+        audit,
+        "test".into(),
+    ));
     let journal_path = audit_path.with_extension("sqlite");
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", journal_path.display()));
     }
     let journal: Arc<dyn JournalStore> = Arc::new(SqliteJournal::open(&journal_path).unwrap());
-    Engine::new(shared, journal, WithdrawalSettings::default())
+    let engine = Engine::new(shared, journal, WithdrawalSettings::default(), crate::config::ReplicaSettings::default());
+    let epoch = engine.journal.acquire_lease("hot", "test", Duration::from_secs(60)).await.unwrap().unwrap();
+    *engine.state("hot").unwrap().lease.lock().unwrap() =
+        Some(HeldLease { epoch, valid_until: Instant::now() + Duration::from_secs(60), recovered: true });
+    engine
 }
 
 #[tokio::test]
@@ -44,35 +55,22 @@ async fn a_refused_gap_fill_backs_off_doubling_and_is_not_recreated_meanwhile() 
     let engine = engine("gap-backoff").await;
     let key = engine.shared.keys.get("hot").unwrap();
     let state = engine.state("hot").unwrap();
+    let fence = engine.fence("hot").unwrap();
     // Nonces 0..3 taken, 1 given back: a gap.
-    {
-        let mut nonces = state.nonces.lock().unwrap();
-        for _ in 0..3 {
-            nonces.allocate();
-        }
-        nonces.release(1);
-    }
-    let fill = |nonce| NewRow {
-        kind: Kind::GapFill,
-        client: None,
-        key: "hot".into(),
-        recipient: key.address(),
-        amount: alloy_primitives::U256::ZERO,
-        request: None,
-        nonce: Some(nonce),
-        spends: Vec::new(),
-    };
-    let row = engine.journal.insert_row(fill(1)).await.unwrap();
-    assert!(state.nonces.lock().unwrap().take(1));
-    engine.fail_unpaid(&row, "the node refused the transaction: insufficient funds").await;
+    let nonces = engine.journal.recover_nonces(&fence, 3).await.unwrap();
+    let nonces = engine.journal.release_nonces(&fence, 1..2).await.unwrap_or(nonces);
+    assert_eq!(nonces.gaps(), [1]);
+    *state.nonces.lock().unwrap() = nonces;
+    let row = engine.journal.insert_gap_fill(&fence, 1, key.address()).await.unwrap().unwrap();
+    engine.fail_unpaid(&fence, &row, "the node refused the transaction: insufficient funds").await;
     let (first_until, first_wait) = *state.gap_backoff.lock().unwrap();
     assert!(first_until.is_some_and(|until| until > Instant::now()), "a wait after a refused gap fill");
     assert_eq!(state.nonces.lock().unwrap().gaps(), [1], "the nonce is free again");
     // While waiting, the gap is not filled again: no new row, no signature.
-    engine.fill_gaps(key, 0).await;
-    assert!(engine.journal.unfinished().await.unwrap().is_empty(), "a gap fill was re-created during the wait");
-    let row = engine.journal.insert_row(fill(1)).await.unwrap();
-    engine.fail_unpaid(&row, "refused again").await;
+    engine.fill_gaps(&fence, key, 0).await;
+    assert!(engine.journal.unfinished(None).await.unwrap().is_empty(), "a gap fill was re-created during the wait");
+    let row = engine.journal.insert_gap_fill(&fence, 1, key.address()).await.unwrap().unwrap();
+    engine.fail_unpaid(&fence, &row, "refused again").await;
     let (_, second_wait) = *state.gap_backoff.lock().unwrap();
     assert_eq!(second_wait, first_wait * 2, "the wait doubles");
     assert_eq!(engine.shared.metrics.gap_fill_failures.get(), 2, "each refusal is counted (alerts)");

@@ -2,7 +2,8 @@
 //! `ethkms` command line: create a KMS wallet, fund it, send an EIP-1559 transfer and an ERC-20 transfer,
 //! sign and verify a message and typed data. Then the product: `ethkms serve` on the same KMS key, a few
 //! withdrawals posted to its REST API (one refused by the key's policy, its rule named), watched until they
-//! are confirmed, the audit log verified, the service stopped; a summary at the end.
+//! are confirmed, the audit log verified, the service stopped. Then [two replicas](replicas) on one
+//! PostgreSQL journal, the lease holder killed mid-flight and its key taken over; a summary at the end.
 //!
 //! Services announced by a sourced `target/services/env.sh` are used and left running; otherwise the demo
 //! starts them and stops them at the end (`cargo xtask demo --keep` leaves them running).
@@ -17,6 +18,8 @@ use serde_json::{Value, json};
 use crate::Result;
 use crate::command::{cargo, display, run as run_command, workspace_root};
 use crate::services::{self, ServiceEnv, http_request};
+
+mod replicas;
 
 const RECIPIENT: &str = "0x000000000000000000000000000000000000dEaD";
 const TYPED_DATA: &str = r#"{
@@ -106,6 +109,7 @@ fn demo(services: &ServiceEnv) -> Result {
     summary.push(format!("signed EIP-712 typed data; ethers v6 recovers the signer: {recovered}"));
 
     withdrawals(services, &binary, &key_id, &mut summary)?;
+    replicas::run(services, &binary, &key_id, &mut summary)?;
 
     println!("\nethkms demo: all done with a key that never left KMS");
     for (index, item) in summary.iter().enumerate() {

@@ -1,0 +1,82 @@
+//! The SQLite journal's schema: its migrations, applied in order at open (`PRAGMA user_version` counts
+//! them), and the condition of an open row.
+
+/// The schema version this code writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Migration `i` takes the schema from version `i` to `i + 1`.
+pub(super) const MIGRATIONS: [&str; 3] = [
+    // 1: withdrawals, their attempts, and amounts counted against daily limits.
+    "
+CREATE TABLE withdrawals (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    client TEXT,
+    idempotency_key TEXT,
+    key TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    status TEXT NOT NULL,
+    nonce INTEGER,
+    tx_hash TEXT,
+    block_number INTEGER,
+    error TEXT,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    UNIQUE (client, idempotency_key)
+);
+CREATE INDEX open_withdrawals ON withdrawals (status) WHERE status IN ('accepted', 'signed', 'submitted');
+CREATE TABLE attempts (
+    withdrawal TEXT NOT NULL REFERENCES withdrawals (id),
+    number INTEGER NOT NULL,
+    tx_hash TEXT NOT NULL,
+    raw BLOB NOT NULL,
+    max_fee_per_gas TEXT NOT NULL,
+    priority_fee_per_gas TEXT NOT NULL,
+    signed_ms INTEGER NOT NULL,
+    PRIMARY KEY (withdrawal, number)
+);
+CREATE TABLE spends (
+    key TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+",
+    // 2: RPC transactions, confirmations, cancellation, and amounts given back.
+    "
+ALTER TABLE withdrawals ADD COLUMN request TEXT;
+ALTER TABLE withdrawals ADD COLUMN block_hash TEXT;
+ALTER TABLE withdrawals ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE withdrawals ADD COLUMN confirmed INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE attempts ADD COLUMN cancel INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE spends ADD COLUMN withdrawal TEXT;
+CREATE INDEX spends_by_withdrawal ON spends (withdrawal) WHERE withdrawal IS NOT NULL;
+DROP INDEX open_withdrawals;
+CREATE INDEX open_rows ON withdrawals (status) WHERE confirmed = 0 AND status NOT IN ('confirmed', 'failed');
+",
+    // 3: leases and nonces per key (the journal allocates nonces), attempts named by the lease they were
+    // stored under, daily-limit sums read by key.
+    "
+CREATE TABLE leases (
+    key TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE TABLE nonces (
+    key TEXT PRIMARY KEY,
+    next INTEGER NOT NULL,
+    free TEXT NOT NULL DEFAULT ''
+);
+ALTER TABLE attempts ADD COLUMN epoch INTEGER;
+ALTER TABLE attempts ADD COLUMN replica TEXT;
+CREATE INDEX spends_by_key ON spends (key, asset, at_ms);
+CREATE INDEX open_rows_by_key ON withdrawals (key, status) WHERE confirmed = 0 AND status NOT IN ('confirmed', 'failed');
+",
+];
+
+/// Statuses of rows still in the engine's hands (with `confirmed = 0` for a mined cancellation).
+pub(super) const OPEN: &str = "confirmed = 0 AND status NOT IN ('confirmed', 'failed') \
+    AND NOT (status = 'cancelled' AND block_number IS NULL)";

@@ -1,0 +1,225 @@
+//! Leases: which keys this replica processes. Each key's rows are processed by the one replica holding
+//! its lease in the journal; the holder renews it every third of the lease time, and any replica takes a
+//! lease that has run out (its epoch one higher). Every journal write of the engine carries the epoch it
+//! holds ([`Fence`]) and is refused once another replica holds the key, so a replica that lost a key
+//! while paused or cut off stores — and so broadcasts — nothing new for it.
+//!
+//! On taking a key, the replica recovers it: unanswered RPC rows fail, the nonces are set from the node
+//! and the journal, stored transactions are followed (and broadcast again), accepted rows are processed.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use ethkms::eth::chain;
+
+use super::{Engine, HeldLease, Trouble, backoff};
+use crate::journal::{Fence, Kind, Release, Status};
+
+impl Engine {
+    /// The fence of `key`'s lease while this replica surely holds it.
+    pub(crate) fn fence(&self, key: &str) -> Option<Fence> {
+        let lease = (*self.state(key)?.lease.lock().unwrap_or_else(PoisonError::into_inner))?;
+        (Instant::now() < lease.valid_until).then(|| Fence { key: key.to_owned(), epoch: lease.epoch })
+    }
+
+    /// The fence of `key`'s lease once its rows are recovered: new rows are processed at once.
+    pub(crate) fn ready_fence(&self, key: &str) -> Option<Fence> {
+        let lease = (*self.state(key)?.lease.lock().unwrap_or_else(PoisonError::into_inner))?;
+        (lease.recovered && Instant::now() < lease.valid_until)
+            .then(|| Fence { key: key.to_owned(), epoch: lease.epoch })
+    }
+
+    /// Whether `fence` is still this replica's lease (asked before anything is broadcast).
+    pub(crate) fn holds(&self, fence: &Fence) -> bool {
+        self.fence(&fence.key).as_ref() == Some(fence)
+    }
+
+    /// The journal refused a write of `fence`: another replica holds the key now.
+    pub(crate) fn fenced(&self, fence: &Fence) {
+        self.shared.metrics.fenced_writes.inc();
+        self.lose(fence, "a journal write was refused: another replica holds the key");
+    }
+
+    /// Stops processing `fence`'s key here: what is followed is forgotten (its new holder follows it).
+    pub(crate) fn lose(&self, fence: &Fence, why: &str) {
+        let Some(state) = self.state(&fence.key) else { return };
+        {
+            let mut lease = state.lease.lock().unwrap_or_else(PoisonError::into_inner);
+            if lease.is_none_or(|held| held.epoch != fence.epoch) {
+                return;
+            }
+            *lease = None;
+        }
+        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, entry| entry.row.key != fence.key);
+        self.shared.metrics.lease_losses.inc();
+        self.shared.metrics.lease_held(&fence.key, false);
+        tracing::warn!(key = %fence.key, epoch = fence.epoch, replica = %self.replica.name, why, "lease lost");
+    }
+
+    /// Runs until the service stops: takes the leases of keys nobody holds, renews those held.
+    pub(crate) async fn hold_leases(self: Arc<Self>) {
+        let every = (self.replica.lease / 3).max(Duration::from_millis(100));
+        while !self.stopping.load(Ordering::Relaxed) {
+            for key in self.shared.keys.keys() {
+                self.keep_lease(key).await;
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    async fn keep_lease(self: &Arc<Self>, key: &str) {
+        let Some(state) = self.state(key) else { return };
+        let ttl = self.replica.lease;
+        let held = *state.lease.lock().unwrap_or_else(PoisonError::into_inner);
+        // Measured from before the request: the journal's expiry is later than this.
+        let asked = Instant::now();
+        let valid_until = asked + ttl - ttl / 5;
+        match held {
+            Some(lease) => {
+                let fence = Fence { key: key.to_owned(), epoch: lease.epoch };
+                match self.journal.renew_lease(&fence, &self.replica.name, ttl).await {
+                    Ok(true) => {
+                        let mut current = state.lease.lock().unwrap_or_else(PoisonError::into_inner);
+                        if let Some(current) = current.as_mut().filter(|current| current.epoch == lease.epoch) {
+                            current.valid_until = valid_until;
+                        }
+                    }
+                    Ok(false) => self.lose(&fence, "another replica took the lease"),
+                    Err(error) => {
+                        tracing::warn!(key, %error, "renewing the lease");
+                        if Instant::now() >= lease.valid_until {
+                            self.lose(&fence, "the lease ran out while the journal did not answer");
+                        }
+                    }
+                }
+            }
+            None => match self.journal.acquire_lease(key, &self.replica.name, ttl).await {
+                Ok(Some(epoch)) => {
+                    *state.lease.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(HeldLease { epoch, valid_until, recovered: false });
+                    self.shared.metrics.lease_acquisitions.inc();
+                    self.shared.metrics.lease_held(key, true);
+                    tracing::info!(key, epoch, replica = %self.replica.name, "lease taken");
+                    let fence = Fence { key: key.to_owned(), epoch };
+                    tokio::spawn(Arc::clone(self).recover_key(fence));
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(key, %error, "taking the lease"),
+            },
+        }
+    }
+
+    /// Recovers `fence`'s key after taking it, retrying while the lease is held; then processes what waits.
+    async fn recover_key(self: Arc<Self>, fence: Fence) {
+        let mut tries = 0;
+        while self.holds(&fence) && !self.stopping.load(Ordering::Relaxed) {
+            match self.try_recover_key(&fence).await {
+                Ok(resumed) => {
+                    if let Some(state) = self.state(&fence.key) {
+                        let mut lease = state.lease.lock().unwrap_or_else(PoisonError::into_inner);
+                        if let Some(lease) = lease.as_mut().filter(|lease| lease.epoch == fence.epoch) {
+                            lease.recovered = true;
+                        }
+                    }
+                    tracing::info!(key = %fence.key, epoch = fence.epoch, resumed, "key recovered");
+                    // Rows posted while it was recovered.
+                    self.sweep_key(&fence).await;
+                    return;
+                }
+                Err(
+                    Trouble::Retry { reason, .. }
+                    | Trouble::Skip(reason)
+                    | Trouble::Fail(reason)
+                    | Trouble::Invalid(reason),
+                ) => {
+                    self.shared.metrics.retries.inc("recovery");
+                    let delay = backoff(tries, Duration::from_millis(200));
+                    tries += 1;
+                    tracing::warn!(key = %fence.key, %reason, ?delay, "recovering the key; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn try_recover_key(self: &Arc<Self>, fence: &Fence) -> Result<usize, Trouble> {
+        let key = self.shared.keys.get(&fence.key).ok_or_else(|| Trouble::Fail(format!("no key `{}`", fence.key)))?;
+        let rows = self.journal.unfinished(Some(&fence.key)).await.map_err(|error| self.trouble(fence, &error))?;
+        for row in rows.iter().filter(|row| row.kind == Kind::Rpc && row.attempts.is_empty()) {
+            // Its client was never answered by us (and may have tried again): it is not signed now. A
+            // client waiting on another replica is told it failed.
+            let reason =
+                "the key's owner changed before it was signed; the client was not answered; nothing was signed";
+            let release = Release { spends: true, nonce: false };
+            self.journal
+                .mark_failed(fence, &row.id, reason, release)
+                .await
+                .map_err(|error| self.trouble(fence, &error))?;
+            self.shared.metrics.withdrawals.inc("failed");
+        }
+        let pending = chain::nonce(self.shared.manager.provider(), key.address())
+            .await
+            .map_err(|error| Trouble::node(format!("the nonce of `{}`: {error}", key.name)))?;
+        let nonces = self.journal.recover_nonces(fence, pending).await.map_err(|error| self.trouble(fence, &error))?;
+        if let Some(state) = self.state(&fence.key) {
+            *state.nonces.lock().unwrap_or_else(PoisonError::into_inner) = nonces;
+        }
+        let mut resumed = 0;
+        for row in rows {
+            if row.kind == Kind::Rpc && row.attempts.is_empty() {
+                continue;
+            }
+            if !row.attempts.is_empty() {
+                // Broadcast again as they are by the watcher (or confirmed, if mined).
+                self.track(row, false, None);
+            } else if matches!(row.status, Status::Accepted | Status::Signing) {
+                resumed += 1;
+                self.spawn_processing(row);
+            }
+        }
+        Ok(resumed)
+    }
+
+    /// A journal error as [`Trouble`]; a fenced write also gives the key up here.
+    pub(crate) fn trouble(&self, fence: &Fence, error: &crate::journal::JournalError) -> Trouble {
+        if matches!(error, crate::journal::JournalError::Fenced { .. }) {
+            self.fenced(fence);
+        }
+        Trouble::journal(error)
+    }
+
+    /// Processes `fence`'s accepted rows that no task has (posted on any replica), and takes in the
+    /// cancellations asked for its rows.
+    pub(crate) async fn sweep_key(self: &Arc<Self>, fence: &Fence) -> usize {
+        let mut spawned = 0;
+        match self.journal.accepted(&fence.key).await {
+            Ok(ids) => {
+                for id in ids {
+                    let known = self.processing.lock().unwrap_or_else(PoisonError::into_inner).contains(&id);
+                    if known || !self.holds(fence) {
+                        continue;
+                    }
+                    match self.journal.get(&id).await {
+                        Ok(Some(row)) if row.status == Status::Accepted => {
+                            spawned += 1;
+                            self.spawn_processing(row);
+                        }
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(withdrawal = %id, %error, "loading an accepted row"),
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(key = %fence.key, %error, "looking for accepted rows"),
+        }
+        match self.journal.cancellations(&fence.key).await {
+            Ok(ids) => {
+                for id in ids {
+                    self.cancel_requested(&id);
+                }
+            }
+            Err(error) => tracing::warn!(key = %fence.key, %error, "looking for cancellations"),
+        }
+        spawned
+    }
+}
