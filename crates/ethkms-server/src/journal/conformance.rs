@@ -197,7 +197,7 @@ async fn cancelling_before_signing_gives_the_amount_back_and_after_signing_is_a_
     assert!(matches!(journal.claim(&fence, &late.id, 0, None).await.unwrap(), Claim::Claimed { nonce: 0, .. }));
     assert_eq!(journal.cancel(&late.id).await.unwrap(), Cancelled::Requested);
     assert!(journal.get(&late.id).await.unwrap().unwrap().cancel_requested);
-    assert_eq!(journal.cancellations("hot").await.unwrap(), [late.id.clone()]);
+    assert_eq!(journal.cancellations("hot").await.unwrap(), std::slice::from_ref(&late.id));
     assert_eq!(spent(journal).await, U256::from(5), "only the signed one still counts");
     // A mined cancellation gives the amount back and is followed until confirmed.
     journal.add_attempt(&fence, &late.id, 0, Attempt { cancel: true, ..attempt(3, 10) }).await.unwrap();
@@ -306,7 +306,7 @@ async fn open_rows_come_oldest_first_and_waiting_work_is_listed_by_key(journal: 
     waiting.remove(2);
     waiting.push(call.id.clone());
     assert_eq!(journal.accepted("hot").await.unwrap(), waiting, "accepted rows of the key, oldest first");
-    assert_eq!(journal.accepted("cold").await.unwrap(), [other.id.clone()]);
+    assert_eq!(journal.accepted("cold").await.unwrap(), std::slice::from_ref(&other.id));
     let mut open = ids.clone();
     open.extend([call.id.clone(), gap.id.clone()]);
     let hot: Vec<String> = journal.unfinished(Some("hot")).await.unwrap().into_iter().map(|row| row.id).collect();
