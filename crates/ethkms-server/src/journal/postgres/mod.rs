@@ -70,6 +70,12 @@ const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 const BEGIN_RETRIES: usize = POOL_SIZE + 1;
 /// Wake-ups kept for a slow receiver before it misses some.
 const WAKE_UPS: usize = 1024;
+/// How long PostgreSQL lets a session sit idle inside a transaction before it ends the session (unless the
+/// URL's `options` set it): a replica paused or cut off in the middle of a fenced write holds the lease row
+/// `FOR KEY SHARE`, and the key could not be taken over while it does. The journal's transactions take
+/// milliseconds.
+const IDLE_IN_TRANSACTION: &str = "idle_in_transaction_session_timeout";
+const IDLE_IN_TRANSACTION_MS: u32 = 5_000;
 
 /// The journal on PostgreSQL: a pool of connections and a listener for other replicas' wake-ups. Cheap to
 /// clone; the listener stops when the last clone is dropped or [`close`](JournalStore::close)d.
@@ -198,6 +204,11 @@ impl PostgresJournal {
             .keepalives_idle(Duration::from_secs(30))
             .keepalives_interval(Duration::from_secs(10))
             .keepalives_retries(3);
+        if !config.get_options().is_some_and(|options| options.contains(IDLE_IN_TRANSACTION)) {
+            let setting = format!("-c {IDLE_IN_TRANSACTION}={IDLE_IN_TRANSACTION_MS}");
+            let options = config.get_options().map_or(setting.clone(), |options| format!("{options} {setting}"));
+            config.options(options);
+        }
         if config.get_application_name().is_none() {
             config.application_name("ethkms");
         }

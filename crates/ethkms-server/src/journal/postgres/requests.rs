@@ -16,7 +16,7 @@ use super::rows::{
     NOW_MS, asset_text, execute, insert_spend, load, load_existing, load_where, lock_limits, query, query_opt,
     release_spend, spent, to_i64,
 };
-use crate::journal::{Cancelled, Inserted, LimitCheck, NewRpc, NewWithdrawal, Status, Withdrawal};
+use crate::journal::{Cancelled, Inserted, Kind, LimitCheck, NewRpc, NewWithdrawal, Status, Withdrawal};
 use crate::policy::{Asset, Denial};
 
 /// Wakes the owner of `key` once this transaction commits.
@@ -86,7 +86,7 @@ pub(super) async fn insert(
     Ok(Inserted::New(load_existing(transaction, &id).await?))
 }
 
-/// Stores an RPC client's transaction (`accepted`) after `check`.
+/// Stores an RPC client's transaction (`accepted`) after `check` (the row, if its id is stored already).
 pub(super) async fn insert_rpc(
     transaction: &Transaction<'_>,
     row: NewRpc,
@@ -98,11 +98,22 @@ pub(super) async fn insert_rpc(
         Err(denial) => return Ok(Err(denial)),
     };
     let id = row.id;
+    // Stored already (a retry whose first commit's answer was lost): that row, its amounts counted once.
     let sql = "INSERT INTO withdrawals (id, kind, client, key, recipient, asset, amount, request, status, created_ms, \
-               updated_ms) VALUES ($1, 'rpc', $2, $3, $4, 'ETH', $5::text::numeric, $6, 'accepted', $7, $7)";
+               updated_ms) VALUES ($1, 'rpc', $2, $3, $4, 'ETH', $5::text::numeric, $6, 'accepted', $7, $7) \
+               ON CONFLICT (id) DO NOTHING";
     let values: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
         [&id, &row.client, &row.key, &row.recipient.to_string(), &row.amount.to_string(), &row.request, &to_i64(now)];
-    execute(transaction, sql, &values).await?;
+    if execute(transaction, sql, &values).await? == 0 {
+        let existing = load_existing(transaction, &id).await?;
+        if existing.kind != Kind::Rpc
+            || existing.client.as_deref() != Some(row.client.as_str())
+            || existing.key != row.key
+        {
+            return Err(Failure::Refused(format!("row `{id}` exists and is not this transaction")));
+        }
+        return Ok(Ok(existing));
+    }
     for spend in spends {
         insert_spend(transaction, &row.key, spend, now, &id).await?;
     }

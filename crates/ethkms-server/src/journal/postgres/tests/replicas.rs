@@ -119,6 +119,21 @@ async fn a_retried_write_whose_first_answer_was_lost_changes_nothing_twice() {
     let (released, nonces) = journal.mark_failed(&fence, &first.id, "refused", Release::UNPAID).await.unwrap();
     assert_eq!((released.len(), nonces.next(), nonces.gaps()), (0, 1, vec![]), "nonce 0 is the second row's now");
     journal.mark_submitted(&fence, &second.id).await.unwrap();
+    // An RPC transaction stored again under its id: the row stored first, its amount counted once.
+    let call = NewRpc {
+        id: "tx-retried".into(),
+        client: "wallet".into(),
+        key: "hot".into(),
+        recipient: alloy_primitives::Address::ZERO,
+        amount: alloy_primitives::U256::from(2),
+        request: "{}".into(),
+    };
+    let stored = journal.insert_rpc(call.clone(), allow()).await.unwrap().unwrap();
+    let again = journal.insert_rpc(call.clone(), allow()).await.unwrap().unwrap();
+    assert_eq!(stored, again);
+    assert_eq!(journal.release_spends("tx-retried").await.unwrap().len(), 1);
+    let other = NewRpc { client: "someone-else".into(), ..call };
+    assert!(matches!(journal.insert_rpc(other, allow()).await, Err(JournalError::Refused(_))));
     journal.close();
     database.remove().await;
 }
@@ -153,5 +168,33 @@ async fn journals_stop_their_listener_when_dropped() {
     drop(journal);
     let closed = tokio::time::timeout(LONG, receiver.recv()).await.unwrap();
     assert!(matches!(closed, Err(broadcast::error::RecvError::Closed)), "{closed:?}");
+    database.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_paused_inside_a_fenced_write_holds_up_a_takeover_only_briefly() {
+    let Some(database) = TestDatabase::create().await else { return };
+    // The idle-in-transaction limit (5 s by default) shortened through the URL's options.
+    let url = format!("{}?options=-c%20idle_in_transaction_session_timeout%3D1000", database.url);
+    let (paused, other) = (PostgresJournal::connect(&url).await.unwrap(), database.journal().await);
+    let fence = lease(&paused).await;
+    let mut client = paused.inner.pool.get().await.unwrap();
+    let transaction = client.transaction().await.unwrap();
+    super::engine::fenced(&transaction, &fence).await.unwrap();
+    // Paused here (as by SIGSTOP): the lease is released or runs out, another replica takes the key.
+    paused.release_lease(&fence, "test").await.unwrap();
+    let started = std::time::Instant::now();
+    let epoch = other.acquire_lease("hot", "other", LONG).await.unwrap().unwrap();
+    assert_eq!(epoch, fence.epoch + 1);
+    let waited = started.elapsed();
+    assert!(waited > Duration::from_millis(800) && waited < Duration::from_secs(10), "{waited:?}");
+    // Resumed: its transaction is gone, nothing of it stored; its pool goes on with new connections.
+    assert!(transaction.commit().await.is_err());
+    drop(client);
+    paused.ping().await.unwrap();
+    let late = paused.recover_nonces(&fence, 0).await;
+    assert!(matches!(late, Err(JournalError::Fenced { .. })), "{late:?}");
+    paused.close();
+    other.close();
     database.remove().await;
 }
