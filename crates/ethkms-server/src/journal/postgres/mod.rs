@@ -16,8 +16,9 @@
 //! # Locks, in the order they are taken (so two transactions never wait for each other in a cycle)
 //! The lease row (`FOR KEY SHARE`, or `FOR UPDATE` by a takeover); the key's `nonces` row (`FOR UPDATE`, by
 //! everything that takes or gives back a nonce); the daily-limit lock of the key (a transaction-scoped
-//! advisory lock on a hash of its name, by everything that reads the last 24 hours of spends and adds to
-//! them); the withdrawal rows.
+//! advisory lock on a hash of its name, by every check that reads the last 24 hours of spends, until its
+//! own are added); the withdrawal rows. Idempotency keys need no lock: `UNIQUE (client, idempotency_key)`
+//! makes a second insert wait for the first and then store nothing.
 //!
 //! # Clocks
 //! Lease expiry, the 24-hour window of the daily limits and the rows' times are the database's clock

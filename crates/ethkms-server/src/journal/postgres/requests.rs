@@ -32,7 +32,7 @@ async fn checked(
     key: &str,
     check: LimitCheck,
 ) -> Result<(u64, Result<Vec<(Asset, U256)>, Denial>), Failure> {
-    let now = lock_limits(transaction, key).await?;
+    let now = lock_limits(transaction, key, &check.assets).await?;
     let spent = spent(transaction, key, &check.assets, now).await?;
     Ok((now, (check.check)(&spent)))
 }
@@ -45,7 +45,7 @@ pub(super) async fn insert(
 ) -> Result<Inserted, Failure> {
     let existing = "SELECT id FROM withdrawals WHERE client = $1 AND idempotency_key = $2";
     let (client, idempotency_key) = (&withdrawal.client, &withdrawal.idempotency_key);
-    let now = lock_limits(transaction, &withdrawal.key).await?;
+    let now = lock_limits(transaction, &withdrawal.key, &check.assets).await?;
     if let Some(row) = query_opt(transaction, existing, &[client, idempotency_key]).await? {
         return Ok(Inserted::Existing(load_existing(transaction, row.try_get(0)?).await?));
     }
@@ -54,8 +54,8 @@ pub(super) async fn insert(
         Err(denial) => return Ok(Inserted::Refused(denial)),
     };
     let id = uuid::Uuid::new_v4().to_string();
-    // Another replica may have stored the same idempotency key for another key (under another limit lock):
-    // the insert waits for it, and then stores nothing.
+    // Another request with the same idempotency key may be storing it now (the limit lock, if any, is the
+    // key's, and the request may name another key): the insert waits for it, and then stores nothing.
     let sql = "INSERT INTO withdrawals (id, kind, client, idempotency_key, key, recipient, asset, amount, status, \
                created_ms, updated_ms) VALUES ($1, 'withdrawal', $2, $3, $4, $5, $6, $7::text::numeric, 'accepted', \
                $8, $8) ON CONFLICT (client, idempotency_key) DO NOTHING";
