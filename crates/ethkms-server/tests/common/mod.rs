@@ -55,20 +55,20 @@ pub struct Server {
 impl Server {
     /// Starts the server with its log discarded.
     pub async fn start(config: &Path, kms_endpoint: &str, url: &str) -> Self {
-        Self::spawn(config, kms_endpoint, url, Stdio::null()).await
+        Self::spawn(config, kms_endpoint, url, Stdio::null(), None).await
     }
 
     /// Starts the server with its log appended to `log` (kept for a failing test to point at).
     pub async fn start_logging(config: &Path, kms_endpoint: &str, url: &str, log: &Path) -> Self {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        Self::spawn(config, kms_endpoint, url, Stdio::from(file)).await
+        Self::spawn(config, kms_endpoint, url, Stdio::from(file), Some(log)).await
     }
 
     /// Starts the binary and waits until it answers `/healthz`.
     ///
     /// # Panics
     /// If it exits first (a configuration it refuses, say: the log says why) or does not answer in 30 s.
-    async fn spawn(config: &Path, kms_endpoint: &str, url: &str, stderr: Stdio) -> Self {
+    async fn spawn(config: &Path, kms_endpoint: &str, url: &str, stderr: Stdio, log: Option<&Path>) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_ethkms-server"))
             .arg("--config")
             .arg(config)
@@ -87,10 +87,8 @@ impl Server {
         let started = Instant::now();
         while !http.get(format!("{url}/healthz")).send().await.is_ok_and(|response| response.status().is_success()) {
             if let Some(status) = server.child.try_wait().unwrap() {
-                panic!(
-                    "the server for {url} exited while starting ({status}); see its log, config {}",
-                    config.display()
-                );
+                let log = log.map_or_else(|| "discarded".to_owned(), |log| log.display().to_string());
+                panic!("the server for {url} exited while starting ({status}); config {}, log {log}", config.display());
             }
             assert!(started.elapsed() < Duration::from_secs(30), "the server did not come up at {url}");
             tokio::time::sleep(Duration::from_millis(50)).await;

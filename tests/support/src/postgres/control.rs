@@ -49,7 +49,7 @@ impl ServerControl {
     /// When it is not set in CI (`ETHKMS_REQUIRE_SERVICES`), or `pg_ctl` is nowhere to be found.
     #[must_use]
     pub fn from_env() -> Option<Self> {
-        let data = service_from_env("ETHKMS_TEST_POSTGRES_DATA", "PostgreSQL's data directory (to restart it)")?;
+        let data = service_from_env("ETHKMS_TEST_POSTGRES_DATA", "PostgreSQL (restarted by the test)")?;
         let binaries = match std::env::var_os("ETHKMS_TEST_POSTGRES_BIN").filter(|value| !value.is_empty()) {
             Some(directory) => PathBuf::from(directory),
             None => match find_binaries() {
