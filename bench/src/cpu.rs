@@ -9,8 +9,8 @@ const TICKS_PER_SECOND: f64 = 100.0;
 pub(crate) struct Processes(Vec<(String, u32)>);
 
 impl Processes {
-    /// The services named in `ETHKMS_BENCH_PIDS`, the server and this process.
-    pub(crate) fn new(server: u32) -> Self {
+    /// The services named in `ETHKMS_BENCH_PIDS`, the servers and this process.
+    pub(crate) fn new(servers: &[u32]) -> Self {
         let mut named: Vec<(String, u32)> = std::env::var("ETHKMS_BENCH_PIDS")
             .unwrap_or_default()
             .split(',')
@@ -19,7 +19,10 @@ impl Processes {
                 Some((name.to_owned(), pid.parse().ok()?))
             })
             .collect();
-        named.push(("ethkms-server".into(), server));
+        for (index, server) in servers.iter().enumerate() {
+            let name = if servers.len() == 1 { "ethkms-server".to_owned() } else { format!("ethkms-server r{index}") };
+            named.push((name, *server));
+        }
         named.push(("load generator".into(), std::process::id()));
         Self(named)
     }

@@ -11,17 +11,18 @@
 //! `ethkms-bench eth` measures signed-and-mined ether transfers per second from one KMS key to anvil
 //! through the alloy provider with `KmsSigner` as its wallet, interleaved with the bare `Sign` loop.
 //!
-//! `ethkms-bench withdrawals` measures the signing service end to end: the `ethkms-server` binary
-//! (`ETHKMS_BENCH_SERVER`) with one KMS key, 1,000 withdrawals posted to `POST /v1/withdrawals` with 64
-//! in flight, timed from the first post until the last is mined; interleaved with the bare `Sign` loop
-//! at the same concurrency. Every withdrawal is then checked mined, with nonces contiguous and none
-//! used twice.
+//! `ethkms-bench withdrawals` measures the signing service end to end ([`withdrawals`]): `ethkms-server`
+//! processes (`ETHKMS_BENCH_SERVER`), 1,000 withdrawals posted to `POST /v1/withdrawals` with 64 in flight,
+//! timed from the first post until the last is mined; interleaved with the bare `Sign` loop at the same
+//! concurrency — on SQLite with one key, and with `--journal postgres --replicas 1,3 --keys 1,4` on
+//! PostgreSQL with one and three replicas, one and four keys, in the same run.
 //!
 //! Usage: `ethkms-bench kms|eth|withdrawals [--seconds S] [--rounds R] [--concurrency 1,8,32]` with
 //! `ETHKMS_TEST_KMS_ENDPOINT` (and for `eth`, `ETHKMS_TEST_RPC_URL`) pointing at LocalStack and anvil
 //! (`cargo xtask bench kms|eth` does all of this).
 
 mod cpu;
+mod withdrawals;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +54,10 @@ struct Options {
     seconds: f64,
     rounds: usize,
     concurrency: Vec<usize>,
+    /// `withdrawals`: the journals (`sqlite`, `postgres`), replica counts and key counts to measure.
+    journals: Vec<withdrawals::Journal>,
+    replicas: Vec<usize>,
+    keys: Vec<usize>,
 }
 
 fn options() -> Result<Options, String> {
@@ -64,7 +69,7 @@ fn options() -> Result<Options, String> {
         Some("withdrawals") => Mode::Withdrawals,
         other => {
             return Err(format!(
-                "usage: ethkms-bench kms|eth|withdrawals [--seconds S] [--rounds R] [--concurrency 1,8,32]; got {other:?}"
+                "usage: ethkms-bench kms|eth|withdrawals [--seconds S] [--rounds R] [--concurrency 1,8,32] [--journal sqlite,postgres] [--replicas 1,3] [--keys 1,4]; got {other:?}"
             ));
         }
     };
@@ -73,7 +78,15 @@ fn options() -> Result<Options, String> {
         Mode::Eth => vec![1, 8],
         Mode::Withdrawals => vec![64],
     };
-    let mut options = Options { mode, seconds: 3.0, rounds: 3, concurrency };
+    let mut options = Options {
+        mode,
+        seconds: 3.0,
+        rounds: 3,
+        concurrency,
+        journals: vec![withdrawals::Journal::Sqlite],
+        replicas: vec![1],
+        keys: Vec::new(),
+    };
     while let Some(option) = arguments.next() {
         let value = arguments.next().ok_or(format!("{option} needs a value"))?;
         match option {
@@ -86,10 +99,28 @@ fn options() -> Result<Options, String> {
                     .collect::<Result<_, _>>()
                     .map_err(|_| format!("--concurrency {value}"))?;
             }
+            "--journal" => {
+                options.journals = value
+                    .split(',')
+                    .map(withdrawals::Journal::parse)
+                    .collect::<Option<_>>()
+                    .ok_or(format!("--journal {value}: sqlite, postgres or both"))?;
+            }
+            "--replicas" => options.replicas = numbers("--replicas", value)?,
+            "--keys" => options.keys = numbers("--keys", value)?,
             other => return Err(format!("unknown option {other}")),
         }
     }
     Ok(options)
+}
+
+/// A comma-separated list of positive whole numbers.
+fn numbers(option: &str, value: &str) -> Result<Vec<usize>, String> {
+    value
+        .split(',')
+        .map(|part| part.parse().ok().filter(|number| *number > 0))
+        .collect::<Option<_>>()
+        .ok_or(format!("{option} {value}: positive whole numbers, comma-separated"))
 }
 
 /// Runs `task` from `concurrency` loops for `seconds` and returns completed operations per second.
@@ -174,7 +205,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match options.mode {
         Mode::Kms => kms(&options, &client, &info.key_id, handle).await,
         Mode::Eth => eth(&options, &client, &info.key_id, handle).await,
-        Mode::Withdrawals => withdrawals(&options, &client, &info.key_id, handle).await,
+        Mode::Withdrawals => withdrawals::run(&options, &client, &backend, &info.key_id, handle).await,
     }
 }
 
@@ -280,286 +311,4 @@ async fn eth(
         println!("| {concurrency} | {bare:.0} | {mined:.0} | {:.2} |", mined / bare);
     }
     Ok(())
-}
-
-/// How many withdrawals each round posts.
-const WITHDRAWALS: u64 = 1000;
-
-/// A JSON-RPC call to anvil.
-async fn anvil(http: &reqwest::Client, url: &str, method: &str, params: serde_json::Value) -> serde_json::Value {
-    let body = serde_json::json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
-    let answer: serde_json::Value = http.post(url).json(&body).send().await.expect("anvil").json().await.expect("json");
-    assert!(answer.get("error").is_none(), "{method}: {answer}");
-    answer["result"].clone()
-}
-
-async fn mined_count(http: &reqwest::Client, url: &str, address: Address) -> u64 {
-    let count = anvil(http, url, "eth_getTransactionCount", serde_json::json!([address, "latest"])).await;
-    u64::from_str_radix(count.as_str().expect("a quantity").trim_start_matches("0x"), 16).expect("hex")
-}
-
-/// The signing service: 1,000 withdrawals from one key per round, 64 in flight, against the bare Sign
-/// loop at the same concurrency.
-async fn withdrawals(
-    options: &Options,
-    client: &Client,
-    key_id: &str,
-    handle: KeyHandle,
-) -> Result<(), Box<dyn std::error::Error>> {
-    use futures_util::StreamExt as _;
-    use sha2::Digest as _;
-
-    let rpc_url = rpc_url()?;
-    let server = std::env::var("ETHKMS_BENCH_SERVER")
-        .map_err(|_| "ETHKMS_BENCH_SERVER is not set: the ethkms-server binary (`cargo xtask bench withdrawals`)")?;
-    let kms_endpoint = std::env::var("ETHKMS_TEST_KMS_ENDPOINT")?;
-    let address = Address::from(handle.address().0);
-    let http = reqwest::Client::new();
-    anvil(&http, &rpc_url, "anvil_setBalance", serde_json::json!([address, "0xd3c21bcecceda1000000"])).await;
-
-    let directory = std::env::temp_dir().join(format!("ethkms-bench-withdrawals-{}", std::process::id()));
-    std::fs::create_dir_all(&directory)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let token = "bench-token";
-    let token_sha256: String =
-        sha2::Sha256::digest(token.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect();
-    // The engine signs as many at once as the bare loop below: the same load on LocalStack.
-    let concurrency = options.concurrency[0];
-    let config = directory.join("server.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"listen = "127.0.0.1:{port}"
-upstream = "{rpc_url}"
-audit_log = "{audit}"
-journal = "{journal}"
-# anvil mines at once: a transaction unmined after 2 s is stuck (anvil can leave the next nonce in
-# its queue while later ones pile up behind it), and re-signing it with higher fees releases them.
-withdrawals = {{ poll_interval_ms = 200, rebroadcast_after_seconds = 2, signing_concurrency = {signing} }}
-
-[keys.hot]
-key = "{key_id}"
-chain_id = 31337
-# anvil does not reorganise: final once mined.
-confirmations = 1
-
-[clients.bench]
-token_sha256 = "{token_sha256}"
-keys = ["hot"]
-methods = ["withdrawals"]
-"#,
-            audit = directory.join("audit.jsonl").display(),
-            journal = directory.join("journal.sqlite").display(),
-            signing = concurrency,
-        ),
-    )?;
-    let mut child = std::process::Command::new(&server)
-        .arg("--config")
-        .arg(&config)
-        .env("AWS_ENDPOINT_URL", &kms_endpoint)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .map_err(|error| format!("{server}: {error}"))?;
-    let url = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while !http.get(format!("{url}/readyz")).send().await.is_ok_and(|response| response.status().is_success()) {
-        if started.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            return Err(format!("{server} did not become ready at {url}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    println!(
-        "ethkms-server (release) at {url}, anvil at {rpc_url}; {WITHDRAWALS} withdrawals per round, {concurrency} in flight"
-    );
-    println!();
-    println!(
-        "| round | raw LocalStack Sign/s | withdrawals/s (posted → mined) | withdrawals ÷ Sign | all posted after | signatures over 1 s |"
-    );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
-    let mut slow_before = slow_signatures(&http, &url).await;
-    let (mut bare_rates, mut withdrawal_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    let processes = cpu::Processes::new(child.id());
-    let mut cpu_rows = Vec::new();
-    let mut posted = 0u64;
-    for round in 0..options.rounds {
-        let bare_before = processes.ticks();
-        let bare = bare_sign_rate(client, key_id, concurrency, options.seconds).await;
-        let bare_cpu = cpu::per_item_ms(&bare_before, &processes.ticks(), (bare * options.seconds).round() as u64);
-        let first_nonce = mined_count(&http, &rpc_url, address).await;
-        let before = processes.ticks();
-        let started = Instant::now();
-        let ids: Vec<String> = futures_util::stream::iter(0..WITHDRAWALS)
-            .map(|index| {
-                let (http, url) = (&http, &url);
-                let body = serde_json::json!({
-                    "idempotency_key": format!("bench-{round}-{index}"),
-                    "key": "hot",
-                    "to": Address::with_last_byte(0xde),
-                    "asset": "ETH",
-                    "amount": "1",
-                });
-                async move {
-                    let response = http
-                        .post(format!("{url}/v1/withdrawals"))
-                        .bearer_auth(token)
-                        .json(&body)
-                        .send()
-                        .await
-                        .expect("post");
-                    assert_eq!(response.status().as_u16(), 202, "withdrawal {index} not accepted");
-                    let answer: serde_json::Value = response.json().await.expect("json");
-                    answer["id"].as_str().expect("an id").to_owned()
-                }
-            })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
-        let posted_in = started.elapsed();
-        let (mut last_count, mut last_change, mut reported) = (0, Instant::now(), false);
-        loop {
-            let count = mined_count(&http, &rpc_url, address).await;
-            if count >= first_nonce + WITHDRAWALS {
-                break;
-            }
-            if count != last_count {
-                (last_count, last_change, reported) = (count, Instant::now(), false);
-            } else if !reported && last_change.elapsed() > STALL {
-                reported = true;
-                report_stall(&http, &rpc_url, &url, address, count).await;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let rate = WITHDRAWALS as f64 / started.elapsed().as_secs_f64();
-        cpu_rows.push((bare_cpu, cpu::per_item_ms(&before, &processes.ticks(), WITHDRAWALS)));
-        posted += WITHDRAWALS;
-
-        // Checked outside the timing: every one mined, nonces contiguous, none used twice.
-        let mut nonces = std::collections::BTreeSet::new();
-        for id in &ids {
-            let withdrawal = loop {
-                let withdrawal: serde_json::Value =
-                    http.get(format!("{url}/v1/withdrawals/{id}")).bearer_auth(token).send().await?.json().await?;
-                if withdrawal["final"] == true {
-                    break withdrawal;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            };
-            assert_eq!(withdrawal["status"], "confirmed", "{withdrawal}");
-            assert!(nonces.insert(withdrawal["nonce"].as_u64().expect("a nonce")), "a nonce used twice");
-        }
-        let expected: std::collections::BTreeSet<u64> = (first_nonce..first_nonce + WITHDRAWALS).collect();
-        assert_eq!(nonces, expected, "nonces not contiguous");
-        assert_eq!(mined_count(&http, &rpc_url, address).await, posted, "transactions beyond the withdrawals");
-        let slow = slow_signatures(&http, &url).await;
-        println!(
-            "| {} | {bare:.0} | {rate:.0} | {:.2} | {:.2} s | {} |",
-            round + 1,
-            rate / bare,
-            posted_in.as_secs_f64(),
-            slow.saturating_sub(slow_before)
-        );
-        slow_before = slow;
-        bare_rates.push(bare);
-        withdrawal_rates.push(rate);
-        ratios.push(rate / bare);
-    }
-    let (lowest, highest) =
-        ratios.iter().fold((f64::MAX, f64::MIN), |(low, high), ratio| (low.min(*ratio), high.max(*ratio)));
-    let median_ratio = median(ratios);
-    println!("| median | {:.0} | {:.0} | {median_ratio:.2} | |", median(bare_rates), median(withdrawal_rates));
-    println!();
-    println!(
-        "withdrawals ÷ Sign over {} rounds: median {median_ratio:.2}, lowest {lowest:.2}, highest {highest:.2}",
-        options.rounds
-    );
-    print_cpu(&processes, &cpu_rows);
-    let _ = child.kill();
-    let _ = child.wait();
-    Ok(())
-}
-
-/// Milliseconds of processor time per operation, one for each process (`None` where it was not measured).
-type CpuMillis = Vec<Option<f64>>;
-
-/// Where the CPU went, per round: milliseconds of processor time per bare `Sign` (each process, in the bare
-/// loop) and per withdrawal (each process, while the withdrawals ran).
-fn print_cpu(processes: &cpu::Processes, rows: &[(CpuMillis, CpuMillis)]) {
-    let names: Vec<&str> = processes.names().collect();
-    let show = |values: &[Option<f64>]| -> String {
-        values
-            .iter()
-            .map(|value| value.map_or_else(|| "–".to_owned(), |ms| format!("{ms:.2}")))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    };
-    println!();
-    println!("CPU milliseconds (user + system, all threads) per bare Sign, then per withdrawal:");
-    println!();
-    println!("| round | phase | {} |", names.join(" | "));
-    println!("| ---: | --- |{}", " ---: |".repeat(names.len()));
-    for (round, (bare, withdrawals)) in rows.iter().enumerate() {
-        println!("| {} | bare Sign | {} |", round + 1, show(bare));
-        println!("| {} | withdrawal | {} |", round + 1, show(withdrawals));
-    }
-}
-
-/// How many of the server's signatures so far took more than a second (KMS request and verification), from
-/// its `ethkms_signing_seconds` histogram: one such signature holds every higher nonce back.
-async fn slow_signatures(http: &reqwest::Client, url: &str) -> u64 {
-    let Ok(response) = http.get(format!("{url}/metrics")).send().await else { return 0 };
-    let text = response.text().await.unwrap_or_default();
-    let value = |prefix: &str| -> u64 {
-        text.lines()
-            .find_map(|line| line.strip_prefix(prefix))
-            .and_then(|rest| rest.trim().parse::<f64>().ok())
-            .map_or(0, |value| value as u64)
-    };
-    value("ethkms_signing_seconds_count ").saturating_sub(value("ethkms_signing_seconds_bucket{le=\"1.0\"} "))
-}
-
-/// How long the key's mined count may stay still, with withdrawals outstanding, before the benchmark says
-/// what the node and the service hold.
-const STALL: Duration = Duration::from_millis(700);
-
-/// Prints, once per stall, what anvil's pool holds of the key (pending and queued nonces) and the server's
-/// broadcast and retry counters: where a round's lost time is.
-async fn report_stall(http: &reqwest::Client, rpc_url: &str, server: &str, address: Address, mined: u64) {
-    let content = anvil(http, rpc_url, "txpool_inspect", serde_json::json!([])).await;
-    let nonces = |part: &str| -> Vec<u64> {
-        let mut nonces: Vec<u64> = content[part]
-            .as_object()
-            .into_iter()
-            .flat_map(|accounts| accounts.iter())
-            .filter(|(account, _)| account.eq_ignore_ascii_case(&address.to_string()))
-            .flat_map(|(_, by_nonce)| by_nonce.as_object().into_iter().flat_map(|map| map.keys()))
-            .filter_map(|nonce| nonce.parse().ok())
-            .collect();
-        nonces.sort_unstable();
-        nonces
-    };
-    let (pending, queued) = (nonces("pending"), nonces("queued"));
-    let ends = |nonces: &[u64]| match (nonces.first(), nonces.last()) {
-        (Some(first), Some(last)) => format!("{} ({first}..={last})", nonces.len()),
-        _ => "0".to_owned(),
-    };
-    let metrics = match http.get(format!("{server}/metrics")).send().await {
-        Ok(response) => response.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    };
-    let counters: Vec<&str> = metrics
-        .lines()
-        .filter(|line| {
-            ["ethkms_broadcasts_total", "ethkms_transient_retries_total", "ethkms_rebroadcasts_total"]
-                .iter()
-                .any(|name| line.starts_with(name))
-        })
-        .collect();
-    println!(
-        "  stall: mined count {mined} for {} ms; anvil holds pending {}, queued {}; {}",
-        STALL.as_millis(),
-        ends(&pending),
-        ends(&queued),
-        counters.join(", ")
-    );
 }

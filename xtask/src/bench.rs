@@ -9,7 +9,9 @@
 //! - `eth`: signed-and-mined ether transfers per second from one KMS key to anvil through the alloy
 //!   provider with `KmsSigner`, interleaved with the bare `Sign` loop.
 //! - `withdrawals`: the signing service (`ethkms-server`, release build) with 1,000 withdrawals per
-//!   round, 64 in flight, posted until mined, against the bare `Sign` rate at the same concurrency.
+//!   round, 64 in flight, posted until mined, against the bare `Sign` rate at the same concurrency; with
+//!   `--journal postgres --replicas 1,3` also on a PostgreSQL journal with one and three replicas, one and
+//!   four keys, beside SQLite in the same run.
 //! - `cli`: wall time of `ethkms wallet address` and `ethkms sign message` (release build) against
 //!   `cast wallet address --aws` and `cast wallet sign --aws` on the same LocalStack key, alternating.
 //!
@@ -45,7 +47,7 @@ pub(crate) fn run(options: &[&str]) -> Result {
             cli(&session, cli_runs(&[])?)
         }
         _ => Err(
-            "usage: cargo xtask bench [core [criterion options] | kms|eth|withdrawals [--seconds S] [--rounds R] [--concurrency 1,8] | cli [--runs N]]"
+            "usage: cargo xtask bench [core [criterion options] | kms|eth|withdrawals [--seconds S] [--rounds R] [--concurrency 1,8] [--journal sqlite,postgres --replicas 1,3 --keys 1,4] | cli [--runs N]]"
                 .into(),
         ),
     }

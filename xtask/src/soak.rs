@@ -1,8 +1,9 @@
 //! `cargo xtask soak [--seeds N] [--first S] [--withdrawals N]`: the long fault campaigns. Runs the
 //! exactly-once test of `ethkms-server` (withdrawals through a fault-injecting proxy, `kill -9` restarts,
-//! an outage) for seeds `S..S+N` (default 1..=50, 150 withdrawals each) against LocalStack and anvil,
-//! printing each seed; a failing seed is re-run alone with `ETHKMS_FAULT_SEEDS=<seed>`. CI runs three seeds
-//! of the same test.
+//! an outage) for seeds `S..S+N` (default 1..=50, 150 withdrawals each) against LocalStack and anvil, on
+//! each journal (SQLite, and PostgreSQL with one replica), printing each seed; a failing seed is re-run
+//! alone with `ETHKMS_FAULT_SEEDS=<seed>`. CI runs three seeds of the same test. The replica tests have
+//! seeds of their own: `ETHKMS_REPLICA_SEEDS` and `ETHKMS_REPLICA_WITHDRAWALS` (`tests/replicas.rs`).
 
 use crate::Result;
 use crate::command::{cargo, run};

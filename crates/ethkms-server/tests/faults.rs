@@ -5,6 +5,9 @@
 //! directly), the key's nonces contiguous, and any other transaction of the key a zero-value transfer to
 //! itself.
 //!
+//! The campaign runs on each journal: SQLite (the embedded default) and PostgreSQL (one replica, with a
+//! short lease, on a database of its own; skipped without `ETHKMS_TEST_POSTGRES_URL`, failing in CI).
+//!
 //! Seeds come from `ETHKMS_FAULT_SEEDS` (comma-separated; default `1,2,3`) and the number of withdrawals per
 //! seed from `ETHKMS_FAULT_WITHDRAWALS` (default 150); `cargo xtask soak` runs many more. Each seed is
 //! printed; a failing seed is re-run with `ETHKMS_FAULT_SEEDS=<seed>` (the proxy's decisions follow the
@@ -17,11 +20,68 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use alloy_primitives::{Address, U256};
+use alloy_primitives::U256;
+use common::exactly_once::assert_paid_exactly_once;
+use common::replicas::replica_section;
 use common::*;
 use ethkms_server::journal::{JournalStore as _, SqliteJournal};
+use ethkms_test_support::postgres::TestDatabase;
 use ethkms_test_support::rpc_proxy::{Faults, RpcProxy};
 use serde_json::Value;
+
+/// The journal a campaign's server keeps.
+enum Journal {
+    /// The SQLite file of the campaign's [`Paths`].
+    Sqlite,
+    /// PostgreSQL: a database of the campaign's own, one replica.
+    Postgres(TestDatabase),
+}
+
+impl Journal {
+    /// Which journal a run of [`campaign`] uses, by name (the tests' names say it too).
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The server's configuration: [`configuration`] with this journal (and, for PostgreSQL, the one
+    /// replica's section: a short lease, so that a restarted server takes its key back soon whether or not
+    /// it counts as the same holder).
+    fn configuration(&self, listen: &str, rpc_url: &str, key: &str, paths: &Paths) -> String {
+        match self {
+            Self::Sqlite => configuration(listen, rpc_url, key, paths),
+            Self::Postgres(database) => {
+                configuration_with_journal(listen, rpc_url, key, paths, &database.url) + &replica_section("solo", 2)
+            }
+        }
+    }
+
+    /// The journal's unfinished rows by status, read while the server is down.
+    async fn unfinished(&self, paths: &Paths) -> BTreeMap<String, usize> {
+        let mut statuses = BTreeMap::new();
+        match self {
+            Self::Sqlite => {
+                let journal = SqliteJournal::open(&paths.journal).unwrap();
+                for row in journal.unfinished(None).await.unwrap() {
+                    *statuses.entry(row.status.as_str().to_owned()).or_default() += 1;
+                }
+                journal.close();
+            }
+            Self::Postgres(database) => {
+                // What `JournalStore::unfinished` returns: not final, or a mined cancellation not yet confirmed.
+                let query = "SELECT status, count(*) FROM withdrawals WHERE NOT confirmed \
+                    AND status NOT IN ('confirmed', 'failed') AND NOT (status = 'cancelled' AND block_number IS NULL) \
+                    GROUP BY status";
+                for row in database.connect().await.query(query, &[]).await.unwrap() {
+                    statuses.insert(row.get(0), usize::try_from(row.get::<_, i64>(1)).unwrap());
+                }
+            }
+        }
+        statuses
+    }
+}
 
 fn seeds() -> Vec<u64> {
     std::env::var("ETHKMS_FAULT_SEEDS")
@@ -42,17 +102,6 @@ fn amount(seed: u64, index: u64) -> U256 {
 fn body(seed: u64, index: u64) -> Value {
     let to = recipient(&format!("faults-{seed}"), index);
     withdrawal(&format!("faults-{seed}-{index}"), to, "ETH", &amount(seed, index).to_string())
-}
-
-/// The journal's unfinished rows by status, read while the server is down.
-async fn unfinished(paths: &Paths) -> BTreeMap<&'static str, usize> {
-    let journal = SqliteJournal::open(&paths.journal).unwrap();
-    let mut statuses = BTreeMap::new();
-    for row in journal.unfinished(None).await.unwrap() {
-        *statuses.entry(row.status.as_str()).or_default() += 1;
-    }
-    journal.close();
-    statuses
 }
 
 /// Posts withdrawal `index` until the (possibly restarting) server answers 202 or 200.
@@ -81,16 +130,33 @@ async fn post_until_answered(api: &Api, seed: u64, index: u64) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_withdrawal_is_paid_exactly_once_through_faults_crashes_and_an_outage() {
+async fn every_withdrawal_is_paid_exactly_once_through_faults_crashes_and_an_outage_on_sqlite() {
     let Some((kms_endpoint, backend)) = localstack().await else { return };
     for seed in seeds() {
-        eprintln!("fault campaign: seed {seed}, {} withdrawals (reproduce with ETHKMS_FAULT_SEEDS={seed})", count());
-        campaign(seed, &kms_endpoint, &backend).await;
+        eprintln!(
+            "fault campaign (sqlite): seed {seed}, {} withdrawals (reproduce with ETHKMS_FAULT_SEEDS={seed})",
+            count()
+        );
+        campaign(seed, &kms_endpoint, &backend, &Journal::Sqlite).await;
     }
 }
 
-async fn campaign(seed: u64, kms_endpoint: &str, backend: &Arc<dyn ethkms::backend::KeyBackend>) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_withdrawal_is_paid_exactly_once_through_faults_crashes_and_an_outage_on_postgres() {
+    let Some((kms_endpoint, backend)) = localstack().await else { return };
+    for seed in seeds() {
+        let Some(database) = TestDatabase::create().await else { return };
+        eprintln!(
+            "fault campaign (postgres): seed {seed}, {} withdrawals (reproduce with ETHKMS_FAULT_SEEDS={seed})",
+            count()
+        );
+        campaign(seed, &kms_endpoint, &backend, &Journal::Postgres(database)).await;
+    }
+}
+
+async fn campaign(seed: u64, kms_endpoint: &str, backend: &Arc<dyn ethkms::backend::KeyBackend>, journal: &Journal) {
     let count = count();
+    let journal_name = journal.name();
     let Some(anvil) = Anvil::start(&["--block-time", "1"]).await else { return };
     let faults = Faults { forwarded_then_error: 0.15, bad_gateway: 0.05, drop_connection: 0.05 };
     let proxy = RpcProxy::start(&anvil.url, seed, faults).await.unwrap();
@@ -98,7 +164,8 @@ async fn campaign(seed: u64, kms_endpoint: &str, backend: &Arc<dyn ethkms::backe
     let paths = Paths::new();
     let listen = format!("127.0.0.1:{}", free_port());
     let config_path = paths.journal.with_extension("toml");
-    let text = configuration(&listen, proxy.url().trim_end_matches('/'), &key, &paths)
+    let text = journal
+        .configuration(&listen, proxy.url().trim_end_matches('/'), &key, &paths)
         .replace("rebroadcast_after_seconds = 600", "rebroadcast_after_seconds = 3")
         .replace("confirmations = 1", "confirmations = 2");
     std::fs::write(&config_path, text).unwrap();
@@ -141,9 +208,9 @@ async fn campaign(seed: u64, kms_endpoint: &str, backend: &Arc<dyn ethkms::backe
     // Crash 1: in the middle of the flow.
     wait_for(usize::try_from(count / 3).unwrap()).await;
     server.kill_9();
-    let caught = unfinished(&paths).await;
-    assert!(caught.values().sum::<usize>() > 0, "seed {seed}: the first crash caught nothing in flight");
-    eprintln!("fault campaign: seed {seed}: killed with {caught:?} unfinished");
+    let caught = journal.unfinished(&paths).await;
+    assert!(caught.values().sum::<usize>() > 0, "{journal_name} seed {seed}: the first crash caught nothing in flight");
+    eprintln!("fault campaign ({journal_name}): seed {seed}: killed with {caught:?} unfinished");
     server = Server::start_logging(&config_path, kms_endpoint, &url, &log).await;
     // Crash 2, during an outage of the node: the restarted server accepts withdrawals while it cannot
     // recover, and processes them once the node is back.
@@ -151,7 +218,8 @@ async fn campaign(seed: u64, kms_endpoint: &str, backend: &Arc<dyn ethkms::backe
     proxy.set_outage(true);
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.kill_9();
-    eprintln!("fault campaign: seed {seed}: killed during the outage with {:?} unfinished", unfinished(&paths).await);
+    let caught = journal.unfinished(&paths).await;
+    eprintln!("fault campaign ({journal_name}): seed {seed}: killed during the outage with {caught:?} unfinished");
     server = Server::start_logging(&config_path, kms_endpoint, &url, &log).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.set_outage(false);
@@ -165,34 +233,21 @@ async fn campaign(seed: u64, kms_endpoint: &str, backend: &Arc<dyn ethkms::backe
         assert_eq!(
             settled["status"],
             "confirmed",
-            "seed {seed}, withdrawal {index}: {settled}; server log: {}",
+            "{journal_name} seed {seed}, withdrawal {index}: {settled}; server log: {}",
             log.display()
         );
     }
 
     // On anvil directly: nonces 0..N without gap or repeat, each recipient paid once and exactly, and
     // every other transaction a zero-value transfer to the key itself.
-    let mined = transactions_from(&anvil.url, address, 0).await;
-    assert_eq!(mined.keys().copied().collect::<Vec<_>>(), (0..mined.len() as u64).collect::<Vec<_>>(), "seed {seed}");
-    let mut paid: BTreeMap<Address, u32> = BTreeMap::new();
-    for (to, value, hash) in mined.values() {
-        if *to == address {
-            assert_eq!(*value, U256::ZERO, "seed {seed}: {hash} moved value to the key itself");
-        } else {
-            *paid.entry(*to).or_default() += 1;
-        }
-    }
-    for index in 0..count {
-        let to = recipient(&format!("faults-{seed}"), index);
-        assert_eq!(paid.get(&to), Some(&1), "seed {seed}: withdrawal {index} paid {:?} times", paid.get(&to));
-        assert_eq!(balance(&anvil.url, to).await, amount(seed, index), "seed {seed}: withdrawal {index}'s amount");
-    }
-    assert_eq!(paid.len() as u64, count, "seed {seed}: payments to strangers");
+    let payments: Vec<_> =
+        (0..count).map(|index| (recipient(&format!("faults-{seed}"), index), amount(seed, index))).collect();
+    let mined = assert_paid_exactly_once(&anvil.url, address, &payments, &format!("{journal_name} seed {seed}")).await;
     let verified = ethkms::audit::verify(&paths.audit).unwrap();
     assert!(verified.records >= count, "{verified:?}");
     let stats = proxy.stats();
     eprintln!(
-        "fault campaign: seed {seed} passed: {count} withdrawals confirmed, {} transactions mined ({} not payments); \
+        "fault campaign ({journal_name}): seed {seed} passed: {count} withdrawals confirmed, {} transactions mined ({} not payments); \
          proxy: {stats:?}",
         mined.len(),
         mined.len() as u64 - count
@@ -203,7 +258,5 @@ async fn campaign(seed: u64, kms_endpoint: &str, backend: &Arc<dyn ethkms::backe
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("retrying"), "the log has the retries");
     assert!(!text.contains(upstream), "the upstream URL {upstream} is in the server log {}", log.display());
-    let terminated = std::process::Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status();
-    assert!(terminated.unwrap().success());
-    assert!(server.child.wait().unwrap().success(), "the server exits 0 after SIGTERM");
+    assert!(server.terminate().success(), "the server exits 0 after SIGTERM");
 }

@@ -8,7 +8,8 @@
 //! - [`anvil`]: an anvil process of a test's own (mining settings the shared one must not have).
 //! - [`chain`]: JSON-RPC calls straight to a node: balances, receipts, blocks, the test ERC-20.
 //! - [`verifiers`]: signatures checked by code nobody here wrote: Python eth-account, ethers v6, cast.
-//! - [`postgres`]: the machine's PostgreSQL 15, or a server named by `ETHKMS_TEST_POSTGRES_URL`.
+//! - [`postgres`]: the machine's PostgreSQL 15, or a server named by `ETHKMS_TEST_POSTGRES_URL`; on it,
+//!   a database of a test's own (feature `postgres`) and restarts of the server under a running test.
 //! - `server` (feature `server`): the signing service in process and a client of its REST API.
 //! - [`rpc_proxy`]: a JSON-RPC proxy on loopback that forwards to a node and injects faults (errors
 //!   after the node accepted a transaction, bad gateways, dropped connections, outages) from a seeded

@@ -6,9 +6,20 @@
 //! `postgres --version` says major version 15. The server refuses to run as root: run the binaries as
 //! the `postgres` user (`runuser -u postgres -- …`) in a directory that user owns. Without either, install
 //! them (`apt-get install postgresql-15`) or point the tests at a server with `ETHKMS_TEST_POSTGRES_URL`.
+//!
+//! On that server, [`database`] (feature `postgres`) gives each test a database of its own, and
+//! [`control`] stops, starts and restarts it under a running test.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+pub mod control;
+#[cfg(feature = "postgres")]
+pub mod database;
+
+pub use control::{ServerControl, Stopped};
+#[cfg(feature = "postgres")]
+pub use database::TestDatabase;
 
 /// The major version the tests are written for.
 pub const MAJOR: u32 = 15;

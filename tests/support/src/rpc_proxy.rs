@@ -16,6 +16,9 @@
 //!   dropped without being forwarded. (Refusing connections is not possible while the socket listens, and
 //!   a dropped connection is what a client sees of a node that died mid-request.)
 //!
+//! It also records every raw transaction sent through it ([`RpcProxy::raw_transactions`]), forwarded or
+//! not: with a proxy per client, a test knows what each one tried to broadcast, and when.
+//!
 //! # How a connection is dropped
 //!
 //! The handler answers with a response whose body stream fails on its first poll. hyper buffers the
@@ -48,7 +51,7 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -157,6 +160,15 @@ pub struct ProxyStats {
     pub upstream_failed: u64,
 }
 
+/// A raw transaction a client sent through the proxy (`eth_sendRawTransaction`, alone or in a batch).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawTransactionSent {
+    /// When the proxy received it.
+    pub at: SystemTime,
+    /// The transaction, as sent: `0x`-prefixed hex of its EIP-2718 encoding.
+    pub raw: String,
+}
+
 /// A fault-injecting JSON-RPC proxy on 127.0.0.1; see the [module documentation](self).
 ///
 /// Dropping it stops the server: it stops accepting connections, idle connections are closed, and any
@@ -209,6 +221,7 @@ impl RpcProxy {
                 faults,
                 outage: Outage::Off,
                 stats: ProxyStats::default(),
+                sent: Vec::new(),
             }),
         });
         let app = Router::new().fallback(handle).layer(DefaultBodyLimit::disable()).with_state(Arc::clone(&shared));
@@ -257,6 +270,13 @@ impl RpcProxy {
     pub fn stats(&self) -> ProxyStats {
         self.shared.control().stats
     }
+
+    /// Every raw transaction sent through the proxy so far, in the order received, whatever the proxy
+    /// then did with it.
+    #[must_use]
+    pub fn raw_transactions(&self) -> Vec<RawTransactionSent> {
+        self.shared.control().sent.clone()
+    }
 }
 
 impl fmt::Debug for RpcProxy {
@@ -295,6 +315,7 @@ struct Control {
     faults: Faults,
     outage: Outage,
     stats: ProxyStats,
+    sent: Vec<RawTransactionSent>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -336,10 +357,12 @@ impl Shared {
         self.control.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Counts the request and decides; `None` during an outage.
+    /// Counts the request, records its raw transactions and decides; `None` during an outage.
     fn decide(&self, call: &Call) -> Option<Decision> {
         let mut control = self.control();
         control.stats.requests += 1;
+        let at = SystemTime::now();
+        control.sent.extend(call.raw_transactions.iter().map(|raw| RawTransactionSent { at, raw: raw.clone() }));
         let in_outage = match control.outage {
             Outage::Off => false,
             Outage::On => true,
@@ -462,6 +485,8 @@ struct Call {
     /// The method, `batch` or `unparsable`, for the logs.
     label: String,
     shape: Shape,
+    /// The transactions of its `eth_sendRawTransaction` calls (their first parameter).
+    raw_transactions: Vec<String>,
 }
 
 enum Shape {
@@ -475,15 +500,18 @@ enum Shape {
 
 impl Call {
     fn parse(body: &[u8]) -> Self {
+        let sends_raw = |call: &Value| call.get("method").and_then(Value::as_str) == Some(SEND_RAW);
+        let raw_of = |call: &Value| call.pointer("/params/0").and_then(Value::as_str).map(str::to_owned);
         match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(call)) => {
+            Ok(call @ Value::Object(_)) => {
                 let method = call.get("method").and_then(Value::as_str).unwrap_or("?");
                 Self {
                     label: method.to_owned(),
                     shape: Shape::Single {
                         id: call.get("id").cloned().unwrap_or(Value::Null),
-                        sends_raw: method == SEND_RAW,
+                        sends_raw: sends_raw(&call),
                     },
+                    raw_transactions: if sends_raw(&call) { raw_of(&call).into_iter().collect() } else { Vec::new() },
                 }
             }
             Ok(Value::Array(calls)) => Self {
@@ -491,12 +519,13 @@ impl Call {
                 shape: Shape::Batch {
                     send_raw_ids: calls
                         .iter()
-                        .filter(|call| call.get("method").and_then(Value::as_str) == Some(SEND_RAW))
+                        .filter(|call| sends_raw(call))
                         .filter_map(|call| call.get("id").cloned())
                         .collect(),
                 },
+                raw_transactions: calls.iter().filter(|call| sends_raw(call)).filter_map(raw_of).collect(),
             },
-            _ => Self { label: "unparsable".to_owned(), shape: Shape::Other },
+            _ => Self { label: "unparsable".to_owned(), shape: Shape::Other, raw_transactions: Vec::new() },
         }
     }
 
@@ -531,38 +560,4 @@ impl Call {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::{Decision, Faults, unit};
-
-    #[test]
-    fn unit_covers_zero_to_one() {
-        assert!(unit(0).abs() < f64::EPSILON);
-        assert!(unit(u64::MAX) < 1.0);
-        assert!(unit(u64::MAX) > 0.999_999);
-    }
-
-    #[test]
-    fn bands_are_fixed_and_cumulative() {
-        let faults = Faults { forwarded_then_error: 0.25, bad_gateway: 0.25, drop_connection: 0.25 };
-        assert!(matches!(faults.pick(0.1, false, true), Decision::ForwardThenError));
-        // The after-forward band passes other methods through, it does not shift the other bands.
-        assert!(matches!(faults.pick(0.1, false, false), Decision::Pass));
-        assert!(matches!(faults.pick(0.3, true, false), Decision::BadGateway(status) if status.as_u16() == 502));
-        assert!(matches!(faults.pick(0.3, false, false), Decision::BadGateway(status) if status.as_u16() == 503));
-        assert!(matches!(faults.pick(0.6, true, true), Decision::Drop { forward_first: true }));
-        assert!(matches!(faults.pick(0.8, true, true), Decision::Pass));
-        assert!(matches!(Faults::none().pick(0.0, true, true), Decision::Pass));
-    }
-
-    #[test]
-    #[should_panic(expected = "sum to at most 1")]
-    fn probabilities_over_one_are_refused() {
-        Faults { forwarded_then_error: 0.5, bad_gateway: 0.5, drop_connection: 0.1 }.check();
-    }
-
-    #[test]
-    #[should_panic(expected = "must be in [0, 1]")]
-    fn nan_is_refused() {
-        Faults { bad_gateway: f64::NAN, ..Faults::none() }.check();
-    }
-}
+mod tests;

@@ -6,7 +6,7 @@
 
 #![allow(clippy::missing_panics_doc)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,13 @@ impl Paths {
 /// key's `[keys.hot.policy]` and the `[clients.*]`.
 #[must_use]
 pub fn config_head(listen: &str, rpc_url: &str, key: &str, paths: &Paths) -> String {
+    config_head_with_journal(listen, rpc_url, key, &paths.audit, &paths.journal.display().to_string())
+}
+
+/// [`config_head`] with the journal given as the configuration's `journal` value: a SQLite file's path,
+/// or a `postgres://` URL (the replicated journal) — and the audit log at `audit`.
+#[must_use]
+pub fn config_head_with_journal(listen: &str, rpc_url: &str, key: &str, audit: &Path, journal: &str) -> String {
     format!(
         r#"
 listen = "{listen}"
@@ -54,25 +61,36 @@ upstream = "{rpc_url}"
 audit_log = "{audit}"
 journal = "{journal}"
 withdrawals = {{ poll_interval_ms = 100, rebroadcast_after_seconds = 600 }}
-
-[keys.hot]
-key = "{key}"
-chain_id = 31337
-confirmations = 1
-"#,
-        audit = paths.audit.display(),
-        journal = paths.journal.display(),
+{hot}"#,
+        audit = audit.display(),
+        hot = config_key("hot", key),
     )
+}
+
+/// A `[keys.{name}]` section: KMS key `key` (an id, ARN or alias) on chain 31337 with one confirmation.
+/// Append its `[keys.{name}.policy]` if it has one.
+#[must_use]
+pub fn config_key(name: &str, key: &str) -> String {
+    format!("\n[keys.{name}]\nkey = \"{key}\"\nchain_id = 31337\nconfirmations = 1\n")
 }
 
 /// A `[clients.{name}]` section of a service configuration: the client authenticating with the bearer
 /// token `token` may use key `hot` for `methods`.
 #[must_use]
 pub fn config_client(name: &str, token: &str, methods: &[&str]) -> String {
-    let methods = methods.iter().map(|method| format!("\"{method}\"")).collect::<Vec<_>>().join(", ");
+    config_client_of_keys(name, token, &["hot"], methods)
+}
+
+/// A `[clients.{name}]` section: the client authenticating with the bearer token `token` may use the keys
+/// `keys` for `methods`.
+#[must_use]
+pub fn config_client_of_keys(name: &str, token: &str, keys: &[&str], methods: &[&str]) -> String {
+    let quoted = |names: &[&str]| names.iter().map(|name| format!("\"{name}\"")).collect::<Vec<_>>().join(", ");
     format!(
-        "\n[clients.{name}]\ntoken_sha256 = \"{hash}\"\nkeys = [\"hot\"]\nmethods = [{methods}]\n",
+        "\n[clients.{name}]\ntoken_sha256 = \"{hash}\"\nkeys = [{keys}]\nmethods = [{methods}]\n",
         hash = ethkms_server::config::token_hash(token),
+        keys = quoted(keys),
+        methods = quoted(methods),
     )
 }
 
@@ -207,5 +225,11 @@ pub async fn serve_in_process_unready(text: &str, backend: Arc<dyn KeyBackend>) 
 /// The body of `POST /v1/withdrawals` for key `hot`.
 #[must_use]
 pub fn withdrawal(idempotency_key: &str, to: Address, asset: &str, amount: &str) -> Value {
-    json!({ "idempotency_key": idempotency_key, "key": "hot", "to": to, "asset": asset, "amount": amount })
+    withdrawal_from("hot", idempotency_key, to, asset, amount)
+}
+
+/// The body of `POST /v1/withdrawals` for the key named `key`.
+#[must_use]
+pub fn withdrawal_from(key: &str, idempotency_key: &str, to: Address, asset: &str, amount: &str) -> Value {
+    json!({ "idempotency_key": idempotency_key, "key": key, "to": to, "asset": asset, "amount": amount })
 }

@@ -1,7 +1,9 @@
 //! The live services a test needs, found through the environment variables `cargo xtask services up`
 //! writes to `target/services/env.sh`: `ETHKMS_TEST_KMS_ENDPOINT` (LocalStack KMS),
 //! `ETHKMS_TEST_RPC_URL` (the shared anvil), `ETHKMS_TEST_ANVIL` (the anvil binary), `ETHKMS_TEST_CAST`,
-//! `ETHKMS_TEST_PYTHON` (with eth-account) and `ETHKMS_TEST_NODE_MODULES` (with ethers v6).
+//! `ETHKMS_TEST_PYTHON` (with eth-account), `ETHKMS_TEST_NODE_MODULES` (with ethers v6),
+//! `ETHKMS_TEST_POSTGRES_URL` (PostgreSQL) and what restarts it (`ETHKMS_TEST_POSTGRES_DATA`, `_BIN`,
+//! `_RUN_AS`, `_LOG`; see [`crate::postgres::control`]).
 //!
 //! A missing service skips the test (it says so on standard error), except where a missing service must
 //! fail: in CI, or wherever `ETHKMS_REQUIRE_SERVICES` is set ([`required`]).

@@ -146,6 +146,10 @@ async fn passes_through_results_and_ids() {
 
     assert_eq!((upstream.requests(), upstream.sends()), (3, 1));
     assert_eq!(proxy.stats(), ProxyStats { requests: 3, forwarded: 3, ..ProxyStats::default() });
+    // The one raw transaction is recorded, with when it came.
+    let sent = proxy.raw_transactions();
+    assert_eq!(sent.iter().map(|sent| sent.raw.as_str()).collect::<Vec<_>>(), ["0x02f86c0180843b9aca00"]);
+    assert!(sent[0].at <= std::time::SystemTime::now());
 }
 
 #[tokio::test]

@@ -103,6 +103,9 @@ pub(crate) struct ServiceEnv {
     pub(crate) python: PathBuf,
     /// PostgreSQL, `postgres://postgres@127.0.0.1:PORT/postgres` (`ETHKMS_TEST_POSTGRES_URL`).
     pub(crate) postgres_url: String,
+    /// How tests stop, start and restart that PostgreSQL (`ETHKMS_TEST_POSTGRES_DATA`, `_BIN`, `_RUN_AS`,
+    /// `_LOG`).
+    pub(crate) postgres_control: postgres::Control,
 }
 
 impl ServiceEnv {
@@ -117,6 +120,10 @@ impl ServiceEnv {
             ("ETHKMS_TEST_NODE_MODULES", self.node_modules.display().to_string()),
             ("ETHKMS_TEST_PYTHON", self.python.display().to_string()),
             ("ETHKMS_TEST_POSTGRES_URL", self.postgres_url.clone()),
+            ("ETHKMS_TEST_POSTGRES_DATA", self.postgres_control.data.display().to_string()),
+            ("ETHKMS_TEST_POSTGRES_BIN", self.postgres_control.binaries.display().to_string()),
+            ("ETHKMS_TEST_POSTGRES_RUN_AS", self.postgres_control.run_as.clone()),
+            ("ETHKMS_TEST_POSTGRES_LOG", self.postgres_control.log.display().to_string()),
             ("AWS_ACCESS_KEY_ID", "test".to_owned()),
             ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
             ("AWS_REGION", "us-east-1".to_owned()),
@@ -141,6 +148,13 @@ impl ServiceEnv {
             node_modules: variable("ETHKMS_TEST_NODE_MODULES")?.into(),
             python: variable("ETHKMS_TEST_PYTHON")?.into(),
             postgres_url: variable("ETHKMS_TEST_POSTGRES_URL")?.into_string().ok()?,
+            postgres_control: postgres::Control {
+                data: variable("ETHKMS_TEST_POSTGRES_DATA")?.into(),
+                binaries: variable("ETHKMS_TEST_POSTGRES_BIN")?.into(),
+                // Empty when xtask is not root: set, but to nothing.
+                run_as: std::env::var("ETHKMS_TEST_POSTGRES_RUN_AS").ok()?,
+                log: variable("ETHKMS_TEST_POSTGRES_LOG")?.into(),
+            },
         })
     }
 
@@ -217,6 +231,7 @@ impl Session {
             node_modules: tools.node.node_modules,
             python: tools.verifier_python,
             postgres_url: Service::POSTGRES.url(postgres_port),
+            postgres_control: postgres::control(postgres_port, Service::POSTGRES.log_file())?,
         };
         write_env_file(&env)?;
         Ok(Self { env, started })
@@ -345,6 +360,9 @@ struct Service {
     healthy: fn(u16) -> bool,
     /// Its URL on a port.
     url: fn(u16) -> String,
+    /// The pid of an instance on a port that was restarted outside xtask (a test's `pg_ctl restart`), so
+    /// that it is no longer the process the pid file names.
+    restarted_pid: fn(u16) -> Option<u32>,
 }
 
 /// A service's pid and port as its files in `target/services/` record them.
@@ -367,6 +385,7 @@ impl Service {
         timeout: localstack::TIMEOUT,
         healthy: localstack::healthy,
         url: http_url,
+        restarted_pid: never_restarted,
     };
 
     /// foundry's anvil.
@@ -379,6 +398,7 @@ impl Service {
         timeout: anvil::TIMEOUT,
         healthy: anvil::healthy,
         url: http_url,
+        restarted_pid: never_restarted,
     };
 
     /// PostgreSQL 15, a private cluster.
@@ -391,6 +411,7 @@ impl Service {
         timeout: postgres::TIMEOUT,
         healthy: postgres::healthy,
         url: postgres::url,
+        restarted_pid: postgres::restarted_pid,
     };
 
     /// Every service.
@@ -430,10 +451,12 @@ impl Service {
         state_dir().join(format!("{}.log", self.name))
     }
 
-    /// The pid and port recorded by the last start, if both files are there and valid.
+    /// The pid and port recorded by the last start, if both files are there and valid; the pid of the
+    /// instance restarted since, if the recorded process is gone and the service knows a restarted one.
     fn recorded(self) -> Option<Recorded> {
         let pid = std::fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok().filter(|pid| *pid > 1)?;
         let port = std::fs::read_to_string(self.port_file()).ok()?.trim().parse().ok()?;
+        let pid = if process_matches(pid, self.signature) { pid } else { (self.restarted_pid)(port).unwrap_or(pid) };
         Some(Recorded { pid, port })
     }
 
@@ -442,6 +465,11 @@ impl Service {
         remove_if_present(&self.pid_file())?;
         remove_if_present(&self.port_file())
     }
+}
+
+/// For the services nothing restarts behind xtask's back.
+fn never_restarted(_port: u16) -> Option<u32> {
+    None
 }
 
 /// `http://127.0.0.1:PORT`.
@@ -496,6 +524,12 @@ mod tests {
             node_modules: "/c/node_modules".into(),
             python: "/c/python".into(),
             postgres_url: "postgres://postgres@127.0.0.1:55432/postgres".to_owned(),
+            postgres_control: postgres::Control {
+                data: "/tmp/ethkms-postgres-55432".into(),
+                binaries: "/usr/lib/postgresql/15/bin".into(),
+                run_as: "postgres".to_owned(),
+                log: "/c/target/services/postgres.log".into(),
+            },
         };
         let names: Vec<String> = env.pairs().into_iter().map(|(name, _)| name).collect();
         assert_eq!(
@@ -508,6 +542,10 @@ mod tests {
                 "ETHKMS_TEST_NODE_MODULES",
                 "ETHKMS_TEST_PYTHON",
                 "ETHKMS_TEST_POSTGRES_URL",
+                "ETHKMS_TEST_POSTGRES_DATA",
+                "ETHKMS_TEST_POSTGRES_BIN",
+                "ETHKMS_TEST_POSTGRES_RUN_AS",
+                "ETHKMS_TEST_POSTGRES_LOG",
                 "AWS_ACCESS_KEY_ID",
                 "AWS_SECRET_ACCESS_KEY",
                 "AWS_REGION",

@@ -6,6 +6,11 @@
 //!
 //! `fsync` stays on: the cluster is as durable as a real one, so benchmarks against SQLite's
 //! `synchronous = FULL` compare like with like.
+//!
+//! Tests take the server down under running replicas (`pg_ctl restart`, `stop`, `start`): `env.sh` tells
+//! them how ([`Control`]). The server `pg_ctl` starts again is no child of xtask's and has a new pid, in a
+//! process group of its own; [`restarted_pid`] finds it through the cluster's own `postmaster.pid`, so
+//! `status`, `up` and `down` still see the service.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,6 +42,35 @@ pub(super) fn healthy(port: u16) -> bool {
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "1"])
         .output()
         .is_ok_and(|output| output.status.success())
+}
+
+/// What a test needs to stop, start or restart the cluster itself with `pg_ctl`; `env.sh` exports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Control {
+    /// The cluster's data directory (`ETHKMS_TEST_POSTGRES_DATA`).
+    pub(crate) data: PathBuf,
+    /// The directory of the binaries, `pg_ctl` among them (`ETHKMS_TEST_POSTGRES_BIN`).
+    pub(crate) binaries: PathBuf,
+    /// The user `pg_ctl` runs as (`runuser -u USER --`), empty for the current user
+    /// (`ETHKMS_TEST_POSTGRES_RUN_AS`): the server refuses to run as root.
+    pub(crate) run_as: String,
+    /// The log a server started by `pg_ctl` writes to: the service's own (`ETHKMS_TEST_POSTGRES_LOG`).
+    pub(crate) log: PathBuf,
+}
+
+/// How a test controls the cluster on `port` whose log is `log`.
+pub(super) fn control(port: u16, log: PathBuf) -> Result<Control> {
+    let run_as = if is_root() { USER.to_owned() } else { String::new() };
+    Ok(Control { data: data_dir(port), binaries: binaries()?, run_as, log })
+}
+
+/// The pid of the server running the cluster of `port`, as the cluster's `postmaster.pid` (first line)
+/// records it, if that process is alive: after a test's `pg_ctl restart`, the server is no longer the
+/// process xtask started and recorded.
+pub(super) fn restarted_pid(port: u16) -> Option<u32> {
+    let recorded = std::fs::read_to_string(data_dir(port).join("postmaster.pid")).ok()?;
+    let pid = recorded.lines().next()?.trim().parse().ok()?;
+    super::process::process_matches(pid, SIGNATURE).then_some(pid)
 }
 
 /// The server on 127.0.0.1:`port`, its cluster created first if there is none yet.
@@ -122,6 +156,12 @@ mod tests {
     fn the_url_names_the_superuser_on_loopback() {
         assert_eq!(url(55432), "postgres://postgres@127.0.0.1:55432/postgres");
         assert!(data_dir(55432).ends_with("ethkms-postgres-55432"));
+    }
+
+    #[test]
+    fn a_cluster_that_is_not_running_has_no_restarted_server() {
+        // Port 1 has no cluster directory, hence no postmaster.pid.
+        assert_eq!(restarted_pid(1), None);
     }
 
     #[test]

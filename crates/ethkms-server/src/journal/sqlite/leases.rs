@@ -8,7 +8,7 @@ use std::time::Duration;
 use alloy_primitives::Address;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::rows::{load_existing, load_nonces, sql_u64, store_nonces};
+use super::rows::{exec, load_existing, load_nonces, sql_u64, store_nonces};
 use super::writer::Failure;
 use super::{OPEN, SqliteJournal, millis, now_ms};
 use crate::journal::{Claim, Fence, JournalError, LeaseRow, Nonces, Withdrawal};
@@ -24,7 +24,8 @@ impl SqliteJournal {
                 .query_row("SELECT epoch FROM leases WHERE key = ?1", params![key], |row| row.get(0))
                 .optional()?;
             let epoch = current.map_or(1, |epoch| epoch.saturating_add(1));
-            connection.execute(
+            exec(
+                connection,
                 "INSERT INTO leases (key, holder, epoch, expires_ms) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (key) DO UPDATE SET holder = ?2, epoch = ?3, expires_ms = ?4",
                 params![key, holder, epoch, sql_u64(now.saturating_add(millis(ttl)))],
@@ -37,7 +38,8 @@ impl SqliteJournal {
     pub(super) async fn extend_lease(&self, fence: &Fence, holder: &str, ttl: Duration) -> Result<bool, JournalError> {
         let (fence, holder) = (fence.clone(), holder.to_owned());
         self.run(move |connection| {
-            let changed = connection.execute(
+            let changed = exec(
+                connection,
                 "UPDATE leases SET expires_ms = ?4 WHERE key = ?1 AND holder = ?2 AND epoch = ?3",
                 params![fence.key, holder, sql_u64(fence.epoch), sql_u64(now_ms().saturating_add(millis(ttl)))],
             )?;
@@ -49,7 +51,8 @@ impl SqliteJournal {
     pub(super) async fn end_lease(&self, fence: &Fence, holder: &str) -> Result<(), JournalError> {
         let (fence, holder) = (fence.clone(), holder.to_owned());
         self.run(move |connection| {
-            connection.execute(
+            exec(
+                connection,
                 "UPDATE leases SET expires_ms = 0 WHERE key = ?1 AND holder = ?2 AND epoch = ?3",
                 params![fence.key, holder, sql_u64(fence.epoch)],
             )?;
@@ -60,7 +63,8 @@ impl SqliteJournal {
 
     pub(super) async fn lease_rows(&self) -> Result<Vec<LeaseRow>, JournalError> {
         self.run(|connection| {
-            let mut statement = connection.prepare("SELECT key, holder, epoch, expires_ms FROM leases ORDER BY key")?;
+            let mut statement =
+                connection.prepare_cached("SELECT key, holder, epoch, expires_ms FROM leases ORDER BY key")?;
             let rows = statement.query_map([], |row| {
                 Ok(LeaseRow {
                     key: row.get(0)?,
@@ -121,7 +125,7 @@ impl SqliteJournal {
             }
             let nonce = nonces.allocate();
             store_nonces(connection, &fence.key, &nonces)?;
-            connection.execute(
+            exec(connection,
                 "UPDATE withdrawals SET status = 'signing', nonce = ?2, updated_ms = ?3 WHERE id = ?1",
                 params![id, sql_u64(nonce), sql_u64(now_ms())],
             )?;
@@ -160,7 +164,8 @@ impl SqliteJournal {
             store_nonces(connection, &fence.key, &nonces)?;
             let id = format!("gap-{}", uuid::Uuid::new_v4());
             let now = now_ms();
-            connection.execute(
+            exec(
+                connection,
                 "INSERT INTO withdrawals (id, kind, key, recipient, asset, amount, status, nonce, created_ms, \
                  updated_ms) VALUES (?1, 'gap_fill', ?2, ?3, 'ETH', '0', 'signing', ?4, ?5, ?5)",
                 params![id, fence.key, recipient.to_string(), sql_u64(nonce), sql_u64(now)],

@@ -36,7 +36,8 @@ pub(crate) use writer::QUEUE;
 use writer::{Failure, Job, Message, savepoint, writer};
 
 use rows::{
-    asset_text, insert_spend, invalid, load, load_existing, load_nonces, release_spend, spent, sql_u64, store_nonces,
+    asset_text, exec, insert_spend, invalid, load, load_existing, load_nonces, release_spend, row, spent, sql_u64,
+    store_nonces,
 };
 
 /// The SQLite journal: a handle on the thread that owns the database. Cheap to clone.
@@ -80,12 +81,12 @@ impl SqliteJournal {
         // One server per journal: the lock is taken by the first write below and held until the
         // process ends (the operating system releases it even after kill -9).
         connection.execute_batch("PRAGMA locking_mode = EXCLUSIVE").map_err(sqlite)?;
-        let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0)).map_err(sqlite)?;
+        let mode: String = row(&connection, "PRAGMA journal_mode = WAL", [], |row| row.get(0)).map_err(sqlite)?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(JournalError::Corrupt { path, reason: format!("cannot switch to WAL mode (it is {mode})") });
         }
         connection.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;").map_err(sqlite)?;
-        let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(sqlite)?;
+        let version: i64 = row(&connection, "PRAGMA user_version", [], |row| row.get(0)).map_err(sqlite)?;
         if version > SCHEMA_VERSION {
             return Err(JournalError::Corrupt {
                 path,
@@ -163,7 +164,8 @@ impl SqliteJournal {
         let (fence, id) = (fence.clone(), id.to_owned());
         self.run(move |connection| {
             fenced(connection, &fence)?;
-            connection.execute(
+            exec(
+                connection,
                 &format!(
                     "UPDATE withdrawals SET {assignments}, updated_ms = ?2 WHERE id = ?1 AND key = ?3 AND ({condition})"
                 ),
@@ -195,7 +197,8 @@ impl JournalStore for SqliteJournal {
                 Err(denial) => return Ok(Inserted::Refused(denial)),
             };
             let id = uuid::Uuid::new_v4().to_string();
-            connection.execute(
+            exec(
+                connection,
                 "INSERT INTO withdrawals (id, kind, client, idempotency_key, key, recipient, asset, amount, status, \
                  created_ms, updated_ms) VALUES (?1, 'withdrawal', ?2, ?3, ?4, ?5, ?6, ?7, 'accepted', ?8, ?8)",
                 params![
@@ -225,7 +228,8 @@ impl JournalStore for SqliteJournal {
                 Err(denial) => return Ok(Err(denial)),
             };
             let id = row.id;
-            connection.execute(
+            exec(
+                connection,
                 "INSERT INTO withdrawals (id, kind, client, key, recipient, asset, amount, request, status, \
                  created_ms, updated_ms) VALUES (?1, 'rpc', ?2, ?3, ?4, 'ETH', ?5, ?6, 'accepted', ?7, ?7)",
                 params![
@@ -282,14 +286,16 @@ impl JournalStore for SqliteJournal {
             let status = Status::parse(&status).ok_or_else(|| invalid(format!("status `{status}`")))?;
             match status {
                 Status::Accepted => {
-                    connection.execute(
+                    exec(
+                        connection,
                         "UPDATE withdrawals SET status = 'cancelled', confirmed = 1, updated_ms = ?2 WHERE id = ?1",
                         params![id, sql_u64(now_ms())],
                     )?;
                     Ok(Cancelled::Now(release_spend(connection, &id)?))
                 }
                 Status::Signing | Status::Signed | Status::Submitted => {
-                    connection.execute(
+                    exec(
+                        connection,
                         "UPDATE withdrawals SET cancel_requested = 1, updated_ms = ?2 WHERE id = ?1",
                         params![id, sql_u64(now_ms())],
                     )?;
@@ -304,7 +310,8 @@ impl JournalStore for SqliteJournal {
     async fn abandon(&self, id: &str, reason: &str) -> Result<bool, JournalError> {
         let (id, reason) = (id.to_owned(), reason.to_owned());
         self.run(move |connection| {
-            let changed = connection.execute(
+            let changed = exec(
+                connection,
                 "UPDATE withdrawals SET status = 'failed', error = ?2, confirmed = 1, updated_ms = ?3 \
                  WHERE id = ?1 AND status = 'accepted' AND nonce IS NULL",
                 params![id, reason, sql_u64(now_ms())],
@@ -426,7 +433,8 @@ impl JournalStore for SqliteJournal {
             let number: i64 =
                 connection
                     .query_row("SELECT COUNT(*) FROM attempts WHERE withdrawal = ?1", params![id], |row| row.get(0))?;
-            connection.execute(
+            exec(
+                connection,
                 "INSERT INTO attempts (withdrawal, number, tx_hash, raw, max_fee_per_gas, priority_fee_per_gas, \
                  signed_ms, cancel, epoch, replica) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
                  (SELECT holder FROM leases WHERE key = ?10))",
@@ -443,7 +451,8 @@ impl JournalStore for SqliteJournal {
                     fence.key
                 ],
             )?;
-            connection.execute(
+            exec(
+                connection,
                 "UPDATE withdrawals SET tx_hash = ?2, updated_ms = ?3, \
                  status = CASE status WHEN 'signing' THEN 'signed' ELSE status END WHERE id = ?1",
                 params![id, attempt.tx_hash.to_string(), sql_u64(now_ms())],
@@ -476,7 +485,8 @@ impl JournalStore for SqliteJournal {
                 MinedAs::Reverted => (Status::Failed, Some("reverted on chain: no value moved (the fee was paid)")),
                 MinedAs::Cancelled => (Status::Cancelled, None),
             };
-            connection.execute(
+            exec(
+                connection,
                 "UPDATE withdrawals SET status = ?2, tx_hash = ?3, block_number = ?4, block_hash = ?5, error = ?6, \
                  confirmed = ?7, updated_ms = ?8 WHERE id = ?1 AND key = ?9",
                 params![
@@ -493,7 +503,7 @@ impl JournalStore for SqliteJournal {
             )?;
             if matches!(outcome, MinedAs::Reverted | MinedAs::Cancelled) {
                 // No value left: the amount no longer counts against the daily limit.
-                connection.execute("DELETE FROM spends WHERE withdrawal = ?1", params![id])?;
+                exec(connection, "DELETE FROM spends WHERE withdrawal = ?1", params![id])?;
             }
             Ok(())
         })
@@ -528,7 +538,8 @@ impl JournalStore for SqliteJournal {
             let Some(nonce) = nonce else {
                 return Err(Failure::Refused(format!("no row `{id}` of key `{}` to mark failed", fence.key)));
             };
-            connection.execute(
+            exec(
+                connection,
                 "UPDATE withdrawals SET status = 'failed', error = ?2, confirmed = 1, updated_ms = ?3 WHERE id = ?1",
                 params![id, reason, sql_u64(now_ms())],
             )?;
@@ -554,7 +565,7 @@ impl JournalStore for SqliteJournal {
 
 /// The ids `sql` selects with `parameter` as `?1`.
 fn ids(connection: &Connection, sql: &str, parameter: &str) -> rusqlite::Result<Vec<String>> {
-    connection.prepare(sql)?.query_map(params![parameter], |row| row.get::<_, String>(0))?.collect()
+    connection.prepare_cached(sql)?.query_map(params![parameter], |row| row.get::<_, String>(0))?.collect()
 }
 
 fn load_all(connection: &Connection, ids: Vec<String>) -> Result<Vec<Withdrawal>, Failure> {

@@ -8,10 +8,27 @@ use super::Failure;
 use crate::journal::{Attempt, Kind, Nonces, Released, Spent, Status, Withdrawal};
 use crate::policy::{Asset, DAY};
 
+/// Runs `sql` with `parameters`: compiled once per connection, then taken from its statement cache (the
+/// journal's statements are few and run thousands of times a second under load).
+pub(super) fn exec<P: rusqlite::Params>(connection: &Connection, sql: &str, parameters: P) -> rusqlite::Result<usize> {
+    connection.prepare_cached(sql)?.execute(parameters)
+}
+
+/// The one row `sql` selects with `parameters`, through `read`; cached as [`exec`].
+pub(super) fn row<T, P: rusqlite::Params>(
+    connection: &Connection,
+    sql: &str,
+    parameters: P,
+    read: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    connection.prepare_cached(sql)?.query_row(parameters, read)
+}
+
 /// What `key` moved of each of `assets` in the 24 hours before `now_ms`.
 pub(super) fn spent(connection: &Connection, key: &str, assets: &[Asset], now_ms: u64) -> Result<Spent, Failure> {
     let since = now_ms.saturating_sub(u64::try_from(DAY.as_millis()).unwrap_or(u64::MAX));
-    let mut statement = connection.prepare("SELECT amount FROM spends WHERE key = ?1 AND asset = ?2 AND at_ms > ?3")?;
+    let mut statement =
+        connection.prepare_cached("SELECT amount FROM spends WHERE key = ?1 AND asset = ?2 AND at_ms > ?3")?;
     let mut spent = Spent::new();
     for asset in assets {
         let mut total = U256::ZERO;
@@ -39,7 +56,8 @@ pub(super) fn load_nonces(connection: &Connection, key: &str) -> Result<Nonces, 
 }
 
 pub(super) fn store_nonces(connection: &Connection, key: &str, nonces: &Nonces) -> Result<(), Failure> {
-    connection.execute(
+    exec(
+        connection,
         "INSERT INTO nonces (key, next, free) VALUES (?1, ?2, ?3) ON CONFLICT (key) DO UPDATE SET next = ?2, free = ?3",
         params![key, sql_u64(nonces.next()), nonces.free_text()],
     )?;
@@ -54,7 +72,8 @@ pub(super) fn insert_spend(
     at: u64,
     withdrawal: Option<&str>,
 ) -> Result<(), Failure> {
-    connection.execute(
+    exec(
+        connection,
         "INSERT INTO spends (key, asset, amount, at_ms, withdrawal) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![key, asset_text(asset), amount.to_string(), sql_u64(at), withdrawal],
     )?;
@@ -74,7 +93,7 @@ pub(super) fn release_spend(connection: &Connection, id: &str) -> Result<Vec<Rel
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    connection.execute("DELETE FROM spends WHERE withdrawal = ?1", params![id])?;
+    exec(connection, "DELETE FROM spends WHERE withdrawal = ?1", params![id])?;
     Ok(spends)
 }
 
@@ -117,7 +136,7 @@ pub(super) fn load(connection: &Connection, id: &str) -> rusqlite::Result<Option
         )
         .optional()?;
     let Some(mut withdrawal) = withdrawal else { return Ok(None) };
-    let mut statement = connection.prepare(
+    let mut statement = connection.prepare_cached(
         "SELECT tx_hash, raw, max_fee_per_gas, priority_fee_per_gas, signed_ms, cancel FROM attempts \
          WHERE withdrawal = ?1 ORDER BY number",
     )?;

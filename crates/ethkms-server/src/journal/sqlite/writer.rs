@@ -83,10 +83,10 @@ pub(super) fn savepoint<R>(
     connection: &Connection,
     operation: impl FnOnce(&Connection) -> Result<R, Failure>,
 ) -> Result<R, Failure> {
-    connection.execute_batch("SAVEPOINT operation")?;
+    connection.prepare_cached("SAVEPOINT operation")?.execute([])?;
     match operation(connection) {
         Ok(value) => {
-            connection.execute_batch("RELEASE operation")?;
+            connection.prepare_cached("RELEASE operation")?.execute([])?;
             Ok(value)
         }
         Err(error) => {
