@@ -423,16 +423,15 @@ macro_rules! conformance {
 
         mod postgres {
             use crate::journal::JournalStore;
-            use crate::journal::postgres::tests::TestDatabase;
+            use crate::journal::postgres::tests::{TestDatabase, journal};
 
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let Some(database) = TestDatabase::create().await else { return };
-                    let journal = database.journal().await;
+                    let journal = journal(&database).await;
                     super::$case(&journal).await;
                     journal.close();
-                    database.remove().await;
                 }
             )*
         }

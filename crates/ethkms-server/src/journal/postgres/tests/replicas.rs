@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use super::{LONG, TestDatabase};
+use super::{LONG, TestDatabase, journal};
 use crate::journal::conformance::{allow, attempt, lease, new_row, withdrawal};
 use crate::journal::{
     Cancelled, Claim, Inserted, JournalError, JournalStore, NewRpc, NewWithdrawal, PostgresJournal, Release,
@@ -21,13 +21,13 @@ async fn woken(receiver: &mut broadcast::Receiver<String>) -> String {
 async fn terminate_listeners(database: &TestDatabase) -> i64 {
     let sql = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
                WHERE datname = current_database() AND application_name = $1";
-    database.client().await.query_one(sql, &[&super::listener::APPLICATION_NAME]).await.unwrap().get(0)
+    database.connect().await.query_one(sql, &[&super::listener::APPLICATION_NAME]).await.unwrap().get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wake_ups_reach_other_replicas_and_the_listener_survives_losing_its_connection() {
     let Some(database) = TestDatabase::create().await else { return };
-    let (a, b) = (database.journal().await, database.journal().await);
+    let (a, b) = (journal(&database).await, journal(&database).await);
     let mut wake_ups = a.wake_ups().unwrap();
     let row = new_row(&b, "w-1").await;
     assert_eq!(woken(&mut wake_ups).await, "hot");
@@ -63,13 +63,12 @@ async fn wake_ups_reach_other_replicas_and_the_listener_survives_losing_its_conn
     assert_eq!(woken(&mut wake_ups).await, "warm");
     a.close();
     b.close();
-    database.remove().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_replaces_connections_postgres_dropped_and_errors_say_what_failed() {
     let Some(database) = TestDatabase::create().await else { return };
-    let journal = database.journal().await;
+    let journal = journal(&database).await;
     let fence = lease(&journal).await;
     // Several pooled connections open.
     let rows = futures_util::future::join_all((0..8).map(|index| {
@@ -79,7 +78,7 @@ async fn the_pool_replaces_connections_postgres_dropped_and_errors_say_what_fail
     .await;
     let terminate = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
                      WHERE datname = current_database() AND pid <> pg_backend_pid()";
-    let client = database.client().await;
+    let client = database.connect().await;
     let terminated: i64 = client.query_one(terminate, &[]).await.unwrap().get(0);
     assert!(terminated >= 2, "{terminated}");
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -96,13 +95,12 @@ async fn the_pool_replaces_connections_postgres_dropped_and_errors_say_what_fail
     journal.close();
     assert!(matches!(journal.ping().await, Err(JournalError::Closed)));
     assert!(matches!(journal.get("x").await, Err(JournalError::Closed)));
-    database.remove().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_write_whose_first_answer_was_lost_changes_nothing_twice() {
     let Some(database) = TestDatabase::create().await else { return };
-    let journal = database.journal().await;
+    let journal = journal(&database).await;
     let fence = lease(&journal).await;
     let (first, second) = (new_row(&journal, "w-1").await, new_row(&journal, "w-2").await);
     assert!(matches!(journal.claim(&fence, &first.id, 0, None).await.unwrap(), Claim::Claimed { nonce: 0, .. }));
@@ -135,7 +133,6 @@ async fn a_retried_write_whose_first_answer_was_lost_changes_nothing_twice() {
     let other = NewRpc { client: "someone-else".into(), ..call };
     assert!(matches!(journal.insert_rpc(other, allow()).await, Err(JournalError::Refused(_))));
     journal.close();
-    database.remove().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,22 +150,20 @@ async fn the_urls_password_never_shows() {
     let journal = PostgresJournal::connect(&url).await.unwrap();
     let shown = format!("{journal:?}");
     assert!(!shown.contains("s3cret-pw") && shown.contains("PostgresJournal"), "{shown}");
-    let missing = super::with_database(&url, "ethkms_no_such_database");
+    let missing = ethkms_test_support::postgres::database::database_url(&url, "ethkms_no_such_database");
     let error = PostgresJournal::connect(&missing).await.unwrap_err().to_string();
     assert!(!error.contains("s3cret-pw") && error.contains("ethkms_no_such_database"), "{error}");
     journal.close();
-    database.remove().await;
 }
 
 #[tokio::test]
 async fn journals_stop_their_listener_when_dropped() {
     let Some(database) = TestDatabase::create().await else { return };
-    let journal = database.journal().await;
+    let journal = journal(&database).await;
     let mut receiver = journal.wake_ups().unwrap();
     drop(journal);
     let closed = tokio::time::timeout(LONG, receiver.recv()).await.unwrap();
     assert!(matches!(closed, Err(broadcast::error::RecvError::Closed)), "{closed:?}");
-    database.remove().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,7 +171,7 @@ async fn a_replica_paused_inside_a_fenced_write_holds_up_a_takeover_only_briefly
     let Some(database) = TestDatabase::create().await else { return };
     // The idle-in-transaction limit (5 s by default) shortened through the URL's options.
     let url = format!("{}?options=-c%20idle_in_transaction_session_timeout%3D1000", database.url);
-    let (paused, other) = (PostgresJournal::connect(&url).await.unwrap(), database.journal().await);
+    let (paused, other) = (PostgresJournal::connect(&url).await.unwrap(), journal(&database).await);
     let fence = lease(&paused).await;
     let mut client = paused.inner.pool.get().await.unwrap();
     let transaction = client.transaction().await.unwrap();
@@ -196,5 +191,4 @@ async fn a_replica_paused_inside_a_fenced_write_holds_up_a_takeover_only_briefly
     assert!(matches!(late, Err(JournalError::Fenced { .. })), "{late:?}");
     paused.close();
     other.close();
-    database.remove().await;
 }
