@@ -32,7 +32,13 @@
 //! write is conditional, so the engine's retry finds it done — [`claim`](JournalStore::claim) then answers
 //! [`Claim::NotAccepted`] (the row is `signing` with its nonce, which recovery picks up, as with SQLite),
 //! [`add_attempt`](JournalStore::add_attempt) stores a transaction whose hash the row already has only
-//! once, and [`mark_failed`](JournalStore::mark_failed) of a row already failed gives nothing back twice.
+//! once, [`insert_rpc`](JournalStore::insert_rpc) under an id already stored answers that row, and
+//! [`mark_failed`](JournalStore::mark_failed) of a row already failed gives nothing back twice.
+//!
+//! A replica paused (or cut off) in the middle of a transaction would hold the lease row, and with it any
+//! takeover, for as long as it is paused: its sessions end after 5 s idle inside a transaction
+//! (`idle_in_transaction_session_timeout`, unless the URL's `options` set it), which undoes what it had
+//! not committed.
 
 mod engine;
 mod listener;

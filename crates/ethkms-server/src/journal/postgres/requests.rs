@@ -3,7 +3,7 @@
 //! inside one transaction of [`PostgresJournal::run`](super::PostgresJournal).
 //!
 //! Writes that give the key's owner new work (a row to sign, a cancellation to send) notify
-//! [`CHANNEL`](super::listener::CHANNEL) with the key's name in the same transaction: PostgreSQL delivers
+//! [`CHANNEL`] with the key's name in the same transaction: PostgreSQL delivers
 //! the notification when, and only if, it commits.
 
 use alloy_primitives::U256;
