@@ -518,7 +518,7 @@ fn assert_audit_names(replica: &Replica) {
     for line in text.lines().filter(|line| !line.trim().is_empty()) {
         // A record cut short by `kill -9` is not this check's concern.
         if let Ok(record) = serde_json::from_str::<Value>(line) {
-            assert_eq!(record["replica"], replica.name.as_str(), "{}: {line}", replica.audit.display());
+            assert_eq!(record["event"]["replica"], replica.name.as_str(), "{}: {line}", replica.audit.display());
         }
     }
 }
