@@ -491,8 +491,9 @@ pub trait JournalStore: Send + Sync + fmt::Debug {
         None
     }
 
-    /// Takes `key`'s lease for `holder` for `ttl` if nobody holds it or it has run out, with a new epoch
-    /// (returned); `None` while another holder's lease runs.
+    /// Takes `key`'s lease for `holder` for `ttl` — if nobody holds it, it has run out, or `holder` itself
+    /// holds it (a restarted replica of that name) — always with a new epoch (returned); `None` while
+    /// another holder's lease runs. (SQLite, one server per file, always takes it.)
     async fn acquire_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<Option<u64>, JournalError>;
 
     /// Extends the lease of `fence` for `ttl` if `holder` still holds it at that epoch; `false` if not.

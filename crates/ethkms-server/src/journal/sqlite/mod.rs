@@ -485,7 +485,7 @@ impl JournalStore for SqliteJournal {
                 MinedAs::Reverted => (Status::Failed, Some("reverted on chain: no value moved (the fee was paid)")),
                 MinedAs::Cancelled => (Status::Cancelled, None),
             };
-            exec(
+            let changed = exec(
                 connection,
                 "UPDATE withdrawals SET status = ?2, tx_hash = ?3, block_number = ?4, block_hash = ?5, error = ?6, \
                  confirmed = ?7, updated_ms = ?8 WHERE id = ?1 AND key = ?9",
@@ -501,7 +501,7 @@ impl JournalStore for SqliteJournal {
                     fence.key
                 ],
             )?;
-            if matches!(outcome, MinedAs::Reverted | MinedAs::Cancelled) {
+            if changed == 1 && matches!(outcome, MinedAs::Reverted | MinedAs::Cancelled) {
                 // No value left: the amount no longer counts against the daily limit.
                 exec(connection, "DELETE FROM spends WHERE withdrawal = ?1", params![id])?;
             }
@@ -530,14 +530,20 @@ impl JournalStore for SqliteJournal {
         let (fence, id, reason) = (fence.clone(), id.to_owned(), reason.to_owned());
         self.run(move |connection| {
             fenced(connection, &fence)?;
-            let nonce: Option<Option<i64>> = connection
-                .query_row("SELECT nonce FROM withdrawals WHERE id = ?1 AND key = ?2", params![id, fence.key], |row| {
-                    row.get(0)
-                })
-                .optional()?;
-            let Some(nonce) = nonce else {
+            let found: Option<(Option<i64>, String)> = row(
+                connection,
+                "SELECT nonce, status FROM withdrawals WHERE id = ?1 AND key = ?2",
+                params![id, fence.key],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+            let Some((nonce, status)) = found else {
                 return Err(Failure::Refused(format!("no row `{id}` of key `{}` to mark failed", fence.key)));
             };
+            if matches!(status.as_str(), "failed" | "confirmed") {
+                // Already final (a retry whose first answer was lost): its nonce may be another row's by now.
+                return Ok((Vec::new(), load_nonces(connection, &fence.key)?));
+            }
             exec(
                 connection,
                 "UPDATE withdrawals SET status = 'failed', error = ?2, confirmed = 1, updated_ms = ?3 WHERE id = ?1",

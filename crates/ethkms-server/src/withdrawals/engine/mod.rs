@@ -272,7 +272,23 @@ impl Engine {
                         nonce
                     }
                     Claim::NotAccepted => {
-                        return Err(Trouble::Skip("claimed by another task, or no longer accepted".into()));
+                        // Claimed by an earlier try of this very task whose answer was lost (a PostgreSQL
+                        // connection that broke at commit)? Only this replica processes the key and only one task
+                        // here a row, so a `signing` row without a transaction is ours to go on with.
+                        match self.journal.get(&row.id).await.map_err(|error| self.trouble(&fence, &error))? {
+                            Some(stored)
+                                if stored.status == Status::Signing
+                                    && stored.attempts.is_empty()
+                                    && stored.nonce.is_some() =>
+                            {
+                                let nonce = stored.nonce.unwrap_or_default();
+                                tracing::info!(withdrawal = %row.id, nonce, "claimed by an earlier try; going on");
+                                row.nonce = Some(nonce);
+                                row.status = Status::Signing;
+                                nonce
+                            }
+                            _ => return Err(Trouble::Skip("claimed by another task, or no longer accepted".into())),
+                        }
                     }
                     Claim::NotNext { next } => {
                         let wanted = wanted.unwrap_or_default();

@@ -38,10 +38,34 @@ impl Engine {
             amount: request.value.unwrap_or_default(),
             request: json!({ "method": method, "transaction": request }).to_string(),
         };
-        let inserted = self.journal.insert_rpc(new, check).await.map_err(|error| RpcFailure {
-            kind: FailureKind::Unavailable,
-            reason: format!("{error}; nothing was signed"),
-        })?;
+        let id = new.id.clone();
+        let inserted = match self.journal.insert_rpc(new, check).await {
+            Ok(inserted) => inserted,
+            Err(error) => {
+                // The row may be stored all the same (an answer lost at commit): abandoned before the client is
+                // told that nothing was signed, so that no owner signs it later.
+                let reason = "the journal failed while storing it; nothing was signed";
+                let abandoned = match self.journal.abandon(&id, reason).await {
+                    Ok(true) => Ok(()),
+                    // Not stored, or claimed already by the key's owner: which one?
+                    Ok(false) => match self.journal.get(&id).await {
+                        Ok(None) => Ok(()),
+                        Ok(Some(row)) if row.status == Status::Failed => Ok(()),
+                        Ok(Some(row)) => Err(format!("it was stored and is {}", row.status)),
+                        Err(again) => Err(again.to_string()),
+                    },
+                    Err(again) => Err(again.to_string()),
+                };
+                let outcome = match abandoned {
+                    Ok(()) => format!("{error}; nothing was signed"),
+                    Err(again) => format!(
+                        "{error}; storing it may have succeeded ({again}): look up transaction `{id}` before sending \
+                         it again"
+                    ),
+                };
+                return Err(RpcFailure { kind: FailureKind::Unavailable, reason: outcome });
+            }
+        };
         let mut row = match inserted {
             Ok(row) => row,
             Err(denial) => return Ok(Err(denial)),
