@@ -10,6 +10,9 @@ use alloy_provider::Provider;
 
 use super::{Engine, Trouble, backoff};
 
+/// The shortest time between two sweeps for wake-ups.
+const WAKE_UP_EVERY: Duration = Duration::from_millis(50);
+
 impl Engine {
     /// After a start: checks each key's chain against the node's, retrying until the node answers; then
     /// holds the keys' leases and listens for work stored by other replicas.
@@ -39,24 +42,44 @@ impl Engine {
         // have subscribed), and the flag would stay `false` for ever.
         self.recovered.send_replace(true);
         tracing::info!(replica = %self.replica.name, "the node's chain is the keys'; taking leases");
-        if let Some(mut wake_ups) = self.journal.wake_ups() {
-            let engine = Arc::clone(&self);
-            tokio::spawn(async move {
-                loop {
-                    match wake_ups.recv().await {
-                        Ok(key) => {
-                            if let Some(fence) = engine.ready_fence(&key) {
-                                engine.sweep_key(&fence).await;
-                            }
-                        }
-                        // Missed some: the periodic sweep finds them.
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                    }
-                }
-            });
+        if let Some(wake_ups) = self.journal.wake_ups() {
+            tokio::spawn(Arc::clone(&self).follow_wake_ups(wake_ups));
         }
         self.hold_leases().await;
+    }
+
+    /// Sweeps the held keys that other replicas stored work for, as the journal announces it: every wake-up
+    /// queued meanwhile is taken in one go and each key swept once, at most every [`WAKE_UP_EVERY`] — a
+    /// thousand withdrawals posted at once make a few sweeps, not a thousand.
+    async fn follow_wake_ups(self: Arc<Self>, mut wake_ups: tokio::sync::broadcast::Receiver<String>) {
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+        loop {
+            let mut keys = std::collections::BTreeSet::new();
+            match wake_ups.recv().await {
+                Ok(key) => {
+                    keys.insert(key);
+                }
+                // Missed some: every key.
+                Err(RecvError::Lagged(_)) => keys.extend(self.shared.keys.keys().cloned()),
+                Err(RecvError::Closed) => return,
+            }
+            loop {
+                match wake_ups.try_recv() {
+                    Ok(key) => {
+                        keys.insert(key);
+                    }
+                    Err(TryRecvError::Lagged(_)) => keys.extend(self.shared.keys.keys().cloned()),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Closed) => return,
+                }
+            }
+            for key in keys {
+                if let Some(fence) = self.ready_fence(&key) {
+                    self.sweep_key(&fence).await;
+                }
+            }
+            tokio::time::sleep(WAKE_UP_EVERY).await;
+        }
     }
 
     async fn check_chains(&self) -> Result<(), Trouble> {
