@@ -9,7 +9,7 @@
 //! cargo xtask services up|down|status start or stop LocalStack KMS and anvil on 127.0.0.1
 //! cargo xtask tools                   install the helper tools (cargo-deny, cargo-fuzz) if missing
 //! cargo xtask demo [--keep]           the whole job end to end on LocalStack and anvil, through the CLI
-//! cargo xtask soak [--seeds N] [--first S] [--withdrawals N]   the long exactly-once fault campaigns
+//! cargo xtask soak [--seeds N] [--first S] [--withdrawals N] [--replica-seeds N]   the long fault campaigns
 //! cargo xtask schemathesis [--max-examples N] [--seed S]   the server's REST API against its OpenAPI document
 //! cargo xtask help                    the tasks, one line each (also `--help`, `-h`)
 //! ```
@@ -43,7 +43,7 @@ const TASKS: &[(&str, &str, &str)] = &[
     ("services", "up|down|status", "start or stop LocalStack KMS and anvil on 127.0.0.1"),
     ("tools", "", "install the helper tools (cargo-deny, cargo-fuzz) if missing"),
     ("demo", "[--keep]", "the whole job end to end on LocalStack and anvil, through the CLI"),
-    ("soak", "[--seeds N] [--first S] [--withdrawals N]", "the long exactly-once fault campaigns"),
+    ("soak", "[--seeds N] [--first S] [--withdrawals N] [--replica-seeds N]", "the long exactly-once fault campaigns"),
     ("schemathesis", "[--max-examples N] [--seed S]", "the server's REST API against its OpenAPI document"),
     ("help", "", "this list (also --help and -h)"),
 ];
