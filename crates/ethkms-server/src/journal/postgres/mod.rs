@@ -36,7 +36,7 @@
 //! [`mark_failed`](JournalStore::mark_failed) of a row already failed gives nothing back twice.
 //!
 //! A replica paused (or cut off) in the middle of a transaction would hold the lease row, and with it any
-//! takeover, for as long as it is paused: its sessions end after 5 s idle inside a transaction
+//! takeover, for as long as it is paused: its sessions end after 2 s idle inside a transaction
 //! (`idle_in_transaction_session_timeout`, unless the URL's `options` set it), which undoes what it had
 //! not committed.
 
@@ -80,9 +80,10 @@ const WAKE_UPS: usize = 1024;
 /// How long PostgreSQL lets a session sit idle inside a transaction before it ends the session (unless the
 /// URL's `options` set it): a replica paused or cut off in the middle of a fenced write holds the lease row
 /// `FOR KEY SHARE`, and the key could not be taken over while it does. The journal's transactions take
-/// milliseconds.
+/// milliseconds, so two seconds idle means a stuck client, and bounds how much a takeover can be delayed
+/// past the lease (a write cut off so is simply retried: every write is conditional).
 const IDLE_IN_TRANSACTION: &str = "idle_in_transaction_session_timeout";
-const IDLE_IN_TRANSACTION_MS: u32 = 5_000;
+const IDLE_IN_TRANSACTION_MS: u32 = 2_000;
 
 /// The journal on PostgreSQL: a pool of connections and a listener for other replicas' wake-ups. Cheap to
 /// clone; the listener stops when the last clone is dropped or [`close`](JournalStore::close)d.

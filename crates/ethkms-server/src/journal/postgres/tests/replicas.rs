@@ -169,7 +169,7 @@ async fn journals_stop_their_listener_when_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_paused_inside_a_fenced_write_holds_up_a_takeover_only_briefly() {
     let Some(database) = TestDatabase::create().await else { return };
-    // The idle-in-transaction limit (5 s by default) shortened through the URL's options.
+    // The idle-in-transaction limit (2 s by default) shortened through the URL's options.
     let url = format!("{}?options=-c%20idle_in_transaction_session_timeout%3D1000", database.url);
     let (paused, other) = (PostgresJournal::connect(&url).await.unwrap(), journal(&database).await);
     let fence = lease(&paused).await;
