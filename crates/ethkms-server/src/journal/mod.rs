@@ -471,6 +471,16 @@ pub trait JournalStore: Send + Sync + fmt::Debug {
     /// Row `id`, if it exists.
     async fn get(&self, id: &str) -> Result<Option<Withdrawal>, JournalError>;
 
+    /// The rows of `ids` that exist, in no particular order (one read where the journal can: a sweep takes
+    /// the rows other replicas posted in one go).
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Withdrawal>, JournalError> {
+        let mut rows = Vec::with_capacity(ids.len());
+        for id in ids {
+            rows.extend(self.get(id).await?);
+        }
+        Ok(rows)
+    }
+
     /// Every row not yet final (accepted, signing, signed, submitted, mined, or a mined cancellation not
     /// yet confirmed) — of `key`, or of every key — oldest first.
     async fn unfinished(&self, key: Option<&str>) -> Result<Vec<Withdrawal>, JournalError>;

@@ -329,6 +329,11 @@ impl JournalStore for SqliteJournal {
         self.run(move |connection| Ok(load(connection, &id)?)).await
     }
 
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Withdrawal>, JournalError> {
+        let ids = ids.to_vec();
+        self.run(move |connection| load_all(connection, ids)).await
+    }
+
     async fn unfinished(&self, key: Option<&str>) -> Result<Vec<Withdrawal>, JournalError> {
         let key = key.map(str::to_owned);
         self.run(move |connection| {

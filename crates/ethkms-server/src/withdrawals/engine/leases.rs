@@ -195,18 +195,20 @@ impl Engine {
         let mut spawned = 0;
         match self.journal.accepted(&fence.key).await {
             Ok(ids) => {
-                for id in ids {
-                    let known = self.processing.lock().unwrap_or_else(PoisonError::into_inner).contains(&id);
-                    if known || !self.holds(fence) {
-                        continue;
-                    }
-                    match self.journal.get(&id).await {
-                        Ok(Some(row)) if row.status == Status::Accepted => {
-                            spawned += 1;
-                            self.spawn_processing(row);
+                let unknown: Vec<String> = {
+                    let processing = self.processing.lock().unwrap_or_else(PoisonError::into_inner);
+                    ids.into_iter().filter(|id| !processing.contains(id)).collect()
+                };
+                if !unknown.is_empty() && self.holds(fence) {
+                    match self.journal.get_many(&unknown).await {
+                        Ok(mut rows) => {
+                            rows.sort_by_key(|row| row.created_ms);
+                            for row in rows.into_iter().filter(|row| row.status == Status::Accepted) {
+                                spawned += 1;
+                                self.spawn_processing(row);
+                            }
                         }
-                        Ok(_) => {}
-                        Err(error) => tracing::warn!(withdrawal = %id, %error, "loading an accepted row"),
+                        Err(error) => tracing::warn!(key = %fence.key, %error, "loading accepted rows"),
                     }
                 }
             }
