@@ -35,27 +35,34 @@ async fn a_takeover_waits_for_fenced_writes_in_flight_and_then_fences_their_epoc
     let Some(database) = TestDatabase::create().await else { return };
     let (a, b) = (journal(&database).await, journal(&database).await);
     let fence = lease(&a).await;
-    let row = new_row(&a, "w-1").await;
+    let (row, other) = (new_row(&a, "w-1").await, new_row(&a, "w-2").await);
     let Claim::Claimed { nonce, .. } = a.claim(&fence, &row.id, 0, None).await.unwrap() else { panic!() };
-    // A fenced write in flight: an attempt stored, not yet committed (and a second one beside it: fenced
-    // writes of one key do not wait for each other).
+    // Fenced writes in flight — statements of one statement each, held uncommitted in a transaction here —
+    // an attempt stored and a claim (fenced writes of one key do not wait for each other), and a third
+    // transaction that has only checked its lease.
     let mut first = a.inner.pool.get().await.unwrap();
     let first = first.transaction().await.unwrap();
-    engine::add_attempt(&first, fence.clone(), row.id.clone(), nonce, attempt(1, 10)).await.unwrap();
+    single::add_attempt(&first, fence.clone(), row.id.clone(), nonce, attempt(1, 10)).await.unwrap();
     let mut second = a.inner.pool.get().await.unwrap();
     let second = second.transaction().await.unwrap();
-    engine::fenced(&second, &fence).await.unwrap();
-    // Renewing and releasing change only `expires_ms`: they do not wait for it.
+    let claimed = single::claim(&second, fence.clone(), other.id.clone(), 0).await.unwrap();
+    assert!(matches!(claimed, single::Claimed::Done(Claim::Claimed { nonce: 1, .. })));
+    let mut third = a.inner.pool.get().await.unwrap();
+    let third = third.transaction().await.unwrap();
+    engine::fenced(&third, &fence).await.unwrap();
+    // Renewing and releasing change only `expires_ms`: they do not wait for them.
     let renewed = tokio::time::timeout(Duration::from_secs(5), a.renew_lease(&fence, "test", LONG)).await;
     assert!(renewed.unwrap().unwrap());
     tokio::time::timeout(Duration::from_secs(5), a.release_lease(&fence, "test")).await.unwrap().unwrap();
-    // A takeover waits for both.
+    // A takeover waits for each.
     let taker = b.clone();
     let mut takeover = tokio::spawn(async move { taker.acquire_lease("hot", "b", LONG).await });
     assert!(blocked(&mut takeover, Duration::from_millis(500)).await, "the takeover did not wait");
     first.commit().await.unwrap();
-    assert!(blocked(&mut takeover, Duration::from_millis(300)).await, "the takeover did not wait for the second");
+    assert!(blocked(&mut takeover, Duration::from_millis(300)).await, "the takeover did not wait for the claim");
     second.rollback().await.unwrap();
+    assert!(blocked(&mut takeover, Duration::from_millis(300)).await, "the takeover did not wait for the third");
+    third.rollback().await.unwrap();
     let epoch = takeover.await.unwrap().unwrap().unwrap();
     assert_eq!(epoch, fence.epoch + 1);
     // What committed before it is stored; nothing of the old epoch is after it.
@@ -63,23 +70,38 @@ async fn a_takeover_waits_for_fenced_writes_in_flight_and_then_fences_their_epoc
     let late = a.add_attempt(&fence, &row.id, nonce, attempt(2, 20)).await;
     assert!(matches!(late, Err(JournalError::Fenced { epoch, .. }) if epoch == fence.epoch), "{late:?}");
     assert_eq!(a.get(&row.id).await.unwrap().unwrap().attempts.len(), 1);
-    // The other way round: a fenced write that reaches the lease during a takeover waits for it, then is
-    // refused.
+    // The other way round: fenced writes that reach the lease during a takeover wait for it, then are
+    // refused — each kind of write of one statement.
     let new = Fence { key: "hot".into(), epoch };
     b.release_lease(&new, "b").await.unwrap();
-    let mut third = a.inner.pool.get().await.unwrap();
-    let third = third.transaction().await.unwrap();
-    let taken = engine::acquire_lease(&third, "hot".into(), "c".into(), LONG).await.unwrap().unwrap();
-    let writer = b.clone();
-    let (id, held) = (row.id.clone(), new.clone());
-    let mut write = tokio::spawn(async move { writer.add_attempt(&held, &id, nonce, attempt(3, 30)).await });
-    assert!(blocked(&mut write, Duration::from_millis(500)).await, "the fenced write did not wait for the takeover");
-    third.commit().await.unwrap();
-    let refused = write.await.unwrap();
-    assert!(matches!(refused, Err(JournalError::Fenced { epoch, .. }) if epoch == new.epoch), "{refused:?}");
+    let mut fourth = a.inner.pool.get().await.unwrap();
+    let fourth = fourth.transaction().await.unwrap();
+    let taken = engine::acquire_lease(&fourth, "hot".into(), "c".into(), LONG).await.unwrap().unwrap();
+    let hash = B256::repeat_byte(1);
+    let mut late = Vec::new();
+    for (write, id) in [(0, &row.id), (1, &row.id), (2, &row.id), (3, &row.id), (4, &other.id)] {
+        let (writer, id, held, other) = (b.clone(), id.clone(), new.clone(), other.id.clone());
+        late.push(tokio::spawn(async move {
+            match write {
+                0 => writer.add_attempt(&held, &id, nonce, attempt(3, 30)).await,
+                1 => writer.mark_submitted(&held, &id).await,
+                2 => writer.mark_mined(&held, &id, hash, 1, hash, MinedAs::Paid, true).await,
+                3 => writer.mark_confirmed(&held, &id).await,
+                _ => writer.claim(&held, &other, 0, None).await.map(drop),
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(late.iter().all(|write| !write.is_finished()), "fenced writes did not wait for the takeover");
+    fourth.commit().await.unwrap();
+    for write in late {
+        let refused = write.await.unwrap();
+        assert!(matches!(refused, Err(JournalError::Fenced { epoch, .. }) if epoch == new.epoch), "{refused:?}");
+    }
     assert_eq!(taken, new.epoch + 1);
     let stored = a.get(&row.id).await.unwrap().unwrap();
-    assert_eq!(stored.attempts.len(), 1);
+    assert_eq!((stored.status, stored.attempts.len()), (Status::Signed, 1));
+    assert_eq!(a.get(&other.id).await.unwrap().unwrap().status, Status::Accepted);
     let attempts = database.connect().await.query("SELECT epoch, replica FROM attempts", &[]).await.unwrap();
     let named: Vec<(i64, String)> = attempts.iter().map(|row| (row.get(0), row.get(1))).collect();
     assert_eq!(named, [(rows::to_i64(fence.epoch), "test".to_owned())], "an attempt names its lease");

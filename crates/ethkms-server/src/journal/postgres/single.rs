@@ -1,0 +1,344 @@
+//! What every withdrawal goes through, one statement each, run outside an explicit transaction
+//! ([`PostgresJournal::single`](super::PostgresJournal)): PostgreSQL commits a statement sent on its own
+//! before it answers, so one round trip does what `BEGIN`, a statement per step and `COMMIT` did — the
+//! status writes, storing an attempt, the common claim (no free nonce), a client withdrawal without a daily
+//! limit, and the sweeps' reads. The rarer cases stay transactions of several statements
+//! ([`engine`](super::engine), [`requests`](super::requests)).
+//!
+//! # Fencing in one statement
+//! Each write here is conditional on the lease in the statement itself, by [`FENCE`] (or, in a
+//! `WITH` statement, a `lease` query that the final `SELECT` always reads and every write's condition
+//! depends on). The `EXISTS` does not depend on the row being written, so PostgreSQL runs it once, first
+//! (an `InitPlan`: the plan's one-time filter) — the lease row is locked before any other row, the lock
+//! order of the module `postgres` — and a row lock lasts until the statement's implicit transaction
+//! commits. A takeover takes the lease row `FOR UPDATE` and changes `epoch`, a key column, which conflicts
+//! with `FOR KEY SHARE`: if it holds the row first, the statement's lock waits for it to commit and then
+//! (READ COMMITTED re-reads the newest version of a row it waited for and checks `epoch = $3` again) finds
+//! another epoch: the `EXISTS` is false and nothing is written; if the statement holds it first, the
+//! takeover waits until the statement has committed. Each write is entirely before a takeover or stores
+//! nothing — as with the fence query opening a transaction ([`fenced`](super::engine::fenced)).
+//!
+//! A fenced write that changed nothing is told apart from one that had nothing to do by reading the epoch
+//! afterwards ([`nothing_or_fenced`]): epochs only grow, so a lease that is the fence's now was the fence's
+//! when the statement ran.
+//!
+//! # Running twice
+//! Every operation here may run twice — the journal tries it again on another connection when its own
+//! turned out closed (PostgreSQL restarted; it may have committed before the answer was lost): status
+//! writes are conditional or set the same values again, an attempt whose hash the row has is not stored
+//! again, a claim run twice finds its row `signing` ([`Claim::NotAccepted`], which the engine resolves), and
+//! an insert run twice finds its idempotency key taken (the row stored is answered).
+
+use alloy_primitives::{B256, U256};
+use deadpool_postgres::GenericClient;
+
+use std::sync::Arc;
+
+use super::engine::OPEN;
+use super::listener::CHANNEL;
+use super::rows::{self, COLUMNS, NOW_MS, asset_text, execute, query, query_one, query_opt, to_i64, to_u64};
+use super::{Failure, PostgresJournal, boxed, requests, statements};
+use crate::journal::{
+    Attempt, Claim, Fence, Inserted, JournalError, LimitCheck, MinedAs, NewWithdrawal, Nonces, Spent, Status,
+    Withdrawal,
+};
+use crate::policy::Asset;
+
+/// The fence of a statement whose `$2` is the key and `$3` the epoch (see the module documentation).
+const FENCE: &str = "EXISTS (SELECT 1 FROM leases WHERE key = $2 AND epoch = $3 FOR KEY SHARE)";
+
+/// The lease of key `$2`, locked as [`FENCE`] locks it, for `WITH` statements that need its epoch back.
+const LEASE: &str = "lease AS MATERIALIZED (SELECT epoch, holder FROM leases WHERE key = $2 FOR KEY SHARE)";
+
+/// After a fenced statement that changed nothing: [`Failure::Fenced`] unless `fence` is still the key's
+/// lease (then the statement's condition did not hold: there was nothing to do).
+async fn nothing_or_fenced(client: &impl GenericClient, fence: &Fence) -> Result<(), Failure> {
+    let row = query_opt(client, "SELECT epoch FROM leases WHERE key = $1", &[&fence.key]).await?;
+    current(row.map(|row| row.try_get(0)).transpose()?, fence)
+}
+
+/// [`Failure::Fenced`] unless `epoch` (as read under the lease's lock) is the fence's.
+fn current(epoch: Option<i64>, fence: &Fence) -> Result<(), Failure> {
+    if epoch == Some(to_i64(fence.epoch)) {
+        Ok(())
+    } else {
+        Err(Failure::Fenced { key: fence.key.clone(), epoch: fence.epoch })
+    }
+}
+
+/// Applies `assignments` (and `updated_ms`) to row `id` of the fence's key where `condition` holds.
+pub(super) async fn update(
+    client: &impl GenericClient,
+    fence: Fence,
+    id: String,
+    assignments: &'static str,
+    condition: &'static str,
+) -> Result<(), Failure> {
+    let sql = format!(
+        "UPDATE withdrawals SET {assignments}, updated_ms = {NOW_MS} \
+         WHERE id = $1 AND key = $2 AND ({condition}) AND {FENCE}"
+    );
+    if execute(client, &sql, &[&id, &fence.key, &to_i64(fence.epoch)]).await? == 0 {
+        nothing_or_fenced(client, &fence).await?;
+    }
+    Ok(())
+}
+
+/// How a row's nonce was mined: [`JournalStore::mark_mined`](crate::journal::JournalStore::mark_mined)'s
+/// arguments.
+pub(super) struct Mined {
+    pub(super) tx_hash: B256,
+    pub(super) block: u64,
+    pub(super) block_hash: B256,
+    pub(super) outcome: MinedAs,
+    pub(super) confirmed: bool,
+}
+
+/// Row `id` was mined as `mined` says; a reverted payment or a mined cancellation no longer counts
+/// against the daily limit (its amounts deleted in the same statement, only if the row changed).
+pub(super) async fn mark_mined(
+    client: &impl GenericClient,
+    fence: Fence,
+    id: String,
+    mined: Mined,
+) -> Result<(), Failure> {
+    let (status, error) = match mined.outcome {
+        MinedAs::Paid if mined.confirmed => (Status::Confirmed, None),
+        MinedAs::Paid => (Status::Mined, None),
+        MinedAs::Reverted => (Status::Failed, Some("reverted on chain: no value moved (the fee was paid)")),
+        MinedAs::Cancelled => (Status::Cancelled, None),
+    };
+    let update = format!(
+        "UPDATE withdrawals SET status = $4, tx_hash = $5, block_number = $6, block_hash = $7, error = $8, \
+         confirmed = $9, updated_ms = {NOW_MS} WHERE id = $1 AND key = $2 AND {FENCE}"
+    );
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+        &id,
+        &fence.key,
+        &to_i64(fence.epoch),
+        &status.as_str(),
+        &mined.tx_hash.to_string(),
+        &to_i64(mined.block),
+        &mined.block_hash.to_string(),
+        &error,
+        &mined.confirmed,
+    ];
+    let changed = if matches!(mined.outcome, MinedAs::Reverted | MinedAs::Cancelled) {
+        let sql = format!(
+            "WITH mined AS ({update} RETURNING id), \
+             released AS (DELETE FROM spends WHERE withdrawal IN (SELECT id FROM mined)) \
+             SELECT count(*) FROM mined"
+        );
+        u64::try_from(query_one(client, &sql, &params).await?.try_get::<_, i64>(0)?).unwrap_or_default()
+    } else {
+        execute(client, &update, &params).await?
+    };
+    if changed == 0 {
+        nothing_or_fenced(client, &fence).await?;
+    }
+    Ok(())
+}
+
+/// Stores a signed transaction of row `id` (`signing → signed`), refused unless the row holds `nonce`, is
+/// the fence's key's and is open; a transaction the row already has (a retry whose first answer was lost)
+/// is not stored twice.
+///
+/// The row is locked (`FOR NO KEY UPDATE`, after the lease) and its nonce and status read from its newest
+/// version; `attempts` is read with the statement's snapshot, which an attempt of the same row committed
+/// while this statement waited for the row's lock is not in — both would then take the same `number`, and
+/// the primary key refuses the second: an error, nothing stored (the engine never stores two attempts of a
+/// row at once: one task processes a row, and the watcher re-signs only rows that task has handed over).
+pub(super) async fn add_attempt(
+    client: &impl GenericClient,
+    fence: Fence,
+    id: String,
+    nonce: u64,
+    attempt: Attempt,
+) -> Result<(), Failure> {
+    let sql = format!(
+        "WITH {LEASE}, \
+         target AS MATERIALIZED (SELECT nonce, status, key FROM withdrawals \
+             WHERE id = $1 AND (SELECT epoch FROM lease) = $3 FOR NO KEY UPDATE), \
+         known AS MATERIALIZED (SELECT 1 FROM attempts WHERE withdrawal = $1 AND tx_hash = $5), \
+         stored AS (INSERT INTO attempts (withdrawal, number, tx_hash, raw, max_fee_per_gas, priority_fee_per_gas, \
+                 signed_ms, cancel, epoch, replica) \
+             SELECT $1, (SELECT COALESCE(max(number) + 1, 0) FROM attempts WHERE withdrawal = $1), $5, $6, $7, $8, \
+                 $9, $10, $3, (SELECT holder FROM lease) \
+             FROM target WHERE target.key = $2 AND target.nonce = $4 \
+                 AND target.status IN ('signing', 'signed', 'submitted') AND NOT EXISTS (SELECT 1 FROM known) \
+             RETURNING 1), \
+         signed AS (UPDATE withdrawals SET tx_hash = $5, updated_ms = {NOW_MS}, \
+             status = CASE status WHEN 'signing' THEN 'signed' ELSE status END \
+             WHERE id = $1 AND EXISTS (SELECT 1 FROM stored)) \
+         SELECT (SELECT epoch FROM lease), target.nonce, target.status, target.key, EXISTS (SELECT 1 FROM known), \
+             EXISTS (SELECT 1 FROM stored) \
+         FROM (SELECT) AS one LEFT JOIN target ON TRUE"
+    );
+    let tx_hash = attempt.tx_hash.to_string();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
+        &id,
+        &fence.key,
+        &to_i64(fence.epoch),
+        &to_i64(nonce),
+        &tx_hash,
+        &attempt.raw.as_ref(),
+        &attempt.max_fee_per_gas.to_string(),
+        &attempt.priority_fee_per_gas.to_string(),
+        &to_i64(attempt.signed_ms),
+        &attempt.cancel,
+    ];
+    let row = query_one(client, &sql, &params).await?;
+    current(row.try_get(0)?, &fence)?;
+    let (held, status, key): (Option<i64>, Option<&str>, Option<&str>) =
+        (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+    let (Some(status), Some(key)) = (status, key) else {
+        return Err(Failure::Refused(format!("no row `{id}` to add a transaction to")));
+    };
+    if key != fence.key {
+        return Err(Failure::Refused(format!("`{id}` is key `{key}`'s, not `{}`'s", fence.key)));
+    }
+    if held != Some(to_i64(nonce)) {
+        return Err(Failure::Refused(format!(
+            "`{id}` holds nonce {held:?}; a transaction with nonce {nonce} is not stored for it"
+        )));
+    }
+    if !matches!(status, "signing" | "signed" | "submitted") {
+        return Err(Failure::Refused(format!("`{id}` is {status}; no transaction is added to it")));
+    }
+    let (known, stored): (bool, bool) = (row.try_get(4)?, row.try_get(5)?);
+    if known || stored { Ok(()) } else { Err(Failure::Invalid(format!("`{id}`: the transaction was not stored"))) }
+}
+
+/// A claim of [`claim`]: done, or to be made by the transaction of [`engine::claim`](super::engine::claim).
+pub(super) enum Claimed {
+    Done(Claim),
+    /// The key has free nonces (the lowest is taken first), or no nonces row yet.
+    Elsewhere,
+}
+
+/// `accepted → signing` with the key's next nonce when it has no free nonce (the common case): the lease
+/// locked, then the key's `nonces` row `FOR UPDATE` (its newest version), then the row updated — the lock
+/// order of the module `postgres` — and the counter stored, all in one statement's transaction.
+pub(super) async fn claim(
+    client: &impl GenericClient,
+    fence: Fence,
+    id: String,
+    pending: u64,
+) -> Result<Claimed, Failure> {
+    let sql = format!(
+        "WITH {LEASE}, \
+         counter AS MATERIALIZED (SELECT next, free FROM nonces \
+             WHERE key = $2 AND (SELECT epoch FROM lease) = $3 FOR UPDATE), \
+         claimed AS (UPDATE withdrawals SET status = 'signing', nonce = GREATEST((SELECT next FROM counter), $4), \
+                 updated_ms = {NOW_MS} \
+             WHERE id = $1 AND key = $2 AND status = 'accepted' AND nonce IS NULL \
+                 AND (SELECT free FROM counter) = '' \
+             RETURNING nonce), \
+         counted AS (UPDATE nonces SET next = (SELECT nonce FROM claimed) + 1 \
+             WHERE key = $2 AND EXISTS (SELECT 1 FROM claimed)) \
+         SELECT (SELECT epoch FROM lease), counter.free, (SELECT nonce FROM claimed) \
+         FROM (SELECT) AS one LEFT JOIN counter ON TRUE"
+    );
+    let row = query_one(client, &sql, &[&id, &fence.key, &to_i64(fence.epoch), &to_i64(pending)]).await?;
+    current(row.try_get(0)?, &fence)?;
+    let (free, nonce): (Option<&str>, Option<i64>) = (row.try_get(1)?, row.try_get(2)?);
+    if free != Some("") {
+        return Ok(Claimed::Elsewhere);
+    }
+    let Some(nonce) = nonce.map(to_u64).transpose()? else { return Ok(Claimed::Done(Claim::NotAccepted)) };
+    // As `Nonces::allocate` after `observe_pending` with nothing free: the counter moves past the nonce.
+    let nonces = Nonces::from_stored(nonce + 1, "")
+        .ok_or_else(|| Failure::Invalid(format!("the nonces of key `{}` after {nonce}", fence.key)))?;
+    Ok(Claimed::Done(Claim::Claimed { nonce, nonces }))
+}
+
+impl PostgresJournal {
+    /// [`JournalStore::insert`](crate::journal::JournalStore::insert) for a key without a daily limit: the
+    /// check reads nothing (and may run before the idempotency key is looked up: it only decides), and one
+    /// statement stores the row.
+    pub(super) async fn insert_unlimited(
+        &self,
+        withdrawal: NewWithdrawal,
+        check: LimitCheck,
+    ) -> Result<Inserted, JournalError> {
+        let denial = match (check.check)(&Spent::new()) {
+            Ok(spends) => {
+                let (new, spends) = (Arc::new(withdrawal.clone()), Arc::new(spends));
+                let stored = self
+                    .single(statements(move |client| {
+                        let (new, spends) = (Arc::clone(&new), Arc::clone(&spends));
+                        Box::pin(
+                            async move { insert(client, &new, &uuid::Uuid::new_v4().to_string(), &spends, None).await },
+                        )
+                    }))
+                    .await?;
+                if let Some(row) = stored {
+                    return Ok(Inserted::New(row));
+                }
+                None
+            }
+            Err(denial) => Some(denial),
+        };
+        let (client, idempotency_key) = (withdrawal.client, withdrawal.idempotency_key);
+        let existing = self.read(boxed(move |t| Box::pin(requests::existing(t, client, idempotency_key)))).await?;
+        match (existing, denial) {
+            (Some(row), _) => Ok(Inserted::Existing(row)),
+            (None, Some(denial)) => Ok(Inserted::Refused(denial)),
+            (None, None) => Err(JournalError::Postgres("an idempotency key's row vanished".into())),
+        }
+    }
+}
+
+/// Stores a client withdrawal under `id` with `spends` counted, at `now` (the time the daily-limit lock
+/// was taken) or the database's time, and wakes the key's owner: in one statement. `None` if the client's
+/// idempotency key is taken (by a request committed meanwhile: the insert waits for it).
+pub(super) async fn insert(
+    client: &impl GenericClient,
+    withdrawal: &NewWithdrawal,
+    id: &str,
+    spends: &[(Asset, U256)],
+    now: Option<u64>,
+) -> Result<Option<Withdrawal>, Failure> {
+    let sql = format!(
+        "WITH new AS (INSERT INTO withdrawals (id, kind, client, idempotency_key, key, recipient, asset, amount, \
+                 status, created_ms, updated_ms) \
+             SELECT $1, 'withdrawal', $2, $3, $4, $5, $6, $7::text::numeric, 'accepted', now.ms, now.ms \
+             FROM (SELECT COALESCE($8::bigint, {NOW_MS}) AS ms) AS now \
+             ON CONFLICT (client, idempotency_key) DO NOTHING RETURNING {COLUMNS}), \
+         counted AS (INSERT INTO spends (key, asset, amount, at_ms, withdrawal) \
+             SELECT new.key, spend.asset, spend.amount::numeric, new.created_ms, new.id \
+             FROM new, unnest($9::text[], $10::text[]) AS spend (asset, amount)) \
+         SELECT new.*, pg_notify($11, new.key) IS NULL FROM new"
+    );
+    let (assets, amounts): (Vec<String>, Vec<String>) =
+        spends.iter().map(|(asset, amount)| (asset_text(*asset), amount.to_string())).unzip();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+        &id,
+        &withdrawal.client,
+        &withdrawal.idempotency_key,
+        &withdrawal.key,
+        &withdrawal.recipient.to_string(),
+        &asset_text(withdrawal.asset),
+        &withdrawal.amount.to_string(),
+        &now.map(to_i64),
+        &assets,
+        &amounts,
+        &CHANNEL,
+    ];
+    query_opt(client, &sql, &params).await?.as_ref().map(rows::withdrawal).transpose()
+}
+
+/// The ids of `key`'s rows still `accepted`, oldest first.
+pub(super) async fn accepted(client: &impl GenericClient, key: String) -> Result<Vec<String>, Failure> {
+    let sql = format!(
+        "SELECT id FROM withdrawals WHERE key = $1 AND {OPEN} AND status = 'accepted' \
+         AND kind IN ('withdrawal', 'rpc') ORDER BY seq"
+    );
+    query(client, &sql, &[&key]).await?.iter().map(|row| Ok(row.try_get(0)?)).collect()
+}
+
+/// The ids of `key`'s open rows whose cancellation was asked for.
+pub(super) async fn cancellations(client: &impl GenericClient, key: String) -> Result<Vec<String>, Failure> {
+    let sql = format!("SELECT id FROM withdrawals WHERE key = $1 AND cancel_requested AND {OPEN} ORDER BY seq");
+    query(client, &sql, &[&key]).await?.iter().map(|row| Ok(row.try_get(0)?)).collect()
+}
