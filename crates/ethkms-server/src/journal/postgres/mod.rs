@@ -41,6 +41,7 @@
 //! (`idle_in_transaction_session_timeout`, unless the URL's `options` set it), which undoes what it had
 //! not committed.
 
+mod claims;
 mod engine;
 mod listener;
 mod requests;
@@ -102,11 +103,8 @@ struct Inner {
     redact: Redact,
     wake_ups: broadcast::Sender<String>,
     listener: Mutex<Option<JoinHandle<()>>>,
-    /// One lock per key: this replica's claims of a key go to PostgreSQL one at a time. They would wait
-    /// for each other there anyway, on the key's `nonces` row; waiting here instead costs no pooled
-    /// connection and none of PostgreSQL's lock queues (whose waiters, woken, re-read the row: a claim took
-    /// twice the CPU with sixteen at once than alone, for the same number of claims a second).
-    claims: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// This replica's claims, by key: made in turns, in batches.
+    claims: Mutex<HashMap<String, Arc<claims::Claims>>>,
 }
 
 impl Drop for Inner {
@@ -484,22 +482,7 @@ impl JournalStore for PostgresJournal {
     }
 
     async fn claim(&self, fence: &Fence, id: &str, pending: u64, wanted: Option<u64>) -> Result<Claim, JournalError> {
-        let (fence, id) = (fence.clone(), id.to_owned());
-        let lock = {
-            let mut claims = self.inner.claims.lock().unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(claims.entry(fence.key.clone()).or_default())
-        };
-        let _turn = lock.lock().await;
-        // Most claims: no free nonce, one statement; with free nonces (or a nonce asked for), the
-        // transaction that allocates from them.
-        if wanted.is_none() {
-            let (held, row) = (fence.clone(), id.clone());
-            let claimed = self.single(single!(|c| single::claim(c, held.clone(), row.clone(), pending))).await?;
-            if let single::Claimed::Done(claim) = claimed {
-                return Ok(claim);
-            }
-        }
-        self.write(op!(|t| engine::claim(t, fence, id, pending, wanted))).await
+        self.claim_in_turn(fence.clone(), id.to_owned(), pending, wanted).await
     }
 
     async fn release_nonces(&self, fence: &Fence, nonces: Range<u64>) -> Result<Nonces, JournalError> {

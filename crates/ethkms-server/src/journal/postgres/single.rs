@@ -1,8 +1,8 @@
 //! What every withdrawal goes through, one statement each, run outside an explicit transaction
 //! ([`PostgresJournal::single`](super::PostgresJournal)): PostgreSQL commits a statement sent on its own
 //! before it answers, so one round trip does what `BEGIN`, a statement per step and `COMMIT` did — the
-//! status writes, storing an attempt, the common claim (no free nonce), a client withdrawal without a daily
-//! limit, and the sweeps' reads. The rarer cases stay transactions of several statements
+//! status writes, storing an attempt, a client withdrawal without a daily limit, and the sweeps' reads (and
+//! the claims, in batches: [`claims`](super::claims)). The rarer cases stay transactions of several statements
 //! ([`engine`](super::engine), [`requests`](super::requests)).
 //!
 //! # Fencing in one statement
@@ -26,8 +26,9 @@
 //! Every operation here may run twice — the journal tries it again on another connection when its own
 //! turned out closed (PostgreSQL restarted; it may have committed before the answer was lost): status
 //! writes are conditional or set the same values again, an attempt whose hash the row has is not stored
-//! again, a claim run twice finds its row `signing` ([`Claim::NotAccepted`], which the engine resolves), and
-//! an insert run twice finds its idempotency key taken (the row stored is answered).
+//! again, a claim run twice finds its rows `signing` ([`Claim::NotAccepted`](crate::journal::Claim), which
+//! the engine resolves), and an insert run twice finds its idempotency key taken (the row stored is
+//! answered).
 
 use alloy_primitives::{B256, U256};
 use deadpool_postgres::GenericClient;
@@ -36,11 +37,10 @@ use std::sync::Arc;
 
 use super::engine::OPEN;
 use super::listener::CHANNEL;
-use super::rows::{self, COLUMNS, NOW_MS, asset_text, execute, query, query_one, query_opt, to_i64, to_u64};
+use super::rows::{self, COLUMNS, NOW_MS, asset_text, execute, query, query_one, query_opt, to_i64};
 use super::{Failure, PostgresJournal, boxed, requests, statements};
 use crate::journal::{
-    Attempt, Claim, Fence, Inserted, JournalError, LimitCheck, MinedAs, NewWithdrawal, Nonces, Spent, Status,
-    Withdrawal,
+    Attempt, Fence, Inserted, JournalError, LimitCheck, MinedAs, NewWithdrawal, Spent, Status, Withdrawal,
 };
 use crate::policy::Asset;
 
@@ -58,7 +58,7 @@ async fn nothing_or_fenced(client: &impl GenericClient, fence: &Fence) -> Result
 }
 
 /// [`Failure::Fenced`] unless `epoch` (as read under the lease's lock) is the fence's.
-fn current(epoch: Option<i64>, fence: &Fence) -> Result<(), Failure> {
+pub(super) fn current(epoch: Option<i64>, fence: &Fence) -> Result<(), Failure> {
     if epoch == Some(to_i64(fence.epoch)) {
         Ok(())
     } else {
@@ -207,49 +207,6 @@ pub(super) async fn add_attempt(
     }
     let (known, stored): (bool, bool) = (row.try_get(4)?, row.try_get(5)?);
     if known || stored { Ok(()) } else { Err(Failure::Invalid(format!("`{id}`: the transaction was not stored"))) }
-}
-
-/// A claim of [`claim`]: done, or to be made by the transaction of [`engine::claim`](super::engine::claim).
-pub(super) enum Claimed {
-    Done(Claim),
-    /// The key has free nonces (the lowest is taken first), or no nonces row yet.
-    Elsewhere,
-}
-
-/// `accepted → signing` with the key's next nonce when it has no free nonce (the common case): the lease
-/// locked, then the key's `nonces` row `FOR UPDATE` (its newest version), then the row updated — the lock
-/// order of the module `postgres` — and the counter stored, all in one statement's transaction.
-pub(super) async fn claim(
-    client: &impl GenericClient,
-    fence: Fence,
-    id: String,
-    pending: u64,
-) -> Result<Claimed, Failure> {
-    let sql = format!(
-        "WITH {LEASE}, \
-         counter AS MATERIALIZED (SELECT next, free FROM nonces \
-             WHERE key = $2 AND (SELECT epoch FROM lease) = $3 FOR UPDATE), \
-         claimed AS (UPDATE withdrawals SET status = 'signing', nonce = GREATEST((SELECT next FROM counter), $4), \
-                 updated_ms = {NOW_MS} \
-             WHERE id = $1 AND key = $2 AND status = 'accepted' AND nonce IS NULL \
-                 AND (SELECT free FROM counter) = '' \
-             RETURNING nonce), \
-         counted AS (UPDATE nonces SET next = (SELECT nonce FROM claimed) + 1 \
-             WHERE key = $2 AND EXISTS (SELECT 1 FROM claimed)) \
-         SELECT (SELECT epoch FROM lease), counter.free, (SELECT nonce FROM claimed) \
-         FROM (SELECT) AS one LEFT JOIN counter ON TRUE"
-    );
-    let row = query_one(client, &sql, &[&id, &fence.key, &to_i64(fence.epoch), &to_i64(pending)]).await?;
-    current(row.try_get(0)?, &fence)?;
-    let (free, nonce): (Option<&str>, Option<i64>) = (row.try_get(1)?, row.try_get(2)?);
-    if free != Some("") {
-        return Ok(Claimed::Elsewhere);
-    }
-    let Some(nonce) = nonce.map(to_u64).transpose()? else { return Ok(Claimed::Done(Claim::NotAccepted)) };
-    // As `Nonces::allocate` after `observe_pending` with nothing free: the counter moves past the nonce.
-    let nonces = Nonces::from_stored(nonce + 1, "")
-        .ok_or_else(|| Failure::Invalid(format!("the nonces of key `{}` after {nonce}", fence.key)))?;
-    Ok(Claimed::Done(Claim::Claimed { nonce, nonces }))
 }
 
 impl PostgresJournal {

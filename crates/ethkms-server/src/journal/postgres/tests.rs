@@ -15,7 +15,7 @@ pub(crate) use ethkms_test_support::postgres::TestDatabase;
 
 use super::*;
 use crate::journal::conformance::{allow, attempt, lease, new_row, withdrawal};
-use crate::journal::{Claim, Inserted, Status};
+use crate::journal::{Cancelled, Claim, Inserted, Status};
 use crate::policy::Rule;
 
 /// A journal on `database` (as one replica).
@@ -45,8 +45,8 @@ async fn a_takeover_waits_for_fenced_writes_in_flight_and_then_fences_their_epoc
     single::add_attempt(&first, fence.clone(), row.id.clone(), nonce, attempt(1, 10)).await.unwrap();
     let mut second = a.inner.pool.get().await.unwrap();
     let second = second.transaction().await.unwrap();
-    let claimed = single::claim(&second, fence.clone(), other.id.clone(), 0).await.unwrap();
-    assert!(matches!(claimed, single::Claimed::Done(Claim::Claimed { nonce: 1, .. })));
+    let claimed = claims::claim(&second, &fence, std::slice::from_ref(&other.id), 0).await.unwrap();
+    assert!(matches!(claimed, claims::Claimed::Done { ref claimed, next: 2 } if claimed[&other.id] == 1));
     let mut third = a.inner.pool.get().await.unwrap();
     let third = third.transaction().await.unwrap();
     engine::fenced(&third, &fence).await.unwrap();
@@ -176,6 +176,52 @@ async fn leases_run_out_on_the_databases_clock_and_a_holder_may_take_its_own_aga
     assert!(!a.renew_lease(&current, "a", LONG).await.unwrap(), "the former holder cannot renew it");
     a.close();
     b.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_made_together_take_contiguous_nonces_and_each_row_one() {
+    let Some(database) = TestDatabase::create().await else { return };
+    let journal = journal(&database).await;
+    let fence = lease(&journal).await;
+    let mut rows = Vec::new();
+    for index in 0..30 {
+        rows.push(new_row(&journal, &format!("w-{index}")).await.id);
+    }
+    for cancelled in [5, 17] {
+        assert!(matches!(journal.cancel(&rows[cancelled]).await.unwrap(), Cancelled::Now(_)));
+    }
+    // Every row asked for at once (two of them twice), so that they are made in batches.
+    let asked: Vec<&String> = rows.iter().chain([&rows[3], &rows[20]]).collect();
+    let claims: Vec<_> = asked
+        .iter()
+        .map(|id| {
+            let (journal, fence, id) = (journal.clone(), fence.clone(), (*id).clone());
+            tokio::spawn(async move { (id.clone(), journal.claim(&fence, &id, 0, None).await.unwrap()) })
+        })
+        .collect();
+    let mut nonces = std::collections::BTreeMap::new();
+    let mut refused = Vec::new();
+    for claim in claims {
+        match claim.await.unwrap() {
+            (id, Claim::Claimed { nonce, nonces: after }) => {
+                assert!(after.next() > nonce && after.gaps().is_empty());
+                assert_eq!(nonces.insert(nonce, id), None, "nonce {nonce} taken twice");
+            }
+            (id, Claim::NotAccepted) => refused.push(id),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(nonces.keys().copied().collect::<Vec<_>>(), (0..28).collect::<Vec<_>>());
+    refused.sort();
+    let mut expected = vec![rows[3].clone(), rows[5].clone(), rows[17].clone(), rows[20].clone()];
+    expected.sort();
+    assert_eq!(refused, expected, "the cancelled rows, and the second claim of a row");
+    for (nonce, id) in &nonces {
+        let stored = journal.get(id).await.unwrap().unwrap();
+        assert_eq!((stored.status, stored.nonce), (Status::Signing, Some(*nonce)));
+    }
+    assert_eq!(journal.recover_nonces(&fence, 0).await.unwrap().next(), 28);
+    journal.close();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
