@@ -1,8 +1,7 @@
-//! Claims in batches. A replica's claims of one key take turns (they would wait for each other in
-//! PostgreSQL anyway, on the key's `nonces` row, and waiting there costs a pooled connection and the CPU of
-//! PostgreSQL's lock queues, whose waiters re-read the row when woken); the claim whose turn it is takes
-//! every claim of the key waiting by then and makes them all in one statement — one round trip and one
-//! commit for a burst of withdrawals, and at once for a lone claim.
+//! Claims in batches ([`Batches`](super::batch::Batches)): a replica's claims of one key take turns — they would wait for each
+//! other in PostgreSQL anyway, on the key's `nonces` row, and waiting there costs a pooled connection and
+//! the CPU of PostgreSQL's lock queues, whose waiters re-read the row when woken — and the claim whose turn
+//! it is makes every claim of the key waiting by then in one statement.
 //!
 //! The statement ([`claim`]) locks the lease (`FOR KEY SHARE`, the fence: see `single`), then the key's
 //! `nonces` row `FOR UPDATE`, then the rows claimed (`FOR NO KEY UPDATE`, each re-read at its newest
@@ -13,30 +12,22 @@
 //! [`engine::claim`](super::engine::claim), which takes the lowest free nonce first.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 
 use deadpool_postgres::GenericClient;
-use tokio::sync::oneshot;
 
+use super::batch::{Waiting, copy};
 use super::rows::{NOW_MS, query_one, to_i64, to_u64};
 use super::single::current;
 use super::{Failure, PostgresJournal, boxed, engine, statements};
 use crate::journal::{Claim, Fence, JournalError, Nonces};
 
-/// The claims of one key on this replica.
-#[derive(Default)]
-pub(super) struct Claims {
-    /// Claims asked for and not yet made, oldest first.
-    waiting: Mutex<Vec<Waiting>>,
-    /// Held while claims of the key are made.
-    turn: Arc<tokio::sync::Mutex<()>>,
-}
-
-struct Waiting {
-    fence: Fence,
-    id: String,
-    pending: u64,
-    answer: oneshot::Sender<Result<Claim, JournalError>>,
+/// A claim waiting for its turn.
+pub(super) struct Asked {
+    pub(super) fence: Fence,
+    pub(super) id: String,
+    pub(super) pending: u64,
+    pub(super) wanted: Option<u64>,
 }
 
 /// What [`claim`] did.
@@ -48,95 +39,74 @@ pub(super) enum Claimed {
 }
 
 impl PostgresJournal {
-    fn claims(&self, key: &str) -> Arc<Claims> {
-        let mut claims = self.inner.claims.lock().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(claims.entry(key.to_owned()).or_default())
-    }
-
-    /// [`JournalStore::claim`](crate::journal::JournalStore::claim): with `wanted`, alone in its turn; without,
-    /// in a batch.
-    pub(super) async fn claim_in_turn(
-        &self,
-        fence: Fence,
-        id: String,
-        pending: u64,
-        wanted: Option<u64>,
-    ) -> Result<Claim, JournalError> {
-        let claims = self.claims(&fence.key);
-        if wanted.is_some() {
-            let _turn = claims.turn.lock().await;
-            return self.write(boxed(move |t| Box::pin(engine::claim(t, fence, id, pending, wanted)))).await;
-        }
-        let (answer, mut answered) = oneshot::channel();
-        claims.waiting.lock().unwrap_or_else(PoisonError::into_inner).push(Waiting { fence, id, pending, answer });
-        let turn = Arc::clone(&claims.turn).lock_owned().await;
-        if let Ok(result) = answered.try_recv() {
-            return result; // made in the turn before
-        }
-        let batch = std::mem::take(&mut *claims.waiting.lock().unwrap_or_else(PoisonError::into_inner));
-        // In a task of its own, holding the turn: the claims of others in the batch do not depend on this
-        // caller staying (a request whose client went away).
+    /// [`JournalStore::claim`](crate::journal::JournalStore::claim), in a batch of the key's claims.
+    pub(super) async fn claim_in_turn(&self, asked: Asked) -> Result<Claim, JournalError> {
+        let claims = {
+            let mut claims = self.inner.claims.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(claims.entry(asked.fence.key.clone()).or_default())
+        };
         let journal = self.clone();
-        let _ = tokio::spawn(async move {
-            journal.claim_batch(batch).await;
-            drop(turn);
-        })
-        .await;
-        answered.await.unwrap_or_else(|_| Err(JournalError::Postgres("the claim's task stopped".into())))
+        claims.make(asked, move |batch| Box::pin(async move { journal.claim_batch(batch).await })).await
     }
 
-    /// Makes the claims of `batch` (oldest first) and answers each.
-    async fn claim_batch(&self, mut batch: Vec<Waiting>) {
-        while !batch.is_empty() {
-            // One fence at a time (all of them but across a change of lease).
-            let epoch = batch[0].fence.epoch;
-            let (now, later): (Vec<_>, Vec<_>) = batch.into_iter().partition(|waiting| waiting.fence.epoch == epoch);
-            batch = later;
-            let fence = now[0].fence.clone();
-            let ids: Arc<Vec<String>> = Arc::new(now.iter().map(|waiting| waiting.id.clone()).collect());
-            let pending = now.iter().map(|waiting| waiting.pending).max().unwrap_or_default();
-            let held = fence.clone();
-            let made = self
-                .single(statements(move |client| {
-                    let (fence, ids) = (held.clone(), Arc::clone(&ids));
-                    Box::pin(async move { claim(client, &fence, &ids, pending).await })
-                }))
-                .await;
-            match made {
-                Ok(Claimed::Done { mut claimed, next }) => {
-                    for waiting in now {
-                        // A row asked for twice is claimed once: for the first asking.
-                        let claim = match (claimed.remove(&waiting.id), Nonces::from_stored(next, "")) {
-                            (Some(nonce), Some(nonces)) => Claim::Claimed { nonce, nonces },
-                            _ => Claim::NotAccepted,
-                        };
-                        let _ = waiting.answer.send(Ok(claim));
-                    }
+    /// Makes the claims of `batch` in their order, and answers each: one statement for each run of claims
+    /// of one fence without a nonce asked for; a claim with one, alone.
+    async fn claim_batch(&self, batch: Vec<Waiting<Asked, Claim>>) {
+        let mut batch = batch.into_iter().peekable();
+        while let Some(first) = batch.next() {
+            if first.request.wanted.is_some() {
+                let Asked { fence, id, pending, wanted } = &first.request;
+                let (fence, id, pending, wanted) = (fence.clone(), id.clone(), *pending, *wanted);
+                let claim = boxed(move |t| Box::pin(engine::claim(t, fence, id, pending, wanted)));
+                let claimed = self.write(claim).await;
+                first.answer(claimed);
+                continue;
+            }
+            let fence = first.request.fence.clone();
+            let mut run = vec![first];
+            while let Some(next) = batch.next_if(|next| next.request.wanted.is_none() && next.request.fence == fence) {
+                run.push(next);
+            }
+            self.claim_run(fence, run).await;
+        }
+    }
+
+    /// Makes the claims of `run` (of `fence`, none with a nonce asked for) in one statement.
+    async fn claim_run(&self, fence: Fence, run: Vec<Waiting<Asked, Claim>>) {
+        let ids: Arc<Vec<String>> = Arc::new(run.iter().map(|waiting| waiting.request.id.clone()).collect());
+        let pending = run.iter().map(|waiting| waiting.request.pending).max().unwrap_or_default();
+        let made = self
+            .single(statements(move |client| {
+                let (fence, ids) = (fence.clone(), Arc::clone(&ids));
+                Box::pin(async move { claim(client, &fence, &ids, pending).await })
+            }))
+            .await;
+        match made {
+            Ok(Claimed::Done { mut claimed, next }) => {
+                for waiting in run {
+                    // A row asked for twice is claimed once: for the first asking.
+                    let claim = match (claimed.remove(&waiting.request.id), Nonces::from_stored(next, "")) {
+                        (Some(nonce), Some(nonces)) => Claim::Claimed { nonce, nonces },
+                        _ => Claim::NotAccepted,
+                    };
+                    waiting.answer(Ok(claim));
                 }
-                Ok(Claimed::Elsewhere) => {
-                    for Waiting { fence, id, pending, answer } in now {
-                        let claim = boxed(move |t| Box::pin(engine::claim(t, fence, id, pending, None)));
-                        let _ = answer.send(self.write(claim).await);
-                    }
+            }
+            Ok(Claimed::Elsewhere) => {
+                for waiting in run {
+                    let Asked { fence, id, pending, .. } = &waiting.request;
+                    let (fence, id, pending) = (fence.clone(), id.clone(), *pending);
+                    let claim = boxed(move |t| Box::pin(engine::claim(t, fence, id, pending, None)));
+                    let claimed = self.write(claim).await;
+                    waiting.answer(claimed);
                 }
-                Err(error) => {
-                    for waiting in now {
-                        let _ = waiting.answer.send(Err(copy(&error)));
-                    }
+            }
+            Err(error) => {
+                for waiting in run {
+                    waiting.answer(Err(copy(&error)));
                 }
             }
         }
-    }
-}
-
-/// The same error, for every claim of a batch.
-fn copy(error: &JournalError) -> JournalError {
-    match error {
-        JournalError::Fenced { key, epoch } => JournalError::Fenced { key: key.clone(), epoch: *epoch },
-        JournalError::Refused(reason) => JournalError::Refused(reason.clone()),
-        JournalError::Closed => JournalError::Closed,
-        JournalError::Postgres(message) => JournalError::Postgres(message.clone()),
-        error => JournalError::Postgres(error.to_string()),
     }
 }
 

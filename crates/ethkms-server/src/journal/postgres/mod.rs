@@ -41,8 +41,10 @@
 //! (`idle_in_transaction_session_timeout`, unless the URL's `options` set it), which undoes what it had
 //! not committed.
 
+mod batch;
 mod claims;
 mod engine;
+mod inserts;
 mod listener;
 mod requests;
 mod rows;
@@ -104,7 +106,9 @@ struct Inner {
     wake_ups: broadcast::Sender<String>,
     listener: Mutex<Option<JoinHandle<()>>>,
     /// This replica's claims, by key: made in turns, in batches.
-    claims: Mutex<HashMap<String, Arc<claims::Claims>>>,
+    claims: Mutex<HashMap<String, Arc<batch::Batches<claims::Asked, Claim>>>>,
+    /// This replica's client withdrawals without a daily limit, stored in batches.
+    inserts: inserts::Inserts,
 }
 
 impl Drop for Inner {
@@ -253,8 +257,8 @@ impl PostgresJournal {
             .map_err(|failure| fail("LISTEN", failure))?;
         tracing::info!(journal = %shown, schema = schema::SCHEMA_VERSION, "PostgreSQL journal connected");
         let listener = Mutex::new(Some(listener));
-        let claims = Mutex::default();
-        Ok(Self { inner: Arc::new(Inner { pool, shown, redact, wake_ups, listener, claims }) })
+        let (claims, inserts) = (Mutex::default(), inserts::Inserts::default());
+        Ok(Self { inner: Arc::new(Inner { pool, shown, redact, wake_ups, listener, claims, inserts }) })
     }
 
     /// Runs `operation` in one transaction (read-only and `REPEATABLE READ` with `read`, so that what it reads
@@ -482,7 +486,7 @@ impl JournalStore for PostgresJournal {
     }
 
     async fn claim(&self, fence: &Fence, id: &str, pending: u64, wanted: Option<u64>) -> Result<Claim, JournalError> {
-        self.claim_in_turn(fence.clone(), id.to_owned(), pending, wanted).await
+        self.claim_in_turn(claims::Asked { fence: fence.clone(), id: id.to_owned(), pending, wanted }).await
     }
 
     async fn release_nonces(&self, fence: &Fence, nonces: Range<u64>) -> Result<Nonces, JournalError> {

@@ -11,12 +11,12 @@ use deadpool_postgres::Transaction;
 
 use super::Failure;
 use super::engine::OPEN;
+use super::inserts;
 use super::listener::CHANNEL;
 use super::rows::{
     NOW_MS, execute, insert_spend, load, load_existing, load_where, lock_limits, query, query_opt, release_spend,
     spent, to_i64,
 };
-use super::single;
 use crate::journal::{Cancelled, Inserted, Kind, LimitCheck, NewRpc, NewWithdrawal, Status, Withdrawal};
 use crate::policy::{Asset, Denial};
 
@@ -49,7 +49,7 @@ pub(super) async fn existing(
 
 /// Stores a client withdrawal whose key has a daily limit, unless the client used its idempotency key
 /// before (on any replica): under the key's limit lock, after reading what it moved. (Without a daily
-/// limit, one statement does it: [`single::insert`].)
+/// limit, the same statement stores it in a batch: [`inserts`](super::inserts).)
 pub(super) async fn insert(
     transaction: &Transaction<'_>,
     withdrawal: NewWithdrawal,
@@ -68,7 +68,8 @@ pub(super) async fn insert(
     let id = uuid::Uuid::new_v4().to_string();
     // Another request with the same idempotency key may be storing it now (the limit lock, if any, is the
     // key's, and the request may name another key): the insert waits for it, and then stores nothing.
-    if let Some(row) = single::insert(transaction, &withdrawal, &id, &spends, Some(now)).await? {
+    let new = inserts::New { id: id.clone(), withdrawal: withdrawal.clone(), spends };
+    if let Some(row) = inserts::insert(transaction, &[new], Some(now)).await?.remove(&id) {
         return Ok(Inserted::New(row));
     }
     let stored = existing(transaction, client.clone(), idempotency_key.clone()).await?;

@@ -1,8 +1,8 @@
 //! What every withdrawal goes through, one statement each, run outside an explicit transaction
 //! ([`PostgresJournal::single`](super::PostgresJournal)): PostgreSQL commits a statement sent on its own
 //! before it answers, so one round trip does what `BEGIN`, a statement per step and `COMMIT` did — the
-//! status writes, storing an attempt, a client withdrawal without a daily limit, and the sweeps' reads (and
-//! the claims, in batches: [`claims`](super::claims)). The rarer cases stay transactions of several statements
+//! status writes, storing an attempt, and the sweeps' reads (and the claims and client withdrawals, in
+//! batches: [`claims`](super::claims), [`inserts`](super::inserts)). The rarer cases stay transactions of several statements
 //! ([`engine`](super::engine), [`requests`](super::requests)).
 //!
 //! # Fencing in one statement
@@ -30,19 +30,13 @@
 //! the engine resolves), and an insert run twice finds its idempotency key taken (the row stored is
 //! answered).
 
-use alloy_primitives::{B256, U256};
+use alloy_primitives::B256;
 use deadpool_postgres::GenericClient;
 
-use std::sync::Arc;
-
+use super::Failure;
 use super::engine::OPEN;
-use super::listener::CHANNEL;
-use super::rows::{self, COLUMNS, NOW_MS, asset_text, execute, query, query_one, query_opt, to_i64};
-use super::{Failure, PostgresJournal, boxed, requests, statements};
-use crate::journal::{
-    Attempt, Fence, Inserted, JournalError, LimitCheck, MinedAs, NewWithdrawal, Spent, Status, Withdrawal,
-};
-use crate::policy::Asset;
+use super::rows::{NOW_MS, execute, query, query_one, query_opt, to_i64};
+use crate::journal::{Attempt, Fence, MinedAs, Status};
 
 /// The fence of a statement whose `$2` is the key and `$3` the epoch (see the module documentation).
 const FENCE: &str = "EXISTS (SELECT 1 FROM leases WHERE key = $2 AND epoch = $3 FOR KEY SHARE)";
@@ -207,82 +201,6 @@ pub(super) async fn add_attempt(
     }
     let (known, stored): (bool, bool) = (row.try_get(4)?, row.try_get(5)?);
     if known || stored { Ok(()) } else { Err(Failure::Invalid(format!("`{id}`: the transaction was not stored"))) }
-}
-
-impl PostgresJournal {
-    /// [`JournalStore::insert`](crate::journal::JournalStore::insert) for a key without a daily limit: the
-    /// check reads nothing (and may run before the idempotency key is looked up: it only decides), and one
-    /// statement stores the row.
-    pub(super) async fn insert_unlimited(
-        &self,
-        withdrawal: NewWithdrawal,
-        check: LimitCheck,
-    ) -> Result<Inserted, JournalError> {
-        let denial = match (check.check)(&Spent::new()) {
-            Ok(spends) => {
-                let (new, spends) = (Arc::new(withdrawal.clone()), Arc::new(spends));
-                let stored = self
-                    .single(statements(move |client| {
-                        let (new, spends) = (Arc::clone(&new), Arc::clone(&spends));
-                        Box::pin(
-                            async move { insert(client, &new, &uuid::Uuid::new_v4().to_string(), &spends, None).await },
-                        )
-                    }))
-                    .await?;
-                if let Some(row) = stored {
-                    return Ok(Inserted::New(row));
-                }
-                None
-            }
-            Err(denial) => Some(denial),
-        };
-        let (client, idempotency_key) = (withdrawal.client, withdrawal.idempotency_key);
-        let existing = self.read(boxed(move |t| Box::pin(requests::existing(t, client, idempotency_key)))).await?;
-        match (existing, denial) {
-            (Some(row), _) => Ok(Inserted::Existing(row)),
-            (None, Some(denial)) => Ok(Inserted::Refused(denial)),
-            (None, None) => Err(JournalError::Postgres("an idempotency key's row vanished".into())),
-        }
-    }
-}
-
-/// Stores a client withdrawal under `id` with `spends` counted, at `now` (the time the daily-limit lock
-/// was taken) or the database's time, and wakes the key's owner: in one statement. `None` if the client's
-/// idempotency key is taken (by a request committed meanwhile: the insert waits for it).
-pub(super) async fn insert(
-    client: &impl GenericClient,
-    withdrawal: &NewWithdrawal,
-    id: &str,
-    spends: &[(Asset, U256)],
-    now: Option<u64>,
-) -> Result<Option<Withdrawal>, Failure> {
-    let sql = format!(
-        "WITH new AS (INSERT INTO withdrawals (id, kind, client, idempotency_key, key, recipient, asset, amount, \
-                 status, created_ms, updated_ms) \
-             SELECT $1, 'withdrawal', $2, $3, $4, $5, $6, $7::text::numeric, 'accepted', now.ms, now.ms \
-             FROM (SELECT COALESCE($8::bigint, {NOW_MS}) AS ms) AS now \
-             ON CONFLICT (client, idempotency_key) DO NOTHING RETURNING {COLUMNS}), \
-         counted AS (INSERT INTO spends (key, asset, amount, at_ms, withdrawal) \
-             SELECT new.key, spend.asset, spend.amount::numeric, new.created_ms, new.id \
-             FROM new, unnest($9::text[], $10::text[]) AS spend (asset, amount)) \
-         SELECT new.*, pg_notify($11, new.key) IS NULL FROM new"
-    );
-    let (assets, amounts): (Vec<String>, Vec<String>) =
-        spends.iter().map(|(asset, amount)| (asset_text(*asset), amount.to_string())).unzip();
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
-        &id,
-        &withdrawal.client,
-        &withdrawal.idempotency_key,
-        &withdrawal.key,
-        &withdrawal.recipient.to_string(),
-        &asset_text(withdrawal.asset),
-        &withdrawal.amount.to_string(),
-        &now.map(to_i64),
-        &assets,
-        &amounts,
-        &CHANNEL,
-    ];
-    query_opt(client, &sql, &params).await?.as_ref().map(rows::withdrawal).transpose()
 }
 
 /// The ids of `key`'s rows still `accepted`, oldest first.
