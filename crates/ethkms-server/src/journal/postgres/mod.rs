@@ -41,11 +41,13 @@
 //! (`idle_in_transaction_session_timeout`, unless the URL's `options` set it), which undoes what it had
 //! not committed.
 
+mod attempts;
 mod batch;
 mod claims;
 mod engine;
 mod inserts;
 mod listener;
+mod marks;
 mod requests;
 mod rows;
 mod schema;
@@ -109,6 +111,10 @@ struct Inner {
     claims: Mutex<HashMap<String, Arc<batch::Batches<claims::Asked, Claim>>>>,
     /// This replica's client withdrawals without a daily limit, stored in batches.
     inserts: inserts::Inserts,
+    /// This replica's status writes, by key: in batches.
+    marks: Mutex<HashMap<String, Arc<marks::Marks>>>,
+    /// This replica's signed transactions, by key: stored in batches.
+    attempts: Mutex<HashMap<String, Arc<attempts::Attempts>>>,
 }
 
 impl Drop for Inner {
@@ -257,8 +263,10 @@ impl PostgresJournal {
             .map_err(|failure| fail("LISTEN", failure))?;
         tracing::info!(journal = %shown, schema = schema::SCHEMA_VERSION, "PostgreSQL journal connected");
         let listener = Mutex::new(Some(listener));
-        let (claims, inserts) = (Mutex::default(), inserts::Inserts::default());
-        Ok(Self { inner: Arc::new(Inner { pool, shown, redact, wake_ups, listener, claims, inserts }) })
+        let (claims, marks, attempts) = (Mutex::default(), Mutex::default(), Mutex::default());
+        let inserts = inserts::Inserts::default();
+        let inner = Inner { pool, shown, redact, wake_ups, listener, claims, inserts, marks, attempts };
+        Ok(Self { inner: Arc::new(inner) })
     }
 
     /// Runs `operation` in one transaction (read-only and `REPEATABLE READ` with `read`, so that what it reads
@@ -505,14 +513,11 @@ impl JournalStore for PostgresJournal {
     }
 
     async fn add_attempt(&self, fence: &Fence, id: &str, nonce: u64, attempt: Attempt) -> Result<(), JournalError> {
-        let (fence, id) = (fence.clone(), id.to_owned());
-        self.single(single!(|c| single::add_attempt(c, fence.clone(), id.clone(), nonce, attempt.clone()))).await
+        self.add_in_turn(attempts::Signed { fence: fence.clone(), id: id.to_owned(), nonce, attempt }).await
     }
 
     async fn mark_submitted(&self, fence: &Fence, id: &str) -> Result<(), JournalError> {
-        let (fence, id) = (fence.clone(), id.to_owned());
-        let (submitted, signed) = ("status = 'submitted'", "status = 'signed'");
-        self.single(single!(|c| single::update(c, fence.clone(), id.clone(), submitted, signed))).await
+        self.mark(marks::Marked { fence: fence.clone(), id: id.to_owned(), mark: marks::Mark::Submitted }).await
     }
 
     async fn mark_mined(
@@ -525,6 +530,10 @@ impl JournalStore for PostgresJournal {
         outcome: MinedAs,
         confirmed: bool,
     ) -> Result<(), JournalError> {
+        if outcome == MinedAs::Paid {
+            let mark = marks::Mark::Paid { tx_hash, block, block_hash, confirmed };
+            return self.mark(marks::Marked { fence: fence.clone(), id: id.to_owned(), mark }).await;
+        }
         let (fence, id) = (fence.clone(), id.to_owned());
         self.single(single!(|c| {
             let mined = single::Mined { tx_hash, block, block_hash, outcome, confirmed };

@@ -1,8 +1,9 @@
 //! What every withdrawal goes through, one statement each, run outside an explicit transaction
 //! ([`PostgresJournal::single`](super::PostgresJournal)): PostgreSQL commits a statement sent on its own
-//! before it answers, so one round trip does what `BEGIN`, a statement per step and `COMMIT` did — the
-//! status writes, storing an attempt, and the sweeps' reads (and the claims and client withdrawals, in
-//! batches: [`claims`](super::claims), [`inserts`](super::inserts)). The rarer cases stay transactions of several statements
+//! before it answers, so one round trip does what `BEGIN`, a statement per step and `COMMIT` did: the
+//! rarer status writes and the sweeps' reads here; claims, client withdrawals, attempts and the common
+//! status writes the same way, in batches ([`claims`](super::claims), [`inserts`](super::inserts),
+//! [`attempts`](super::attempts), [`marks`](super::marks)). The rarer cases stay transactions of several statements
 //! ([`engine`](super::engine), [`requests`](super::requests)).
 //!
 //! # Fencing in one statement
@@ -36,17 +37,14 @@ use deadpool_postgres::GenericClient;
 use super::Failure;
 use super::engine::OPEN;
 use super::rows::{NOW_MS, execute, query, query_one, query_opt, to_i64};
-use crate::journal::{Attempt, Fence, MinedAs, Status};
+use crate::journal::{Fence, MinedAs, Status};
 
 /// The fence of a statement whose `$2` is the key and `$3` the epoch (see the module documentation).
-const FENCE: &str = "EXISTS (SELECT 1 FROM leases WHERE key = $2 AND epoch = $3 FOR KEY SHARE)";
-
-/// The lease of key `$2`, locked as [`FENCE`] locks it, for `WITH` statements that need its epoch back.
-const LEASE: &str = "lease AS MATERIALIZED (SELECT epoch, holder FROM leases WHERE key = $2 FOR KEY SHARE)";
+pub(super) const FENCE: &str = "EXISTS (SELECT 1 FROM leases WHERE key = $2 AND epoch = $3 FOR KEY SHARE)";
 
 /// After a fenced statement that changed nothing: [`Failure::Fenced`] unless `fence` is still the key's
 /// lease (then the statement's condition did not hold: there was nothing to do).
-async fn nothing_or_fenced(client: &impl GenericClient, fence: &Fence) -> Result<(), Failure> {
+pub(super) async fn nothing_or_fenced(client: &impl GenericClient, fence: &Fence) -> Result<(), Failure> {
     let row = query_opt(client, "SELECT epoch FROM leases WHERE key = $1", &[&fence.key]).await?;
     current(row.map(|row| row.try_get(0)).transpose()?, fence)
 }
@@ -88,6 +86,11 @@ pub(super) struct Mined {
     pub(super) confirmed: bool,
 }
 
+/// The status of a row mined and paid: `confirmed` if already deep enough.
+pub(super) const fn paid_status(confirmed: bool) -> Status {
+    if confirmed { Status::Confirmed } else { Status::Mined }
+}
+
 /// Row `id` was mined as `mined` says; a reverted payment or a mined cancellation no longer counts
 /// against the daily limit (its amounts deleted in the same statement, only if the row changed).
 pub(super) async fn mark_mined(
@@ -97,8 +100,7 @@ pub(super) async fn mark_mined(
     mined: Mined,
 ) -> Result<(), Failure> {
     let (status, error) = match mined.outcome {
-        MinedAs::Paid if mined.confirmed => (Status::Confirmed, None),
-        MinedAs::Paid => (Status::Mined, None),
+        MinedAs::Paid => (paid_status(mined.confirmed), None),
         MinedAs::Reverted => (Status::Failed, Some("reverted on chain: no value moved (the fee was paid)")),
         MinedAs::Cancelled => (Status::Cancelled, None),
     };
@@ -131,76 +133,6 @@ pub(super) async fn mark_mined(
         nothing_or_fenced(client, &fence).await?;
     }
     Ok(())
-}
-
-/// Stores a signed transaction of row `id` (`signing → signed`), refused unless the row holds `nonce`, is
-/// the fence's key's and is open; a transaction the row already has (a retry whose first answer was lost)
-/// is not stored twice.
-///
-/// The row is locked (`FOR NO KEY UPDATE`, after the lease) and its nonce and status read from its newest
-/// version; `attempts` is read with the statement's snapshot, which an attempt of the same row committed
-/// while this statement waited for the row's lock is not in — both would then take the same `number`, and
-/// the primary key refuses the second: an error, nothing stored (the engine never stores two attempts of a
-/// row at once: one task processes a row, and the watcher re-signs only rows that task has handed over).
-pub(super) async fn add_attempt(
-    client: &impl GenericClient,
-    fence: Fence,
-    id: String,
-    nonce: u64,
-    attempt: Attempt,
-) -> Result<(), Failure> {
-    let sql = format!(
-        "WITH {LEASE}, \
-         target AS MATERIALIZED (SELECT nonce, status, key FROM withdrawals \
-             WHERE id = $1 AND (SELECT epoch FROM lease) = $3 FOR NO KEY UPDATE), \
-         known AS MATERIALIZED (SELECT 1 FROM attempts WHERE withdrawal = $1 AND tx_hash = $5), \
-         stored AS (INSERT INTO attempts (withdrawal, number, tx_hash, raw, max_fee_per_gas, priority_fee_per_gas, \
-                 signed_ms, cancel, epoch, replica) \
-             SELECT $1, (SELECT COALESCE(max(number) + 1, 0) FROM attempts WHERE withdrawal = $1), $5, $6, $7, $8, \
-                 $9, $10, $3, (SELECT holder FROM lease) \
-             FROM target WHERE target.key = $2 AND target.nonce = $4 \
-                 AND target.status IN ('signing', 'signed', 'submitted') AND NOT EXISTS (SELECT 1 FROM known) \
-             RETURNING 1), \
-         signed AS (UPDATE withdrawals SET tx_hash = $5, updated_ms = {NOW_MS}, \
-             status = CASE status WHEN 'signing' THEN 'signed' ELSE status END \
-             WHERE id = $1 AND EXISTS (SELECT 1 FROM stored)) \
-         SELECT (SELECT epoch FROM lease), target.nonce, target.status, target.key, EXISTS (SELECT 1 FROM known), \
-             EXISTS (SELECT 1 FROM stored) \
-         FROM (SELECT) AS one LEFT JOIN target ON TRUE"
-    );
-    let tx_hash = attempt.tx_hash.to_string();
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
-        &id,
-        &fence.key,
-        &to_i64(fence.epoch),
-        &to_i64(nonce),
-        &tx_hash,
-        &attempt.raw.as_ref(),
-        &attempt.max_fee_per_gas.to_string(),
-        &attempt.priority_fee_per_gas.to_string(),
-        &to_i64(attempt.signed_ms),
-        &attempt.cancel,
-    ];
-    let row = query_one(client, &sql, &params).await?;
-    current(row.try_get(0)?, &fence)?;
-    let (held, status, key): (Option<i64>, Option<&str>, Option<&str>) =
-        (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
-    let (Some(status), Some(key)) = (status, key) else {
-        return Err(Failure::Refused(format!("no row `{id}` to add a transaction to")));
-    };
-    if key != fence.key {
-        return Err(Failure::Refused(format!("`{id}` is key `{key}`'s, not `{}`'s", fence.key)));
-    }
-    if held != Some(to_i64(nonce)) {
-        return Err(Failure::Refused(format!(
-            "`{id}` holds nonce {held:?}; a transaction with nonce {nonce} is not stored for it"
-        )));
-    }
-    if !matches!(status, "signing" | "signed" | "submitted") {
-        return Err(Failure::Refused(format!("`{id}` is {status}; no transaction is added to it")));
-    }
-    let (known, stored): (bool, bool) = (row.try_get(4)?, row.try_get(5)?);
-    if known || stored { Ok(()) } else { Err(Failure::Invalid(format!("`{id}`: the transaction was not stored"))) }
 }
 
 /// The ids of `key`'s rows still `accepted`, oldest first.

@@ -15,7 +15,7 @@ pub(crate) use ethkms_test_support::postgres::TestDatabase;
 
 use super::*;
 use crate::journal::conformance::{allow, attempt, lease, new_row, withdrawal};
-use crate::journal::{Cancelled, Claim, Inserted, Status};
+use crate::journal::{Attempt, Cancelled, Claim, Inserted, Status};
 use crate::policy::Rule;
 
 /// A journal on `database` (as one replica).
@@ -42,7 +42,8 @@ async fn a_takeover_waits_for_fenced_writes_in_flight_and_then_fences_their_epoc
     // transaction that has only checked its lease.
     let mut first = a.inner.pool.get().await.unwrap();
     let first = first.transaction().await.unwrap();
-    single::add_attempt(&first, fence.clone(), row.id.clone(), nonce, attempt(1, 10)).await.unwrap();
+    let signed = attempts::Signed { fence: fence.clone(), id: row.id.clone(), nonce, attempt: attempt(1, 10) };
+    assert!(attempts::add(&first, &fence, &[signed]).await.unwrap().pop().unwrap().is_ok());
     let mut second = a.inner.pool.get().await.unwrap();
     let second = second.transaction().await.unwrap();
     let claimed = claims::claim(&second, &fence, std::slice::from_ref(&other.id), 0).await.unwrap();
@@ -221,6 +222,82 @@ async fn claims_made_together_take_contiguous_nonces_and_each_row_one() {
         assert_eq!((stored.status, stored.nonce), (Status::Signing, Some(*nonce)));
     }
     assert_eq!(journal.recover_nonces(&fence, 0).await.unwrap().next(), 28);
+    journal.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_and_status_writes_made_together_are_each_answered_as_alone() {
+    let Some(database) = TestDatabase::create().await else { return };
+    let journal = journal(&database).await;
+    let fence = lease(&journal).await;
+    let mut rows = Vec::new();
+    for index in 0..12 {
+        let id = new_row(&journal, &format!("w-{index}")).await.id;
+        assert!(
+            matches!(journal.claim(&fence, &id, 0, None).await.unwrap(), Claim::Claimed { nonce, .. } if nonce == index)
+        );
+        rows.push(id);
+    }
+    // At once: each row's transaction (row 0's twice), one with another nonce than its row's, one for no row;
+    // then a second transaction for each, one of which PostgreSQL refuses.
+    let add = |id: &str, nonce: u64, attempt: Attempt| {
+        let (journal, fence, id) = (journal.clone(), fence.clone(), id.to_owned());
+        tokio::spawn(async move { journal.add_attempt(&fence, &id, nonce, attempt).await })
+    };
+    let mut adds: Vec<_> =
+        (0..12u8).map(|index| add(&rows[usize::from(index)], u64::from(index), attempt(index, 10))).collect();
+    adds.push(add(&rows[0], 0, attempt(0, 10)));
+    let wrong = add(&rows[1], 7, attempt(99, 10));
+    let missing = add("no-such-row", 0, attempt(98, 10));
+    for added in adds {
+        added.await.unwrap().unwrap();
+    }
+    assert!(matches!(wrong.await.unwrap(), Err(JournalError::Refused(ref why)) if why.contains("holds nonce Some(1)")));
+    assert!(matches!(missing.await.unwrap(), Err(JournalError::Refused(ref why)) if why.contains("no row")));
+    let client = database.connect().await;
+    client.batch_execute("ALTER TABLE attempts ADD CONSTRAINT not_five CHECK (length(raw) <> 5)").await.unwrap();
+    let five = Attempt { raw: vec![1; 5].into(), ..attempt(200, 20) };
+    let seconds: Vec<_> = (0..12u8)
+        .map(|index| {
+            let second = if index == 3 { five.clone() } else { attempt(100 + index, 20) };
+            add(&rows[usize::from(index)], u64::from(index), second)
+        })
+        .collect();
+    for (index, added) in seconds.into_iter().enumerate() {
+        match added.await.unwrap() {
+            Err(JournalError::Postgres(why)) if index == 3 => assert!(why.contains("not_five"), "{why}"),
+            other => assert!(other.is_ok() && index != 3, "{index}: {other:?}"),
+        }
+    }
+    // Status writes at once, a row's in the order asked: submitted, then mined.
+    let marks: Vec<_> = rows
+        .iter()
+        .enumerate()
+        .map(|(index, id)| {
+            let (journal, fence, id) = (journal.clone(), fence.clone(), id.clone());
+            tokio::spawn(async move {
+                journal.mark_submitted(&fence, &id).await?;
+                if index % 2 == 0 {
+                    let hash = B256::repeat_byte(u8::try_from(index).unwrap());
+                    journal.mark_mined(&fence, &id, hash, 5, hash, MinedAs::Paid, index % 4 == 0).await?;
+                }
+                Ok::<_, JournalError>(())
+            })
+        })
+        .collect();
+    for mark in marks {
+        mark.await.unwrap().unwrap();
+    }
+    for (index, id) in rows.iter().enumerate() {
+        let stored = journal.get(id).await.unwrap().unwrap();
+        let expected = match index {
+            _ if index % 4 == 0 => Status::Confirmed,
+            _ if index % 2 == 0 => Status::Mined,
+            _ => Status::Submitted,
+        };
+        assert_eq!((stored.status, stored.attempts.len()), (expected, if index == 3 { 1 } else { 2 }), "{index}");
+        assert_eq!(stored.attempts[0], attempt(u8::try_from(index).unwrap(), 10));
+    }
     journal.close();
 }
 
