@@ -1,19 +1,20 @@
-//! The engine's side of the PostgreSQL journal: leases, and every write fenced by one — nonces, claims, gap
-//! fills, attempts and status changes. Each function runs inside one transaction of
+//! The engine's side of the PostgreSQL journal: leases, and the writes fenced by one that take several
+//! statements — recovering and giving back nonces, claims when the key has free nonces (or a client asked
+//! for a nonce), gap fills, failures. Each function runs inside one transaction of
 //! [`PostgresJournal::run`](super::PostgresJournal); see the module documentation of `postgres` for the
-//! locks and their order.
+//! locks and their order. What every withdrawal goes through is one statement each, in [`single`](super::single).
 
 use std::ops::Range;
 use std::time::Duration;
 
-use alloy_primitives::{Address, B256};
+use alloy_primitives::Address;
 use deadpool_postgres::Transaction;
 
 use super::Failure;
 use super::rows::{
     NOW_MS, execute, load_existing, lock_nonces, query, query_opt, release_spend, store_nonces, to_i64, to_u64,
 };
-use crate::journal::{Attempt, Claim, Fence, LeaseRow, MinedAs, Nonces, Release, Released, Status, Withdrawal};
+use crate::journal::{Claim, Fence, LeaseRow, Nonces, Release, Released, Status, Withdrawal};
 
 /// Rows still in the engine's hands (as the SQLite journal's `OPEN`; its first two conditions are the
 /// predicate of the index `withdrawals_open_by_key`).
@@ -199,135 +200,6 @@ pub(super) async fn insert_gap_fill(
     );
     execute(transaction, &sql, &[&id, &fence.key, &recipient.to_string(), &to_i64(nonce)]).await?;
     Ok(Some(load_existing(transaction, &id).await?))
-}
-
-/// Stores a signed transaction of row `id` (`signing → signed`), refused unless the row holds `nonce` and is
-/// open; a transaction the row already has (a retry whose first commit's answer was lost) is not stored twice.
-pub(super) async fn add_attempt(
-    transaction: &Transaction<'_>,
-    fence: Fence,
-    id: String,
-    nonce: u64,
-    attempt: Attempt,
-) -> Result<(), Failure> {
-    fenced(transaction, &fence).await?;
-    let row =
-        query_opt(transaction, "SELECT nonce, status, key FROM withdrawals WHERE id = $1 FOR NO KEY UPDATE", &[&id])
-            .await?;
-    let Some(row) = row else {
-        return Err(Failure::Refused(format!("no row `{id}` to add a transaction to")));
-    };
-    let (held, status, key): (Option<i64>, &str, &str) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-    if key != fence.key {
-        return Err(Failure::Refused(format!("`{id}` is key `{key}`'s, not `{}`'s", fence.key)));
-    }
-    if held != Some(to_i64(nonce)) {
-        return Err(Failure::Refused(format!(
-            "`{id}` holds nonce {held:?}; a transaction with nonce {nonce} is not stored for it"
-        )));
-    }
-    if !matches!(status, "signing" | "signed" | "submitted") {
-        return Err(Failure::Refused(format!("`{id}` is {status}; no transaction is added to it")));
-    }
-    let tx_hash = attempt.tx_hash.to_string();
-    let sql = "SELECT 1 FROM attempts WHERE withdrawal = $1 AND tx_hash = $2";
-    if query_opt(transaction, sql, &[&id, &tx_hash]).await?.is_some() {
-        return Ok(());
-    }
-    let sql = "INSERT INTO attempts (withdrawal, number, tx_hash, raw, max_fee_per_gas, priority_fee_per_gas, \
-               signed_ms, cancel, epoch, replica) \
-               SELECT $1::text, COALESCE(max(number) + 1, 0), $2::text, $3::bytea, $4::text, $5::text, \
-               $6::bigint, $7::boolean, $8::bigint, (SELECT holder FROM leases WHERE key = $9) \
-               FROM attempts WHERE withdrawal = $1";
-    execute(
-        transaction,
-        sql,
-        &[
-            &id,
-            &tx_hash,
-            &attempt.raw.as_ref(),
-            &attempt.max_fee_per_gas.to_string(),
-            &attempt.priority_fee_per_gas.to_string(),
-            &to_i64(attempt.signed_ms),
-            &attempt.cancel,
-            &to_i64(fence.epoch),
-            &fence.key,
-        ],
-    )
-    .await?;
-    let sql = format!(
-        "UPDATE withdrawals SET tx_hash = $2, updated_ms = {NOW_MS}, \
-         status = CASE status WHEN 'signing' THEN 'signed' ELSE status END WHERE id = $1"
-    );
-    execute(transaction, &sql, &[&id, &tx_hash]).await?;
-    Ok(())
-}
-
-/// Applies `assignments` (and `updated_ms`) to row `id` of the fence's key where `condition` holds.
-pub(super) async fn update(
-    transaction: &Transaction<'_>,
-    fence: Fence,
-    id: String,
-    assignments: &'static str,
-    condition: &'static str,
-) -> Result<(), Failure> {
-    fenced(transaction, &fence).await?;
-    let sql = format!(
-        "UPDATE withdrawals SET {assignments}, updated_ms = {NOW_MS} WHERE id = $1 AND key = $2 AND ({condition})"
-    );
-    execute(transaction, &sql, &[&id, &fence.key]).await?;
-    Ok(())
-}
-
-/// How a row's nonce was mined: [`JournalStore::mark_mined`](crate::journal::JournalStore::mark_mined)'s
-/// arguments.
-pub(super) struct Mined {
-    pub(super) tx_hash: B256,
-    pub(super) block: u64,
-    pub(super) block_hash: B256,
-    pub(super) outcome: MinedAs,
-    pub(super) confirmed: bool,
-}
-
-/// Row `id` was mined as `mined` says; a reverted payment or a mined cancellation no longer counts
-/// against the daily limit.
-pub(super) async fn mark_mined(
-    transaction: &Transaction<'_>,
-    fence: Fence,
-    id: String,
-    mined: Mined,
-) -> Result<(), Failure> {
-    fenced(transaction, &fence).await?;
-    let (status, error) = match mined.outcome {
-        MinedAs::Paid if mined.confirmed => (Status::Confirmed, None),
-        MinedAs::Paid => (Status::Mined, None),
-        MinedAs::Reverted => (Status::Failed, Some("reverted on chain: no value moved (the fee was paid)")),
-        MinedAs::Cancelled => (Status::Cancelled, None),
-    };
-    let sql = format!(
-        "UPDATE withdrawals SET status = $2, tx_hash = $3, block_number = $4, block_hash = $5, error = $6, \
-         confirmed = $7, updated_ms = {NOW_MS} WHERE id = $1 AND key = $8"
-    );
-    let changed = execute(
-        transaction,
-        &sql,
-        &[
-            &id,
-            &status.as_str(),
-            &mined.tx_hash.to_string(),
-            &to_i64(mined.block),
-            &mined.block_hash.to_string(),
-            &error,
-            &mined.confirmed,
-            &fence.key,
-        ],
-    )
-    .await?;
-    if changed == 1 && matches!(mined.outcome, MinedAs::Reverted | MinedAs::Cancelled) {
-        // No value left: the amount no longer counts against the daily limit.
-        execute(transaction, "DELETE FROM spends WHERE withdrawal = $1", &[&id]).await?;
-    }
-    Ok(())
 }
 
 /// Marks row `id` failed for `reason`, giving back what `release` says (nothing, if it already failed: a

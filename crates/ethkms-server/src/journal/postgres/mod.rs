@@ -4,7 +4,8 @@
 //! # Fencing
 //! Every engine write carries a [`Fence`] (key, epoch) and first takes, in its own transaction,
 //! `SELECT epoch FROM leases WHERE key = $1 FOR KEY SHARE`, refusing the write
-//! ([`JournalError::Fenced`]) unless the epoch is the fence's. `leases` has `UNIQUE (key, epoch)`, which
+//! ([`JournalError::Fenced`]) unless the epoch is the fence's — or, for the writes of one statement
+//! (`single`), the same lock in the statement, before anything else, as the condition of its writes. `leases` has `UNIQUE (key, epoch)`, which
 //! makes `epoch` a *key column* for PostgreSQL's row locks: a takeover (which changes the epoch) locks the
 //! lease row `FOR UPDATE`, the one mode `FOR KEY SHARE` conflicts with. So a takeover waits for every fenced
 //! write in flight to commit, and every fenced write that reaches the lease row during a takeover waits
@@ -27,8 +28,8 @@
 //!
 //! # Failures and retries
 //! Errors are [`JournalError::Postgres`] (the URL's password never in them). A pooled connection that
-//! PostgreSQL closed (a restart) is dropped by the pool and `BEGIN` is retried on another; nothing else is
-//! retried here. A commit whose answer is lost is reported as an error although it may have happened: every
+//! PostgreSQL closed (a restart) is dropped by the pool and `BEGIN` is retried on another, as is an
+//! operation of single statements (which may run twice, see `single`); nothing else is retried here. A commit whose answer is lost is reported as an error although it may have happened: every
 //! write is conditional, so the engine's retry finds it done — [`claim`](JournalStore::claim) then answers
 //! [`Claim::NotAccepted`] (the row is `signing` with its nonce, which recovery picks up, as with SQLite),
 //! [`add_attempt`](JournalStore::add_attempt) stores a transaction whose hash the row already has only
@@ -40,12 +41,19 @@
 //! (`idle_in_transaction_session_timeout`, unless the URL's `options` set it), which undoes what it had
 //! not committed.
 
+mod attempts;
+mod batch;
+mod claims;
 mod engine;
+mod inserts;
 mod listener;
+mod marks;
 mod requests;
 mod rows;
 mod schema;
+mod single;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -53,7 +61,7 @@ use std::time::Duration;
 
 use alloy_primitives::{Address, B256, U256};
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, Transaction};
+use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, Transaction};
 use futures_util::future::BoxFuture;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -73,7 +81,8 @@ const POOL_SIZE: usize = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an operation waits for a free connection.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often `BEGIN` is tried on another connection when a pooled one turns out closed.
+/// How often `BEGIN` (or an operation of single statements) is tried on another connection when a pooled
+/// one turns out closed.
 const BEGIN_RETRIES: usize = POOL_SIZE + 1;
 /// Wake-ups kept for a slow receiver before it misses some.
 const WAKE_UPS: usize = 1024;
@@ -99,6 +108,14 @@ struct Inner {
     redact: Redact,
     wake_ups: broadcast::Sender<String>,
     listener: Mutex<Option<JoinHandle<()>>>,
+    /// This replica's claims, by key: made in turns, in batches.
+    claims: Mutex<HashMap<String, Arc<batch::Batches<claims::Asked, Claim>>>>,
+    /// This replica's client withdrawals without a daily limit, stored in batches.
+    inserts: inserts::Inserts,
+    /// This replica's status writes, by key: in batches.
+    marks: Mutex<HashMap<String, Arc<marks::Marks>>>,
+    /// This replica's signed transactions, by key: stored in batches.
+    attempts: Mutex<HashMap<String, Arc<attempts::Attempts>>>,
 }
 
 impl Drop for Inner {
@@ -170,6 +187,9 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// An operation run in one transaction.
 type Operation<R> = Box<dyn for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<R, Failure>> + Send>;
+
+/// An operation of statements that each commit on their own (see `single`); it may run twice.
+type Statements<R> = Box<dyn for<'c> Fn(&'c Client) -> BoxFuture<'c, Result<R, Failure>> + Send + Sync>;
 
 impl PostgresJournal {
     /// The schema version this code writes (in the table `ethkms_schema`).
@@ -243,7 +263,11 @@ impl PostgresJournal {
             .await
             .map_err(|failure| fail("LISTEN", failure))?;
         tracing::info!(journal = %shown, schema = schema::SCHEMA_VERSION, "PostgreSQL journal connected");
-        Ok(Self { inner: Arc::new(Inner { pool, shown, redact, wake_ups, listener: Mutex::new(Some(listener)) }) })
+        let listener = Mutex::new(Some(listener));
+        let (claims, marks, attempts) = (Mutex::default(), Mutex::default(), Mutex::default());
+        let inserts = inserts::Inserts::default();
+        let inner = Inner { pool, shown, redact, wake_ups, listener, claims, inserts, marks, attempts };
+        Ok(Self { inner: Arc::new(inner) })
     }
 
     /// Runs `operation` in one transaction (read-only and `REPEATABLE READ` with `read`, so that what it reads
@@ -285,6 +309,29 @@ impl PostgresJournal {
                     }
                     Err(self.error(failure))
                 }
+            };
+        }
+    }
+
+    /// Runs `operation` on a pooled connection outside any transaction: each of its statements commits on
+    /// its own before PostgreSQL answers it. Tried again on another connection if this one turns out
+    /// closed (it may have committed: every such operation may run twice).
+    async fn single<R: Send>(&self, operation: Statements<R>) -> Result<R, JournalError> {
+        let mut tries = 0;
+        loop {
+            let client = self.inner.pool.get().await.map_err(|error| self.pool_error(&error))?;
+            return match operation(&client).await {
+                Ok(value) => Ok(value),
+                Err(Failure::Postgres(error)) if client.is_closed() && tries < BEGIN_RETRIES => {
+                    tries += 1;
+                    tracing::debug!(journal = %self.inner.shown, error = %describe(&error), "connection closed; another");
+                    continue;
+                }
+                Err(Failure::Postgres(error)) if client.is_closed() => Err(JournalError::Postgres(format!(
+                    "the outcome is unknown (the connection closed; it may have been stored): {}",
+                    self.inner.redact.text(&describe(&error))
+                ))),
+                Err(failure) => Err(self.error(failure)),
             };
         }
     }
@@ -341,10 +388,29 @@ macro_rules! op {
     };
 }
 
+/// Boxes an operation for [`PostgresJournal::single`] (as [`boxed`]).
+fn statements<R, F>(operation: F) -> Statements<R>
+where
+    F: for<'c> Fn(&'c Client) -> BoxFuture<'c, Result<R, Failure>> + Send + Sync + 'static,
+{
+    Box::new(operation)
+}
+
+/// An operation for [`PostgresJournal::single`]: `single!(|client| future)`, where the future owns what it
+/// uses (clones of what the closure holds: it may run again).
+macro_rules! single {
+    (|$client:ident| $body:expr) => {
+        statements(move |$client| Box::pin($body))
+    };
+}
+
 #[async_trait]
 impl JournalStore for PostgresJournal {
     async fn insert(&self, withdrawal: NewWithdrawal, check: LimitCheck) -> Result<Inserted, JournalError> {
-        self.write(op!(|t| requests::insert(t, withdrawal, check))).await
+        if !check.assets.is_empty() {
+            return self.write(op!(|t| requests::insert(t, withdrawal, check))).await;
+        }
+        self.insert_unlimited(withdrawal, check).await
     }
 
     async fn insert_rpc(&self, row: NewRpc, check: LimitCheck) -> Result<Result<Withdrawal, Denial>, JournalError> {
@@ -388,16 +454,16 @@ impl JournalStore for PostgresJournal {
 
     async fn accepted(&self, key: &str) -> Result<Vec<String>, JournalError> {
         let key = key.to_owned();
-        self.read(op!(|t| requests::accepted(t, key))).await
+        self.single(single!(|c| single::accepted(c, key.clone()))).await
     }
 
     async fn cancellations(&self, key: &str) -> Result<Vec<String>, JournalError> {
         let key = key.to_owned();
-        self.read(op!(|t| requests::cancellations(t, key))).await
+        self.single(single!(|c| single::cancellations(c, key.clone()))).await
     }
 
     async fn ping(&self) -> Result<(), JournalError> {
-        self.read(op!(|t| async move { rows::query(t, "SELECT 1", &[]).await.map(drop) })).await
+        self.single(single!(|c| async move { rows::query(c, "SELECT 1", &[]).await.map(drop) })).await
     }
 
     fn wake_ups(&self) -> Option<broadcast::Receiver<String>> {
@@ -429,8 +495,7 @@ impl JournalStore for PostgresJournal {
     }
 
     async fn claim(&self, fence: &Fence, id: &str, pending: u64, wanted: Option<u64>) -> Result<Claim, JournalError> {
-        let (fence, id) = (fence.clone(), id.to_owned());
-        self.write(op!(|t| engine::claim(t, fence, id, pending, wanted))).await
+        self.claim_in_turn(claims::Asked { fence: fence.clone(), id: id.to_owned(), pending, wanted }).await
     }
 
     async fn release_nonces(&self, fence: &Fence, nonces: Range<u64>) -> Result<Nonces, JournalError> {
@@ -449,13 +514,11 @@ impl JournalStore for PostgresJournal {
     }
 
     async fn add_attempt(&self, fence: &Fence, id: &str, nonce: u64, attempt: Attempt) -> Result<(), JournalError> {
-        let (fence, id) = (fence.clone(), id.to_owned());
-        self.write(op!(|t| engine::add_attempt(t, fence, id, nonce, attempt))).await
+        self.add_in_turn(attempts::Signed { fence: fence.clone(), id: id.to_owned(), nonce, attempt }).await
     }
 
     async fn mark_submitted(&self, fence: &Fence, id: &str) -> Result<(), JournalError> {
-        let (fence, id) = (fence.clone(), id.to_owned());
-        self.write(op!(|t| engine::update(t, fence, id, "status = 'submitted'", "status = 'signed'"))).await
+        self.mark(marks::Marked { fence: fence.clone(), id: id.to_owned(), mark: marks::Mark::Submitted }).await
     }
 
     async fn mark_mined(
@@ -468,21 +531,28 @@ impl JournalStore for PostgresJournal {
         outcome: MinedAs,
         confirmed: bool,
     ) -> Result<(), JournalError> {
+        if outcome == MinedAs::Paid {
+            let mark = marks::Mark::Paid { tx_hash, block, block_hash, confirmed };
+            return self.mark(marks::Marked { fence: fence.clone(), id: id.to_owned(), mark }).await;
+        }
         let (fence, id) = (fence.clone(), id.to_owned());
-        let mined = engine::Mined { tx_hash, block, block_hash, outcome, confirmed };
-        self.write(op!(|t| engine::mark_mined(t, fence, id, mined))).await
+        self.single(single!(|c| {
+            let mined = single::Mined { tx_hash, block, block_hash, outcome, confirmed };
+            single::mark_mined(c, fence.clone(), id.clone(), mined)
+        }))
+        .await
     }
 
     async fn mark_unmined(&self, fence: &Fence, id: &str) -> Result<(), JournalError> {
         let (fence, id) = (fence.clone(), id.to_owned());
         let unmined = "status = 'submitted', block_number = NULL, block_hash = NULL, error = NULL, confirmed = FALSE";
-        self.write(op!(|t| engine::update(t, fence, id, unmined, "NOT confirmed"))).await
+        self.single(single!(|c| single::update(c, fence.clone(), id.clone(), unmined, "NOT confirmed"))).await
     }
 
     async fn mark_confirmed(&self, fence: &Fence, id: &str) -> Result<(), JournalError> {
         let (fence, id) = (fence.clone(), id.to_owned());
         let confirmed = "confirmed = TRUE, status = CASE status WHEN 'mined' THEN 'confirmed' ELSE status END";
-        self.write(op!(|t| engine::update(t, fence, id, confirmed, "TRUE"))).await
+        self.single(single!(|c| single::update(c, fence.clone(), id.clone(), confirmed, "TRUE"))).await
     }
 
     async fn mark_failed(

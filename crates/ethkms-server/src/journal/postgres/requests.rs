@@ -11,10 +11,11 @@ use deadpool_postgres::Transaction;
 
 use super::Failure;
 use super::engine::OPEN;
+use super::inserts;
 use super::listener::CHANNEL;
 use super::rows::{
-    NOW_MS, asset_text, execute, insert_spend, load, load_existing, load_where, lock_limits, query, query_opt,
-    release_spend, spent, to_i64,
+    NOW_MS, execute, insert_spend, load, load_existing, load_where, lock_limits, query, query_opt, release_spend,
+    spent, to_i64,
 };
 use crate::journal::{Cancelled, Inserted, Kind, LimitCheck, NewRpc, NewWithdrawal, Status, Withdrawal};
 use crate::policy::{Asset, Denial};
@@ -37,16 +38,27 @@ async fn checked(
     Ok((now, (check.check)(&spent)))
 }
 
-/// Stores a client withdrawal, unless the client used its idempotency key before (on any replica).
+/// The withdrawal the client made with `idempotency_key`, if it did.
+pub(super) async fn existing(
+    transaction: &Transaction<'_>,
+    client: String,
+    idempotency_key: String,
+) -> Result<Option<Withdrawal>, Failure> {
+    Ok(load_where(transaction, "client = $1 AND idempotency_key = $2", &[&client, &idempotency_key]).await?.pop())
+}
+
+/// Stores a client withdrawal whose key has a daily limit, unless the client used its idempotency key
+/// before (on any replica): under the key's limit lock, after reading what it moved. (Without a daily
+/// limit, the same statement stores it in a batch: [`inserts`](super::inserts).)
 pub(super) async fn insert(
     transaction: &Transaction<'_>,
     withdrawal: NewWithdrawal,
     check: LimitCheck,
 ) -> Result<Inserted, Failure> {
-    let existing = "SELECT id FROM withdrawals WHERE client = $1 AND idempotency_key = $2";
     let (client, idempotency_key) = (&withdrawal.client, &withdrawal.idempotency_key);
     let now = lock_limits(transaction, &withdrawal.key, &check.assets).await?;
-    if let Some(row) = query_opt(transaction, existing, &[client, idempotency_key]).await? {
+    let sql = "SELECT id FROM withdrawals WHERE client = $1 AND idempotency_key = $2";
+    if let Some(row) = query_opt(transaction, sql, &[client, idempotency_key]).await? {
         return Ok(Inserted::Existing(load_existing(transaction, row.try_get(0)?).await?));
     }
     let spends = match (check.check)(&spent(transaction, &withdrawal.key, &check.assets, now).await?) {
@@ -56,34 +68,12 @@ pub(super) async fn insert(
     let id = uuid::Uuid::new_v4().to_string();
     // Another request with the same idempotency key may be storing it now (the limit lock, if any, is the
     // key's, and the request may name another key): the insert waits for it, and then stores nothing.
-    let sql = "INSERT INTO withdrawals (id, kind, client, idempotency_key, key, recipient, asset, amount, status, \
-               created_ms, updated_ms) VALUES ($1, 'withdrawal', $2, $3, $4, $5, $6, $7::text::numeric, 'accepted', \
-               $8, $8) ON CONFLICT (client, idempotency_key) DO NOTHING";
-    let stored = execute(
-        transaction,
-        sql,
-        &[
-            &id,
-            client,
-            idempotency_key,
-            &withdrawal.key,
-            &withdrawal.recipient.to_string(),
-            &asset_text(withdrawal.asset),
-            &withdrawal.amount.to_string(),
-            &to_i64(now),
-        ],
-    )
-    .await?;
-    if stored == 0 {
-        let row = query_opt(transaction, existing, &[client, idempotency_key]).await?;
-        let id: String = row.ok_or_else(|| Failure::Invalid("an idempotency key's row vanished".into()))?.try_get(0)?;
-        return Ok(Inserted::Existing(load_existing(transaction, &id).await?));
+    let new = inserts::New { id: id.clone(), withdrawal: withdrawal.clone(), spends };
+    if let Some(row) = inserts::insert(transaction, &[new], Some(now)).await?.remove(&id) {
+        return Ok(Inserted::New(row));
     }
-    for spend in spends {
-        insert_spend(transaction, &withdrawal.key, spend, now, &id).await?;
-    }
-    notify(transaction, &withdrawal.key).await?;
-    Ok(Inserted::New(load_existing(transaction, &id).await?))
+    let stored = existing(transaction, client.clone(), idempotency_key.clone()).await?;
+    Ok(Inserted::Existing(stored.ok_or_else(|| Failure::Invalid("an idempotency key's row vanished".into()))?))
 }
 
 /// Stores an RPC client's transaction (`accepted`) after `check` (the row, if its id is stored already).
@@ -188,19 +178,4 @@ pub(super) async fn unfinished(transaction: &Transaction<'_>, key: Option<String
         Some(key) => load_where(transaction, &format!("key = $1 AND {OPEN} ORDER BY seq"), &[&key]).await,
         None => load_where(transaction, &format!("{OPEN} ORDER BY seq"), &[]).await,
     }
-}
-
-/// The ids of `key`'s rows still `accepted`, oldest first.
-pub(super) async fn accepted(transaction: &Transaction<'_>, key: String) -> Result<Vec<String>, Failure> {
-    let sql = format!(
-        "SELECT id FROM withdrawals WHERE key = $1 AND {OPEN} AND status = 'accepted' \
-         AND kind IN ('withdrawal', 'rpc') ORDER BY seq"
-    );
-    query(transaction, &sql, &[&key]).await?.iter().map(|row| Ok(row.try_get(0)?)).collect()
-}
-
-/// The ids of `key`'s open rows whose cancellation was asked for.
-pub(super) async fn cancellations(transaction: &Transaction<'_>, key: String) -> Result<Vec<String>, Failure> {
-    let sql = format!("SELECT id FROM withdrawals WHERE key = $1 AND cancel_requested AND {OPEN} ORDER BY seq");
-    query(transaction, &sql, &[&key]).await?.iter().map(|row| Ok(row.try_get(0)?)).collect()
 }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use alloy_primitives::U256;
-use deadpool_postgres::Transaction;
+use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
@@ -24,30 +24,36 @@ pub(super) const NOW_MS: &str = "(floor(extract(epoch FROM clock_timestamp()) * 
 /// Parameters of a statement.
 pub(super) type Params<'a> = [&'a (dyn ToSql + Sync)];
 
-/// The rows `sql` returns.
-pub(super) async fn query(transaction: &Transaction<'_>, sql: &str, params: &Params<'_>) -> Result<Vec<Row>, Failure> {
-    let statement = transaction.prepare_cached(sql).await?;
-    Ok(transaction.query(&statement, params).await?)
+/// The rows `sql` returns (in a transaction, or on a connection: a statement of its own).
+pub(super) async fn query(client: &impl GenericClient, sql: &str, params: &Params<'_>) -> Result<Vec<Row>, Failure> {
+    let statement = client.prepare_cached(sql).await?;
+    Ok(client.query(&statement, params).await?)
 }
 
 /// The row `sql` returns, if any (more than one is an error).
 pub(super) async fn query_opt(
-    transaction: &Transaction<'_>,
+    client: &impl GenericClient,
     sql: &str,
     params: &Params<'_>,
 ) -> Result<Option<Row>, Failure> {
-    let statement = transaction.prepare_cached(sql).await?;
-    Ok(transaction.query_opt(&statement, params).await?)
+    let statement = client.prepare_cached(sql).await?;
+    Ok(client.query_opt(&statement, params).await?)
+}
+
+/// The one row `sql` returns.
+pub(super) async fn query_one(client: &impl GenericClient, sql: &str, params: &Params<'_>) -> Result<Row, Failure> {
+    let statement = client.prepare_cached(sql).await?;
+    Ok(client.query_one(&statement, params).await?)
 }
 
 /// Runs `sql`; the number of rows it changed.
-pub(super) async fn execute(transaction: &Transaction<'_>, sql: &str, params: &Params<'_>) -> Result<u64, Failure> {
-    let statement = transaction.prepare_cached(sql).await?;
-    Ok(transaction.execute(&statement, params).await?)
+pub(super) async fn execute(client: &impl GenericClient, sql: &str, params: &Params<'_>) -> Result<u64, Failure> {
+    let statement = client.prepare_cached(sql).await?;
+    Ok(client.execute(&statement, params).await?)
 }
 
 /// The columns [`withdrawal`] reads, in its order.
-const COLUMNS: &str = "id, kind, client, idempotency_key, key, recipient, asset, amount::text, status, nonce, tx_hash, \
+pub(super) const COLUMNS: &str = "id, kind, client, idempotency_key, key, recipient, asset, amount::text, status, nonce, tx_hash, \
                        block_number, error, created_ms, request, block_hash, cancel_requested, confirmed";
 
 /// Row `id` with its attempts.
@@ -88,7 +94,8 @@ async fn load_rows(transaction: &Transaction<'_>, sql: &str, params: &Params<'_>
     Ok(rows)
 }
 
-fn withdrawal(row: &Row) -> Result<Withdrawal, Failure> {
+/// A row of [`COLUMNS`] (its attempts left empty).
+pub(super) fn withdrawal(row: &Row) -> Result<Withdrawal, Failure> {
     let kind: String = row.try_get(1)?;
     let status: String = row.try_get(8)?;
     Ok(Withdrawal {

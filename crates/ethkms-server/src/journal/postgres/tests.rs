@@ -15,7 +15,7 @@ pub(crate) use ethkms_test_support::postgres::TestDatabase;
 
 use super::*;
 use crate::journal::conformance::{allow, attempt, lease, new_row, withdrawal};
-use crate::journal::{Claim, Inserted, Status};
+use crate::journal::{Attempt, Cancelled, Claim, Inserted, Status};
 use crate::policy::Rule;
 
 /// A journal on `database` (as one replica).
@@ -35,27 +35,35 @@ async fn a_takeover_waits_for_fenced_writes_in_flight_and_then_fences_their_epoc
     let Some(database) = TestDatabase::create().await else { return };
     let (a, b) = (journal(&database).await, journal(&database).await);
     let fence = lease(&a).await;
-    let row = new_row(&a, "w-1").await;
+    let (row, other) = (new_row(&a, "w-1").await, new_row(&a, "w-2").await);
     let Claim::Claimed { nonce, .. } = a.claim(&fence, &row.id, 0, None).await.unwrap() else { panic!() };
-    // A fenced write in flight: an attempt stored, not yet committed (and a second one beside it: fenced
-    // writes of one key do not wait for each other).
+    // Fenced writes in flight — statements of one statement each, held uncommitted in a transaction here —
+    // an attempt stored and a claim (fenced writes of one key do not wait for each other), and a third
+    // transaction that has only checked its lease.
     let mut first = a.inner.pool.get().await.unwrap();
     let first = first.transaction().await.unwrap();
-    engine::add_attempt(&first, fence.clone(), row.id.clone(), nonce, attempt(1, 10)).await.unwrap();
+    let signed = attempts::Signed { fence: fence.clone(), id: row.id.clone(), nonce, attempt: attempt(1, 10) };
+    assert!(attempts::add(&first, &fence, &[signed]).await.unwrap().pop().unwrap().is_ok());
     let mut second = a.inner.pool.get().await.unwrap();
     let second = second.transaction().await.unwrap();
-    engine::fenced(&second, &fence).await.unwrap();
-    // Renewing and releasing change only `expires_ms`: they do not wait for it.
+    let claimed = claims::claim(&second, &fence, std::slice::from_ref(&other.id), 0).await.unwrap();
+    assert!(matches!(claimed, claims::Claimed::Done { ref claimed, next: 2 } if claimed[&other.id] == 1));
+    let mut third = a.inner.pool.get().await.unwrap();
+    let third = third.transaction().await.unwrap();
+    engine::fenced(&third, &fence).await.unwrap();
+    // Renewing and releasing change only `expires_ms`: they do not wait for them.
     let renewed = tokio::time::timeout(Duration::from_secs(5), a.renew_lease(&fence, "test", LONG)).await;
     assert!(renewed.unwrap().unwrap());
     tokio::time::timeout(Duration::from_secs(5), a.release_lease(&fence, "test")).await.unwrap().unwrap();
-    // A takeover waits for both.
+    // A takeover waits for each.
     let taker = b.clone();
     let mut takeover = tokio::spawn(async move { taker.acquire_lease("hot", "b", LONG).await });
     assert!(blocked(&mut takeover, Duration::from_millis(500)).await, "the takeover did not wait");
     first.commit().await.unwrap();
-    assert!(blocked(&mut takeover, Duration::from_millis(300)).await, "the takeover did not wait for the second");
+    assert!(blocked(&mut takeover, Duration::from_millis(300)).await, "the takeover did not wait for the claim");
     second.rollback().await.unwrap();
+    assert!(blocked(&mut takeover, Duration::from_millis(300)).await, "the takeover did not wait for the third");
+    third.rollback().await.unwrap();
     let epoch = takeover.await.unwrap().unwrap().unwrap();
     assert_eq!(epoch, fence.epoch + 1);
     // What committed before it is stored; nothing of the old epoch is after it.
@@ -63,23 +71,38 @@ async fn a_takeover_waits_for_fenced_writes_in_flight_and_then_fences_their_epoc
     let late = a.add_attempt(&fence, &row.id, nonce, attempt(2, 20)).await;
     assert!(matches!(late, Err(JournalError::Fenced { epoch, .. }) if epoch == fence.epoch), "{late:?}");
     assert_eq!(a.get(&row.id).await.unwrap().unwrap().attempts.len(), 1);
-    // The other way round: a fenced write that reaches the lease during a takeover waits for it, then is
-    // refused.
+    // The other way round: fenced writes that reach the lease during a takeover wait for it, then are
+    // refused — each kind of write of one statement.
     let new = Fence { key: "hot".into(), epoch };
     b.release_lease(&new, "b").await.unwrap();
-    let mut third = a.inner.pool.get().await.unwrap();
-    let third = third.transaction().await.unwrap();
-    let taken = engine::acquire_lease(&third, "hot".into(), "c".into(), LONG).await.unwrap().unwrap();
-    let writer = b.clone();
-    let (id, held) = (row.id.clone(), new.clone());
-    let mut write = tokio::spawn(async move { writer.add_attempt(&held, &id, nonce, attempt(3, 30)).await });
-    assert!(blocked(&mut write, Duration::from_millis(500)).await, "the fenced write did not wait for the takeover");
-    third.commit().await.unwrap();
-    let refused = write.await.unwrap();
-    assert!(matches!(refused, Err(JournalError::Fenced { epoch, .. }) if epoch == new.epoch), "{refused:?}");
+    let mut fourth = a.inner.pool.get().await.unwrap();
+    let fourth = fourth.transaction().await.unwrap();
+    let taken = engine::acquire_lease(&fourth, "hot".into(), "c".into(), LONG).await.unwrap().unwrap();
+    let hash = B256::repeat_byte(1);
+    let mut late = Vec::new();
+    for (write, id) in [(0, &row.id), (1, &row.id), (2, &row.id), (3, &row.id), (4, &other.id)] {
+        let (writer, id, held, other) = (b.clone(), id.clone(), new.clone(), other.id.clone());
+        late.push(tokio::spawn(async move {
+            match write {
+                0 => writer.add_attempt(&held, &id, nonce, attempt(3, 30)).await,
+                1 => writer.mark_submitted(&held, &id).await,
+                2 => writer.mark_mined(&held, &id, hash, 1, hash, MinedAs::Paid, true).await,
+                3 => writer.mark_confirmed(&held, &id).await,
+                _ => writer.claim(&held, &other, 0, None).await.map(drop),
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(late.iter().all(|write| !write.is_finished()), "fenced writes did not wait for the takeover");
+    fourth.commit().await.unwrap();
+    for write in late {
+        let refused = write.await.unwrap();
+        assert!(matches!(refused, Err(JournalError::Fenced { epoch, .. }) if epoch == new.epoch), "{refused:?}");
+    }
     assert_eq!(taken, new.epoch + 1);
     let stored = a.get(&row.id).await.unwrap().unwrap();
-    assert_eq!(stored.attempts.len(), 1);
+    assert_eq!((stored.status, stored.attempts.len()), (Status::Signed, 1));
+    assert_eq!(a.get(&other.id).await.unwrap().unwrap().status, Status::Accepted);
     let attempts = database.connect().await.query("SELECT epoch, replica FROM attempts", &[]).await.unwrap();
     let named: Vec<(i64, String)> = attempts.iter().map(|row| (row.get(0), row.get(1))).collect();
     assert_eq!(named, [(rows::to_i64(fence.epoch), "test".to_owned())], "an attempt names its lease");
@@ -154,6 +177,128 @@ async fn leases_run_out_on_the_databases_clock_and_a_holder_may_take_its_own_aga
     assert!(!a.renew_lease(&current, "a", LONG).await.unwrap(), "the former holder cannot renew it");
     a.close();
     b.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_made_together_take_contiguous_nonces_and_each_row_one() {
+    let Some(database) = TestDatabase::create().await else { return };
+    let journal = journal(&database).await;
+    let fence = lease(&journal).await;
+    let mut rows = Vec::new();
+    for index in 0..30 {
+        rows.push(new_row(&journal, &format!("w-{index}")).await.id);
+    }
+    for cancelled in [5, 17] {
+        assert!(matches!(journal.cancel(&rows[cancelled]).await.unwrap(), Cancelled::Now(_)));
+    }
+    // Every row asked for at once (two of them twice), so that they are made in batches.
+    let asked: Vec<&String> = rows.iter().chain([&rows[3], &rows[20]]).collect();
+    let claims: Vec<_> = asked
+        .iter()
+        .map(|id| {
+            let (journal, fence, id) = (journal.clone(), fence.clone(), (*id).clone());
+            tokio::spawn(async move { (id.clone(), journal.claim(&fence, &id, 0, None).await.unwrap()) })
+        })
+        .collect();
+    let mut nonces = std::collections::BTreeMap::new();
+    let mut refused = Vec::new();
+    for claim in claims {
+        match claim.await.unwrap() {
+            (id, Claim::Claimed { nonce, nonces: after }) => {
+                assert!(after.next() > nonce && after.gaps().is_empty());
+                assert_eq!(nonces.insert(nonce, id), None, "nonce {nonce} taken twice");
+            }
+            (id, Claim::NotAccepted) => refused.push(id),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(nonces.keys().copied().collect::<Vec<_>>(), (0..28).collect::<Vec<_>>());
+    refused.sort();
+    let mut expected = vec![rows[3].clone(), rows[5].clone(), rows[17].clone(), rows[20].clone()];
+    expected.sort();
+    assert_eq!(refused, expected, "the cancelled rows, and the second claim of a row");
+    for (nonce, id) in &nonces {
+        let stored = journal.get(id).await.unwrap().unwrap();
+        assert_eq!((stored.status, stored.nonce), (Status::Signing, Some(*nonce)));
+    }
+    assert_eq!(journal.recover_nonces(&fence, 0).await.unwrap().next(), 28);
+    journal.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_and_status_writes_made_together_are_each_answered_as_alone() {
+    let Some(database) = TestDatabase::create().await else { return };
+    let journal = journal(&database).await;
+    let fence = lease(&journal).await;
+    let mut rows = Vec::new();
+    for index in 0..12 {
+        let id = new_row(&journal, &format!("w-{index}")).await.id;
+        assert!(
+            matches!(journal.claim(&fence, &id, 0, None).await.unwrap(), Claim::Claimed { nonce, .. } if nonce == index)
+        );
+        rows.push(id);
+    }
+    // At once: each row's transaction (row 0's twice), one with another nonce than its row's, one for no row;
+    // then a second transaction for each, one of which PostgreSQL refuses.
+    let add = |id: &str, nonce: u64, attempt: Attempt| {
+        let (journal, fence, id) = (journal.clone(), fence.clone(), id.to_owned());
+        tokio::spawn(async move { journal.add_attempt(&fence, &id, nonce, attempt).await })
+    };
+    let mut adds: Vec<_> =
+        (0..12u8).map(|index| add(&rows[usize::from(index)], u64::from(index), attempt(index, 10))).collect();
+    adds.push(add(&rows[0], 0, attempt(0, 10)));
+    let wrong = add(&rows[1], 7, attempt(99, 10));
+    let missing = add("no-such-row", 0, attempt(98, 10));
+    for added in adds {
+        added.await.unwrap().unwrap();
+    }
+    assert!(matches!(wrong.await.unwrap(), Err(JournalError::Refused(ref why)) if why.contains("holds nonce Some(1)")));
+    assert!(matches!(missing.await.unwrap(), Err(JournalError::Refused(ref why)) if why.contains("no row")));
+    let client = database.connect().await;
+    client.batch_execute("ALTER TABLE attempts ADD CONSTRAINT not_five CHECK (length(raw) <> 5)").await.unwrap();
+    let five = Attempt { raw: vec![1; 5].into(), ..attempt(200, 20) };
+    let seconds: Vec<_> = (0..12u8)
+        .map(|index| {
+            let second = if index == 3 { five.clone() } else { attempt(100 + index, 20) };
+            add(&rows[usize::from(index)], u64::from(index), second)
+        })
+        .collect();
+    for (index, added) in seconds.into_iter().enumerate() {
+        match added.await.unwrap() {
+            Err(JournalError::Postgres(why)) if index == 3 => assert!(why.contains("not_five"), "{why}"),
+            other => assert!(other.is_ok() && index != 3, "{index}: {other:?}"),
+        }
+    }
+    // Status writes at once, a row's in the order asked: submitted, then mined.
+    let marks: Vec<_> = rows
+        .iter()
+        .enumerate()
+        .map(|(index, id)| {
+            let (journal, fence, id) = (journal.clone(), fence.clone(), id.clone());
+            tokio::spawn(async move {
+                journal.mark_submitted(&fence, &id).await?;
+                if index % 2 == 0 {
+                    let hash = B256::repeat_byte(u8::try_from(index).unwrap());
+                    journal.mark_mined(&fence, &id, hash, 5, hash, MinedAs::Paid, index % 4 == 0).await?;
+                }
+                Ok::<_, JournalError>(())
+            })
+        })
+        .collect();
+    for mark in marks {
+        mark.await.unwrap().unwrap();
+    }
+    for (index, id) in rows.iter().enumerate() {
+        let stored = journal.get(id).await.unwrap().unwrap();
+        let expected = match index {
+            _ if index % 4 == 0 => Status::Confirmed,
+            _ if index % 2 == 0 => Status::Mined,
+            _ => Status::Submitted,
+        };
+        assert_eq!((stored.status, stored.attempts.len()), (expected, if index == 3 { 1 } else { 2 }), "{index}");
+        assert_eq!(stored.attempts[0], attempt(u8::try_from(index).unwrap(), 10));
+    }
+    journal.close();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
