@@ -7,8 +7,8 @@
 //! the `postgres` user (`runuser -u postgres -- …`) in a directory that user owns. Without either, install
 //! them (`apt-get install postgresql-15`) or point the tests at a server with `ETHKMS_TEST_POSTGRES_URL`.
 //!
-//! On that server, [`database`] (feature `postgres`) gives each test a database of its own, and
-//! [`control`] stops, starts and restarts it under a running test.
+//! On that server, `database` (feature `postgres`) gives each test a database of its own, and
+//! `control` stops, starts and restarts it under a running test.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
