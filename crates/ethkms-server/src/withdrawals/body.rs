@@ -77,8 +77,9 @@ pub enum BodyError {
     /// Not JSON, not an object, a field missing, of the wrong type, or unknown.
     #[error("the body is not a withdrawal: {0}")]
     NotAWithdrawal(String),
-    /// The idempotency key is empty or too long.
-    #[error("`idempotency_key` must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters")]
+    /// The idempotency key is empty, too long, or holds a control character (a NUL, which no PostgreSQL
+    /// text can hold, among them).
+    #[error("`idempotency_key` must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters, none of them a control character")]
     IdempotencyKey,
     /// `to` is not an address.
     #[error("`to`: {0}")]
@@ -95,7 +96,9 @@ pub enum BodyError {
 pub fn parse_withdrawal(body: &[u8]) -> Result<WithdrawalBody, BodyError> {
     let request: WithdrawalRequest =
         serde_json::from_slice(body).map_err(|error| BodyError::NotAWithdrawal(error.to_string()))?;
-    if !(1..=MAX_IDEMPOTENCY_KEY_CHARS).contains(&request.idempotency_key.chars().count()) {
+    if !(1..=MAX_IDEMPOTENCY_KEY_CHARS).contains(&request.idempotency_key.chars().count())
+        || request.idempotency_key.chars().any(char::is_control)
+    {
         return Err(BodyError::IdempotencyKey);
     }
     let to = address(&request.to).map_err(BodyError::To)?;
@@ -149,5 +152,16 @@ mod tests {
         extra["memo"] = "hi".into();
         let error = parse_withdrawal(extra.to_string().as_bytes()).unwrap_err();
         assert!(error.to_string().contains("unknown field `memo`"), "{error}");
+    }
+
+    #[test]
+    fn a_control_character_in_the_idempotency_key_is_refused() {
+        let to = "0x000000000000000000000000000000000000dEaD";
+        for key in ["pay\u{0}out", "pay\nout", "\u{7f}"] {
+            let error = parse_withdrawal(&body(key, to, "ETH")).unwrap_err();
+            assert!(matches!(error, BodyError::IdempotencyKey), "{key:?}: {error}");
+            assert!(error.to_string().contains("control character"), "{error}");
+        }
+        assert!(parse_withdrawal(&body("payout-ünïcode 1", to, "ETH")).is_ok());
     }
 }
