@@ -366,16 +366,7 @@ impl PolicyEngine {
     /// The [`Denial`] naming the first rule the request breaks, in the order: unknown key, chain id, fee cap,
     /// calldata and contract calls, deny list, allow list, per-transaction maximum, daily limit.
     pub fn check(&mut self, request: &SignRequest, now: SystemTime) -> Result<Vec<Movement>, Denial> {
-        let policy = known(&self.policies, &request.key)?;
-        if let Some(chains) = &policy.allowed_chain_ids
-            && !chains.contains(&request.chain_id)
-        {
-            return Err(Denial::new(Rule::ChainId, format!("chain {} is not one of {chains:?}", request.chain_id)));
-        }
-        let fees =
-            fees::worst_case(&request.gas, &policy.fees).map_err(|message| Denial::new(Rule::FeeCap, message))?;
-        let mut effects = call_effects(policy, request)?;
-        effects.movements.push(Movement { asset: Asset::Ether, recipient: None, amount: fees });
+        let (policy, effects) = transaction_effects(&self.policies, request)?;
         let spent = &mut self.spent;
         within_limits(policy, &effects, &mut |asset| spent_in_window(spent, &request.key, asset, now))?;
         Ok(effects.movements)
@@ -394,16 +385,7 @@ impl PolicyEngine {
     /// # Errors
     /// As [`check`](Self::check).
     pub fn check_spent(&self, request: &SignRequest, spent: &BTreeMap<Asset, U256>) -> Result<Vec<Movement>, Denial> {
-        let policy = known(&self.policies, &request.key)?;
-        if let Some(chains) = &policy.allowed_chain_ids
-            && !chains.contains(&request.chain_id)
-        {
-            return Err(Denial::new(Rule::ChainId, format!("chain {} is not one of {chains:?}", request.chain_id)));
-        }
-        let fees =
-            fees::worst_case(&request.gas, &policy.fees).map_err(|message| Denial::new(Rule::FeeCap, message))?;
-        let mut effects = call_effects(policy, request)?;
-        effects.movements.push(Movement { asset: Asset::Ether, recipient: None, amount: fees });
+        let (policy, effects) = transaction_effects(&self.policies, request)?;
         within_limits(policy, &effects, &mut |asset| spent.get(&asset).copied().unwrap_or_default())?;
         Ok(effects.movements)
     }
@@ -505,6 +487,24 @@ impl PolicyEngine {
             .map(|(index, _)| index);
         found.and_then(|index| entries.remove(index)).is_some()
     }
+}
+
+/// The key's policy and what `request` moves — its value and calls, and its worst-case fees as ether —
+/// after the rules that need no daily total: unknown key, chain id, fee cap, calldata and contract calls.
+fn transaction_effects<'a>(
+    policies: &'a HashMap<String, KeyPolicy>,
+    request: &SignRequest,
+) -> Result<(&'a KeyPolicy, Effects), Denial> {
+    let policy = known(policies, &request.key)?;
+    if let Some(chains) = &policy.allowed_chain_ids
+        && !chains.contains(&request.chain_id)
+    {
+        return Err(Denial::new(Rule::ChainId, format!("chain {} is not one of {chains:?}", request.chain_id)));
+    }
+    let fees = fees::worst_case(&request.gas, &policy.fees).map_err(|message| Denial::new(Rule::FeeCap, message))?;
+    let mut effects = call_effects(policy, request)?;
+    effects.movements.push(Movement { asset: Asset::Ether, recipient: None, amount: fees });
+    Ok((policy, effects))
 }
 
 fn known<'a>(policies: &'a HashMap<String, KeyPolicy>, key: &str) -> Result<&'a KeyPolicy, Denial> {
