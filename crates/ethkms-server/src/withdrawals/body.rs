@@ -32,7 +32,10 @@ pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 200;
 pub struct WithdrawalRequest {
     /// The client's key for this withdrawal: the same key again answers the same withdrawal (`200`),
     /// with other parameters `409`.
-    #[cfg_attr(feature = "service", schema(min_length = 1, max_length = 200, example = "payout-8812"))]
+    #[cfg_attr(
+        feature = "service",
+        schema(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1F\x7F-\x9F]+$", example = "payout-8812")
+    )]
     pub idempotency_key: String,
     /// The name of the signing key in the server's configuration.
     #[cfg_attr(feature = "service", schema(example = "hot"))]
