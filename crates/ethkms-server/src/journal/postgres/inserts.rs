@@ -13,7 +13,7 @@ use deadpool_postgres::GenericClient;
 use super::batch::{Batches, Waiting, copy};
 use super::listener::CHANNEL;
 use super::rows::{self, COLUMNS, NOW_MS, asset_text, query, to_i64};
-use super::{Failure, PostgresJournal, boxed, requests, statements};
+use super::{Failure, PostgresJournal, requests, statements};
 use crate::journal::{Inserted, JournalError, LimitCheck, NewWithdrawal, Spent, Withdrawal};
 use crate::policy::Asset;
 
@@ -54,7 +54,12 @@ impl PostgresJournal {
             Err(denial) => Some(denial),
         };
         let (client, idempotency_key) = (withdrawal.client, withdrawal.idempotency_key);
-        let existing = self.read(boxed(move |t| Box::pin(requests::existing(t, client, idempotency_key)))).await?;
+        let existing = self
+            .single(statements(move |database| {
+                let (client, idempotency_key) = (client.clone(), idempotency_key.clone());
+                Box::pin(async move { requests::existing(database, client, idempotency_key).await })
+            }))
+            .await?;
         match (existing, denial) {
             (Some(row), _) => Ok(Inserted::Existing(row)),
             (None, Some(denial)) => Ok(Inserted::Refused(denial)),

@@ -113,6 +113,8 @@ struct Inner {
     inserts: inserts::Inserts,
     /// This replica's status writes, by key: in batches.
     marks: Mutex<HashMap<String, Arc<marks::Marks>>>,
+    /// Rows asked for by id, read in batches.
+    gets: batch::Batches<String, Option<Withdrawal>>,
     /// This replica's signed transactions, by key: stored in batches.
     attempts: Mutex<HashMap<String, Arc<attempts::Attempts>>>,
 }
@@ -264,8 +266,8 @@ impl PostgresJournal {
         tracing::info!(journal = %shown, schema = schema::SCHEMA_VERSION, "PostgreSQL journal connected");
         let listener = Mutex::new(Some(listener));
         let (claims, marks, attempts) = (Mutex::default(), Mutex::default(), Mutex::default());
-        let inserts = inserts::Inserts::default();
-        let inner = Inner { pool, shown, redact, wake_ups, listener, claims, inserts, marks, attempts };
+        let (inserts, gets) = (inserts::Inserts::default(), batch::Batches::default());
+        let inner = Inner { pool, shown, redact, wake_ups, listener, claims, inserts, marks, gets, attempts };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -443,12 +445,13 @@ impl JournalStore for PostgresJournal {
 
     async fn get(&self, id: &str) -> Result<Option<Withdrawal>, JournalError> {
         let id = id.to_owned();
-        self.read(op!(|t| requests::get(t, id))).await
+        let journal = self.clone();
+        self.inner.gets.make(id, move |batch| Box::pin(async move { journal.get_batch(batch).await })).await
     }
 
     async fn unfinished(&self, key: Option<&str>) -> Result<Vec<Withdrawal>, JournalError> {
         let key = key.map(str::to_owned);
-        self.read(op!(|t| requests::unfinished(t, key))).await
+        self.single(single!(|c| single::unfinished(c, key.clone()))).await
     }
 
     async fn accepted(&self, key: &str) -> Result<Vec<String>, JournalError> {

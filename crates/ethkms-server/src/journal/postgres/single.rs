@@ -1,7 +1,7 @@
 //! What every withdrawal goes through, one statement each, run outside an explicit transaction
 //! ([`PostgresJournal::single`](super::PostgresJournal)): PostgreSQL commits a statement sent on its own
 //! before it answers, so one round trip does what `BEGIN`, a statement per step and `COMMIT` did: the
-//! rarer status writes and the sweeps' reads here; claims, client withdrawals, attempts and the common
+//! rarer status writes and the reads here; claims, client withdrawals, attempts and the common
 //! status writes the same way, in batches ([`claims`](super::claims), [`inserts`](super::inserts),
 //! [`attempts`](super::attempts), [`marks`](super::marks)). The rarer cases stay transactions of several statements
 //! ([`engine`](super::engine), [`requests`](super::requests)).
@@ -31,13 +31,17 @@
 //! the engine resolves), and an insert run twice finds its idempotency key taken (the row stored is
 //! answered).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use alloy_primitives::B256;
 use deadpool_postgres::GenericClient;
 
-use super::Failure;
+use super::batch::{Waiting, copy};
 use super::engine::OPEN;
-use super::rows::{NOW_MS, execute, query, query_one, query_opt, to_i64};
-use crate::journal::{Fence, MinedAs, Status};
+use super::rows::{NOW_MS, execute, load_where, query, query_one, query_opt, to_i64};
+use super::{Failure, PostgresJournal, statements};
+use crate::journal::{Fence, MinedAs, Status, Withdrawal};
 
 /// The fence of a statement whose `$2` is the key and `$3` the epoch (see the module documentation).
 pub(super) const FENCE: &str = "EXISTS (SELECT 1 FROM leases WHERE key = $2 AND epoch = $3 FOR KEY SHARE)";
@@ -133,6 +137,41 @@ pub(super) async fn mark_mined(
         nothing_or_fenced(client, &fence).await?;
     }
     Ok(())
+}
+
+impl PostgresJournal {
+    /// Reads the rows of `batch` (their ids) in one statement and answers each.
+    pub(super) async fn get_batch(&self, batch: Vec<Waiting<String, Option<Withdrawal>>>) {
+        let ids: Arc<Vec<String>> = Arc::new(batch.iter().map(|waiting| waiting.request.clone()).collect());
+        let found = self
+            .single(statements(move |client| {
+                let ids = Arc::clone(&ids);
+                Box::pin(async move { load_where(client, "id = ANY($1)", &[&ids.as_slice()]).await })
+            }))
+            .await;
+        match found {
+            Ok(rows) => {
+                let found: HashMap<String, Withdrawal> = rows.into_iter().map(|row| (row.id.clone(), row)).collect();
+                for waiting in batch {
+                    let row = found.get(&waiting.request).cloned();
+                    waiting.answer(Ok(row));
+                }
+            }
+            Err(error) => {
+                for waiting in batch {
+                    waiting.answer(Err(copy(&error)));
+                }
+            }
+        }
+    }
+}
+
+/// The open rows of `key` (or of every key), oldest first.
+pub(super) async fn unfinished(client: &impl GenericClient, key: Option<String>) -> Result<Vec<Withdrawal>, Failure> {
+    match key {
+        Some(key) => load_where(client, &format!("key = $1 AND {OPEN}"), &[&key]).await,
+        None => load_where(client, OPEN, &[]).await,
+    }
 }
 
 /// The ids of `key`'s rows still `accepted`, oldest first.

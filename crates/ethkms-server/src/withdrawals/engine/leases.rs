@@ -12,9 +12,13 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use ethkms::eth::chain;
+use futures_util::StreamExt as _;
 
 use super::{Engine, HeldLease, Trouble, backoff};
 use crate::journal::{Fence, Kind, Release, Status};
+
+/// How many accepted rows a sweep loads at once.
+const LOADED: usize = 64;
 
 impl Engine {
     /// The fence of `key`'s lease while this replica surely holds it.
@@ -195,13 +199,23 @@ impl Engine {
         let mut spawned = 0;
         match self.journal.accepted(&fence.key).await {
             Ok(ids) => {
-                for id in ids {
-                    let known = self.processing.lock().unwrap_or_else(PoisonError::into_inner).contains(&id);
-                    if known || !self.holds(fence) {
-                        continue;
-                    }
-                    match self.journal.get(&id).await {
-                        Ok(Some(row)) if row.status == Status::Accepted => {
+                let unknown: Vec<String> = {
+                    let processing = self.processing.lock().unwrap_or_else(PoisonError::into_inner);
+                    ids.into_iter().filter(|id| !processing.contains(id)).collect()
+                };
+                // Loaded a number at a time (a journal may read them in one go), processed oldest first.
+                let rows: Vec<_> = if unknown.is_empty() || !self.holds(fence) {
+                    Vec::new()
+                } else {
+                    let load = |id: String| {
+                        let journal = Arc::clone(&self.journal);
+                        async move { journal.get(&id).await }
+                    };
+                    futures_util::stream::iter(unknown.clone()).map(load).buffered(LOADED).collect().await
+                };
+                for (id, row) in unknown.iter().zip(rows) {
+                    match row {
+                        Ok(Some(row)) if row.status == Status::Accepted && self.holds(fence) => {
                             spawned += 1;
                             self.spawn_processing(row);
                         }
