@@ -2,24 +2,32 @@
 //! semantics as the SQLite journal (the [`JournalStore`] contract), plus what sharing needs.
 //!
 //! # Fencing
-//! Every engine write carries a [`Fence`] (key, epoch) and first takes, in its own transaction,
-//! `SELECT epoch FROM leases WHERE key = $1 FOR KEY SHARE`, refusing the write
-//! ([`JournalError::Fenced`]) unless the epoch is the fence's — or, for the writes of one statement
-//! (`single`), the same lock in the statement, before anything else, as the condition of its writes. `leases` has `UNIQUE (key, epoch)`, which
-//! makes `epoch` a *key column* for PostgreSQL's row locks: a takeover (which changes the epoch) locks the
-//! lease row `FOR UPDATE`, the one mode `FOR KEY SHARE` conflicts with. So a takeover waits for every fenced
-//! write in flight to commit, and every fenced write that reaches the lease row during a takeover waits
-//! for it and then (READ COMMITTED re-reads the row it waited for) sees the new epoch and is refused: each
-//! fenced write is ordered entirely before or after a takeover, and none stores anything after it. Renewals
-//! and releases change only `expires_ms` (`FOR NO KEY UPDATE`) and block no fenced write; fenced writes of
-//! one key share the lease lock and run in parallel.
+//! Every engine write carries a [`Fence`] (key, epoch) and takes, in the same transaction and before any
+//! other lock, `SELECT epoch FROM leases WHERE key = $1 FOR KEY SHARE`, writing nothing unless the epoch
+//! is the fence's ([`JournalError::Fenced`]): first in a transaction of several statements, or inside a
+//! statement that stands alone, as the condition of its writes (`single`). `leases` has
+//! `UNIQUE (key, epoch)`, which makes `epoch` a *key column* for PostgreSQL's row locks: a takeover (which
+//! changes the epoch) locks the lease row `FOR UPDATE`, the one mode `FOR KEY SHARE` conflicts with. So a
+//! takeover waits for every fenced write in flight to commit, and every fenced write that reaches the
+//! lease row during a takeover waits for it and then (READ COMMITTED re-reads the row it waited for) sees
+//! the new epoch and is refused: each fenced write is ordered entirely before or after a takeover, and
+//! none stores anything after it. Renewals and releases change only `expires_ms` (`FOR NO KEY UPDATE`) and
+//! block no fenced write; fenced writes of one key share the lease lock and run in parallel.
+//!
+//! # Batches
+//! What every withdrawal goes through — its insert, claim, attempt and status writes — is made in batches
+//! (`batch`): requests of one kind (and key) take turns, and the one whose turn it is makes all those
+//! waiting in one statement, as the SQLite journal's thread commits what is queued at once. Under load,
+//! one round trip and one commit serve many withdrawals; a lone request goes at once.
 //!
 //! # Locks, in the order they are taken (so two transactions never wait for each other in a cycle)
 //! The lease row (`FOR KEY SHARE`, or `FOR UPDATE` by a takeover); the key's `nonces` row (`FOR UPDATE`, by
 //! everything that takes or gives back a nonce); the daily-limit lock of the key (a transaction-scoped
 //! advisory lock on a hash of its name, by every check that reads the last 24 hours of spends, until its
 //! own are added); the withdrawal rows. Idempotency keys need no lock: `UNIQUE (client, idempotency_key)`
-//! makes a second insert wait for the first and then store nothing.
+//! makes a second insert wait for the first and then store nothing. (A statement of a batch locks several
+//! withdrawal rows; two of them lock the same two rows only if two kinds of write of one row met, which
+//! the engine does not do — and PostgreSQL would end such a cycle with an error, nothing stored.)
 //!
 //! # Clocks
 //! Lease expiry, the 24-hour window of the daily limits and the rows' times are the database's clock
@@ -28,8 +36,9 @@
 //!
 //! # Failures and retries
 //! Errors are [`JournalError::Postgres`] (the URL's password never in them). A pooled connection that
-//! PostgreSQL closed (a restart) is dropped by the pool and `BEGIN` is retried on another, as is an
-//! operation of single statements (which may run twice, see `single`); nothing else is retried here. A commit whose answer is lost is reported as an error although it may have happened: every
+//! PostgreSQL closed (a restart) is dropped by the pool and `BEGIN` is retried on another, as is a
+//! statement that stands alone (each may run twice, see `single`); nothing else is retried here. A commit
+//! whose answer is lost is reported as an error although it may have happened: every
 //! write is conditional, so the engine's retry finds it done — [`claim`](JournalStore::claim) then answers
 //! [`Claim::NotAccepted`] (the row is `signing` with its nonce, which recovery picks up, as with SQLite),
 //! [`add_attempt`](JournalStore::add_attempt) stores a transaction whose hash the row already has only

@@ -1,15 +1,16 @@
-//! What every withdrawal goes through, one statement each, run outside an explicit transaction
+//! Statements that stand alone, run outside an explicit transaction
 //! ([`PostgresJournal::single`](super::PostgresJournal)): PostgreSQL commits a statement sent on its own
-//! before it answers, so one round trip does what `BEGIN`, a statement per step and `COMMIT` did: the
-//! rarer status writes and the reads here; claims, client withdrawals, attempts and the common
-//! status writes the same way, in batches ([`claims`](super::claims), [`inserts`](super::inserts),
-//! [`attempts`](super::attempts), [`marks`](super::marks)). The rarer cases stay transactions of several statements
-//! ([`engine`](super::engine), [`requests`](super::requests)).
+//! before it answers, so one round trip does what `BEGIN`, a statement per step and `COMMIT` did. Here:
+//! how such a statement is fenced, the rarer status writes (confirmed, unmined, a mined cancellation or a
+//! reverted payment) and the reads. What every withdrawal goes through is written the same way, in
+//! batches ([`batch`](super::batch)): claims, client withdrawals, attempts and the common status writes. The
+//! rarer writes stay transactions of several statements ([`engine`](super::engine),
+//! [`requests`](super::requests)).
 //!
 //! # Fencing in one statement
-//! Each write here is conditional on the lease in the statement itself, by [`FENCE`] (or, in a
-//! `WITH` statement, a `lease` query that the final `SELECT` always reads and every write's condition
-//! depends on). The `EXISTS` does not depend on the row being written, so PostgreSQL runs it once, first
+//! Each such write is conditional on the lease in the statement itself, by [`FENCE`] (or, in a `WITH`
+//! statement, a `lease` query that the final `SELECT` always reads and every write's condition depends
+//! on). The `EXISTS` does not depend on the row being written, so PostgreSQL runs it once, first
 //! (an `InitPlan`: the plan's one-time filter) — the lease row is locked before any other row, the lock
 //! order of the module `postgres` — and a row lock lasts until the statement's implicit transaction
 //! commits. A takeover takes the lease row `FOR UPDATE` and changes `epoch`, a key column, which conflicts
@@ -24,7 +25,7 @@
 //! when the statement ran.
 //!
 //! # Running twice
-//! Every operation here may run twice — the journal tries it again on another connection when its own
+//! Every operation of such statements may run twice — the journal tries it again on another connection when its own
 //! turned out closed (PostgreSQL restarted; it may have committed before the answer was lost): status
 //! writes are conditional or set the same values again, an attempt whose hash the row has is not stored
 //! again, a claim run twice finds its rows `signing` ([`Claim::NotAccepted`](crate::journal::Claim), which
