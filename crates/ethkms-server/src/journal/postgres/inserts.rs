@@ -18,6 +18,7 @@ use crate::journal::{Inserted, JournalError, LimitCheck, NewWithdrawal, Spent, W
 use crate::policy::Asset;
 
 /// A withdrawal to store under `id`, with its amounts counted.
+#[derive(Clone)]
 pub(super) struct New {
     pub(super) id: String,
     pub(super) withdrawal: NewWithdrawal,
@@ -67,28 +68,22 @@ impl PostgresJournal {
         }
     }
 
-    /// Stores the withdrawals of `batch` in one statement and answers each.
+    /// Stores the withdrawals of `batch` in one statement and answers each; if the statement fails
+    /// (something about one of them), each alone, so that one cannot fail the others.
     async fn insert_batch(&self, batch: Vec<Waiting<New, Option<Withdrawal>>>) {
-        let rows: Arc<Vec<New>> = Arc::new(
-            batch
-                .iter()
-                .map(|waiting| {
-                    let New { id, withdrawal, spends } = &waiting.request;
-                    New { id: id.clone(), withdrawal: withdrawal.clone(), spends: spends.clone() }
-                })
-                .collect(),
-        );
-        let stored = self
-            .single(statements(move |client| {
-                let rows = Arc::clone(&rows);
-                Box::pin(async move { insert(client, &rows, None).await })
-            }))
-            .await;
-        match stored {
+        let rows: Vec<New> = batch.iter().map(|waiting| waiting.request.clone()).collect();
+        match self.insert_rows(rows).await {
             Ok(mut stored) => {
                 for waiting in batch {
                     let row = stored.remove(&waiting.request.id);
                     waiting.answer(Ok(row));
+                }
+            }
+            Err(JournalError::Postgres(_)) if batch.len() > 1 => {
+                for waiting in batch {
+                    let stored = self.insert_rows(vec![waiting.request.clone()]).await;
+                    let stored = stored.map(|mut stored| stored.remove(&waiting.request.id));
+                    waiting.answer(stored);
                 }
             }
             Err(error) => {
@@ -97,6 +92,15 @@ impl PostgresJournal {
                 }
             }
         }
+    }
+
+    async fn insert_rows(&self, rows: Vec<New>) -> Result<HashMap<String, Withdrawal>, JournalError> {
+        let rows = Arc::new(rows);
+        self.single(statements(move |client| {
+            let rows = Arc::clone(&rows);
+            Box::pin(async move { insert(client, &rows, None).await })
+        }))
+        .await
     }
 }
 

@@ -42,7 +42,7 @@ use super::batch::{Waiting, copy};
 use super::engine::OPEN;
 use super::rows::{NOW_MS, execute, load_where, query, query_one, query_opt, to_i64};
 use super::{Failure, PostgresJournal, statements};
-use crate::journal::{Fence, MinedAs, Status, Withdrawal};
+use crate::journal::{Fence, JournalError, MinedAs, Status, Withdrawal};
 
 /// The fence of a statement whose `$2` is the key and `$3` the epoch (see the module documentation).
 pub(super) const FENCE: &str = "EXISTS (SELECT 1 FROM leases WHERE key = $2 AND epoch = $3 FOR KEY SHARE)";
@@ -141,21 +141,22 @@ pub(super) async fn mark_mined(
 }
 
 impl PostgresJournal {
-    /// Reads the rows of `batch` (their ids) in one statement and answers each.
+    /// Reads the rows of `batch` (their ids) in one statement and answers each; if the statement fails
+    /// (something about one of the ids), each alone, so that one cannot fail the others.
     pub(super) async fn get_batch(&self, batch: Vec<Waiting<String, Option<Withdrawal>>>) {
-        let ids: Arc<Vec<String>> = Arc::new(batch.iter().map(|waiting| waiting.request.clone()).collect());
-        let found = self
-            .single(statements(move |client| {
-                let ids = Arc::clone(&ids);
-                Box::pin(async move { load_where(client, "id = ANY($1)", &[&ids.as_slice()]).await })
-            }))
-            .await;
-        match found {
-            Ok(rows) => {
-                let found: HashMap<String, Withdrawal> = rows.into_iter().map(|row| (row.id.clone(), row)).collect();
+        let ids: Vec<String> = batch.iter().map(|waiting| waiting.request.clone()).collect();
+        match self.get_rows(ids).await {
+            Ok(found) => {
                 for waiting in batch {
                     let row = found.get(&waiting.request).cloned();
                     waiting.answer(Ok(row));
+                }
+            }
+            Err(JournalError::Postgres(_)) if batch.len() > 1 => {
+                for waiting in batch {
+                    let found = self.get_rows(vec![waiting.request.clone()]).await;
+                    let found = found.map(|mut found| found.remove(&waiting.request));
+                    waiting.answer(found);
                 }
             }
             Err(error) => {
@@ -164,6 +165,17 @@ impl PostgresJournal {
                 }
             }
         }
+    }
+
+    async fn get_rows(&self, ids: Vec<String>) -> Result<HashMap<String, Withdrawal>, JournalError> {
+        let ids = Arc::new(ids);
+        let rows = self
+            .single(statements(move |client| {
+                let ids = Arc::clone(&ids);
+                Box::pin(async move { load_where(client, "id = ANY($1)", &[&ids.as_slice()]).await })
+            }))
+            .await?;
+        Ok(rows.into_iter().map(|row| (row.id.clone(), row)).collect())
     }
 }
 
