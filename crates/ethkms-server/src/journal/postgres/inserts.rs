@@ -1,8 +1,9 @@
 //! Client withdrawals stored in batches ([`Batches`]): requests to store a withdrawal whose key has no
 //! daily limit take turns on this replica, and the one whose turn it is stores every one waiting by then
-//! in one statement ([`insert`]) — with their amounts counted and their keys' owners woken. A withdrawal
-//! whose key has a daily limit is stored by the transaction of [`requests::insert`], under the key's limit
-//! lock, with the same statement for one row.
+//! in one statement ([`insert`]) — with their amounts counted and their keys' owners woken; a statement
+//! PostgreSQL refuses (something about one of them) is tried again for each alone, so that one cannot fail
+//! the others. A withdrawal whose key has a daily limit is stored by the transaction of
+//! [`requests::insert`], under the key's limit lock, with the same statement for one row.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -334,7 +334,8 @@ impl PostgresJournal {
                 Ok(value) => Ok(value),
                 Err(Failure::Postgres(error)) if client.is_closed() && tries < BEGIN_RETRIES => {
                     tries += 1;
-                    tracing::debug!(journal = %self.inner.shown, error = %describe(&error), "connection closed; another");
+                    let error = describe(&error);
+                    tracing::debug!(journal = %self.inner.shown, %error, "the connection closed; another");
                     continue;
                 }
                 Err(Failure::Postgres(error)) if client.is_closed() => Err(JournalError::Postgres(format!(

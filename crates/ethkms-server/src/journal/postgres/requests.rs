@@ -48,7 +48,7 @@ pub(super) async fn existing(
 
 /// Stores a client withdrawal whose key has a daily limit, unless the client used its idempotency key
 /// before (on any replica): under the key's limit lock, after reading what it moved. (Without a daily
-/// limit, the same statement stores it in a batch: [`inserts`](super::inserts).)
+/// limit, the same statement stores it in a batch: [`inserts`].)
 pub(super) async fn insert(
     transaction: &Transaction<'_>,
     withdrawal: NewWithdrawal,

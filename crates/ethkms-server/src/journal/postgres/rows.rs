@@ -51,8 +51,9 @@ pub(super) async fn execute(client: &impl GenericClient, sql: &str, params: &Par
 }
 
 /// The columns [`withdrawal`] reads, in its order.
-pub(super) const COLUMNS: &str = "id, kind, client, idempotency_key, key, recipient, asset, amount::text, status, nonce, tx_hash, \
-                       block_number, error, created_ms, request, block_hash, cancel_requested, confirmed";
+pub(super) const COLUMNS: &str = "id, kind, client, idempotency_key, key, recipient, asset, amount::text, status, \
+                                  nonce, tx_hash, block_number, error, created_ms, request, block_hash, \
+                                  cancel_requested, confirmed";
 
 /// Row `id` with its attempts.
 pub(super) async fn load(client: &impl GenericClient, id: &str) -> Result<Option<Withdrawal>, Failure> {
