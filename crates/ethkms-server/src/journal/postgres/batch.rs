@@ -62,6 +62,9 @@ impl<T: Send + 'static, R: Send + 'static> Batches<T, R> {
         };
         // Not for askers gone meanwhile (a client that went away): as if they had never asked.
         batch.retain(|waiting| !waiting.answer.is_closed());
+        if batch.is_empty() {
+            return answered.await.unwrap_or_else(|_| Err(JournalError::Postgres("the request was dropped".into())));
+        }
         // In a task of its own, holding the turn: the other requests of the batch do not depend on this
         // asker staying. (Those left for later are each waiting for a turn of their own.)
         let _ = tokio::spawn(async move {

@@ -1,7 +1,8 @@
-//! Claims in batches ([`Batches`](super::batch::Batches)): a replica's claims of one key take turns — they would wait for each
-//! other in PostgreSQL anyway, on the key's `nonces` row, and waiting there costs a pooled connection and
-//! the CPU of PostgreSQL's lock queues, whose waiters re-read the row when woken — and the claim whose turn
-//! it is makes every claim of the key waiting by then in one statement.
+//! Claims in batches ([`Batches`](super::batch::Batches)): a replica's claims of one key take turns — they
+//! would wait for each other in PostgreSQL anyway, on the key's `nonces` row, and waiting there costs a
+//! pooled connection and the CPU of PostgreSQL's lock queues, whose waiters re-read the row when woken —
+//! and the claim whose turn it is makes every claim of the key waiting by then in one statement (a claim
+//! with a nonce asked for, alone in its transaction).
 //!
 //! The statement ([`claim`]) locks the lease (`FOR KEY SHARE`, the fence: see `single`), then the key's
 //! `nonces` row `FOR UPDATE`, then the rows claimed (`FOR NO KEY UPDATE`, each re-read at its newest
@@ -9,7 +10,7 @@
 //! — numbers them from the counter in the order they were asked for, and stores them and the counter: the
 //! nonces taken are contiguous and each taken by exactly one row. Only when the key has no free nonce (the
 //! common case); otherwise each claim waiting is made by the transaction of
-//! [`engine::claim`](super::engine::claim), which takes the lowest free nonce first.
+//! [`engine::claim`], which takes the lowest free nonce first.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};

@@ -1,8 +1,9 @@
 //! Client withdrawals stored in batches ([`Batches`]): requests to store a withdrawal whose key has no
 //! daily limit take turns on this replica, and the one whose turn it is stores every one waiting by then
-//! in one statement ([`insert`]) — with their amounts counted and their keys' owners woken. A withdrawal
-//! whose key has a daily limit is stored by the transaction of [`requests::insert`], under the key's limit
-//! lock, with the same statement for one row.
+//! in one statement ([`insert`]) — with their amounts counted and their keys' owners woken; a statement
+//! PostgreSQL refuses (something about one of them) is tried again for each alone, so that one cannot fail
+//! the others. A withdrawal whose key has a daily limit is stored by the transaction of
+//! [`requests::insert`], under the key's limit lock, with the same statement for one row.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,11 +14,12 @@ use deadpool_postgres::GenericClient;
 use super::batch::{Batches, Waiting, copy};
 use super::listener::CHANNEL;
 use super::rows::{self, COLUMNS, NOW_MS, asset_text, query, to_i64};
-use super::{Failure, PostgresJournal, boxed, requests, statements};
+use super::{Failure, PostgresJournal, requests, statements};
 use crate::journal::{Inserted, JournalError, LimitCheck, NewWithdrawal, Spent, Withdrawal};
 use crate::policy::Asset;
 
 /// A withdrawal to store under `id`, with its amounts counted.
+#[derive(Clone)]
 pub(super) struct New {
     pub(super) id: String,
     pub(super) withdrawal: NewWithdrawal,
@@ -54,7 +56,12 @@ impl PostgresJournal {
             Err(denial) => Some(denial),
         };
         let (client, idempotency_key) = (withdrawal.client, withdrawal.idempotency_key);
-        let existing = self.read(boxed(move |t| Box::pin(requests::existing(t, client, idempotency_key)))).await?;
+        let existing = self
+            .single(statements(move |database| {
+                let (client, idempotency_key) = (client.clone(), idempotency_key.clone());
+                Box::pin(async move { requests::existing(database, client, idempotency_key).await })
+            }))
+            .await?;
         match (existing, denial) {
             (Some(row), _) => Ok(Inserted::Existing(row)),
             (None, Some(denial)) => Ok(Inserted::Refused(denial)),
@@ -62,28 +69,22 @@ impl PostgresJournal {
         }
     }
 
-    /// Stores the withdrawals of `batch` in one statement and answers each.
+    /// Stores the withdrawals of `batch` in one statement and answers each; if the statement fails
+    /// (something about one of them), each alone, so that one cannot fail the others.
     async fn insert_batch(&self, batch: Vec<Waiting<New, Option<Withdrawal>>>) {
-        let rows: Arc<Vec<New>> = Arc::new(
-            batch
-                .iter()
-                .map(|waiting| {
-                    let New { id, withdrawal, spends } = &waiting.request;
-                    New { id: id.clone(), withdrawal: withdrawal.clone(), spends: spends.clone() }
-                })
-                .collect(),
-        );
-        let stored = self
-            .single(statements(move |client| {
-                let rows = Arc::clone(&rows);
-                Box::pin(async move { insert(client, &rows, None).await })
-            }))
-            .await;
-        match stored {
+        let rows: Vec<New> = batch.iter().map(|waiting| waiting.request.clone()).collect();
+        match self.insert_rows(rows).await {
             Ok(mut stored) => {
                 for waiting in batch {
                     let row = stored.remove(&waiting.request.id);
                     waiting.answer(Ok(row));
+                }
+            }
+            Err(JournalError::Postgres(_)) if batch.len() > 1 => {
+                for waiting in batch {
+                    let stored = self.insert_rows(vec![waiting.request.clone()]).await;
+                    let stored = stored.map(|mut stored| stored.remove(&waiting.request.id));
+                    waiting.answer(stored);
                 }
             }
             Err(error) => {
@@ -92,6 +93,15 @@ impl PostgresJournal {
                 }
             }
         }
+    }
+
+    async fn insert_rows(&self, rows: Vec<New>) -> Result<HashMap<String, Withdrawal>, JournalError> {
+        let rows = Arc::new(rows);
+        self.single(statements(move |client| {
+            let rows = Arc::clone(&rows);
+            Box::pin(async move { insert(client, &rows, None).await })
+        }))
+        .await
     }
 }
 

@@ -2,24 +2,32 @@
 //! semantics as the SQLite journal (the [`JournalStore`] contract), plus what sharing needs.
 //!
 //! # Fencing
-//! Every engine write carries a [`Fence`] (key, epoch) and first takes, in its own transaction,
-//! `SELECT epoch FROM leases WHERE key = $1 FOR KEY SHARE`, refusing the write
-//! ([`JournalError::Fenced`]) unless the epoch is the fence's — or, for the writes of one statement
-//! (`single`), the same lock in the statement, before anything else, as the condition of its writes. `leases` has `UNIQUE (key, epoch)`, which
-//! makes `epoch` a *key column* for PostgreSQL's row locks: a takeover (which changes the epoch) locks the
-//! lease row `FOR UPDATE`, the one mode `FOR KEY SHARE` conflicts with. So a takeover waits for every fenced
-//! write in flight to commit, and every fenced write that reaches the lease row during a takeover waits
-//! for it and then (READ COMMITTED re-reads the row it waited for) sees the new epoch and is refused: each
-//! fenced write is ordered entirely before or after a takeover, and none stores anything after it. Renewals
-//! and releases change only `expires_ms` (`FOR NO KEY UPDATE`) and block no fenced write; fenced writes of
-//! one key share the lease lock and run in parallel.
+//! Every engine write carries a [`Fence`] (key, epoch) and takes, in the same transaction and before any
+//! other lock, `SELECT epoch FROM leases WHERE key = $1 FOR KEY SHARE`, writing nothing unless the epoch
+//! is the fence's ([`JournalError::Fenced`]): first in a transaction of several statements, or inside a
+//! statement that stands alone, as the condition of its writes (`single`). `leases` has
+//! `UNIQUE (key, epoch)`, which makes `epoch` a *key column* for PostgreSQL's row locks: a takeover (which
+//! changes the epoch) locks the lease row `FOR UPDATE`, the one mode `FOR KEY SHARE` conflicts with. So a
+//! takeover waits for every fenced write in flight to commit, and every fenced write that reaches the
+//! lease row during a takeover waits for it and then (READ COMMITTED re-reads the row it waited for) sees
+//! the new epoch and is refused: each fenced write is ordered entirely before or after a takeover, and
+//! none stores anything after it. Renewals and releases change only `expires_ms` (`FOR NO KEY UPDATE`) and
+//! block no fenced write; fenced writes of one key share the lease lock and run in parallel.
+//!
+//! # Batches
+//! What every withdrawal goes through — its insert, claim, attempt and status writes — is made in batches
+//! (`batch`): requests of one kind (and key) take turns, and the one whose turn it is makes all those
+//! waiting in one statement, as the SQLite journal's thread commits what is queued at once. Under load,
+//! one round trip and one commit serve many withdrawals; a lone request goes at once.
 //!
 //! # Locks, in the order they are taken (so two transactions never wait for each other in a cycle)
 //! The lease row (`FOR KEY SHARE`, or `FOR UPDATE` by a takeover); the key's `nonces` row (`FOR UPDATE`, by
 //! everything that takes or gives back a nonce); the daily-limit lock of the key (a transaction-scoped
 //! advisory lock on a hash of its name, by every check that reads the last 24 hours of spends, until its
 //! own are added); the withdrawal rows. Idempotency keys need no lock: `UNIQUE (client, idempotency_key)`
-//! makes a second insert wait for the first and then store nothing.
+//! makes a second insert wait for the first and then store nothing. (A statement of a batch locks several
+//! withdrawal rows; two of them lock the same two rows only if two kinds of write of one row met, which
+//! the engine does not do — and PostgreSQL would end such a cycle with an error, nothing stored.)
 //!
 //! # Clocks
 //! Lease expiry, the 24-hour window of the daily limits and the rows' times are the database's clock
@@ -28,8 +36,9 @@
 //!
 //! # Failures and retries
 //! Errors are [`JournalError::Postgres`] (the URL's password never in them). A pooled connection that
-//! PostgreSQL closed (a restart) is dropped by the pool and `BEGIN` is retried on another, as is an
-//! operation of single statements (which may run twice, see `single`); nothing else is retried here. A commit whose answer is lost is reported as an error although it may have happened: every
+//! PostgreSQL closed (a restart) is dropped by the pool and `BEGIN` is retried on another, as is a
+//! statement that stands alone (each may run twice, see `single`); nothing else is retried here. A commit
+//! whose answer is lost is reported as an error although it may have happened: every
 //! write is conditional, so the engine's retry finds it done — [`claim`](JournalStore::claim) then answers
 //! [`Claim::NotAccepted`] (the row is `signing` with its nonce, which recovery picks up, as with SQLite),
 //! [`add_attempt`](JournalStore::add_attempt) stores a transaction whose hash the row already has only
@@ -75,6 +84,9 @@ use super::{
 use crate::config::redact_password;
 use crate::policy::{Asset, Denial};
 
+/// How many rows [`JournalStore::get_many`] asks for at once.
+const GET_MANY_AT_ONCE: usize = 64;
+
 /// Connections in the pool.
 const POOL_SIZE: usize = 16;
 /// How long connecting may take (unless the URL says `connect_timeout`).
@@ -114,6 +126,8 @@ struct Inner {
     inserts: inserts::Inserts,
     /// This replica's status writes, by key: in batches.
     marks: Mutex<HashMap<String, Arc<marks::Marks>>>,
+    /// Rows asked for by id, read in batches.
+    gets: batch::Batches<String, Option<Withdrawal>>,
     /// This replica's signed transactions, by key: stored in batches.
     attempts: Mutex<HashMap<String, Arc<attempts::Attempts>>>,
 }
@@ -265,8 +279,8 @@ impl PostgresJournal {
         tracing::info!(journal = %shown, schema = schema::SCHEMA_VERSION, "PostgreSQL journal connected");
         let listener = Mutex::new(Some(listener));
         let (claims, marks, attempts) = (Mutex::default(), Mutex::default(), Mutex::default());
-        let inserts = inserts::Inserts::default();
-        let inner = Inner { pool, shown, redact, wake_ups, listener, claims, inserts, marks, attempts };
+        let (inserts, gets) = (inserts::Inserts::default(), batch::Batches::default());
+        let inner = Inner { pool, shown, redact, wake_ups, listener, claims, inserts, marks, gets, attempts };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -324,7 +338,8 @@ impl PostgresJournal {
                 Ok(value) => Ok(value),
                 Err(Failure::Postgres(error)) if client.is_closed() && tries < BEGIN_RETRIES => {
                     tries += 1;
-                    tracing::debug!(journal = %self.inner.shown, error = %describe(&error), "connection closed; another");
+                    let error = describe(&error);
+                    tracing::debug!(journal = %self.inner.shown, %error, "the connection closed; another");
                     continue;
                 }
                 Err(Failure::Postgres(error)) if client.is_closed() => Err(JournalError::Postgres(format!(
@@ -444,12 +459,25 @@ impl JournalStore for PostgresJournal {
 
     async fn get(&self, id: &str) -> Result<Option<Withdrawal>, JournalError> {
         let id = id.to_owned();
-        self.read(op!(|t| requests::get(t, id))).await
+        let journal = self.clone();
+        self.inner.gets.make(id, move |batch| Box::pin(async move { journal.get_batch(batch).await })).await
+    }
+
+    /// Asked together, so that the batcher reads them a batch per statement.
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Withdrawal>, JournalError> {
+        let mut rows = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(GET_MANY_AT_ONCE) {
+            let asked: Vec<_> = chunk.iter().map(|id| self.get(id)).collect();
+            for row in futures_util::future::join_all(asked).await {
+                rows.extend(row?);
+            }
+        }
+        Ok(rows)
     }
 
     async fn unfinished(&self, key: Option<&str>) -> Result<Vec<Withdrawal>, JournalError> {
         let key = key.map(str::to_owned);
-        self.read(op!(|t| requests::unfinished(t, key))).await
+        self.single(single!(|c| single::unfinished(c, key.clone()))).await
     }
 
     async fn accepted(&self, key: &str) -> Result<Vec<String>, JournalError> {

@@ -7,15 +7,14 @@
 //! the notification when, and only if, it commits.
 
 use alloy_primitives::U256;
-use deadpool_postgres::Transaction;
+use deadpool_postgres::{GenericClient, Transaction};
 
 use super::Failure;
-use super::engine::OPEN;
 use super::inserts;
 use super::listener::CHANNEL;
 use super::rows::{
-    NOW_MS, execute, insert_spend, load, load_existing, load_where, lock_limits, query, query_opt, release_spend,
-    spent, to_i64,
+    NOW_MS, execute, insert_spend, load_existing, load_where, lock_limits, query, query_opt, release_spend, spent,
+    to_i64,
 };
 use crate::journal::{Cancelled, Inserted, Kind, LimitCheck, NewRpc, NewWithdrawal, Status, Withdrawal};
 use crate::policy::{Asset, Denial};
@@ -40,16 +39,16 @@ async fn checked(
 
 /// The withdrawal the client made with `idempotency_key`, if it did.
 pub(super) async fn existing(
-    transaction: &Transaction<'_>,
+    database: &impl GenericClient,
     client: String,
     idempotency_key: String,
 ) -> Result<Option<Withdrawal>, Failure> {
-    Ok(load_where(transaction, "client = $1 AND idempotency_key = $2", &[&client, &idempotency_key]).await?.pop())
+    Ok(load_where(database, "client = $1 AND idempotency_key = $2", &[&client, &idempotency_key]).await?.pop())
 }
 
 /// Stores a client withdrawal whose key has a daily limit, unless the client used its idempotency key
 /// before (on any replica): under the key's limit lock, after reading what it moved. (Without a daily
-/// limit, the same statement stores it in a batch: [`inserts`](super::inserts).)
+/// limit, the same statement stores it in a batch: [`inserts`].)
 pub(super) async fn insert(
     transaction: &Transaction<'_>,
     withdrawal: NewWithdrawal,
@@ -165,17 +164,4 @@ pub(super) async fn abandon(transaction: &Transaction<'_>, id: String, reason: S
         release_spend(transaction, &id).await?;
     }
     Ok(changed)
-}
-
-/// Row `id`, if it exists.
-pub(super) async fn get(transaction: &Transaction<'_>, id: String) -> Result<Option<Withdrawal>, Failure> {
-    load(transaction, &id).await
-}
-
-/// The open rows of `key` (or of every key), oldest first.
-pub(super) async fn unfinished(transaction: &Transaction<'_>, key: Option<String>) -> Result<Vec<Withdrawal>, Failure> {
-    match key {
-        Some(key) => load_where(transaction, &format!("key = $1 AND {OPEN} ORDER BY seq"), &[&key]).await,
-        None => load_where(transaction, &format!("{OPEN} ORDER BY seq"), &[]).await,
-    }
 }

@@ -6,8 +6,6 @@
 //! `amount::text`). Unsigned integers are stored as `BIGINT`; one that does not fit is clamped on the way
 //! in (as the SQLite journal does) and refused on the way out.
 
-use std::collections::HashMap;
-
 use alloy_primitives::U256;
 use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::Row;
@@ -53,46 +51,51 @@ pub(super) async fn execute(client: &impl GenericClient, sql: &str, params: &Par
 }
 
 /// The columns [`withdrawal`] reads, in its order.
-pub(super) const COLUMNS: &str = "id, kind, client, idempotency_key, key, recipient, asset, amount::text, status, nonce, tx_hash, \
-                       block_number, error, created_ms, request, block_hash, cancel_requested, confirmed";
+pub(super) const COLUMNS: &str = "id, kind, client, idempotency_key, key, recipient, asset, amount::text, status, \
+                                  nonce, tx_hash, block_number, error, created_ms, request, block_hash, \
+                                  cancel_requested, confirmed";
 
 /// Row `id` with its attempts.
-pub(super) async fn load(transaction: &Transaction<'_>, id: &str) -> Result<Option<Withdrawal>, Failure> {
-    let sql = format!("SELECT {COLUMNS} FROM withdrawals WHERE id = $1");
-    Ok(load_rows(transaction, &sql, &[&id]).await?.pop())
+pub(super) async fn load(client: &impl GenericClient, id: &str) -> Result<Option<Withdrawal>, Failure> {
+    Ok(load_where(client, "id = $1", &[&id]).await?.pop())
 }
 
 /// Row `id`, which this transaction has just seen or written.
-pub(super) async fn load_existing(transaction: &Transaction<'_>, id: &str) -> Result<Withdrawal, Failure> {
-    load(transaction, id).await?.ok_or_else(|| Failure::Invalid(format!("row `{id}` vanished")))
+pub(super) async fn load_existing(client: &impl GenericClient, id: &str) -> Result<Withdrawal, Failure> {
+    load(client, id).await?.ok_or_else(|| Failure::Invalid(format!("row `{id}` vanished")))
 }
 
-/// The rows `filter` (a `WHERE` clause, then `ORDER BY`) selects, with their attempts, in its order.
+/// The rows `filter` (a `WHERE` clause) selects, oldest first, with their attempts: one statement (and so
+/// one snapshot, without a transaction), a row for each attempt.
 pub(super) async fn load_where(
-    transaction: &Transaction<'_>,
+    client: &impl GenericClient,
     filter: &str,
     params: &Params<'_>,
 ) -> Result<Vec<Withdrawal>, Failure> {
-    load_rows(transaction, &format!("SELECT {COLUMNS} FROM withdrawals WHERE {filter}"), params).await
-}
-
-async fn load_rows(transaction: &Transaction<'_>, sql: &str, params: &Params<'_>) -> Result<Vec<Withdrawal>, Failure> {
-    let mut rows = query(transaction, sql, params).await?.iter().map(withdrawal).collect::<Result<Vec<_>, _>>()?;
-    if rows.is_empty() {
-        return Ok(rows);
-    }
-    let ids: Vec<&str> = rows.iter().map(|row| row.id.as_str()).collect();
-    let mut attempts: HashMap<String, Vec<Attempt>> = HashMap::new();
-    let sql = "SELECT withdrawal, tx_hash, raw, max_fee_per_gas, priority_fee_per_gas, signed_ms, cancel FROM attempts \
-               WHERE withdrawal = ANY($1) ORDER BY withdrawal, number";
-    for row in query(transaction, sql, &[&ids]).await? {
-        attempts.entry(row.try_get(0)?).or_default().push(attempt(&row)?);
-    }
-    for row in &mut rows {
-        row.attempts = attempts.remove(&row.id).unwrap_or_default();
+    let sql = format!(
+        "SELECT found.*, attempts.tx_hash, attempts.raw, attempts.max_fee_per_gas, attempts.priority_fee_per_gas, \
+             attempts.signed_ms, attempts.cancel \
+         FROM (SELECT {COLUMNS}, seq FROM withdrawals WHERE {filter}) AS found \
+             LEFT JOIN attempts ON attempts.withdrawal = found.id \
+         ORDER BY found.seq, attempts.number"
+    );
+    let mut rows: Vec<Withdrawal> = Vec::new();
+    for row in query(client, &sql, params).await? {
+        let id: &str = row.try_get(0)?;
+        if rows.last().is_none_or(|last| last.id != id) {
+            rows.push(withdrawal(&row)?);
+        }
+        if row.try_get::<_, Option<&str>>(ATTEMPT)?.is_some()
+            && let Some(last) = rows.last_mut()
+        {
+            last.attempts.push(attempt(&row)?);
+        }
     }
     Ok(rows)
 }
+
+/// Where the columns of an attempt start in a row of [`load_where`] (after [`COLUMNS`] and `seq`).
+const ATTEMPT: usize = 19;
 
 /// A row of [`COLUMNS`] (its attempts left empty).
 pub(super) fn withdrawal(row: &Row) -> Result<Withdrawal, Failure> {
@@ -123,12 +126,12 @@ pub(super) fn withdrawal(row: &Row) -> Result<Withdrawal, Failure> {
 
 fn attempt(row: &Row) -> Result<Attempt, Failure> {
     Ok(Attempt {
-        tx_hash: parse_text(row.try_get(1)?)?,
-        raw: row.try_get::<_, Vec<u8>>(2)?.into(),
-        max_fee_per_gas: parse_text(row.try_get(3)?)?,
-        priority_fee_per_gas: parse_text(row.try_get(4)?)?,
-        signed_ms: to_u64(row.try_get(5)?)?,
-        cancel: row.try_get(6)?,
+        tx_hash: parse_text(row.try_get(ATTEMPT)?)?,
+        raw: row.try_get::<_, Vec<u8>>(ATTEMPT + 1)?.into(),
+        max_fee_per_gas: parse_text(row.try_get(ATTEMPT + 2)?)?,
+        priority_fee_per_gas: parse_text(row.try_get(ATTEMPT + 3)?)?,
+        signed_ms: to_u64(row.try_get(ATTEMPT + 4)?)?,
+        cancel: row.try_get(ATTEMPT + 5)?,
     })
 }
 

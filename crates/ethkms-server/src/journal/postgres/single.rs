@@ -1,15 +1,16 @@
-//! What every withdrawal goes through, one statement each, run outside an explicit transaction
+//! Statements that stand alone, run outside an explicit transaction
 //! ([`PostgresJournal::single`](super::PostgresJournal)): PostgreSQL commits a statement sent on its own
-//! before it answers, so one round trip does what `BEGIN`, a statement per step and `COMMIT` did: the
-//! rarer status writes and the sweeps' reads here; claims, client withdrawals, attempts and the common
-//! status writes the same way, in batches ([`claims`](super::claims), [`inserts`](super::inserts),
-//! [`attempts`](super::attempts), [`marks`](super::marks)). The rarer cases stay transactions of several statements
-//! ([`engine`](super::engine), [`requests`](super::requests)).
+//! before it answers, so one round trip does what `BEGIN`, a statement per step and `COMMIT` did. Here:
+//! how such a statement is fenced, the rarer status writes (confirmed, unmined, a mined cancellation or a
+//! reverted payment) and the reads. What every withdrawal goes through is written the same way, in
+//! batches ([`batch`](super::batch)): claims, client withdrawals, attempts and the common status writes. The
+//! rarer writes stay transactions of several statements ([`engine`](super::engine),
+//! [`requests`](super::requests)).
 //!
 //! # Fencing in one statement
-//! Each write here is conditional on the lease in the statement itself, by [`FENCE`] (or, in a
-//! `WITH` statement, a `lease` query that the final `SELECT` always reads and every write's condition
-//! depends on). The `EXISTS` does not depend on the row being written, so PostgreSQL runs it once, first
+//! Each such write is conditional on the lease in the statement itself, by [`FENCE`] (or, in a `WITH`
+//! statement, a `lease` query that the final `SELECT` always reads and every write's condition depends
+//! on). The `EXISTS` does not depend on the row being written, so PostgreSQL runs it once, first
 //! (an `InitPlan`: the plan's one-time filter) — the lease row is locked before any other row, the lock
 //! order of the module `postgres` — and a row lock lasts until the statement's implicit transaction
 //! commits. A takeover takes the lease row `FOR UPDATE` and changes `epoch`, a key column, which conflicts
@@ -24,20 +25,24 @@
 //! when the statement ran.
 //!
 //! # Running twice
-//! Every operation here may run twice — the journal tries it again on another connection when its own
+//! Every operation of such statements may run twice — the journal tries it again on another connection when its own
 //! turned out closed (PostgreSQL restarted; it may have committed before the answer was lost): status
 //! writes are conditional or set the same values again, an attempt whose hash the row has is not stored
 //! again, a claim run twice finds its rows `signing` ([`Claim::NotAccepted`](crate::journal::Claim), which
 //! the engine resolves), and an insert run twice finds its idempotency key taken (the row stored is
 //! answered).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use alloy_primitives::B256;
 use deadpool_postgres::GenericClient;
 
-use super::Failure;
+use super::batch::{Waiting, copy};
 use super::engine::OPEN;
-use super::rows::{NOW_MS, execute, query, query_one, query_opt, to_i64};
-use crate::journal::{Fence, MinedAs, Status};
+use super::rows::{NOW_MS, execute, load_where, query, query_one, query_opt, to_i64};
+use super::{Failure, PostgresJournal, statements};
+use crate::journal::{Fence, JournalError, MinedAs, Status, Withdrawal};
 
 /// The fence of a statement whose `$2` is the key and `$3` the epoch (see the module documentation).
 pub(super) const FENCE: &str = "EXISTS (SELECT 1 FROM leases WHERE key = $2 AND epoch = $3 FOR KEY SHARE)";
@@ -133,6 +138,53 @@ pub(super) async fn mark_mined(
         nothing_or_fenced(client, &fence).await?;
     }
     Ok(())
+}
+
+impl PostgresJournal {
+    /// Reads the rows of `batch` (their ids) in one statement and answers each; if the statement fails
+    /// (something about one of the ids), each alone, so that one cannot fail the others.
+    pub(super) async fn get_batch(&self, batch: Vec<Waiting<String, Option<Withdrawal>>>) {
+        let ids: Vec<String> = batch.iter().map(|waiting| waiting.request.clone()).collect();
+        match self.get_rows(ids).await {
+            Ok(found) => {
+                for waiting in batch {
+                    let row = found.get(&waiting.request).cloned();
+                    waiting.answer(Ok(row));
+                }
+            }
+            Err(JournalError::Postgres(_)) if batch.len() > 1 => {
+                for waiting in batch {
+                    let found = self.get_rows(vec![waiting.request.clone()]).await;
+                    let found = found.map(|mut found| found.remove(&waiting.request));
+                    waiting.answer(found);
+                }
+            }
+            Err(error) => {
+                for waiting in batch {
+                    waiting.answer(Err(copy(&error)));
+                }
+            }
+        }
+    }
+
+    async fn get_rows(&self, ids: Vec<String>) -> Result<HashMap<String, Withdrawal>, JournalError> {
+        let ids = Arc::new(ids);
+        let rows = self
+            .single(statements(move |client| {
+                let ids = Arc::clone(&ids);
+                Box::pin(async move { load_where(client, "id = ANY($1)", &[&ids.as_slice()]).await })
+            }))
+            .await?;
+        Ok(rows.into_iter().map(|row| (row.id.clone(), row)).collect())
+    }
+}
+
+/// The open rows of `key` (or of every key), oldest first.
+pub(super) async fn unfinished(client: &impl GenericClient, key: Option<String>) -> Result<Vec<Withdrawal>, Failure> {
+    match key {
+        Some(key) => load_where(client, &format!("key = $1 AND {OPEN}"), &[&key]).await,
+        None => load_where(client, OPEN, &[]).await,
+    }
 }
 
 /// The ids of `key`'s rows still `accepted`, oldest first.

@@ -302,6 +302,44 @@ async fn attempts_and_status_writes_made_together_are_each_answered_as_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_postgres_refuses_fails_alone_in_its_batch() {
+    let Some(database) = TestDatabase::create().await else { return };
+    let journal = journal(&database).await;
+    // PostgreSQL's text holds no NUL: the idempotency key (or id) a client sent with one is refused.
+    let inserts: Vec<_> = ["a", "b\0", "c", "d", "e"]
+        .into_iter()
+        .map(|key| {
+            let journal = journal.clone();
+            tokio::spawn(async move { (key, journal.insert(withdrawal(key, 1), allow()).await) })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for insert in inserts {
+        match insert.await.unwrap() {
+            ("b\0", refused) => assert!(matches!(refused, Err(JournalError::Postgres(_))), "{refused:?}"),
+            (_, Ok(Inserted::New(row))) => ids.push(row.id),
+            other => panic!("{other:?}"),
+        }
+    }
+    let gets: Vec<_> = ids
+        .iter()
+        .map(String::as_str)
+        .chain(["no\0such"])
+        .map(|id| {
+            let (journal, id) = (journal.clone(), id.to_owned());
+            tokio::spawn(async move { (id.clone(), journal.get(&id).await) })
+        })
+        .collect();
+    for get in gets {
+        match get.await.unwrap() {
+            (id, Ok(Some(row))) => assert_eq!(row.id, id),
+            (id, refused) => assert!(id.contains('\0') && matches!(refused, Err(JournalError::Postgres(_)))),
+        }
+    }
+    journal.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_claims_on_two_pools_take_distinct_contiguous_nonces() {
     let Some(database) = TestDatabase::create().await else { return };
     let (a, b) = (journal(&database).await, journal(&database).await);
