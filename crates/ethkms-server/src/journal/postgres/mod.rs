@@ -54,6 +54,7 @@ mod attempts;
 mod batch;
 mod claims;
 mod engine;
+mod failure;
 mod inserts;
 mod listener;
 mod marks;
@@ -83,6 +84,7 @@ use super::{
 };
 use crate::config::redact_password;
 use crate::policy::{Asset, Denial};
+use failure::{Failure, Redact, describe, message, pool_message};
 
 /// How many rows [`JournalStore::get_many`] asks for at once.
 const GET_MANY_AT_ONCE: usize = 64;
@@ -150,53 +152,6 @@ impl fmt::Debug for PostgresJournal {
             .field("idle", &status.available)
             .finish_non_exhaustive()
     }
-}
-
-/// Takes the URL's password out of messages (a driver error could quote it).
-#[derive(Clone, Default)]
-struct Redact(Option<String>);
-
-impl Redact {
-    fn text(&self, text: &str) -> String {
-        let text = text.replace('\n', "; ");
-        match &self.0 {
-            Some(password) if !password.is_empty() => text.replace(password.as_str(), "***"),
-            _ => text,
-        }
-    }
-}
-
-/// Why an operation did not happen.
-#[derive(Debug)]
-enum Failure {
-    Postgres(tokio_postgres::Error),
-    /// The database holds something this version cannot use.
-    Invalid(String),
-    /// A conditional write whose condition did not hold.
-    Refused(String),
-    /// An engine write whose lease is no longer the key's.
-    Fenced {
-        key: String,
-        epoch: u64,
-    },
-}
-
-impl From<tokio_postgres::Error> for Failure {
-    fn from(error: tokio_postgres::Error) -> Self {
-        Self::Postgres(error)
-    }
-}
-
-/// `error` and its causes on one line (the driver's own message leaves the server's out).
-fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// An operation run in one transaction.
@@ -373,18 +328,6 @@ impl PostgresJournal {
             error => JournalError::Postgres(pool_message(&self.inner.redact, error)),
         }
     }
-}
-
-fn message(redact: &Redact, failure: Failure) -> String {
-    match failure {
-        Failure::Postgres(error) => redact.text(&describe(&error)),
-        Failure::Invalid(what) | Failure::Refused(what) => redact.text(&what),
-        Failure::Fenced { key, epoch } => format!("key `{key}`: epoch {epoch} is no longer current"),
-    }
-}
-
-fn pool_message(redact: &Redact, error: &PoolError) -> String {
-    redact.text(&format!("no connection to PostgreSQL: {}", describe(error)))
 }
 
 /// Boxes an operation for [`PostgresJournal::run`] (a function, so that the closure's signature is the
