@@ -75,6 +75,8 @@ pub(crate) struct Metrics {
     pub(crate) lease_acquisitions: Counter,
     /// Leases this replica lost (another took the key, or it could not renew in time).
     pub(crate) lease_losses: Counter,
+    /// Leases this replica handed over because it held more keys than its share.
+    pub(crate) lease_handovers: Counter,
     /// Journal writes refused because their lease was no longer the key's.
     pub(crate) fenced_writes: Counter,
     /// Whether this replica holds each key's lease (1) or not (0).
@@ -107,13 +109,14 @@ impl Default for Metrics {
             overload: Labeled::new("limit"),
             lease_acquisitions: Counter::default(),
             lease_losses: Counter::default(),
+            lease_handovers: Counter::default(),
             fenced_writes: Counter::default(),
             leases_held: Family::default(),
             chain_head: Gauge::default(),
             chain_head_hash: Family::default(),
             registry: Registry::default(),
         };
-        let counters: [(&str, &str, &Counter); 11] = [
+        let counters: [(&str, &str, &Counter); 12] = [
             ("ethkms_requests", "JSON-RPC requests received", &metrics.requests),
             (
                 "ethkms_nonce_gaps_filled",
@@ -151,6 +154,11 @@ impl Default for Metrics {
                 "ethkms_lease_losses",
                 "Key leases this replica lost: another replica took the key, or it could not renew in time",
                 &metrics.lease_losses,
+            ),
+            (
+                "ethkms_lease_handovers",
+                "Key leases this replica handed over to share the keys out among the replicas",
+                &metrics.lease_handovers,
             ),
             (
                 "ethkms_fenced_writes",

@@ -3,7 +3,8 @@
 //! the one replica holding its lease; whatever happens to a replica — `kill -9`, `SIGSTOP` for longer than
 //! its lease, PostgreSQL going down under it — every withdrawal ends confirmed, paid once and exactly
 //! (read on the node), with the key's nonces contiguous, every nonce's attempts in the journal belonging to
-//! one withdrawal, and nothing broadcast that the journal does not hold.
+//! one withdrawal, and nothing broadcast that the journal does not hold. The keys are shared out among the
+//! replicas (handed over under load, too) and again when one leaves or joins.
 //!
 //! Seeds come from `ETHKMS_REPLICA_SEEDS` (comma-separated; default `1`) and the number of withdrawals per
 //! seed from `ETHKMS_REPLICA_WITHDRAWALS` (default: 300 for the three-replica run, 120 for the others).
@@ -77,16 +78,78 @@ async fn three_replicas_pay_every_withdrawal_of_two_keys_exactly_once() {
             acquisitions += cluster.metric(index, "ethkms_lease_acquisitions_total", &[]).await.unwrap();
         }
         assert!(acquisitions >= 2.0, "seed {seed}: {acquisitions} lease acquisitions for two keys");
+        let mut holders = HashSet::new();
         for key in ["hot", "cold"] {
             let (holder, _) = cluster.wait_for_holder(key, Duration::from_secs(10), None).await;
             eprintln!("replicas: seed {seed}: {key} held by {}", cluster.replicas[holder].name);
+            holders.insert(holder);
         }
+        assert_eq!(holders.len(), 2, "seed {seed}: the two keys are shared out to two replicas");
         eprintln!(
             "replicas: seed {seed} passed: accepted per replica {accepted_by:?}, mined per key {:?}",
             mined.iter().map(|(key, mined)| (key, mined.len())).collect::<Vec<_>>()
         );
         cluster.terminate_all().await;
     }
+}
+
+/// How many keys each replica holds (by index; 0 for one not serving).
+async fn shares(cluster: &Cluster, keys: &[&str]) -> Vec<usize> {
+    let mut counts = vec![0; cluster.replicas.len()];
+    for key in keys {
+        for holder in cluster.holders(key).await {
+            counts[holder] += 1;
+        }
+    }
+    counts
+}
+
+/// Waits until the replicas' counts of held keys, smallest first, are `expected`; how long it took.
+async fn wait_for_shares(cluster: &Cluster, keys: &[&str], expected: &[usize], within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut counts = shares(cluster, keys).await;
+        counts.sort_unstable();
+        if counts == expected {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "keys held {counts:?}, not {expected:?}, after {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_shared_out_among_replicas_and_again_when_one_leaves_or_joins() {
+    let _serial = SERIAL.lock().await;
+    let keys = ["hot", "cold", "warm", "cool"];
+    // Started one after another: the first takes every key, then hands them over one at a time.
+    let Some(mut cluster) = Cluster::start(3, &keys, LEASE_SECONDS).await else { return };
+    let passes = |count: u32| lease() * count;
+    let took = wait_for_shares(&cluster, &keys, &[1, 1, 2], passes(6)).await;
+    eprintln!("replicas: four keys shared out 2/1/1 among three replicas after {took:?}");
+    let mut handovers = 0.0;
+    for index in 0..3 {
+        handovers += cluster.metric(index, "ethkms_lease_handovers_total", &[]).await.unwrap();
+    }
+    assert!(handovers >= 2.0, "{handovers} hand-overs: the first replica held all four keys");
+
+    // A replica that stops hands its keys over; the two left hold two each.
+    let most = shares(&cluster, &keys).await.iter().enumerate().max_by_key(|(_, count)| **count).unwrap().0;
+    assert!(cluster.replicas[most].terminate().success(), "exit 0 after SIGTERM");
+    let took = wait_for_shares(&cluster, &keys, &[0, 2, 2], lease() + TAKEOVER_MARGIN).await;
+    eprintln!("replicas: {} stopped; its keys taken over after {took:?}", cluster.replicas[most].name);
+
+    // It comes back and gets its share again.
+    cluster.replicas[most].start().await;
+    cluster.wait_ready(most, Duration::from_secs(30)).await;
+    let took = wait_for_shares(&cluster, &keys, &[1, 1, 2], passes(6)).await;
+    eprintln!("replicas: {} back; keys shared out 2/1/1 again after {took:?}", cluster.replicas[most].name);
+    for key in keys {
+        let (holder, _) = cluster.wait_for_holder(key, Duration::from_secs(5), None).await;
+        let lease = cluster.lease(key).await.unwrap();
+        assert_eq!(lease.holder.as_deref(), Some(cluster.replicas[holder].name.as_str()), "{key}: {lease:?}");
+    }
+    cluster.terminate_all().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

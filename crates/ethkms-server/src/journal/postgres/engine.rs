@@ -1,4 +1,4 @@
-//! The engine's side of the PostgreSQL journal: leases, and the writes fenced by one that take several
+//! The engine's side of the PostgreSQL journal: leases, replicas' announcements, and the writes fenced by one that take several
 //! statements — recovering and giving back nonces, claims when the key has free nonces (or a client asked
 //! for a nonce), gap fills, failures. Each function runs inside one transaction of
 //! [`PostgresJournal::run`](super::PostgresJournal); see the module documentation of `postgres` for the
@@ -14,7 +14,7 @@ use super::Failure;
 use super::rows::{
     NOW_MS, execute, load_existing, lock_nonces, query, query_opt, release_spend, store_nonces, to_i64, to_u64,
 };
-use crate::journal::{Claim, Fence, LeaseRow, Nonces, Release, Released, Status, Withdrawal};
+use crate::journal::{Claim, Fence, LeaseRow, Nonces, Release, Released, ReplicaRow, Status, Withdrawal};
 
 /// Rows still in the engine's hands (as the SQLite journal's `OPEN`; its first two conditions are the
 /// predicate of the index `withdrawals_open_by_key`).
@@ -107,6 +107,38 @@ pub(super) async fn leases(transaction: &Transaction<'_>) -> Result<Vec<LeaseRow
                 epoch: to_u64(row.try_get(2)?)?,
                 expires_ms: to_u64(row.try_get(3)?)?,
             })
+        })
+        .collect()
+}
+
+/// How long a replica that stopped announcing itself stays in `replicas` (then the next announcement of
+/// any replica deletes it): names are often per process.
+const FORGET_REPLICAS_AFTER_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Announces replica `name` until `ttl` from now; forgets replicas silent for a day.
+pub(super) async fn announce(transaction: &Transaction<'_>, name: String, ttl: Duration) -> Result<(), Failure> {
+    let sql = format!(
+        "INSERT INTO replicas (name, expires_ms) VALUES ($1, {NOW_MS} + $2) \
+         ON CONFLICT (name) DO UPDATE SET expires_ms = EXCLUDED.expires_ms"
+    );
+    execute(transaction, &sql, &[&name, &millis(ttl)]).await?;
+    let sql = format!("DELETE FROM replicas WHERE expires_ms < {NOW_MS} - $1");
+    execute(transaction, &sql, &[&FORGET_REPLICAS_AFTER_MS]).await?;
+    Ok(())
+}
+
+/// The replicas whose announcement runs, with the number of leases each holds that have not run out.
+pub(super) async fn replicas(transaction: &Transaction<'_>) -> Result<Vec<ReplicaRow>, Failure> {
+    let sql = format!(
+        "SELECT r.name, count(l.key) FROM replicas r \
+         LEFT JOIN leases l ON l.holder = r.name AND l.expires_ms > {NOW_MS} \
+         WHERE r.expires_ms > {NOW_MS} GROUP BY r.name ORDER BY r.name"
+    );
+    let rows = query(transaction, &sql, &[]).await?;
+    rows.iter()
+        .map(|row| {
+            let leases: i64 = row.try_get(1)?;
+            Ok(ReplicaRow { name: row.try_get(0)?, leases: usize::try_from(leases).unwrap_or(0) })
         })
         .collect()
 }

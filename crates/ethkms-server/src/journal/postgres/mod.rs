@@ -80,7 +80,7 @@ use tokio_postgres::{IsolationLevel, NoTls, Socket};
 
 use super::{
     Attempt, Cancelled, Claim, Fence, Inserted, JournalError, JournalStore, LeaseRow, LimitCheck, MinedAs, NewRpc,
-    NewWithdrawal, Nonces, Release, Released, Withdrawal,
+    NewWithdrawal, Nonces, Release, Released, ReplicaRow, Withdrawal,
 };
 use crate::config::redact_password;
 use crate::policy::{Asset, Denial};
@@ -458,6 +458,15 @@ impl JournalStore for PostgresJournal {
 
     async fn leases(&self) -> Result<Vec<LeaseRow>, JournalError> {
         self.read(op!(|t| engine::leases(t))).await
+    }
+
+    async fn announce(&self, name: &str, ttl: Duration) -> Result<(), JournalError> {
+        let name = name.to_owned();
+        self.write(op!(|t| engine::announce(t, name, ttl))).await
+    }
+
+    async fn replicas(&self) -> Result<Vec<ReplicaRow>, JournalError> {
+        self.read(op!(|t| engine::replicas(t))).await
     }
 
     async fn recover_nonces(&self, fence: &Fence, pending: u64) -> Result<Nonces, JournalError> {

@@ -10,16 +10,17 @@ use deadpool_postgres::Client;
 use super::Failure;
 
 /// Migration `version` takes the schema from `version - 1` to `version`, in order.
-const MIGRATIONS: [(i32, &str); 1] = [(
-    1,
-    // Withdrawals (every row the engine signs), their signed attempts, every amount counted against a daily
-    // limit, the per-key leases (with the epoch every engine write is fenced by) and nonces.
-    //
-    // `seq` orders rows "oldest first" (ids are random). `UNIQUE (key, epoch)` on `leases` makes `epoch` a
-    // key column for row locks: a takeover (which changes it) takes `FOR UPDATE` of the lease row and so
-    // conflicts with the `FOR KEY SHARE` every fenced write holds, while a renewal (only `expires_ms`) takes
-    // `FOR NO KEY UPDATE`, which does not (see the module documentation of `postgres`).
-    "
+const MIGRATIONS: [(i32, &str); 2] = [
+    (
+        1,
+        // Withdrawals (every row the engine signs), their signed attempts, every amount counted against a daily
+        // limit, the per-key leases (with the epoch every engine write is fenced by) and nonces.
+        //
+        // `seq` orders rows "oldest first" (ids are random). `UNIQUE (key, epoch)` on `leases` makes `epoch` a
+        // key column for row locks: a takeover (which changes it) takes `FOR UPDATE` of the lease row and so
+        // conflicts with the `FOR KEY SHARE` every fenced write holds, while a renewal (only `expires_ms`) takes
+        // `FOR NO KEY UPDATE`, which does not (see the module documentation of `postgres`).
+        "
 CREATE TABLE withdrawals (
     seq BIGSERIAL NOT NULL,
     id TEXT PRIMARY KEY,
@@ -80,7 +81,19 @@ CREATE TABLE spends (
 CREATE INDEX spends_by_key ON spends (key, asset, at_ms);
 CREATE INDEX spends_by_withdrawal ON spends (withdrawal) WHERE withdrawal IS NOT NULL;
 ",
-)];
+    ),
+    (
+        2,
+        // The replicas running (each announces itself with its leases), so that one holding no key is seen
+        // when the keys are shared out.
+        "
+CREATE TABLE replicas (
+    name TEXT PRIMARY KEY,
+    expires_ms BIGINT NOT NULL
+);
+",
+    ),
+];
 
 /// The schema version this code writes (the last migration's).
 pub(super) const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -90,7 +103,7 @@ pub(super) const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 const MIGRATION_LOCK: (i32, i32) = (0x6574_686b, 1);
 
 /// Every column the journal's queries use, table by table: a schema that lacks one is refused at connect.
-const COLUMNS: [(&str, &str); 5] = [
+const COLUMNS: [(&str, &str); 6] = [
     (
         "withdrawals",
         "seq, id, kind, client, idempotency_key, key, recipient, asset, amount, status, nonce, tx_hash, \
@@ -103,6 +116,7 @@ const COLUMNS: [(&str, &str); 5] = [
     ("leases", "key, holder, epoch, expires_ms"),
     ("nonces", "key, next, free"),
     ("spends", "key, asset, amount, at_ms, withdrawal"),
+    ("replicas", "name, expires_ms"),
 ];
 
 /// Brings the database's schema to [`SCHEMA_VERSION`] (in one transaction, under [`MIGRATION_LOCK`]) and

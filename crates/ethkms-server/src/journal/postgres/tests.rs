@@ -180,6 +180,34 @@ async fn leases_run_out_on_the_databases_clock_and_a_holder_may_take_its_own_aga
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_are_listed_while_announced_with_the_leases_they_hold() {
+    let Some(database) = TestDatabase::create().await else { return };
+    let (a, b) = (journal(&database).await, journal(&database).await);
+    assert_eq!(a.replicas().await.unwrap(), []);
+    a.announce("a", LONG).await.unwrap();
+    b.announce("b", Duration::from_millis(400)).await.unwrap();
+    a.acquire_lease("hot", "a", LONG).await.unwrap().unwrap();
+    a.acquire_lease("cold", "a", Duration::from_millis(400)).await.unwrap().unwrap();
+    let listed = |pairs: &[(&str, usize)]| -> Vec<ReplicaRow> {
+        pairs.iter().map(|(name, leases)| ReplicaRow { name: (*name).into(), leases: *leases }).collect()
+    };
+    assert_eq!(b.replicas().await.unwrap(), listed(&[("a", 2), ("b", 0)]));
+    // An announcement and a lease that ran out (on the database's clock) are no longer counted.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(b.replicas().await.unwrap(), listed(&[("a", 1)]));
+    // Announcing again renews it; a lease released is not counted; `ttl` zero withdraws it.
+    b.announce("b", LONG).await.unwrap();
+    let cold = b.acquire_lease("cold", "b", LONG).await.unwrap().unwrap();
+    assert_eq!(a.replicas().await.unwrap(), listed(&[("a", 1), ("b", 1)]));
+    b.release_lease(&Fence { key: "cold".into(), epoch: cold }, "b").await.unwrap();
+    assert_eq!(a.replicas().await.unwrap(), listed(&[("a", 1), ("b", 0)]));
+    b.announce("b", Duration::ZERO).await.unwrap();
+    assert_eq!(a.replicas().await.unwrap(), listed(&[("a", 1)]));
+    a.close();
+    b.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_made_together_take_contiguous_nonces_and_each_row_one() {
     let Some(database) = TestDatabase::create().await else { return };
     let journal = journal(&database).await;

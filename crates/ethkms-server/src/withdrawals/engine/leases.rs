@@ -7,12 +7,14 @@
 //! On taking a key, the replica recovers it: unanswered RPC rows fail, the nonces are set from the node
 //! and the journal, stored transactions are followed (and broadcast again), accepted rows are processed.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use ethkms::eth::chain;
 
+use super::share::{PASSES_BEFORE_TAKING, Share};
 use super::{Engine, HeldLease, Trouble, backoff};
 use crate::journal::{Fence, Kind, Release, Status};
 
@@ -43,32 +45,87 @@ impl Engine {
 
     /// Stops processing `fence`'s key here: what is followed is forgotten (its new holder follows it).
     pub(crate) fn lose(&self, fence: &Fence, why: &str) {
-        let Some(state) = self.state(&fence.key) else { return };
+        if !self.drop_lease(fence) {
+            return;
+        }
+        self.shared.metrics.lease_losses.inc();
+        tracing::warn!(key = %fence.key, epoch = fence.epoch, replica = %self.replica.name, why, "lease lost");
+    }
+
+    /// Forgets the lease of `fence` here and what is followed of its key; `false` if it was not held.
+    fn drop_lease(&self, fence: &Fence) -> bool {
+        let Some(state) = self.state(&fence.key) else { return false };
         {
             let mut lease = state.lease.lock().unwrap_or_else(PoisonError::into_inner);
             if lease.is_none_or(|held| held.epoch != fence.epoch) {
-                return;
+                return false;
             }
             *lease = None;
         }
         self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, entry| entry.row.key != fence.key);
-        self.shared.metrics.lease_losses.inc();
         self.shared.metrics.lease_held(&fence.key, false);
-        tracing::warn!(key = %fence.key, epoch = fence.epoch, replica = %self.replica.name, why, "lease lost");
+        true
     }
 
-    /// Runs until the service stops: takes the leases of keys nobody holds, renews those held.
+    /// Runs until the service stops: announces this replica, renews the leases it holds, takes those of
+    /// keys nobody holds and hands one over when it holds more than its share ([`super::share`]).
     pub(crate) async fn hold_leases(self: Arc<Self>) {
         let every = (self.replica.lease / 3).max(Duration::from_millis(100));
+        // Passes each free key has waited (this replica not holding the fewest keys).
+        let mut waited: HashMap<String, u32> = HashMap::new();
         while !self.stopping.load(Ordering::Relaxed) {
+            let share = self.share().await;
             for key in self.shared.keys.keys() {
-                self.keep_lease(key).await;
+                self.keep_lease(key, share, &mut waited).await;
+            }
+            if share.hand_over {
+                self.hand_over(&mut waited).await;
             }
             tokio::time::sleep(every).await;
         }
     }
 
-    async fn keep_lease(self: &Arc<Self>, key: &str) {
+    /// Announces this replica and decides what it does at this pass.
+    async fn share(&self) -> Share {
+        if let Err(error) = self.journal.announce(&self.replica.name, self.replica.lease).await {
+            tracing::warn!(%error, "announcing this replica");
+        }
+        match self.journal.replicas().await {
+            Ok(replicas) => Share::decide(&self.replica.name, self.held_leases().len(), &replicas),
+            Err(error) => {
+                tracing::warn!(%error, "listing the replicas");
+                Share::ALONE
+            }
+        }
+    }
+
+    /// The fences of the leases this replica holds.
+    fn held_leases(&self) -> Vec<Fence> {
+        self.shared.keys.keys().filter_map(|key| self.fence(key)).collect()
+    }
+
+    /// Gives up the held key with the fewest rows in flight: processing stops here, and the lease ends
+    /// now so that a replica with fewer keys takes it (and recovers it, as after a takeover).
+    async fn hand_over(&self, waited: &mut HashMap<String, u32>) {
+        let held = self.held_leases();
+        let fence = {
+            let in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+            let busy = |fence: &Fence| in_flight.values().filter(|entry| entry.row.key == fence.key).count();
+            held.into_iter().min_by_key(busy)
+        };
+        let Some(fence) = fence else { return };
+        if !self.drop_lease(&fence) {
+            return;
+        }
+        waited.insert(fence.key.clone(), 0);
+        self.shared.metrics.lease_handovers.inc();
+        tracing::info!(key = %fence.key, epoch = fence.epoch, replica = %self.replica.name, "lease handed over");
+        if let Err(error) = self.journal.release_lease(&fence, &self.replica.name).await {
+            tracing::warn!(key = %fence.key, %error, "releasing a handed-over lease (it runs out by itself)");
+        }
+    }
+
+    async fn keep_lease(self: &Arc<Self>, key: &str, share: Share, waited: &mut HashMap<String, u32>) {
         let Some(state) = self.state(key) else { return };
         let ttl = self.replica.lease;
         let held = *state.lease.lock().unwrap_or_else(PoisonError::into_inner);
@@ -77,6 +134,7 @@ impl Engine {
         let valid_until = asked + ttl - ttl / 5;
         match held {
             Some(lease) => {
+                waited.remove(key);
                 let fence = Fence { key: key.to_owned(), epoch: lease.epoch };
                 match self.journal.renew_lease(&fence, &self.replica.name, ttl).await {
                     Ok(true) => {
@@ -94,19 +152,29 @@ impl Engine {
                     }
                 }
             }
-            None => match self.journal.acquire_lease(key, &self.replica.name, ttl).await {
-                Ok(Some(epoch)) => {
-                    *state.lease.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Some(HeldLease { epoch, valid_until, recovered: false });
-                    self.shared.metrics.lease_acquisitions.inc();
-                    self.shared.metrics.lease_held(key, true);
-                    tracing::info!(key, epoch, replica = %self.replica.name, "lease taken");
-                    let fence = Fence { key: key.to_owned(), epoch };
-                    tokio::spawn(Arc::clone(self).recover_key(fence));
+            None => {
+                if !share.fewest {
+                    let passes = waited.entry(key.to_owned()).or_default();
+                    *passes += 1;
+                    if *passes < PASSES_BEFORE_TAKING {
+                        return;
+                    }
                 }
-                Ok(None) => {}
-                Err(error) => tracing::warn!(key, %error, "taking the lease"),
-            },
+                waited.remove(key);
+                match self.journal.acquire_lease(key, &self.replica.name, ttl).await {
+                    Ok(Some(epoch)) => {
+                        *state.lease.lock().unwrap_or_else(PoisonError::into_inner) =
+                            Some(HeldLease { epoch, valid_until, recovered: false });
+                        self.shared.metrics.lease_acquisitions.inc();
+                        self.shared.metrics.lease_held(key, true);
+                        tracing::info!(key, epoch, replica = %self.replica.name, "lease taken");
+                        let fence = Fence { key: key.to_owned(), epoch };
+                        tokio::spawn(Arc::clone(self).recover_key(fence));
+                    }
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(key, %error, "taking the lease"),
+                }
+            }
         }
     }
 

@@ -24,6 +24,7 @@ use crate::shared::{Key, Shared, WorkCounter, transaction_fields};
 mod leases;
 mod recovery;
 mod rpc;
+mod share;
 mod state;
 mod transaction;
 
@@ -531,6 +532,9 @@ impl Engine {
                     tracing::warn!(key, %error, "releasing the lease (it runs out by itself)");
                 }
             }
+        }
+        if let Err(error) = self.journal.announce(&self.replica.name, Duration::ZERO).await {
+            tracing::warn!(%error, "withdrawing this replica's announcement (it runs out by itself)");
         }
         self.journal.close();
     }
