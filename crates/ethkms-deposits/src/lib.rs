@@ -1,0 +1,7 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod address;
+pub mod contracts;
+
+pub use address::{DepositAddresses, MAX_REFERENCE_BYTES, Reference, ReferenceError};
