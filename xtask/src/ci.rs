@@ -1,7 +1,8 @@
 //! `cargo xtask ci`: everything CI checks, in order, each step timed, stopping at the first failure.
 //!
 //! 1. formatting (`cargo fmt --check`: the main workspace, `fuzz/`, `bench/`, the no-std proof)
-//! 2. clippy on all targets with warnings denied, in the same four places
+//! 2. clippy on all targets with warnings denied, in the same four places; the deposit contracts
+//!    recompiled with the pinned solc, which must give the committed artifacts (`cargo xtask contracts --check`)
 //! 3. the tests (cargo-nextest when installed, else `cargo test`), then the doctests, with LocalStack
 //!    KMS and anvil running (`cargo xtask services up`)
 //! 4. schemathesis against the signing service's OpenAPI document (`cargo xtask schemathesis`), with the
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::Result;
 use crate::command::{cargo, in_ci, output, run, target_dir, workspace_root};
 use crate::services::{self, ServiceEnv};
-use crate::{fuzz, nostd, schemathesis, tools};
+use crate::{contracts, fuzz, nostd, schemathesis, tools};
 
 /// Seconds each fuzz target runs in CI.
 const CI_FUZZ_SECONDS: u64 = 20;
@@ -61,6 +62,7 @@ pub(crate) fn run_all() -> Result {
         }
         Ok(())
     })?;
+    step("contracts", &mut contracts::check)?;
     {
         // The services stay up for schemathesis; in CI they are stopped after it (or after a failure).
         let mut started: Option<ServiceEnv> = None;

@@ -11,12 +11,14 @@
 //! cargo xtask demo [--keep]           the whole job end to end on LocalStack and anvil, through the CLI
 //! cargo xtask soak [--seeds N] [--first S] [--withdrawals N] [--replica-seeds N]   the long fault campaigns
 //! cargo xtask schemathesis [--max-examples N] [--seed S]   the server's REST API against its OpenAPI document
+//! cargo xtask contracts [--check]     compile the deposit contracts with the pinned solc (--check: as committed)
 //! cargo xtask help                    the tasks, one line each (also `--help`, `-h`)
 //! ```
 
 mod bench;
 mod ci;
 mod command;
+mod contracts;
 mod demo;
 mod fuzz;
 mod nostd;
@@ -45,6 +47,7 @@ const TASKS: &[(&str, &str, &str)] = &[
     ("demo", "[--keep]", "the whole job end to end on LocalStack and anvil, through the CLI"),
     ("soak", "[--seeds N] [--first S] [--withdrawals N] [--replica-seeds N]", "the long exactly-once fault campaigns"),
     ("schemathesis", "[--max-examples N] [--seed S]", "the server's REST API against its OpenAPI document"),
+    ("contracts", "[--check]", "compile the deposit contracts with the pinned solc (--check: as committed)"),
     ("help", "", "this list (also --help and -h)"),
 ];
 
@@ -125,6 +128,7 @@ fn run(task: &str, rest: &[&str]) -> Result {
         ("demo", options) => demo::run(options),
         ("soak", options) => soak::run_soak(options),
         ("schemathesis", options) => schemathesis::run(options),
+        ("contracts", options) => contracts::run_task(options),
         _ => Err(usage(task).into()),
     }
 }

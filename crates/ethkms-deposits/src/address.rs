@@ -49,6 +49,9 @@ pub enum ReferenceError {
 
 impl Reference {
     /// Checks `text` (see [`Reference`]).
+    ///
+    /// # Errors
+    /// [`ReferenceError`] if it is empty, too long, or holds a control character.
     pub fn new(text: &str) -> Result<Self, ReferenceError> {
         if text.is_empty() {
             return Err(ReferenceError::Empty);

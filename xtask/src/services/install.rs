@@ -22,9 +22,9 @@ const LOCALSTACK_REQUIREMENTS: &str = include_str!("../../services/localstack-re
 const VERIFIER_REQUIREMENTS: &str = include_str!("../../services/verifiers-requirements.txt");
 
 /// The npm packages: anvil and cast (foundry 1.7.1, which ship their native binaries in
-/// per-platform packages), and ethers v6 for verifying signatures independently (it pins its own
-/// dependencies exactly).
-const NPM_PACKAGES: &[&str] = &["@foundry-rs/anvil@1.7.1", "@foundry-rs/cast@1.7.1", "ethers@6.17.0"];
+/// per-platform packages), ethers v6 for verifying signatures independently (it pins its own
+/// dependencies exactly), and solc 0.8.28 (the compiler as JavaScript) for the deposit contracts.
+const NPM_PACKAGES: &[&str] = &["@foundry-rs/anvil@1.7.1", "@foundry-rs/cast@1.7.1", "ethers@6.17.0", "solc@0.8.28"];
 
 /// localstack-core 2026.3.0 needs Python 3.13 or newer.
 const LOCALSTACK_MIN_PYTHON: (u32, u32) = (3, 13);
@@ -270,13 +270,20 @@ fn install_venv(what: &str, directory: &Path, python: &Python, requirements: &st
     Ok(interpreter)
 }
 
-/// Installs [`NPM_PACKAGES`] into `cache/node-<hash>/` unless anvil, cast and ethers are there.
+/// The npm packages alone (for tasks that need node but no service): their `node_modules`.
+pub(crate) fn node_modules() -> Result<PathBuf> {
+    let cache =
+        std::path::absolute(cache_dir()).map_err(|error| format!("could not resolve the cache directory: {error}"))?;
+    Ok(install_node_tools(&cache)?.node_modules)
+}
+
+/// Installs [`NPM_PACKAGES`] into `cache/node-<hash>/` unless anvil, cast, ethers and solc are there.
 fn install_node_tools(cache: &Path) -> Result<NodeTools> {
     let directory = cache.join(format!("node-{}", short_hash(NPM_PACKAGES.join("\n").as_bytes())));
     let node_modules = directory.join("node_modules");
     let complete = || {
         ["anvil", "cast"].iter().all(|tool| node_modules.join(".bin").join(tool).exists())
-            && node_modules.join("ethers").join("package.json").is_file()
+            && ["ethers", "solc"].iter().all(|package| node_modules.join(package).join("package.json").is_file())
     };
     if !complete() {
         std::fs::create_dir_all(&directory)
@@ -298,7 +305,7 @@ fn install_node_tools(cache: &Path) -> Result<NodeTools> {
         })?;
         if !complete() {
             return Err(format!(
-                "npm install finished but anvil, cast or ethers is missing from {}",
+                "npm install finished but anvil, cast, ethers or solc is missing from {}",
                 node_modules.display()
             )
             .into());

@@ -57,7 +57,7 @@ pub(crate) mod postgres;
 mod process;
 
 pub(crate) use http::http_request;
-pub(crate) use install::python_venv;
+pub(crate) use install::{node_modules, python_venv};
 
 /// `cargo xtask services <action>`.
 ///
