@@ -3,5 +3,7 @@
 
 pub mod address;
 pub mod contracts;
+pub mod sweep;
 
 pub use address::{DepositAddresses, MAX_REFERENCE_BYTES, Reference, ReferenceError};
+pub use sweep::{SweepBatch, SweepCosts, SweepError};
