@@ -17,11 +17,15 @@
 //! concurrency — on SQLite with one key, and with `--journal postgres --replicas 1,3 --keys 1,4` on
 //! PostgreSQL with one and three replicas, one and four keys, in the same run.
 //!
-//! Usage: `ethkms-bench kms|eth|withdrawals [--seconds S] [--rounds R] [--concurrency 1,8,32]` with
+//! `ethkms-bench deposits` measures deposit addresses ([`deposits`]): derived per second on one core, and
+//! the gas and KMS signatures their sweeps take on anvil.
+//!
+//! Usage: `ethkms-bench kms|eth|withdrawals|deposits [--seconds S] [--rounds R] [--concurrency 1,8,32]` with
 //! `ETHKMS_TEST_KMS_ENDPOINT` (and for `eth`, `ETHKMS_TEST_RPC_URL`) pointing at LocalStack and anvil
 //! (`cargo xtask bench kms|eth` does all of this).
 
 mod cpu;
+mod deposits;
 mod withdrawals;
 
 use std::sync::Arc;
@@ -47,6 +51,7 @@ enum Mode {
     Kms,
     Eth,
     Withdrawals,
+    Deposits,
 }
 
 struct Options {
@@ -67,9 +72,10 @@ fn options() -> Result<Options, String> {
         Some("kms") => Mode::Kms,
         Some("eth") => Mode::Eth,
         Some("withdrawals") => Mode::Withdrawals,
+        Some("deposits") => Mode::Deposits,
         other => {
             return Err(format!(
-                "usage: ethkms-bench kms|eth|withdrawals [--seconds S] [--rounds R] [--concurrency 1,8,32] [--journal sqlite,postgres] [--replicas 1,3] [--keys 1,4]; got {other:?}"
+                "usage: ethkms-bench kms|eth|withdrawals|deposits [--seconds S] [--rounds R] [--concurrency 1,8,32] [--journal sqlite,postgres] [--replicas 1,3] [--keys 1,4]; got {other:?}"
             ));
         }
     };
@@ -77,6 +83,7 @@ fn options() -> Result<Options, String> {
         Mode::Kms => vec![1, 8, 32],
         Mode::Eth => vec![1, 8],
         Mode::Withdrawals => vec![64],
+        Mode::Deposits => vec![1],
     };
     let mut options = Options {
         mode,
@@ -206,6 +213,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Mode::Kms => kms(&options, &client, &info.key_id, handle).await,
         Mode::Eth => eth(&options, &client, &info.key_id, handle).await,
         Mode::Withdrawals => withdrawals::run(&options, &client, &backend, &info.key_id, handle).await,
+        Mode::Deposits => deposits::run(&options, &backend, &info.key_id).await,
     }
 }
 

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [core|kms|eth|cli]`: runs the benchmarks and prints their results as ratios, for the README.
+//! `cargo xtask bench [core|kms|eth|withdrawals|deposits|cli]`: runs the benchmarks and prints their results as ratios, for the README.
 //!
 //! - `core`: the criterion benchmark `kms_signature_to_ethereum` (ethkms-core) times four ways of
 //!   turning a KMS signature into an Ethereum signature in one run; this prints each mean and its ratio
@@ -12,6 +12,10 @@
 //!   round, 64 in flight, posted until mined, against the bare `Sign` rate at the same concurrency; with
 //!   `--journal postgres --replicas 1,3` also on a PostgreSQL journal with one and three replicas, one and
 //!   four keys, beside SQLite in the same run.
+//! - `deposits`: deposit addresses derived per second on one core (against the 1,000,000/s target), and
+//!   on anvil the gas per swept deposit (ether and ERC-20, first sweep with the deployment and later
+//!   sweeps, batches of 1, 10 and 50) beside the peers' published figures, and the KMS `Sign` requests per
+//!   100 swept deposits.
 //! - `cli`: wall time of `ethkms wallet address` and `ethkms sign message` (release build) against
 //!   `cast wallet address --aws` and `cast wallet sign --aws` on the same LocalStack key, alternating.
 //!
@@ -28,11 +32,12 @@ use crate::Result;
 use crate::command::{cargo, run as run_command, target_dir};
 use crate::services::Session;
 
-/// `cargo xtask bench [core|kms|eth|withdrawals|cli] [options for that benchmark]`; all when none is named.
+/// `cargo xtask bench [core|kms|eth|withdrawals|deposits|cli] [options for that benchmark]`; all when none is
+/// named.
 pub(crate) fn run(options: &[&str]) -> Result {
     match options {
         ["core", rest @ ..] => core(rest),
-        [mode @ ("kms" | "eth"), rest @ ..] => live(&services()?, mode, rest),
+        [mode @ ("kms" | "eth" | "deposits"), rest @ ..] => live(&services()?, mode, rest),
         ["withdrawals", rest @ ..] => withdrawals(&services()?, rest),
         ["cli", rest @ ..] => {
             let runs = cli_runs(rest)?;
@@ -44,10 +49,11 @@ pub(crate) fn run(options: &[&str]) -> Result {
             live(&session, "kms", &[])?;
             live(&session, "eth", &[])?;
             withdrawals(&session, &[])?;
+            live(&session, "deposits", &[])?;
             cli(&session, cli_runs(&[])?)
         }
         _ => Err(
-            "usage: cargo xtask bench [core [criterion options] | kms|eth|withdrawals [--seconds S] [--rounds R] [--concurrency 1,8] [--journal sqlite,postgres --replicas 1,3 --keys 1,4] | cli [--runs N]]"
+            "usage: cargo xtask bench [core [criterion options] | kms|eth|withdrawals|deposits [--seconds S] [--rounds R] [--concurrency 1,8] [--journal sqlite,postgres --replicas 1,3 --keys 1,4] | cli [--runs N]]"
                 .into(),
         ),
     }
