@@ -3,7 +3,9 @@
 
 pub mod address;
 pub mod contracts;
+pub mod scan;
 pub mod sweep;
 
 pub use address::{DepositAddresses, MAX_REFERENCE_BYTES, Reference, ReferenceError};
+pub use scan::{Asset, Deposit, DepositId, Follower, ScanError, ScannedBlock, Seen, scan_block};
 pub use sweep::{SweepBatch, SweepCosts, SweepError};
