@@ -112,7 +112,7 @@ pub struct SweepCosts {
 
 impl Default for SweepCosts {
     fn default() -> Self {
-        Self { deploy: 44_000, ether: 10_000, token: 20_000, call: 4_000 }
+        Self { deploy: 44_000, ether: 10_000, token: 9_500, call: 4_000 }
     }
 }
 

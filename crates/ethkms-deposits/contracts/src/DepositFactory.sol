@@ -23,10 +23,11 @@ contract DepositFactory {
     error NotAllowed();
     /// `salts` and `masks` differ in length.
     error LengthMismatch();
-    /// A clone could not be created at its address (and none is there).
+    /// The deposit address of `salt` holds no code and its mask does not allow deploying it (or it could not
+    /// be created).
     error NotDeployed(bytes32 salt);
 
-    /// Bit 255 of a mask: the clone is not deployed yet (saves reading its code first).
+    /// Bit 255 of a mask: deploy the clone if it is not there yet.
     uint256 private constant DEPLOY = 1 << 255;
 
     constructor(address owner_) {
@@ -59,8 +60,9 @@ contract DepositFactory {
         return _create2Address(salt, keccak256(_cloneCode(forwarderOf(parent))));
     }
 
-    /// Deploys the deposit addresses of `salts` under `parent` whose mask has bit 255 set (skipping any
-    /// already there) and sweeps each: its ether, and the tokens of `tokens` whose bit is set in its mask.
+    /// Sweeps the deposit addresses of `salts` under `parent` — each one's ether, and the tokens of `tokens`
+    /// whose bit is set in its mask — deploying first those not yet deployed whose mask has bit 255 set; one
+    /// not deployed without that bit reverts the whole sweep with `NotDeployed(salt)`.
     function sweep(address payable parent, bytes32[] calldata salts, uint256[] calldata masks, address[] calldata tokens)
         external
     {
@@ -73,18 +75,16 @@ contract DepositFactory {
         bytes memory clone = _cloneCode(forwarder);
         bytes32 cloneHash = keccak256(clone);
         for (uint256 i = 0; i < salts.length; ++i) {
-            address target;
-            if (masks[i] & DEPLOY != 0) {
+            // Reading the code first also warms the address for the call below, so it costs a deployed
+            // address nothing more; a CREATE2 onto code would burn the gas it was given.
+            address target = _create2Address(salts[i], cloneHash);
+            if (target.code.length == 0) {
+                if (masks[i] & DEPLOY == 0) revert NotDeployed(salts[i]);
                 bytes32 salt = salts[i];
                 assembly ("memory-safe") {
                     target := create2(0, add(clone, 0x20), mload(clone), salt)
                 }
-                if (target == address(0)) {
-                    target = _create2Address(salts[i], cloneHash);
-                    if (target.code.length == 0) revert NotDeployed(salts[i]);
-                }
-            } else {
-                target = _create2Address(salts[i], cloneHash);
+                if (target == address(0)) revert NotDeployed(salts[i]);
             }
             DepositForwarder(payable(target)).sweep(tokens, masks[i] & ~DEPLOY);
         }
