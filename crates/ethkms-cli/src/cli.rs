@@ -85,6 +85,81 @@ pub(crate) enum Command {
     /// Run the signing service (JSON-RPC, REST withdrawals, policy, audit log) in this process, with the
     /// KMS options given here; stops gracefully on SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Customer deposit addresses: CREATE2 forwarders derived off-chain, found on chain, swept in batches by
+    /// one key.
+    #[command(subcommand)]
+    Deposits(DepositsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DepositsCommand {
+    /// Deploy a deposit factory owned by KEY: the key that will sweep (or the treasury itself).
+    DeployFactory(KeyArgs),
+    /// The deposit addresses of customer references, or of a range of indices (no node, no KMS).
+    Address(DepositAddressArgs),
+    /// Find deposits to the addresses in a range of blocks (ether, and the tokens named).
+    Scan(DepositScanArgs),
+    /// Deploy and sweep to the treasury, in batches signed by KEY, the addresses holding ether worth more
+    /// than its sweep, or a token named.
+    Sweep(DepositSweepArgs),
+}
+
+/// Which deposit addresses: a factory, a treasury, and references or a range of indices.
+#[derive(Debug, Args)]
+pub(crate) struct DepositTargetArgs {
+    /// The factory's address (from `ethkms deposits deploy-factory`).
+    #[arg(long, value_name = "ADDRESS")]
+    pub(crate) factory: String,
+    /// The treasury every deposit goes to (the parent).
+    #[arg(long, value_name = "ADDRESS")]
+    pub(crate) parent: String,
+    /// Customer references (1 to 200 bytes, no control characters).
+    pub(crate) references: Vec<String>,
+    /// Indices START..END: the references "START" to "END-1", in decimal.
+    #[arg(long, value_name = "START..END", conflicts_with = "references")]
+    pub(crate) range: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DepositAddressArgs {
+    #[command(flatten)]
+    pub(crate) target: DepositTargetArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DepositScanArgs {
+    #[command(flatten)]
+    pub(crate) target: DepositTargetArgs,
+    /// The first block to read.
+    #[arg(long, value_name = "BLOCK")]
+    pub(crate) from_block: u64,
+    /// The last block to read (otherwise the node's latest).
+    #[arg(long, value_name = "BLOCK")]
+    pub(crate) to_block: Option<u64>,
+    /// An ERC-20 token whose transfers to the addresses count as deposits (repeatable).
+    #[arg(long = "token", value_name = "ADDRESS")]
+    pub(crate) tokens: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DepositSweepArgs {
+    /// The key that sweeps: the factory's owner (or the treasury's own key).
+    #[arg(long)]
+    pub(crate) key: String,
+    #[command(flatten)]
+    pub(crate) target: DepositTargetArgs,
+    /// An ERC-20 token to sweep (repeatable); tokens not named are never touched.
+    #[arg(long = "token", value_name = "ADDRESS")]
+    pub(crate) tokens: Vec<String>,
+    /// Deposit addresses per transaction.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=200))]
+    pub(crate) batch: u16,
+    /// Ether is swept only when worth more than this percentage of its share of the sweep's gas.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) margin_percent: u64,
+    /// Show what would be swept, send nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -14,58 +14,13 @@ use alloy_consensus::TxEnvelope;
 use alloy_consensus::transaction::SignerRecoverable;
 use alloy_eips::eip2718::Decodable2718;
 use alloy_primitives::{Address, U256, hex};
-use alloy_provider::Provider;
 use alloy_rpc_types_eth::TransactionRequest;
-use assert_cmd::Command;
-use ethkms::aws::{AwsKmsBackend, AwsKmsConfig, StaticCredentials};
 use ethkms::backend::{CreateKeyRequest, KeyBackend, KeyHandle, KeySpec, MemoryBackend};
-use ethkms::{ChainSettings, WalletManager};
-use ethkms_test_support::{Services, services, unique};
+use ethkms_test_support::{services, unique};
 use serde_json::Value;
 
-/// `ethkms` with a clean environment: only what is set here (and `PATH`, `HOME`).
-fn bare() -> Command {
-    let mut command = Command::cargo_bin("ethkms").unwrap();
-    command
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("AWS_EC2_METADATA_DISABLED", "true");
-    command
-        .env("AWS_CONFIG_FILE", "/nonexistent/ethkms/config")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/ethkms/credentials");
-    command.timeout(Duration::from_secs(120));
-    command
-}
-
-/// `ethkms` pointed at LocalStack and anvil through the standard variables.
-fn ethkms(services: &Services) -> Command {
-    let mut command = bare();
-    command
-        .env("AWS_ENDPOINT_URL", &services.kms_endpoint)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("ETH_RPC_URL", &services.rpc_url);
-    command
-}
-
-/// Runs and returns standard output, asserting success.
-fn ok(command: &mut Command) -> String {
-    let output = command.output().unwrap();
-    assert!(output.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap()
-}
-
-/// Runs and returns (exit code, standard error), asserting failure.
-fn fails(command: &mut Command) -> (i32, String) {
-    let output = command.output().unwrap();
-    assert!(!output.status.success(), "{command:?} should have failed: {}", String::from_utf8_lossy(&output.stdout));
-    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
-}
-
-fn json_lines(text: &str) -> Vec<Value> {
-    text.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{line}: {error}"))).collect()
-}
+mod common;
+use common::{bare, ethkms, fails, fund, json_lines, manager, ok};
 
 fn keys(value: &Value) -> BTreeSet<&str> {
     value.as_object().unwrap().keys().map(String::as_str).collect()
@@ -73,21 +28,6 @@ fn keys(value: &Value) -> BTreeSet<&str> {
 
 fn shape(fields: &[&'static str]) -> BTreeSet<&'static str> {
     fields.iter().copied().collect()
-}
-
-async fn manager(services: &Services) -> WalletManager {
-    let config = AwsKmsConfig::with_endpoint(
-        services.kms_endpoint.clone(),
-        "us-east-1",
-        StaticCredentials::new("test", "test", None),
-    );
-    let backend: Arc<dyn KeyBackend> = Arc::new(AwsKmsBackend::new(config).await.unwrap());
-    WalletManager::with_backend(backend, ChainSettings::new(services.rpc_url.parse().unwrap())).unwrap()
-}
-
-async fn fund(manager: &WalletManager, address: Address) {
-    let ten_ether = U256::from(10u128.pow(19));
-    let () = manager.provider().raw_request("anvil_setBalance".into(), (address, ten_ether)).await.unwrap();
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! key backend or talks to the network, so a typo is reported as one, whatever the configuration.
 
 mod audit;
+mod deposits;
 mod policy;
 mod send;
 mod serve;
@@ -52,6 +53,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Balance(args) => wallet::balance(&global, output, &args).await,
         Command::Sign(command) => sign::run(&global, output, command).await,
         Command::Send(args) => send::send(&global, output, &args).await,
+        Command::Deposits(command) => deposits::run(&global, output, command).await,
     };
     result.map_err(|error| error.at_endpoint(&kms_endpoint(&global)))
 }
