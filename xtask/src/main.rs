@@ -41,7 +41,11 @@ const TASKS: &[(&str, &str, &str)] = &[
     ("nostd", "", "prove ethkms-core builds without std"),
     ("fuzz", "[--seconds N] [TARGET...]", "run the fuzz targets"),
     ("fuzz-seeds", "", "rewrite the committed seed corpus from the test vectors"),
-    ("bench", "[core|kms|eth|withdrawals|deposits|cli] [OPTIONS]", "run the benchmarks (all but core start the services)"),
+    (
+        "bench",
+        "[core|kms|eth|withdrawals|deposits|cli] [OPTIONS]",
+        "run the benchmarks (all but core start the services)",
+    ),
     ("services", "up|down|status", "start or stop LocalStack KMS and anvil on 127.0.0.1"),
     ("tools", "", "install the helper tools (cargo-deny, cargo-fuzz) if missing"),
     ("demo", "[--keep]", "the whole job end to end on LocalStack and anvil, through the CLI"),

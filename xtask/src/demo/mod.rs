@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: the main job end to end on local services (LocalStack KMS and anvil), through the
 //! `ethkms` command line: create a KMS wallet, fund it, send an EIP-1559 transfer and an ERC-20 transfer,
-//! sign and verify a message and typed data. Then the product: `ethkms serve` on the same KMS key, a few
+//! sign and verify a message and typed data; [deposit addresses](deposits) for three customers, found and
+//! swept to a treasury in one transaction. Then the product: `ethkms serve` on the same KMS key, a few
 //! withdrawals posted to its REST API (one refused by the key's policy, its rule named), watched until they
 //! are confirmed, the audit log verified, the service stopped. Then [two replicas](replicas) on one
 //! PostgreSQL journal, the lease holder killed mid-flight and its key taken over; a summary at the end.
@@ -19,6 +20,7 @@ use crate::Result;
 use crate::command::{cargo, display, run as run_command, workspace_root};
 use crate::services::{self, ServiceEnv, http_request};
 
+mod deposits;
 mod replicas;
 
 const RECIPIENT: &str = "0x000000000000000000000000000000000000dEaD";
@@ -108,6 +110,7 @@ fn demo(services: &ServiceEnv) -> Result {
     }
     summary.push(format!("signed EIP-712 typed data; ethers v6 recovers the signer: {recovered}"));
 
+    deposits::run(services, &binary, &alias, &token, &mut summary)?;
     withdrawals(services, &binary, &key_id, &mut summary)?;
     replicas::run(services, &binary, &key_id, &mut summary)?;
 
