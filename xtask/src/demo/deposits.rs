@@ -58,7 +58,7 @@ pub(super) fn run(services: &ServiceEnv, binary: &Path, alias: &str, token: &str
     let ether = ethkms(&["balance", &treasury])?;
     let tokens = ethkms(&["balance", &treasury, "--token", token])?;
     summary.push(format!(
-        "deployed and swept all three in one transaction ({} gas, the treasury's forwarder deployed in it too; one KMS\
+        "deployed and swept all three in one transaction ({} gas, the treasury's forwarder deployed in it too; one KMS \
          signature): the treasury holds {} ETH and {} tokens",
         sweep["gas_used"],
         text(&ether["ether"])?,
