@@ -16,6 +16,9 @@
 
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+mod deposit_conformance;
+pub mod deposits;
 mod postgres;
 mod row;
 mod sqlite;
@@ -31,6 +34,7 @@ use async_trait::async_trait;
 pub use crate::nonces::Nonces;
 use crate::policy::{Asset, Denial};
 
+pub use deposits::{BlockRecord, DepositAddressRow, DepositRow, DepositStatus, DepositStore, NewDeposit};
 pub use postgres::PostgresJournal;
 pub use row::{Attempt, Kind, Status, Withdrawal};
 pub use sqlite::{SCHEMA_VERSION, SqliteJournal, now_ms};

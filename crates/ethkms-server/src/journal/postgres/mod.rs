@@ -53,6 +53,7 @@
 mod attempts;
 mod batch;
 mod claims;
+mod deposits;
 mod engine;
 mod failure;
 mod inserts;

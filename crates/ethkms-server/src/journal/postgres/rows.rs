@@ -249,10 +249,10 @@ pub(super) fn asset_text(asset: Asset) -> String {
     }
 }
 
-fn parse_asset(text: &str) -> Result<Asset, Failure> {
+pub(super) fn parse_asset(text: &str) -> Result<Asset, Failure> {
     if text == "ETH" { Ok(Asset::Ether) } else { parse_text(text).map(Asset::Token) }
 }
 
-fn parse_text<T: std::str::FromStr>(text: &str) -> Result<T, Failure> {
+pub(super) fn parse_text<T: std::str::FromStr>(text: &str) -> Result<T, Failure> {
     text.parse().map_err(|_| Failure::Invalid(format!("`{text}` cannot be read")))
 }

@@ -10,7 +10,7 @@ use deadpool_postgres::Client;
 use super::Failure;
 
 /// Migration `version` takes the schema from `version - 1` to `version`, in order.
-const MIGRATIONS: [(i32, &str); 2] = [
+const MIGRATIONS: [(i32, &str); 3] = [
     (
         1,
         // Withdrawals (every row the engine signs), their signed attempts, every amount counted against a daily
@@ -93,6 +93,42 @@ CREATE TABLE replicas (
 );
 ",
     ),
+    (
+        3,
+        // Customer deposits: the addresses handed out, the deposits found (once each: transaction and log
+        // index, -1 for a transaction's own value), the blocks read; every change numbered by one sequence.
+        "
+CREATE TABLE deposit_addresses (
+    seq BIGSERIAL NOT NULL,
+    reference TEXT PRIMARY KEY,
+    address TEXT NOT NULL UNIQUE,
+    client TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE deposit_blocks (
+    number BIGINT PRIMARY KEY,
+    hash TEXT NOT NULL
+);
+CREATE SEQUENCE deposit_changes;
+CREATE TABLE deposits (
+    tx_hash TEXT NOT NULL,
+    log_index BIGINT NOT NULL,
+    address TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    amount NUMERIC(78, 0) NOT NULL,
+    sender TEXT NOT NULL,
+    block_number BIGINT NOT NULL,
+    block_hash TEXT NOT NULL,
+    status TEXT NOT NULL,
+    change BIGINT NOT NULL,
+    seen_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (tx_hash, log_index)
+);
+CREATE INDEX deposits_by_change ON deposits (change);
+CREATE INDEX deposits_by_block ON deposits (block_number, status);
+",
+    ),
 ];
 
 /// The schema version this code writes (the last migration's).
@@ -103,7 +139,7 @@ pub(super) const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 const MIGRATION_LOCK: (i32, i32) = (0x6574_686b, 1);
 
 /// Every column the journal's queries use, table by table: a schema that lacks one is refused at connect.
-const COLUMNS: [(&str, &str); 6] = [
+const COLUMNS: [(&str, &str); 9] = [
     (
         "withdrawals",
         "seq, id, kind, client, idempotency_key, key, recipient, asset, amount, status, nonce, tx_hash, \
@@ -117,6 +153,12 @@ const COLUMNS: [(&str, &str); 6] = [
     ("nonces", "key, next, free"),
     ("spends", "key, asset, amount, at_ms, withdrawal"),
     ("replicas", "name, expires_ms"),
+    ("deposit_addresses", "seq, reference, address, client, created_ms"),
+    ("deposit_blocks", "number, hash"),
+    (
+        "deposits",
+        "tx_hash, log_index, address, asset, amount, sender, block_number, block_hash, status, change, seen_ms, updated_ms",
+    ),
 ];
 
 /// Brings the database's schema to [`SCHEMA_VERSION`] (in one transaction, under [`MIGRATION_LOCK`]) and

@@ -24,6 +24,7 @@ use super::{
 };
 use crate::policy::{Asset, Denial};
 
+mod deposits;
 mod leases;
 mod rows;
 mod schema;

@@ -5,7 +5,7 @@
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: [&str; 3] = [
+pub(super) const MIGRATIONS: [&str; 4] = [
     // 1: withdrawals, their attempts, and amounts counted against daily limits.
     "
 CREATE TABLE withdrawals (
@@ -74,6 +74,38 @@ ALTER TABLE attempts ADD COLUMN epoch INTEGER;
 ALTER TABLE attempts ADD COLUMN replica TEXT;
 CREATE INDEX spends_by_key ON spends (key, asset, at_ms);
 CREATE INDEX open_rows_by_key ON withdrawals (key, status) WHERE confirmed = 0 AND status NOT IN ('confirmed', 'failed');
+",
+    // 4: customer deposits: the addresses handed out, the deposits found (once each: transaction and log
+    // index, -1 for a transaction's own value), the blocks read.
+    "
+CREATE TABLE deposit_addresses (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    reference TEXT NOT NULL UNIQUE,
+    address TEXT NOT NULL UNIQUE,
+    client TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE deposit_blocks (
+    number INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL
+);
+CREATE TABLE deposits (
+    tx_hash TEXT NOT NULL,
+    log_index INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    block_number INTEGER NOT NULL,
+    block_hash TEXT NOT NULL,
+    status TEXT NOT NULL,
+    change INTEGER NOT NULL,
+    seen_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (tx_hash, log_index)
+);
+CREATE INDEX deposits_by_change ON deposits (change);
+CREATE INDEX deposits_by_block ON deposits (block_number, status);
 ",
 ];
 

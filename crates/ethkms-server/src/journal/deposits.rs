@@ -1,0 +1,164 @@
+//! What the journal keeps of customer deposits ([`DepositStore`]): the deposit addresses handed out (one
+//! per reference, however often or concurrently asked), the deposits found on chain (each once: its
+//! transaction hash and log index are unique), the blocks read (so that a restart resumes and a reorg is
+//! noticed against what was read), and each deposit's status — `pending` until it is deep enough,
+//! `confirmed` (credit it) — or `removed` if its block left the chain first (never credited), `reversed`
+//! if that happened after it was confirmed (a reorg deeper than the confirmations: an alarm).
+//!
+//! Every change of a deposit takes the next number of one sequence (`change`), so a client reads what
+//! changed since the last number it saw (`GET /v1/deposits?since=`).
+
+use std::fmt;
+
+use alloy_primitives::{Address, B256, U256};
+use async_trait::async_trait;
+
+use super::JournalError;
+use crate::policy::Asset;
+
+/// A deposit address as handed out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DepositAddressRow {
+    /// Its place in the order addresses were handed out (from 1).
+    pub seq: u64,
+    /// The customer reference it was derived from.
+    pub reference: String,
+    /// The address.
+    pub address: Address,
+    /// The client that first asked for it.
+    pub client: String,
+    /// When, Unix milliseconds.
+    pub created_ms: u64,
+}
+
+/// Where a deposit is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DepositStatus {
+    /// Seen in a block not yet deep enough.
+    Pending,
+    /// Deep enough: credit it.
+    Confirmed,
+    /// Its block left the chain before it was confirmed: never credited.
+    Removed,
+    /// Its block left the chain after it was confirmed (a reorg deeper than the confirmations).
+    Reversed,
+}
+
+impl DepositStatus {
+    /// Its name, in the journal and the REST API.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Confirmed => "confirmed",
+            Self::Removed => "removed",
+            Self::Reversed => "reversed",
+        }
+    }
+
+    /// The status of `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Pending, Self::Confirmed, Self::Removed, Self::Reversed]
+            .into_iter()
+            .find(|status| status.as_str() == name)
+    }
+}
+
+impl fmt::Display for DepositStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A deposit found in a block, to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewDeposit {
+    /// Its transaction.
+    pub tx_hash: B256,
+    /// Its log's index in the block; `None` for a transaction's own value.
+    pub log_index: Option<u64>,
+    /// The deposit address.
+    pub address: Address,
+    /// What.
+    pub asset: Asset,
+    /// How much.
+    pub amount: U256,
+    /// Who sent it.
+    pub sender: Address,
+}
+
+/// A block read for deposits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockRecord {
+    /// Its number.
+    pub number: u64,
+    /// Its hash.
+    pub hash: B256,
+}
+
+/// A deposit as the journal holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DepositRow {
+    /// The number of its last change.
+    pub change: u64,
+    /// Its transaction.
+    pub tx_hash: B256,
+    /// Its log's index in the block; `None` for a transaction's own value.
+    pub log_index: Option<u64>,
+    /// The deposit address.
+    pub address: Address,
+    /// The reference of the address, if it was handed out by this journal.
+    pub reference: Option<String>,
+    /// What.
+    pub asset: Asset,
+    /// How much.
+    pub amount: U256,
+    /// Who sent it.
+    pub sender: Address,
+    /// The block it is in (or was, when removed).
+    pub block_number: u64,
+    /// That block's hash.
+    pub block_hash: B256,
+    /// Where it is.
+    pub status: DepositStatus,
+    /// When it was first seen, Unix milliseconds.
+    pub seen_ms: u64,
+    /// When it last changed, Unix milliseconds.
+    pub updated_ms: u64,
+}
+
+/// What the deposit watcher needs of a journal.
+#[async_trait]
+pub trait DepositStore: Send + Sync + fmt::Debug {
+    /// The deposit address row of `reference`: stored with `address` and `client` the first time, the same
+    /// row every time after (even if asked concurrently, on any replica).
+    ///
+    /// # Errors
+    /// [`JournalError::Refused`] if `address` is already another reference's (a derivation mismatch).
+    async fn deposit_address(
+        &self,
+        reference: &str,
+        address: Address,
+        client: &str,
+    ) -> Result<DepositAddressRow, JournalError>;
+
+    /// Up to `limit` deposit addresses handed out after `after_seq`, in order.
+    async fn deposit_addresses(&self, after_seq: u64, limit: usize) -> Result<Vec<DepositAddressRow>, JournalError>;
+
+    /// Records block `block` as read, with its deposits — in one transaction. A deposit already recorded is
+    /// left as it is, unless it was removed with its block and is now in this one (the same transaction
+    /// mined again): then it is pending again, here. Answers how many were new or brought back.
+    async fn record_block(&self, block: BlockRecord, deposits: Vec<NewDeposit>) -> Result<usize, JournalError>;
+
+    /// The blocks read most recently, newest first, at most `limit`.
+    async fn recent_blocks(&self, limit: usize) -> Result<Vec<BlockRecord>, JournalError>;
+
+    /// Block `number` left the chain: forgets it as read, and its deposits become `removed` (or `reversed`
+    /// if they were confirmed). Answers them.
+    async fn remove_block(&self, number: u64) -> Result<Vec<DepositRow>, JournalError>;
+
+    /// Confirms the pending deposits in blocks up to `block` (deep enough now). Answers them.
+    async fn confirm_deposits(&self, block: u64) -> Result<Vec<DepositRow>, JournalError>;
+
+    /// Up to `limit` deposits whose last change came after change `since`, in the order of their changes.
+    async fn deposits(&self, since: u64, limit: usize) -> Result<Vec<DepositRow>, JournalError>;
+}

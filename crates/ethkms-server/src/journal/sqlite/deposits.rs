@@ -1,0 +1,259 @@
+//! The SQLite journal's [`DepositStore`]: deposit addresses, deposits and the blocks read, in the tables of
+//! migration 4. Changes are numbered by `max(change) + 1` (one thread writes).
+
+use alloy_primitives::{Address, B256};
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::rows::{asset_text, exec, parse_asset, parse_text, parse_u256, row, sql_u64};
+use super::{Failure, SqliteJournal, now_ms};
+use crate::journal::JournalError;
+use crate::journal::deposits::{BlockRecord, DepositAddressRow, DepositRow, DepositStatus, DepositStore, NewDeposit};
+
+/// Blocks read that are remembered (a reorg deeper than this is not noticed against them).
+const BLOCKS_KEPT: u64 = 1024;
+
+/// The columns of a [`DepositRow`], the deposit joined with its address's reference.
+const DEPOSIT_COLUMNS: &str = "d.change, d.tx_hash, d.log_index, d.address, a.reference, d.asset, d.amount, d.sender, \
+    d.block_number, d.block_hash, d.status, d.seen_ms, d.updated_ms";
+const DEPOSIT_FROM: &str = "deposits d LEFT JOIN deposit_addresses a ON a.address = d.address";
+
+fn u64_of(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn address_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DepositAddressRow> {
+    Ok(DepositAddressRow {
+        seq: u64_of(row.get(0)?),
+        reference: row.get(1)?,
+        address: parse_text(&row.get::<_, String>(2)?)?,
+        client: row.get(3)?,
+        created_ms: u64_of(row.get(4)?),
+    })
+}
+
+fn deposit_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DepositRow> {
+    let log_index: i64 = row.get(2)?;
+    let status: String = row.get(10)?;
+    Ok(DepositRow {
+        change: u64_of(row.get(0)?),
+        tx_hash: parse_text(&row.get::<_, String>(1)?)?,
+        log_index: u64::try_from(log_index).ok(),
+        address: parse_text(&row.get::<_, String>(3)?)?,
+        reference: row.get(4)?,
+        asset: parse_asset(&row.get::<_, String>(5)?)?,
+        amount: parse_u256(&row.get::<_, String>(6)?)?,
+        sender: parse_text(&row.get::<_, String>(7)?)?,
+        block_number: u64_of(row.get(8)?),
+        block_hash: parse_text(&row.get::<_, String>(9)?)?,
+        status: DepositStatus::parse(&status)
+            .ok_or_else(|| super::rows::invalid(format!("deposit status `{status}` cannot be read")))?,
+        seen_ms: u64_of(row.get(11)?),
+        updated_ms: u64_of(row.get(12)?),
+    })
+}
+
+/// The deposits `condition` selects (with its parameters), in the order of their changes.
+fn select<P: rusqlite::Params>(
+    connection: &Connection,
+    condition: &str,
+    parameters: P,
+) -> Result<Vec<DepositRow>, Failure> {
+    let sql = format!("SELECT {DEPOSIT_COLUMNS} FROM {DEPOSIT_FROM} WHERE {condition} ORDER BY d.change");
+    let mut statement = connection.prepare_cached(&sql)?;
+    let rows = statement.query_map(parameters, deposit_row)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// The next change number.
+fn next_change(connection: &Connection) -> Result<i64, Failure> {
+    Ok(row(connection, "SELECT coalesce(max(change), 0) + 1 FROM deposits", [], |row| row.get(0))?)
+}
+
+/// Sets `status` on the deposits `condition` selects, each with the next change number; answers them.
+fn change_status(
+    connection: &Connection,
+    condition: &str,
+    block: i64,
+    status: DepositStatus,
+) -> Result<Vec<DepositRow>, Failure> {
+    let keys: Vec<(String, i64)> = {
+        let mut statement = connection
+            .prepare_cached(&format!("SELECT tx_hash, log_index FROM deposits WHERE {condition} ORDER BY change"))?;
+        statement.query_map(params![block], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?
+    };
+    let now = sql_u64(now_ms());
+    // One thread writes: the changes numbered after `before` are exactly these.
+    let before = next_change(connection)? - 1;
+    for (tx_hash, log_index) in &keys {
+        let change = next_change(connection)?;
+        exec(
+            connection,
+            "UPDATE deposits SET status = ?3, change = ?4, updated_ms = ?5 WHERE tx_hash = ?1 AND log_index = ?2",
+            params![tx_hash, log_index, status.as_str(), change, now],
+        )?;
+    }
+    select(connection, "d.change > ?1", params![before])
+}
+
+#[async_trait]
+impl DepositStore for SqliteJournal {
+    async fn deposit_address(
+        &self,
+        reference: &str,
+        address: Address,
+        client: &str,
+    ) -> Result<DepositAddressRow, JournalError> {
+        let (reference, client) = (reference.to_owned(), client.to_owned());
+        self.run(move |connection| {
+            let columns = "seq, reference, address, client, created_ms";
+            let existing = row(
+                connection,
+                &format!("SELECT {columns} FROM deposit_addresses WHERE reference = ?1"),
+                params![reference],
+                address_row,
+            )
+            .optional()?;
+            if let Some(existing) = existing {
+                return Ok(existing);
+            }
+            let taken: Option<String> = row(
+                connection,
+                "SELECT reference FROM deposit_addresses WHERE address = ?1",
+                params![address.to_string()],
+                |row| row.get(0),
+            )
+            .optional()?;
+            if let Some(taken) = taken {
+                return Err(Failure::Refused(format!("address {address} is already reference {taken:?}'s")));
+            }
+            exec(
+                connection,
+                "INSERT INTO deposit_addresses (reference, address, client, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![reference, address.to_string(), client, sql_u64(now_ms())],
+            )?;
+            Ok(row(
+                connection,
+                &format!("SELECT {columns} FROM deposit_addresses WHERE reference = ?1"),
+                params![reference],
+                address_row,
+            )?)
+        })
+        .await
+    }
+
+    async fn deposit_addresses(&self, after_seq: u64, limit: usize) -> Result<Vec<DepositAddressRow>, JournalError> {
+        self.run(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT seq, reference, address, client, created_ms FROM deposit_addresses WHERE seq > ?1 \
+                 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = statement
+                .query_map(params![sql_u64(after_seq), sql_u64(limit as u64)], address_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn record_block(&self, block: BlockRecord, deposits: Vec<NewDeposit>) -> Result<usize, JournalError> {
+        self.run(move |connection| {
+            let number = sql_u64(block.number);
+            exec(
+                connection,
+                "INSERT INTO deposit_blocks (number, hash) VALUES (?1, ?2) \
+                 ON CONFLICT (number) DO UPDATE SET hash = excluded.hash",
+                params![number, block.hash.to_string()],
+            )?;
+            exec(connection, "DELETE FROM deposit_blocks WHERE number < ?1", params![number - sql_u64(BLOCKS_KEPT)])?;
+            let now = sql_u64(now_ms());
+            let mut recorded = 0;
+            for deposit in deposits {
+                let change = next_change(connection)?;
+                let log_index = deposit.log_index.map_or(-1, sql_u64);
+                recorded += exec(
+                    connection,
+                    "INSERT INTO deposits (tx_hash, log_index, address, asset, amount, sender, block_number, block_hash, \
+                     status, change, seen_ms, updated_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?10) \
+                     ON CONFLICT (tx_hash, log_index) DO UPDATE SET status = 'pending', block_number = excluded.block_number, \
+                     block_hash = excluded.block_hash, change = excluded.change, updated_ms = excluded.updated_ms \
+                     WHERE deposits.status = 'removed'",
+                    params![
+                        deposit.tx_hash.to_string(),
+                        log_index,
+                        deposit.address.to_string(),
+                        asset_text(deposit.asset),
+                        deposit.amount.to_string(),
+                        deposit.sender.to_string(),
+                        number,
+                        block.hash.to_string(),
+                        change,
+                        now
+                    ],
+                )?;
+            }
+            Ok(recorded)
+        })
+        .await
+    }
+
+    async fn recent_blocks(&self, limit: usize) -> Result<Vec<BlockRecord>, JournalError> {
+        self.run(move |connection| {
+            let mut statement =
+                connection.prepare_cached("SELECT number, hash FROM deposit_blocks ORDER BY number DESC LIMIT ?1")?;
+            let rows = statement
+                .query_map(params![sql_u64(limit as u64)], |row| {
+                    Ok(BlockRecord {
+                        number: u64_of(row.get(0)?),
+                        hash: parse_text::<B256>(&row.get::<_, String>(1)?)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn remove_block(&self, number: u64) -> Result<Vec<DepositRow>, JournalError> {
+        self.run(move |connection| {
+            let block = sql_u64(number);
+            exec(connection, "DELETE FROM deposit_blocks WHERE number = ?1", params![block])?;
+            let mut changed =
+                change_status(connection, "block_number = ?1 AND status = 'pending'", block, DepositStatus::Removed)?;
+            changed.extend(change_status(
+                connection,
+                "block_number = ?1 AND status = 'confirmed'",
+                block,
+                DepositStatus::Reversed,
+            )?);
+            Ok(changed)
+        })
+        .await
+    }
+
+    async fn confirm_deposits(&self, block: u64) -> Result<Vec<DepositRow>, JournalError> {
+        self.run(move |connection| {
+            change_status(
+                connection,
+                "block_number <= ?1 AND status = 'pending'",
+                sql_u64(block),
+                DepositStatus::Confirmed,
+            )
+        })
+        .await
+    }
+
+    async fn deposits(&self, since: u64, limit: usize) -> Result<Vec<DepositRow>, JournalError> {
+        self.run(move |connection| {
+            let sql =
+                format!("SELECT {DEPOSIT_COLUMNS} FROM {DEPOSIT_FROM} WHERE d.change > ?1 ORDER BY d.change LIMIT ?2");
+            let mut statement = connection.prepare_cached(&sql)?;
+            let rows = statement
+                .query_map(params![sql_u64(since), sql_u64(limit as u64)], deposit_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}
