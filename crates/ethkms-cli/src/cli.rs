@@ -113,7 +113,7 @@ pub(crate) struct DepositTargetArgs {
     /// The treasury every deposit goes to (the parent).
     #[arg(long, value_name = "ADDRESS")]
     pub(crate) parent: String,
-    /// Customer references (1 to 200 bytes, no control characters).
+    /// Customer references (1 to 200 characters, no control characters).
     pub(crate) references: Vec<String>,
     /// Indices START..END: the references "START" to "END-1", in decimal.
     #[arg(long, value_name = "START..END", conflicts_with = "references")]

@@ -24,11 +24,11 @@ use alloy_primitives::{Address, B256, keccak256};
 
 use crate::contracts;
 
-/// The longest reference, in bytes of UTF-8.
-pub const MAX_REFERENCE_BYTES: usize = 200;
+/// The longest reference, in characters (Unicode scalar values, as JSON Schema's `maxLength` counts).
+pub const MAX_REFERENCE_CHARS: usize = 200;
 
 /// A customer reference: the string a deposit address is derived from (an account id, a UUID, an index in
-/// decimal). 1 to [`MAX_REFERENCE_BYTES`] bytes of UTF-8, no control characters, so that what a client
+/// decimal). 1 to [`MAX_REFERENCE_CHARS`] characters, no control characters, so that what a client
 /// sends, what is logged and what is stored are the same string.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Reference(String);
@@ -39,8 +39,8 @@ pub enum ReferenceError {
     /// It is empty.
     #[error("a deposit reference must not be empty")]
     Empty,
-    /// It is longer than [`MAX_REFERENCE_BYTES`].
-    #[error("a deposit reference is at most {MAX_REFERENCE_BYTES} bytes; this one has {0}")]
+    /// It is longer than [`MAX_REFERENCE_CHARS`] (it has this many characters).
+    #[error("a deposit reference is at most {MAX_REFERENCE_CHARS} characters; this one has {0}")]
     TooLong(usize),
     /// It holds a control character, at this byte offset.
     #[error("a deposit reference must not hold a control character (one at byte {0})")]
@@ -56,8 +56,9 @@ impl Reference {
         if text.is_empty() {
             return Err(ReferenceError::Empty);
         }
-        if text.len() > MAX_REFERENCE_BYTES {
-            return Err(ReferenceError::TooLong(text.len()));
+        let characters = text.chars().count();
+        if characters > MAX_REFERENCE_CHARS {
+            return Err(ReferenceError::TooLong(characters));
         }
         if let Some((at, _)) = text.char_indices().find(|(_, c)| c.is_control()) {
             return Err(ReferenceError::ControlCharacter(at));
@@ -185,7 +186,8 @@ mod tests {
         assert_eq!(Reference::new(&"x".repeat(201)), Err(ReferenceError::TooLong(201)));
         assert_eq!(Reference::new("ab\0c"), Err(ReferenceError::ControlCharacter(2)));
         assert_eq!(Reference::new("é\u{85}"), Err(ReferenceError::ControlCharacter(2)));
-        assert!(Reference::new(&"é".repeat(100)).is_ok(), "200 bytes");
+        assert!(Reference::new(&"é".repeat(200)).is_ok(), "200 characters (400 bytes)");
+        assert_eq!(Reference::new(&"é".repeat(201)), Err(ReferenceError::TooLong(201)));
         assert!(ReferenceError::TooLong(201).to_string().contains("201"));
     }
 

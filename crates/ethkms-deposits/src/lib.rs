@@ -6,6 +6,6 @@ pub mod contracts;
 pub mod scan;
 pub mod sweep;
 
-pub use address::{DepositAddresses, MAX_REFERENCE_BYTES, Reference, ReferenceError};
+pub use address::{DepositAddresses, MAX_REFERENCE_CHARS, Reference, ReferenceError};
 pub use scan::{Asset, Deposit, DepositId, Follower, ScanError, ScannedBlock, Seen, scan_block};
 pub use sweep::{SweepBatch, SweepCosts, SweepError};

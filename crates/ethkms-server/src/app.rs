@@ -14,10 +14,13 @@ use ethkms::eth::{KmsSigner, SignerError};
 use ethkms::{ChainSettings, WalletManager};
 
 use crate::config::{Config, JournalLocation};
-use crate::journal::{JournalStore, PostgresJournal, SqliteJournal};
+use crate::journal::{DepositStore, JournalStore, PostgresJournal, SqliteJournal};
 use crate::policy::PolicyEngine;
 use crate::shared::{Key, Shared};
 use crate::withdrawals::Engine;
+
+/// The journal, as the withdrawal engine and as the deposit watcher use it (the same one).
+type Journals = (Option<Arc<dyn JournalStore>>, Option<Arc<dyn DepositStore>>);
 
 /// The running service's state.
 pub struct Service {
@@ -25,6 +28,8 @@ pub struct Service {
     pub(crate) shared: Arc<Shared>,
     /// The withdrawal engine (with a journal configured).
     pub(crate) engine: Option<Arc<Engine>>,
+    /// Customer deposit addresses (with `[deposits]` configured).
+    pub(crate) deposits: Option<Arc<crate::deposits::Deposits>>,
     /// `/readyz`'s last check: when, and whether the node and the journal answered.
     pub(crate) node_checked: std::sync::Mutex<Option<(std::time::Instant, bool, bool)>>,
     /// Slots of the requests being answered.
@@ -120,22 +125,42 @@ impl Service {
         }
         let audit = AuditWriter::spawn(AuditLog::open(&config.audit_log)?)?;
         let policy = PolicyEngine::new(policies);
-        let journal: Option<Arc<dyn JournalStore>> = match &config.journal {
-            Some(JournalLocation::Sqlite(path)) => Some(Arc::new(SqliteJournal::open(path)?)),
-            Some(JournalLocation::Postgres(url)) => Some(Arc::new(PostgresJournal::connect(url).await?)),
-            None => None,
+        let (journal, deposit_store): Journals = match &config.journal {
+            Some(JournalLocation::Sqlite(path)) => {
+                let journal = Arc::new(SqliteJournal::open(path)?);
+                (Some(journal.clone()), Some(journal))
+            }
+            Some(JournalLocation::Postgres(url)) => {
+                let journal = Arc::new(PostgresJournal::connect(url).await?);
+                (Some(journal.clone()), Some(journal))
+            }
+            None => (None, None),
         };
         let shared = Arc::new(Shared::new(manager, keys, policy, audit, config.replica.name.clone()));
+        let deposits = match (&config.deposits, deposit_store, &journal) {
+            (Some(settings), Some(store), Some(leases)) => Some(Arc::new(crate::deposits::Deposits::new(
+                settings.clone(),
+                store,
+                Arc::clone(leases),
+                Arc::clone(&shared),
+                config.replica.clone(),
+            ))),
+            _ => None,
+        };
         let engine = journal
             .map(|journal| Engine::new(Arc::clone(&shared), journal, config.withdrawals, config.replica.clone()));
         if let Some(engine) = &engine {
             engine.start();
+        }
+        if let Some(deposits) = &deposits {
+            deposits.start();
         }
         let in_flight = crate::limits::InFlight::new(config.limits.max_in_flight_requests);
         Ok(Arc::new(Self {
             config,
             shared,
             engine,
+            deposits,
             node_checked: std::sync::Mutex::new(None),
             in_flight,
             head_asked: std::sync::Mutex::new(None),
@@ -145,6 +170,9 @@ impl Service {
     /// Stops background work: waits up to `timeout` for withdrawals being signed and sent (what is left
     /// resumes at the next start), stops the watcher and closes the journal.
     pub async fn stop(&self, timeout: Duration) {
+        if let Some(deposits) = &self.deposits {
+            deposits.stop().await;
+        }
         if let Some(engine) = &self.engine {
             engine.stop(timeout).await;
         }

@@ -6,6 +6,8 @@ mod app;
 #[cfg(feature = "service")]
 pub mod config;
 #[cfg(feature = "service")]
+mod deposits;
+#[cfg(feature = "service")]
 pub mod journal;
 #[cfg(feature = "service")]
 pub mod limits;

@@ -81,6 +81,10 @@ pub(crate) struct Metrics {
     pub(crate) fenced_writes: Counter,
     /// Whether this replica holds each key's lease (1) or not (0).
     leases_held: Family<Vec<(&'static str, String)>, Gauge>,
+    /// Deposits by event: found, confirmed, removed (its block left the chain first), reversed (after).
+    pub(crate) deposits: Labeled,
+    /// The last block the deposit watcher read.
+    pub(crate) deposit_block: Gauge,
     /// The node's latest block number, as last seen.
     chain_head: Gauge,
     /// The node's latest block hash, as last seen: one series, labelled with it.
@@ -112,6 +116,8 @@ impl Default for Metrics {
             lease_handovers: Counter::default(),
             fenced_writes: Counter::default(),
             leases_held: Family::default(),
+            deposits: Labeled::new("event"),
+            deposit_block: Gauge::default(),
             chain_head: Gauge::default(),
             chain_head_hash: Family::default(),
             registry: Registry::default(),
@@ -169,7 +175,13 @@ impl Default for Metrics {
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
         }
-        let families: [(&str, &str, &Labeled); 7] = [
+        let families: [(&str, &str, &Labeled); 8] = [
+            (
+                "ethkms_deposits",
+                "Deposits by event: found, confirmed, removed (their block left the chain before they were \
+                 confirmed), reversed (after)",
+                &metrics.deposits,
+            ),
             ("ethkms_signatures", "Signatures released, by method", &metrics.signatures),
             ("ethkms_policy_denials", "Requests denied by policy, by rule", &metrics.denials),
             ("ethkms_kms_errors", "Key service errors, by kind", &metrics.kms_errors),
@@ -199,6 +211,11 @@ impl Default for Metrics {
             "ethkms_lease_held",
             "Whether this replica holds the key's lease and processes its rows (1) or not (0)",
             metrics.leases_held.clone(),
+        );
+        registry.register(
+            "ethkms_deposit_scan_block",
+            "The last block the deposit watcher read",
+            metrics.deposit_block.clone(),
         );
         registry.register(
             "ethkms_chain_head_block",

@@ -74,8 +74,10 @@ use sha2::{Digest, Sha256};
 use crate::policy::{ArgConstraint, ArgKind, Asset, ContractCall, KeyPolicy, TypedDataPolicy, TypedDomain};
 
 pub use crate::policy::FeeCaps;
+pub use deposits::DepositSettings;
 pub use replica::{JournalLocation, ReplicaSettings, redact_password};
 
+mod deposits;
 mod replica;
 
 /// Blocks (the including one counted) before a mined transaction is final, unless a key says otherwise:
@@ -135,6 +137,8 @@ pub struct Config {
     pub withdrawals: WithdrawalSettings,
     /// How much the service takes on at once.
     pub limits: crate::limits::Limits,
+    /// Customer deposit addresses, if any.
+    pub deposits: Option<DepositSettings>,
 }
 
 /// The listener's certificate and private key, PEM files.
@@ -191,6 +195,7 @@ struct RawConfig {
     withdrawals: RawWithdrawals,
     #[serde(default)]
     limits: crate::limits::Limits,
+    deposits: Option<deposits::RawDeposits>,
 }
 
 #[derive(Deserialize, Default)]
@@ -280,6 +285,9 @@ struct RawClient {
 /// The methods whose transactions take a nonce, and so need the journal.
 pub const JOURNALLED_METHODS: [&str; 3] = ["eth_signTransaction", "eth_sendTransaction", "withdrawals"];
 
+/// The method that gives a client the deposit addresses and deposits of its keys.
+pub const DEPOSITS_METHOD: &str = "deposits";
+
 /// The JSON-RPC methods that sign.
 pub const SIGNING_METHODS: [&str; 6] =
     ["eth_sign", "personal_sign", "eth_signTypedData_v4", "eth_signTransaction", "eth_sendTransaction", "withdrawals"];
@@ -295,6 +303,9 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError(error.to_string()))?;
         let mut keys = BTreeMap::new();
         for (name, key) in raw.keys {
+            if name.is_empty() || name.starts_with('@') {
+                return Err(ConfigError(format!("keys.{name:?}: a key's name must not be empty or start with `@`")));
+            }
             let fees = fee_caps(&name, &key.fees)?;
             let policy = KeyPolicy { fees, ..policy(&name, key.policy)? };
             if key.chain_id == 0 {
@@ -324,9 +335,9 @@ impl Config {
                 }
             }
             for method in &client.methods {
-                if !SIGNING_METHODS.contains(&method.as_str()) {
+                if !SIGNING_METHODS.contains(&method.as_str()) && method != DEPOSITS_METHOD {
                     return Err(ConfigError(format!(
-                        "clients.{name}.methods: `{method}` is not a signing method ({})",
+                        "clients.{name}.methods: `{method}` is not a signing method ({}) nor `{DEPOSITS_METHOD}`",
                         SIGNING_METHODS.join(", ")
                     )));
                 }
@@ -363,6 +374,12 @@ impl Config {
             ));
         }
         raw.limits.validate().map_err(ConfigError)?;
+        let deposits = deposits::deposits(raw.deposits, &keys, raw.journal.is_some())?;
+        for (name, client) in &clients {
+            if client.methods.iter().any(|method| method == DEPOSITS_METHOD) && deposits.is_none() {
+                return Err(ConfigError(format!("clients.{name}.methods: `deposits` needs a [deposits] section")));
+            }
+        }
         Ok(Self {
             listen: raw.listen,
             upstream: raw.upstream.parse().map_err(|error| ConfigError(format!("upstream: {error}")))?,
@@ -374,6 +391,7 @@ impl Config {
             replica: replica::replica(raw.replica)?,
             withdrawals,
             limits: raw.limits,
+            deposits,
         })
     }
 

@@ -129,20 +129,20 @@ pub(crate) fn overloaded(message: impl std::fmt::Display) -> ApiError {
     error(ErrorKind::Overloaded, format!("{message}; retry after {} s", crate::limits::RETRY_AFTER_SECONDS))
 }
 
-fn error(kind: ErrorKind, message: impl std::fmt::Display) -> ApiError {
+pub(crate) fn error(kind: ErrorKind, message: impl std::fmt::Display) -> ApiError {
     ApiError { kind, message: message.to_string(), id: None, rule: None, status: None }
 }
 
-fn bad_request(message: impl std::fmt::Display) -> ApiError {
+pub(crate) fn bad_request(message: impl std::fmt::Display) -> ApiError {
     error(ErrorKind::InvalidRequest, message)
 }
 
-fn journal_error(journal_error: impl std::fmt::Display) -> ApiError {
+pub(crate) fn journal_error(journal_error: impl std::fmt::Display) -> ApiError {
     error(ErrorKind::Journal, journal_error)
 }
 
 /// A body that could not be read: too large (413) or cut short (400).
-fn unreadable(rejection: &BytesRejection) -> ApiError {
+pub(crate) fn unreadable(rejection: &BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         error(ErrorKind::BodyTooLarge, format!("the body is larger than {} bytes", crate::service::MAX_BODY_BYTES))
     } else {
@@ -234,7 +234,7 @@ pub(crate) fn authenticate(service: &Service, headers: &HeaderMap) -> Result<(),
 }
 
 /// The client behind the request's bearer token, if it may make withdrawals at all.
-fn client<'a>(service: &'a Service, headers: &HeaderMap) -> Result<(&'a str, &'a ClientConfig), ApiError> {
+pub(crate) fn client<'a>(service: &'a Service, headers: &HeaderMap) -> Result<(&'a str, &'a ClientConfig), ApiError> {
     let token = crate::service::bearer(headers)
         .ok_or_else(|| error(ErrorKind::Unauthorized, "missing bearer token (Authorization: Bearer …)"))?;
     service.config.authenticate(token).ok_or_else(|| error(ErrorKind::Unauthorized, "unknown bearer token"))

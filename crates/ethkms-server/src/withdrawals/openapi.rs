@@ -23,6 +23,8 @@ use utoipa::{Modify, OpenApi};
         super::api::post,
         super::api::get,
         super::api::cancel,
+        crate::deposits::api::post_address,
+        crate::deposits::api::list,
         crate::probes::healthz,
         crate::probes::ready,
         crate::probes::metrics,
@@ -31,6 +33,7 @@ use utoipa::{Modify, OpenApi};
     modifiers(&BearerToken),
     tags(
         (name = "withdrawals", description = "Idempotent withdrawals, paid at most once"),
+        (name = "deposits", description = "Customer deposit addresses and the deposits found to them"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]
