@@ -127,11 +127,12 @@ pub(super) async fn announce(transaction: &Transaction<'_>, name: String, ttl: D
     Ok(())
 }
 
-/// The replicas whose announcement runs, with the number of leases each holds that have not run out.
+/// The replicas whose announcement runs, with the number of keys' leases each holds that have not run out (leases
+/// named with `@`, such as the deposit watcher's, are not keys').
 pub(super) async fn replicas(transaction: &Transaction<'_>) -> Result<Vec<ReplicaRow>, Failure> {
     let sql = format!(
         "SELECT r.name, count(l.key) FROM replicas r \
-         LEFT JOIN leases l ON l.holder = r.name AND l.expires_ms > {NOW_MS} \
+         LEFT JOIN leases l ON l.holder = r.name AND l.expires_ms > {NOW_MS} AND l.key NOT LIKE '@%' \
          WHERE r.expires_ms > {NOW_MS} GROUP BY r.name ORDER BY r.name"
     );
     let rows = query(transaction, &sql, &[]).await?;
