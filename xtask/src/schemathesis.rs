@@ -170,7 +170,8 @@ pub(crate) fn check(services: &ServiceEnv, settings: &Settings) -> Result {
     Ok(())
 }
 
-/// The server's configuration: one key with a tiny policy, one client with `token`, files in `directory`.
+/// The server's configuration: one key with a tiny policy, deposit addresses, one client with `token`, files
+/// in `directory`.
 fn configuration(port: u16, upstream: &str, key_id: &str, token: &str, directory: &Path) -> String {
     crate::server_config::ServerConfig {
         port,
@@ -183,6 +184,13 @@ fn configuration(port: u16, upstream: &str, key_id: &str, token: &str, directory
 max_value = { ETH = "100000000001000" }
 daily_limit = { ETH = "0.01ether" }
 contract_calls = []"#,
+        // Addresses are derived (and kept) without the factory existing; the watcher reads anvil's blocks.
+        deposits: Some(
+            r#"key = "hot"
+factory = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+parent = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+poll_interval_ms = 500"#,
+        ),
     }
     .text()
 }

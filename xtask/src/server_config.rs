@@ -1,6 +1,7 @@
 //! The signing service's configuration as the tasks that start it write it (`demo`, `schemathesis`): one
-//! KMS key named `hot` on anvil's chain, final after one block, one client allowed to make withdrawals, its
-//! files in one folder; each task gives the key's fee caps and policy.
+//! KMS key named `hot` on anvil's chain, final after one block, one client allowed to make withdrawals (and
+//! to use deposit addresses, when there are), its files in one folder; each task gives the key's fee caps
+//! and policy.
 
 use std::path::Path;
 
@@ -22,6 +23,9 @@ pub(crate) struct ServerConfig<'a> {
     pub(crate) fees: &'a str,
     /// The lines of `[keys.hot.policy]`, TOML.
     pub(crate) policy: &'a str,
+    /// The lines of `[deposits]`, TOML, if the service hands out deposit addresses (the client then may
+    /// use them too).
+    pub(crate) deposits: Option<&'a str>,
 }
 
 impl ServerConfig<'_> {
@@ -47,8 +51,8 @@ fees = {fees}
 [clients.{client}]
 token_sha256 = "{token_sha256}"
 keys = ["hot"]
-methods = ["withdrawals"]
-"#,
+methods = [{methods}]
+{deposits}"#,
             port = self.port,
             upstream = self.upstream,
             key_id = self.key_id,
@@ -56,6 +60,8 @@ methods = ["withdrawals"]
             policy = self.policy.trim_end(),
             audit = self.directory.join("audit.jsonl").display(),
             journal = self.directory.join("journal.sqlite").display(),
+            methods = if self.deposits.is_some() { r#""withdrawals", "deposits""# } else { r#""withdrawals""# },
+            deposits = self.deposits.map(|lines| format!("\n[deposits]\n{}\n", lines.trim_end())).unwrap_or_default(),
         )
     }
 }

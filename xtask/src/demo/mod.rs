@@ -244,6 +244,7 @@ fn configuration(port: u16, upstream: &str, key_id: &str, token: &str, directory
         policy: r#"# Ether limits count the most a withdrawal can pay in fees (max_fee_per_tx) too: 0.05 ether + 0.001.
 max_value = { ETH = "0.051ether" }
 daily_limit = { ETH = "1ether" }"#,
+        deposits: None,
     }
     .text()
 }

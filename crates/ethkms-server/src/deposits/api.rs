@@ -121,7 +121,7 @@ pub(crate) struct DepositList {
 pub(crate) struct DepositQuery {
     /// Only deposits whose last change came after this one (0: from the start).
     #[param(minimum = 0)]
-    since: Option<u64>,
+    since: Option<i64>,
     /// At most this many (default 100, at most 1000).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
@@ -206,7 +206,7 @@ pub(crate) async fn list(
 ) -> Result<Json<DepositList>, ApiError> {
     let deposits = deposits_of(&service, &headers)?;
     let Query(query) = query.map_err(|rejection| bad_request(format!("the query: {}", rejection.body_text())))?;
-    let since = query.since.unwrap_or(0);
+    let since = u64::try_from(query.since.unwrap_or(0)).map_err(|_| bad_request("`since` must not be negative"))?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(bad_request(format!("`limit` must be 1 to {MAX_LIMIT}")));
