@@ -207,8 +207,8 @@ impl Follower {
     /// Reads the blocks up to the node's head (at most `limit` of them), returning what it saw in order.
     ///
     /// # Errors
-    /// [`ScanError`] if the node fails (what was read before the failure is kept and not reported again),
-    /// or a reorg is deeper than the blocks remembered.
+    /// [`ScanError`] if the node fails, or a reorg is deeper than the blocks remembered — only when nothing
+    /// was seen before it in this poll (otherwise that is answered, and the next poll meets the error).
     pub async fn poll<P: Provider>(
         &mut self,
         provider: &P,
@@ -223,7 +223,12 @@ impl Follower {
         let mut seen = Vec::new();
         let mut read = 0;
         while self.next <= head && read < limit {
-            let block = scan_block(provider, self.next, watched, tokens).await?;
+            // What was seen is never lost: an error after it is reported by the next poll, which meets it again.
+            let block = match scan_block(provider, self.next, watched, tokens).await {
+                Ok(block) => block,
+                Err(_) if !seen.is_empty() => return Ok(seen),
+                Err(error) => return Err(error),
+            };
             let parent = self.next.checked_sub(1).and_then(|number| self.recent.get(&number));
             if let Some(parent) = parent
                 && parent.hash != block.parent_hash
@@ -234,6 +239,9 @@ impl Follower {
                 }
                 self.next -= 1;
                 if self.recent.is_empty() {
+                    if !seen.is_empty() {
+                        return Ok(seen);
+                    }
                     return Err(ScanError::Node {
                         block: self.next,
                         message: format!("a reorg deeper than the {} blocks remembered", self.depth),

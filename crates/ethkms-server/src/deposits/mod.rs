@@ -163,6 +163,10 @@ impl Deposits {
         let mut next = last.map_or_else(|| self.settings.start_block.unwrap_or(head), |block| block.number + 1);
         let started = next;
         while next <= head && next < started + BLOCKS_PER_PASS && !self.stopping.load(Ordering::Relaxed) {
+            // A pass that outlasts a third of the lease stops: the next renews it before reading on.
+            if watch.lease.as_ref().is_none_or(|(_, until)| Instant::now() + self.replica.lease / 3 >= *until) {
+                break;
+            }
             let block = scan_block(provider, next, &watch.watched, &self.settings.tokens)
                 .await
                 .map_err(|error| error.to_string())?;
@@ -171,7 +175,7 @@ impl Deposits {
                 && previous.hash != block.parent_hash
             {
                 // The block read before is not this one's parent: it left the chain.
-                let taken = self.store.remove_block(previous.number).await.map_err(|error| error.to_string())?;
+                let taken = self.store.remove_block(previous).await.map_err(|error| error.to_string())?;
                 for deposit in &taken {
                     let event = if deposit.status == DepositStatus::Reversed { "reversed" } else { "removed" };
                     self.shared.metrics.deposits.inc(event);

@@ -65,7 +65,7 @@ async fn deposits_are_recorded_once_then_confirmed_removed_or_reversed(journal: 
     // new block 11, it is pending again.
     assert_eq!(journal.record_block(block(11, 0), vec![deposit(3, None, alice, Asset::Ether, 9)]).await.unwrap(), 1);
     assert_eq!(journal.recent_blocks(5).await.unwrap(), [block(11, 0), block(10, 0)]);
-    let removed = journal.remove_block(11).await.unwrap();
+    let removed = journal.remove_block(block(11, 0)).await.unwrap();
     assert_eq!(removed.len(), 1);
     assert_eq!((removed[0].status, removed[0].tx_hash), (DepositStatus::Removed, B256::repeat_byte(3)));
     assert_eq!(journal.recent_blocks(5).await.unwrap(), [block(10, 0)]);
@@ -75,10 +75,27 @@ async fn deposits_are_recorded_once_then_confirmed_removed_or_reversed(journal: 
     assert_eq!(back.len(), 1);
     assert_eq!((back[0].status, back[0].block_hash), (DepositStatus::Pending, block(11, 1).hash));
 
+    // Another block 11 cannot be recorded over the one recorded; removing a block by a hash not recorded
+    // changes nothing.
+    let other = journal.record_block(block(11, 2), vec![deposit(9, None, alice, Asset::Ether, 1)]).await.unwrap_err();
+    assert!(matches!(other, JournalError::Refused(_)), "{other:?}");
+    assert!(journal.remove_block(block(10, 5)).await.unwrap().is_empty());
+    assert_eq!(journal.recent_blocks(5).await.unwrap(), [block(11, 1), block(10, 0)]);
+
     // A reorg deeper than the confirmations: what was confirmed in block 10 is reversed.
-    let reversed = journal.remove_block(10).await.unwrap();
+    let reversed = journal.remove_block(block(10, 0)).await.unwrap();
     assert_eq!(reversed.len(), 2);
     assert!(reversed.iter().all(|row| row.status == DepositStatus::Reversed));
+    // Mined again in another block 10 — the log at index 3 now another transfer of the transaction — the
+    // deposits are pending again, with what they are now.
+    let again = vec![deposit(1, None, alice, Asset::Ether, 5), deposit(2, Some(3), alice, token, 8)];
+    assert_eq!(journal.record_block(block(10, 3), again).await.unwrap(), 2);
+    let back: Vec<_> = journal.deposits(reversed[1].change, 10).await.unwrap();
+    assert_eq!(back.len(), 2);
+    assert!(back.iter().all(|row| row.status == DepositStatus::Pending && row.block_hash == block(10, 3).hash));
+    assert_eq!((back[1].address, back[1].amount), (alice, U256::from(8)), "brought back as it is now");
+    assert_eq!(journal.remove_block(block(11, 1)).await.unwrap().len(), 1);
+    assert_eq!(journal.confirm_deposits(20).await.unwrap().len(), 2, "block 10's two; block 11's was removed");
     let all = journal.deposits(0, 100).await.unwrap();
     let changes: Vec<u64> = all.iter().map(|row| row.change).collect();
     assert!(changes.windows(2).all(|pair| pair[0] < pair[1]), "{changes:?}");

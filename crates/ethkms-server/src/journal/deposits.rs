@@ -3,7 +3,8 @@
 //! transaction hash and log index are unique), the blocks read (so that a restart resumes and a reorg is
 //! noticed against what was read), and each deposit's status — `pending` until it is deep enough,
 //! `confirmed` (credit it) — or `removed` if its block left the chain first (never credited), `reversed`
-//! if that happened after it was confirmed (a reorg deeper than the confirmations: an alarm).
+//! if that happened after it was confirmed (a reorg deeper than the confirmations: an alarm; debit only
+//! what was credited). A deposit removed or reversed whose transaction is mined again is `pending` again.
 //!
 //! Every change of a deposit takes the next number of one sequence (`change`), so a client reads what
 //! changed since the last number it saw (`GET /v1/deposits?since=`).
@@ -145,18 +146,24 @@ pub trait DepositStore: Send + Sync + fmt::Debug {
     async fn deposit_addresses(&self, after_seq: u64, limit: usize) -> Result<Vec<DepositAddressRow>, JournalError>;
 
     /// Records block `block` as read, with its deposits — in one transaction. A deposit already recorded is
-    /// left as it is, unless it was removed with its block and is now in this one (the same transaction
-    /// mined again): then it is pending again, here. Answers how many were new or brought back.
+    /// left as it is, unless a reorg took it back (`removed` or `reversed`) and it is now in this block (its
+    /// transaction mined again): then it is pending again, with what it is now. Answers how many were new or
+    /// brought back.
+    ///
+    /// # Errors
+    /// [`JournalError::Refused`] if another block of that number is recorded: a reader that lost the chain
+    /// (or its lease) records nothing over what another recorded; it removes the block first.
     async fn record_block(&self, block: BlockRecord, deposits: Vec<NewDeposit>) -> Result<usize, JournalError>;
 
     /// The blocks read most recently, newest first, at most `limit`.
     async fn recent_blocks(&self, limit: usize) -> Result<Vec<BlockRecord>, JournalError>;
 
-    /// Block `number` left the chain: forgets it as read, and its deposits become `removed` (or `reversed`
-    /// if they were confirmed). Answers them.
-    async fn remove_block(&self, number: u64) -> Result<Vec<DepositRow>, JournalError>;
+    /// Block `block` (that number with that hash) left the chain: forgets it as read, and its deposits become
+    /// `removed` (or `reversed` if they were confirmed). Answers them; nothing if that block is not recorded.
+    async fn remove_block(&self, block: BlockRecord) -> Result<Vec<DepositRow>, JournalError>;
 
-    /// Confirms the pending deposits in blocks up to `block` (deep enough now). Answers them.
+    /// Confirms the pending deposits in blocks up to `block` (deep enough now) that are recorded as read.
+    /// Answers them.
     async fn confirm_deposits(&self, block: u64) -> Result<Vec<DepositRow>, JournalError>;
 
     /// Up to `limit` deposits whose last change came after change `since`, in the order of their changes.

@@ -1,6 +1,7 @@
 //! The PostgreSQL journal's [`DepositStore`]: deposit addresses, deposits and the blocks read, in the tables
-//! of migration 3. Changes are numbered by the sequence `deposit_changes`; a reference asked for on two
-//! replicas at once is stored once (`ON CONFLICT DO NOTHING`, then read).
+//! of migration 3. Changes are numbered by the sequence `deposit_changes`, under an advisory lock so that
+//! they commit in their order; a reference asked for on two replicas at once is stored once (`ON CONFLICT
+//! DO NOTHING`, then read).
 
 use alloy_primitives::{Address, B256};
 use async_trait::async_trait;
@@ -14,6 +15,16 @@ use crate::journal::deposits::{BlockRecord, DepositAddressRow, DepositRow, Depos
 
 /// Blocks read that are remembered (a reorg deeper than this is not noticed against them).
 const BLOCKS_KEPT: i64 = 1024;
+
+/// The advisory lock (two-key form, beside the schema's) every write of deposits holds until it commits:
+/// such writes take turns, so their change numbers (drawn from a sequence) commit in order, and a client
+/// reading `since` a number never misses one committed after it.
+const DEPOSITS_LOCK: (i32, i32) = (0x6574_686b, 2);
+
+async fn lock_deposits(transaction: &Transaction<'_>) -> Result<(), Failure> {
+    execute(transaction, "SELECT pg_advisory_xact_lock($1, $2)", &[&DEPOSITS_LOCK.0, &DEPOSITS_LOCK.1]).await?;
+    Ok(())
+}
 
 const ADDRESS_COLUMNS: &str = "seq, reference, address, client, created_ms";
 const DEPOSIT_COLUMNS: &str = "d.change, d.tx_hash, d.log_index, d.address, a.reference, d.asset, d.amount::text, \
@@ -49,20 +60,21 @@ fn deposit_row(row: &Row) -> Result<DepositRow, Failure> {
     })
 }
 
-/// Sets `status` on the deposits `condition` selects (`$1`: a block number), each with the next change
-/// number; answers them in the order of their changes.
+/// Sets `status` on the deposits `condition` selects (`$1`: a block number; `$3`: its hash, when used),
+/// each with the next change number; answers them in the order of their changes.
 async fn change_status(
     transaction: &Transaction<'_>,
     condition: &str,
     block: i64,
+    hash: &str,
     status: DepositStatus,
 ) -> Result<Vec<DepositRow>, Failure> {
     let sql = format!(
         "WITH d AS (UPDATE deposits SET status = $2, change = nextval('deposit_changes'), updated_ms = {NOW_MS} \
-         WHERE {condition} RETURNING *) \
+         WHERE {condition} AND $3::text IS NOT NULL RETURNING *) \
          SELECT {DEPOSIT_COLUMNS} FROM d LEFT JOIN deposit_addresses a ON a.address = d.address ORDER BY d.change"
     );
-    query(transaction, &sql, &[&block, &status.as_str()]).await?.iter().map(deposit_row).collect()
+    query(transaction, &sql, &[&block, &status.as_str(), &hash]).await?.iter().map(deposit_row).collect()
 }
 
 async fn deposit_address(
@@ -91,17 +103,32 @@ async fn record_block(
     block: BlockRecord,
     deposits: Vec<NewDeposit>,
 ) -> Result<usize, Failure> {
+    lock_deposits(transaction).await?;
     let (number, hash) = (to_i64(block.number), block.hash.to_string());
-    let sql = "INSERT INTO deposit_blocks (number, hash) VALUES ($1, $2) ON CONFLICT (number) DO UPDATE SET hash = excluded.hash";
+    let sql = "INSERT INTO deposit_blocks (number, hash) VALUES ($1, $2) ON CONFLICT (number) DO NOTHING";
     execute(transaction, sql, &[&number, &hash]).await?;
+    let stored: String = query_opt(transaction, "SELECT hash FROM deposit_blocks WHERE number = $1", &[&number])
+        .await?
+        .map(|row| row.get(0))
+        .unwrap_or_default();
+    if stored != hash {
+        // A reader that lost the chain (or the lease) must not record another block over this one.
+        return Err(Failure::Refused(format!(
+            "block {} is recorded with hash {stored}: remove it before recording another",
+            block.number
+        )));
+    }
     execute(transaction, "DELETE FROM deposit_blocks WHERE number < $1", &[&(number - BLOCKS_KEPT)]).await?;
+    // A deposit taken back by a reorg and mined again is brought back with what it is now (a log's index may
+    // now be another log of the same transaction).
     let sql = format!(
         "INSERT INTO deposits (tx_hash, log_index, address, asset, amount, sender, block_number, block_hash, status, \
          change, seen_ms, updated_ms) \
          VALUES ($1, $2, $3, $4, $5::text::numeric, $6, $7, $8, 'pending', nextval('deposit_changes'), {NOW_MS}, {NOW_MS}) \
-         ON CONFLICT (tx_hash, log_index) DO UPDATE SET status = 'pending', block_number = excluded.block_number, \
-         block_hash = excluded.block_hash, change = excluded.change, updated_ms = excluded.updated_ms \
-         WHERE deposits.status = 'removed'"
+         ON CONFLICT (tx_hash, log_index) DO UPDATE SET status = 'pending', address = excluded.address, \
+         asset = excluded.asset, amount = excluded.amount, sender = excluded.sender, \
+         block_number = excluded.block_number, block_hash = excluded.block_hash, change = excluded.change, \
+         updated_ms = excluded.updated_ms WHERE deposits.status IN ('removed', 'reversed')"
     );
     let mut recorded = 0;
     for deposit in deposits {
@@ -170,17 +197,19 @@ impl DepositStore for PostgresJournal {
         .await
     }
 
-    async fn remove_block(&self, number: u64) -> Result<Vec<DepositRow>, JournalError> {
+    async fn remove_block(&self, block: BlockRecord) -> Result<Vec<DepositRow>, JournalError> {
         self.write(boxed(move |t| {
             Box::pin(async move {
-                let block = to_i64(number);
-                execute(t, "DELETE FROM deposit_blocks WHERE number = $1", &[&block]).await?;
-                let mut changed =
-                    change_status(t, "block_number = $1 AND status = 'pending'", block, DepositStatus::Removed).await?;
-                changed.extend(
-                    change_status(t, "block_number = $1 AND status = 'confirmed'", block, DepositStatus::Reversed)
-                        .await?,
-                );
+                lock_deposits(t).await?;
+                let (number, hash) = (to_i64(block.number), block.hash.to_string());
+                let sql = "DELETE FROM deposit_blocks WHERE number = $1 AND hash = $2";
+                if execute(t, sql, &[&number, &hash]).await? == 0 {
+                    return Ok(Vec::new());
+                }
+                let pending = "block_number = $1 AND block_hash = $3 AND status = 'pending'";
+                let mut changed = change_status(t, pending, number, &hash, DepositStatus::Removed).await?;
+                let confirmed = "block_number = $1 AND block_hash = $3 AND status = 'confirmed'";
+                changed.extend(change_status(t, confirmed, number, &hash, DepositStatus::Reversed).await?);
                 Ok(changed)
             })
         }))
@@ -190,8 +219,11 @@ impl DepositStore for PostgresJournal {
     async fn confirm_deposits(&self, block: u64) -> Result<Vec<DepositRow>, JournalError> {
         self.write(boxed(move |t| {
             Box::pin(async move {
-                change_status(t, "block_number <= $1 AND status = 'pending'", to_i64(block), DepositStatus::Confirmed)
-                    .await
+                lock_deposits(t).await?;
+                // Only deposits of blocks recorded as read: a stale record of a dropped block is not confirmed.
+                let condition = "block_number <= $1 AND status = 'pending' AND EXISTS (SELECT 1 FROM deposit_blocks b \
+                                 WHERE b.number = deposits.block_number AND b.hash = deposits.block_hash)";
+                change_status(t, condition, to_i64(block), "", DepositStatus::Confirmed).await
             })
         }))
         .await

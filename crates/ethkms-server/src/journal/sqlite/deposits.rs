@@ -70,17 +70,18 @@ fn next_change(connection: &Connection) -> Result<i64, Failure> {
     Ok(row(connection, "SELECT coalesce(max(change), 0) + 1 FROM deposits", [], |row| row.get(0))?)
 }
 
-/// Sets `status` on the deposits `condition` selects, each with the next change number; answers them.
-fn change_status(
+/// Sets `status` on the deposits `condition` selects (with `parameters`), each with the next change number;
+/// answers them.
+fn change_status<P: rusqlite::Params>(
     connection: &Connection,
     condition: &str,
-    block: i64,
+    parameters: P,
     status: DepositStatus,
 ) -> Result<Vec<DepositRow>, Failure> {
     let keys: Vec<(String, i64)> = {
         let mut statement = connection
             .prepare_cached(&format!("SELECT tx_hash, log_index FROM deposits WHERE {condition} ORDER BY change"))?;
-        statement.query_map(params![block], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?
+        statement.query_map(parameters, |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?
     };
     let now = sql_u64(now_ms());
     // One thread writes: the changes numbered after `before` are exactly these.
@@ -158,27 +159,40 @@ impl DepositStore for SqliteJournal {
 
     async fn record_block(&self, block: BlockRecord, deposits: Vec<NewDeposit>) -> Result<usize, JournalError> {
         self.run(move |connection| {
-            let number = sql_u64(block.number);
-            exec(
-                connection,
-                "INSERT INTO deposit_blocks (number, hash) VALUES (?1, ?2) \
-                 ON CONFLICT (number) DO UPDATE SET hash = excluded.hash",
-                params![number, block.hash.to_string()],
-            )?;
+            let (number, hash) = (sql_u64(block.number), block.hash.to_string());
+            let stored: Option<String> =
+                row(connection, "SELECT hash FROM deposit_blocks WHERE number = ?1", params![number], |row| row.get(0))
+                    .optional()?;
+            match stored {
+                // A reader that lost the chain (or the lease) must not record another block over this one.
+                Some(stored) if stored != hash => {
+                    return Err(Failure::Refused(format!(
+                        "block {} is recorded with hash {stored}: remove it before recording another",
+                        block.number
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    exec(connection, "INSERT INTO deposit_blocks (number, hash) VALUES (?1, ?2)", params![number, hash])?;
+                }
+            }
             exec(connection, "DELETE FROM deposit_blocks WHERE number < ?1", params![number - sql_u64(BLOCKS_KEPT)])?;
             let now = sql_u64(now_ms());
             let mut recorded = 0;
             for deposit in deposits {
                 let change = next_change(connection)?;
                 let log_index = deposit.log_index.map_or(-1, sql_u64);
+                // A deposit taken back by a reorg and mined again is brought back with what it is now (a log's
+                // index may now be another log of the same transaction).
                 recorded += exec(
                     connection,
                     "INSERT INTO deposits (tx_hash, log_index, address, asset, amount, sender, block_number, block_hash, \
                      status, change, seen_ms, updated_ms) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?10) \
-                     ON CONFLICT (tx_hash, log_index) DO UPDATE SET status = 'pending', block_number = excluded.block_number, \
-                     block_hash = excluded.block_hash, change = excluded.change, updated_ms = excluded.updated_ms \
-                     WHERE deposits.status = 'removed'",
+                     ON CONFLICT (tx_hash, log_index) DO UPDATE SET status = 'pending', address = excluded.address, \
+                     asset = excluded.asset, amount = excluded.amount, sender = excluded.sender, \
+                     block_number = excluded.block_number, block_hash = excluded.block_hash, change = excluded.change, \
+                     updated_ms = excluded.updated_ms WHERE deposits.status IN ('removed', 'reversed')",
                     params![
                         deposit.tx_hash.to_string(),
                         log_index,
@@ -187,7 +201,7 @@ impl DepositStore for SqliteJournal {
                         deposit.amount.to_string(),
                         deposit.sender.to_string(),
                         number,
-                        block.hash.to_string(),
+                        hash,
                         change,
                         now
                     ],
@@ -215,16 +229,24 @@ impl DepositStore for SqliteJournal {
         .await
     }
 
-    async fn remove_block(&self, number: u64) -> Result<Vec<DepositRow>, JournalError> {
+    async fn remove_block(&self, block: BlockRecord) -> Result<Vec<DepositRow>, JournalError> {
         self.run(move |connection| {
-            let block = sql_u64(number);
-            exec(connection, "DELETE FROM deposit_blocks WHERE number = ?1", params![block])?;
-            let mut changed =
-                change_status(connection, "block_number = ?1 AND status = 'pending'", block, DepositStatus::Removed)?;
+            let (number, hash) = (sql_u64(block.number), block.hash.to_string());
+            if exec(connection, "DELETE FROM deposit_blocks WHERE number = ?1 AND hash = ?2", params![number, hash])?
+                == 0
+            {
+                return Ok(Vec::new());
+            }
+            let mut changed = change_status(
+                connection,
+                "block_number = ?1 AND block_hash = ?2 AND status = 'pending'",
+                params![number, hash],
+                DepositStatus::Removed,
+            )?;
             changed.extend(change_status(
                 connection,
-                "block_number = ?1 AND status = 'confirmed'",
-                block,
+                "block_number = ?1 AND block_hash = ?2 AND status = 'confirmed'",
+                params![number, hash],
                 DepositStatus::Reversed,
             )?);
             Ok(changed)
@@ -234,10 +256,12 @@ impl DepositStore for SqliteJournal {
 
     async fn confirm_deposits(&self, block: u64) -> Result<Vec<DepositRow>, JournalError> {
         self.run(move |connection| {
+            // Only deposits of blocks recorded as read: a stale record of a dropped block is not confirmed.
             change_status(
                 connection,
-                "block_number <= ?1 AND status = 'pending'",
-                sql_u64(block),
+                "block_number <= ?1 AND status = 'pending' AND EXISTS (SELECT 1 FROM deposit_blocks b \
+                 WHERE b.number = deposits.block_number AND b.hash = deposits.block_hash)",
+                params![sql_u64(block)],
                 DepositStatus::Confirmed,
             )
         })
