@@ -46,6 +46,8 @@ pub(crate) struct Deposits {
     shared: Arc<Shared>,
     replica: ReplicaSettings,
     stopping: AtomicBool,
+    /// The watcher's state, held by each pass and by `stop` while it releases the lease.
+    watch: tokio::sync::Mutex<Watch>,
 }
 
 impl std::fmt::Debug for Deposits {
@@ -71,7 +73,16 @@ impl Deposits {
         replica: ReplicaSettings,
     ) -> Self {
         let addresses = DepositAddresses::new(settings.factory, settings.parent);
-        Self { settings, addresses, store, leases, shared, replica, stopping: AtomicBool::new(false) }
+        Self {
+            settings,
+            addresses,
+            store,
+            leases,
+            shared,
+            replica,
+            stopping: AtomicBool::new(false),
+            watch: tokio::sync::Mutex::new(Watch::default()),
+        }
     }
 
     /// Starts the watcher in the background.
@@ -79,23 +90,30 @@ impl Deposits {
         tokio::spawn(Arc::clone(self).watch());
     }
 
-    /// Stops the watcher (at its next pass) and gives up its lease.
+    /// Stops the watcher — a pass under way ends first — and gives up its lease, so that another replica
+    /// watches at once.
     pub(crate) async fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
-    }
-
-    async fn watch(self: Arc<Self>) {
-        let mut watch = Watch::default();
-        while !self.stopping.load(Ordering::Relaxed) {
-            if let Err(reason) = self.pass(&mut watch).await {
-                tracing::warn!(%reason, "deposit watcher: the pass stopped; the next retries");
-            }
-            tokio::time::sleep(self.settings.poll_interval).await;
-        }
+        let mut watch = self.watch.lock().await;
         if let Some((fence, _)) = watch.lease.take()
             && let Err(error) = self.leases.release_lease(&fence, &self.replica.name).await
         {
-            tracing::debug!(%error, "releasing the deposit watcher's lease (it runs out by itself)");
+            tracing::warn!(%error, "releasing the deposit watcher's lease (it runs out by itself)");
+        }
+    }
+
+    async fn watch(self: Arc<Self>) {
+        loop {
+            {
+                let mut watch = self.watch.lock().await;
+                if self.stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Err(reason) = self.pass(&mut watch).await {
+                    tracing::warn!(%reason, "deposit watcher: the pass stopped; the next retries");
+                }
+            }
+            tokio::time::sleep(self.settings.poll_interval).await;
         }
     }
 

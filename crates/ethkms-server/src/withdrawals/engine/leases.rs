@@ -73,13 +73,19 @@ impl Engine {
         let every = (self.replica.lease / 3).max(Duration::from_millis(100));
         // Passes each free key has waited (this replica not holding the fewest keys).
         let mut waited: HashMap<String, u32> = HashMap::new();
-        while !self.stopping.load(Ordering::Relaxed) {
-            let share = self.share().await;
-            for key in self.shared.keys.keys() {
-                self.keep_lease(key, share, &mut waited).await;
-            }
-            if share.hand_over {
-                self.hand_over(&mut waited).await;
+        loop {
+            {
+                let _pass = self.lease_pass.lock().await;
+                if self.stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                let share = self.share().await;
+                for key in self.shared.keys.keys() {
+                    self.keep_lease(key, share, &mut waited).await;
+                }
+                if share.hand_over {
+                    self.hand_over(&mut waited).await;
+                }
             }
             tokio::time::sleep(every).await;
         }

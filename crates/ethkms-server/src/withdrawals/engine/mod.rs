@@ -63,6 +63,9 @@ pub(crate) struct Engine {
     /// Rows being signed and sent, which shutdown waits for.
     pub(crate) work: WorkCounter,
     pub(crate) stopping: AtomicBool,
+    /// Held by each pass of the lease loop, and by `stop` while it releases the leases: no pass renews or
+    /// takes a lease after they are released.
+    pub(crate) lease_pass: tokio::sync::Mutex<()>,
     /// `true` once the journal has been recovered after the start.
     recovered: tokio::sync::watch::Sender<bool>,
     /// Why the engine refuses to work (a key configured for another chain than the node's).
@@ -128,6 +131,7 @@ impl Engine {
             signing: tokio::sync::Semaphore::new(settings.signing_concurrency),
             work: WorkCounter::default(),
             stopping: AtomicBool::new(false),
+            lease_pass: tokio::sync::Mutex::new(()),
             recovered: tokio::sync::watch::Sender::new(false),
             halted: Mutex::new(None),
         })
@@ -523,7 +527,9 @@ impl Engine {
                 "withdrawals still in progress; they resume at the next start"
             );
         }
-        // Handed over at once rather than when they run out: another replica takes the keys now.
+        // Handed over at once rather than when they run out: another replica takes the keys now. A pass of
+        // the lease loop under way ends first, and none starts after (it sees `stopping`).
+        let _pass = self.lease_pass.lock().await;
         for key in self.shared.keys.keys() {
             let lease = self.state(key).and_then(|state| *state.lease.lock().unwrap_or_else(PoisonError::into_inner));
             if let Some(lease) = lease {
