@@ -3,7 +3,11 @@
 //! `ethkms-deposits` derives), bad references and clients without the `deposits` method are refused; the
 //! watcher finds ether and token deposits, keeps them `pending` until `confirmations` deep, then
 //! `confirmed`; a deposit whose block a reorg drops before that is `removed` and never confirmed; `GET
-//! /v1/deposits?since=` lists what changed, in order. In CI a missing service fails it.
+//! /v1/deposits?since=` lists what changed, in order. And 200 customers with seeded random deposits over two
+//! rounds — ether and a listed token before and after their addresses are deployed, ether too little to be
+//! worth its sweep, a spam token — swept as `ethkms deposits sweep` does: the treasury holds exactly what
+//! left the addresses, the listed token is all swept, the spam untouched, and the journal lists every
+//! deposit once, confirmed. In CI a missing service fails them.
 
 mod common;
 
@@ -37,7 +41,7 @@ async fn deposits(api: &Api, token: &str, query: &str) -> (u16, Value) {
 async fn wait_for(api: &Api, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let started = Instant::now();
     loop {
-        let (status, body) = deposits(api, "depositor-token", "?since=0").await;
+        let (status, body) = deposits(api, "depositor-token", "?since=0&limit=1000").await;
         assert_eq!(status, 200, "{body}");
         let list = body["deposits"].as_array().unwrap().clone();
         if done(&list) {
@@ -154,4 +158,222 @@ async fn deposits_are_handed_out_found_confirmed_and_taken_back_by_a_reorg() {
     assert_eq!(changed.len(), 1, "only the third deposit changed: {changed:#?}");
     assert_eq!((changed[0]["amount"].as_str(), changed[0]["status"].as_str()), (Some("7"), Some("removed")));
     assert!(after.iter().filter(|deposit| deposit["status"] == "confirmed").count() == 2);
+}
+
+/// A seeded stream of numbers (splitmix64): the same deposits for a seed, every run.
+struct Seeded(u64);
+
+impl Seeded {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// What the sweeping key needs: its manager, its reference, the factory and the treasury.
+struct Sweeper {
+    manager: ethkms::WalletManager,
+    key: ethkms::backend::KeyRef,
+    factory: Address,
+    parent: Address,
+}
+
+impl Sweeper {
+    /// Sweeps every address of `customers` worth it — holding a token of `tokens`, or ether worth more than
+    /// twice its share of the gas — in batches of 50 (as `ethkms deposits sweep` does); the references swept.
+    async fn sweep(&self, customers: &[(Reference, Address)], tokens: &[Address]) -> Vec<String> {
+        use alloy_network::TransactionBuilder as _;
+        use alloy_provider::Provider as _;
+        use alloy_rpc_types_eth::TransactionRequest;
+        let provider = self.manager.provider();
+        let gas_price = provider.get_gas_price().await.unwrap();
+        let costs = ethkms_deposits::SweepCosts::default();
+        let mut chosen = Vec::new();
+        for (reference, address) in customers {
+            let deployed = !provider.get_code_at(*address).await.unwrap().is_empty();
+            let ether = provider.get_balance(*address).await.unwrap();
+            let mut held = Vec::new();
+            for token in tokens {
+                let call = contracts::Erc20::balanceOfCall { owner: *address }.abi_encode();
+                let answer =
+                    provider.call(TransactionRequest::default().with_to(*token).with_input(call)).await.unwrap();
+                if !U256::from_be_slice(&answer).is_zero() {
+                    held.push(*token);
+                }
+            }
+            if costs.worth_sweeping_ether(ether, !deployed, gas_price, 200) || !held.is_empty() {
+                chosen.push((reference.clone(), deployed, held));
+            }
+        }
+        for batch in chosen.chunks(50) {
+            let mut sweep = ethkms_deposits::SweepBatch::new(self.parent);
+            for (reference, deployed, held) in batch {
+                sweep.add(reference.salt(), !deployed, held).unwrap();
+            }
+            let request = TransactionRequest::default().with_to(self.factory).with_input(sweep.calldata());
+            assert!(self.manager.send_request(&self.key, request).await.unwrap().status());
+        }
+        chosen.into_iter().map(|(reference, _, _)| reference.to_string()).collect()
+    }
+}
+
+/// What one customer was sent.
+#[derive(Default, Clone)]
+struct Sent {
+    ether: Vec<U256>,
+    usd: Vec<U256>,
+    spam: U256,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_customers_deposits_are_listed_once_and_swept_exactly_to_the_treasury() {
+    use alloy_provider::Provider as _;
+    let Some((_, backend)) = localstack().await else { return };
+    let Some(anvil) = Anvil::start(&[]).await else { return };
+    let http = reqwest::Client::new();
+    let (key, owner) = funded_key(&backend, &anvil.url).await;
+    let factory_code = format!("0x{}", alloy_primitives::hex::encode(contracts::factory_creation_code(owner)));
+    let factory: Address = send(&http, &anvil.url, json!({ "data": factory_code })).await["contractAddress"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut tokens = Vec::new();
+    for symbol in ["USD", "SPAM"] {
+        let code = [
+            contracts::test_token_artifact().bytecode.as_ref(),
+            &(symbol.to_owned(), symbol.to_owned(), symbol == "USD").abi_encode_params(),
+        ]
+        .concat();
+        let created =
+            send(&http, &anvil.url, json!({ "data": format!("0x{}", alloy_primitives::hex::encode(code)) })).await;
+        tokens.push(created["contractAddress"].as_str().unwrap().parse::<Address>().unwrap());
+    }
+    let (usd, spam) = (tokens[0], tokens[1]);
+    let parent = Address::with_last_byte(0x7f);
+    let paths = Paths::new();
+    let start = block_number(&anvil.url).await;
+    let text = format!(
+        "{head}{depositor}\n[deposits]\nkey = \"hot\"\nfactory = \"{factory}\"\nparent = \"{parent}\"\n\
+         tokens = [\"{usd}\"]\nconfirmations = 2\nstart_block = {start}\npoll_interval_ms = 100\n",
+        head = config_head("127.0.0.1:0", &anvil.url, &key, &paths),
+        depositor = config_client("depositor", "depositor-token", &["deposits"]),
+    );
+    let api = serve_in_process(&text, std::sync::Arc::clone(&backend)).await;
+    let mut customers = Vec::new();
+    for index in 0..200 {
+        let reference = Reference::new(&format!("customer-{index:03}")).unwrap();
+        let response = api
+            .http
+            .post(format!("{}/v1/deposit-addresses", api.url))
+            .bearer_auth("depositor-token")
+            .json(&json!({ "reference": reference.as_str() }))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = response.json().await.unwrap();
+        customers.push((reference, body["address"].as_str().unwrap().parse::<Address>().unwrap()));
+    }
+    let manager =
+        ethkms::WalletManager::with_backend(backend, ethkms::ChainSettings::new(anvil.url.parse().unwrap())).unwrap();
+    let sweeper = Sweeper { manager, key: ethkms::backend::KeyRef::new(key.clone()).unwrap(), factory, parent };
+
+    // Two rounds of deposits, each followed by a sweep: before any address is deployed, then after some are
+    // (ether to those is passed on as it arrives). Some ether is too little to be worth its sweep; the spam
+    // token is never swept.
+    let mut random = Seeded(0x5eed);
+    let mut sent = vec![Sent::default(); customers.len()];
+    let mut deposits_made = 0;
+    let mint = |token: Address, to: Address, amount: U256| {
+        let call = mintCall { to, amount }.abi_encode();
+        json!({ "to": token, "data": format!("0x{}", alloy_primitives::hex::encode(call)) })
+    };
+    let mut swept_total = Vec::new();
+    for _round in 0..2 {
+        for (index, (_, address)) in customers.iter().enumerate() {
+            match random.next() % 6 {
+                0 | 1 => {
+                    let wei = U256::from(10_u64.pow(15) + random.next() % 10_u64.pow(17));
+                    send(&http, &anvil.url, json!({ "to": address, "value": format!("{wei:#x}") })).await;
+                    sent[index].ether.push(wei);
+                    deposits_made += 1;
+                }
+                2 => {
+                    // Too little to be worth a sweep (unless the address is swept for a token anyway).
+                    let wei = U256::from(1_000 + random.next() % 1_000);
+                    send(&http, &anvil.url, json!({ "to": address, "value": format!("{wei:#x}") })).await;
+                    sent[index].ether.push(wei);
+                    deposits_made += 1;
+                }
+                3 => {
+                    let amount = U256::from(1 + random.next() % 1_000_000);
+                    send(&http, &anvil.url, mint(usd, *address, amount)).await;
+                    sent[index].usd.push(amount);
+                    deposits_made += 1;
+                }
+                4 => {
+                    let amount = U256::from(1 + random.next() % 1_000);
+                    send(&http, &anvil.url, mint(spam, *address, amount)).await;
+                    sent[index].spam += amount;
+                }
+                _ => {}
+            }
+        }
+        swept_total.push(sweeper.sweep(&customers, &[usd]).await);
+    }
+
+    // The treasury holds exactly what left the addresses: every address's ether and listed tokens, less what
+    // is still there (too little to sweep); the spam stays where it was sent.
+    let provider = sweeper.manager.provider();
+    let (mut ether_left, mut ether_sent, mut usd_sent) = (U256::ZERO, U256::ZERO, U256::ZERO);
+    for ((reference, address), sent) in customers.iter().zip(&sent) {
+        ether_sent += sent.ether.iter().copied().sum::<U256>();
+        usd_sent += sent.usd.iter().copied().sum::<U256>();
+        let left = provider.get_balance(*address).await.unwrap();
+        assert!(left < U256::from(10_u64.pow(14)), "{reference}: {left} wei left, worth sweeping");
+        ether_left += left;
+        let balance = |token: Address, owner: Address| {
+            let call = contracts::Erc20::balanceOfCall { owner }.abi_encode();
+            async move {
+                use alloy_network::TransactionBuilder as _;
+                let request = alloy_rpc_types_eth::TransactionRequest::default().with_to(token).with_input(call);
+                U256::from_be_slice(&provider.call(request).await.unwrap())
+            }
+        };
+        assert_eq!(balance(usd, *address).await, U256::ZERO, "{reference}: listed tokens all swept");
+        assert_eq!(balance(spam, *address).await, sent.spam, "{reference}: the spam token untouched");
+    }
+    assert_eq!(provider.get_balance(parent).await.unwrap(), ether_sent - ether_left, "the treasury's ether");
+    let call = contracts::Erc20::balanceOfCall { owner: parent }.abi_encode();
+    let request = {
+        use alloy_network::TransactionBuilder as _;
+        alloy_rpc_types_eth::TransactionRequest::default().with_to(usd).with_input(call)
+    };
+    assert_eq!(U256::from_be_slice(&provider.call(request).await.unwrap()), usd_sent, "the treasury's tokens");
+    eprintln!(
+        "deposits: {deposits_made} made to 200 customers; swept {} then {} addresses; {ether_left} wei left unswept",
+        swept_total[0].len(),
+        swept_total[1].len()
+    );
+
+    // The journal lists every deposit (ether and the listed token, not the spam) once, confirmed.
+    rpc(&http, &anvil.url, "anvil_mine", json!(["0x3"])).await;
+    let listed = wait_for(&api, "every deposit confirmed", |list| {
+        list.len() >= deposits_made && list.iter().all(|deposit| deposit["status"] == "confirmed")
+    })
+    .await;
+    assert_eq!(listed.len(), deposits_made, "each deposit listed once");
+    let ids: std::collections::HashSet<(String, String)> =
+        listed.iter().map(|deposit| (deposit["tx_hash"].to_string(), deposit["log_index"].to_string())).collect();
+    assert_eq!(ids.len(), deposits_made);
+    assert!(listed.iter().all(|deposit| deposit["asset"] != spam.to_string()), "the spam token is not a deposit");
+    let listed_ether: U256 = listed
+        .iter()
+        .filter(|deposit| deposit["asset"] == "ETH")
+        .map(|deposit| deposit["amount"].as_str().unwrap().parse::<U256>().unwrap())
+        .sum();
+    assert_eq!(listed_ether, ether_sent, "every ether deposit listed, with its amount");
 }
