@@ -401,7 +401,7 @@ async fn a_reverted_payment_is_final_and_a_deep_one_confirmed_in_one_write(journ
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
-            use crate::journal::{JournalStore, SqliteJournal};
+            use crate::journal::SqliteJournal;
 
             $(
                 #[tokio::test]
@@ -413,7 +413,7 @@ macro_rules! conformance {
                     }
                     let journal = SqliteJournal::open(&path).unwrap();
                     super::$case(&journal).await;
-                    journal.close();
+                    crate::journal::JournalStore::close(&journal);
                     for suffix in ["", "-wal", "-shm"] {
                         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
                     }
@@ -422,7 +422,6 @@ macro_rules! conformance {
         }
 
         mod postgres {
-            use crate::journal::JournalStore;
             use crate::journal::postgres::tests::{TestDatabase, journal};
 
             $(
@@ -431,12 +430,15 @@ macro_rules! conformance {
                     let Some(database) = TestDatabase::create().await else { return };
                     let journal = journal(&database).await;
                     super::$case(&journal).await;
-                    journal.close();
+                    crate::journal::JournalStore::close(&journal);
                 }
             )*
         }
     };
 }
+
+/// The deposit store's suite runs the same way (`deposit_conformance`).
+pub(super) use conformance;
 
 conformance!(
     concurrent_inserts_with_one_idempotency_key_store_one_row,

@@ -102,46 +102,7 @@ async fn deposits_are_recorded_once_then_confirmed_removed_or_reversed(journal: 
     assert_eq!(journal.deposits(0, 2).await.unwrap().len(), 2, "the limit holds");
 }
 
-macro_rules! deposit_conformance {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            use crate::journal::SqliteJournal;
-
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let path = std::env::temp_dir()
-                        .join(format!("ethkms-deposits-{}-{}.sqlite", stringify!($case), std::process::id()));
-                    for suffix in ["", "-wal", "-shm"] {
-                        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                    }
-                    let journal = SqliteJournal::open(&path).unwrap();
-                    super::$case(&journal).await;
-                    crate::journal::JournalStore::close(&journal);
-                    for suffix in ["", "-wal", "-shm"] {
-                        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                    }
-                }
-            )*
-        }
-
-        mod postgres {
-            use crate::journal::postgres::tests::{TestDatabase, journal};
-
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let Some(database) = TestDatabase::create().await else { return };
-                    let journal = journal(&database).await;
-                    super::$case(&journal).await;
-                    crate::journal::JournalStore::close(&journal);
-                }
-            )*
-        }
-    };
-}
-
-deposit_conformance!(
+super::conformance::conformance!(
     addresses_are_handed_out_once_per_reference,
     deposits_are_recorded_once_then_confirmed_removed_or_reversed
 );
