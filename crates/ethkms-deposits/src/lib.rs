@@ -8,4 +8,4 @@ pub mod sweep;
 
 pub use address::{DepositAddresses, MAX_REFERENCE_CHARS, Reference, ReferenceError};
 pub use scan::{Asset, Deposit, DepositId, Follower, ScanError, ScannedBlock, Seen, scan_block};
-pub use sweep::{SweepBatch, SweepCosts, SweepError};
+pub use sweep::{Holding, HoldingError, SweepBatch, SweepCosts, SweepError, read_holding};

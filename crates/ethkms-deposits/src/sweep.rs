@@ -7,9 +7,70 @@
 //! (a token's value in ether is not something this crate knows).
 
 use alloy_primitives::{Address, B256, Bytes, U256};
+use alloy_provider::Provider;
+use alloy_rpc_types_eth::TransactionRequest;
 use alloy_sol_types::SolCall as _;
 
-use crate::contracts::{DEPLOY_BIT, DepositFactory, MAX_SWEEP_TOKENS};
+use crate::contracts::{DEPLOY_BIT, DepositFactory, Erc20, MAX_SWEEP_TOKENS};
+
+/// What a deposit address holds, read from the chain before a sweep ([`read_holding`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holding {
+    /// The address.
+    pub address: Address,
+    /// Its CREATE2 salt.
+    pub salt: B256,
+    /// Whether its clone is deployed.
+    pub deployed: bool,
+    /// Its ether, in wei.
+    pub ether: U256,
+    /// Each token it holds (of those asked for), with the balance.
+    pub tokens: Vec<(Address, U256)>,
+}
+
+/// Why a holding could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HoldingError {
+    /// The node failed.
+    #[error("reading what {address} holds: {message}")]
+    Node {
+        /// The deposit address.
+        address: Address,
+        /// What went wrong.
+        message: String,
+    },
+    /// A token asked for answers `balanceOf` with no balance.
+    #[error("{0} answers balanceOf with no balance: not an ERC-20")]
+    NotAToken(Address),
+}
+
+/// Reads what the deposit address `address` (of salt `salt`) holds: whether it is deployed, its ether, and
+/// its balance of each of `tokens`.
+///
+/// # Errors
+/// [`HoldingError`] if the node fails or a token is not one.
+pub async fn read_holding<P: Provider>(
+    provider: &P,
+    address: Address,
+    salt: B256,
+    tokens: &[Address],
+) -> Result<Holding, HoldingError> {
+    let node = |error: &dyn std::fmt::Display| HoldingError::Node { address, message: error.to_string() };
+    let deployed = !provider.get_code_at(address).await.map_err(|error| node(&error))?.is_empty();
+    let ether = provider.get_balance(address).await.map_err(|error| node(&error))?;
+    let mut held = Vec::new();
+    for token in tokens {
+        let call = Erc20::balanceOfCall { owner: address }.abi_encode();
+        let request =
+            TransactionRequest { to: Some((*token).into()), input: call.into(), ..TransactionRequest::default() };
+        let answer = provider.call(request).await.map_err(|error| node(&error))?;
+        let balance = Erc20::balanceOfCall::abi_decode_returns(&answer).map_err(|_| HoldingError::NotAToken(*token))?;
+        if !balance.is_zero() {
+            held.push((*token, balance));
+        }
+    }
+    Ok(Holding { address, salt, deployed, ether, tokens: held })
+}
 
 /// Why a deposit address cannot join a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +129,15 @@ impl SweepBatch {
         Ok(())
     }
 
+    /// Adds `holding`: deployed first if it is not, its ether and every token it holds moved.
+    ///
+    /// # Errors
+    /// As [`add`](Self::add).
+    pub fn add_holding(&mut self, holding: &Holding) -> Result<(), SweepError> {
+        let tokens: Vec<Address> = holding.tokens.iter().map(|(token, _)| *token).collect();
+        self.add(holding.salt, !holding.deployed, &tokens)
+    }
+
     /// How many deposit addresses it sweeps.
     pub fn len(&self) -> usize {
         self.salts.len()
@@ -123,6 +193,13 @@ impl SweepCosts {
         start + if ether { self.ether } else { 0 } + self.token * tokens
     }
 
+    /// Whether `holding` is worth sweeping: it holds a token (asked for: those listed), or ether worth more
+    /// than `margin_percent` percent of its share of the gas ([`worth_sweeping_ether`](Self::worth_sweeping_ether)).
+    pub fn worth_sweeping(&self, holding: &Holding, gas_price: u128, margin_percent: u64) -> bool {
+        !holding.tokens.is_empty()
+            || self.worth_sweeping_ether(holding.ether, !holding.deployed, gas_price, margin_percent)
+    }
+
     /// Whether `value` wei of ether is worth sweeping from an address: more than `margin_percent` percent of
     /// what sweeping it costs at `gas_price` (wei per gas), counting its deployment when `deploy` (200: the
     /// value must be more than twice the cost).
@@ -166,6 +243,27 @@ mod tests {
         );
         assert_eq!(batch, before, "unchanged");
         batch.add(B256::repeat_byte(2), false, &tokens[..3]).unwrap();
+    }
+
+    #[test]
+    fn a_holding_is_worth_sweeping_for_a_token_or_enough_ether_and_joins_as_it_is() {
+        let costs = SweepCosts::default();
+        let usdc = Address::repeat_byte(1);
+        let dust = Holding {
+            address: Address::ZERO,
+            salt: B256::repeat_byte(7),
+            deployed: false,
+            ether: U256::from(1),
+            tokens: vec![],
+        };
+        assert!(!costs.worth_sweeping(&dust, 1_000_000_000, 200));
+        let with_token = Holding { tokens: vec![(usdc, U256::from(5))], deployed: true, ..dust.clone() };
+        assert!(costs.worth_sweeping(&with_token, 1_000_000_000, 200));
+        let mut batch = SweepBatch::new(Address::ZERO);
+        batch.add_holding(&dust).unwrap();
+        batch.add_holding(&Holding { salt: B256::repeat_byte(8), ..with_token }).unwrap();
+        let call = DepositFactory::sweepCall::abi_decode(&batch.calldata()).unwrap();
+        assert_eq!((call.masks, call.tokens), (vec![U256::from(1) << 255, U256::from(1)], vec![usdc]));
     }
 
     #[test]

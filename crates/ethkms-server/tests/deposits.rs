@@ -187,36 +187,26 @@ impl Sweeper {
     async fn sweep(&self, customers: &[(Reference, Address)], tokens: &[Address]) -> Vec<String> {
         use alloy_network::TransactionBuilder as _;
         use alloy_provider::Provider as _;
-        use alloy_rpc_types_eth::TransactionRequest;
         let provider = self.manager.provider();
         let gas_price = provider.get_gas_price().await.unwrap();
         let costs = ethkms_deposits::SweepCosts::default();
         let mut chosen = Vec::new();
         for (reference, address) in customers {
-            let deployed = !provider.get_code_at(*address).await.unwrap().is_empty();
-            let ether = provider.get_balance(*address).await.unwrap();
-            let mut held = Vec::new();
-            for token in tokens {
-                let call = contracts::Erc20::balanceOfCall { owner: *address }.abi_encode();
-                let answer =
-                    provider.call(TransactionRequest::default().with_to(*token).with_input(call)).await.unwrap();
-                if !U256::from_be_slice(&answer).is_zero() {
-                    held.push(*token);
-                }
-            }
-            if costs.worth_sweeping_ether(ether, !deployed, gas_price, 200) || !held.is_empty() {
-                chosen.push((reference.clone(), deployed, held));
+            let holding = ethkms_deposits::read_holding(provider, *address, reference.salt(), tokens).await.unwrap();
+            if costs.worth_sweeping(&holding, gas_price, 200) {
+                chosen.push((reference.to_string(), holding));
             }
         }
         for batch in chosen.chunks(50) {
             let mut sweep = ethkms_deposits::SweepBatch::new(self.parent);
-            for (reference, deployed, held) in batch {
-                sweep.add(reference.salt(), !deployed, held).unwrap();
+            for (_, holding) in batch {
+                sweep.add_holding(holding).unwrap();
             }
-            let request = TransactionRequest::default().with_to(self.factory).with_input(sweep.calldata());
+            let request =
+                alloy_rpc_types_eth::TransactionRequest::default().with_to(self.factory).with_input(sweep.calldata());
             assert!(self.manager.send_request(&self.key, request).await.unwrap().status());
         }
-        chosen.into_iter().map(|(reference, _, _)| reference.to_string()).collect()
+        chosen.into_iter().map(|(reference, _)| reference).collect()
     }
 }
 

@@ -6,13 +6,14 @@ use std::io::Write as _;
 use std::ops::Range;
 
 use alloy_network::TransactionBuilder as _;
-use alloy_primitives::{Address, U256};
+use alloy_primitives::Address;
 use alloy_provider::Provider as _;
 use alloy_rpc_types_eth::TransactionRequest;
 use alloy_sol_types::SolCall as _;
-use ethkms::WalletManager;
-use ethkms_deposits::contracts::{self, DepositFactory, Erc20};
-use ethkms_deposits::{Asset, DepositAddresses, Reference, SweepBatch, SweepCosts, scan_block};
+use ethkms_deposits::contracts::{self, DepositFactory};
+use ethkms_deposits::{
+    Asset, DepositAddresses, HoldingError, Reference, SweepBatch, SweepCosts, read_holding, scan_block,
+};
 use futures_util::StreamExt as _;
 use serde_json::json;
 
@@ -218,41 +219,6 @@ async fn scan(global: &Global, output: Output, args: &DepositScanArgs) -> Result
     Ok(())
 }
 
-/// What one address holds.
-struct Holding {
-    reference: String,
-    address: Address,
-    deployed: bool,
-    ether: U256,
-    tokens: Vec<(Address, U256)>,
-}
-
-async fn holding(
-    manager: &WalletManager,
-    tokens: &[Address],
-    reference: String,
-    address: Address,
-) -> Result<Holding, CliError> {
-    let provider = manager.provider();
-    let rpc = |error| CliError::from(ethkms::eth::SignerError::from(error));
-    let deployed = !provider.get_code_at(address).await.map_err(rpc)?.is_empty();
-    let ether = provider.get_balance(address).await.map_err(rpc)?;
-    let mut held = Vec::new();
-    for token in tokens {
-        let call = TransactionRequest::default()
-            .with_to(*token)
-            .with_input(Erc20::balanceOfCall { owner: address }.abi_encode());
-        let answer = provider.call(call).await.map_err(rpc)?;
-        let balance = Erc20::balanceOfCall::abi_decode_returns(&answer).map_err(|_| {
-            CliError::usage(format!("--token {token} answers balanceOf with no balance: not an ERC-20"))
-        })?;
-        if !balance.is_zero() {
-            held.push((*token, balance));
-        }
-    }
-    Ok(Holding { reference, address, deployed, ether, tokens: held })
-}
-
 async fn sweep(global: &Global, output: Output, args: &DepositSweepArgs) -> Result<(), CliError> {
     let key = key_ref(&args.key)?;
     let targets = Targets::parse(&args.target)?;
@@ -275,18 +241,26 @@ async fn sweep(global: &Global, output: Output, args: &DepositSweepArgs) -> Resu
     let gas_price = provider.get_gas_price().await.map_err(rpc)?;
     let costs = SweepCosts::default();
     let bar = progress(targets.len(), "reading balances");
-    let mut reads = futures_util::stream::iter(targets.each())
-        .map(|(reference, address)| holding(&manager, &tokens, reference, address))
-        .buffered(READS_AT_ONCE);
+    let read = |(reference, address): (String, Address)| {
+        let tokens = &tokens;
+        async move {
+            let salt = Targets::salt(&reference)?;
+            let holding = read_holding(provider, address, salt, tokens).await.map_err(|error| match error {
+                HoldingError::NotAToken(_) => CliError::usage(format!("--token {error}")),
+                HoldingError::Node { .. } => CliError::new(Exit::Network, error.to_string()),
+            })?;
+            Ok::<_, CliError>((reference, holding))
+        }
+    };
+    let mut reads = futures_util::stream::iter(targets.each()).map(read).buffered(READS_AT_ONCE);
     let mut chosen = Vec::new();
-    while let Some(holding) = reads.next().await {
-        let holding = holding?;
+    while let Some(read) = reads.next().await {
+        let (reference, holding) = read?;
         if let Some(bar) = &bar {
             bar.inc(1);
         }
-        let ether = costs.worth_sweeping_ether(holding.ether, !holding.deployed, gas_price, args.margin_percent);
-        if ether || !holding.tokens.is_empty() {
-            chosen.push(holding);
+        if costs.worth_sweeping(&holding, gas_price, args.margin_percent) {
+            chosen.push((reference, holding));
         }
     }
     if let Some(bar) = bar {
@@ -295,17 +269,14 @@ async fn sweep(global: &Global, output: Output, args: &DepositSweepArgs) -> Resu
     let mut swept = 0;
     for batch in chosen.chunks(usize::from(args.batch)) {
         let mut sweep = SweepBatch::new(parent);
-        for holding in batch {
-            let held: Vec<Address> = holding.tokens.iter().map(|(token, _)| *token).collect();
-            sweep
-                .add(Targets::salt(&holding.reference)?, !holding.deployed, &held)
-                .map_err(|error| CliError::usage(error.to_string()))?;
+        for (_, holding) in batch {
+            sweep.add_holding(holding).map_err(|error| CliError::usage(error.to_string()))?;
         }
         let listed: Vec<serde_json::Value> = batch
             .iter()
-            .map(|holding| {
+            .map(|(reference, holding)| {
                 json!({
-                    "reference": holding.reference, "address": holding.address.to_string(), "deploy": !holding.deployed,
+                    "reference": reference, "address": holding.address.to_string(), "deploy": !holding.deployed,
                     "ether": holding.ether.to_string(),
                     "tokens": holding.tokens.iter().map(|(token, amount)| json!({ "token": token.to_string(), "amount": amount.to_string() })).collect::<Vec<_>>(),
                 })
