@@ -257,7 +257,7 @@ mod tests {
             tokens: vec![],
         };
         assert!(!costs.worth_sweeping(&dust, 1_000_000_000, 200));
-        let with_token = Holding { tokens: vec![(usdc, U256::from(5))], deployed: true, ..dust.clone() };
+        let with_token = Holding { tokens: vec![(usdc, U256::from(5))], deployed: true, ..dust };
         assert!(costs.worth_sweeping(&with_token, 1_000_000_000, 200));
         let mut batch = SweepBatch::new(Address::ZERO);
         batch.add_holding(&dust).unwrap();
