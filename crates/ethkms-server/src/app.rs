@@ -137,18 +137,25 @@ impl Service {
             None => (None, None),
         };
         let shared = Arc::new(Shared::new(manager, keys, policy, audit, config.replica.name.clone()));
+        let engine = journal.as_ref().map(|journal| {
+            Engine::new(Arc::clone(&shared), Arc::clone(journal), config.withdrawals, config.replica.clone())
+        });
         let deposits = match (&config.deposits, deposit_store, &journal) {
-            (Some(settings), Some(store), Some(leases)) => Some(Arc::new(crate::deposits::Deposits::new(
-                settings.clone(),
-                store,
-                Arc::clone(leases),
-                Arc::clone(&shared),
-                config.replica.clone(),
-            ))),
+            (Some(settings), Some(store), Some(journal)) => {
+                // Sweeps are stored by the deposits' sweeper and signed by the engine.
+                let submit =
+                    engine.clone().map(|engine| -> crate::deposits::Submit { Arc::new(move |row| engine.submit(row)) });
+                Some(Arc::new(crate::deposits::Deposits::new(
+                    settings.clone(),
+                    store,
+                    Arc::clone(journal),
+                    submit,
+                    Arc::clone(&shared),
+                    config.replica.clone(),
+                )))
+            }
             _ => None,
         };
-        let engine = journal
-            .map(|journal| Engine::new(Arc::clone(&shared), journal, config.withdrawals, config.replica.clone()));
         if let Some(engine) = &engine {
             engine.start();
         }

@@ -81,8 +81,11 @@ pub(crate) struct Metrics {
     pub(crate) fenced_writes: Counter,
     /// Whether this replica holds each key's lease (1) or not (0).
     leases_held: Family<Vec<(&'static str, String)>, Gauge>,
-    /// Deposits by event: found, confirmed, removed (its block left the chain first), reversed (after).
+    /// Deposits by event: found, confirmed, removed (its block left the chain first), reversed (after),
+    /// sweeping, swept, unswept (a sweep failed).
     pub(crate) deposits: Labeled,
+    /// Sweeps of deposit addresses by outcome: started, confirmed, failed.
+    pub(crate) sweeps: Labeled,
     /// The last block the deposit watcher read.
     pub(crate) deposit_block: Gauge,
     /// The node's latest block number, as last seen.
@@ -117,6 +120,7 @@ impl Default for Metrics {
             fenced_writes: Counter::default(),
             leases_held: Family::default(),
             deposits: Labeled::new("event"),
+            sweeps: Labeled::new("outcome"),
             deposit_block: Gauge::default(),
             chain_head: Gauge::default(),
             chain_head_hash: Family::default(),
@@ -175,12 +179,17 @@ impl Default for Metrics {
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
         }
-        let families: [(&str, &str, &Labeled); 8] = [
+        let families: [(&str, &str, &Labeled); 9] = [
             (
                 "ethkms_deposits",
                 "Deposits by event: found, confirmed, removed (their block left the chain before they were \
-                 confirmed), reversed (after)",
+                 confirmed), reversed (after), sweeping, swept, unswept (their sweep failed)",
                 &metrics.deposits,
+            ),
+            (
+                "ethkms_sweeps",
+                "Sweeps of deposit addresses by outcome: started, confirmed, failed (nothing moved)",
+                &metrics.sweeps,
             ),
             ("ethkms_signatures", "Signatures released, by method", &metrics.signatures),
             ("ethkms_policy_denials", "Requests denied by policy, by rule", &metrics.denials),

@@ -1,6 +1,6 @@
 //! `[deposits]`: customer deposit addresses (see `ethkms-deposits`) — the factory and treasury they are
 //! derived under, the key that sweeps them (its chain is theirs), the tokens credited, how deep a deposit
-//! must be, and where the first scan starts.
+//! must be, where the first scan starts, and how the service sweeps them.
 //!
 //! ```toml
 //! [deposits]
@@ -11,6 +11,9 @@
 //! confirmations = 12       # default: the key's
 //! start_block = 21000000   # default: the chain's head when the service first runs
 //! poll_interval_ms = 2000  # the default
+//! sweep_interval_ms = 60000  # the default; 0: the service never sweeps (`ethkms deposits sweep` does)
+//! sweep_batch = 50           # deposit addresses per sweep transaction (the default; at most 200)
+//! sweep_margin_percent = 200 # ether is swept once worth more than twice its share of the gas (the default)
 //! ```
 //!
 //! A client reaches them with `"deposits"` in its `methods` and the key in its `keys`.
@@ -40,7 +43,17 @@ pub struct DepositSettings {
     pub start_block: Option<u64>,
     /// How often the chain is read.
     pub poll_interval: Duration,
+    /// How often the service sweeps confirmed deposits; `None`: never.
+    pub sweep_interval: Option<Duration>,
+    /// Deposit addresses per sweep transaction.
+    pub sweep_batch: usize,
+    /// Ether at an address is swept once worth more than this percentage of its share of the gas.
+    pub sweep_margin_percent: u64,
 }
+
+/// The most deposit addresses one sweep transaction takes (a sweep of 200 new addresses with a token each
+/// needs about 12M gas, well under a block's).
+pub(super) const MAX_SWEEP_BATCH: usize = 200;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +66,9 @@ pub(super) struct RawDeposits {
     confirmations: Option<u64>,
     start_block: Option<u64>,
     poll_interval_ms: Option<u64>,
+    sweep_interval_ms: Option<u64>,
+    sweep_batch: Option<usize>,
+    sweep_margin_percent: Option<u64>,
 }
 
 /// Checks `[deposits]` against the keys.
@@ -77,6 +93,14 @@ pub(super) fn deposits(
     if poll_interval.is_zero() {
         return Err(error("poll_interval_ms", "must be more than zero".into()));
     }
+    let sweep_batch = raw.sweep_batch.unwrap_or(50);
+    if !(1..=MAX_SWEEP_BATCH).contains(&sweep_batch) {
+        return Err(error("sweep_batch", format!("must be from 1 to {MAX_SWEEP_BATCH}, not {sweep_batch}")));
+    }
+    let sweep_interval = match raw.sweep_interval_ms.unwrap_or(60_000) {
+        0 => None,
+        millis => Some(Duration::from_millis(millis)),
+    };
     Ok(Some(DepositSettings {
         key: raw.key,
         factory: address("factory", &raw.factory)?,
@@ -85,5 +109,8 @@ pub(super) fn deposits(
         confirmations,
         start_block: raw.start_block,
         poll_interval,
+        sweep_interval,
+        sweep_batch,
+        sweep_margin_percent: raw.sweep_margin_percent.unwrap_or(200),
     }))
 }

@@ -82,6 +82,14 @@ pub(crate) struct DepositView {
     /// `pending` (not deep enough yet), `confirmed` (credit it), `removed` (its block left the chain first:
     /// never credit it), `reversed` (its block left the chain after it was confirmed).
     status: String,
+    /// Where its value is: `unswept` (at the deposit address), `sweeping` (a sweep under way), `swept`
+    /// (with the treasury).
+    sweep_status: String,
+    /// The sweep that moves (or moved) it, if any.
+    sweep_id: Option<String>,
+    /// That sweep's transaction: mined, or the latest signed.
+    #[schema(value_type = Option<String>)]
+    sweep_tx_hash: Option<B256>,
 }
 
 impl From<DepositRow> for DepositView {
@@ -101,6 +109,9 @@ impl From<DepositRow> for DepositView {
             block_number: row.block_number,
             block_hash: row.block_hash,
             status: row.status.as_str().to_owned(),
+            sweep_status: row.sweep_status.as_str().to_owned(),
+            sweep_id: row.sweep,
+            sweep_tx_hash: row.sweep_tx_hash,
         }
     }
 }

@@ -4,11 +4,16 @@
 //! `confirmations` deep, then confirmed; a block that leaves the chain first takes its deposits back
 //! (`removed`, never credited). Clients read what changed with `GET /v1/deposits?since=`.
 //!
+//! The [sweeper](sweeper) runs in the same passes: it moves confirmed deposits to the parent in sweeps that
+//! the withdrawal engine signs and follows.
+//!
 //! One replica watches at a time: it holds the journal lease named [`WATCHER_LEASE`] (with SQLite, the one
-//! server always does). Reorgs are noticed by each new block's parent hash against the block recorded
+//! server always does), and every write of the watcher and the sweeper carries its epoch (a replica that
+//! lost it stores nothing more). Reorgs are noticed by each new block's parent hash against the block recorded
 //! before it, on the journal's record, so a restart resumes where the last reader stopped.
 
 pub(crate) mod api;
+mod sweeper;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -20,7 +25,7 @@ use alloy_provider::Provider as _;
 use ethkms_deposits::{Asset as DepositAsset, DepositAddresses, scan_block};
 
 use crate::config::{DepositSettings, ReplicaSettings};
-use crate::journal::{BlockRecord, DepositStatus, DepositStore, Fence, JournalStore, NewDeposit};
+use crate::journal::{BlockRecord, DepositStatus, DepositStore, Fence, JournalStore, NewDeposit, Withdrawal};
 use crate::policy::Asset;
 use crate::shared::Shared;
 
@@ -37,12 +42,18 @@ const ADDRESSES_PER_READ: usize = 10_000;
 /// again from this many before the last seen.
 const ADDRESSES_REREAD: u64 = 1_000;
 
+/// Hands a row to the withdrawal engine (a sweep just stored).
+pub(crate) type Submit = Arc<dyn Fn(Withdrawal) + Send + Sync>;
+
 /// The deposits of the service.
 pub(crate) struct Deposits {
     pub(crate) settings: DepositSettings,
     pub(crate) addresses: DepositAddresses,
     pub(crate) store: Arc<dyn DepositStore>,
-    leases: Arc<dyn JournalStore>,
+    /// The same journal, as the engine sees it: leases, and the sweeps' rows.
+    journal: Arc<dyn JournalStore>,
+    /// The engine's door for sweeps (`None`: the service does not sweep).
+    submit: Option<Submit>,
     shared: Arc<Shared>,
     replica: ReplicaSettings,
     stopping: AtomicBool,
@@ -62,13 +73,15 @@ struct Watch {
     watched: HashSet<Address>,
     last_seq: u64,
     lease: Option<(Fence, Instant)>,
+    sweeper: sweeper::Sweeper,
 }
 
 impl Deposits {
     pub(crate) fn new(
         settings: DepositSettings,
         store: Arc<dyn DepositStore>,
-        leases: Arc<dyn JournalStore>,
+        journal: Arc<dyn JournalStore>,
+        submit: Option<Submit>,
         shared: Arc<Shared>,
         replica: ReplicaSettings,
     ) -> Self {
@@ -77,7 +90,8 @@ impl Deposits {
             settings,
             addresses,
             store,
-            leases,
+            journal,
+            submit,
             shared,
             replica,
             stopping: AtomicBool::new(false),
@@ -96,7 +110,7 @@ impl Deposits {
         self.stopping.store(true, Ordering::Relaxed);
         let mut watch = self.watch.lock().await;
         if let Some((fence, _)) = watch.lease.take()
-            && let Err(error) = self.leases.release_lease(&fence, &self.replica.name).await
+            && let Err(error) = self.journal.release_lease(&fence, &self.replica.name).await
         {
             tracing::warn!(%error, "releasing the deposit watcher's lease (it runs out by itself)");
         }
@@ -123,7 +137,7 @@ impl Deposits {
         let asked = Instant::now();
         let valid_until = asked + ttl - ttl / 5;
         match watch.lease.take() {
-            Some((fence, until)) => match self.leases.renew_lease(&fence, &self.replica.name, ttl).await {
+            Some((fence, until)) => match self.journal.renew_lease(&fence, &self.replica.name, ttl).await {
                 Ok(true) => watch.lease = Some((fence, valid_until)),
                 Ok(false) => tracing::info!("deposit watcher: another replica took the lease"),
                 Err(error) if Instant::now() < until => {
@@ -134,7 +148,7 @@ impl Deposits {
             },
             None => {
                 if let Some(epoch) = self
-                    .leases
+                    .journal
                     .acquire_lease(WATCHER_LEASE, &self.replica.name, ttl)
                     .await
                     .map_err(|error| format!("taking the lease: {error}"))?
@@ -173,6 +187,7 @@ impl Deposits {
         if !self.hold_lease(watch).await? {
             return Ok(());
         }
+        let Some(fence) = watch.lease.as_ref().map(|(fence, _)| fence.clone()) else { return Ok(()) };
         self.refresh_addresses(watch).await?;
         let provider = self.shared.manager.provider();
         let head = provider.get_block_number().await.map_err(|error| format!("the node's head: {error}"))?;
@@ -193,7 +208,7 @@ impl Deposits {
                 && previous.hash != block.parent_hash
             {
                 // The block read before is not this one's parent: it left the chain.
-                let taken = self.store.remove_block(previous).await.map_err(|error| error.to_string())?;
+                let taken = self.store.remove_block(&fence, previous).await.map_err(|error| error.to_string())?;
                 for deposit in &taken {
                     let event = if deposit.status == DepositStatus::Reversed { "reversed" } else { "removed" };
                     self.shared.metrics.deposits.inc(event);
@@ -226,7 +241,7 @@ impl Deposits {
                 })
                 .collect();
             let record = BlockRecord { number: block.number, hash: block.hash };
-            let found = self.store.record_block(record, deposits).await.map_err(|error| error.to_string())?;
+            let found = self.store.record_block(&fence, record, deposits).await.map_err(|error| error.to_string())?;
             for _ in 0..found {
                 self.shared.metrics.deposits.inc("found");
             }
@@ -236,12 +251,15 @@ impl Deposits {
         }
         let read = next.saturating_sub(1).min(head);
         if let Some(deep) = (read + 1).checked_sub(self.settings.confirmations) {
-            let confirmed = self.store.confirm_deposits(deep).await.map_err(|error| error.to_string())?;
+            let confirmed = self.store.confirm_deposits(&fence, deep).await.map_err(|error| error.to_string())?;
             for deposit in &confirmed {
                 self.shared.metrics.deposits.inc("confirmed");
                 tracing::info!(tx_hash = %deposit.tx_hash, address = %deposit.address, amount = %deposit.amount,
                     reference = ?deposit.reference, "deposit confirmed");
             }
+        }
+        if watch.lease.as_ref().is_some_and(|(_, until)| Instant::now() + self.replica.lease / 3 < *until) {
+            self.sweep_pass(&fence, &mut watch.sweeper).await?;
         }
         Ok(())
     }

@@ -34,9 +34,12 @@ use async_trait::async_trait;
 pub use crate::nonces::Nonces;
 use crate::policy::{Asset, Denial};
 
-pub use deposits::{BlockRecord, DepositAddressRow, DepositRow, DepositStatus, DepositStore, NewDeposit};
+pub use deposits::{
+    BlockRecord, DepositAddressRow, DepositKey, DepositRow, DepositStatus, DepositStore, NewDeposit, NewSweep,
+    SweepStatus,
+};
 pub use postgres::PostgresJournal;
-pub use row::{Attempt, Kind, Status, Withdrawal};
+pub use row::{Attempt, Kind, Status, SweepRequest, Withdrawal};
 pub use sqlite::{SCHEMA_VERSION, SqliteJournal, now_ms};
 
 /// What went wrong with the journal.

@@ -95,6 +95,9 @@ pub enum Kind {
     /// A zero-value transfer to the key itself that uses up a nonce left free by a transaction that was
     /// refused before it was ever broadcast.
     GapFill,
+    /// A call of the deposit factory that deploys deposit addresses and moves what they hold to the parent
+    /// (stored by the deposit sweeper with the deposits it moves; its `request` holds the calldata).
+    Sweep,
 }
 
 impl Kind {
@@ -105,6 +108,7 @@ impl Kind {
             Self::Withdrawal => "withdrawal",
             Self::Rpc => "rpc",
             Self::GapFill => "gap_fill",
+            Self::Sweep => "sweep",
         }
     }
 
@@ -115,9 +119,17 @@ impl Kind {
             "withdrawal" => Self::Withdrawal,
             "rpc" => Self::Rpc,
             "gap_fill" => Self::GapFill,
+            "sweep" => Self::Sweep,
             _ => return None,
         })
     }
+}
+
+/// What a sweep row's `request` holds (JSON): the call of the deposit factory that the sweeping key signs.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SweepRequest {
+    /// The calldata of `DepositFactory.sweep`.
+    pub calldata: Bytes,
 }
 
 /// One signed transaction of a row (several when it was re-signed with higher fees, or cancelled; at most
@@ -145,7 +157,7 @@ pub struct Withdrawal {
     pub id: String,
     /// A client's withdrawal, an RPC transaction, or a gap fill.
     pub kind: Kind,
-    /// The client that asked for it (`None` for gap fills).
+    /// The client that asked for it (`None` for gap fills and sweeps).
     pub client: Option<String>,
     /// The client's idempotency key (withdrawals only).
     pub idempotency_key: Option<String>,
@@ -157,7 +169,8 @@ pub struct Withdrawal {
     pub asset: Asset,
     /// How much: wei, or the token's smallest unit.
     pub amount: U256,
-    /// For an RPC transaction: the client's transaction request (JSON), from which it is signed.
+    /// For an RPC transaction: the client's transaction request (JSON), from which it is signed; for a
+    /// sweep, its calldata (JSON).
     pub request: Option<String>,
     /// Where it is.
     pub status: Status,

@@ -1,5 +1,6 @@
 //! The PostgreSQL journal's [`DepositStore`]: deposit addresses, deposits and the blocks read, in the tables
-//! of migration 3. Changes are numbered by the sequence `deposit_changes`, under an advisory lock so that
+//! of migration 3 (with migration 4's sweep columns; the sweeps themselves are in [`super::sweeps`]). The
+//! watcher's writes are fenced by its lease, as the engine's are by a key's. Changes are numbered by the sequence `deposit_changes`, under an advisory lock so that
 //! they commit in their order; a reference asked for on two replicas at once is stored once (`ON CONFLICT
 //! DO NOTHING`, then read).
 
@@ -8,10 +9,14 @@ use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 
+use super::engine::fenced;
 use super::rows::{NOW_MS, asset_text, execute, parse_asset, parse_text, query, query_opt, to_i64, to_u64};
-use super::{Failure, PostgresJournal, boxed};
-use crate::journal::JournalError;
-use crate::journal::deposits::{BlockRecord, DepositAddressRow, DepositRow, DepositStatus, DepositStore, NewDeposit};
+use super::{Failure, PostgresJournal, boxed, sweeps};
+use crate::journal::deposits::{
+    BlockRecord, DepositAddressRow, DepositKey, DepositRow, DepositStatus, DepositStore, NewDeposit, NewSweep,
+    SweepStatus,
+};
+use crate::journal::{Fence, JournalError, Withdrawal};
 
 /// Blocks read that are remembered (a reorg deeper than this is not noticed against them).
 const BLOCKS_KEPT: i64 = 1024;
@@ -21,14 +26,19 @@ const BLOCKS_KEPT: i64 = 1024;
 /// reading `since` a number never misses one committed after it.
 const DEPOSITS_LOCK: (i32, i32) = (0x6574_686b, 2);
 
-async fn lock_deposits(transaction: &Transaction<'_>) -> Result<(), Failure> {
+pub(super) async fn lock_deposits(transaction: &Transaction<'_>) -> Result<(), Failure> {
     execute(transaction, "SELECT pg_advisory_xact_lock($1, $2)", &[&DEPOSITS_LOCK.0, &DEPOSITS_LOCK.1]).await?;
     Ok(())
 }
 
 const ADDRESS_COLUMNS: &str = "seq, reference, address, client, created_ms";
-const DEPOSIT_COLUMNS: &str = "d.change, d.tx_hash, d.log_index, d.address, a.reference, d.asset, d.amount::text, \
-    d.sender, d.block_number, d.block_hash, d.status, d.seen_ms, d.updated_ms";
+/// The columns of a [`DepositRow`] (of `d`, the deposits, joined as in [`DEPOSIT_JOINS`]).
+pub(super) const DEPOSIT_COLUMNS: &str = "d.change, d.tx_hash, d.log_index, d.address, a.reference, d.asset, \
+    d.amount::text, d.sender, d.block_number, d.block_hash, d.status, d.seen_ms, d.updated_ms, d.sweep_status, \
+    d.sweep, w.tx_hash";
+/// The deposits `d` joined with their address's reference and their sweep.
+pub(super) const DEPOSIT_JOINS: &str =
+    "LEFT JOIN deposit_addresses a ON a.address = d.address LEFT JOIN withdrawals w ON w.id = d.sweep";
 
 fn address_row(row: &Row) -> Result<DepositAddressRow, Failure> {
     Ok(DepositAddressRow {
@@ -40,9 +50,11 @@ fn address_row(row: &Row) -> Result<DepositAddressRow, Failure> {
     })
 }
 
-fn deposit_row(row: &Row) -> Result<DepositRow, Failure> {
+pub(super) fn deposit_row(row: &Row) -> Result<DepositRow, Failure> {
     let log_index: i64 = row.try_get(2)?;
     let status: &str = row.try_get(10)?;
+    let sweep_status: &str = row.try_get(13)?;
+    let sweep_tx_hash: Option<&str> = row.try_get(15)?;
     Ok(DepositRow {
         change: to_u64(row.try_get(0)?)?,
         tx_hash: parse_text(row.try_get(1)?)?,
@@ -57,6 +69,10 @@ fn deposit_row(row: &Row) -> Result<DepositRow, Failure> {
         status: DepositStatus::parse(status).ok_or_else(|| Failure::Invalid(format!("deposit status `{status}`")))?,
         seen_ms: to_u64(row.try_get(11)?)?,
         updated_ms: to_u64(row.try_get(12)?)?,
+        sweep_status: SweepStatus::parse(sweep_status)
+            .ok_or_else(|| Failure::Invalid(format!("deposit sweep status `{sweep_status}`")))?,
+        sweep: row.try_get(14)?,
+        sweep_tx_hash: sweep_tx_hash.map(parse_text).transpose()?,
     })
 }
 
@@ -69,12 +85,32 @@ async fn change_status(
     hash: &str,
     status: DepositStatus,
 ) -> Result<Vec<DepositRow>, Failure> {
+    let set = format!("status = '{}'", status.as_str());
+    change(transaction, &set, &format!("{condition} AND $2::text IS NOT NULL"), &[&block, &hash]).await
+}
+
+/// Applies `set` (SQL assignments) to the deposits `condition` selects (with `params`), each with the next
+/// change number; answers them in the order of their changes. The caller holds the deposits' lock.
+pub(super) async fn change(
+    transaction: &Transaction<'_>,
+    set: &str,
+    condition: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<DepositRow>, Failure> {
+    // Numbered in the order of their keys, so that the numbers follow one order however the rows are found.
     let sql = format!(
-        "WITH d AS (UPDATE deposits SET status = $2, change = nextval('deposit_changes'), updated_ms = {NOW_MS} \
-         WHERE {condition} AND $3::text IS NOT NULL RETURNING *) \
-         SELECT {DEPOSIT_COLUMNS} FROM d LEFT JOIN deposit_addresses a ON a.address = d.address ORDER BY d.change"
+        "WITH chosen AS (SELECT tx_hash, log_index FROM deposits WHERE {condition} ORDER BY tx_hash, log_index), \
+         d AS (UPDATE deposits SET {set}, change = nextval('deposit_changes'), updated_ms = {NOW_MS} \
+         FROM chosen WHERE deposits.tx_hash = chosen.tx_hash AND deposits.log_index = chosen.log_index \
+         RETURNING deposits.*) \
+         SELECT {DEPOSIT_COLUMNS} FROM d {DEPOSIT_JOINS} ORDER BY d.change"
     );
-    query(transaction, &sql, &[&block, &status.as_str(), &hash]).await?.iter().map(deposit_row).collect()
+    query(transaction, &sql, params).await?.iter().map(deposit_row).collect()
+}
+
+/// A deposit's key as the journal stores it (`-1`: a transaction's own value).
+pub(super) fn key_params(key: &DepositKey) -> (String, i64) {
+    (key.tx_hash.to_string(), key.log_index.map_or(-1, to_i64))
 }
 
 async fn deposit_address(
@@ -177,8 +213,20 @@ impl DepositStore for PostgresJournal {
         .await
     }
 
-    async fn record_block(&self, block: BlockRecord, deposits: Vec<NewDeposit>) -> Result<usize, JournalError> {
-        self.write(boxed(move |t| Box::pin(record_block(t, block, deposits)))).await
+    async fn record_block(
+        &self,
+        fence: &Fence,
+        block: BlockRecord,
+        deposits: Vec<NewDeposit>,
+    ) -> Result<usize, JournalError> {
+        let fence = fence.clone();
+        self.write(boxed(move |t| {
+            Box::pin(async move {
+                fenced(t, &fence).await?;
+                record_block(t, block, deposits).await
+            })
+        }))
+        .await
     }
 
     async fn recent_blocks(&self, limit: usize) -> Result<Vec<BlockRecord>, JournalError> {
@@ -197,18 +245,20 @@ impl DepositStore for PostgresJournal {
         .await
     }
 
-    async fn remove_block(&self, block: BlockRecord) -> Result<Vec<DepositRow>, JournalError> {
+    async fn remove_block(&self, fence: &Fence, block: BlockRecord) -> Result<Vec<DepositRow>, JournalError> {
+        let fence = fence.clone();
         self.write(boxed(move |t| {
             Box::pin(async move {
+                fenced(t, &fence).await?;
                 lock_deposits(t).await?;
                 let (number, hash) = (to_i64(block.number), block.hash.to_string());
                 let sql = "DELETE FROM deposit_blocks WHERE number = $1 AND hash = $2";
                 if execute(t, sql, &[&number, &hash]).await? == 0 {
                     return Ok(Vec::new());
                 }
-                let pending = "block_number = $1 AND block_hash = $3 AND status = 'pending'";
+                let pending = "block_number = $1 AND block_hash = $2 AND status = 'pending'";
                 let mut changed = change_status(t, pending, number, &hash, DepositStatus::Removed).await?;
-                let confirmed = "block_number = $1 AND block_hash = $3 AND status = 'confirmed'";
+                let confirmed = "block_number = $1 AND block_hash = $2 AND status = 'confirmed'";
                 changed.extend(change_status(t, confirmed, number, &hash, DepositStatus::Reversed).await?);
                 Ok(changed)
             })
@@ -216,9 +266,11 @@ impl DepositStore for PostgresJournal {
         .await
     }
 
-    async fn confirm_deposits(&self, block: u64) -> Result<Vec<DepositRow>, JournalError> {
+    async fn confirm_deposits(&self, fence: &Fence, block: u64) -> Result<Vec<DepositRow>, JournalError> {
+        let fence = fence.clone();
         self.write(boxed(move |t| {
             Box::pin(async move {
+                fenced(t, &fence).await?;
                 lock_deposits(t).await?;
                 // Only deposits of blocks recorded as read: a stale record of a dropped block is not confirmed.
                 let condition = "block_number <= $1 AND status = 'pending' AND EXISTS (SELECT 1 FROM deposit_blocks b \
@@ -233,13 +285,36 @@ impl DepositStore for PostgresJournal {
         self.read(boxed(move |t| {
             Box::pin(async move {
                 let sql = format!(
-                    "SELECT {DEPOSIT_COLUMNS} FROM deposits d LEFT JOIN deposit_addresses a ON a.address = d.address \
-                     WHERE d.change > $1 ORDER BY d.change LIMIT $2"
+                    "SELECT {DEPOSIT_COLUMNS} FROM deposits d {DEPOSIT_JOINS} WHERE d.change > $1 ORDER BY d.change \
+                     LIMIT $2"
                 );
                 let limit = i64::try_from(limit).unwrap_or(i64::MAX);
                 query(t, &sql, &[&to_i64(since), &limit]).await?.iter().map(deposit_row).collect()
             })
         }))
         .await
+    }
+
+    async fn unswept(&self, limit: usize) -> Result<Vec<DepositRow>, JournalError> {
+        self.read(boxed(move |t| Box::pin(sweeps::unswept(t, limit)))).await
+    }
+
+    async fn start_sweep(&self, fence: &Fence, sweep: NewSweep) -> Result<Option<Withdrawal>, JournalError> {
+        let fence = fence.clone();
+        self.write(boxed(move |t| Box::pin(async move { sweeps::start(t, &fence, &sweep).await }))).await
+    }
+
+    async fn open_sweeps(&self) -> Result<Vec<(String, Address)>, JournalError> {
+        self.read(boxed(move |t| Box::pin(sweeps::open(t)))).await
+    }
+
+    async fn finish_sweep(&self, fence: &Fence, id: &str, block: Option<u64>) -> Result<Vec<DepositRow>, JournalError> {
+        let (fence, id) = (fence.clone(), id.to_owned());
+        self.write(boxed(move |t| Box::pin(async move { sweeps::finish(t, &fence, &id, block).await }))).await
+    }
+
+    async fn mark_swept(&self, fence: &Fence, deposits: Vec<DepositKey>) -> Result<Vec<DepositRow>, JournalError> {
+        let fence = fence.clone();
+        self.write(boxed(move |t| Box::pin(async move { sweeps::mark_swept(t, &fence, &deposits).await }))).await
     }
 }

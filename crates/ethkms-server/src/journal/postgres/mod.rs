@@ -63,6 +63,7 @@ mod requests;
 mod rows;
 mod schema;
 mod single;
+mod sweeps;
 
 use std::collections::HashMap;
 use std::fmt;

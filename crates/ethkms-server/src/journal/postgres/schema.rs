@@ -10,7 +10,7 @@ use deadpool_postgres::Client;
 use super::Failure;
 
 /// Migration `version` takes the schema from `version - 1` to `version`, in order.
-const MIGRATIONS: [(i32, &str); 3] = [
+const MIGRATIONS: [(i32, &str); 4] = [
     (
         1,
         // Withdrawals (every row the engine signs), their signed attempts, every amount counted against a daily
@@ -127,6 +127,17 @@ CREATE TABLE deposits (
 );
 CREATE INDEX deposits_by_change ON deposits (change);
 CREATE INDEX deposits_by_block ON deposits (block_number, status);
+",
+    ),
+    (
+        4,
+        // Where each deposit's value is (unswept, sweeping, swept) and the sweep (a row of kind `sweep`).
+        "
+ALTER TABLE deposits ADD COLUMN sweep_status TEXT NOT NULL DEFAULT 'unswept';
+ALTER TABLE deposits ADD COLUMN sweep TEXT;
+CREATE INDEX deposits_unswept ON deposits (change) WHERE status = 'confirmed' AND sweep_status = 'unswept';
+CREATE INDEX deposits_by_sweep ON deposits (sweep) WHERE sweep IS NOT NULL;
+CREATE INDEX deposits_by_address ON deposits (address, asset);
 ",
     ),
 ];

@@ -191,7 +191,7 @@ pub(super) async fn unfinished(client: &impl GenericClient, key: Option<String>)
 pub(super) async fn accepted(client: &impl GenericClient, key: String) -> Result<Vec<String>, Failure> {
     let sql = format!(
         "SELECT id FROM withdrawals WHERE key = $1 AND {OPEN} AND status = 'accepted' \
-         AND kind IN ('withdrawal', 'rpc') ORDER BY seq"
+         AND kind IN ('withdrawal', 'rpc', 'sweep') ORDER BY seq"
     );
     query(client, &sql, &[&key]).await?.iter().map(|row| Ok(row.try_get(0)?)).collect()
 }

@@ -1,24 +1,30 @@
 //! The SQLite journal's [`DepositStore`]: deposit addresses, deposits and the blocks read, in the tables of
-//! migration 4. Changes are numbered by `max(change) + 1` (one thread writes).
+//! migration 4 (with migration 5's sweep columns; the sweeps themselves are in [`super::sweeps`]). Changes
+//! are numbered by `max(change) + 1` (one thread writes).
 
 use alloy_primitives::{Address, B256};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::leases::fenced;
 use super::rows::{asset_text, exec, parse_asset, parse_text, parse_u256, row, sql_u64};
-use super::{Failure, SqliteJournal, now_ms};
-use crate::journal::JournalError;
-use crate::journal::deposits::{BlockRecord, DepositAddressRow, DepositRow, DepositStatus, DepositStore, NewDeposit};
+use super::{Failure, SqliteJournal, now_ms, sweeps};
+use crate::journal::deposits::{
+    BlockRecord, DepositAddressRow, DepositKey, DepositRow, DepositStatus, DepositStore, NewDeposit, NewSweep,
+    SweepStatus,
+};
+use crate::journal::{Fence, JournalError, Withdrawal};
 
 /// Blocks read that are remembered (a reorg deeper than this is not noticed against them).
 const BLOCKS_KEPT: u64 = 1024;
 
-/// The columns of a [`DepositRow`], the deposit joined with its address's reference.
+/// The columns of a [`DepositRow`], the deposit joined with its address's reference and its sweep.
 const DEPOSIT_COLUMNS: &str = "d.change, d.tx_hash, d.log_index, d.address, a.reference, d.asset, d.amount, d.sender, \
-    d.block_number, d.block_hash, d.status, d.seen_ms, d.updated_ms";
-const DEPOSIT_FROM: &str = "deposits d LEFT JOIN deposit_addresses a ON a.address = d.address";
+    d.block_number, d.block_hash, d.status, d.seen_ms, d.updated_ms, d.sweep_status, d.sweep, w.tx_hash";
+const DEPOSIT_FROM: &str = "deposits d LEFT JOIN deposit_addresses a ON a.address = d.address \
+    LEFT JOIN withdrawals w ON w.id = d.sweep";
 
-fn u64_of(value: i64) -> u64 {
+pub(super) fn u64_of(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
@@ -35,6 +41,8 @@ fn address_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DepositAddressRow> {
 fn deposit_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DepositRow> {
     let log_index: i64 = row.get(2)?;
     let status: String = row.get(10)?;
+    let sweep_status: String = row.get(13)?;
+    let sweep_tx_hash: Option<String> = row.get(15)?;
     Ok(DepositRow {
         change: u64_of(row.get(0)?),
         tx_hash: parse_text(&row.get::<_, String>(1)?)?,
@@ -50,16 +58,22 @@ fn deposit_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DepositRow> {
             .ok_or_else(|| super::rows::invalid(format!("deposit status `{status}` cannot be read")))?,
         seen_ms: u64_of(row.get(11)?),
         updated_ms: u64_of(row.get(12)?),
+        sweep_status: SweepStatus::parse(&sweep_status)
+            .ok_or_else(|| super::rows::invalid(format!("sweep status `{sweep_status}` cannot be read")))?,
+        sweep: row.get(14)?,
+        sweep_tx_hash: sweep_tx_hash.as_deref().map(parse_text).transpose()?,
     })
 }
 
-/// The deposits `condition` selects (with its parameters), in the order of their changes.
-fn select<P: rusqlite::Params>(
+/// The deposits `condition` selects (with its parameters), in the order of their changes, after `limit`
+/// (`LIMIT …`, or nothing).
+pub(super) fn select<P: rusqlite::Params>(
     connection: &Connection,
     condition: &str,
     parameters: P,
+    limit: &str,
 ) -> Result<Vec<DepositRow>, Failure> {
-    let sql = format!("SELECT {DEPOSIT_COLUMNS} FROM {DEPOSIT_FROM} WHERE {condition} ORDER BY d.change");
+    let sql = format!("SELECT {DEPOSIT_COLUMNS} FROM {DEPOSIT_FROM} WHERE {condition} ORDER BY d.change {limit}");
     let mut statement = connection.prepare_cached(&sql)?;
     let rows = statement.query_map(parameters, deposit_row)?.collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
@@ -78,6 +92,18 @@ fn change_status<P: rusqlite::Params>(
     parameters: P,
     status: DepositStatus,
 ) -> Result<Vec<DepositRow>, Failure> {
+    change(connection, condition, parameters, &format!("status = '{}'", status.as_str()), None)
+}
+
+/// Applies `set` (an SQL assignment list, in which `?5` is `sweep`) to the deposits `condition` selects
+/// (with `parameters`, from `?1`), each with the next change number; answers them.
+pub(super) fn change<P: rusqlite::Params>(
+    connection: &Connection,
+    condition: &str,
+    parameters: P,
+    set: &str,
+    sweep: Option<&str>,
+) -> Result<Vec<DepositRow>, Failure> {
     let keys: Vec<(String, i64)> = {
         let mut statement = connection
             .prepare_cached(&format!("SELECT tx_hash, log_index FROM deposits WHERE {condition} ORDER BY change"))?;
@@ -90,11 +116,19 @@ fn change_status<P: rusqlite::Params>(
         let change = next_change(connection)?;
         exec(
             connection,
-            "UPDATE deposits SET status = ?3, change = ?4, updated_ms = ?5 WHERE tx_hash = ?1 AND log_index = ?2",
-            params![tx_hash, log_index, status.as_str(), change, now],
+            &format!(
+                "UPDATE deposits SET {set}, change = ?3, updated_ms = ?4 WHERE tx_hash = ?1 AND log_index = ?2 \
+                 AND ?5 IS ?5"
+            ),
+            params![tx_hash, log_index, change, now, sweep],
         )?;
     }
-    select(connection, "d.change > ?1", params![before])
+    select(connection, "d.change > ?1", params![before], "")
+}
+
+/// A deposit's key as the journal stores it (`-1`: a transaction's own value).
+pub(super) fn key_params(key: &DepositKey) -> (String, i64) {
+    (key.tx_hash.to_string(), key.log_index.map_or(-1, sql_u64))
 }
 
 #[async_trait]
@@ -157,8 +191,15 @@ impl DepositStore for SqliteJournal {
         .await
     }
 
-    async fn record_block(&self, block: BlockRecord, deposits: Vec<NewDeposit>) -> Result<usize, JournalError> {
+    async fn record_block(
+        &self,
+        fence: &Fence,
+        block: BlockRecord,
+        deposits: Vec<NewDeposit>,
+    ) -> Result<usize, JournalError> {
+        let fence = fence.clone();
         self.run(move |connection| {
+            fenced(connection, &fence)?;
             let (number, hash) = (sql_u64(block.number), block.hash.to_string());
             let stored: Option<String> =
                 row(connection, "SELECT hash FROM deposit_blocks WHERE number = ?1", params![number], |row| row.get(0))
@@ -229,8 +270,10 @@ impl DepositStore for SqliteJournal {
         .await
     }
 
-    async fn remove_block(&self, block: BlockRecord) -> Result<Vec<DepositRow>, JournalError> {
+    async fn remove_block(&self, fence: &Fence, block: BlockRecord) -> Result<Vec<DepositRow>, JournalError> {
+        let fence = fence.clone();
         self.run(move |connection| {
+            fenced(connection, &fence)?;
             let (number, hash) = (sql_u64(block.number), block.hash.to_string());
             if exec(connection, "DELETE FROM deposit_blocks WHERE number = ?1 AND hash = ?2", params![number, hash])?
                 == 0
@@ -254,8 +297,10 @@ impl DepositStore for SqliteJournal {
         .await
     }
 
-    async fn confirm_deposits(&self, block: u64) -> Result<Vec<DepositRow>, JournalError> {
+    async fn confirm_deposits(&self, fence: &Fence, block: u64) -> Result<Vec<DepositRow>, JournalError> {
+        let fence = fence.clone();
         self.run(move |connection| {
+            fenced(connection, &fence)?;
             // Only deposits of blocks recorded as read: a stale record of a dropped block is not confirmed.
             change_status(
                 connection,
@@ -270,14 +315,44 @@ impl DepositStore for SqliteJournal {
 
     async fn deposits(&self, since: u64, limit: usize) -> Result<Vec<DepositRow>, JournalError> {
         self.run(move |connection| {
-            let sql =
-                format!("SELECT {DEPOSIT_COLUMNS} FROM {DEPOSIT_FROM} WHERE d.change > ?1 ORDER BY d.change LIMIT ?2");
-            let mut statement = connection.prepare_cached(&sql)?;
-            let rows = statement
-                .query_map(params![sql_u64(since), sql_u64(limit as u64)], deposit_row)?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            select(connection, "d.change > ?1", params![sql_u64(since)], &format!("LIMIT {limit}"))
         })
         .await
+    }
+
+    async fn unswept(&self, limit: usize) -> Result<Vec<DepositRow>, JournalError> {
+        self.run(move |connection| {
+            let condition = "d.status = 'confirmed' AND d.sweep_status = 'unswept'";
+            select(connection, condition, [], &format!("LIMIT {limit}"))
+        })
+        .await
+    }
+
+    async fn start_sweep(&self, fence: &Fence, sweep: NewSweep) -> Result<Option<Withdrawal>, JournalError> {
+        let fence = fence.clone();
+        self.run(move |connection| sweeps::start(connection, &fence, &sweep)).await
+    }
+
+    async fn open_sweeps(&self) -> Result<Vec<(String, Address)>, JournalError> {
+        self.run(|connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT DISTINCT sweep, address FROM deposits WHERE sweep_status = 'sweeping' ORDER BY sweep, address",
+            )?;
+            let open = statement
+                .query_map([], |row| Ok((row.get(0)?, parse_text(&row.get::<_, String>(1)?)?)))?
+                .collect::<Result<Vec<(String, Address)>, _>>()?;
+            Ok(open)
+        })
+        .await
+    }
+
+    async fn finish_sweep(&self, fence: &Fence, id: &str, block: Option<u64>) -> Result<Vec<DepositRow>, JournalError> {
+        let (fence, id) = (fence.clone(), id.to_owned());
+        self.run(move |connection| sweeps::finish(connection, &fence, &id, block)).await
+    }
+
+    async fn mark_swept(&self, fence: &Fence, deposits: Vec<DepositKey>) -> Result<Vec<DepositRow>, JournalError> {
+        let fence = fence.clone();
+        self.run(move |connection| sweeps::mark_swept(connection, &fence, &deposits)).await
     }
 }

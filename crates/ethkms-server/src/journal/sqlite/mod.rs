@@ -28,6 +28,7 @@ mod deposits;
 mod leases;
 mod rows;
 mod schema;
+mod sweeps;
 mod writer;
 
 use leases::fenced;
@@ -357,7 +358,7 @@ impl JournalStore for SqliteJournal {
         let key = key.to_owned();
         self.run(move |connection| {
             let sql = "SELECT id FROM withdrawals WHERE key = ?1 AND confirmed = 0 AND status = 'accepted' \
-                       AND kind IN ('withdrawal', 'rpc') ORDER BY rowid";
+                       AND kind IN ('withdrawal', 'rpc', 'sweep') ORDER BY rowid";
             Ok(ids(connection, sql, &key)?)
         })
         .await

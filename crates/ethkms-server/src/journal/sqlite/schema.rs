@@ -5,7 +5,7 @@
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: [&str; 4] = [
+pub(super) const MIGRATIONS: [&str; 5] = [
     // 1: withdrawals, their attempts, and amounts counted against daily limits.
     "
 CREATE TABLE withdrawals (
@@ -106,6 +106,14 @@ CREATE TABLE deposits (
 );
 CREATE INDEX deposits_by_change ON deposits (change);
 CREATE INDEX deposits_by_block ON deposits (block_number, status);
+",
+    // 5: where each deposit's value is (unswept, sweeping, swept) and the sweep (a row of kind `sweep`).
+    "
+ALTER TABLE deposits ADD COLUMN sweep_status TEXT NOT NULL DEFAULT 'unswept';
+ALTER TABLE deposits ADD COLUMN sweep TEXT;
+CREATE INDEX deposits_unswept ON deposits (change) WHERE status = 'confirmed' AND sweep_status = 'unswept';
+CREATE INDEX deposits_by_sweep ON deposits (sweep) WHERE sweep IS NOT NULL;
+CREATE INDEX deposits_by_address ON deposits (address, asset);
 ",
 ];
 

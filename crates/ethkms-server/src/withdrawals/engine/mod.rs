@@ -403,6 +403,7 @@ impl Engine {
             (Kind::GapFill, false) => "gap_fill",
             (Kind::Rpc, false) => rpc_method.as_deref().unwrap_or("rpc"),
             (Kind::Withdrawal, false) => "withdrawals",
+            (Kind::Sweep, false) => "sweep",
         };
         let mut record = json!({
             "kind": "signature", "method": method, "client": row.client, "key": key.name,

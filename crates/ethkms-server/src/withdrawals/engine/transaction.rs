@@ -1,5 +1,5 @@
 //! What a row's transaction is before it is signed: the request (a withdrawal's transfer, an RPC
-//! client's own, a gap fill), its gas limit, its fees within the key's caps, and its nonce from the
+//! client's own, a gap fill, a sweep of deposit addresses), its gas limit, its fees within the key's caps, and its nonce from the
 //! allocator after the node's pending count.
 
 use std::sync::PoisonError;
@@ -11,7 +11,7 @@ use alloy_rpc_types_eth::TransactionRequest;
 use alloy_sol_types::SolCall;
 use ethkms::eth::chain::{self, Fees};
 
-use crate::journal::{Kind, Withdrawal};
+use crate::journal::{Kind, SweepRequest, Withdrawal};
 use crate::policy::{Asset, transferCall};
 use crate::shared::{Key, Shared};
 use crate::withdrawals::fees;
@@ -41,6 +41,18 @@ pub(super) fn rpc_request(row: &Withdrawal) -> Result<(String, TransactionReques
     Ok((stored.method, stored.transaction))
 }
 
+/// The calldata of a sweep row.
+fn sweep_calldata(row: &Withdrawal) -> Result<Bytes, Trouble> {
+    let text = row.request.as_deref().unwrap_or_default();
+    let stored: SweepRequest = serde_json::from_str(text)
+        .map_err(|error| Trouble::Fail(format!("the stored sweep does not parse: {error}")))?;
+    Ok(stored.calldata)
+}
+
+/// Headroom on a sweep's gas estimate, in percent: the deposit addresses' state may change between the
+/// estimate and the block (what is unused is not paid).
+const SWEEP_GAS_HEADROOM_PERCENT: u64 = 10;
+
 impl Engine {
     /// The transaction of `row`, without nonce, gas, fees or chain id (an RPC request keeps what the client
     /// gave).
@@ -49,6 +61,11 @@ impl Engine {
         Ok(match row.kind {
             Kind::Withdrawal => withdrawal_request(from, row.recipient, row.asset, row.amount),
             Kind::GapFill => TransactionRequest::default().from(from).to(from).value(U256::ZERO),
+            Kind::Sweep => TransactionRequest::default()
+                .from(from)
+                .to(row.recipient)
+                .value(U256::ZERO)
+                .input(sweep_calldata(row)?.into()),
             Kind::Rpc => {
                 let mut request = rpc_request(row)?.1;
                 request.from = Some(from);
@@ -60,7 +77,7 @@ impl Engine {
 
     /// The gas limit: 21,000 for a gap fill and for ether sent to an address without code (what any estimate
     /// gives, without making the node execute it), the client's for an RPC request that has one, else the
-    /// node's estimate.
+    /// node's estimate (with [`SWEEP_GAS_HEADROOM_PERCENT`] more for a sweep).
     pub(super) async fn gas(&self, row: &Withdrawal, request: &TransactionRequest) -> Result<u64, Trouble> {
         let provider = self.shared.manager.provider();
         match row.kind {
@@ -77,10 +94,11 @@ impl Engine {
             }
             _ => {}
         }
-        provider.estimate_gas(request.clone()).await.map_err(|error| match error.as_error_resp() {
+        let estimate = provider.estimate_gas(request.clone()).await.map_err(|error| match error.as_error_resp() {
             Some(payload) => Trouble::Invalid(format!("the node would not execute it: {}", payload.message)),
             None => Trouble::node(format!("estimating gas: {error}")),
-        })
+        })?;
+        Ok(if row.kind == Kind::Sweep { estimate + estimate * SWEEP_GAS_HEADROOM_PERCENT / 100 } else { estimate })
     }
 
     /// The fees of a first signature: an RPC client's own, if within the key's caps (else refused by name),

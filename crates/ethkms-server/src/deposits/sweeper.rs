@@ -1,0 +1,234 @@
+//! The sweeper: moves confirmed deposits to the parent through the withdrawal engine. Every
+//! `sweep_interval` the watching replica (it holds the watcher's lease) first settles the sweeps that are
+//! final — confirmed: their deposits `swept`; failed, provably unpaid or reverted: `unswept` again, and
+//! the next sweep waits longer — then reads what the addresses of unswept deposits hold and stores sweeps
+//! of those worth sweeping, `sweep_batch` addresses each ([`DepositStore::start_sweep`]: the engine's row
+//! and the deposits marked `sweeping`, in one transaction). The engine signs each as it signs a withdrawal —
+//! a nonce from the key's allocator, fees within the key's caps, re-broadcast and bumped within them,
+//! followed to confirmation — so a sweep is sent at most once, and a deposit is in at most one sweep.
+//!
+//! What is never swept: tokens not in `[deposits] tokens` (spam or hostile code); ether worth less than
+//! `sweep_margin_percent` of its share of the gas (it waits for more); an address in a sweep not yet final.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use alloy_primitives::Address;
+use ethkms::eth::chain;
+use ethkms_deposits::{Holding, Reference, SweepBatch, SweepCosts, read_holding};
+
+use super::Deposits;
+use crate::journal::{DepositKey, DepositRow, Fence, NewSweep, Status, SweepRequest};
+use crate::policy::Asset;
+
+/// Unswept deposits read per pass.
+const CANDIDATES_PER_PASS: usize = 5_000;
+
+/// Sweep transactions stored per pass at most.
+const SWEEPS_PER_PASS: usize = 8;
+
+/// How long an address found not worth sweeping is left before it is read again.
+const DUST_RECHECK: Duration = Duration::from_secs(600);
+
+/// The longest wait after failed sweeps.
+const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(3_600);
+
+/// What the sweeper keeps between passes.
+#[derive(Default)]
+pub(super) struct Sweeper {
+    /// When the next pass may start sweeps.
+    next: Option<Instant>,
+    /// Sweeps failed in a row (each doubles the wait before the next).
+    failures: u32,
+    /// Addresses read and found not worth sweeping, and when.
+    dust: HashMap<Address, Instant>,
+}
+
+impl Deposits {
+    /// One pass of the sweeper, under the watcher's lease `fence`: settles final sweeps, then starts new
+    /// ones if it is time.
+    pub(super) async fn sweep_pass(&self, fence: &Fence, sweeper: &mut Sweeper) -> Result<(), String> {
+        let Some(interval) = self.settings.sweep_interval else { return Ok(()) };
+        let Some(submit) = &self.submit else { return Ok(()) };
+        let busy = self.settle_sweeps(fence, sweeper).await?;
+        let now = Instant::now();
+        if sweeper.next.is_some_and(|next| now < next) {
+            return Ok(());
+        }
+        let wait = interval.saturating_mul(2u32.saturating_pow(sweeper.failures.min(16))).min(MAX_FAILURE_BACKOFF);
+        sweeper.next = Some(now + wait.max(interval));
+        sweeper.dust.retain(|_, seen| now.duration_since(*seen) < DUST_RECHECK);
+        let candidates =
+            self.store.unswept(CANDIDATES_PER_PASS).await.map_err(|error| format!("the unswept deposits: {error}"))?;
+        let mut by_address: BTreeMap<Address, Vec<DepositRow>> = BTreeMap::new();
+        for deposit in candidates {
+            if !busy.contains(&deposit.address) && !sweeper.dust.contains_key(&deposit.address) {
+                by_address.entry(deposit.address).or_default().push(deposit);
+            }
+        }
+        if by_address.is_empty() {
+            return Ok(());
+        }
+        let provider = self.shared.manager.provider();
+        let fees = chain::fees(provider).await.map_err(|error| format!("fees from the node: {error}"))?;
+        let gas_price = fees.max_and_priority().0;
+        let mut started = 0;
+        let mut batch = Batch::new(self.settings.parent);
+        for (address, deposits) in by_address {
+            if started >= SWEEPS_PER_PASS {
+                break;
+            }
+            let Some(reference) = deposits.iter().find_map(|deposit| deposit.reference.clone()) else {
+                tracing::warn!(%address, "deposits to an address this journal did not hand out: not swept");
+                continue;
+            };
+            let salt = Reference::new(&reference).map_err(|error| format!("reference {reference:?}: {error}"))?.salt();
+            let holding = read_holding(provider, address, salt, &self.settings.tokens)
+                .await
+                .map_err(|error| error.to_string())?;
+            let (held, gone): (Vec<&DepositRow>, Vec<&DepositRow>) =
+                deposits.iter().partition(|deposit| holds(&holding, deposit.asset));
+            if !gone.is_empty() {
+                // Passed on as they came (ether to a deployed forwarder), or swept from outside the service.
+                let keys = gone.iter().map(|deposit| key_of(deposit)).collect();
+                let swept = self.store.mark_swept(fence, keys).await.map_err(|error| error.to_string())?;
+                self.count("swept", swept.len());
+            }
+            if held.is_empty() {
+                continue;
+            }
+            if !SweepCosts::default().worth_sweeping(&holding, gas_price, self.settings.sweep_margin_percent) {
+                sweeper.dust.insert(address, now);
+                continue;
+            }
+            if batch.add(&holding, &held).is_err() {
+                // Too many tokens for one transaction: this address goes in the next batch.
+                started += self
+                    .start_sweep(fence, submit, std::mem::replace(&mut batch, Batch::new(self.settings.parent)))
+                    .await?;
+                batch.add(&holding, &held).map_err(|error| error.to_string())?;
+            }
+            if batch.sweep.len() >= self.settings.sweep_batch {
+                started += self
+                    .start_sweep(fence, submit, std::mem::replace(&mut batch, Batch::new(self.settings.parent)))
+                    .await?;
+            }
+        }
+        if !batch.sweep.is_empty() && started < SWEEPS_PER_PASS {
+            self.start_sweep(fence, submit, batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Settles the sweeps that are final; answers the addresses still in a sweep under way.
+    async fn settle_sweeps(&self, fence: &Fence, sweeper: &mut Sweeper) -> Result<HashSet<Address>, String> {
+        let open = self.store.open_sweeps().await.map_err(|error| format!("the open sweeps: {error}"))?;
+        if open.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let mut addresses: HashMap<String, Vec<Address>> = HashMap::new();
+        for (id, address) in open {
+            addresses.entry(id).or_default().push(address);
+        }
+        let ids: Vec<String> = addresses.keys().cloned().collect();
+        let rows = self.journal.get_many(&ids).await.map_err(|error| format!("the sweeps' rows: {error}"))?;
+        let rows: HashMap<String, _> = rows.into_iter().map(|row| (row.id.clone(), row)).collect();
+        let mut busy = HashSet::new();
+        for (id, in_sweep) in addresses {
+            let outcome = match rows.get(&id) {
+                Some(row) if row.status == Status::Confirmed => Some(Some(row.block_number.unwrap_or_default())),
+                Some(row) if row.status == Status::Failed => Some(None),
+                Some(_) => None,
+                None => {
+                    tracing::error!(sweep = %id, "deposits are in a sweep the journal does not have; unswept again");
+                    Some(None)
+                }
+            };
+            let Some(block) = outcome else {
+                busy.extend(in_sweep);
+                continue;
+            };
+            let changed = self.store.finish_sweep(fence, &id, block).await.map_err(|error| error.to_string())?;
+            let row = rows.get(&id);
+            if block.is_some() {
+                sweeper.failures = 0;
+                self.shared.metrics.sweeps.inc("confirmed");
+                self.count("swept", changed.len());
+                tracing::info!(sweep = %id, tx_hash = ?row.and_then(|row| row.tx_hash), deposits = changed.len(), "sweep confirmed");
+            } else {
+                sweeper.failures += 1;
+                self.shared.metrics.sweeps.inc("failed");
+                self.count("unswept", changed.len());
+                tracing::error!(sweep = %id, error = ?row.and_then(|row| row.error.clone()), deposits = changed.len(),
+                    failures = sweeper.failures, "a sweep failed (nothing moved); its deposits are unswept again");
+            }
+        }
+        Ok(busy)
+    }
+
+    /// Stores `batch` as a sweep and hands it to the engine; answers 1 if it was stored.
+    async fn start_sweep(&self, fence: &Fence, submit: &super::Submit, batch: Batch) -> Result<usize, String> {
+        if batch.sweep.is_empty() {
+            return Ok(0);
+        }
+        let request = serde_json::to_string(&SweepRequest { calldata: batch.sweep.calldata() })
+            .map_err(|error| error.to_string())?;
+        let sweep = NewSweep {
+            id: format!("sweep-{}", uuid::Uuid::new_v4()),
+            key: self.settings.key.clone(),
+            factory: self.settings.factory,
+            request,
+            deposits: batch.deposits,
+        };
+        let (id, count) = (sweep.id.clone(), sweep.deposits.len());
+        match self.store.start_sweep(fence, sweep).await.map_err(|error| error.to_string())? {
+            Some(row) => {
+                self.shared.metrics.sweeps.inc("started");
+                self.count("sweeping", count);
+                tracing::info!(sweep = %id, addresses = batch.sweep.len(), deposits = count, "sweep stored");
+                submit(row);
+                Ok(1)
+            }
+            None => {
+                tracing::warn!(sweep = %id, "a deposit of the sweep changed meanwhile; nothing stored");
+                Ok(0)
+            }
+        }
+    }
+
+    fn count(&self, event: &str, n: usize) {
+        for _ in 0..n {
+            self.shared.metrics.deposits.inc(event);
+        }
+    }
+}
+
+/// A sweep being put together: the factory call and the deposits it moves.
+struct Batch {
+    sweep: SweepBatch,
+    deposits: Vec<DepositKey>,
+}
+
+impl Batch {
+    fn new(parent: Address) -> Self {
+        Self { sweep: SweepBatch::new(parent), deposits: Vec::new() }
+    }
+
+    fn add(&mut self, holding: &Holding, deposits: &[&DepositRow]) -> Result<(), ethkms_deposits::SweepError> {
+        self.sweep.add_holding(holding)?;
+        self.deposits.extend(deposits.iter().map(|deposit| key_of(deposit)));
+        Ok(())
+    }
+}
+
+fn key_of(deposit: &DepositRow) -> DepositKey {
+    DepositKey { tx_hash: deposit.tx_hash, log_index: deposit.log_index }
+}
+
+/// Whether `holding` has any of `asset`.
+fn holds(holding: &Holding, asset: Asset) -> bool {
+    match asset {
+        Asset::Ether => !holding.ether.is_zero(),
+        Asset::Token(token) => holding.tokens.iter().any(|(held, balance)| *held == token && !balance.is_zero()),
+    }
+}
