@@ -5,9 +5,10 @@
 //! `confirmed`; a deposit whose block a reorg drops before that is `removed` and never confirmed; `GET
 //! /v1/deposits?since=` lists what changed, in order. And 200 customers with seeded random deposits over two
 //! rounds — ether and a listed token before and after their addresses are deployed, ether too little to be
-//! worth its sweep, a spam token — swept as `ethkms deposits sweep` does: the treasury holds exactly what
-//! left the addresses, the listed token is all swept, the spam untouched, and the journal lists every
-//! deposit once, confirmed. In CI a missing service fails them.
+//! worth its sweep, a spam token — swept by the service's sweeper through the withdrawal engine: the
+//! treasury holds exactly what left the addresses, the listed token is all swept, the spam untouched, each
+//! address's unswept deposits add up to exactly what it still holds, every sweep succeeded once, and the
+//! journal lists every deposit once, confirmed. In CI a missing service fails them.
 
 mod common;
 
@@ -17,6 +18,7 @@ use alloy_primitives::{Address, U256};
 use alloy_sol_types::{SolCall as _, SolValue as _};
 use common::*;
 use ethkms_deposits::{DepositAddresses, Reference, contracts};
+use ethkms_test_support::chain::set_balance;
 use serde_json::{Value, json};
 
 alloy_sol_types::sol! {
@@ -173,40 +175,47 @@ impl Seeded {
     }
 }
 
-/// What the sweeping key needs: its manager, its reference, the factory and the treasury.
-struct Sweeper {
-    manager: ethkms::WalletManager,
-    key: ethkms::backend::KeyRef,
-    factory: Address,
-    parent: Address,
-}
-
-impl Sweeper {
-    /// Sweeps every address of `customers` worth it — holding a token of `tokens`, or ether worth more than
-    /// twice its share of the gas — in batches of 50 (as `ethkms deposits sweep` does); the references swept.
-    async fn sweep(&self, customers: &[(Reference, Address)], tokens: &[Address]) -> Vec<String> {
-        use alloy_network::TransactionBuilder as _;
-        use alloy_provider::Provider as _;
-        let provider = self.manager.provider();
-        let gas_price = provider.get_gas_price().await.unwrap();
-        let costs = ethkms_deposits::SweepCosts::default();
-        let mut chosen = Vec::new();
-        for (reference, address) in customers {
-            let holding = ethkms_deposits::read_holding(provider, *address, reference.salt(), tokens).await.unwrap();
-            if costs.worth_sweeping(&holding, gas_price, 200) {
-                chosen.push((reference.to_string(), holding));
+/// Waits (mining a block every 100 ms) until the service has found and confirmed all `made` deposits and
+/// swept what is worth sweeping: no sweep under way, every deposit of the listed token `usd` swept, and the
+/// ether deposits still unswept at each address adding up to exactly its balance. The deposits listed.
+async fn wait_for_sweeps<P: alloy_provider::Provider>(
+    api: &Api,
+    url: &str,
+    provider: &P,
+    usd: Address,
+    made: usize,
+) -> Vec<Value> {
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        rpc(&http, url, "anvil_mine", json!(["0x1"])).await;
+        let (status, body) = deposits(api, "depositor-token", "?since=0&limit=1000").await;
+        assert_eq!(status, 200, "{body}");
+        let list = body["deposits"].as_array().unwrap().clone();
+        let settled = list.len() == made
+            && list.iter().all(|deposit| deposit["status"] == "confirmed" && deposit["sweep_status"] != "sweeping")
+            && list
+                .iter()
+                .filter(|deposit| deposit["asset"] == usd.to_string())
+                .all(|deposit| deposit["sweep_status"] == "swept");
+        if settled {
+            let mut unswept: std::collections::BTreeMap<Address, U256> = std::collections::BTreeMap::new();
+            for deposit in list.iter().filter(|deposit| deposit["asset"] == "ETH") {
+                let entry = unswept.entry(deposit["address"].as_str().unwrap().parse().unwrap()).or_default();
+                if deposit["sweep_status"] == "unswept" {
+                    *entry += deposit["amount"].as_str().unwrap().parse::<U256>().unwrap();
+                }
+            }
+            let mut exact = true;
+            for (address, amount) in &unswept {
+                exact &= provider.get_balance(*address).await.unwrap() == *amount;
+            }
+            if exact {
+                return list;
             }
         }
-        for batch in chosen.chunks(50) {
-            let mut sweep = ethkms_deposits::SweepBatch::new(self.parent);
-            for (_, holding) in batch {
-                sweep.add_holding(holding).unwrap();
-            }
-            let request =
-                alloy_rpc_types_eth::TransactionRequest::default().with_to(self.factory).with_input(sweep.calldata());
-            assert!(self.manager.send_request(&self.key, request).await.unwrap().status());
-        }
-        chosen.into_iter().map(|(reference, _)| reference).collect()
+        assert!(started.elapsed() < Duration::from_secs(90), "deposits not swept within 90 s: {list:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -248,7 +257,8 @@ async fn two_hundred_customers_deposits_are_listed_once_and_swept_exactly_to_the
     let start = block_number(&anvil.url).await;
     let text = format!(
         "{head}{depositor}\n[deposits]\nkey = \"hot\"\nfactory = \"{factory}\"\nparent = \"{parent}\"\n\
-         tokens = [\"{usd}\"]\nconfirmations = 2\nstart_block = {start}\npoll_interval_ms = 100\n",
+         tokens = [\"{usd}\"]\nconfirmations = 2\nstart_block = {start}\npoll_interval_ms = 100\n\
+         sweep_interval_ms = 200\nsweep_batch = 50\n",
         head = config_head("127.0.0.1:0", &anvil.url, &key, &paths),
         depositor = config_client("depositor", "depositor-token", &["deposits"]),
     );
@@ -269,9 +279,9 @@ async fn two_hundred_customers_deposits_are_listed_once_and_swept_exactly_to_the
     }
     let manager =
         ethkms::WalletManager::with_backend(backend, ethkms::ChainSettings::new(anvil.url.parse().unwrap())).unwrap();
-    let sweeper = Sweeper { manager, key: ethkms::backend::KeyRef::new(key.clone()).unwrap(), factory, parent };
+    let provider = manager.provider();
 
-    // Two rounds of deposits, each followed by a sweep: before any address is deployed, then after some are
+    // Two rounds of deposits, each swept by the service: before any address is deployed, then after some are
     // (ether to those is passed on as it arrives). Some ether is too little to be worth its sweep; the spam
     // token is never swept.
     let mut random = Seeded(0x5eed);
@@ -281,7 +291,7 @@ async fn two_hundred_customers_deposits_are_listed_once_and_swept_exactly_to_the
         let call = mintCall { to, amount }.abi_encode();
         json!({ "to": token, "data": format!("0x{}", alloy_primitives::hex::encode(call)) })
     };
-    let mut swept_total = Vec::new();
+    let mut listed = Vec::new();
     for _round in 0..2 {
         for (index, (_, address)) in customers.iter().enumerate() {
             match random.next() % 6 {
@@ -312,12 +322,11 @@ async fn two_hundred_customers_deposits_are_listed_once_and_swept_exactly_to_the
                 _ => {}
             }
         }
-        swept_total.push(sweeper.sweep(&customers, &[usd]).await);
+        listed = wait_for_sweeps(&api, &anvil.url, provider, usd, deposits_made).await;
     }
 
     // The treasury holds exactly what left the addresses: every address's ether and listed tokens, less what
     // is still there (too little to sweep); the spam stays where it was sent.
-    let provider = sweeper.manager.provider();
     let (mut ether_left, mut ether_sent, mut usd_sent) = (U256::ZERO, U256::ZERO, U256::ZERO);
     for ((reference, address), sent) in customers.iter().zip(&sent) {
         ether_sent += sent.ether.iter().copied().sum::<U256>();
@@ -343,18 +352,32 @@ async fn two_hundred_customers_deposits_are_listed_once_and_swept_exactly_to_the
         alloy_rpc_types_eth::TransactionRequest::default().with_to(usd).with_input(call)
     };
     assert_eq!(U256::from_be_slice(&provider.call(request).await.unwrap()), usd_sent, "the treasury's tokens");
+
+    // Every sweep was signed by the key, called the factory and succeeded — once: no sweep failed, and as many
+    // were confirmed as were started.
+    let sweeps: std::collections::BTreeSet<String> =
+        listed.iter().filter_map(|deposit| deposit["sweep_tx_hash"].as_str().map(str::to_owned)).collect();
+    assert!(!sweeps.is_empty());
+    for hash in &sweeps {
+        let receipt = provider.get_transaction_receipt(hash.parse().unwrap()).await.unwrap().expect("mined");
+        assert!(receipt.status(), "sweep {hash} succeeded");
+        assert_eq!((receipt.from, receipt.to), (owner, Some(factory)), "sweep {hash}: the key called the factory");
+    }
+    let metrics = api.http.get(format!("{}/metrics", api.url)).send().await.unwrap().text().await.unwrap();
+    let counter = |outcome: &str| {
+        let line = format!("ethkms_sweeps_total{{outcome=\"{outcome}\"}} ");
+        metrics.lines().find_map(|text| text.strip_prefix(&line)).map_or(0, |value| value.parse::<u64>().unwrap())
+    };
+    assert_eq!(
+        (counter("started"), counter("confirmed"), counter("failed")),
+        (sweeps.len() as u64, sweeps.len() as u64, 0)
+    );
     eprintln!(
-        "deposits: {deposits_made} made to 200 customers; swept {} then {} addresses; {ether_left} wei left unswept",
-        swept_total[0].len(),
-        swept_total[1].len()
+        "deposits: {deposits_made} made to 200 customers; {} sweep transactions; {ether_left} wei left unswept",
+        sweeps.len()
     );
 
     // The journal lists every deposit (ether and the listed token, not the spam) once, confirmed.
-    rpc(&http, &anvil.url, "anvil_mine", json!(["0x3"])).await;
-    let listed = wait_for(&api, "every deposit confirmed", |list| {
-        list.len() >= deposits_made && list.iter().all(|deposit| deposit["status"] == "confirmed")
-    })
-    .await;
     assert_eq!(listed.len(), deposits_made, "each deposit listed once");
     let ids: std::collections::HashSet<(String, String)> =
         listed.iter().map(|deposit| (deposit["tx_hash"].to_string(), deposit["log_index"].to_string())).collect();
@@ -366,4 +389,70 @@ async fn two_hundred_customers_deposits_are_listed_once_and_swept_exactly_to_the
         .map(|deposit| deposit["amount"].as_str().unwrap().parse::<U256>().unwrap())
         .sum();
     assert_eq!(listed_ether, ether_sent, "every ether deposit listed, with its amount");
+}
+
+/// The value of `ethkms_sweeps_total{outcome}` in the service's metrics.
+async fn sweeps_counted(api: &Api, outcome: &str) -> u64 {
+    let metrics = api.http.get(format!("{}/metrics", api.url)).send().await.unwrap().text().await.unwrap();
+    let line = format!("ethkms_sweeps_total{{outcome=\"{outcome}\"}} ");
+    metrics.lines().find_map(|text| text.strip_prefix(&line)).map_or(0, |value| value.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_the_key_cannot_pay_for_fails_unpaid_and_its_deposit_is_swept_once_it_can() {
+    let Some((_, backend)) = localstack().await else { return };
+    let Some(anvil) = Anvil::start(&[]).await else { return };
+    let http = reqwest::Client::new();
+    let (key, owner) = funded_key(&backend, &anvil.url).await;
+    let factory_code = format!("0x{}", alloy_primitives::hex::encode(contracts::factory_creation_code(owner)));
+    let factory: Address = send(&http, &anvil.url, json!({ "data": factory_code })).await["contractAddress"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let parent = Address::with_last_byte(0x7d);
+    // The sweeping key has no ether for gas.
+    set_balance(&anvil.url, owner, U256::ZERO).await;
+    let paths = Paths::new();
+    let start = block_number(&anvil.url).await;
+    let text = format!(
+        "{head}{depositor}\n[deposits]\nkey = \"hot\"\nfactory = \"{factory}\"\nparent = \"{parent}\"\n\
+         confirmations = 1\nstart_block = {start}\npoll_interval_ms = 100\nsweep_interval_ms = 100\n",
+        head = config_head("127.0.0.1:0", &anvil.url, &key, &paths),
+        depositor = config_client("depositor", "depositor-token", &["deposits"]),
+    );
+    let api = serve_in_process(&text, backend).await;
+    let response = api
+        .http
+        .post(format!("{}/v1/deposit-addresses", api.url))
+        .bearer_auth("depositor-token")
+        .json(&json!({ "reference": "alice" }))
+        .send()
+        .await
+        .unwrap();
+    let alice: Address = response.json::<Value>().await.unwrap()["address"].as_str().unwrap().parse().unwrap();
+    send(&http, &anvil.url, json!({ "to": alice, "value": "0xde0b6b3a7640000" })).await;
+
+    // The sweep fails before anything is sent: the deposit is unswept again, in no sweep, the ether where it was.
+    let started = Instant::now();
+    while sweeps_counted(&api, "failed").await == 0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no sweep failed within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let list = wait_for(&api, "the deposit unswept again", |list| {
+        list.len() == 1 && list[0]["status"] == "confirmed" && list[0]["sweep_status"] == "unswept"
+    })
+    .await;
+    assert_eq!(list[0]["sweep_id"], Value::Null, "{list:#?}");
+    assert_eq!(balance(&anvil.url, alice).await, U256::from(10).pow(U256::from(18)));
+    assert_eq!(balance(&anvil.url, parent).await, U256::ZERO);
+    assert_eq!(sweeps_counted(&api, "confirmed").await, 0);
+
+    // Once the key can pay, the next sweep (after a back-off) moves it, once.
+    set_balance(&anvil.url, owner, U256::from(10).pow(U256::from(18))).await;
+    let swept = wait_for(&api, "the deposit swept", |list| list[0]["sweep_status"] == "swept").await;
+    assert!(swept[0]["sweep_tx_hash"].is_string(), "{swept:#?}");
+    assert_eq!(balance(&anvil.url, parent).await, U256::from(10).pow(U256::from(18)), "the treasury has it");
+    assert_eq!(balance(&anvil.url, alice).await, U256::ZERO);
+    assert_eq!(sweeps_counted(&api, "confirmed").await, 1);
 }

@@ -40,8 +40,9 @@ pub(super) struct Sweeper {
     next: Option<Instant>,
     /// Sweeps failed in a row (each doubles the wait before the next).
     failures: u32,
-    /// Addresses read and found not worth sweeping, and when.
-    dust: HashMap<Address, Instant>,
+    /// Addresses read and found not worth sweeping: when, and how many unswept deposits they had then (one
+    /// more is a reason to read it again at once).
+    dust: HashMap<Address, (Instant, usize)>,
 }
 
 impl Deposits {
@@ -57,15 +58,17 @@ impl Deposits {
         }
         let wait = interval.saturating_mul(2u32.saturating_pow(sweeper.failures.min(16))).min(MAX_FAILURE_BACKOFF);
         sweeper.next = Some(now + wait.max(interval));
-        sweeper.dust.retain(|_, seen| now.duration_since(*seen) < DUST_RECHECK);
+        sweeper.dust.retain(|_, (seen, _)| now.duration_since(*seen) < DUST_RECHECK);
         let candidates =
             self.store.unswept(CANDIDATES_PER_PASS).await.map_err(|error| format!("the unswept deposits: {error}"))?;
         let mut by_address: BTreeMap<Address, Vec<DepositRow>> = BTreeMap::new();
         for deposit in candidates {
-            if !busy.contains(&deposit.address) && !sweeper.dust.contains_key(&deposit.address) {
+            if !busy.contains(&deposit.address) {
                 by_address.entry(deposit.address).or_default().push(deposit);
             }
         }
+        by_address
+            .retain(|address, deposits| sweeper.dust.get(address).is_none_or(|(_, count)| *count != deposits.len()));
         if by_address.is_empty() {
             return Ok(());
         }
@@ -98,7 +101,7 @@ impl Deposits {
                 continue;
             }
             if !SweepCosts::default().worth_sweeping(&holding, gas_price, self.settings.sweep_margin_percent) {
-                sweeper.dust.insert(address, now);
+                sweeper.dust.insert(address, (now, deposits.len()));
                 continue;
             }
             if batch.add(&holding, &held).is_err() {
