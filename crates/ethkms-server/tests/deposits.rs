@@ -3,7 +3,8 @@
 //! `ethkms-deposits` derives), bad references and clients without the `deposits` method are refused; the
 //! watcher finds ether and token deposits, keeps them `pending` until `confirmations` deep, then
 //! `confirmed`; a deposit whose block a reorg drops before that is `removed` and never confirmed; `GET
-//! /v1/deposits?since=` lists what changed, in order. And 200 customers with seeded random deposits over two
+//! /v1/deposits?since=` lists what changed, in order; ether sent from inside a contract is found by the
+//! address's balance, once. And 200 customers with seeded random deposits over two
 //! rounds — ether and a listed token before and after their addresses are deployed, ether too little to be
 //! worth its sweep, a spam token — swept by the service's sweeper through the withdrawal engine: the
 //! treasury holds exactly what left the addresses, the listed token is all swept, the spam untouched, each
@@ -160,6 +161,32 @@ async fn deposits_are_handed_out_found_confirmed_and_taken_back_by_a_reorg() {
     assert_eq!(changed.len(), 1, "only the third deposit changed: {changed:#?}");
     assert_eq!((changed[0]["amount"].as_str(), changed[0]["status"].as_str()), (Some("7"), Some("removed")));
     assert!(after.iter().filter(|deposit| deposit["status"] == "confirmed").count() == 2);
+
+    // Ether sent to bob from inside a contract (one that self-destructs to him as it is created): no
+    // transaction to bob, no log — found by bob's balance, once, however many blocks follow.
+    let bob_address: Address = bob_address.parse().unwrap();
+    let init_code = [&[0x73], bob_address.as_slice(), &[0xff]].concat();
+    let init_code = format!("0x{}", alloy_primitives::hex::encode(init_code));
+    send(&http, &anvil.url, json!({ "data": init_code, "value": "0x6f05b59d3b20000" })).await;
+    let internal = |list: &[Value]| -> Vec<Value> {
+        // (A token's mint comes from the zero address too.)
+        list.iter()
+            .filter(|deposit| deposit["from"] == Address::ZERO.to_string() && deposit["asset"] == "ETH")
+            .cloned()
+            .collect()
+    };
+    let list = wait_for(&api, "the balance deposit", |list| !internal(list).is_empty()).await;
+    let found = internal(&list);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(
+        (found[0]["address"].as_str(), found[0]["asset"].as_str(), found[0]["amount"].as_str()),
+        (Some(bob_address.to_string().as_str()), Some("ETH"), Some("500000000000000000"))
+    );
+    assert_eq!((&found[0]["reference"], &found[0]["log_index"]), (&json!("bob"), &Value::Null));
+    rpc(&http, &anvil.url, "anvil_mine", json!(["0x3"])).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, body) = deposits(&api, "depositor-token", "?since=0&limit=1000").await;
+    assert_eq!(internal(body["deposits"].as_array().unwrap()).len(), 1, "counted once: {body}");
 }
 
 /// A seeded stream of numbers (splitmix64): the same deposits for a seed, every run.

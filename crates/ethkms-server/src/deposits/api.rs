@@ -59,7 +59,8 @@ impl From<DepositAddressRow> for DepositAddressView {
 pub(crate) struct DepositView {
     /// The number of its last change: ask `since` this to read only what changed after.
     change: u64,
-    /// Its transaction.
+    /// Its transaction; for ether found by a balance check (sent from inside a contract to an address not
+    /// yet deployed), an id instead: Keccak-256 of `ethkms:balance`, the address and the block number.
     #[schema(value_type = String)]
     tx_hash: B256,
     /// Its log's index in the block (`null`: the transaction's own value).
@@ -72,7 +73,7 @@ pub(crate) struct DepositView {
     asset: String,
     /// Wei, or the token's smallest unit, in decimal.
     amount: String,
-    /// Who sent it (EIP-55).
+    /// Who sent it (EIP-55); the zero address for a token's mint and for ether found by a balance check.
     from: String,
     /// The block it is in (or was in).
     block_number: u64,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use alloy_primitives::Address;
+use alloy_primitives::{Address, B256, U256, keccak256};
 use alloy_provider::Provider as _;
 use ethkms_deposits::{Asset as DepositAsset, DepositAddresses, scan_block};
 
@@ -34,6 +34,9 @@ pub(crate) const WATCHER_LEASE: &str = "@deposits";
 
 /// Most blocks read in one pass (then the deposits found so far are confirmed, and the next pass goes on).
 const BLOCKS_PER_PASS: u64 = 200;
+
+/// Deposit addresses whose balance is checked per pass, in turn, once the watcher has caught up.
+const BALANCE_CHECKS_PER_PASS: usize = 50;
 
 /// Deposit addresses read from the journal at a time.
 const ADDRESSES_PER_READ: usize = 10_000;
@@ -71,6 +74,9 @@ impl std::fmt::Debug for Deposits {
 #[derive(Default)]
 struct Watch {
     watched: HashSet<Address>,
+    /// The watched addresses in the order they were handed out, and where the balance checks are.
+    order: Vec<Address>,
+    balance_cursor: usize,
     last_seq: u64,
     lease: Option<(Fence, Instant)>,
     sweeper: sweeper::Sweeper,
@@ -171,7 +177,9 @@ impl Deposits {
                 .await
                 .map_err(|error| format!("reading the deposit addresses: {error}"))?;
             for row in &rows {
-                watch.watched.insert(row.address);
+                if watch.watched.insert(row.address) {
+                    watch.order.push(row.address);
+                }
                 watch.last_seq = watch.last_seq.max(row.seq);
             }
             match rows.last() {
@@ -225,7 +233,7 @@ impl Deposits {
                 next = previous.number;
                 continue;
             }
-            let deposits: Vec<NewDeposit> = block
+            let mut deposits: Vec<NewDeposit> = block
                 .deposits
                 .iter()
                 .map(|deposit| NewDeposit {
@@ -240,6 +248,9 @@ impl Deposits {
                     sender: deposit.from,
                 })
                 .collect();
+            if block.number == head {
+                deposits.extend(self.balance_deposits(watch, &deposits, block.number).await?);
+            }
             let record = BlockRecord { number: block.number, hash: block.hash };
             let found = self.store.record_block(&fence, record, deposits).await.map_err(|error| error.to_string())?;
             for _ in 0..found {
@@ -263,4 +274,64 @@ impl Deposits {
         }
         Ok(())
     }
+
+    /// Ether that no deposit accounts for at the next [`BALANCE_CHECKS_PER_PASS`] watched addresses, read at
+    /// block `number` (whose deposits found so far are `found`): a deposit each.
+    async fn balance_deposits(
+        &self,
+        watch: &mut Watch,
+        found: &[NewDeposit],
+        number: u64,
+    ) -> Result<Vec<NewDeposit>, String> {
+        let provider = self.shared.manager.provider();
+        let mut held = Vec::new();
+        for _ in 0..BALANCE_CHECKS_PER_PASS.min(watch.order.len()) {
+            watch.balance_cursor %= watch.order.len();
+            let address = watch.order[watch.balance_cursor];
+            watch.balance_cursor += 1;
+            let balance = provider
+                .get_balance(address)
+                .block_id(number.into())
+                .await
+                .map_err(|error| format!("the balance of {address}: {error}"))?;
+            if !balance.is_zero() {
+                held.push((address, balance));
+            }
+        }
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let addresses = held.iter().map(|(address, _)| *address).collect();
+        let expected: std::collections::HashMap<Address, U256> =
+            self.store.unswept_ether(addresses).await.map_err(|error| error.to_string())?.into_iter().collect();
+        let mut deposits = Vec::new();
+        for (address, balance) in held {
+            let in_block: U256 = found
+                .iter()
+                .filter(|deposit| deposit.address == address && deposit.asset == Asset::Ether)
+                .map(|deposit| deposit.amount)
+                .sum();
+            let accounted = expected.get(&address).copied().unwrap_or_default() + in_block;
+            if balance > accounted {
+                tracing::info!(%address, block = number, amount = %(balance - accounted),
+                    "ether no deposit accounts for (sent from inside a contract): a deposit found by its balance");
+                deposits.push(NewDeposit {
+                    tx_hash: balance_id(address, number),
+                    log_index: None,
+                    address,
+                    asset: Asset::Ether,
+                    amount: balance - accounted,
+                    sender: Address::ZERO,
+                });
+            }
+        }
+        Ok(deposits)
+    }
+}
+
+/// The id of a deposit found by a balance check of `address` at block `number` (there is no transaction to
+/// name): Keccak-256 of `ethkms:balance`, the address and the block number (8 bytes, big-endian). Its
+/// sender is the zero address.
+pub(crate) fn balance_id(address: Address, number: u64) -> B256 {
+    keccak256([b"ethkms:balance".as_slice(), address.as_slice(), &number.to_be_bytes()].concat())
 }

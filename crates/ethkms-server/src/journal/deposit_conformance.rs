@@ -152,6 +152,11 @@ async fn sweeps_take_each_deposit_once_and_settle_it(journal: &(impl DepositStor
     assert!(unswept.iter().all(|row| row.sweep_status == SweepStatus::Unswept && row.sweep.is_none()));
     assert_eq!(journal.unswept(2).await.unwrap(), unswept[..2], "the limit holds");
 
+    let carol = Address::repeat_byte(0xc0);
+    let mut expected = journal.unswept_ether(vec![alice, bob, carol]).await.unwrap();
+    expected.sort();
+    assert_eq!(expected, [(alice, U256::from(5)), (bob, U256::from(3))], "ether only; none for carol");
+
     // A sweep of alice's two: the engine's row and the deposits marked, together.
     let alices = vec![key(1, None), key(2, Some(0))];
     let row = journal.start_sweep(fence, sweep("sweep-1", alices.clone())).await.unwrap().expect("stored");
@@ -190,6 +195,9 @@ async fn sweeps_take_each_deposit_once_and_settle_it(journal: &(impl DepositStor
     assert_eq!(hashes, [B256::repeat_byte(1), B256::repeat_byte(2), B256::repeat_byte(4)]);
     assert!(swept.iter().all(|row| row.sweep_status == SweepStatus::Swept && row.sweep.as_deref() == Some("sweep-3")));
     assert!(journal.open_sweeps().await.unwrap().is_empty());
+    let mut expected = journal.unswept_ether(vec![alice, bob]).await.unwrap();
+    expected.sort();
+    assert_eq!(expected, [(alice, U256::from(1)), (bob, U256::from(3))], "what alice had swept is not expected");
     let all = journal.deposits(0, 100).await.unwrap();
     let status = |tx: u8| all.iter().find(|row| row.tx_hash == B256::repeat_byte(tx)).unwrap().sweep_status;
     assert_eq!((status(3), status(5)), (SweepStatus::Unswept, SweepStatus::Unswept));

@@ -273,4 +273,8 @@ pub trait DepositStore: Send + Sync + fmt::Debug {
     /// ether on as it came, or a sweep from outside the service took it): `swept`, with no sweep. Answers
     /// those changed. Fenced as [`record_block`](Self::record_block).
     async fn mark_swept(&self, fence: &Fence, deposits: Vec<DepositKey>) -> Result<Vec<DepositRow>, JournalError>;
+
+    /// For each of `addresses` that has any, the ether of its deposits not removed and not yet swept: what a
+    /// balance check expects the address to hold (more is ether that no recorded deposit accounts for).
+    async fn unswept_ether(&self, addresses: Vec<Address>) -> Result<Vec<(Address, U256)>, JournalError>;
 }

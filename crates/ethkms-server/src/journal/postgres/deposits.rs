@@ -4,7 +4,7 @@
 //! they commit in their order; a reference asked for on two replicas at once is stored once (`ON CONFLICT
 //! DO NOTHING`, then read).
 
-use alloy_primitives::{Address, B256};
+use alloy_primitives::{Address, B256, U256};
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
@@ -316,5 +316,19 @@ impl DepositStore for PostgresJournal {
     async fn mark_swept(&self, fence: &Fence, deposits: Vec<DepositKey>) -> Result<Vec<DepositRow>, JournalError> {
         let fence = fence.clone();
         self.write(boxed(move |t| Box::pin(async move { sweeps::mark_swept(t, &fence, &deposits).await }))).await
+    }
+
+    async fn unswept_ether(&self, addresses: Vec<Address>) -> Result<Vec<(Address, U256)>, JournalError> {
+        self.read(boxed(move |t| {
+            Box::pin(async move {
+                let addresses: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+                let sql = "SELECT address, sum(amount)::text FROM deposits WHERE address = ANY($1) AND asset = 'ETH' \
+                           AND status IN ('pending', 'confirmed') AND sweep_status IN ('unswept', 'sweeping') \
+                           GROUP BY address ORDER BY address";
+                let rows = query(t, sql, &[&addresses]).await?;
+                rows.iter().map(|row| Ok((parse_text(row.try_get(0)?)?, parse_text(row.try_get(1)?)?))).collect()
+            })
+        }))
+        .await
     }
 }

@@ -2,7 +2,7 @@
 //! migration 4 (with migration 5's sweep columns; the sweeps themselves are in [`super::sweeps`]). Changes
 //! are numbered by `max(change) + 1` (one thread writes).
 
-use alloy_primitives::{Address, B256};
+use alloy_primitives::{Address, B256, U256};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -354,5 +354,25 @@ impl DepositStore for SqliteJournal {
     async fn mark_swept(&self, fence: &Fence, deposits: Vec<DepositKey>) -> Result<Vec<DepositRow>, JournalError> {
         let fence = fence.clone();
         self.run(move |connection| sweeps::mark_swept(connection, &fence, &deposits)).await
+    }
+
+    async fn unswept_ether(&self, addresses: Vec<Address>) -> Result<Vec<(Address, U256)>, JournalError> {
+        self.run(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT amount FROM deposits WHERE address = ?1 AND asset = 'ETH' \
+                 AND status IN ('pending', 'confirmed') AND sweep_status IN ('unswept', 'sweeping')",
+            )?;
+            let mut held = Vec::new();
+            for address in addresses {
+                let amounts = statement
+                    .query_map(params![address.to_string()], |row| parse_u256(&row.get::<_, String>(0)?))?
+                    .collect::<Result<Vec<U256>, _>>()?;
+                if !amounts.is_empty() {
+                    held.push((address, amounts.into_iter().sum()));
+                }
+            }
+            Ok(held)
+        })
+        .await
     }
 }
