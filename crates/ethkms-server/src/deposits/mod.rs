@@ -249,7 +249,7 @@ impl Deposits {
                 })
                 .collect();
             if block.number == head {
-                deposits.extend(self.balance_deposits(watch, &deposits, block.number).await?);
+                deposits.extend(self.balance_deposits(watch, &deposits, block.number, block.hash).await?);
             }
             let record = BlockRecord { number: block.number, hash: block.hash };
             let found = self.store.record_block(&fence, record, deposits).await.map_err(|error| error.to_string())?;
@@ -276,12 +276,14 @@ impl Deposits {
     }
 
     /// Ether that no deposit accounts for at the next [`BALANCE_CHECKS_PER_PASS`] watched addresses, read at
-    /// block `number` (whose deposits found so far are `found`): a deposit each.
+    /// block `number` (by its hash: a reorg meanwhile fails the read; whose deposits found so far are
+    /// `found`): a deposit each.
     async fn balance_deposits(
         &self,
         watch: &mut Watch,
         found: &[NewDeposit],
         number: u64,
+        hash: B256,
     ) -> Result<Vec<NewDeposit>, String> {
         let provider = self.shared.manager.provider();
         let mut held = Vec::new();
@@ -291,7 +293,7 @@ impl Deposits {
             watch.balance_cursor += 1;
             let balance = provider
                 .get_balance(address)
-                .block_id(number.into())
+                .block_id(alloy_eips::BlockId::hash(hash))
                 .await
                 .map_err(|error| format!("the balance of {address}: {error}"))?;
             if !balance.is_zero() {

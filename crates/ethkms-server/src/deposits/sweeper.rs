@@ -1,7 +1,8 @@
 //! The sweeper: moves confirmed deposits to the parent through the withdrawal engine. Every
 //! `sweep_interval` the watching replica (it holds the watcher's lease) first settles the sweeps that are
 //! final — confirmed: their deposits `swept`; failed, provably unpaid or reverted: `unswept` again, and
-//! the next sweep waits longer — then reads what the addresses of unswept deposits hold and stores sweeps
+//! each of its addresses waits longer before it is swept again, alone (one address a token refuses to move
+//! fails only its own sweep) — then pages through the unswept deposits, reads what the addresses of unswept deposits hold and stores sweeps
 //! of those worth sweeping, `sweep_batch` addresses each ([`DepositStore::start_sweep`]: the engine's row
 //! and the deposits marked `sweeping`, in one transaction). The engine signs each as it signs a withdrawal —
 //! a nonce from the key's allocator, fees within the key's caps, re-broadcast and bumped within them,
@@ -38,8 +39,10 @@ const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(3_600);
 pub(super) struct Sweeper {
     /// When the next pass may start sweeps.
     next: Option<Instant>,
-    /// Sweeps failed in a row (each doubles the wait before the next).
-    failures: u32,
+    /// The change after which the next pass reads unswept deposits (back to 0 once all were read).
+    cursor: u64,
+    /// Addresses whose sweeps failed: how many times in a row, and when they may be swept again (alone).
+    failed: HashMap<Address, (u32, Instant)>,
     /// Addresses read and found not worth sweeping: when, and how many unswept deposits they had then (one
     /// more is a reason to read it again at once).
     dust: HashMap<Address, (Instant, usize)>,
@@ -56,14 +59,21 @@ impl Deposits {
         if sweeper.next.is_some_and(|next| now < next) {
             return Ok(());
         }
-        let wait = interval.saturating_mul(2u32.saturating_pow(sweeper.failures.min(16))).min(MAX_FAILURE_BACKOFF);
-        sweeper.next = Some(now + wait.max(interval));
+        sweeper.next = Some(now + interval);
         sweeper.dust.retain(|_, (seen, _)| now.duration_since(*seen) < DUST_RECHECK);
-        let candidates =
-            self.store.unswept(CANDIDATES_PER_PASS).await.map_err(|error| format!("the unswept deposits: {error}"))?;
+        let candidates = self
+            .store
+            .unswept(sweeper.cursor, CANDIDATES_PER_PASS)
+            .await
+            .map_err(|error| format!("the unswept deposits: {error}"))?;
+        sweeper.cursor = match candidates.last() {
+            Some(last) if candidates.len() == CANDIDATES_PER_PASS => last.change,
+            _ => 0,
+        };
         let mut by_address: BTreeMap<Address, Vec<DepositRow>> = BTreeMap::new();
         for deposit in candidates {
-            if !busy.contains(&deposit.address) {
+            let waiting = sweeper.failed.get(&deposit.address).is_some_and(|(_, until)| now < *until);
+            if !busy.contains(&deposit.address) && !waiting {
                 by_address.entry(deposit.address).or_default().push(deposit);
             }
         }
@@ -85,12 +95,31 @@ impl Deposits {
                 tracing::warn!(%address, "deposits to an address this journal did not hand out: not swept");
                 continue;
             };
-            let salt = Reference::new(&reference).map_err(|error| format!("reference {reference:?}: {error}"))?.salt();
-            let holding = read_holding(provider, address, salt, &self.settings.tokens)
-                .await
-                .map_err(|error| error.to_string())?;
+            let salt = match Reference::new(&reference) {
+                Ok(reference) => reference.salt(),
+                Err(error) => {
+                    tracing::error!(%address, %error, "a deposit address's reference is not valid: not swept");
+                    continue;
+                }
+            };
+            let holding = match read_holding(provider, address, salt, &self.settings.tokens).await {
+                Ok(holding) => holding,
+                Err(error) => {
+                    tracing::warn!(%address, %error, "reading what a deposit address holds; the next pass tries again");
+                    continue;
+                }
+            };
             let (held, gone): (Vec<&DepositRow>, Vec<&DepositRow>) =
                 deposits.iter().partition(|deposit| holds(&holding, deposit.asset));
+            // Gone only where the address can have passed it on: ether from a deployed forwarder (one not yet
+            // deployed cannot send ether; a node behind the chain may answer a zero balance), a listed token.
+            let gone: Vec<&DepositRow> = gone
+                .into_iter()
+                .filter(|deposit| match deposit.asset {
+                    Asset::Ether => holding.deployed,
+                    Asset::Token(token) => self.settings.tokens.contains(&token),
+                })
+                .collect();
             if !gone.is_empty() {
                 // Passed on as they came (ether to a deployed forwarder), or swept from outside the service.
                 let keys = gone.iter().map(|deposit| key_of(deposit)).collect();
@@ -102,6 +131,13 @@ impl Deposits {
             }
             if !SweepCosts::default().worth_sweeping(&holding, gas_price, self.settings.sweep_margin_percent) {
                 sweeper.dust.insert(address, (now, deposits.len()));
+                continue;
+            }
+            if sweeper.failed.contains_key(&address) {
+                // Its last sweep failed: alone this time, so that it cannot fail the others again.
+                let mut alone = Batch::new(self.settings.parent);
+                alone.add(&holding, &held).map_err(|error| error.to_string())?;
+                started += self.start_sweep(fence, submit, alone).await?;
                 continue;
             }
             if batch.add(&holding, &held).is_err() {
@@ -140,7 +176,10 @@ impl Deposits {
         for (id, in_sweep) in addresses {
             let outcome = match rows.get(&id) {
                 Some(row) if row.status == Status::Confirmed => Some(Some(row.block_number.unwrap_or_default())),
-                Some(row) if row.status == Status::Failed => Some(None),
+                // Failed, or cancelled: nothing moved.
+                Some(row) if row.status == Status::Failed || (row.status == Status::Cancelled && row.confirmed) => {
+                    Some(None)
+                }
                 Some(_) => None,
                 None => {
                     tracing::error!(sweep = %id, "deposits are in a sweep the journal does not have; unswept again");
@@ -154,16 +193,24 @@ impl Deposits {
             let changed = self.store.finish_sweep(fence, &id, block).await.map_err(|error| error.to_string())?;
             let row = rows.get(&id);
             if block.is_some() {
-                sweeper.failures = 0;
+                for address in &in_sweep {
+                    sweeper.failed.remove(address);
+                }
                 self.shared.metrics.sweeps.inc("confirmed");
                 self.count("swept", changed.len());
                 tracing::info!(sweep = %id, tx_hash = ?row.and_then(|row| row.tx_hash), deposits = changed.len(), "sweep confirmed");
             } else {
-                sweeper.failures += 1;
+                let now = Instant::now();
+                let interval = self.settings.sweep_interval.unwrap_or(MAX_FAILURE_BACKOFF);
+                for address in &in_sweep {
+                    let failures = sweeper.failed.get(address).map_or(1, |(failures, _)| failures + 1);
+                    let wait = interval.saturating_mul(2u32.saturating_pow(failures.min(16))).min(MAX_FAILURE_BACKOFF);
+                    sweeper.failed.insert(*address, (failures, now + wait));
+                }
                 self.shared.metrics.sweeps.inc("failed");
                 self.count("unswept", changed.len());
                 tracing::error!(sweep = %id, error = ?row.and_then(|row| row.error.clone()), deposits = changed.len(),
-                    failures = sweeper.failures, "a sweep failed (nothing moved); its deposits are unswept again");
+                    "a sweep failed (nothing moved); its deposits are unswept again, its addresses wait and go alone");
             }
         }
         Ok(busy)

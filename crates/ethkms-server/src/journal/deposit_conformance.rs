@@ -145,12 +145,13 @@ async fn sweeps_take_each_deposit_once_and_settle_it(journal: &(impl DepositStor
         deposit(3, None, bob, Asset::Ether, 3),
     ];
     journal.record_block(fence, block(10, 0), ten).await.unwrap();
-    assert!(journal.unswept(10).await.unwrap().is_empty(), "pending deposits are not swept");
+    assert!(journal.unswept(0, 10).await.unwrap().is_empty(), "pending deposits are not swept");
     assert_eq!(journal.confirm_deposits(fence, 10).await.unwrap().len(), 3);
-    let unswept = journal.unswept(10).await.unwrap();
+    let unswept = journal.unswept(0, 10).await.unwrap();
     assert_eq!(unswept.len(), 3);
     assert!(unswept.iter().all(|row| row.sweep_status == SweepStatus::Unswept && row.sweep.is_none()));
-    assert_eq!(journal.unswept(2).await.unwrap(), unswept[..2], "the limit holds");
+    assert_eq!(journal.unswept(0, 2).await.unwrap(), unswept[..2], "the limit holds");
+    assert_eq!(journal.unswept(unswept[1].change, 10).await.unwrap(), unswept[2..], "after a change");
 
     let carol = Address::repeat_byte(0xc0);
     let mut expected = journal.unswept_ether(vec![alice, bob, carol]).await.unwrap();
@@ -170,7 +171,7 @@ async fn sweeps_take_each_deposit_once_and_settle_it(journal: &(impl DepositStor
     // A deposit already in a sweep is in no other: nothing of the second is stored.
     assert!(journal.start_sweep(fence, sweep("sweep-2", vec![key(3, None), key(1, None)])).await.unwrap().is_none());
     assert!(journal.get("sweep-2").await.unwrap().is_none());
-    assert_eq!(journal.unswept(10).await.unwrap().iter().map(|row| row.address).collect::<Vec<_>>(), [bob]);
+    assert_eq!(journal.unswept(0, 10).await.unwrap().iter().map(|row| row.address).collect::<Vec<_>>(), [bob]);
     assert_eq!(journal.open_sweeps().await.unwrap(), [("sweep-1".to_owned(), alice)]);
     let sweeping = journal.deposits(unswept[2].change, 10).await.unwrap();
     assert_eq!(sweeping.len(), 2);
@@ -184,11 +185,12 @@ async fn sweeps_take_each_deposit_once_and_settle_it(journal: &(impl DepositStor
     assert!(back.iter().all(|row| row.sweep_status == SweepStatus::Unswept && row.sweep.is_none()));
     assert!(journal.open_sweeps().await.unwrap().is_empty());
 
-    // Swept again, mined in block 12: what came to alice in block 11 went with it (pending or not); what came
-    // in block 12 and bob's deposit did not.
+    // Swept again, mined in block 12: what came to alice in block 11 (confirmed) went with it; what came in
+    // block 12 and bob's deposit did not.
     journal.start_sweep(fence, sweep("sweep-3", alices)).await.unwrap().expect("stored");
     journal.record_block(fence, block(11, 0), vec![deposit(4, None, alice, Asset::Ether, 2)]).await.unwrap();
     journal.record_block(fence, block(12, 0), vec![deposit(5, None, alice, Asset::Ether, 1)]).await.unwrap();
+    journal.confirm_deposits(fence, 11).await.unwrap();
     let swept = journal.finish_sweep(fence, "sweep-3", Some(12)).await.unwrap();
     let mut hashes: Vec<B256> = swept.iter().map(|row| row.tx_hash).collect();
     hashes.sort();

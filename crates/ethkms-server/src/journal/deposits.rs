@@ -220,7 +220,7 @@ pub trait DepositStore: Send + Sync + fmt::Debug {
 
     /// Records block `block` as read, with its deposits — in one transaction. A deposit already recorded is
     /// left as it is, unless a reorg took it back (`removed` or `reversed`) and it is now in this block (its
-    /// transaction mined again): then it is pending again, with what it is now. Answers how many were new or
+    /// transaction mined again): then it is pending again, with what it is now, and unswept (in no sweep). Answers how many were new or
     /// brought back.
     ///
     /// # Errors
@@ -251,8 +251,10 @@ pub trait DepositStore: Send + Sync + fmt::Debug {
     /// Up to `limit` deposits whose last change came after change `since`, in the order of their changes.
     async fn deposits(&self, since: u64, limit: usize) -> Result<Vec<DepositRow>, JournalError>;
 
-    /// Up to `limit` confirmed deposits still `unswept`, oldest change first: what a sweep may take.
-    async fn unswept(&self, limit: usize) -> Result<Vec<DepositRow>, JournalError>;
+    /// Up to `limit` confirmed deposits still `unswept` whose last change came after change `after`, in the
+    /// order of their changes: what a sweep may take (a sweeper pages through them, so that old deposits not
+    /// worth sweeping do not hide newer ones).
+    async fn unswept(&self, after: u64, limit: usize) -> Result<Vec<DepositRow>, JournalError>;
 
     /// Stores `sweep` as an `accepted` row of kind `sweep` and marks its deposits `sweeping` — in one
     /// transaction, fenced by the watcher's lease — and wakes the key's owner. `None` (nothing stored) if one
@@ -266,7 +268,8 @@ pub trait DepositStore: Send + Sync + fmt::Debug {
     /// Sweep `id` is final. Mined and confirmed in block `Some(block)`: its deposits are `swept`, and so is
     /// every deposit not yet swept at the same address and asset in an earlier block (its value went too).
     /// Failed (`None`: provably unpaid, or reverted): its deposits are `unswept` again. Answers the deposits
-    /// changed. Fenced as [`record_block`](Self::record_block).
+    /// changed. Fenced as [`record_block`](Self::record_block). (Earlier deposits must be confirmed: a
+    /// pending one may yet leave the chain and come back in a later block.)
     async fn finish_sweep(&self, fence: &Fence, id: &str, block: Option<u64>) -> Result<Vec<DepositRow>, JournalError>;
 
     /// Deposits `unswept` whose address holds nothing of their asset any more (a deployed forwarder passed

@@ -164,7 +164,8 @@ async fn record_block(
          ON CONFLICT (tx_hash, log_index) DO UPDATE SET status = 'pending', address = excluded.address, \
          asset = excluded.asset, amount = excluded.amount, sender = excluded.sender, \
          block_number = excluded.block_number, block_hash = excluded.block_hash, change = excluded.change, \
-         updated_ms = excluded.updated_ms WHERE deposits.status IN ('removed', 'reversed')"
+         updated_ms = excluded.updated_ms, sweep_status = 'unswept', sweep = NULL \
+         WHERE deposits.status IN ('removed', 'reversed')"
     );
     let mut recorded = 0;
     for deposit in deposits {
@@ -295,8 +296,8 @@ impl DepositStore for PostgresJournal {
         .await
     }
 
-    async fn unswept(&self, limit: usize) -> Result<Vec<DepositRow>, JournalError> {
-        self.read(boxed(move |t| Box::pin(sweeps::unswept(t, limit)))).await
+    async fn unswept(&self, after: u64, limit: usize) -> Result<Vec<DepositRow>, JournalError> {
+        self.read(boxed(move |t| Box::pin(sweeps::unswept(t, after, limit)))).await
     }
 
     async fn start_sweep(&self, fence: &Fence, sweep: NewSweep) -> Result<Option<Withdrawal>, JournalError> {

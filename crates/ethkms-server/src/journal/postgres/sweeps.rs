@@ -14,13 +14,13 @@ use crate::journal::deposits::{DepositKey, DepositRow, NewSweep};
 use crate::journal::{Fence, Kind, Withdrawal};
 
 /// Confirmed deposits still unswept, oldest change first.
-pub(super) async fn unswept(client: &impl GenericClient, limit: usize) -> Result<Vec<DepositRow>, Failure> {
+pub(super) async fn unswept(client: &impl GenericClient, after: u64, limit: usize) -> Result<Vec<DepositRow>, Failure> {
     let sql = format!(
         "SELECT {DEPOSIT_COLUMNS} FROM deposits d {DEPOSIT_JOINS} \
-         WHERE d.status = 'confirmed' AND d.sweep_status = 'unswept' ORDER BY d.change LIMIT $1"
+         WHERE d.change > $1 AND d.status = 'confirmed' AND d.sweep_status = 'unswept' ORDER BY d.change LIMIT $2"
     );
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    query(client, &sql, &[&limit]).await?.iter().map(deposit_row).collect()
+    query(client, &sql, &[&to_i64(after), &limit]).await?.iter().map(deposit_row).collect()
 }
 
 /// The sweeps with deposits still `sweeping`, with those deposits' addresses.
@@ -78,7 +78,7 @@ pub(super) async fn finish(
     };
     let mut changed = change(transaction, "sweep_status = 'swept'", ours, &[&id]).await?;
     // What came to the same addresses, of the same assets, in blocks before the sweep went with it.
-    let earlier = "sweep_status = 'unswept' AND status IN ('pending', 'confirmed') AND block_number < $2 \
+    let earlier = "sweep_status = 'unswept' AND status = 'confirmed' AND block_number < $2 \
          AND EXISTS (SELECT 1 FROM deposits s WHERE s.sweep = $1 AND s.address = deposits.address \
          AND s.asset = deposits.asset)";
     changed.extend(change(transaction, "sweep_status = 'swept', sweep = $1", earlier, &[&id, &to_i64(block)]).await?);

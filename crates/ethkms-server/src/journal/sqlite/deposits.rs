@@ -233,7 +233,8 @@ impl DepositStore for SqliteJournal {
                      ON CONFLICT (tx_hash, log_index) DO UPDATE SET status = 'pending', address = excluded.address, \
                      asset = excluded.asset, amount = excluded.amount, sender = excluded.sender, \
                      block_number = excluded.block_number, block_hash = excluded.block_hash, change = excluded.change, \
-                     updated_ms = excluded.updated_ms WHERE deposits.status IN ('removed', 'reversed')",
+                     updated_ms = excluded.updated_ms, sweep_status = 'unswept', sweep = NULL \
+                     WHERE deposits.status IN ('removed', 'reversed')",
                     params![
                         deposit.tx_hash.to_string(),
                         log_index,
@@ -320,10 +321,10 @@ impl DepositStore for SqliteJournal {
         .await
     }
 
-    async fn unswept(&self, limit: usize) -> Result<Vec<DepositRow>, JournalError> {
+    async fn unswept(&self, after: u64, limit: usize) -> Result<Vec<DepositRow>, JournalError> {
         self.run(move |connection| {
-            let condition = "d.status = 'confirmed' AND d.sweep_status = 'unswept'";
-            select(connection, condition, [], &format!("LIMIT {limit}"))
+            let condition = "d.change > ?1 AND d.status = 'confirmed' AND d.sweep_status = 'unswept'";
+            select(connection, condition, params![sql_u64(after)], &format!("LIMIT {limit}"))
         })
         .await
     }

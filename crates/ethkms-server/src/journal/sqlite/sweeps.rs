@@ -74,7 +74,7 @@ pub(super) fn finish(
     // What came to the same addresses, of the same assets, in blocks before the sweep went with it.
     let earlier = change(
         connection,
-        "sweep_status = 'unswept' AND status IN ('pending', 'confirmed') AND block_number < ?2 \
+        "sweep_status = 'unswept' AND status = 'confirmed' AND block_number < ?2 \
          AND EXISTS (SELECT 1 FROM deposits s WHERE s.sweep = ?1 AND s.address = deposits.address \
          AND s.asset = deposits.asset)",
         params![id, sql_u64(block)],

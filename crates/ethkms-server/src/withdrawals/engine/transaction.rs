@@ -98,7 +98,11 @@ impl Engine {
             Some(payload) => Trouble::Invalid(format!("the node would not execute it: {}", payload.message)),
             None => Trouble::node(format!("estimating gas: {error}")),
         })?;
-        Ok(if row.kind == Kind::Sweep { estimate + estimate * SWEEP_GAS_HEADROOM_PERCENT / 100 } else { estimate })
+        Ok(if row.kind == Kind::Sweep {
+            estimate.saturating_add(estimate.saturating_mul(SWEEP_GAS_HEADROOM_PERCENT) / 100)
+        } else {
+            estimate
+        })
     }
 
     /// The fees of a first signature: an RPC client's own, if within the key's caps (else refused by name),
