@@ -15,7 +15,7 @@
 //! after it (or its address held nothing of it when read: a deployed forwarder passes ether on at once).
 //! A sweep that fails (provably unpaid) takes its deposits back to `unswept`.
 //!
-//! The watcher's writes carry the [`Fence`] of its lease ([`WATCHER_LEASE`](crate::deposits)) and are
+//! The watcher's writes carry the [`Fence`] of its lease (the journal lease named `@deposits`) and are
 //! refused once another replica watches.
 
 use std::fmt;
