@@ -34,6 +34,12 @@ async fn send(http: &reqwest::Client, url: &str, transaction: Value) -> Value {
     receipt(url, &hash).await
 }
 
+/// Deploys `code` from anvil's developer account; the contract's address.
+async fn deploy(http: &reqwest::Client, url: &str, code: &[u8]) -> Address {
+    let created = send(http, url, json!({ "data": format!("0x{}", alloy_primitives::hex::encode(code)) })).await;
+    created["contractAddress"].as_str().unwrap().parse().unwrap()
+}
+
 /// `GET /v1/deposits?since=…` as `client`'s token: (status, body).
 async fn deposits(api: &Api, token: &str, query: &str) -> (u16, Value) {
     let response = api.http.get(format!("{}/v1/deposits{query}", api.url)).bearer_auth(token).send().await.unwrap();
@@ -71,17 +77,13 @@ async fn deposits_are_handed_out_found_confirmed_and_taken_back_by_a_reorg() {
     let Some(anvil) = Anvil::start(&[]).await else { return };
     let http = reqwest::Client::new();
     let (key, owner) = funded_key(&backend, &anvil.url).await;
-    let factory_code = format!("0x{}", alloy_primitives::hex::encode(contracts::factory_creation_code(owner)));
-    let created = send(&http, &anvil.url, json!({ "data": factory_code })).await;
-    let factory: Address = created["contractAddress"].as_str().unwrap().parse().unwrap();
+    let factory = deploy(&http, &anvil.url, &contracts::factory_creation_code(owner)).await;
     let token_code = [
         contracts::test_token_artifact().bytecode.as_ref(),
         &("Test USD".to_owned(), "TUSD".to_owned(), true).abi_encode_params(),
     ]
     .concat();
-    let created =
-        send(&http, &anvil.url, json!({ "data": format!("0x{}", alloy_primitives::hex::encode(token_code)) })).await;
-    let token: Address = created["contractAddress"].as_str().unwrap().parse().unwrap();
+    let token = deploy(&http, &anvil.url, &token_code).await;
     let parent = Address::with_last_byte(0x7e);
 
     let paths = Paths::new();
@@ -261,12 +263,7 @@ async fn two_hundred_customers_deposits_are_listed_once_and_swept_exactly_to_the
     let Some(anvil) = Anvil::start(&[]).await else { return };
     let http = reqwest::Client::new();
     let (key, owner) = funded_key(&backend, &anvil.url).await;
-    let factory_code = format!("0x{}", alloy_primitives::hex::encode(contracts::factory_creation_code(owner)));
-    let factory: Address = send(&http, &anvil.url, json!({ "data": factory_code })).await["contractAddress"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let factory = deploy(&http, &anvil.url, &contracts::factory_creation_code(owner)).await;
     let mut tokens = Vec::new();
     for symbol in ["USD", "SPAM"] {
         let code = [
@@ -274,9 +271,7 @@ async fn two_hundred_customers_deposits_are_listed_once_and_swept_exactly_to_the
             &(symbol.to_owned(), symbol.to_owned(), symbol == "USD").abi_encode_params(),
         ]
         .concat();
-        let created =
-            send(&http, &anvil.url, json!({ "data": format!("0x{}", alloy_primitives::hex::encode(code)) })).await;
-        tokens.push(created["contractAddress"].as_str().unwrap().parse::<Address>().unwrap());
+        tokens.push(deploy(&http, &anvil.url, &code).await);
     }
     let (usd, spam) = (tokens[0], tokens[1]);
     let parent = Address::with_last_byte(0x7f);
@@ -390,15 +385,12 @@ async fn two_hundred_customers_deposits_are_listed_once_and_swept_exactly_to_the
         assert!(receipt.status(), "sweep {hash} succeeded");
         assert_eq!((receipt.from, receipt.to), (owner, Some(factory)), "sweep {hash}: the key called the factory");
     }
-    let metrics = api.http.get(format!("{}/metrics", api.url)).send().await.unwrap().text().await.unwrap();
-    let counter = |outcome: &str| {
-        let line = format!("ethkms_sweeps_total{{outcome=\"{outcome}\"}} ");
-        metrics.lines().find_map(|text| text.strip_prefix(&line)).map_or(0, |value| value.parse::<u64>().unwrap())
-    };
-    assert_eq!(
-        (counter("started"), counter("confirmed"), counter("failed")),
-        (sweeps.len() as u64, sweeps.len() as u64, 0)
+    let counted = (
+        sweeps_counted(&api, "started").await,
+        sweeps_counted(&api, "confirmed").await,
+        sweeps_counted(&api, "failed").await,
     );
+    assert_eq!(counted, (sweeps.len() as u64, sweeps.len() as u64, 0));
     eprintln!(
         "deposits: {deposits_made} made to 200 customers; {} sweep transactions; {ether_left} wei left unswept",
         sweeps.len()
@@ -431,12 +423,7 @@ async fn a_sweep_the_key_cannot_pay_for_fails_unpaid_and_its_deposit_is_swept_on
     let Some(anvil) = Anvil::start(&[]).await else { return };
     let http = reqwest::Client::new();
     let (key, owner) = funded_key(&backend, &anvil.url).await;
-    let factory_code = format!("0x{}", alloy_primitives::hex::encode(contracts::factory_creation_code(owner)));
-    let factory: Address = send(&http, &anvil.url, json!({ "data": factory_code })).await["contractAddress"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let factory = deploy(&http, &anvil.url, &contracts::factory_creation_code(owner)).await;
     let parent = Address::with_last_byte(0x7d);
     // The sweeping key has no ether for gas.
     set_balance(&anvil.url, owner, U256::ZERO).await;
