@@ -1,0 +1,16 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod backend;
+mod config;
+mod errors;
+mod metadata;
+mod objects;
+mod spki;
+mod token;
+
+pub use backend::Pkcs11Backend;
+pub use config::{DEFAULT_MAX_SESSIONS, DEFAULT_PIN_ENV, PinSource, Pkcs11Config};
+
+/// The PKCS#11 client this crate drives, re-exported for callers that inspect a token themselves.
+pub use cryptoki;

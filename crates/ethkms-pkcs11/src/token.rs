@@ -1,0 +1,219 @@
+//! The token: its module loaded and initialised once per process, the slot found by the token's label,
+//! one login, and a pool of sessions that requests take turns on.
+//!
+//! PKCS#11 sessions must not be used by two threads at once and every call blocks, so each request takes
+//! a session from the pool (opening one if fewer than `max_sessions` exist), runs its calls on Tokio's
+//! blocking threads and puts the session back. The login belongs to the application, not the session:
+//! sessions opened after it are logged in too, and it lasts while any session is open — so the first
+//! session stays open, in the pool, for as long as the backend lives.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error, RvError};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use ethkms_backend::BackendError;
+use tokio::sync::Semaphore;
+
+use crate::config::Pkcs11Config;
+use crate::errors::{backend_error, ckr_name, rv};
+
+/// Modules already loaded and initialised, by path: `C_Initialize` is once per process, and
+/// `C_Finalize` would end every other backend's sessions, so a module stays loaded.
+fn module(path: &PathBuf) -> Result<Pkcs11, BackendError> {
+    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+    let mut modules = MODULES.get_or_init(Mutex::default).lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(pkcs11) = modules.get(path) {
+        return Ok(pkcs11.clone());
+    }
+    let configuration = |what: String| BackendError::Configuration { message: what };
+    let pkcs11 = Pkcs11::new(path).map_err(|error| {
+        configuration(format!(
+            "the PKCS#11 module {} could not be loaded ({error}); check --pkcs11-module",
+            path.display()
+        ))
+    })?;
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(error) => {
+            return Err(configuration(format!("the PKCS#11 module {} failed to initialise: {error}", path.display())));
+        }
+    }
+    modules.insert(path.clone(), pkcs11.clone());
+    Ok(pkcs11)
+}
+
+/// Runs a call made while opening the token, again (up to 5 times, 50 ms apart) while it answers
+/// `CKR_GENERAL_ERROR`: SoftHSM2 does so now and then while another process writes to the token's files.
+fn patiently<T>(mut call: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    let mut attempts = 0;
+    loop {
+        match call() {
+            Err(Error::Pkcs11(RvError::GeneralError, _)) if attempts < 5 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Held while a request creates, changes or destroys objects: SoftHSM2 answered `CKR_GENERAL_ERROR` to
+/// key generation while other sessions of the process wrote to the token, and writes are administrative
+/// and rare. Signing never waits for it.
+static WRITES: Mutex<()> = Mutex::new(());
+
+/// Runs `write` with the token's writes to itself.
+pub(crate) fn exclusive<T>(write: impl FnOnce() -> T) -> T {
+    let _guard = WRITES.lock().unwrap_or_else(PoisonError::into_inner);
+    write()
+}
+
+/// A logged-in token and its sessions.
+pub(crate) struct Token {
+    pkcs11: Pkcs11,
+    slot: Slot,
+    label: String,
+    serial: String,
+    idle: Mutex<Vec<Session>>,
+    permits: Semaphore,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let idle = self.idle.lock().map_or(0, |idle| idle.len());
+        f.debug_struct("Token")
+            .field("label", &self.label)
+            .field("serial", &self.serial)
+            .field("slot", &self.slot.id())
+            .field("idle_sessions", &idle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Token {
+    /// Loads the module, finds the token, reads the PIN and logs in. Blocking: call it off the runtime.
+    pub(crate) fn open(config: &Pkcs11Config) -> Result<Self, BackendError> {
+        let pkcs11 = module(&config.module)?;
+        let label = config.token_label.clone();
+        let on_token = |error: Error| backend_error(&error, "(token)", &label);
+        let mut found = Vec::new();
+        let mut slot = None;
+        for candidate in patiently(|| pkcs11.get_slots_with_token()).map_err(on_token)? {
+            let info = patiently(|| pkcs11.get_token_info(candidate)).map_err(on_token)?;
+            if info.label() == label {
+                slot = Some((candidate, info.serial_number().to_owned()));
+                break;
+            }
+            found.push(format!("`{}`", info.label()));
+        }
+        let Some((slot, serial)) = slot else {
+            let found = if found.is_empty() { "none".to_owned() } else { found.join(", ") };
+            return Err(BackendError::Configuration {
+                message: format!(
+                    "no token labelled `{label}` in the PKCS#11 module {} (tokens found: {found}); check --pkcs11-token",
+                    config.module.display()
+                ),
+            });
+        };
+        let pin = config.pin.read()?;
+        let session = patiently(|| pkcs11.open_rw_session(slot)).map_err(on_token)?;
+        match patiently(|| session.login(UserType::User, Some(&pin))) {
+            // Another backend of this process logged in to the token already: the login is shared.
+            Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(Error::Pkcs11(RvError::PinIncorrect, _)) => {
+                return Err(BackendError::PinIncorrect { token: label, pin_source: config.pin.to_string() });
+            }
+            Err(Error::Pkcs11(rv @ (RvError::PinInvalid | RvError::PinLenRange), _)) => {
+                return Err(BackendError::Configuration {
+                    message: format!(
+                        "token `{label}` refused the PIN from {} as malformed ({}); check it",
+                        config.pin,
+                        ckr_name(rv)
+                    ),
+                });
+            }
+            Err(Error::Pkcs11(RvError::UserPinNotInitialized, _)) => {
+                return Err(BackendError::Configuration {
+                    message: format!(
+                        "token `{label}` has no user PIN yet; its security officer must set one (C_InitPIN)"
+                    ),
+                });
+            }
+            Err(error) => return Err(on_token(error)),
+        }
+        tracing::info!(token = %label, serial = %serial, module = %config.module.display(), "logged in to the PKCS#11 token");
+        Ok(Self {
+            pkcs11,
+            slot,
+            label,
+            serial,
+            idle: Mutex::new(vec![session]),
+            permits: Semaphore::new(config.max_sessions.max(1)),
+        })
+    }
+
+    /// The token's label.
+    pub(crate) fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The token's serial number, as it reports it (trimmed).
+    pub(crate) fn serial(&self) -> &str {
+        &self.serial
+    }
+
+    /// Runs `job` on a session of its own, on a blocking thread; `key` names what it is about in errors.
+    ///
+    /// A session on which a call failed is checked before it goes back to the pool, and closed if the
+    /// token no longer knows it.
+    pub(crate) async fn run<T, F>(self: &Arc<Self>, key: &str, job: F) -> Result<T, BackendError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Self, &Session) -> Result<T, BackendError> + Send + 'static,
+    {
+        let _permit = self.permits.acquire().await.map_err(|_| BackendError::Transport {
+            key: key.to_owned(),
+            message: format!("the session pool of token `{}` is closed", self.label),
+        })?;
+        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let token = Arc::clone(self);
+        let key_text = key.to_owned();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let session = match idle {
+                Some(session) => session,
+                None => token.pkcs11.open_rw_session(token.slot).map_err(|error| token.error(&error, &key_text))?,
+            };
+            let result = job(&token, &session);
+            if result.is_err() && session.get_session_info().is_err() {
+                tracing::warn!(token = %token.label, "closing a PKCS#11 session the token no longer knows");
+            } else {
+                token.idle.lock().unwrap_or_else(PoisonError::into_inner).push(session);
+            }
+            result
+        })
+        .await;
+        outcome.unwrap_or_else(|join| {
+            Err(BackendError::Service {
+                key: key.to_owned(),
+                code: "PKCS11_TASK".into(),
+                message: format!("a PKCS#11 request on token `{}` did not finish: {join}", self.label),
+                retryable: false,
+            })
+        })
+    }
+
+    /// A failed call's error about `key`.
+    pub(crate) fn error(&self, error: &Error, key: &str) -> BackendError {
+        backend_error(error, key, &self.label)
+    }
+
+    /// Whether `error` is the token's return value `expected`.
+    pub(crate) fn is(error: &Error, expected: RvError) -> bool {
+        rv(error) == Some(expected)
+    }
+}
