@@ -20,7 +20,7 @@ use crate::config::Pkcs11Config;
 use crate::metadata::{Metadata, StoredState};
 use crate::objects::{self, KeyObject, Lookup};
 use crate::spki;
-use crate::token::{Token, exclusive};
+use crate::token::{Token, patiently};
 
 /// What the name of a key not created yet is in errors.
 const NEW_KEY: &str = "(new key)";
@@ -84,7 +84,7 @@ impl Pkcs11Backend {
         let key = key.clone();
         let name = key.to_string();
         self.token
-            .run(&name, move |token, session| exclusive(|| {
+            .run_exclusive(&name, move |token, session| {
                 let object = objects::private_key(token, session, &key)?;
                 let (existing, mut metadata) = metadata_of(token, session, &key, &object)?;
                 let was_pending = metadata.state == StoredState::PendingDeletion;
@@ -100,7 +100,7 @@ impl Pkcs11Backend {
                     .map_err(|error| token.error(&error, key.as_str()))?;
                 tracing::info!(key = %key, token = %token.label(), state = ?metadata.state, "changed a key's state");
                 Ok(())
-            }))
+            })
             .await
     }
 }
@@ -234,12 +234,15 @@ fn create(token: &Token, session: &Session, request: &CreateKeyRequest) -> Resul
         Some(label) => !objects::find_private_keys(session, &Lookup::Label(label.clone())).map_err(new_key)?.is_empty(),
         None => false,
     };
-    let id = session.generate_random_vec(16).map_err(new_key)?;
     let free_label = label.as_deref().filter(|_| !taken);
-    let Some((mechanism, public, private)) = key_pair_templates(&request.key_spec, &id, free_label) else {
-        return Err(new_key(Error::NotSupported));
-    };
-    let (public, _private) = session.generate_key_pair(&mechanism, &public, &private).map_err(new_key)?;
+    let (id, public) = patiently(|| {
+        let id = session.generate_random_vec(16)?;
+        let (mechanism, public, private) =
+            key_pair_templates(&request.key_spec, &id, free_label).ok_or(Error::NotSupported)?;
+        let (public, _private) = session.generate_key_pair(&mechanism, &public, &private)?;
+        Ok((id, public))
+    })
+    .map_err(new_key)?;
     let key_id = objects::key_id(&id);
     tracing::info!(key_id = %key_id, token = %token.label(), spec = %request.key_spec, "created a key on the PKCS#11 token");
     let incomplete = |step: &'static str, source: BackendError| BackendError::Incomplete {
@@ -293,7 +296,7 @@ impl KeyBackend for Pkcs11Backend {
             });
         }
         let request = request.clone();
-        self.token.run(NEW_KEY, move |token, session| exclusive(|| create(token, session, &request))).await
+        self.token.run_exclusive(NEW_KEY, move |token, session| create(token, session, &request)).await
     }
 
     async fn public_key(&self, key: &KeyRef) -> Result<PublicKeyResponse, BackendError> {
@@ -413,7 +416,7 @@ impl KeyBackend for Pkcs11Backend {
         let filter = filter.clone();
         let handles = Arc::clone(&self.handles);
         self.token
-            .run("(every key)", move |token, session| exclusive(|| {
+            .run_exclusive("(every key)", move |token, session| {
                 let fail = |error: Error| token.error(&error, "(every key)");
                 let mut records: HashMap<String, (ObjectHandle, Metadata)> = HashMap::new();
                 for (handle, key_id, value) in objects::all_metadata(session).map_err(fail)? {
@@ -446,7 +449,7 @@ impl KeyBackend for Pkcs11Backend {
                 }
                 keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
                 Ok(keys)
-            }))
+            })
             .await
     }
 
@@ -456,7 +459,7 @@ impl KeyBackend for Pkcs11Backend {
         let key = key.clone();
         let name = key.to_string();
         self.token
-            .run(&name, move |token, session| exclusive(|| {
+            .run_exclusive(&name, move |token, session| {
                 let target = objects::private_key(token, session, &key)?;
                 let holders = objects::find_private_keys(session, &Lookup::Label(label.clone()))
                     .map_err(|error| token.error(&error, key.as_str()))?;
@@ -467,7 +470,7 @@ impl KeyBackend for Pkcs11Backend {
                 relabel(token, session, &key, &target, &label)?;
                 tracing::info!(alias = %label, key_id = %target.key_id(), token = %token.label(), "pointed an alias at a key");
                 Ok(())
-            }))
+            })
             .await
     }
 

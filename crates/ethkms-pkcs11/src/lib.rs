@@ -11,6 +11,7 @@ mod token;
 
 pub use backend::Pkcs11Backend;
 pub use config::{DEFAULT_MAX_SESSIONS, DEFAULT_PIN_ENV, PinSource, Pkcs11Config};
+pub use token::exclusive_writes;
 
 /// The PKCS#11 client this crate drives, re-exported for callers that inspect a token themselves.
 pub use cryptoki;

@@ -307,7 +307,7 @@ pub(crate) fn write_metadata(
         Attribute::Modifiable(true),
         Attribute::Value(metadata.encode()),
     ]);
-    session.create_object(&template)?;
+    crate::token::patiently(|| session.create_object(&template))?;
     if let Some(existing) = existing {
         session.destroy_object(existing)?;
     }

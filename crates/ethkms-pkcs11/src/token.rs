@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
@@ -47,9 +47,10 @@ fn module(path: &PathBuf) -> Result<Pkcs11, BackendError> {
     Ok(pkcs11)
 }
 
-/// Runs a call made while opening the token, again (up to 5 times, 50 ms apart) while it answers
-/// `CKR_GENERAL_ERROR`: SoftHSM2 does so now and then while another process writes to the token's files.
-fn patiently<T>(mut call: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+/// Runs a call again (up to 5 times, 50 ms apart) while it answers `CKR_GENERAL_ERROR`: SoftHSM2 does so
+/// now and then while another session or process uses the token's files. For calls that change nothing
+/// when they fail (opening the token, generating a key pair under a fresh `CKA_ID`).
+pub(crate) fn patiently<T>(mut call: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
     let mut attempts = 0;
     loop {
         match call() {
@@ -62,15 +63,34 @@ fn patiently<T>(mut call: impl FnMut() -> Result<T, Error>) -> Result<T, Error> 
     }
 }
 
-/// Held while a request creates, changes or destroys objects: SoftHSM2 answered `CKR_GENERAL_ERROR` to
-/// key generation while other sessions of the process wrote to the token, and writes are administrative
-/// and rare. Signing never waits for it.
-static WRITES: Mutex<()> = Mutex::new(());
+/// Taken for writing while a request creates, changes or destroys token objects, for reading by every
+/// other request: SoftHSM2 answered `CKR_GENERAL_ERROR` to object creation while other sessions of the
+/// process used the token. Writes are administrative and rare; requests that only read or sign never wait
+/// for one another.
+static ACCESS: RwLock<()> = RwLock::new(());
 
-/// Runs `write` with the token's writes to itself.
-pub(crate) fn exclusive<T>(write: impl FnOnce() -> T) -> T {
-    let _guard = WRITES.lock().unwrap_or_else(PoisonError::into_inner);
+/// Runs `write` while no request of this crate uses any token in this process.
+///
+/// This crate creates, changes and destroys token objects while nothing else of it touches a token:
+/// SoftHSM2 answered `CKR_GENERAL_ERROR` to object creation while other sessions used the token. Code of
+/// the same process that writes to a token through [`cryptoki`] itself can take its turn the same way.
+///
+/// ```
+/// let created = ethkms_pkcs11::exclusive_writes(|| "a key pair generated through cryptoki");
+/// assert!(created.starts_with("a key"));
+/// ```
+pub fn exclusive_writes<T>(write: impl FnOnce() -> T) -> T {
+    let _guard = ACCESS.write().unwrap_or_else(PoisonError::into_inner);
     write()
+}
+
+/// How a request uses the token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// Reads or signs: alongside other such requests.
+    Shared,
+    /// Creates, changes or destroys objects: alone.
+    Exclusive,
 }
 
 /// A logged-in token and its sessions.
@@ -167,11 +187,30 @@ impl Token {
         &self.serial
     }
 
-    /// Runs `job` on a session of its own, on a blocking thread; `key` names what it is about in errors.
+    /// Runs `job`, which reads or signs, on a session of its own; `key` names what it is about in errors.
+    pub(crate) async fn run<T, F>(self: &Arc<Self>, key: &str, job: F) -> Result<T, BackendError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Self, &Session) -> Result<T, BackendError> + Send + 'static,
+    {
+        self.run_with(key, Access::Shared, job).await
+    }
+
+    /// Runs `job`, which creates, changes or destroys objects, on a session of its own, while no other
+    /// request of this crate uses a token.
+    pub(crate) async fn run_exclusive<T, F>(self: &Arc<Self>, key: &str, job: F) -> Result<T, BackendError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Self, &Session) -> Result<T, BackendError> + Send + 'static,
+    {
+        self.run_with(key, Access::Exclusive, job).await
+    }
+
+    /// Runs `job` on a session of its own, off the runtime's threads' other work (see below).
     ///
     /// A session on which a call failed is checked before it goes back to the pool, and closed if the
     /// token no longer knows it.
-    pub(crate) async fn run<T, F>(self: &Arc<Self>, key: &str, job: F) -> Result<T, BackendError>
+    async fn run_with<T, F>(self: &Arc<Self>, key: &str, access: Access, job: F) -> Result<T, BackendError>
     where
         T: Send + 'static,
         F: FnOnce(&Self, &Session) -> Result<T, BackendError> + Send + 'static,
@@ -183,21 +222,35 @@ impl Token {
         let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let token = Arc::clone(self);
         let key_text = key.to_owned();
-        let outcome = tokio::task::spawn_blocking(move || {
+        let work = move || {
             let session = match idle {
                 Some(session) => session,
                 None => token.pkcs11.open_rw_session(token.slot).map_err(|error| token.error(&error, &key_text))?,
             };
-            let result = job(&token, &session);
+            let result = match access {
+                Access::Shared => {
+                    let _guard = ACCESS.read().unwrap_or_else(PoisonError::into_inner);
+                    job(&token, &session)
+                }
+                Access::Exclusive => exclusive_writes(|| job(&token, &session)),
+            };
             if result.is_err() && session.get_session_info().is_err() {
                 tracing::warn!(token = %token.label, "closing a PKCS#11 session the token no longer knows");
             } else {
                 token.idle.lock().unwrap_or_else(PoisonError::into_inner).push(session);
             }
             result
-        })
-        .await;
-        outcome.unwrap_or_else(|join| {
+        };
+        // On a multi-threaded runtime the call blocks this worker thread, whose other tasks move to the
+        // others: no hand-over to another thread and back (a signature on SoftHSM2 takes about 0.3 ms,
+        // two thread wake-ups a noticeable part of it). Elsewhere (a current-thread runtime), Tokio's
+        // blocking threads.
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_threaded {
+            return tokio::task::block_in_place(work);
+        }
+        tokio::task::spawn_blocking(work).await.unwrap_or_else(|join| {
             Err(BackendError::Service {
                 key: key.to_owned(),
                 code: "PKCS11_TASK".into(),

@@ -17,7 +17,7 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use ethkms_backend::{BackendError, CreateKeyRequest, KeyBackend, KeyHandle, KeyRef, KeySpec, KeyUsage};
 use ethkms_core::keccak256;
-use ethkms_pkcs11::{PinSource, Pkcs11Backend, Pkcs11Config};
+use ethkms_pkcs11::{PinSource, Pkcs11Backend, Pkcs11Config, exclusive_writes};
 use ethkms_test_support::pkcs11::{PIN_VARIABLE, SoftHsm, softhsm};
 
 ethkms_backend::contract_tests!(ethkms_test_support::pkcs11::pkcs11_backend());
@@ -126,8 +126,8 @@ async fn keys_made_elsewhere_sign_and_the_token_verifies_them() {
     let id = session.generate_random_vec(4).unwrap();
     let label = ethkms_test_support::unique("elsewhere");
     let params = vec![0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
-    let (public, private) = session
-        .generate_key_pair(
+    let (public, private) = exclusive_writes(|| {
+        session.generate_key_pair(
             &Mechanism::EccKeyPairGen,
             &[
                 Attribute::Token(true),
@@ -145,7 +145,8 @@ async fn keys_made_elsewhere_sign_and_the_token_verifies_them() {
                 Attribute::Label(label.clone().into_bytes()),
             ],
         )
-        .unwrap();
+    })
+    .unwrap();
     let backend = hsm.backend().await;
     let by_alias = KeyHandle::open(Arc::clone(&backend), key_ref(&format!("alias/{label}"))).await.unwrap();
     let key_id = hex(&id);
@@ -166,8 +167,7 @@ async fn keys_made_elsewhere_sign_and_the_token_verifies_them() {
         tampered[63] ^= 1;
         assert!(session.verify(&Mechanism::Ecdsa, public, &digest, &tampered).is_err());
     }
-    session.destroy_object(private).unwrap();
-    session.destroy_object(public).unwrap();
+    exclusive_writes(|| session.destroy_object(private).and_then(|()| session.destroy_object(public))).unwrap();
     let error = by_id.sign_digest(&[1; 32]).await.unwrap_err();
     assert!(matches!(&error, BackendError::NotFound { key } if key.ends_with(&key_id)), "a destroyed key: {error:?}");
 }
@@ -178,8 +178,8 @@ async fn keys_that_cannot_sign_are_refused_by_kind() {
     let Some(hsm) = softhsm() else { return };
     let session = raw_session(&hsm);
     let id = session.generate_random_vec(16).unwrap();
-    session
-        .generate_key_pair(
+    exclusive_writes(|| {
+        session.generate_key_pair(
             &Mechanism::EccKeyPairGen,
             &[
                 Attribute::Token(true),
@@ -194,7 +194,8 @@ async fn keys_that_cannot_sign_are_refused_by_kind() {
                 Attribute::Id(id.clone()),
             ],
         )
-        .unwrap();
+    })
+    .unwrap();
     let backend = hsm.backend().await;
     let key_id = [&id[..4], &id[4..6], &id[6..8], &id[8..10], &id[10..]].map(hex).join("-");
     let error = KeyHandle::open(Arc::clone(&backend), key_ref(&key_id)).await.unwrap_err();
