@@ -4,7 +4,8 @@
 //! - `raw C_Sign`: one thread per concurrent signer, each with a session of its own, calling `C_Sign`
 //!   (`CKM_ECDSA` over a 32-byte digest) and nothing else: the ceiling for any signer on this token;
 //! - `ethkms on the token`: `KeyHandle::sign_digest` on `Pkcs11Backend` — the session pool, Tokio's blocking
-//!   threads, `r ‖ s` through ethkms-core, then low-s, verification and the y-parity on every signature;
+//!   threads, `r ‖ s` through ethkms-core, then low-s, verification and the y-parity on every signature —
+//!   as configured by default, and with `calls_in_place` (the calls in `block_in_place`, no thread hand-over);
 //! - `ethkms on LocalStack KMS`: the same `KeyHandle::sign_digest` on `AwsKmsBackend`, for comparison.
 //!
 //! The backend's pool has as many sessions as the highest concurrency measured, so that it is not what
@@ -104,9 +105,11 @@ pub(crate) async fn run(options: &Options, kms: KeyHandle) -> Result<(), Box<dyn
     let (module, token) = (variable("ETHKMS_TEST_PKCS11_MODULE")?, variable("ETHKMS_TEST_PKCS11_TOKEN")?);
     let most = options.concurrency.iter().copied().max().unwrap_or(1);
     let config = Pkcs11Config::new(&module, &token).pin(PinSource::Env(PIN_VARIABLE.into())).max_sessions(most);
-    let backend: Arc<dyn KeyBackend> = Arc::new(Pkcs11Backend::connect(config).await?);
+    let backend: Arc<dyn KeyBackend> = Arc::new(Pkcs11Backend::connect(config.clone()).await?);
+    let in_place: Arc<dyn KeyBackend> = Arc::new(Pkcs11Backend::connect(config.calls_in_place(true)).await?);
     let info = backend.create_key(&CreateKeyRequest::new().description("ethkms-bench")).await?;
     let hsm = Arc::new(KeyHandle::open(Arc::clone(&backend), KeyRef::new(info.key_id.clone())?).await?);
+    let hsm_in_place = Arc::new(KeyHandle::open(in_place, KeyRef::new(info.key_id.clone())?).await?);
     let kms = Arc::new(kms);
 
     let (pkcs11, slot) = raw_token(&module, &token)?;
@@ -124,11 +127,11 @@ pub(crate) async fn run(options: &Options, kms: KeyHandle) -> Result<(), Box<dyn
     println!("SoftHSM2 token `{token}` ({module}); key {} ({})", info.key_id, hsm.address());
     println!();
     println!(
-        "| concurrency | raw C_Sign/s | ethkms on SoftHSM2 sig/s | ethkms ÷ raw | overhead | ethkms on LocalStack KMS sig/s | SoftHSM2 ÷ LocalStack |"
+        "| concurrency | raw C_Sign/s | ethkms on SoftHSM2 sig/s | ethkms ÷ raw | overhead | ethkms, calls in place, sig/s | in place ÷ raw | overhead | ethkms on LocalStack KMS sig/s | SoftHSM2 ÷ LocalStack |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for &concurrency in &options.concurrency {
-        let (mut bare, mut ours, mut cloud) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut bare, mut ours, mut placed, mut cloud) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..options.rounds {
             let seconds = options.seconds;
             let idle = sessions.split_off(concurrency);
@@ -136,13 +139,16 @@ pub(crate) async fn run(options: &Options, kms: KeyHandle) -> Result<(), Box<dyn
             sessions = used.into_iter().chain(idle).collect();
             bare.push(measured);
             ours.push(handle_rate(&hsm, concurrency, seconds).await);
+            placed.push(handle_rate(&hsm_in_place, concurrency, seconds).await);
             cloud.push(handle_rate(&kms, concurrency, seconds).await);
         }
-        let (bare, ours, cloud) = (median(bare), median(ours), median(cloud));
+        let (bare, ours, placed, cloud) = (median(bare), median(ours), median(placed), median(cloud));
         println!(
-            "| {concurrency} | {bare:.0} | {ours:.0} | {:.2} | {:+.1}% | {cloud:.0} | {:.2}× |",
+            "| {concurrency} | {bare:.0} | {ours:.0} | {:.2} | {:+.1}% | {placed:.0} | {:.2} | {:+.1}% | {cloud:.0} | {:.2}× |",
             ours / bare,
             (bare / ours - 1.0) * 100.0,
+            placed / bare,
+            (bare / placed - 1.0) * 100.0,
             ours / cloud
         );
     }

@@ -95,6 +95,13 @@ pub struct Pkcs11Config {
     /// Sessions opened at most, each used by one request at a time (PKCS#11 sessions are not shared
     /// between threads); requests beyond wait for one.
     pub max_sessions: usize,
+    /// Run the blocking PKCS#11 calls in `tokio::task::block_in_place` on a multi-threaded runtime instead
+    /// of handing them to Tokio's blocking threads: no hand-over to another thread and back (on SoftHSM2,
+    /// one signer at a time signs about 25% faster), but a call then also holds up the other futures the
+    /// calling *task* polls (`join_all` of signatures in one task would sign one after another). For
+    /// callers that give each concurrent signature a task of its own. Off by default; ignored on a
+    /// current-thread runtime.
+    pub calls_in_place: bool,
 }
 
 impl Pkcs11Config {
@@ -107,6 +114,7 @@ impl Pkcs11Config {
             token_label: token_label.into(),
             pin: PinSource::default(),
             max_sessions: DEFAULT_MAX_SESSIONS,
+            calls_in_place: false,
         }
     }
 
@@ -114,6 +122,13 @@ impl Pkcs11Config {
     #[must_use]
     pub fn pin(mut self, pin: PinSource) -> Self {
         self.pin = pin;
+        self
+    }
+
+    /// Sets whether the calls run in place (the field `calls_in_place`).
+    #[must_use]
+    pub fn calls_in_place(mut self, in_place: bool) -> Self {
+        self.calls_in_place = in_place;
         self
     }
 

@@ -101,6 +101,8 @@ pub(crate) struct Token {
     serial: String,
     idle: Mutex<Vec<Session>>,
     permits: Semaphore,
+    /// Run calls in `block_in_place` on a multi-threaded runtime (`Pkcs11Config::calls_in_place`).
+    in_place: bool,
 }
 
 impl fmt::Debug for Token {
@@ -174,6 +176,7 @@ impl Token {
             serial,
             idle: Mutex::new(vec![session]),
             permits: Semaphore::new(config.max_sessions.max(1)),
+            in_place: config.calls_in_place,
         })
     }
 
@@ -241,13 +244,12 @@ impl Token {
             }
             result
         };
-        // On a multi-threaded runtime the call blocks this worker thread, whose other tasks move to the
-        // others: no hand-over to another thread and back (a signature on SoftHSM2 takes about 0.3 ms,
-        // two thread wake-ups a noticeable part of it). Elsewhere (a current-thread runtime), Tokio's
-        // blocking threads.
+        // In place (when configured, on a multi-threaded runtime) the call blocks this worker thread, whose
+        // other tasks move to the others: no hand-over to another thread and back. Otherwise Tokio's
+        // blocking threads, which never hold up other futures of the calling task.
         let multi_threaded = tokio::runtime::Handle::try_current()
             .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if multi_threaded {
+        if self.in_place && multi_threaded {
             return tokio::task::block_in_place(work);
         }
         tokio::task::spawn_blocking(work).await.unwrap_or_else(|join| {

@@ -222,31 +222,34 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// 200 signatures, 64 at a time, over 3 sessions: each verified, from the one key.
+/// 200 signatures, 64 at a time, over 3 sessions: each verified, from the one key; with the calls on
+/// Tokio's blocking threads (the default) and in place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_signatures_at_once_share_a_few_sessions() {
     let Some(hsm) = softhsm() else { return };
-    let backend: Arc<dyn KeyBackend> = Arc::new(Pkcs11Backend::connect(hsm.config().max_sessions(3)).await.unwrap());
-    let info = backend.create_key(&CreateKeyRequest::new()).await.unwrap();
-    let handle = KeyHandle::open(Arc::clone(&backend), key_ref(&info.key_id)).await.unwrap();
-    let mut tasks = tokio::task::JoinSet::new();
-    for index in 0..200u32 {
-        let signer = handle.clone();
-        tasks.spawn(async move {
-            let digest = keccak256(&index.to_be_bytes());
-            (digest, signer.sign_digest(&digest).await)
-        });
-        if tasks.len() >= 64 {
-            let (digest, signature) = tasks.join_next().await.unwrap().unwrap();
-            assert_eq!(signature.unwrap().recover_address(&digest).unwrap(), handle.address());
+    for in_place in [false, true] {
+        let config = hsm.config().max_sessions(3).calls_in_place(in_place);
+        let backend: Arc<dyn KeyBackend> = Arc::new(Pkcs11Backend::connect(config).await.unwrap());
+        let info = backend.create_key(&CreateKeyRequest::new()).await.unwrap();
+        let handle = KeyHandle::open(Arc::clone(&backend), key_ref(&info.key_id)).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut verified = 0;
+        for index in 0..200u32 {
+            let signer = handle.clone();
+            tasks.spawn(async move {
+                let digest = keccak256(&index.to_be_bytes());
+                (digest, signer.sign_digest(&digest).await)
+            });
+            while tasks.len() >= 64 || (index == 199 && !tasks.is_empty()) {
+                let (digest, signature) = tasks.join_next().await.unwrap().unwrap();
+                assert_eq!(signature.unwrap().recover_address(&digest).unwrap(), handle.address(), "{in_place}");
+                verified += 1;
+            }
         }
+        assert_eq!(verified, 200);
+        let debug = format!("{backend:?}");
+        assert!(debug.contains(&hsm.token) && !debug.contains(&std::env::var(PIN_VARIABLE).unwrap()), "{debug}");
     }
-    while let Some(joined) = tasks.join_next().await {
-        let (digest, signature) = joined.unwrap();
-        assert_eq!(signature.unwrap().recover_address(&digest).unwrap(), handle.address());
-    }
-    let debug = format!("{backend:?}");
-    assert!(debug.contains(&hsm.token) && !debug.contains(&std::env::var(PIN_VARIABLE).unwrap()), "{debug}");
 }
 
 /// A token label that is not there names the labels that are; a module that is not there names its path.
