@@ -17,15 +17,19 @@
 //! concurrency — on SQLite with one key, and with `--journal postgres --replicas 1,3 --keys 1,4` on
 //! PostgreSQL with one and three replicas, one and four keys, in the same run.
 //!
+//! `ethkms-bench pkcs11` measures signing on a PKCS#11 token ([`pkcs11`]): raw `C_Sign` calls on SoftHSM2,
+//! `KeyHandle` on `Pkcs11Backend`, and `KeyHandle` on LocalStack's KMS, at concurrency 1, 8 and 32.
+//!
 //! `ethkms-bench deposits` measures deposit addresses ([`deposits`]): derived per second on one core, and
 //! the gas and KMS signatures their sweeps take on anvil.
 //!
-//! Usage: `ethkms-bench kms|eth|withdrawals|deposits [--seconds S] [--rounds R] [--concurrency 1,8,32]` with
+//! Usage: `ethkms-bench kms|eth|withdrawals|deposits|pkcs11 [--seconds S] [--rounds R] [--concurrency 1,8,32]` with
 //! `ETHKMS_TEST_KMS_ENDPOINT` (and for `eth`, `ETHKMS_TEST_RPC_URL`) pointing at LocalStack and anvil
 //! (`cargo xtask bench kms|eth` does all of this).
 
 mod cpu;
 mod deposits;
+mod pkcs11;
 mod withdrawals;
 
 use std::sync::Arc;
@@ -52,6 +56,7 @@ enum Mode {
     Eth,
     Withdrawals,
     Deposits,
+    Pkcs11,
 }
 
 struct Options {
@@ -73,14 +78,15 @@ fn options() -> Result<Options, String> {
         Some("eth") => Mode::Eth,
         Some("withdrawals") => Mode::Withdrawals,
         Some("deposits") => Mode::Deposits,
+        Some("pkcs11") => Mode::Pkcs11,
         other => {
             return Err(format!(
-                "usage: ethkms-bench kms|eth|withdrawals|deposits [--seconds S] [--rounds R] [--concurrency 1,8,32] [--journal sqlite,postgres] [--replicas 1,3] [--keys 1,4]; got {other:?}"
+                "usage: ethkms-bench kms|eth|withdrawals|deposits|pkcs11 [--seconds S] [--rounds R] [--concurrency 1,8,32] [--journal sqlite,postgres] [--replicas 1,3] [--keys 1,4]; got {other:?}"
             ));
         }
     };
     let concurrency = match mode {
-        Mode::Kms => vec![1, 8, 32],
+        Mode::Kms | Mode::Pkcs11 => vec![1, 8, 32],
         Mode::Eth => vec![1, 8],
         Mode::Withdrawals => vec![64],
         Mode::Deposits => vec![1],
@@ -214,6 +220,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Mode::Eth => eth(&options, &client, &info.key_id, handle).await,
         Mode::Withdrawals => withdrawals::run(&options, &client, &backend, &info.key_id, handle).await,
         Mode::Deposits => deposits::run(&options, &backend, &info.key_id).await,
+        Mode::Pkcs11 => pkcs11::run(&options, handle).await,
     }
 }
 

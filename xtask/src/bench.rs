@@ -1,4 +1,4 @@
-//! `cargo xtask bench [core|kms|eth|withdrawals|deposits|cli]`: runs the benchmarks and prints their results as ratios, for the README.
+//! `cargo xtask bench [core|kms|pkcs11|eth|withdrawals|deposits|cli]`: runs the benchmarks and prints their results as ratios, for the README.
 //!
 //! - `core`: the criterion benchmark `kms_signature_to_ethereum` (ethkms-core) times four ways of
 //!   turning a KMS signature into an Ethereum signature in one run; this prints each mean and its ratio
@@ -6,6 +6,9 @@
 //! - `kms`: the `bench/` workspace measures signatures per second against LocalStack (started here)
 //!   at concurrency 1, 8 and 32: a bare `aws-sdk-kms` Sign loop, ethkms's `KeyHandle`, and
 //!   `alloy-signer-aws`, interleaved in one run.
+//! - `pkcs11`: signatures per second on the SoftHSM2 token at concurrency 1, 8 and 32: raw `C_Sign` calls
+//!   (a session per thread), ethkms's `KeyHandle` on `Pkcs11Backend`, and `KeyHandle` on LocalStack's KMS,
+//!   interleaved in one run.
 //! - `eth`: signed-and-mined ether transfers per second from one KMS key to anvil through the alloy
 //!   provider with `KmsSigner`, interleaved with the bare `Sign` loop.
 //! - `withdrawals`: the signing service (`ethkms-server`, release build) with 1,000 withdrawals per
@@ -32,12 +35,12 @@ use crate::Result;
 use crate::command::{cargo, run as run_command, target_dir};
 use crate::services::Session;
 
-/// `cargo xtask bench [core|kms|eth|withdrawals|deposits|cli] [options for that benchmark]`; all when none is
+/// `cargo xtask bench [core|kms|pkcs11|eth|withdrawals|deposits|cli] [options for that benchmark]`; all when none is
 /// named.
 pub(crate) fn run(options: &[&str]) -> Result {
     match options {
         ["core", rest @ ..] => core(rest),
-        [mode @ ("kms" | "eth" | "deposits"), rest @ ..] => live(&services()?, mode, rest),
+        [mode @ ("kms" | "pkcs11" | "eth" | "deposits"), rest @ ..] => live(&services()?, mode, rest),
         ["withdrawals", rest @ ..] => withdrawals(&services()?, rest),
         ["cli", rest @ ..] => {
             let runs = cli_runs(rest)?;
@@ -47,13 +50,14 @@ pub(crate) fn run(options: &[&str]) -> Result {
             core(&[])?;
             let session = services()?;
             live(&session, "kms", &[])?;
+            live(&session, "pkcs11", &[])?;
             live(&session, "eth", &[])?;
             withdrawals(&session, &[])?;
             live(&session, "deposits", &[])?;
             cli(&session, cli_runs(&[])?)
         }
         _ => Err(
-            "usage: cargo xtask bench [core [criterion options] | kms|eth|withdrawals|deposits [--seconds S] [--rounds R] [--concurrency 1,8] [--journal sqlite,postgres --replicas 1,3 --keys 1,4] | cli [--runs N]]"
+            "usage: cargo xtask bench [core [criterion options] | kms|pkcs11|eth|withdrawals|deposits [--seconds S] [--rounds R] [--concurrency 1,8] [--journal sqlite,postgres --replicas 1,3 --keys 1,4] | cli [--runs N]]"
                 .into(),
         ),
     }

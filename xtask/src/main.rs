@@ -5,8 +5,8 @@
 //! cargo xtask nostd                   prove ethkms-core builds without std
 //! cargo xtask fuzz [--seconds N] [TARGET...]   run the fuzz targets
 //! cargo xtask fuzz-seeds              rewrite the committed seed corpus from the test vectors
-//! cargo xtask bench [core|kms|eth|withdrawals|deposits|cli]   run the benchmarks (all but core start the services)
-//! cargo xtask services up|down|status start or stop LocalStack KMS and anvil on 127.0.0.1
+//! cargo xtask bench [core|kms|pkcs11|eth|withdrawals|deposits|cli]   run the benchmarks (all but core start the services)
+//! cargo xtask services up|down|status start or stop LocalStack KMS, anvil and PostgreSQL on 127.0.0.1; SoftHSM2 tokens
 //! cargo xtask tools                   install the helper tools (cargo-deny, cargo-fuzz) if missing
 //! cargo xtask demo [--keep]           the whole job end to end on LocalStack and anvil, through the CLI
 //! cargo xtask soak [--seeds N] [--first S] [--withdrawals N] [--replica-seeds N]   the long fault campaigns
@@ -43,10 +43,14 @@ const TASKS: &[(&str, &str, &str)] = &[
     ("fuzz-seeds", "", "rewrite the committed seed corpus from the test vectors"),
     (
         "bench",
-        "[core|kms|eth|withdrawals|deposits|cli] [OPTIONS]",
+        "[core|kms|pkcs11|eth|withdrawals|deposits|cli] [OPTIONS]",
         "run the benchmarks (all but core start the services)",
     ),
-    ("services", "up|down|status", "start or stop LocalStack KMS and anvil on 127.0.0.1"),
+    (
+        "services",
+        "up|down|status",
+        "start or stop LocalStack KMS, anvil and PostgreSQL on 127.0.0.1; create the SoftHSM2 test tokens",
+    ),
     ("tools", "", "install the helper tools (cargo-deny, cargo-fuzz) if missing"),
     ("demo", "[--keep]", "the whole job end to end on LocalStack and anvil, through the CLI"),
     ("soak", "[--seeds N] [--first S] [--withdrawals N] [--replica-seeds N]", "the long exactly-once fault campaigns"),

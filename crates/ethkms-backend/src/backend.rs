@@ -23,6 +23,15 @@ pub trait KeyBackend: Send + Sync + fmt::Debug {
     /// A short name for messages and metrics (`"aws-kms"`, `"memory"`).
     fn name(&self) -> &'static str;
 
+    /// Whether a signature that fails verification is worth asking for again: `true` where the signer
+    /// is known to return an occasional bad signature (a PKCS#11 token: `SoftHSMv2` issue #901), so that
+    /// [`KeyHandle::sign_digest`](crate::KeyHandle::sign_digest) retries it within its [`RetryPolicy`](crate::RetryPolicy)
+    /// (it is still never returned). `false` (the default): a bad signature is reported at once, as it
+    /// points at a corrupted response or the wrong key.
+    fn invalid_signatures_are_transient(&self) -> bool {
+        false
+    }
+
     /// Creates a key (secp256k1 `SIGN_VERIFY` unless the request says otherwise), then its alias.
     /// For a secp256k1 key the returned info carries its Ethereum address.
     ///

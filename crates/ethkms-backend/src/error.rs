@@ -138,6 +138,37 @@ pub enum BackendError {
         /// The service's message.
         message: String,
     },
+    /// A PKCS#11 token refused the user PIN.
+    #[error(
+        "token `{token}` refused the PIN (CKR_PIN_INCORRECT); check the PIN given through {pin_source} (each wrong PIN brings the token closer to locking it)"
+    )]
+    PinIncorrect {
+        /// The token's label.
+        token: String,
+        /// Where the PIN came from (an environment variable or a file, named), never the PIN.
+        pin_source: String,
+    },
+    /// A PKCS#11 token is locked: its user PIN was blocked (too many wrong PINs) or has expired.
+    #[error("token `{token}` is locked ({reason}); its security officer must reset the user PIN")]
+    TokenLocked {
+        /// The token's label.
+        token: String,
+        /// The token's answer (`CKR_PIN_LOCKED`, `CKR_PIN_EXPIRED`).
+        reason: &'static str,
+    },
+    /// The backend cannot do this at all (a PKCS#11 token has no key aliases of its own, say): no retry
+    /// or other argument will help.
+    #[error("the {backend} backend cannot {operation} (key `{key}`): {reason}")]
+    Unsupported {
+        /// The key as it was referenced.
+        key: String,
+        /// The backend ([`KeyBackend::name`](crate::KeyBackend::name)).
+        backend: &'static str,
+        /// What was asked, as a verb phrase (`disable a key`).
+        operation: &'static str,
+        /// Why not, and what to do instead.
+        reason: String,
+    },
     /// The backend is misconfigured (no region, a bad endpoint, …).
     #[error("key service configuration: {message}")]
     Configuration {
@@ -220,11 +251,14 @@ impl BackendError {
             | Self::MalformedResponse { key, .. }
             | Self::InvalidSignature { key, .. }
             | Self::InvalidPublicKey { key, .. }
-            | Self::Service { key, .. } => Some(key),
+            | Self::Service { key, .. }
+            | Self::Unsupported { key, .. } => Some(key),
             Self::Incomplete { key_id, .. } => Some(key_id),
             Self::InvalidKeyReference { input, .. } => Some(input),
             Self::MissingCredentials { .. }
             | Self::InvalidCredentials { .. }
+            | Self::PinIncorrect { .. }
+            | Self::TokenLocked { .. }
             | Self::Configuration { .. }
             | Self::InvalidArgument { .. }
             | Self::AliasExists { .. } => None,
@@ -260,5 +294,19 @@ mod tests {
             "{incomplete}"
         );
         assert_eq!(incomplete.key(), Some("abc"));
+        let pin = BackendError::PinIncorrect { token: "ethkms".into(), pin_source: "ETHKMS_PKCS11_PIN".into() };
+        assert!(pin.to_string().contains("CKR_PIN_INCORRECT") && pin.to_string().contains("ETHKMS_PKCS11_PIN"));
+        assert!(!pin.is_retryable() && pin.key().is_none());
+        let unsupported = BackendError::Unsupported {
+            key: "k".into(),
+            backend: "pkcs11",
+            operation: "disable a key",
+            reason: "its CKA_SIGN is read-only".into(),
+        };
+        assert_eq!(
+            unsupported.to_string(),
+            "the pkcs11 backend cannot disable a key (key `k`): its CKA_SIGN is read-only"
+        );
+        assert_eq!(unsupported.key(), Some("k"));
     }
 }

@@ -70,7 +70,24 @@ impl RetryPolicy {
     ///
     /// # Errors
     /// The operation's error; [`BackendError::Timeout`] when the deadline ends an attempt.
-    pub async fn retry<T, F, Fut>(&self, key: &str, mut operation: F) -> Result<T, BackendError>
+    pub async fn retry<T, F, Fut>(&self, key: &str, operation: F) -> Result<T, BackendError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, BackendError>>,
+    {
+        self.retry_if(key, operation, BackendError::is_retryable).await
+    }
+
+    /// [`retry`](Self::retry) with the errors worth retrying chosen by `retryable`.
+    ///
+    /// # Errors
+    /// As [`retry`](Self::retry).
+    pub async fn retry_if<T, F, Fut>(
+        &self,
+        key: &str,
+        mut operation: F,
+        retryable: impl Fn(&BackendError) -> bool,
+    ) -> Result<T, BackendError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
@@ -86,7 +103,7 @@ impl RetryPolicy {
                 None => operation().await,
             };
             match result {
-                Err(error) if error.is_retryable() && attempt < self.max_attempts => {
+                Err(error) if retryable(&error) && attempt < self.max_attempts => {
                     let delay = self.backoff(attempt);
                     if end.is_some_and(|end| tokio::time::Instant::now() + delay >= end) {
                         return Err(error);
@@ -197,13 +214,23 @@ impl KeyHandle {
 
     /// Signs `digest` and returns a verified, low-s Ethereum signature with its y-parity.
     ///
+    /// A signature that does not verify is asked for again when the backend says such signatures are
+    /// transient ([`KeyBackend::invalid_signatures_are_transient`]), within the retry policy.
+    ///
     /// # Errors
     /// The backend's error (after retries), or [`BackendError::InvalidSignature`] if what the backend
     /// returned is not a valid signature of `digest` by this key.
     pub async fn sign_digest(&self, digest: &[u8; 32]) -> Result<Signature, BackendError> {
-        let der = self.retry.retry(self.key.as_str(), || self.backend.sign_digest(&self.resolved, digest)).await?;
-        Signature::from_kms_der(&der, digest, &self.public_key)
-            .map_err(|source| BackendError::InvalidSignature { key: self.key.to_string(), source })
+        let transient = self.backend.invalid_signatures_are_transient();
+        let sign = || async {
+            let der = self.backend.sign_digest(&self.resolved, digest).await?;
+            Signature::from_kms_der(&der, digest, &self.public_key)
+                .map_err(|source| BackendError::InvalidSignature { key: self.key.to_string(), source })
+        };
+        let retryable = |error: &BackendError| {
+            error.is_retryable() || (transient && matches!(error, BackendError::InvalidSignature { .. }))
+        };
+        self.retry.retry_if(self.key.as_str(), sign, retryable).await
     }
 }
 

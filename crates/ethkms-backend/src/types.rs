@@ -11,6 +11,9 @@ use crate::error::BackendError;
 /// A reference to a key, in any form KMS accepts: a key id (`1234abcd-…`), a key ARN
 /// (`arn:aws:kms:…:key/…`), an alias name (`alias/…`) or an alias ARN (`arn:aws:kms:…:alias/…`).
 ///
+/// A PKCS#11 token's keys have ARN-shaped names too, with the service `pkcs11` in place of `kms`
+/// (`arn:ethkms:pkcs11::TOKEN-SERIAL:key/ID`, see the `ethkms-pkcs11` crate).
+///
 /// ```
 /// use ethkms_backend::KeyRef;
 ///
@@ -45,8 +48,8 @@ impl KeyRef {
             let [_partition, service, _region, _account, resource] = parts.as_slice() else {
                 return Err(invalid("an ARN has the form arn:PARTITION:kms:REGION:ACCOUNT:key/ID or …:alias/NAME"));
             };
-            if *service != "kms" {
-                return Err(invalid("the ARN is not a KMS ARN"));
+            if *service != "kms" && *service != "pkcs11" {
+                return Err(invalid("the ARN is not a KMS (or PKCS#11 token) ARN"));
             }
             let valid_resource = resource.strip_prefix("key/").is_some_and(|id| !id.is_empty())
                 || resource.strip_prefix("alias/").is_some_and(|name| !name.is_empty());
@@ -465,6 +468,9 @@ mod tests {
         assert_eq!(KeyRef::new("alias/hot").unwrap().alias_name(), Some("alias/hot"));
         assert_eq!(KeyRef::new(alias_arn).unwrap().alias_name(), Some("alias/hot"));
         assert_eq!(KeyRef::new(alias_arn).unwrap().key_id(), None);
+        let token_key = KeyRef::new("arn:ethkms:pkcs11::8a3f0c2b11d2e4f5:key/0a1b").unwrap();
+        assert_eq!(token_key.key_id(), Some("0a1b"));
+        assert_eq!(KeyRef::new("arn:ethkms:pkcs11::8a3f:alias/hot").unwrap().alias_name(), Some("alias/hot"));
         for bad in ["", "alias/", "arn:aws:s3:::bucket", "arn:aws:kms:us-east-1:1:user/x", "key id", "a/b", "arn:aws"] {
             let error = KeyRef::new(bad).unwrap_err();
             assert!(matches!(error, BackendError::InvalidKeyReference { .. }), "{bad}: {error}");

@@ -132,3 +132,71 @@ async fn handles_do_not_show_secrets() {
     let text = format!("{handle:?}");
     assert!(text.contains("backend: \"memory\"") && text.contains(&handle.address().to_string()), "{text}");
 }
+
+/// A memory backend that declares its invalid signatures transient, as the PKCS#11 backend does.
+#[derive(Debug)]
+struct TransientFaults(Arc<MemoryBackend>);
+
+#[async_trait::async_trait]
+impl KeyBackend for TransientFaults {
+    fn name(&self) -> &'static str {
+        "transient-faults"
+    }
+    fn invalid_signatures_are_transient(&self) -> bool {
+        true
+    }
+    async fn create_key(&self, request: &CreateKeyRequest) -> Result<ethkms_backend::KeyInfo, BackendError> {
+        self.0.create_key(request).await
+    }
+    async fn public_key(&self, key: &KeyRef) -> Result<ethkms_backend::PublicKeyResponse, BackendError> {
+        self.0.public_key(key).await
+    }
+    async fn sign_digest(&self, key: &KeyRef, digest: &[u8; 32]) -> Result<Vec<u8>, BackendError> {
+        self.0.sign_digest(key, digest).await
+    }
+    async fn describe_key(&self, key: &KeyRef) -> Result<ethkms_backend::KeyDescription, BackendError> {
+        self.0.describe_key(key).await
+    }
+    async fn list_keys(
+        &self,
+        filter: &ethkms_backend::KeyFilter,
+    ) -> Result<Vec<ethkms_backend::KeyDescription>, BackendError> {
+        self.0.list_keys(filter).await
+    }
+    async fn set_alias(&self, alias: &str, key: &KeyRef) -> Result<(), BackendError> {
+        self.0.set_alias(alias, key).await
+    }
+    async fn disable_key(&self, key: &KeyRef) -> Result<(), BackendError> {
+        self.0.disable_key(key).await
+    }
+    async fn enable_key(&self, key: &KeyRef) -> Result<(), BackendError> {
+        self.0.enable_key(key).await
+    }
+    async fn schedule_key_deletion(&self, key: &KeyRef, pending_days: u32) -> Result<(), BackendError> {
+        self.0.schedule_key_deletion(key, pending_days).await
+    }
+}
+
+/// Where the backend says bad signatures are transient, the handle asks again: every signature comes
+/// back verified, more requests than signatures were made; a backend that only ever signs badly still
+/// gets an error after the attempts, never a signature.
+#[tokio::test(start_paused = true)]
+async fn transient_invalid_signatures_are_retried_never_returned() {
+    let (memory, key) = backend_with_key().await;
+    let backend: Arc<dyn KeyBackend> = Arc::new(TransientFaults(Arc::clone(&memory)));
+    let handle = KeyHandle::open(backend, key).await.unwrap();
+    memory.set_faults(Faults { corrupt_signature_rate: 0.1, foreign_signature_rate: 0.1, ..Faults::default() });
+    for index in 0..100u8 {
+        let digest = keccak256(&[index]);
+        let signature = handle.sign_digest(&digest).await.unwrap();
+        assert_eq!(signature.recover_address(&digest).unwrap(), handle.address());
+    }
+    let requests = memory.request_counts().sign;
+    assert!(requests > 105, "bad signatures were asked for again: {requests} requests for 100 signatures");
+
+    memory.set_faults(Faults { foreign_signature_rate: 1.0, ..Faults::default() });
+    let before = memory.request_counts().sign;
+    let error = handle.sign_digest(&[9; 32]).await.unwrap_err();
+    assert!(matches!(error, BackendError::InvalidSignature { .. }), "{error:?}");
+    assert_eq!(memory.request_counts().sign - before, u64::from(RetryPolicy::default().max_attempts));
+}

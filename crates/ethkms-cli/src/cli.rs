@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Ethereum wallets whose keys live in AWS KMS and never leave it.
+/// Ethereum wallets whose keys live in AWS KMS or an HSM and never leave it.
 #[derive(Debug, Parser)]
 #[command(name = "ethkms", version, about, long_about = None, after_long_help = crate::exit::help())]
 pub(crate) struct Cli {
@@ -20,9 +20,21 @@ pub(crate) struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub(crate) struct Global {
-    /// Where the keys live: AWS KMS, or this process's memory (keys vanish when it exits).
+    /// Where the keys live: AWS KMS, a PKCS#11 token (an HSM), or this process's memory (keys vanish when it
+    /// exits).
     #[arg(long, global = true, value_enum, env = "ETHKMS_BACKEND", default_value = "aws")]
     pub(crate) backend: BackendKind,
+    /// With --backend pkcs11: the token's PKCS#11 module (a shared library, e.g.
+    /// /usr/lib/softhsm/libsofthsm2.so).
+    #[arg(long, global = true, env = "ETHKMS_PKCS11_MODULE", value_name = "PATH")]
+    pub(crate) pkcs11_module: Option<PathBuf>,
+    /// With --backend pkcs11: the label of the token that holds the keys.
+    #[arg(long, global = true, env = "ETHKMS_PKCS11_TOKEN", value_name = "LABEL")]
+    pub(crate) pkcs11_token: Option<String>,
+    /// With --backend pkcs11: a file holding the user PIN (otherwise the PIN is read from ETHKMS_PKCS11_PIN;
+    /// never give it on the command line).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) pkcs11_pin_file: Option<PathBuf>,
     /// AWS region (otherwise AWS_REGION, AWS_DEFAULT_REGION or the profile's).
     #[arg(long, global = true, value_name = "REGION")]
     pub(crate) aws_region: Option<String>,
@@ -58,6 +70,8 @@ pub(crate) struct Global {
 pub(crate) enum BackendKind {
     /// AWS KMS (or anything speaking its API).
     Aws,
+    /// A PKCS#11 token: an HSM (CloudHSM, YubiHSM 2, Luna, nShield, …) or SoftHSM2.
+    Pkcs11,
     /// In-process keys, for trying things out.
     Memory,
 }

@@ -44,10 +44,12 @@ impl Exit {
         match self {
             Self::Success => "success",
             Self::Failure => "any other failure",
-            Self::Usage => "invalid arguments (bad value, address, key reference, typed data, wrong chain)",
+            Self::Usage => {
+                "invalid arguments (bad value, address, key reference, typed data, wrong chain, unsupported by the backend)"
+            }
             Self::NotFound => "key or alias not found",
             Self::Credentials => {
-                "credentials or permissions (missing or rejected credentials, access denied, no region)"
+                "credentials or permissions (missing or rejected credentials or PIN, locked token, access denied, no region)"
             }
             Self::KeyUnusable => "key unusable (wrong key type or usage, disabled, pending deletion)",
             Self::Network => "network (KMS or Ethereum node unreachable, timed out, throttled)",
@@ -132,6 +134,8 @@ fn backend_exit(error: &BackendError) -> Exit {
     match error {
         BackendError::NotFound { .. } => Exit::NotFound,
         BackendError::AccessDenied { .. }
+        | BackendError::PinIncorrect { .. }
+        | BackendError::TokenLocked { .. }
         | BackendError::MissingCredentials { .. }
         | BackendError::InvalidCredentials { .. }
         | BackendError::Configuration { .. } => Exit::Credentials,
@@ -145,7 +149,8 @@ fn backend_exit(error: &BackendError) -> Exit {
         BackendError::Service { retryable: true, .. } => Exit::Network,
         BackendError::InvalidKeyReference { .. }
         | BackendError::InvalidArgument { .. }
-        | BackendError::AliasExists { .. } => Exit::Usage,
+        | BackendError::AliasExists { .. }
+        | BackendError::Unsupported { .. } => Exit::Usage,
         _ => Exit::Failure,
     }
 }

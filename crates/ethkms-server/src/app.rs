@@ -11,9 +11,9 @@ use alloy_signer::Signer as _;
 use ethkms::audit::{AuditLog, AuditWriter};
 use ethkms::backend::{KeyBackend, KeyRef};
 use ethkms::eth::{KmsSigner, SignerError};
-use ethkms::{ChainSettings, WalletManager};
+use ethkms::{BackendSettings, ChainSettings, WalletManager};
 
-use crate::config::{Config, JournalLocation};
+use crate::config::{BackendConfig, Config, JournalLocation};
 use crate::journal::{DepositStore, JournalStore, PostgresJournal, SqliteJournal};
 use crate::policy::PolicyEngine;
 use crate::shared::{Key, Shared};
@@ -59,6 +59,15 @@ pub enum StartError {
         /// Why.
         source: SignerError,
     },
+    /// A backend of the configuration's `[backends]` could not be reached (a PKCS#11 token that is not
+    /// there, a wrong PIN).
+    #[error("backend `{name}`: {source}")]
+    Backend {
+        /// The backend's name in the configuration.
+        name: String,
+        /// Why.
+        source: SignerError,
+    },
     /// Two key names resolve to the same key (address and chain): they would share nonces unknowingly.
     #[error(
         "keys `{first}` and `{second}` are the same key ({address} on chain {chain_id}); configure it once and give \
@@ -86,7 +95,8 @@ pub enum StartError {
 }
 
 impl Service {
-    /// Opens every configured key (one `GetPublicKey` each), the audit log and the withdrawal journal
+    /// Opens every configured key (one `GetPublicKey` each) — on `backend`, or on the backend of the
+    /// configuration's `[backends]` it names (each logged in to once) — the audit log and the withdrawal journal
     /// (SQLite, or PostgreSQL shared with other replicas); then, in the background, checks each key's chain
     /// against the node's (retrying until it answers) and takes the leases of the keys no other replica
     /// holds — recovering each: stored transactions broadcast again, unfinished withdrawals resumed.
@@ -97,13 +107,23 @@ impl Service {
         let chain =
             ChainSettings { request_timeout: Duration::from_secs(10), ..ChainSettings::new(config.upstream.clone()) };
         let manager = WalletManager::with_backend(backend, chain).map_err(StartError::Upstream)?;
+        let mut backends: HashMap<&str, Arc<dyn KeyBackend>> = HashMap::new();
+        for (name, settings) in &config.backends {
+            let connected = match settings {
+                BackendConfig::Pkcs11(token) => BackendSettings::Pkcs11(token.clone()).connect().await,
+            };
+            let connected = connected.map_err(|source| StartError::Backend { name: name.clone(), source })?;
+            tracing::info!(backend = %name, kind = connected.name(), "key backend ready");
+            backends.insert(name, connected);
+        }
         let mut keys = BTreeMap::new();
         let mut seen: HashMap<(Address, u64), String> = HashMap::new();
         let mut policies = HashMap::new();
         for (name, key) in &config.keys {
             let reference = KeyRef::new(key.key.clone())
                 .map_err(|error| StartError::Key { name: name.clone(), source: error.into() })?;
-            let handle = ethkms::backend::KeyHandle::open(Arc::clone(manager.backend()), reference)
+            let backend = key.backend.as_deref().and_then(|name| backends.get(name)).unwrap_or(manager.backend());
+            let handle = ethkms::backend::KeyHandle::open(Arc::clone(backend), reference)
                 .await
                 .map_err(|error| StartError::Key { name: name.clone(), source: error.into() })?;
             let signer = KmsSigner::from_handle(handle, Some(key.chain_id));

@@ -16,3 +16,5 @@ pub use ethkms_backend as backend;
 pub use ethkms_core as core;
 /// The alloy signer and chain helpers.
 pub use ethkms_eth as eth;
+/// The PKCS#11 backend (HSMs).
+pub use ethkms_pkcs11 as pkcs11;

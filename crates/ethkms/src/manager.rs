@@ -20,6 +20,9 @@ use ethkms_eth::{KmsSigner, NodeUrl, SignerError, chain};
 pub enum BackendSettings {
     /// AWS KMS (or LocalStack): the standard AWS configuration with these overrides.
     Aws(AwsKmsConfig),
+    /// A PKCS#11 token (an HSM; SoftHSM2 in tests): the module, the token's label and where the PIN comes
+    /// from.
+    Pkcs11(ethkms_pkcs11::Pkcs11Config),
     /// Keys in this process's memory, gone when it exits: for tests and trying things out.
     Memory {
         /// A seed for reproducible keys; random if `None`.
@@ -47,10 +50,12 @@ impl BackendSettings {
     /// Builds the backend.
     ///
     /// # Errors
-    /// [`SignerError::Backend`] if the AWS configuration is incomplete (no region).
+    /// [`SignerError::Backend`] if the AWS configuration is incomplete (no region), or the PKCS#11 token
+    /// cannot be reached or refuses the login.
     pub async fn connect(self) -> Result<Arc<dyn KeyBackend>, SignerError> {
         Ok(match self {
             Self::Aws(config) => Arc::new(AwsKmsBackend::new(config).await?),
+            Self::Pkcs11(config) => Arc::new(ethkms_pkcs11::Pkcs11Backend::connect(config).await?),
             Self::Memory { seed: Some(seed) } => Arc::new(MemoryBackend::with_seed(seed)),
             Self::Memory { seed: None } => Arc::new(MemoryBackend::new()),
         })

@@ -5,6 +5,7 @@
 //!   anvil, the verifiers), found through environment variables; missing ones skip a test, or fail it
 //!   in CI ([`service_from_env`], [`services()`]).
 //! - [`kms`]: a KMS backend on LocalStack and keys funded on anvil.
+//! - [`pkcs11`]: a backend on the SoftHSM2 token of `cargo xtask services up`.
 //! - [`anvil`]: an anvil process of a test's own (mining settings the shared one must not have).
 //! - [`chain`]: JSON-RPC calls straight to a node: balances, receipts, blocks, the test ERC-20.
 //! - [`verifiers`]: signatures checked by code nobody here wrote: Python eth-account, ethers v6, cast.
@@ -22,6 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub mod anvil;
 pub mod chain;
 pub mod kms;
+pub mod pkcs11;
 pub mod postgres;
 pub mod rpc_proxy;
 #[cfg(feature = "server")]

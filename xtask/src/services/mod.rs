@@ -1,7 +1,8 @@
 //! Local services for the integration tests: LocalStack (a KMS that signs like AWS KMS), anvil (a local
 //! Ethereum node) and PostgreSQL (a private cluster of the machine's PostgreSQL 15, for the replicated
-//! journal; see [`postgres`]), all on 127.0.0.1, and the independent verifiers the tests check our
-//! output against (foundry's `cast`, ethers v6, Python's eth-account).
+//! journal; see [`postgres`]), all on 127.0.0.1, the independent verifiers the tests check our
+//! output against (foundry's `cast`, ethers v6, Python's eth-account), and SoftHSM2 test tokens (files,
+//! no process: see [`softhsm`]) for the PKCS#11 backend.
 //!
 //! ```text
 //! cargo xtask services up      install what is missing, start both or reuse running ones,
@@ -55,6 +56,7 @@ mod install;
 mod localstack;
 pub(crate) mod postgres;
 mod process;
+pub(crate) mod softhsm;
 
 pub(crate) use http::http_request;
 pub(crate) use install::{node_modules, python_venv};
@@ -69,8 +71,12 @@ pub(crate) fn run(action: &str) -> Result {
         "up" => {
             let env = up()?;
             eprintln!(
-                "xtask: LocalStack KMS at {}, anvil at {}, PostgreSQL at {}",
-                env.kms_endpoint, env.rpc_url, env.postgres_url
+                "xtask: LocalStack KMS at {}, anvil at {}, PostgreSQL at {}, SoftHSM2 token `{}` ({})",
+                env.kms_endpoint,
+                env.rpc_url,
+                env.postgres_url,
+                softhsm::TOKEN,
+                env.softhsm.conf.display()
             );
             eprintln!("xtask: for a shell: source {}", env_file().display());
             Ok(())
@@ -106,6 +112,9 @@ pub(crate) struct ServiceEnv {
     /// How tests stop, start and restart that PostgreSQL (`ETHKMS_TEST_POSTGRES_DATA`, `_BIN`, `_RUN_AS`,
     /// `_LOG`).
     pub(crate) postgres_control: postgres::Control,
+    /// The SoftHSM2 module and configuration (`ETHKMS_TEST_PKCS11_MODULE`, `SOFTHSM2_CONF`; the tokens'
+    /// labels and PIN are constants of [`softhsm`]).
+    pub(crate) softhsm: softhsm::SoftHsm,
 }
 
 impl ServiceEnv {
@@ -132,6 +141,7 @@ impl ServiceEnv {
             ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
         ]
         .into_iter()
+        .chain(self.softhsm.pairs())
         .map(|(name, value)| (name.to_owned(), value))
         .collect()
     }
@@ -154,6 +164,10 @@ impl ServiceEnv {
                 // Empty when xtask is not root: set, but to nothing.
                 run_as: std::env::var("ETHKMS_TEST_POSTGRES_RUN_AS").ok()?,
                 log: variable("ETHKMS_TEST_POSTGRES_LOG")?.into(),
+            },
+            softhsm: softhsm::SoftHsm {
+                module: variable("ETHKMS_TEST_PKCS11_MODULE")?.into(),
+                conf: variable("SOFTHSM2_CONF")?.into(),
             },
         })
     }
@@ -203,6 +217,7 @@ impl Session {
             .map_err(|error| format!("could not create {}: {error}", directory.display()))?;
 
         let tools = install::install()?;
+        let softhsm = softhsm::prepare(&directory.join("softhsm"))?;
 
         // Start both, then wait for both: LocalStack boots while anvil is checked.
         let localstack = Service::LOCALSTACK
@@ -232,6 +247,7 @@ impl Session {
             python: tools.verifier_python,
             postgres_url: Service::POSTGRES.url(postgres_port),
             postgres_control: postgres::control(postgres_port, Service::POSTGRES.log_file())?,
+            softhsm,
         };
         write_env_file(&env)?;
         Ok(Self { env, started })
@@ -334,6 +350,13 @@ pub(crate) fn status() -> Result {
         };
         println!("{:<15} {line}", service.title);
     }
+    let conf = state_dir().join("softhsm").join("softhsm2.conf");
+    let tokens = if conf.is_file() {
+        format!("tokens `{}` and `{}` ({})", softhsm::TOKEN, softhsm::SPARE_TOKEN, conf.display())
+    } else {
+        "no tokens yet (`cargo xtask services up` creates them)".to_owned()
+    };
+    println!("{:<15} {tokens}", "SoftHSM2");
     Ok(())
 }
 
@@ -503,71 +526,4 @@ fn shell_quote(value: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::ffi::OsStr;
-
-    use super::*;
-
-    #[test]
-    fn env_file_values_are_quoted() {
-        assert_eq!(shell_quote("http://127.0.0.1:4566"), "'http://127.0.0.1:4566'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-    }
-
-    #[test]
-    fn env_pairs_name_every_variable() {
-        let env = ServiceEnv {
-            kms_endpoint: "http://127.0.0.1:4566".to_owned(),
-            rpc_url: "http://127.0.0.1:8545".to_owned(),
-            cast: "/c/cast".into(),
-            anvil: "/c/anvil".into(),
-            node_modules: "/c/node_modules".into(),
-            python: "/c/python".into(),
-            postgres_url: "postgres://postgres@127.0.0.1:55432/postgres".to_owned(),
-            postgres_control: postgres::Control {
-                data: "/tmp/ethkms-postgres-55432".into(),
-                binaries: "/usr/lib/postgresql/15/bin".into(),
-                run_as: "postgres".to_owned(),
-                log: "/c/target/services/postgres.log".into(),
-            },
-        };
-        let names: Vec<String> = env.pairs().into_iter().map(|(name, _)| name).collect();
-        assert_eq!(
-            names,
-            [
-                "ETHKMS_TEST_KMS_ENDPOINT",
-                "ETHKMS_TEST_RPC_URL",
-                "ETHKMS_TEST_CAST",
-                "ETHKMS_TEST_ANVIL",
-                "ETHKMS_TEST_NODE_MODULES",
-                "ETHKMS_TEST_PYTHON",
-                "ETHKMS_TEST_POSTGRES_URL",
-                "ETHKMS_TEST_POSTGRES_DATA",
-                "ETHKMS_TEST_POSTGRES_BIN",
-                "ETHKMS_TEST_POSTGRES_RUN_AS",
-                "ETHKMS_TEST_POSTGRES_LOG",
-                "AWS_ACCESS_KEY_ID",
-                "AWS_SECRET_ACCESS_KEY",
-                "AWS_REGION",
-                "AWS_DEFAULT_REGION",
-                "AWS_EC2_METADATA_DISABLED",
-            ]
-        );
-        let mut command = Command::new("true");
-        env.apply(&mut command);
-        let region = Some(OsStr::new("us-east-1"));
-        assert!(command.get_envs().any(|(name, value)| name == "AWS_REGION" && value == region));
-    }
-
-    #[test]
-    fn the_table_tells_the_services_apart() {
-        let names: Vec<&str> = Service::ALL.iter().map(|service| service.name).collect();
-        assert_eq!(names, ["localstack", "anvil", "postgres"]);
-        let ports: Vec<u16> = Service::ALL.iter().map(|service| service.default_port).collect();
-        assert_eq!(ports, [4566, 8545, 55432]);
-        assert_eq!(Service::LOCALSTACK.signature, "run_localstack.py");
-        assert!(Service::ALL.iter().all(|service| service.timeout >= Duration::from_secs(30)));
-        assert_eq!(Service::ANVIL.url(8545), "http://127.0.0.1:8545");
-        assert_eq!(Service::POSTGRES.url(55432), "postgres://postgres@127.0.0.1:55432/postgres");
-    }
-}
+mod tests;

@@ -18,6 +18,7 @@ use std::io::Read;
 use alloy_primitives::{Address, U256, hex};
 use ethkms::aws::AwsKmsConfig;
 use ethkms::backend::{KeyRef, Tag};
+use ethkms::pkcs11::{PinSource, Pkcs11Config};
 use ethkms::units::{parse_address, parse_value};
 use ethkms::{BackendSettings, ChainSettings, WalletManager};
 use serde_json::Value;
@@ -55,27 +56,43 @@ pub(crate) async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Send(args) => send::send(&global, output, &args).await,
         Command::Deposits(command) => deposits::run(&global, output, command).await,
     };
-    result.map_err(|error| error.at_endpoint(&kms_endpoint(&global)))
+    // A token that cannot be reached says so itself (naming the token); only KMS has an endpoint to name.
+    result.map_err(|error| match global.backend {
+        BackendKind::Aws => error.at_endpoint(&kms_endpoint(&global)),
+        BackendKind::Pkcs11 | BackendKind::Memory => error,
+    })
 }
 
 /// The wallet manager for the global options: call it once the arguments are checked.
 pub(crate) async fn connect(global: &Global) -> Result<WalletManager, CliError> {
     let chain = ChainSettings { chain_id: global.chain_id, ..ChainSettings::new(global.rpc_url.clone()) };
     tracing::info!(backend = ?global.backend, rpc_url = %global.rpc_url, "connecting");
-    Ok(WalletManager::new(backend_settings(global), chain).await?)
+    Ok(WalletManager::new(backend_settings(global)?, chain).await?)
 }
 
 /// Where the keys live, from the global options.
-pub(crate) fn backend_settings(global: &Global) -> BackendSettings {
-    match global.backend {
+///
+/// # Errors
+/// A usage error when `--backend pkcs11` lacks its module or token.
+pub(crate) fn backend_settings(global: &Global) -> Result<BackendSettings, CliError> {
+    Ok(match global.backend {
         BackendKind::Aws => BackendSettings::Aws(AwsKmsConfig {
             region: global.aws_region.clone(),
             profile: global.aws_profile.clone(),
             endpoint_url: global.kms_endpoint.clone(),
             ..AwsKmsConfig::default()
         }),
+        BackendKind::Pkcs11 => {
+            let missing =
+                |flag: &str, variable: &str| CliError::usage(format!("--backend pkcs11 needs {flag} (or {variable})"));
+            let module =
+                global.pkcs11_module.clone().ok_or_else(|| missing("--pkcs11-module", "ETHKMS_PKCS11_MODULE"))?;
+            let token = global.pkcs11_token.clone().ok_or_else(|| missing("--pkcs11-token", "ETHKMS_PKCS11_TOKEN"))?;
+            let pin = global.pkcs11_pin_file.clone().map_or_else(PinSource::default, PinSource::File);
+            BackendSettings::Pkcs11(Pkcs11Config::new(module, token).pin(pin))
+        }
         BackendKind::Memory => BackendSettings::Memory { seed: None },
-    }
+    })
 }
 
 /// The KMS endpoint the options and the environment name, as the SDK picks it, for error messages.

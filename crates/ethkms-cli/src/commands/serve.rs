@@ -15,9 +15,10 @@ pub(super) async fn serve(global: &Global, args: &ServeArgs) -> Result<(), CliEr
         .map_err(|error| CliError::usage(format!("reading {}: {error}", path.display())))?;
     let config = Config::parse(&text).map_err(|error| CliError::usage(format!("{}: {error}", path.display())))?;
     let (listen, tls) = (config.listen, config.tls.clone());
-    let backend = backend_settings(global).connect().await?;
+    let backend = backend_settings(global)?.connect().await?;
     let service = Service::start(config, backend).await.map_err(|error| match error {
         StartError::Key { name, source } => CliError::from(source).context(&format!("key `{name}`")),
+        StartError::Backend { name, source } => CliError::from(source).context(&format!("backend `{name}`")),
         other => CliError::new(Exit::Failure, other.to_string()),
     })?;
     let listener = std::net::TcpListener::bind(listen)

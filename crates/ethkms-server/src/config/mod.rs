@@ -13,6 +13,7 @@
 //!
 //! [keys.hot]
 //! key = "alias/hot-wallet"
+//! # backend = "hsm"   # a [backends.hsm] section: sign with an HSM key (see crate::config::backends)
 //! chain_id = 1
 //! confirmations = 12   # the default: blocks, the including one counted, before a transaction is final
 //! # The defaults, safe on mainnet: no transaction pays more, first signature or fee bump.
@@ -74,9 +75,11 @@ use sha2::{Digest, Sha256};
 use crate::policy::{ArgConstraint, ArgKind, Asset, ContractCall, KeyPolicy, TypedDataPolicy, TypedDomain};
 
 pub use crate::policy::FeeCaps;
+pub use backends::BackendConfig;
 pub use deposits::DepositSettings;
 pub use replica::{JournalLocation, ReplicaSettings, redact_password};
 
+pub mod backends;
 mod deposits;
 mod replica;
 
@@ -124,6 +127,8 @@ pub struct Config {
     pub audit_log: PathBuf,
     /// Keys by the name clients use.
     pub keys: BTreeMap<String, KeyConfig>,
+    /// Key backends besides the service's own, by name (`[backends.NAME]`).
+    pub backends: BTreeMap<String, BackendConfig>,
     /// Clients by name.
     pub clients: BTreeMap<String, ClientConfig>,
     /// Serve HTTPS with this certificate and key (PEM files); plain HTTP when `None`.
@@ -154,8 +159,10 @@ pub struct TlsConfig {
 /// One key the service signs with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyConfig {
-    /// The KMS key id, ARN or alias.
+    /// The KMS key id, ARN or alias (on a PKCS#11 token: its label as `alias/LABEL`, or its key id).
     pub key: String,
+    /// The backend it lives in, by name in [`Config::backends`]; the service's own when `None`.
+    pub backend: Option<String>,
     /// The chain it signs for.
     pub chain_id: u64,
     /// Blocks (the including one counted) before its transactions are final.
@@ -186,6 +193,8 @@ struct RawConfig {
     #[serde(default)]
     keys: BTreeMap<String, RawKey>,
     #[serde(default)]
+    backends: BTreeMap<String, backends::RawBackend>,
+    #[serde(default)]
     clients: BTreeMap<String, RawClient>,
     tls: Option<TlsConfig>,
     journal: Option<String>,
@@ -210,6 +219,7 @@ struct RawWithdrawals {
 #[serde(deny_unknown_fields)]
 struct RawKey {
     key: String,
+    backend: Option<String>,
     chain_id: u64,
     confirmations: Option<u64>,
     #[serde(default)]
@@ -301,6 +311,7 @@ impl Config {
     /// 64 hexadecimal digits, or two clients with the same token.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError(error.to_string()))?;
+        let backends = backends::backends(raw.backends)?;
         let mut keys = BTreeMap::new();
         for (name, key) in raw.keys {
             if name.is_empty() || name.starts_with('@') {
@@ -319,7 +330,11 @@ impl Config {
                     "keys.{name}.confirmations: must be at least 1 (the block that includes the transaction)"
                 )));
             }
-            keys.insert(name, KeyConfig { key: key.key, chain_id: key.chain_id, confirmations, fees, policy });
+            if let Some(backend) = key.backend.as_ref().filter(|backend| !backends.contains_key(*backend)) {
+                return Err(ConfigError(format!("keys.{name}.backend: no backend named `{backend}` in [backends]")));
+            }
+            let (chain_id, backend) = (key.chain_id, key.backend);
+            keys.insert(name, KeyConfig { key: key.key, backend, chain_id, confirmations, fees, policy });
         }
         let mut clients = BTreeMap::new();
         let mut tokens = HashMap::new();
@@ -385,6 +400,7 @@ impl Config {
             upstream: raw.upstream.parse().map_err(|error| ConfigError(format!("upstream: {error}")))?,
             audit_log: raw.audit_log,
             keys,
+            backends,
             clients,
             tls: raw.tls,
             journal: replica::journal(raw.journal)?,

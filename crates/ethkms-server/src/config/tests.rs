@@ -116,3 +116,35 @@ fn mistakes_are_named() {
         assert!(error.contains(expected), "expected `{expected}` in: {error}");
     }
 }
+
+#[test]
+fn keys_choose_their_backend_and_the_pin_stays_out_of_the_file() {
+    let base = "listen = \"127.0.0.1:8600\"\nupstream = \"http://127.0.0.1:8545\"\naudit_log = \"a.jsonl\"\n";
+    let hsm = "[backends.hsm]\ntype = \"pkcs11\"\nmodule = \"/m.so\"\ntoken = \"treasury\"\n";
+    let keys = "[keys.hot]\nkey = \"alias/hot\"\nchain_id = 1\n[keys.cold]\nkey = \"alias/cold\"\nbackend = \"hsm\"\nchain_id = 1\n";
+    let config = Config::parse(&format!("{base}{hsm}pin_file = \"/run/pin\"\nmax_sessions = 3\n{keys}")).unwrap();
+    assert_eq!(config.keys["hot"].backend, None);
+    assert_eq!(config.keys["cold"].backend.as_deref(), Some("hsm"));
+    let BackendConfig::Pkcs11(token) = &config.backends["hsm"];
+    assert_eq!((token.token_label.as_str(), token.max_sessions), ("treasury", 3));
+    assert_eq!(token.pin, ethkms::pkcs11::PinSource::File("/run/pin".into()));
+    let defaults = Config::parse(&format!("{base}{hsm}{keys}")).unwrap();
+    let BackendConfig::Pkcs11(token) = &defaults.backends["hsm"];
+    assert_eq!(token.pin, ethkms::pkcs11::PinSource::Env("ETHKMS_PKCS11_PIN".into()));
+
+    for (extra, expected) in [
+        ("pin = \"1234\"\n", "backends.hsm.pin: the PIN is never read from the configuration"),
+        ("pin_env = \"A\"\npin_file = \"/f\"\n", "backends.hsm.pin_file: give pin_env or pin_file, not both"),
+        ("max_sessions = 0\n", "backends.hsm.max_sessions: must be at least 1"),
+    ] {
+        let error = Config::parse(&format!("{base}{hsm}{extra}{keys}")).unwrap_err().to_string();
+        assert!(error.contains(expected), "{extra}: {error}");
+        assert!(!error.contains("1234"), "{error}");
+    }
+    let error = Config::parse(&format!("{base}[backends.hsm]\ntype = \"vault\"\n{keys}")).unwrap_err().to_string();
+    assert!(error.contains("backends.hsm.type: `vault` is not a backend type"), "{error}");
+    let error = Config::parse(&format!("{base}[backends.hsm]\ntype = \"pkcs11\"\ntoken = \"t\"\n{keys}")).unwrap_err();
+    assert!(error.to_string().contains("backends.hsm.module: missing"), "{error}");
+    let error = Config::parse(&format!("{base}{keys}")).unwrap_err().to_string();
+    assert!(error.contains("keys.cold.backend: no backend named `hsm` in [backends]"), "{error}");
+}

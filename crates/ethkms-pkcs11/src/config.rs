@@ -1,0 +1,173 @@
+//! What the backend needs to reach a token: the PKCS#11 module, the token's label, where the user PIN
+//! comes from (an environment variable or a file — never the configuration text) and how many sessions
+//! it may open.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use cryptoki::types::AuthPin;
+use ethkms_backend::BackendError;
+
+/// The environment variable the PIN is read from unless another source is configured.
+pub const DEFAULT_PIN_ENV: &str = "ETHKMS_PKCS11_PIN";
+
+/// How many sessions a backend opens at most unless configured otherwise.
+pub const DEFAULT_MAX_SESSIONS: usize = 8;
+
+/// Where the user PIN comes from. Only the name of the variable or the path of the file is kept here;
+/// the PIN itself is read once, when the backend logs in, and held only by the login.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PinSource {
+    /// An environment variable holding the PIN.
+    Env(String),
+    /// A file holding the PIN (one trailing newline is ignored).
+    File(PathBuf),
+}
+
+impl Default for PinSource {
+    /// [`DEFAULT_PIN_ENV`].
+    fn default() -> Self {
+        Self::Env(DEFAULT_PIN_ENV.to_owned())
+    }
+}
+
+impl fmt::Display for PinSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Env(name) => write!(f, "the environment variable {name}"),
+            Self::File(path) => write!(f, "the file {}", path.display()),
+        }
+    }
+}
+
+impl PinSource {
+    /// Reads the PIN.
+    ///
+    /// # Errors
+    /// [`BackendError::Configuration`] naming the variable or file when it is missing, unreadable or
+    /// empty. The PIN never appears in an error.
+    pub(crate) fn read(&self) -> Result<AuthPin, BackendError> {
+        let missing = |why: String| BackendError::Configuration {
+            message: format!(
+                "no PIN for the PKCS#11 token: {why}; set it there (the PIN is never read from the configuration)"
+            ),
+        };
+        let mut pin = match self {
+            Self::Env(name) => match std::env::var(name) {
+                Ok(pin) => pin,
+                Err(std::env::VarError::NotPresent) => return Err(missing(format!("{self} is not set"))),
+                Err(std::env::VarError::NotUnicode(_)) => return Err(missing(format!("{self} is not UTF-8"))),
+            },
+            Self::File(path) => {
+                std::fs::read_to_string(path).map_err(|error| missing(format!("{self} cannot be read ({error})")))?
+            }
+        };
+        for ending in ["\n", "\r"] {
+            if pin.ends_with(ending) {
+                pin.truncate(pin.len() - ending.len());
+            }
+        }
+        if pin.is_empty() {
+            return Err(missing(format!("{self} is empty")));
+        }
+        Ok(AuthPin::new(pin.into_boxed_str()))
+    }
+}
+
+/// How to reach a token.
+///
+/// ```
+/// use ethkms_pkcs11::{PinSource, Pkcs11Config};
+///
+/// let config = Pkcs11Config::new("/usr/lib/softhsm/libsofthsm2.so", "treasury")
+///     .pin(PinSource::File("/run/secrets/hsm-pin".into()));
+/// assert_eq!(config.max_sessions, 8);
+/// assert!(!format!("{config:?}").contains("secret-pin"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pkcs11Config {
+    /// The PKCS#11 module (a shared library: `libsofthsm2.so`, `libcloudhsm_pkcs11.so`, …).
+    pub module: PathBuf,
+    /// The label of the token whose keys are used.
+    pub token_label: String,
+    /// Where the user PIN comes from.
+    pub pin: PinSource,
+    /// Sessions opened at most, each used by one request at a time (PKCS#11 sessions are not shared
+    /// between threads); requests beyond wait for one.
+    pub max_sessions: usize,
+    /// Run the blocking PKCS#11 calls in `tokio::task::block_in_place` on a multi-threaded runtime instead
+    /// of handing them to Tokio's blocking threads: no hand-over to another thread and back (on SoftHSM2,
+    /// one signer at a time signs about 25% faster), but a call then also holds up the other futures the
+    /// calling *task* polls (`join_all` of signatures in one task would sign one after another). For
+    /// callers that give each concurrent signature a task of its own. Off by default; ignored on a
+    /// current-thread runtime.
+    pub calls_in_place: bool,
+}
+
+impl Pkcs11Config {
+    /// The token labelled `token_label` in `module`, the PIN from [`DEFAULT_PIN_ENV`], at most
+    /// [`DEFAULT_MAX_SESSIONS`] sessions.
+    #[must_use]
+    pub fn new(module: impl Into<PathBuf>, token_label: impl Into<String>) -> Self {
+        Self {
+            module: module.into(),
+            token_label: token_label.into(),
+            pin: PinSource::default(),
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            calls_in_place: false,
+        }
+    }
+
+    /// Sets where the PIN comes from.
+    #[must_use]
+    pub fn pin(mut self, pin: PinSource) -> Self {
+        self.pin = pin;
+        self
+    }
+
+    /// Sets whether the calls run in place (the field `calls_in_place`).
+    #[must_use]
+    pub fn calls_in_place(mut self, in_place: bool) -> Self {
+        self.calls_in_place = in_place;
+        self
+    }
+
+    /// Sets the most sessions opened at once (at least 1).
+    #[must_use]
+    pub fn max_sessions(mut self, max_sessions: usize) -> Self {
+        self.max_sessions = max_sessions.max(1);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_come_from_a_file_without_its_newline_and_errors_never_show_them() {
+        let directory = std::env::temp_dir().join(format!("ethkms-pkcs11-pin-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let file = directory.join("pin");
+        std::fs::write(&file, "s3cret-pin\n").unwrap();
+        let pin = PinSource::File(file.clone()).read().unwrap();
+        assert!(!format!("{pin:?}").contains("s3cret"), "{pin:?}");
+        use secrecy::ExposeSecret as _;
+        assert_eq!(pin.expose_secret(), "s3cret-pin");
+
+        std::fs::write(&file, "\n").unwrap();
+        let error = PinSource::File(file.clone()).read().unwrap_err();
+        assert!(error.to_string().contains("is empty") && error.to_string().contains(&file.display().to_string()));
+        let missing = PinSource::File(directory.join("absent")).read().unwrap_err();
+        assert!(matches!(missing, BackendError::Configuration { .. }) && missing.to_string().contains("absent"));
+        let unset = PinSource::Env("ETHKMS_TEST_PIN_THAT_IS_NEVER_SET".into()).read().unwrap_err();
+        assert!(unset.to_string().contains("ETHKMS_TEST_PIN_THAT_IS_NEVER_SET is not set"), "{unset}");
+        std::fs::remove_dir_all(directory).unwrap();
+    }
+
+    #[test]
+    fn sessions_are_at_least_one() {
+        assert_eq!(Pkcs11Config::new("m", "t").max_sessions(0).max_sessions, 1);
+        assert_eq!(PinSource::default(), PinSource::Env(DEFAULT_PIN_ENV.into()));
+    }
+}

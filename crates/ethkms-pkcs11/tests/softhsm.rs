@@ -1,0 +1,294 @@
+//! `Pkcs11Backend` against a real token: the SoftHSM2 token `cargo xtask services up` creates (it exports
+//! `ETHKMS_TEST_PKCS11_MODULE`, `_TOKEN`, `_PIN` and `SOFTHSM2_CONF`). In CI a missing token fails these
+//! tests; elsewhere they say they were skipped.
+//!
+//! Besides the backend contract: the private key cannot be read or wrapped out of the token; keys made by
+//! other tools are usable; signatures verify on the token itself (`C_Verify`, an independent verifier);
+//! many signatures at once over a few sessions; and the login's failures (a wrong PIN, no such token, no
+//! module) are typed errors that never show the PIN.
+
+use std::sync::Arc;
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+use ethkms_backend::{BackendError, CreateKeyRequest, KeyBackend, KeyHandle, KeyRef, KeySpec, KeyUsage};
+use ethkms_core::keccak256;
+use ethkms_pkcs11::{PinSource, Pkcs11Backend, Pkcs11Config, exclusive_writes};
+use ethkms_test_support::pkcs11::{PIN_VARIABLE, SoftHsm, softhsm};
+
+ethkms_backend::contract_tests!(ethkms_test_support::pkcs11::pkcs11_backend());
+
+/// A session of the test's own on the token, logged in: to look at what the backend made.
+fn raw_session(hsm: &SoftHsm) -> Session {
+    let pkcs11 = Pkcs11::new(&hsm.module).unwrap();
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(error) => panic!("C_Initialize: {error}"),
+    }
+    let slot = pkcs11
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|slot| pkcs11.get_token_info(*slot).unwrap().label() == hsm.token)
+        .expect("the test token");
+    let session = pkcs11.open_rw_session(slot).unwrap();
+    let pin = AuthPin::new(std::env::var(PIN_VARIABLE).unwrap().into_boxed_str());
+    match session.login(UserType::User, Some(&pin)) {
+        Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(error) => panic!("C_Login: {error}"),
+    }
+    session
+}
+
+fn key_ref(text: &str) -> KeyRef {
+    KeyRef::new(text).unwrap()
+}
+
+/// The object of `class` whose `CKA_ID` is the one the key id `key_id` names.
+fn object(session: &Session, class: ObjectClass, key_id: &str) -> ObjectHandle {
+    let found = session.find_objects(&[Attribute::Class(class), Attribute::Id(hex_id(key_id))]).unwrap();
+    assert_eq!(found.len(), 1, "one object of class {class} for {key_id}");
+    found[0]
+}
+
+fn hex_id(key_id: &str) -> Vec<u8> {
+    let digits: String = key_id.chars().filter(|c| *c != '-').collect();
+    (0..digits.len()).step_by(2).map(|index| u8::from_str_radix(&digits[index..index + 2], 16).unwrap()).collect()
+}
+
+fn boolean(session: &Session, handle: ObjectHandle, attribute: AttributeType) -> Option<bool> {
+    session.get_attributes(handle, &[attribute]).unwrap().into_iter().find_map(|found| match found {
+        Attribute::Sensitive(value)
+        | Attribute::Extractable(value)
+        | Attribute::NeverExtractable(value)
+        | Attribute::AlwaysSensitive(value)
+        | Attribute::Token(value)
+        | Attribute::Sign(value)
+        | Attribute::Decrypt(value)
+        | Attribute::Derive(value) => Some(value),
+        _ => None,
+    })
+}
+
+/// The private key never leaves the token: its value is not readable, it is sensitive and not
+/// extractable (and never was), and wrapping it with a key of our own is refused.
+#[tokio::test]
+async fn the_private_key_cannot_be_read_or_wrapped() {
+    let Some(hsm) = softhsm() else { return };
+    let backend = hsm.backend().await;
+    let info = backend.create_key(&CreateKeyRequest::new()).await.unwrap();
+    let session = raw_session(&hsm);
+    let private = object(&session, ObjectClass::PRIVATE_KEY, &info.key_id);
+
+    for (attribute, expected) in [
+        (AttributeType::Token, true),
+        (AttributeType::Sensitive, true),
+        (AttributeType::AlwaysSensitive, true),
+        (AttributeType::Extractable, false),
+        (AttributeType::NeverExtractable, true),
+        (AttributeType::Sign, true),
+        (AttributeType::Decrypt, false),
+        (AttributeType::Derive, false),
+    ] {
+        assert_eq!(boolean(&session, private, attribute), Some(expected), "{attribute:?}");
+    }
+    // C_GetAttributeValue answers CKR_ATTRIBUTE_SENSITIVE for CKA_VALUE; cryptoki then leaves it out.
+    let value = session.get_attributes(private, &[AttributeType::Value]).unwrap();
+    assert!(value.is_empty(), "CKA_VALUE of the private key was readable: {} attribute(s)", value.len());
+
+    // A wrapping key of our own (a session object), allowed to wrap anything extractable.
+    let wrapping = session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[Attribute::Token(false), Attribute::ValueLen(32.into()), Attribute::Wrap(true), Attribute::Encrypt(true)],
+        )
+        .unwrap();
+    let error = session.wrap_key(&Mechanism::AesKeyWrapPad, wrapping, private).unwrap_err();
+    assert!(
+        matches!(error, Error::Pkcs11(RvError::KeyUnextractable | RvError::KeyNotWrappable, _)),
+        "C_WrapKey of the private key: {error}"
+    );
+    // And the extractable attribute cannot be turned back on.
+    let error = session.update_attributes(private, &[Attribute::Extractable(true)]).unwrap_err();
+    assert!(matches!(error, Error::Pkcs11(RvError::AttributeReadOnly | RvError::ActionProhibited, _)), "{error}");
+}
+
+/// A key made by another tool (here: directly through PKCS#11, as `pkcs11-tool --keypairgen --id 01
+/// --label …` would) is found by label and by id, and its signatures verify on the token itself.
+#[tokio::test]
+async fn keys_made_elsewhere_sign_and_the_token_verifies_them() {
+    let Some(hsm) = softhsm() else { return };
+    let session = raw_session(&hsm);
+    let id = session.generate_random_vec(4).unwrap();
+    let label = ethkms_test_support::unique("elsewhere");
+    let params = vec![0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
+    let (public, private) = exclusive_writes(|| {
+        session.generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::EcParams(params),
+                Attribute::Verify(true),
+                Attribute::Id(id.clone()),
+                Attribute::Label(label.clone().into_bytes()),
+            ],
+            &[
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Sign(true),
+                Attribute::Id(id.clone()),
+                Attribute::Label(label.clone().into_bytes()),
+            ],
+        )
+    })
+    .unwrap();
+    let backend = hsm.backend().await;
+    let by_alias = KeyHandle::open(Arc::clone(&backend), key_ref(&format!("alias/{label}"))).await.unwrap();
+    let key_id = hex(&id);
+    let by_id = KeyHandle::open(Arc::clone(&backend), key_ref(&key_id)).await.unwrap();
+    assert_eq!(by_alias.address(), by_id.address());
+    let description = backend.describe_key(&key_ref(&key_id)).await.unwrap();
+    assert_eq!(description.aliases, [format!("alias/{label}")]);
+    assert_eq!((description.key_spec, description.key_usage), (KeySpec::EccSecgP256k1, KeyUsage::SignVerify));
+
+    for index in 0..20u8 {
+        let digest = keccak256(&[index]);
+        let signature = by_alias.sign_digest(&digest).await.unwrap();
+        assert_eq!(signature.recover_address(&digest).unwrap(), by_alias.address());
+        // r ‖ s, low-s as Ethereum wants it: the token accepts it as its own key's signature.
+        let fixed = signature.to_ecdsa().to_fixed_bytes();
+        session.verify(&Mechanism::Ecdsa, public, &digest, &fixed).unwrap();
+        let mut tampered = fixed;
+        tampered[63] ^= 1;
+        assert!(session.verify(&Mechanism::Ecdsa, public, &digest, &tampered).is_err());
+    }
+    exclusive_writes(|| session.destroy_object(private).and_then(|()| session.destroy_object(public))).unwrap();
+    let error = by_id.sign_digest(&[1; 32]).await.unwrap_err();
+    assert!(matches!(&error, BackendError::NotFound { key } if key.ends_with(&key_id)), "a destroyed key: {error:?}");
+}
+
+/// A secp256k1 key that may only derive, and a key type the backend does not create, are typed errors.
+#[tokio::test]
+async fn keys_that_cannot_sign_are_refused_by_kind() {
+    let Some(hsm) = softhsm() else { return };
+    let session = raw_session(&hsm);
+    let id = session.generate_random_vec(16).unwrap();
+    exclusive_writes(|| {
+        session.generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::EcParams(vec![0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a]),
+                Attribute::Id(id.clone()),
+            ],
+            &[
+                Attribute::Token(true),
+                Attribute::Sign(false),
+                Attribute::Decrypt(false),
+                Attribute::Derive(true),
+                Attribute::Id(id.clone()),
+            ],
+        )
+    })
+    .unwrap();
+    let backend = hsm.backend().await;
+    let key_id = [&id[..4], &id[4..6], &id[6..8], &id[8..10], &id[10..]].map(hex).join("-");
+    let error = KeyHandle::open(Arc::clone(&backend), key_ref(&key_id)).await.unwrap_err();
+    assert!(
+        matches!(&error, BackendError::WrongKeyUsage { key, usage: KeyUsage::KeyAgreement } if key == &key_id),
+        "{error:?}"
+    );
+    // Asked to sign anyway, the token refuses and the error says why.
+    let error = backend.sign_digest(&key_ref(&key_id), &[1; 32]).await.unwrap_err();
+    assert!(matches!(error, BackendError::WrongKeyUsage { .. }), "{error:?}");
+
+    let error = backend.create_key(&CreateKeyRequest::new().key_spec(KeySpec::SymmetricDefault)).await.unwrap_err();
+    assert!(matches!(error, BackendError::Unsupported { .. }), "{error:?}");
+    assert!(error.to_string().contains("SYMMETRIC_DEFAULT") && !error.to_string().contains('\n'), "{error}");
+    assert!(
+        session
+            .get_attributes(object(&session, ObjectClass::PRIVATE_KEY, &key_id), &[AttributeType::KeyType])
+            .unwrap()
+            .contains(&Attribute::KeyType(KeyType::EC))
+    );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// 200 signatures, 64 at a time, over 3 sessions: each verified, from the one key; with the calls on
+/// Tokio's blocking threads (the default) and in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_signatures_at_once_share_a_few_sessions() {
+    let Some(hsm) = softhsm() else { return };
+    for in_place in [false, true] {
+        let config = hsm.config().max_sessions(3).calls_in_place(in_place);
+        let backend: Arc<dyn KeyBackend> = Arc::new(Pkcs11Backend::connect(config).await.unwrap());
+        let info = backend.create_key(&CreateKeyRequest::new()).await.unwrap();
+        let handle = KeyHandle::open(Arc::clone(&backend), key_ref(&info.key_id)).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut verified = 0;
+        for index in 0..200u32 {
+            let signer = handle.clone();
+            tasks.spawn(async move {
+                let digest = keccak256(&index.to_be_bytes());
+                (digest, signer.sign_digest(&digest).await)
+            });
+            while tasks.len() >= 64 || (index == 199 && !tasks.is_empty()) {
+                let (digest, signature) = tasks.join_next().await.unwrap().unwrap();
+                assert_eq!(signature.unwrap().recover_address(&digest).unwrap(), handle.address(), "{in_place}");
+                verified += 1;
+            }
+        }
+        assert_eq!(verified, 200);
+        let debug = format!("{backend:?}");
+        assert!(debug.contains(&hsm.token) && !debug.contains(&std::env::var(PIN_VARIABLE).unwrap()), "{debug}");
+    }
+}
+
+/// A token label that is not there names the labels that are; a module that is not there names its path.
+#[tokio::test]
+async fn a_missing_token_or_module_is_a_configuration_error() {
+    let Some(hsm) = softhsm() else { return };
+    let config = Pkcs11Config::new(&hsm.module, "no-such-token").pin(PinSource::Env(PIN_VARIABLE.into()));
+    let error = Pkcs11Backend::connect(config).await.unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error, BackendError::Configuration { .. }), "{error:?}");
+    assert!(text.contains("`no-such-token`") && text.contains(&format!("`{}`", hsm.token)), "{text}");
+
+    let config = Pkcs11Config::new("/nonexistent/libpkcs11.so", &hsm.token);
+    let error = Pkcs11Backend::connect(config).await.unwrap_err();
+    assert!(error.to_string().contains("/nonexistent/libpkcs11.so") && !error.to_string().contains('\n'), "{error}");
+}
+
+/// A wrong PIN is refused as such, naming where it came from and never what it was; then the right one
+/// logs in. On the spare token: the login is per process, and this process is logged in to the other.
+#[tokio::test]
+async fn a_wrong_pin_is_a_typed_error_that_does_not_show_it() {
+    let Some(hsm) = softhsm() else { return };
+    // Never set: no PIN at all.
+    let variable = "ETHKMS_TEST_WRONG_PIN";
+    let wrong = "not-the-pin-93172";
+    let directory = std::env::temp_dir().join(ethkms_test_support::unique("ethkms-wrong-pin"));
+    std::fs::create_dir_all(&directory).unwrap();
+    let file = directory.join("pin");
+    std::fs::write(&file, format!("{wrong}\n")).unwrap();
+    let spare = Pkcs11Config::new(&hsm.module, &hsm.spare_token);
+    let error = Pkcs11Backend::connect(spare.clone().pin(PinSource::File(file.clone()))).await.unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(&error, BackendError::PinIncorrect { token, .. } if *token == hsm.spare_token), "{error:?}");
+    assert!(text.contains("CKR_PIN_INCORRECT") && text.contains(&file.display().to_string()), "{text}");
+    assert!(!text.contains(wrong) && !format!("{error:?}").contains(wrong), "{error:?}");
+    let unset = Pkcs11Backend::connect(spare.clone().pin(PinSource::Env(variable.into()))).await.unwrap_err();
+    assert!(unset.to_string().contains(variable), "{unset}");
+
+    let backend = Pkcs11Backend::connect(spare.pin(PinSource::Env(PIN_VARIABLE.into()))).await.unwrap();
+    assert_eq!(backend.token_label(), hsm.spare_token);
+    std::fs::remove_dir_all(directory).unwrap();
+}
