@@ -21,6 +21,8 @@ use alloy_provider::Provider;
 use alloy_rpc_types_eth::{BlockNumberOrTag, Filter};
 use alloy_sol_types::SolEvent as _;
 
+use ethkms_eth::redact_urls;
+
 use crate::contracts::{DepositForwarder, Erc20};
 
 /// What was deposited.
@@ -99,7 +101,8 @@ pub async fn scan_block<P: Provider>(
     watched: &HashSet<Address>,
     tokens: &[Address],
 ) -> Result<ScannedBlock, ScanError> {
-    let node = |error: &dyn std::fmt::Display| ScanError::Node { block: number, message: error.to_string() };
+    let node =
+        |error: &dyn std::fmt::Display| ScanError::Node { block: number, message: redact_urls(&error.to_string()) };
     let block = provider
         .get_block_by_number(BlockNumberOrTag::Number(number))
         .full()
@@ -219,7 +222,7 @@ impl Follower {
         let head = provider
             .get_block_number()
             .await
-            .map_err(|error| ScanError::Node { block: self.next, message: error.to_string() })?;
+            .map_err(|error| ScanError::Node { block: self.next, message: redact_urls(&error.to_string()) })?;
         let mut seen = Vec::new();
         let mut read = 0;
         while self.next <= head && read < limit {

@@ -8,8 +8,10 @@
 
 use alloy_primitives::{Address, B256, Bytes, U256};
 use alloy_provider::Provider;
-use alloy_rpc_types_eth::TransactionRequest;
+use alloy_rpc_types_eth::{BlockId, TransactionRequest};
 use alloy_sol_types::SolCall as _;
+
+use ethkms_eth::redact_urls;
 
 use crate::contracts::{DEPLOY_BIT, DepositFactory, Erc20, MAX_SWEEP_TOKENS};
 
@@ -44,26 +46,29 @@ pub enum HoldingError {
     NotAToken(Address),
 }
 
-/// Reads what the deposit address `address` (of salt `salt`) holds: whether it is deployed, its ether, and
-/// its balance of each of `tokens`.
+/// Reads what the deposit address `address` (of salt `salt`) holds at `block`: whether it is deployed,
+/// its ether, and its balance of each of `tokens`. A service pins `block` to one it has read deposits up to
+/// (by hash), so that a node behind it, or a reorg meanwhile, fails the read instead of answering an
+/// earlier state; `BlockId::latest()` reads the node's head.
 ///
 /// # Errors
-/// [`HoldingError`] if the node fails or a token is not one.
+/// [`HoldingError`] if the node fails (or does not have `block`) or a token is not one.
 pub async fn read_holding<P: Provider>(
     provider: &P,
     address: Address,
     salt: B256,
     tokens: &[Address],
+    block: BlockId,
 ) -> Result<Holding, HoldingError> {
-    let node = |error: &dyn std::fmt::Display| HoldingError::Node { address, message: error.to_string() };
-    let deployed = !provider.get_code_at(address).await.map_err(|error| node(&error))?.is_empty();
-    let ether = provider.get_balance(address).await.map_err(|error| node(&error))?;
+    let node = |error: &dyn std::fmt::Display| HoldingError::Node { address, message: redact_urls(&error.to_string()) };
+    let deployed = !provider.get_code_at(address).block_id(block).await.map_err(|error| node(&error))?.is_empty();
+    let ether = provider.get_balance(address).block_id(block).await.map_err(|error| node(&error))?;
     let mut held = Vec::new();
     for token in tokens {
         let call = Erc20::balanceOfCall { owner: address }.abi_encode();
         let request =
             TransactionRequest { to: Some((*token).into()), input: call.into(), ..TransactionRequest::default() };
-        let answer = provider.call(request).await.map_err(|error| node(&error))?;
+        let answer = provider.call(request).block(block).await.map_err(|error| node(&error))?;
         let balance = Erc20::balanceOfCall::abi_decode_returns(&answer).map_err(|_| HoldingError::NotAToken(*token))?;
         if !balance.is_zero() {
             held.push((*token, balance));

@@ -3,7 +3,10 @@
 //! dropped connections — with `kill -9` restarts of the server, one of them during an outage of the node.
 //! Every withdrawal must end confirmed, each recipient paid exactly its amount once (read from anvil
 //! directly), the key's nonces contiguous, and any other transaction of the key a zero-value transfer to
-//! itself.
+//! itself or a sweep. Meanwhile customers deposit ether to addresses the service handed out, and the
+//! service's sweeper sweeps them through the same engine (every second, a few addresses per sweep): every
+//! deposit must end listed once and swept, the treasury holding exactly their sum, and every sweep the key
+//! sent named by the deposits it swept — none sent twice.
 //!
 //! The campaign runs on each journal: SQLite (the embedded default) and PostgreSQL (one replica, with a
 //! short lease, on a database of its own; skipped without `ETHKMS_TEST_POSTGRES_URL`, failing in CI).
@@ -21,7 +24,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use alloy_primitives::U256;
-use common::exactly_once::assert_paid_exactly_once;
+use common::deposit_campaign::DepositCampaign;
+use common::exactly_once::assert_paid_exactly_once_besides;
 use common::replicas::replica_section;
 use common::*;
 use ethkms_server::journal::{JournalStore as _, SqliteJournal};
@@ -58,22 +62,22 @@ impl Journal {
         }
     }
 
-    /// The journal's unfinished rows by status, read while the server is down.
+    /// The journal's unfinished rows by kind and status, read while the server is down.
     async fn unfinished(&self, paths: &Paths) -> BTreeMap<String, usize> {
         let mut statuses = BTreeMap::new();
         match self {
             Self::Sqlite => {
                 let journal = SqliteJournal::open(&paths.journal).unwrap();
                 for row in journal.unfinished(None).await.unwrap() {
-                    *statuses.entry(row.status.as_str().to_owned()).or_default() += 1;
+                    *statuses.entry(format!("{} {}", row.kind.as_str(), row.status.as_str())).or_default() += 1;
                 }
                 journal.close();
             }
             Self::Postgres(database) => {
                 // What `JournalStore::unfinished` returns: not final, or a mined cancellation not yet confirmed.
-                let query = "SELECT status, count(*) FROM withdrawals WHERE NOT confirmed \
+                let query = "SELECT kind || ' ' || status, count(*) FROM withdrawals WHERE NOT confirmed \
                     AND status NOT IN ('confirmed', 'failed') AND NOT (status = 'cancelled' AND block_number IS NULL) \
-                    GROUP BY status";
+                    GROUP BY kind, status";
                 for row in database.connect().await.query(query, &[]).await.unwrap() {
                     statuses.insert(row.get(0), usize::try_from(row.get::<_, i64>(1)).unwrap());
                 }
@@ -97,6 +101,11 @@ fn count() -> u64 {
 
 fn amount(seed: u64, index: u64) -> U256 {
     U256::from(1_000_000 + seed * 10_000 + index)
+}
+
+/// Deposits per seed: one for every five withdrawals, to a tenth as many customers.
+fn deposit_count() -> u64 {
+    count() / 5
 }
 
 fn body(seed: u64, index: u64) -> Value {
@@ -161,17 +170,23 @@ async fn campaign(seed: u64, kms_endpoint: &str, backend: &Arc<dyn ethkms::backe
     let faults = Faults { forwarded_then_error: 0.15, bad_gateway: 0.05, drop_connection: 0.05 };
     let proxy = RpcProxy::start(&anvil.url, seed, faults).await.unwrap();
     let (key, address) = funded_key(backend, &anvil.url).await;
+    let run = format!("faults-{journal_name}-{seed}");
+    let mut deposits = DepositCampaign::deploy(&anvil.url, address, &run).await;
     let paths = Paths::new();
     let listen = format!("127.0.0.1:{}", free_port());
     let config_path = paths.journal.with_extension("toml");
     let text = journal
         .configuration(&listen, proxy.url().trim_end_matches('/'), &key, &paths)
         .replace("rebroadcast_after_seconds = 600", "rebroadcast_after_seconds = 3")
-        .replace("confirmations = 1", "confirmations = 2");
+        .replace("confirmations = 1", "confirmations = 2")
+        + &deposits.configuration(4);
     std::fs::write(&config_path, text).unwrap();
     let url = format!("http://{listen}");
     let log = paths.journal.with_extension("log");
     let mut server = Server::start_logging(&config_path, kms_endpoint, &url, &log).await;
+    deposits
+        .hand_out(&Api { url: url.clone(), http: reqwest::Client::new() }, &run, (count / 10).max(1) as usize)
+        .await;
 
     let ids: Arc<std::sync::Mutex<BTreeMap<u64, String>>> = Arc::default();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -193,6 +208,21 @@ async fn campaign(seed: u64, kms_endpoint: &str, backend: &Arc<dyn ethkms::backe
                     }
                 })
                 .await;
+        })
+    };
+    // Deposits, sent to anvil directly (never through the proxy) while the withdrawals and faults go on.
+    let depositing = {
+        let (accepted, rpc_url) = (Arc::clone(&accepted), anvil.url.clone());
+        tokio::spawn(async move {
+            for index in 0..deposit_count() {
+                deposits.deposit(&rpc_url, seed, index).await;
+                // Spread over the withdrawals' posting, crashes and outage included.
+                let due = usize::try_from((index + 1) * count / (deposit_count() + 1)).unwrap();
+                while accepted.load(Ordering::Relaxed) < due {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            deposits
         })
     };
     let wait_for = |target: usize| {
@@ -224,6 +254,7 @@ async fn campaign(seed: u64, kms_endpoint: &str, backend: &Arc<dyn ethkms::backe
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.set_outage(false);
     posting.await.unwrap();
+    let deposits = depositing.await.unwrap();
 
     let api = Api { url: url.clone(), http: reqwest::Client::new() };
     let ids = ids.lock().unwrap().clone();
@@ -242,21 +273,25 @@ async fn campaign(seed: u64, kms_endpoint: &str, backend: &Arc<dyn ethkms::backe
     // every other transaction a zero-value transfer to the key itself.
     let payments: Vec<_> =
         (0..count).map(|index| (recipient(&format!("faults-{seed}"), index), amount(seed, index))).collect();
-    let mined = assert_paid_exactly_once(&anvil.url, address, &payments, &format!("{journal_name} seed {seed}")).await;
+    let context = format!("{journal_name} seed {seed}");
+    let sweeps = deposits.assert_swept_exactly(&api, &anvil.url, address, Duration::from_secs(120), &context).await;
+    let mined = assert_paid_exactly_once_besides(&anvil.url, address, &payments, &[deposits.factory], &context).await;
     let verified = ethkms::audit::verify(&paths.audit).unwrap();
     assert!(verified.records >= count, "{verified:?}");
     let stats = proxy.stats();
     eprintln!(
-        "fault campaign ({journal_name}): seed {seed} passed: {count} withdrawals confirmed, {} transactions mined ({} not payments); \
-         proxy: {stats:?}",
+        "fault campaign ({journal_name}): seed {seed} passed: {count} withdrawals confirmed, {} transactions mined ({} not payments, \
+         {sweeps} of them sweeps); {} deposits swept exactly; proxy: {stats:?}",
         mined.len(),
-        mined.len() as u64 - count
+        mined.len() as u64 - count,
+        deposit_count()
     );
     assert!(stats.forwarded_then_error > 0 && stats.outage_refused > 0, "the faults happened: {stats:?}");
     // The node's URL (which can carry an API key) appears nowhere in the server's log, errors included.
     let upstream = proxy.url().trim_start_matches("http://").trim_end_matches('/');
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("retrying"), "the log has the retries");
-    assert!(!text.contains(upstream), "the upstream URL {upstream} is in the server log {}", log.display());
+    let leaked: Vec<&str> = text.lines().filter(|line| line.contains(upstream)).take(3).collect();
+    assert!(leaked.is_empty(), "the upstream URL {upstream} is in the server log {}: {leaked:#?}", log.display());
     assert!(server.terminate().success(), "the server exits 0 after SIGTERM");
 }

@@ -8,7 +8,7 @@ use std::ops::Range;
 use alloy_network::TransactionBuilder as _;
 use alloy_primitives::Address;
 use alloy_provider::Provider as _;
-use alloy_rpc_types_eth::TransactionRequest;
+use alloy_rpc_types_eth::{BlockId, TransactionRequest};
 use alloy_sol_types::SolCall as _;
 use ethkms_deposits::contracts::{self, DepositFactory};
 use ethkms_deposits::{
@@ -245,10 +245,13 @@ async fn sweep(global: &Global, output: Output, args: &DepositSweepArgs) -> Resu
         let tokens = &tokens;
         async move {
             let salt = Targets::salt(&reference)?;
-            let holding = read_holding(provider, address, salt, tokens).await.map_err(|error| match error {
-                HoldingError::NotAToken(_) => CliError::usage(format!("--token {error}")),
-                HoldingError::Node { .. } => CliError::new(Exit::Network, error.to_string()),
-            })?;
+            let holding =
+                read_holding(provider, address, salt, tokens, BlockId::latest()).await.map_err(
+                    |error| match error {
+                        HoldingError::NotAToken(_) => CliError::usage(format!("--token {error}")),
+                        HoldingError::Node { .. } => CliError::new(Exit::Network, error.to_string()),
+                    },
+                )?;
             Ok::<_, CliError>((reference, holding))
         }
     };

@@ -130,6 +130,8 @@ impl Deposits {
                     return;
                 }
                 if let Err(reason) = self.pass(&mut watch).await {
+                    // Node errors quote the URL they were sent to, which can carry an API key.
+                    let reason = crate::shared::redact_urls(&reason);
                     tracing::warn!(%reason, "deposit watcher: the pass stopped; the next retries");
                 }
             }
@@ -198,7 +200,10 @@ impl Deposits {
         let Some(fence) = watch.lease.as_ref().map(|(fence, _)| fence.clone()) else { return Ok(()) };
         self.refresh_addresses(watch).await?;
         let provider = self.shared.manager.provider();
-        let head = provider.get_block_number().await.map_err(|error| format!("the node's head: {error}"))?;
+        let head = provider
+            .get_block_number()
+            .await
+            .map_err(|error| crate::shared::redact_urls(&format!("the node's head: {error}")))?;
         let recent = self.store.recent_blocks(1).await.map_err(|error| format!("the blocks read: {error}"))?;
         let mut last = recent.first().copied();
         let mut next = last.map_or_else(|| self.settings.start_block.unwrap_or(head), |block| block.number + 1);
@@ -295,7 +300,7 @@ impl Deposits {
                 .get_balance(address)
                 .block_id(alloy_eips::BlockId::hash(hash))
                 .await
-                .map_err(|error| format!("the balance of {address}: {error}"))?;
+                .map_err(|error| crate::shared::redact_urls(&format!("the balance of {address}: {error}")))?;
             if !balance.is_zero() {
                 held.push((address, balance));
             }

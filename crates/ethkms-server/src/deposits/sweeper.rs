@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use alloy_eips::BlockId;
 use alloy_primitives::Address;
 use ethkms::eth::chain;
 use ethkms_deposits::{Holding, Reference, SweepBatch, SweepCosts, read_holding};
@@ -82,8 +83,18 @@ impl Deposits {
         if by_address.is_empty() {
             return Ok(());
         }
+        // What the addresses hold is read at the last block the watcher read (by hash): every confirmed
+        // deposit is in it, and a node behind it (or a reorg since) fails the reads instead of answering
+        // balances from before a deposit, which would make it look swept.
+        let Some(read) = self.store.recent_blocks(1).await.map_err(|error| format!("the blocks read: {error}"))?.pop()
+        else {
+            return Ok(());
+        };
+        let block = BlockId::hash(read.hash);
         let provider = self.shared.manager.provider();
-        let fees = chain::fees(provider).await.map_err(|error| format!("fees from the node: {error}"))?;
+        let fees = chain::fees(provider)
+            .await
+            .map_err(|error| crate::shared::redact_urls(&format!("fees from the node: {error}")))?;
         let gas_price = fees.max_and_priority().0;
         let mut started = 0;
         let mut batch = Batch::new(self.settings.parent);
@@ -102,7 +113,7 @@ impl Deposits {
                     continue;
                 }
             };
-            let holding = match read_holding(provider, address, salt, &self.settings.tokens).await {
+            let holding = match read_holding(provider, address, salt, &self.settings.tokens, block).await {
                 Ok(holding) => holding,
                 Err(error) => {
                     tracing::warn!(%address, %error, "reading what a deposit address holds; the next pass tries again");

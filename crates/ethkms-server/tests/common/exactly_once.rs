@@ -1,7 +1,8 @@
 //! The check every exactly-once test ends with, made on the node directly (never through the service):
 //! a key's nonces were used without gap or repeat, each expected payment arrived once and for exactly its
 //! amount, and every other transaction of the key is a zero-value transfer to itself (a gap fill or a
-//! cancellation), so nothing else left the key.
+//! cancellation) or a zero-value call of a contract the test names (a deposit factory's sweeps), so nothing
+//! else left the key.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,20 @@ pub async fn assert_paid_exactly_once(
     payments: &[(Address, U256)],
     context: &str,
 ) -> Mined {
+    assert_paid_exactly_once_besides(rpc_url, from, payments, &[], context).await
+}
+
+/// [`assert_paid_exactly_once`], where the key may also have called the contracts `calls` (with no value).
+///
+/// # Panics
+/// As [`assert_paid_exactly_once`], and on a call of `calls` that sent value.
+pub async fn assert_paid_exactly_once_besides(
+    rpc_url: &str,
+    from: Address,
+    payments: &[(Address, U256)],
+    calls: &[Address],
+    context: &str,
+) -> Mined {
     let mined = transactions_from(rpc_url, from, 0).await;
     let nonces: Vec<u64> = mined.keys().copied().collect();
     assert_eq!(nonces, (0..mined.len() as u64).collect::<Vec<_>>(), "{context}: the key's nonces have a gap");
@@ -33,6 +48,8 @@ pub async fn assert_paid_exactly_once(
     for (to, value, hash) in mined.values() {
         if *to == from {
             assert_eq!(*value, U256::ZERO, "{context}: {hash} moved value to the key itself");
+        } else if calls.contains(to) {
+            assert_eq!(*value, U256::ZERO, "{context}: {hash} sent value with a call of {to}");
         } else {
             paid.entry(*to).or_default().push(*value);
         }
