@@ -57,6 +57,8 @@ pub(crate) struct Metrics {
     pub(crate) rebroadcasts: Counter,
     /// Bumps stopped by a fee cap.
     pub(crate) fee_cap_reached: Counter,
+    /// Transactions at a key's next nonce the node lost (held nothing pending there), sent again.
+    pub(crate) lost_transactions: Counter,
     /// Broadcasts, by how the node answered.
     pub(crate) broadcasts: Labeled,
     /// Passing failures retried, by cause.
@@ -107,6 +109,7 @@ impl Default for Metrics {
             gap_fill_failures: Counter::default(),
             rebroadcasts: Counter::default(),
             fee_cap_reached: Counter::default(),
+            lost_transactions: Counter::default(),
             broadcasts: Labeled::new("outcome"),
             retries: Labeled::new("cause"),
             reorgs: Counter::default(),
@@ -126,7 +129,7 @@ impl Default for Metrics {
             chain_head_hash: Family::default(),
             registry: Registry::default(),
         };
-        let counters: [(&str, &str, &Counter); 12] = [
+        let counters: [(&str, &str, &Counter); 13] = [
             ("ethkms_requests", "JSON-RPC requests received", &metrics.requests),
             (
                 "ethkms_nonce_gaps_filled",
@@ -147,6 +150,11 @@ impl Default for Metrics {
                 "ethkms_fee_cap_reached",
                 "Fee bumps (or first signatures) held down by a key's fee cap",
                 &metrics.fee_cap_reached,
+            ),
+            (
+                "ethkms_lost_transactions",
+                "Transactions at a key's next nonce the node held nothing pending for, sent again (then replaced)",
+                &metrics.lost_transactions,
             ),
             ("ethkms_reorgs", "Mined transactions dropped by a reorg and broadcast again", &metrics.reorgs),
             (
@@ -286,6 +294,7 @@ mod tests {
             "ethkms_nonce_gaps_filled_total 1",
             "ethkms_signing_seconds_count 1",
             "ethkms_fee_cap_reached_total 0",
+            "ethkms_lost_transactions_total 0",
             "ethkms_chain_head_block 8",
             "ethkms_chain_head{hash=\"0xbb\"} 8",
             "ethkms_lease_held{key=\"hot\"} 1",

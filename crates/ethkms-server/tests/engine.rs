@@ -2,7 +2,8 @@
 //! that stop exactly at the key's cap; a reorg that drops a mined withdrawal (re-broadcast as it is, paid
 //! once); KMS throttling retried, never failed; cancellation before signing, after signing and too late;
 //! an `eth_sendTransaction` stuck at the head bumped like a withdrawal; a transaction sent from the key
-//! elsewhere at the next nonce, which no withdrawal collides with.
+//! elsewhere at the next nonce, which no withdrawal collides with; a transaction the node dropped from its
+//! pool, sent again and then replaced within seconds.
 
 mod common;
 
@@ -455,4 +456,58 @@ async fn a_full_backlog_answers_503_and_stores_nothing() {
     api.settled(first["id"].as_str().unwrap(), Duration::from_secs(30)).await;
     let (status, accepted) = api.post(&second).await;
     assert_eq!(status, 202, "stored nothing the first time, so this is new: {accepted}");
+}
+
+/// A node that drops the key's next transaction from its pool (evicted, restarted — or anvil parking it):
+/// the watcher notices that nothing is pending at the nonce and sends the same bytes again within seconds,
+/// not after `rebroadcast_after` (600 s here); dropped once more, it is replaced with bumped fees. Paid once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_the_node_dropped_is_sent_again_then_replaced_long_before_rebroadcast_after() {
+    let Some((_, backend)) = localstack().await else { return };
+    let Some(anvil) = Anvil::start(&["--no-mining"]).await else { return };
+    let (key, address) = funded_key(&backend, &anvil.url).await;
+    let paths = Paths::new();
+    let api = serve_in_process(&configuration("127.0.0.1:0", &anvil.url, &key, &paths), backend).await;
+    let to = recipient("dropped", 1);
+    let (status, accepted) = api.post(&withdrawal("dropped-1", to, "ETH", "4242")).await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let submitted = api.wait_until(&id, Duration::from_secs(20), |w| w["status"] == "submitted").await;
+    let first = submitted["tx_hash"].clone();
+    let pooled = |hash: Value| {
+        let url = anvil.url.clone();
+        async move { !anvil_call(&url, "eth_getTransactionByHash", json!([hash])).await.is_null() }
+    };
+    let first_fees = fees_of(&anvil.url, &first).await.expect("pooled");
+
+    // Dropped: the same transaction is back in the pool within seconds.
+    anvil_call(&anvil.url, "anvil_dropTransaction", json!([first])).await;
+    assert!(!pooled(first.clone()).await, "anvil dropped it");
+    let dropped = Instant::now();
+    while !pooled(first.clone()).await {
+        assert!(dropped.elapsed() < Duration::from_secs(20), "the dropped transaction was not sent again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(api.get(&id).await["transactions"], 1, "sent again as it was, not re-signed");
+    assert_eq!(api.metric("ethkms_lost_transactions_total ").await, 1.0);
+
+    // Dropped again: now replaced, with fees at least 12.5% higher.
+    anvil_call(&anvil.url, "anvil_dropTransaction", json!([first])).await;
+    let replaced = api.wait_until(&id, Duration::from_secs(30), |w| w["transactions"] == 2).await;
+    let second = replaced["tx_hash"].clone();
+    assert_ne!(second, first);
+    let again = Instant::now();
+    while !pooled(second.clone()).await {
+        assert!(again.elapsed() < Duration::from_secs(10), "the replacement is not in the pool");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let second_fees = fees_of(&anvil.url, &second).await.unwrap();
+    assert!(second_fees.0 * 8 >= first_fees.0 * 9, "bumped by an eighth at least: {first_fees:?} -> {second_fees:?}");
+    assert!(second_fees.1 * 8 >= first_fees.1 * 9, "{first_fees:?} -> {second_fees:?}");
+    anvil_call(&anvil.url, "evm_mine", json!([])).await;
+    let settled = api.settled(&id, Duration::from_secs(30)).await;
+    assert_eq!(settled["status"], "confirmed", "{settled}");
+    assert_eq!(settled["tx_hash"], second);
+    assert_eq!(balance(&anvil.url, to).await, U256::from(4242));
+    assert_eq!(transactions_from(&anvil.url, address, 0).await.len(), 1, "one transaction mined");
 }

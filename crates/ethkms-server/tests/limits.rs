@@ -149,7 +149,8 @@ async fn slow_and_surplus_clients_are_cut_off_and_counted() {
 
     // The connection cap: three held open, the fourth closed at once without an answer. The three send
     // nothing, so the header timeout closes them after a second: on a machine so busy that the check took
-    // that long, a slot was free again and the check is made anew.
+    // that long, a slot was free again and the check is made anew (as it is when the server has not got
+    // to the fourth within the wait).
     for attempt in 1.. {
         let started = std::time::Instant::now();
         let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(&address).unwrap()).collect();
@@ -161,8 +162,11 @@ async fn slow_and_surplus_clients_are_cut_off_and_counted() {
             break;
         }
         let took = started.elapsed();
+        // Neither answered nor closed within the wait: the server had not got to it yet (a busy machine), or
+        // it holds it open as a fourth connection — the next attempt tells, and the fifth fails.
+        let unanswered = answer.is_empty() && !closed;
         assert!(
-            attempt < 3 && took >= Duration::from_millis(900),
+            attempt < 5 && (unanswered || took >= Duration::from_millis(900)),
             "the fourth connection was served ({took:?} after the three, attempt {attempt}): {answer:?}"
         );
         tokio::time::sleep(Duration::from_millis(1500)).await;

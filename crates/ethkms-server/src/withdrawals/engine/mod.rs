@@ -499,6 +499,7 @@ impl Engine {
             misses: 0,
             foreign: None,
             cap_reported: false,
+            lost_sent_ms: None,
         };
         self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).insert(id, entry);
     }

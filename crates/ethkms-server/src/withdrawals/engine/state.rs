@@ -68,6 +68,8 @@ pub(crate) struct InFlight {
     pub(crate) foreign: Option<Foreign>,
     /// A fee cap has stopped its bumps (reported once).
     pub(crate) cap_reported: bool,
+    /// When its transaction was last sent again because the node had lost it (ms since the epoch).
+    pub(crate) lost_sent_ms: Option<u64>,
 }
 
 /// Why a row could not be taken further now.

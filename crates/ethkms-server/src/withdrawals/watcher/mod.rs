@@ -12,6 +12,7 @@
 //! - re-signs, with bumped fees ([`fees::bump`](super::fees::bump)), a transaction unmined for
 //!   `rebroadcast_after` that holds the key's next nonce or pays less than the market; signs a requested
 //!   cancellation;
+//! - sends again, and then replaces, the key's next transaction when the node has [lost](lost) it;
 //! - fills a nonce left free below those in use (a zero-value transfer to the key itself), with back-off
 //!   after a refused one.
 
@@ -33,6 +34,7 @@ use crate::journal::{Fence, Kind, MinedAs, Release, Status, now_ms};
 use crate::shared::{Key, redact_urls};
 
 mod action;
+mod lost;
 
 use action::{Action, action};
 
@@ -119,7 +121,7 @@ impl Engine {
         let market = if needs_market { self.current_fees().await.ok() } else { None };
         // Second pass: only the rows that need something this round are copied out (most wait quietly).
         let confirmations = key.confirmations;
-        let actionable: Vec<(InFlight, Action)> = {
+        let mut actionable: Vec<(InFlight, Action)> = {
             let in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
             in_flight
                 .values()
@@ -130,6 +132,11 @@ impl Engine {
                 })
                 .collect()
         };
+        if let Some((entry, action)) = self.lost_head(key, mined_count, now).await
+            && !actionable.iter().any(|(followed, _)| followed.row.id == entry.row.id)
+        {
+            actionable.push((entry, action));
+        }
         let mut work = Vec::new();
         for (entry, action) in actionable {
             let (engine, fence) = (Arc::clone(self), fence.clone());
@@ -320,6 +327,7 @@ impl Engine {
         self.update(&entry.row.id, |entry| {
             entry.row.tx_hash = Some(attempt.tx_hash);
             entry.row.attempts.push(attempt.clone());
+            entry.lost_sent_ms = None;
         });
         if !self.holds(fence) {
             return; // stored: the key's next owner broadcasts it
