@@ -3,7 +3,8 @@
 //! sign and verify a message and typed data; [deposit addresses](deposits) for three customers, found and
 //! swept to a treasury in one transaction. Then the product: `ethkms serve` on the same KMS key, a few
 //! withdrawals posted to its REST API (one refused by the key's policy, its rule named), watched until they
-//! are confirmed, the audit log verified, the service stopped. Then [two replicas](replicas) on one
+//! are confirmed, two customers' deposit addresses handed out by it and their deposits swept by its sweeper,
+//! the audit log verified, the service stopped. Then [two replicas](replicas) on one
 //! PostgreSQL journal, the lease holder killed mid-flight and its key taken over; a summary at the end.
 //!
 //! Services announced by a sourced `target/services/env.sh` are used and left running; otherwise the demo
@@ -110,8 +111,8 @@ fn demo(services: &ServiceEnv) -> Result {
     }
     summary.push(format!("signed EIP-712 typed data; ethers v6 recovers the signer: {recovered}"));
 
-    deposits::run(services, &binary, &alias, &token, &mut summary)?;
-    withdrawals(services, &binary, &key_id, &mut summary)?;
+    let factory = deposits::run(services, &binary, &alias, &token, &mut summary)?;
+    withdrawals(services, &binary, &key_id, &factory, &mut summary)?;
     replicas::run(services, &binary, &key_id, &mut summary)?;
 
     println!("\nethkms demo: all done with a key that never left KMS");
@@ -135,8 +136,8 @@ const WITHDRAWALS: [(&str, &str, &str); 4] = [
 ];
 
 /// The product: `ethkms serve` on the demo's KMS key, withdrawals through its REST API until they are
-/// confirmed, its audit log verified.
-fn withdrawals(services: &ServiceEnv, binary: &Path, key_id: &str, summary: &mut Vec<String>) -> Result {
+/// confirmed, deposit addresses handed out and swept by it (`factory`), its audit log verified.
+fn withdrawals(services: &ServiceEnv, binary: &Path, key_id: &str, factory: &str, summary: &mut Vec<String>) -> Result {
     let directory = workspace_root().join("target/demo");
     if directory.exists() {
         std::fs::remove_dir_all(&directory).map_err(|error| format!("{}: {error}", directory.display()))?;
@@ -146,7 +147,8 @@ fn withdrawals(services: &ServiceEnv, binary: &Path, key_id: &str, summary: &mut
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
     let token = format!("demo-{}-{nanos}", std::process::id());
     let config = directory.join("ethkms-server.toml");
-    std::fs::write(&config, configuration(port, &services.rpc_url, key_id, &token, &directory))?;
+    let deposits = deposits::service_configuration(services, factory)?;
+    std::fs::write(&config, configuration(port, &services.rpc_url, key_id, &token, &directory, Some(&deposits)))?;
     let log = directory.join("serve.log");
 
     let mut serve = cli(binary, services);
@@ -218,6 +220,8 @@ fn withdrawals(services: &ServiceEnv, binary: &Path, key_id: &str, summary: &mut
         finals.join("\n")
     ));
 
+    deposits::in_service(services, binary, &api, summary)?;
+
     server.stop()?;
     let verified =
         json(&mut cli(binary, services), &["audit", "verify", &directory.join("audit.jsonl").display().to_string()])?;
@@ -232,8 +236,16 @@ fn withdrawals(services: &ServiceEnv, binary: &Path, key_id: &str, summary: &mut
     Ok(())
 }
 
-/// The service's configuration: the demo's key as `hot`, with a small policy; one client, `demo`.
-fn configuration(port: u16, upstream: &str, key_id: &str, token: &str, directory: &Path) -> String {
+/// The service's configuration: the demo's key as `hot`, with a small policy; one client, `demo`; the
+/// `[deposits]` lines, if it hands out deposit addresses.
+fn configuration(
+    port: u16,
+    upstream: &str,
+    key_id: &str,
+    token: &str,
+    directory: &Path,
+    deposits: Option<&str>,
+) -> String {
     crate::server_config::ServerConfig {
         port,
         upstream,
@@ -244,7 +256,7 @@ fn configuration(port: u16, upstream: &str, key_id: &str, token: &str, directory
         policy: r#"# Ether limits count the most a withdrawal can pay in fees (max_fee_per_tx) too: 0.05 ether + 0.001.
 max_value = { ETH = "0.051ether" }
 daily_limit = { ETH = "1ether" }"#,
-        deposits: None,
+        deposits,
     }
     .text()
 }

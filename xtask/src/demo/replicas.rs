@@ -48,7 +48,7 @@ pub(super) fn run(services: &ServiceEnv, binary: &Path, key_id: &str, summary: &
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let files = directory.join(name);
         std::fs::create_dir_all(&files)?;
-        let text = super::configuration(port, &services.rpc_url, key_id, &token, &files)
+        let text = super::configuration(port, &services.rpc_url, key_id, &token, &files, None)
             .replace(&format!("\"{}\"", files.join("journal.sqlite").display()), &format!("\"{journal}\""))
             + &format!("\n[replica]\nname = \"{name}\"\nlease_seconds = {LEASE_SECONDS}\n");
         let config = files.join("ethkms-server.toml");
