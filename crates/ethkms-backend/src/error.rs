@@ -156,6 +156,24 @@ pub enum BackendError {
         /// The token's answer (`CKR_PIN_LOCKED`, `CKR_PIN_EXPIRED`).
         reason: &'static str,
     },
+    /// A PKCS#11 token answered that this process is not logged in (`CKR_USER_NOT_LOGGED_IN`), and logging in
+    /// again did not help.
+    #[error(
+        "token `{token}` answered that this process is not logged in (CKR_USER_NOT_LOGGED_IN), even after logging in again; check what else logs the process out of the token (C_Logout, C_CloseAllSessions)"
+    )]
+    NotLoggedIn {
+        /// The token's label.
+        token: String,
+    },
+    /// A key reference answers to more than one key (two PKCS#11 keys with one label or `CKA_ID`, say):
+    /// none of them is used.
+    #[error("key `{key}` is ambiguous: {detail}")]
+    AmbiguousKey {
+        /// The key as it was referenced.
+        key: String,
+        /// What answers to it, and how to name one key.
+        detail: String,
+    },
     /// The backend cannot do this at all (a PKCS#11 token has no key aliases of its own, say): no retry
     /// or other argument will help.
     #[error("the {backend} backend cannot {operation} (key `{key}`): {reason}")]
@@ -252,6 +270,7 @@ impl BackendError {
             | Self::InvalidSignature { key, .. }
             | Self::InvalidPublicKey { key, .. }
             | Self::Service { key, .. }
+            | Self::AmbiguousKey { key, .. }
             | Self::Unsupported { key, .. } => Some(key),
             Self::Incomplete { key_id, .. } => Some(key_id),
             Self::InvalidKeyReference { input, .. } => Some(input),
@@ -259,6 +278,7 @@ impl BackendError {
             | Self::InvalidCredentials { .. }
             | Self::PinIncorrect { .. }
             | Self::TokenLocked { .. }
+            | Self::NotLoggedIn { .. }
             | Self::Configuration { .. }
             | Self::InvalidArgument { .. }
             | Self::AliasExists { .. } => None,
@@ -308,5 +328,11 @@ mod tests {
             "the pkcs11 backend cannot disable a key (key `k`): its CKA_SIGN is read-only"
         );
         assert_eq!(unsupported.key(), Some("k"));
+        let ambiguous = BackendError::AmbiguousKey { key: "alias/hot".into(), detail: "2 private keys".into() };
+        assert_eq!(ambiguous.to_string(), "key `alias/hot` is ambiguous: 2 private keys");
+        assert_eq!(ambiguous.key(), Some("alias/hot"));
+        let logged_out = BackendError::NotLoggedIn { token: "treasury".into() };
+        assert!(logged_out.to_string().contains("CKR_USER_NOT_LOGGED_IN") && logged_out.key().is_none());
+        assert!(!logged_out.is_retryable() && !ambiguous.is_retryable());
     }
 }

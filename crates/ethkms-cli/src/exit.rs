@@ -138,6 +138,7 @@ fn backend_exit(error: &BackendError) -> Exit {
         | BackendError::TokenLocked { .. }
         | BackendError::MissingCredentials { .. }
         | BackendError::InvalidCredentials { .. }
+        | BackendError::NotLoggedIn { .. }
         | BackendError::Configuration { .. } => Exit::Credentials,
         BackendError::Disabled { .. }
         | BackendError::PendingDeletion { .. }
@@ -148,6 +149,7 @@ fn backend_exit(error: &BackendError) -> Exit {
         BackendError::Throttled { .. } | BackendError::Transport { .. } | BackendError::Timeout { .. } => Exit::Network,
         BackendError::Service { retryable: true, .. } => Exit::Network,
         BackendError::InvalidKeyReference { .. }
+        | BackendError::AmbiguousKey { .. }
         | BackendError::InvalidArgument { .. }
         | BackendError::AliasExists { .. }
         | BackendError::Unsupported { .. } => Exit::Usage,

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -17,8 +17,9 @@ use ethkms_backend::{
 use ethkms_core::{EcdsaSignature, PublicKey};
 
 use crate::config::Pkcs11Config;
-use crate::metadata::{Metadata, StoredState};
+use crate::metadata::{self, Metadata, StoredState};
 use crate::objects::{self, KeyObject, Lookup};
+use crate::signing::{self, Handles, forget, remember};
 use crate::spki;
 use crate::token::{Token, patiently};
 
@@ -35,11 +36,14 @@ const NEW_KEY: &str = "(new key)";
 /// are `CKA_ID`s; descriptions, tags and the disabled or pending-deletion state live in a private data
 /// object beside the key (see the crate documentation for what each operation does on the token).
 ///
-/// Its `Debug` shows the token's label and serial number; the PIN is not kept after the login.
+/// Its `Debug` shows the token's label and serial number; the PIN is not kept after the login (it is read
+/// from its source again should the token log the process out).
 pub struct Pkcs11Backend {
     token: Arc<Token>,
-    /// Private-key handles by `CKA_ID`: handles are the same in every session of the process.
-    handles: Arc<Mutex<HashMap<Vec<u8>, ObjectHandle>>>,
+    /// Handles of secp256k1 private keys by `CKA_ID`, kept once a reference by key id found exactly one:
+    /// handles are the same in every session of the process. An entry goes when its handle fails or
+    /// signs something unusable.
+    handles: Handles,
 }
 
 impl fmt::Debug for Pkcs11Backend {
@@ -75,28 +79,51 @@ impl Pkcs11Backend {
     }
 
     /// Sets the key's state: `CKA_SIGN` on the token, then the record beside it.
+    ///
+    /// `CKA_SIGN` goes back on only for a key this crate switched it off on (the record says so): enabling
+    /// never makes a signing key of a key made not to sign (derive-only, say).
     async fn set_state(
         &self,
         key: &KeyRef,
         operation: &'static str,
-        change: impl FnOnce(&mut Metadata) + Send + 'static,
+        change: impl Fn(&mut Metadata) + Send + 'static,
     ) -> Result<(), BackendError> {
         let key = key.clone();
         let name = key.to_string();
         self.token
             .run_exclusive(&name, move |token, session| {
                 let object = objects::private_key(token, session, &key)?;
-                let (existing, mut metadata) = metadata_of(token, session, &key, &object)?;
-                let was_pending = metadata.state == StoredState::PendingDeletion;
+                let (current, records) = metadata_of(token, session, &key, &object)?;
+                let current = current.unwrap_or_default();
+                let mut metadata = current.next_revision();
                 change(&mut metadata);
-                if was_pending && metadata.state != StoredState::PendingDeletion {
+                if current.state == StoredState::PendingDeletion && metadata.state != StoredState::PendingDeletion {
                     return Err(BackendError::PendingDeletion { key: key.to_string() });
                 }
-                let sign = metadata.state == StoredState::Enabled;
-                session
-                    .update_attributes(object.handle, &[Attribute::Sign(sign)])
-                    .map_err(|error| unsupported_if_read_only(token, &error, &key, operation, "CKA_SIGN"))?;
-                objects::write_metadata(session, &object.key_id(), existing, &metadata)
+                let sign = if metadata.state == StoredState::Enabled {
+                    if !object.sign && !current.signing_switched_off {
+                        return Err(BackendError::Unsupported {
+                            key: key.to_string(),
+                            backend: "pkcs11",
+                            operation,
+                            reason: format!(
+                                "its CKA_SIGN on token `{}` is false and was not switched off by ethkms (a key made not to sign); only keys ethkms disabled are enabled",
+                                token.label()
+                            ),
+                        });
+                    }
+                    metadata.signing_switched_off = false;
+                    true
+                } else {
+                    metadata.signing_switched_off = current.signing_switched_off || object.sign;
+                    false
+                };
+                if object.sign != sign {
+                    session
+                        .update_attributes(object.handle, &[Attribute::Sign(sign)])
+                        .map_err(|error| unsupported_if_read_only(token, &error, &key, operation, "CKA_SIGN"))?;
+                }
+                objects::write_metadata(session, &object.key_id(), &records, &metadata)
                     .map_err(|error| token.error(&error, key.as_str()))?;
                 tracing::info!(key = %key, token = %token.label(), state = ?metadata.state, "changed a key's state");
                 Ok(())
@@ -105,18 +132,19 @@ impl Pkcs11Backend {
     }
 }
 
-/// The record beside `object` (the default for a key without one) and the object holding it.
-fn metadata_of(
+/// The record beside `object` (`None` for a key without one) and every object holding a record of it
+/// (the one read first; more when a write was cut short, see [`metadata::newest`]).
+pub(crate) fn metadata_of(
     token: &Token,
     session: &Session,
     key: &KeyRef,
     object: &KeyObject,
-) -> Result<(Option<ObjectHandle>, Metadata), BackendError> {
-    match objects::read_metadata(session, &object.key_id()).map_err(|error| token.error(&error, key.as_str()))? {
-        Some((handle, value)) => Metadata::decode(&value)
-            .map(|metadata| (Some(handle), metadata))
-            .map_err(|detail| BackendError::MalformedResponse { key: key.to_string(), detail }),
-        None => Ok((None, Metadata::default())),
+) -> Result<(Option<Metadata>, Vec<ObjectHandle>), BackendError> {
+    let found = objects::read_metadata(session, &object.key_id()).map_err(|error| token.error(&error, key.as_str()))?;
+    match metadata::newest(&found) {
+        Ok(Some((handle, metadata, stale))) => Ok((Some(metadata), [vec![handle], stale].concat())),
+        Ok(None) => Ok((None, Vec::new())),
+        Err(detail) => Err(BackendError::MalformedResponse { key: key.to_string(), detail }),
     }
 }
 
@@ -152,18 +180,6 @@ fn describe(serial: &str, object: &KeyObject, metadata: Option<&Metadata>) -> Ke
         description: metadata.and_then(|metadata| metadata.description.clone()),
         aliases: object.alias().into_iter().collect(),
         tags: metadata.map(Metadata::tags).unwrap_or_default(),
-    }
-}
-
-/// Why the key `object` may not sign: disabled or pending deletion by this crate, or not a signing key.
-fn why_not_signing(token: &Token, session: &Session, key: &KeyRef, object: &KeyObject) -> BackendError {
-    match metadata_of(token, session, key, object) {
-        Ok((_, metadata)) => match metadata.state {
-            StoredState::Disabled => BackendError::Disabled { key: key.to_string() },
-            StoredState::PendingDeletion => BackendError::PendingDeletion { key: key.to_string() },
-            StoredState::Enabled => BackendError::WrongKeyUsage { key: key.to_string(), usage: object.usage(None) },
-        },
-        Err(error) => error,
     }
 }
 
@@ -209,18 +225,20 @@ fn key_pair_templates(
     Some((mechanism, public, private))
 }
 
-/// Gives the private key `object` and its public key the label `label` (empty: none).
+/// Gives the private key `object` (referred to as `name`) and its public key the label `label` (empty:
+/// none).
 fn relabel(
     token: &Token,
     session: &Session,
-    key: &KeyRef,
+    name: &KeyRef,
     object: &KeyObject,
     label: &str,
 ) -> Result<(), BackendError> {
     let attribute = [Attribute::Label(label.as_bytes().to_vec())];
-    let fail = |error: Error| unsupported_if_read_only(token, &error, key, "move an alias", "CKA_LABEL");
+    let fail = |error: Error| unsupported_if_read_only(token, &error, name, "move an alias", "CKA_LABEL");
+    let public = objects::public_key_object(token, session, name.as_str(), object)?;
     session.update_attributes(object.handle, &attribute).map_err(fail)?;
-    if let Some(public) = objects::public_key_object(session, &object.id).map_err(fail)? {
+    if let Some(public) = public {
         session.update_attributes(public, &attribute).map_err(fail)?;
     }
     Ok(())
@@ -229,7 +247,7 @@ fn relabel(
 /// Creates the key pair, its record and (if free) its label; blocking, on a session.
 fn create(token: &Token, session: &Session, request: &CreateKeyRequest) -> Result<KeyInfo, BackendError> {
     let new_key = |error: Error| token.error(&error, NEW_KEY);
-    let label = request.alias.as_deref().map(|alias| alias.trim_start_matches("alias/").to_owned());
+    let label = request.alias.as_deref().map(|alias| alias.strip_prefix("alias/").unwrap_or(alias).to_owned());
     let taken = match &label {
         Some(label) => !objects::find_private_keys(session, &Lookup::Label(label.clone())).map_err(new_key)?.is_empty(),
         None => false,
@@ -251,7 +269,7 @@ fn create(token: &Token, session: &Session, request: &CreateKeyRequest) -> Resul
         source: Box::new(source),
     };
     let metadata = Metadata::new(request.description.clone(), &request.tags);
-    objects::write_metadata(session, &key_id, None, &metadata)
+    objects::write_metadata(session, &key_id, &[], &metadata)
         .map_err(|error| incomplete("storing its description and tags", token.error(&error, &key_id)))?;
     let address = if request.key_spec == KeySpec::EccSecgP256k1 {
         let reading = |source| incomplete("reading its public key", source);
@@ -306,24 +324,23 @@ impl KeyBackend for Pkcs11Backend {
         self.token
             .run(&name, move |token, session| {
                 let object = objects::private_key(token, session, &key)?;
-                let (_, metadata) = metadata_of(token, session, &key, &object)?;
-                match metadata.state {
+                let (metadata, _) = metadata_of(token, session, &key, &object)?;
+                match metadata.as_ref().map_or(StoredState::Enabled, |metadata| metadata.state) {
                     StoredState::Disabled => return Err(BackendError::Disabled { key: key.to_string() }),
                     StoredState::PendingDeletion => return Err(BackendError::PendingDeletion { key: key.to_string() }),
                     StoredState::Enabled => {}
                 }
                 let malformed = |detail: String| BackendError::MalformedResponse { key: key.to_string(), detail };
-                let public = objects::public_key_object(session, &object.id)
-                    .map_err(|error| token.error(&error, key.as_str()))?
+                let public = objects::public_key_object(token, session, key.as_str(), &object)?
                     .ok_or_else(|| malformed("the token holds no public-key object with its CKA_ID".into()))?;
                 let spki_der = objects::read_spki(session, public)
                     .map_err(|error| token.error(&error, key.as_str()))?
                     .map_err(malformed)?;
-                handles.lock().unwrap_or_else(PoisonError::into_inner).insert(object.id.clone(), object.handle);
+                remember(&handles, &objects::lookup(&key, token.serial()), &object);
                 Ok(PublicKeyResponse {
                     key_id: objects::arn(token.serial(), &object.key_id()),
                     key_spec: object.spec.clone(),
-                    key_usage: object.usage(Some(&metadata)),
+                    key_usage: object.usage(metadata.as_ref()),
                     spki_der,
                 })
             })
@@ -331,69 +348,28 @@ impl KeyBackend for Pkcs11Backend {
     }
 
     async fn sign_digest(&self, key: &KeyRef, digest: &[u8; 32]) -> Result<Vec<u8>, BackendError> {
-        let (key, digest) = (key.clone(), *digest);
-        let name = key.to_string();
-        let handles = Arc::clone(&self.handles);
-        let by_id = match objects::lookup(&key, self.token.serial()) {
-            Lookup::Id(id) => Some(id),
-            Lookup::Label(_) => None,
-            Lookup::Nowhere => return Err(BackendError::NotFound { key: key.to_string() }),
+        let lookup = objects::lookup(key, self.token.serial());
+        if lookup == Lookup::Nowhere {
+            return Err(BackendError::NotFound { key: key.to_string() });
+        }
+        let by_id = match &lookup {
+            Lookup::Id(id) => Some(id.clone()),
+            _ => None,
         };
+        let (reference, digest) = (key.clone(), *digest);
+        let handles = Arc::clone(&self.handles);
         let fixed = self
             .token
-            .run(&name, move |token, session| {
-                let cached = by_id
-                    .as_ref()
-                    .and_then(|id| handles.lock().unwrap_or_else(PoisonError::into_inner).get(id).copied());
-                let find = || -> Result<KeyObject, BackendError> {
-                    let object = objects::private_key(token, session, &key)?;
-                    if by_id.is_some() {
-                        handles.lock().unwrap_or_else(PoisonError::into_inner).insert(object.id.clone(), object.handle);
-                    }
-                    Ok(object)
-                };
-                let handle = match cached {
-                    Some(handle) => handle,
-                    None => find()?.handle,
-                };
-                let result = match session.sign(&Mechanism::Ecdsa, handle, &digest) {
-                    // The key was destroyed (or re-created) since it was cached: look it up again.
-                    Err(error)
-                        if Token::is(&error, RvError::KeyHandleInvalid)
-                            || Token::is(&error, RvError::ObjectHandleInvalid) =>
-                    {
-                        if let Some(id) = &by_id {
-                            handles.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
-                        }
-                        session.sign(&Mechanism::Ecdsa, find()?.handle, &digest)
-                    }
-                    other => other,
-                };
-                result
-                    .map_err(|error| {
-                        if Token::is(&error, RvError::KeyFunctionNotPermitted) {
-                            match objects::read_key(session, handle) {
-                                Ok(object) => why_not_signing(token, session, &key, &object),
-                                Err(error) => token.error(&error, key.as_str()),
-                            }
-                        } else if Token::is(&error, RvError::KeyTypeInconsistent)
-                            || Token::is(&error, RvError::MechanismInvalid)
-                        {
-                            match objects::read_key(session, handle) {
-                                Ok(object) => BackendError::WrongKeySpec { key: key.to_string(), spec: object.spec },
-                                Err(error) => token.error(&error, key.as_str()),
-                            }
-                        } else {
-                            token.error(&error, key.as_str())
-                        }
-                    })
-                    .map(|signature| (key, signature))
+            .run(key.as_str(), move |token, session| {
+                signing::sign(token, session, &reference, &lookup, &handles, &digest)
             })
-            .await;
-        let (key, fixed) = fixed?;
+            .await?;
         match EcdsaSignature::from_fixed_bytes(&fixed) {
             Ok(signature) => Ok(signature.to_der().as_bytes().to_vec()),
             Err(source) => {
+                // Not the cached handle's fault, most likely; but a handle that now names another object
+                // would sign like this every time: the next signature looks the key up afresh.
+                forget(&self.handles, by_id.as_ref());
                 tracing::warn!(key = %key, token = %self.token.label(), error = %source, "the token returned an unusable signature; discarded");
                 Err(BackendError::InvalidSignature { key: key.to_string(), source })
             }
@@ -406,8 +382,8 @@ impl KeyBackend for Pkcs11Backend {
         self.token
             .run(&name, move |token, session| {
                 let object = objects::private_key(token, session, &key)?;
-                let (existing, metadata) = metadata_of(token, session, &key, &object)?;
-                Ok(describe(token.serial(), &object, existing.map(|_| &metadata)))
+                let (metadata, _) = metadata_of(token, session, &key, &object)?;
+                Ok(describe(token.serial(), &object, metadata.as_ref()))
             })
             .await
     }
@@ -418,11 +394,25 @@ impl KeyBackend for Pkcs11Backend {
         self.token
             .run_exclusive("(every key)", move |token, session| {
                 let fail = |error: Error| token.error(&error, "(every key)");
-                let mut records: HashMap<String, (ObjectHandle, Metadata)> = HashMap::new();
+                let mut found: HashMap<String, Vec<(ObjectHandle, Vec<u8>)>> = HashMap::new();
                 for (handle, key_id, value) in objects::all_metadata(session).map_err(fail)? {
-                    match Metadata::decode(&value) {
-                        Ok(metadata) => drop(records.insert(key_id, (handle, metadata))),
-                        Err(detail) => tracing::warn!(key_id = %key_id, detail = %detail, "ignoring a metadata object"),
+                    found.entry(key_id).or_default().push((handle, value));
+                }
+                let mut records: HashMap<String, (Vec<ObjectHandle>, Metadata)> = HashMap::new();
+                for (key_id, found) in found {
+                    match metadata::newest(&found) {
+                        Ok(Some((handle, metadata, stale))) => {
+                            // What a write cut short left: this request may write, so it cleans up.
+                            for object in stale {
+                                match session.destroy_object(object) {
+                                    Ok(()) => tracing::info!(key_id = %key_id, "destroyed a superseded metadata object"),
+                                    Err(error) => tracing::warn!(key_id = %key_id, error = %error, "could not destroy a superseded metadata object"),
+                                }
+                            }
+                            records.insert(key_id, (vec![handle], metadata));
+                        }
+                        Ok(None) => {}
+                        Err(detail) => tracing::warn!(key_id = %key_id, detail = %detail, "ignoring the metadata objects of a key"),
                     }
                 }
                 let now = SystemTime::now();
@@ -434,11 +424,11 @@ impl KeyBackend for Pkcs11Backend {
                         continue;
                     }
                     let record = records.get(&object.key_id());
-                    if let Some((record_handle, metadata)) = record
+                    if let Some((record_objects, metadata)) = record
                         && metadata.deletion_due(now)
                     {
-                        destroy(session, &object, *record_handle).map_err(fail)?;
-                        handles.lock().unwrap_or_else(PoisonError::into_inner).remove(&object.id);
+                        destroy(token, session, &object, record_objects)?;
+                        forget(&handles, Some(&object.id));
                         tracing::info!(key_id = %object.key_id(), token = %token.label(), "destroyed a key whose deletion was due");
                         continue;
                     }
@@ -455,7 +445,7 @@ impl KeyBackend for Pkcs11Backend {
 
     async fn set_alias(&self, alias: &str, key: &KeyRef) -> Result<(), BackendError> {
         validate_alias(alias)?;
-        let label = alias.trim_start_matches("alias/").to_owned();
+        let label = alias.strip_prefix("alias/").unwrap_or(alias).to_owned();
         let key = key.clone();
         let name = key.to_string();
         self.token
@@ -463,9 +453,10 @@ impl KeyBackend for Pkcs11Backend {
                 let target = objects::private_key(token, session, &key)?;
                 let holders = objects::find_private_keys(session, &Lookup::Label(label.clone()))
                     .map_err(|error| token.error(&error, key.as_str()))?;
+                let alias = KeyRef::new(format!("alias/{label}"))?;
                 for holder in holders.into_iter().filter(|holder| *holder != target.handle) {
                     let object = objects::read_key(session, holder).map_err(|error| token.error(&error, key.as_str()))?;
-                    relabel(token, session, &key, &object, "")?;
+                    relabel(token, session, &alias, &object, "")?;
                 }
                 relabel(token, session, &key, &target, &label)?;
                 tracing::info!(alias = %label, key_id = %target.key_id(), token = %token.label(), "pointed an alias at a key");
@@ -497,11 +488,16 @@ impl KeyBackend for Pkcs11Backend {
     }
 }
 
-/// Destroys a key's private and public objects and its record.
-fn destroy(session: &Session, object: &KeyObject, record: ObjectHandle) -> Result<(), Error> {
-    if let Some(public) = objects::public_key_object(session, &object.id)? {
-        session.destroy_object(public)?;
+/// Destroys a key's private and public objects and the objects holding its record.
+fn destroy(token: &Token, session: &Session, object: &KeyObject, records: &[ObjectHandle]) -> Result<(), BackendError> {
+    let name = object.key_id();
+    let fail = |error: Error| token.error(&error, &name);
+    if let Some(public) = objects::public_key_object(token, session, &name, object)? {
+        session.destroy_object(public).map_err(fail)?;
     }
-    session.destroy_object(object.handle)?;
-    session.destroy_object(record)
+    session.destroy_object(object.handle).map_err(fail)?;
+    for record in records {
+        session.destroy_object(*record).map_err(fail)?;
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use cryptoki::types::AuthPin;
 use ethkms_backend::BackendError;
+use secrecy::zeroize::Zeroizing;
 
 /// The environment variable the PIN is read from unless another source is configured.
 pub const DEFAULT_PIN_ENV: &str = "ETHKMS_PKCS11_PIN";
@@ -15,7 +16,8 @@ pub const DEFAULT_PIN_ENV: &str = "ETHKMS_PKCS11_PIN";
 pub const DEFAULT_MAX_SESSIONS: usize = 8;
 
 /// Where the user PIN comes from. Only the name of the variable or the path of the file is kept here;
-/// the PIN itself is read once, when the backend logs in, and held only by the login.
+/// the PIN itself is read when the backend logs in (again, should the token log the process out) and
+/// wiped from memory after the login.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PinSource {
     /// An environment variable holding the PIN.
@@ -52,7 +54,8 @@ impl PinSource {
                 "no PIN for the PKCS#11 token: {why}; set it there (the PIN is never read from the configuration)"
             ),
         };
-        let mut pin = match self {
+        // Every copy of the PIN this function makes is wiped when dropped; the `AuthPin` wipes its own.
+        let mut pin = Zeroizing::new(match self {
             Self::Env(name) => match std::env::var(name) {
                 Ok(pin) => pin,
                 Err(std::env::VarError::NotPresent) => return Err(missing(format!("{self} is not set"))),
@@ -61,16 +64,17 @@ impl PinSource {
             Self::File(path) => {
                 std::fs::read_to_string(path).map_err(|error| missing(format!("{self} cannot be read ({error})")))?
             }
-        };
+        });
         for ending in ["\n", "\r"] {
             if pin.ends_with(ending) {
-                pin.truncate(pin.len() - ending.len());
+                let length = pin.len() - ending.len();
+                pin.truncate(length);
             }
         }
         if pin.is_empty() {
             return Err(missing(format!("{self} is empty")));
         }
-        Ok(AuthPin::new(pin.into_boxed_str()))
+        Ok(AuthPin::new(Box::from(pin.as_str())))
     }
 }
 

@@ -66,11 +66,20 @@ pub(crate) fn backend_error(error: &Error, key: &str, token: &str) -> BackendErr
         RvError::GeneralError | RvError::FunctionFailed | RvError::DeviceMemory | RvError::HostMemory => {
             service("the token failed; a retry may succeed".into(), true)
         }
-        RvError::UserNotLoggedIn => service("the session is not logged in (was the token reset?)".into(), false),
+        // Met by logging in again and running the request once more (`Token::run`): what is left is this.
+        RvError::UserNotLoggedIn => BackendError::NotLoggedIn { token: token.to_owned() },
         RvError::TokenWriteProtected | RvError::SessionReadOnly => {
             service("the token is read-only: keys cannot be created or changed on it".into(), false)
         }
-        RvError::CurveNotSupported | RvError::DomainParamsInvalid | RvError::MechanismInvalid => {
+        RvError::MechanismInvalid => BackendError::Unsupported {
+            key,
+            backend: "pkcs11",
+            operation: "use a mechanism the token lacks",
+            reason: format!(
+                "token `{token}` does not offer the mechanism C_{function:?} asked for (CKR_MECHANISM_INVALID)"
+            ),
+        },
+        RvError::CurveNotSupported | RvError::DomainParamsInvalid => {
             service("the token does not support this key type or curve".into(), false)
         }
         _ => service("refused".into(), false),
@@ -98,6 +107,10 @@ mod tests {
         assert!(error(RvError::SessionCount).is_retryable());
         assert!(error(RvError::DeviceRemoved).is_retryable());
         assert!(error(RvError::GeneralError).is_retryable());
+        assert!(matches!(error(RvError::UserNotLoggedIn), BackendError::NotLoggedIn { token } if token == "treasury"));
+        let lacking = error(RvError::MechanismInvalid);
+        assert!(matches!(&lacking, BackendError::Unsupported { key, .. } if key == "alias/hot"), "{lacking:?}");
+        assert!(lacking.to_string().contains("CKR_MECHANISM_INVALID"), "{lacking}");
         let refused = error(RvError::TemplateInconsistent);
         assert!(!refused.is_retryable());
         let text = refused.to_string();

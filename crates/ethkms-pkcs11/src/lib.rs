@@ -8,6 +8,7 @@ mod config;
 mod errors;
 mod metadata;
 mod objects;
+mod signing;
 mod spki;
 mod token;
 

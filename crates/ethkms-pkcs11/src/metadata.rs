@@ -3,7 +3,12 @@
 //! `CKA_APPLICATION` [`APPLICATION`], `CKA_LABEL` the key id, `CKA_VALUE` this record as JSON).
 //!
 //! The token enforces the state on its own: a disabled or doomed key's `CKA_SIGN` is false, so it cannot
-//! sign whatever reads this record; the record says *why* it cannot.
+//! sign whatever reads this record; the record says *why* it cannot, and whether it was this crate that
+//! switched `CKA_SIGN` off (only then does enabling switch it back on).
+//!
+//! A record is replaced by writing a new one and destroying the old (tokens do not let a data object's
+//! `CKA_VALUE` change); each carries a revision one above the one it replaces, so that a write cut short
+//! between the two steps leaves two records of which the newer is known ([`newest`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -52,6 +57,13 @@ pub(crate) struct Metadata {
     /// When a key pending deletion is destroyed: seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) delete_after: Option<u64>,
+    /// Whether this crate set the key's `CKA_SIGN` to false (disabling it or scheduling its deletion) when
+    /// it was true: enabling a key sets `CKA_SIGN` again only then, never on a key made not to sign.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) signing_switched_off: bool,
+    /// One above the revision of the record this one replaced (0 for a key's first record).
+    #[serde(default)]
+    pub(crate) revision: u64,
 }
 
 impl Metadata {
@@ -82,6 +94,11 @@ impl Metadata {
         self.state == StoredState::PendingDeletion && self.delete_after.is_some_and(|due| due <= now)
     }
 
+    /// The record that replaces this one, before its changes.
+    pub(crate) fn next_revision(&self) -> Self {
+        Self { revision: self.revision.saturating_add(1), ..self.clone() }
+    }
+
     /// The record as stored.
     pub(crate) fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
@@ -94,6 +111,39 @@ impl Metadata {
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, String> {
         serde_json::from_slice(bytes).map_err(|error| format!("its ethkms data object does not parse ({error})"))
     }
+}
+
+/// The record to go by among the records of one key (`(object, what it holds)`), with the objects that
+/// are left over: the record of the highest revision, written last, wins; the others are what a write cut
+/// short did not get to destroy (the caller destroys them when it may write). `None` without records.
+///
+/// # Errors
+/// What is wrong when a record does not parse, or when records of the highest revision disagree (two
+/// writers at once, from two processes): then which one holds the key's state cannot be told, and the
+/// key is not used until one of them is removed.
+pub(crate) fn newest<H: Copy>(records: &[(H, Vec<u8>)]) -> Result<Option<(H, Metadata, Vec<H>)>, String> {
+    let mut decoded = records
+        .iter()
+        .map(|(handle, value)| Ok((*handle, Metadata::decode(value)?)))
+        .collect::<Result<Vec<_>, String>>()?;
+    // The first of the highest revision.
+    let chosen = decoded
+        .iter()
+        .enumerate()
+        .max_by_key(|(index, (_, metadata))| (metadata.revision, usize::MAX - index))
+        .map(|(index, _)| index);
+    let Some(chosen) = chosen else {
+        return Ok(None);
+    };
+    let (handle, metadata) = decoded.remove(chosen);
+    if decoded.iter().any(|(_, other)| other.revision == metadata.revision && *other != metadata) {
+        return Err(format!(
+            "two of its ethkms data objects (revision {}) disagree; remove the wrong one (CKO_DATA, CKA_APPLICATION `ethkms`, CKA_LABEL its key id)",
+            metadata.revision
+        ));
+    }
+    let stale = decoded.into_iter().map(|(other, _)| other).collect();
+    Ok(Some((handle, metadata, stale)))
 }
 
 #[cfg(test)]
@@ -114,5 +164,36 @@ mod tests {
         assert_eq!(Metadata::decode(b"{}").unwrap(), Metadata::default());
         assert!(Metadata::decode(b"{\"state\":\"Melted\"}").unwrap_err().contains("does not parse"));
         assert!(Metadata::decode(&[0xff]).is_err());
+    }
+
+    #[test]
+    fn the_newest_record_wins_and_disagreeing_ones_are_refused() {
+        let first = Metadata::new(Some("first".into()), &[]);
+        let mut second = first.next_revision();
+        second.state = StoredState::Disabled;
+        second.signing_switched_off = true;
+        assert_eq!(second.revision, 1);
+        let records = [(7, second.encode()), (3, first.encode()), (9, first.encode())];
+        assert_eq!(newest(&records).unwrap(), Some((7, second.clone(), vec![3, 9])));
+        // Order does not matter.
+        let records = [(3, first.encode()), (7, second.encode())];
+        assert_eq!(newest(&records).unwrap(), Some((7, second.clone(), vec![3])));
+        // Two identical records: one is kept, the other is left over.
+        assert_eq!(newest(&[(1, first.encode()), (2, first.encode())]).unwrap(), Some((1, first.clone(), vec![2])));
+        assert_eq!(newest::<u8>(&[]).unwrap(), None);
+        // A newer record settles an older disagreement.
+        let mut rival = first.clone();
+        rival.description = Some("rival".into());
+        let records = [(1, first.encode()), (2, rival.encode()), (3, second.encode())];
+        assert_eq!(newest(&records).unwrap(), Some((3, second.clone(), vec![1, 2])));
+        // Two of one revision that differ, or one that does not parse: refused.
+        let mut rival = first.next_revision();
+        rival.description = Some("rival".into());
+        let error = newest(&[(7, second.encode()), (8, rival.encode())]).unwrap_err();
+        assert!(error.contains("revision 1") && error.contains("disagree"), "{error}");
+        assert!(newest(&[(7, second.encode()), (8, b"{".to_vec())]).unwrap_err().contains("does not parse"));
+        // The flag is stored only when set, and old records without a revision read as revision 0.
+        assert!(!String::from_utf8(first.encode()).unwrap().contains("signing_switched_off"));
+        assert_eq!(Metadata::decode(br#"{"state":"Disabled"}"#).unwrap().revision, 0);
     }
 }

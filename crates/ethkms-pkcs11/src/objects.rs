@@ -7,7 +7,8 @@
 
 use std::fmt::Write as _;
 
-use cryptoki::error::Error;
+use cryptoki::context::Function;
+use cryptoki::error::{Error, RvError};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use ethkms_backend::{BackendError, KeyRef, KeySpec, KeyUsage};
@@ -36,7 +37,7 @@ pub(crate) fn lookup(key: &KeyRef, serial: &str) -> Lookup {
         }
     }
     if let Some(alias) = key.alias_name() {
-        return Lookup::Label(alias.trim_start_matches("alias/").to_owned());
+        return Lookup::Label(alias.strip_prefix("alias/").unwrap_or(alias).to_owned());
     }
     key.key_id().and_then(parse_key_id).map_or(Lookup::Nowhere, Lookup::Id)
 }
@@ -95,13 +96,19 @@ pub(crate) struct KeyObject {
     decrypt: bool,
     /// `CKA_DERIVE`.
     derive: bool,
+    /// `CKA_KEY_TYPE`.
+    key_type: Option<KeyType>,
+    /// `CKA_EC_PARAMS` (EC keys).
+    params: Option<Vec<u8>>,
+    /// `CKA_MODULUS` (RSA keys).
+    modulus: Option<Vec<u8>>,
 }
 
 impl KeyObject {
     /// What the key may be used for, as far as its attributes say; a key whose signing this crate switched
     /// off (disabled, pending deletion) is still a signing key.
     pub(crate) fn usage(&self, metadata: Option<&Metadata>) -> KeyUsage {
-        let switched_off = metadata.is_some_and(|metadata| metadata.state != crate::metadata::StoredState::Enabled);
+        let switched_off = metadata.is_some_and(|metadata| metadata.signing_switched_off);
         if self.sign || switched_off {
             KeyUsage::SignVerify
         } else if self.decrypt {
@@ -125,6 +132,9 @@ impl KeyObject {
 }
 
 /// The private keys `lookup` finds.
+///
+/// # Errors
+/// The token's; `CKR_USER_NOT_LOGGED_IN` when none is found because the session is not logged in.
 pub(crate) fn find_private_keys(session: &Session, lookup: &Lookup) -> Result<Vec<ObjectHandle>, Error> {
     let mut template = vec![Attribute::Class(ObjectClass::PRIVATE_KEY)];
     match lookup {
@@ -132,32 +142,73 @@ pub(crate) fn find_private_keys(session: &Session, lookup: &Lookup) -> Result<Ve
         Lookup::Label(label) => template.push(Attribute::Label(label.as_bytes().to_vec())),
         Lookup::Nowhere => return Ok(Vec::new()),
     }
-    session.find_objects(&template)
+    unless_logged_out(session, session.find_objects(&template)?)
 }
 
 /// Every private key on the token.
+///
+/// # Errors
+/// As [`find_private_keys`].
 pub(crate) fn find_private_keys_all(session: &Session) -> Result<Vec<ObjectHandle>, Error> {
-    session.find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+    unless_logged_out(session, session.find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])?)
+}
+
+/// `found`, unless it is empty because the session is not logged in: a token hides private objects from
+/// a session that is not, so that empty answer is `CKR_USER_NOT_LOGGED_IN` in disguise.
+fn unless_logged_out(session: &Session, found: Vec<ObjectHandle>) -> Result<Vec<ObjectHandle>, Error> {
+    if found.is_empty() && !crate::token::logged_in(session)? {
+        return Err(Error::Pkcs11(RvError::UserNotLoggedIn, Function::FindObjects));
+    }
+    Ok(found)
 }
 
 /// The one private key `key` names.
 ///
 /// # Errors
-/// [`BackendError::NotFound`] when there is none; [`BackendError::Configuration`] when the reference is
-/// ambiguous (two keys with one label or id).
+/// [`BackendError::NotFound`] when there is none; [`BackendError::AmbiguousKey`] when the reference
+/// answers to several (two keys with one label or id); [`BackendError::Unsupported`] for a key found by
+/// its label that has no `CKA_ID`.
 pub(crate) fn private_key(token: &Token, session: &Session, key: &KeyRef) -> Result<KeyObject, BackendError> {
     let lookup = lookup(key, token.serial());
     let handles = find_private_keys(session, &lookup).map_err(|error| token.error(&error, key.as_str()))?;
-    match handles.as_slice() {
-        [] => Err(BackendError::NotFound { key: key.to_string() }),
-        [handle] => read_key(session, *handle).map_err(|error| token.error(&error, key.as_str())),
-        more => Err(BackendError::Configuration {
-            message: format!(
-                "{} private keys on token `{}` answer to `{key}`; give each its own CKA_ID and CKA_LABEL, or name one by key id",
+    match (handles.as_slice(), &lookup) {
+        ([], _) => Err(BackendError::NotFound { key: key.to_string() }),
+        ([handle], _) => {
+            let object = read_key(session, *handle).map_err(|error| token.error(&error, key.as_str()))?;
+            if object.id.is_empty() {
+                return Err(without_id(token, key.as_str()));
+            }
+            Ok(object)
+        }
+        (more, Lookup::Label(label)) => Err(BackendError::AmbiguousKey {
+            key: key.to_string(),
+            detail: format!(
+                "{} private keys on token `{}` have the label `{label}`; name one by its key id (`ethkms wallet list`), or give each its own label",
                 more.len(),
                 token.label()
             ),
         }),
+        (more, _) => Err(BackendError::AmbiguousKey {
+            key: key.to_string(),
+            detail: format!(
+                "{} private keys on token `{}` have this CKA_ID; give each key pair a CKA_ID of its own",
+                more.len(),
+                token.label()
+            ),
+        }),
+    }
+}
+
+/// Why a key without `CKA_ID` is not used: its public-key object cannot be told from others'.
+fn without_id(token: &Token, key: &str) -> BackendError {
+    BackendError::Unsupported {
+        key: key.to_owned(),
+        backend: "pkcs11",
+        operation: "use a key without a CKA_ID",
+        reason: format!(
+            "on token `{}` its public-key object is found by CKA_ID; give the key pair one (pkcs11-tool --id)",
+            token.label()
+        ),
     }
 }
 
@@ -181,23 +232,26 @@ pub(crate) fn read_key(session: &Session, handle: ObjectHandle) -> Result<KeyObj
         sign: false,
         decrypt: false,
         derive: false,
+        key_type: None,
+        params: None,
+        modulus: None,
     };
-    let (mut key_type, mut params, mut modulus_bits) = (None, None, 0);
     for attribute in session.get_attributes(handle, &wanted)? {
         match attribute {
             Attribute::Id(id) => key.id = id,
             Attribute::Label(label) => key.label = String::from_utf8_lossy(&label).into_owned(),
-            Attribute::KeyType(found) => key_type = Some(found),
+            Attribute::KeyType(found) => key.key_type = Some(found),
             Attribute::Sign(sign) => key.sign = sign,
             Attribute::Decrypt(decrypt) => key.decrypt = decrypt,
             Attribute::Derive(derive) => key.derive = derive,
-            Attribute::EcParams(found) => params = Some(found),
-            Attribute::Modulus(modulus) => modulus_bits = significant_bits(&modulus),
+            Attribute::EcParams(found) => key.params = Some(found),
+            Attribute::Modulus(modulus) => key.modulus = Some(modulus),
             _ => {}
         }
     }
-    key.spec = match (key_type, params) {
-        (Some(found), Some(params)) if found == KeyType::EC => spki::ec_key_spec(&params),
+    let modulus_bits = key.modulus.as_deref().map_or(0, significant_bits);
+    key.spec = match (key.key_type, &key.params) {
+        (Some(found), Some(params)) if found == KeyType::EC => spki::ec_key_spec(params),
         (Some(found), _) if found == KeyType::RSA => spki::rsa_key_spec(modulus_bits),
         (Some(found), _) => KeySpec::Other(format!("{found}").to_uppercase().replace(' ', "_")),
         (None, _) => KeySpec::Other("UNKNOWN".into()),
@@ -211,10 +265,68 @@ fn significant_bits(magnitude: &[u8]) -> usize {
     magnitude[first..].first().map_or(0, |&top| (magnitude.len() - first - 1) * 8 + (8 - top.leading_zeros() as usize))
 }
 
-/// The public-key object with `CKA_ID` `id`, if there is one.
-pub(crate) fn public_key_object(session: &Session, id: &[u8]) -> Result<Option<ObjectHandle>, Error> {
-    let template = [Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(id.to_vec())];
-    Ok(session.find_objects(&template)?.first().copied())
+/// The public-key object of the private key `object` (referred to as `key`), if the token holds one: the
+/// one public key with its `CKA_ID`, of its type and curve (or modulus).
+///
+/// # Errors
+/// [`BackendError::AmbiguousKey`] when several public keys have its `CKA_ID`;
+/// [`BackendError::MalformedResponse`] when the one that has it is of another type or curve;
+/// [`BackendError::Unsupported`] when the key has no `CKA_ID`; the token's errors.
+pub(crate) fn public_key_object(
+    token: &Token,
+    session: &Session,
+    key: &str,
+    object: &KeyObject,
+) -> Result<Option<ObjectHandle>, BackendError> {
+    if object.id.is_empty() {
+        return Err(without_id(token, key));
+    }
+    let fail = |error: Error| token.error(&error, key);
+    let template = [Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(object.id.clone())];
+    let handle = match session.find_objects(&template).map_err(fail)?.as_slice() {
+        [] => return Ok(None),
+        [handle] => *handle,
+        more => {
+            return Err(BackendError::AmbiguousKey {
+                key: key.to_owned(),
+                detail: format!(
+                    "{} public-key objects on token `{}` have its CKA_ID ({}); remove those that are not its own",
+                    more.len(),
+                    token.label(),
+                    object.key_id()
+                ),
+            });
+        }
+    };
+    let (mut key_type, mut params, mut modulus) = (None, None, None);
+    let wanted = [AttributeType::KeyType, AttributeType::EcParams, AttributeType::Modulus];
+    for attribute in session.get_attributes(handle, &wanted).map_err(fail)? {
+        match attribute {
+            Attribute::KeyType(found) => key_type = Some(found),
+            Attribute::EcParams(found) => params = Some(found),
+            Attribute::Modulus(found) => modulus = Some(found),
+            _ => {}
+        }
+    }
+    let mismatch = if key_type != object.key_type {
+        Some("CKA_KEY_TYPE")
+    } else if object.key_type == Some(KeyType::EC) && params != object.params {
+        Some("CKA_EC_PARAMS")
+    } else if object.key_type == Some(KeyType::RSA) && object.modulus.is_some() && modulus != object.modulus {
+        Some("CKA_MODULUS")
+    } else {
+        None
+    };
+    match mismatch {
+        Some(attribute) => Err(BackendError::MalformedResponse {
+            key: key.to_owned(),
+            detail: format!(
+                "the public-key object with its CKA_ID on token `{}` is not its public key ({attribute} differs from the private key's)",
+                token.label()
+            ),
+        }),
+        None => Ok(Some(handle)),
+    }
 }
 
 /// The DER SubjectPublicKeyInfo of the public-key object `handle`.
@@ -242,7 +354,7 @@ pub(crate) fn read_spki(session: &Session, handle: ObjectHandle) -> Result<Resul
     }
     Ok(match (key_type, params, point, modulus, exponent) {
         (Some(found), Some(params), Some(point), _, _) if found == KeyType::EC => {
-            spki::ec_point(&point).map(|point| spki::ec_spki(&params, point))
+            spki::ec_point(&point, &params).map(|point| spki::ec_spki(&params, point))
         }
         (Some(found), _, _, Some(modulus), Some(exponent)) if found == KeyType::RSA => {
             Ok(spki::rsa_spki(&modulus, &exponent))
@@ -261,17 +373,22 @@ fn metadata_template(key_id: &str) -> [Attribute; 3] {
     ]
 }
 
-/// The metadata object of key `key_id` and what it holds (undecoded), if it has one.
-pub(crate) fn read_metadata(session: &Session, key_id: &str) -> Result<Option<(ObjectHandle, Vec<u8>)>, Error> {
-    let Some(handle) = session.find_objects(&metadata_template(key_id))?.first().copied() else {
-        return Ok(None);
-    };
-    let value =
-        session.get_attributes(handle, &[AttributeType::Value])?.into_iter().find_map(|attribute| match attribute {
-            Attribute::Value(value) => Some(value),
-            _ => None,
-        });
-    Ok(Some((handle, value.unwrap_or_default())))
+/// The metadata objects of key `key_id` and what each holds (undecoded): normally one, none for a key
+/// this crate did not create, more when a write was cut short ([`metadata::newest`](crate::metadata::newest)
+/// picks one).
+pub(crate) fn read_metadata(session: &Session, key_id: &str) -> Result<Vec<(ObjectHandle, Vec<u8>)>, Error> {
+    let mut records = Vec::new();
+    for handle in session.find_objects(&metadata_template(key_id))? {
+        let value =
+            session.get_attributes(handle, &[AttributeType::Value])?.into_iter().find_map(
+                |attribute| match attribute {
+                    Attribute::Value(value) => Some(value),
+                    _ => None,
+                },
+            );
+        records.push((handle, value.unwrap_or_default()));
+    }
+    Ok(records)
 }
 
 /// Every metadata object on the token: (its key id, what it holds).
@@ -292,12 +409,12 @@ pub(crate) fn all_metadata(session: &Session) -> Result<Vec<(ObjectHandle, Strin
     Ok(records)
 }
 
-/// Writes the metadata of key `key_id` into a new private token object, then destroys the one it
-/// replaces (`existing`): tokens such as SoftHSM2 do not let a data object's `CKA_VALUE` change.
+/// Writes the metadata of key `key_id` into a new private token object, then destroys the ones it
+/// replaces (`replaced`): tokens such as SoftHSM2 do not let a data object's `CKA_VALUE` change.
 pub(crate) fn write_metadata(
     session: &Session,
     key_id: &str,
-    existing: Option<ObjectHandle>,
+    replaced: &[ObjectHandle],
     metadata: &Metadata,
 ) -> Result<(), Error> {
     let mut template = metadata_template(key_id).to_vec();
@@ -308,8 +425,8 @@ pub(crate) fn write_metadata(
         Attribute::Value(metadata.encode()),
     ]);
     crate::token::patiently(|| session.create_object(&template))?;
-    if let Some(existing) = existing {
-        session.destroy_object(existing)?;
+    for replaced in replaced {
+        session.destroy_object(*replaced)?;
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! From token attributes to what the backend trait speaks: `CKA_EC_PARAMS` to a key spec, `CKA_EC_POINT`
-//! (a DER OCTET STRING wrapping the SEC1 point) and RSA's modulus and exponent to a DER
-//! SubjectPublicKeyInfo. Only encoding happens here; the secp256k1 key is parsed, strictly, by
+//! (a DER OCTET STRING wrapping the SEC1 point, or the bare point some tokens return) and RSA's modulus
+//! and exponent to a DER SubjectPublicKeyInfo. Only encoding happens here; the secp256k1 key is parsed, strictly, by
 //! `ethkms-core` when a `KeyHandle` opens it.
 
 use der::Decode as _;
@@ -67,14 +67,53 @@ pub(crate) fn rsa_key_spec(bits: usize) -> KeySpec {
     }
 }
 
-/// The SEC1 point inside `CKA_EC_POINT`, which PKCS#11 defines as a DER OCTET STRING holding it.
+/// The size in bytes of a coordinate of the curve `params` names, for the curves named here.
+fn coordinate_bytes(params: &[u8]) -> Option<usize> {
+    match ec_key_spec(params) {
+        KeySpec::EccSecgP256k1 | KeySpec::EccNistP256 => Some(32),
+        KeySpec::EccNistP384 => Some(48),
+        KeySpec::EccNistP521 => Some(66),
+        _ => None,
+    }
+}
+
+/// Whether `point` has the length and first byte of a SEC1 point whose coordinates are `coordinate`
+/// bytes: `04 ‖ x ‖ y`, or `02`/`03 ‖ x`.
+fn is_sec1_point(point: &[u8], coordinate: usize) -> bool {
+    match point.first() {
+        Some(0x04) => point.len() == 1 + 2 * coordinate,
+        Some(0x02 | 0x03) => point.len() == 1 + coordinate,
+        _ => false,
+    }
+}
+
+/// The SEC1 point in `CKA_EC_POINT` of a key on the curve `params`. PKCS#11 defines the attribute as a
+/// DER OCTET STRING holding the point; some tokens return the bare point, which is accepted too for the
+/// curves named here, whose point sizes tell the two forms apart (a bare point can parse as an OCTET
+/// STRING, but never as one holding a point of its curve's size).
 ///
 /// # Errors
-/// A description of what is wrong when the value is not exactly one DER OCTET STRING.
-pub(crate) fn ec_point(attribute: &[u8]) -> Result<&[u8], String> {
-    OctetStringRef::from_der(attribute)
-        .map(|octets| octets.as_bytes())
-        .map_err(|error| format!("CKA_EC_POINT is not a DER OCTET STRING ({error})"))
+/// A description of what is wrong when the value is neither form (for other curves: when it is not
+/// exactly one DER OCTET STRING).
+pub(crate) fn ec_point<'a>(attribute: &'a [u8], params: &[u8]) -> Result<&'a [u8], String> {
+    let wrapped = OctetStringRef::from_der(attribute).map(|octets| octets.as_bytes());
+    let Some(coordinate) = coordinate_bytes(params) else {
+        return wrapped.map_err(|error| format!("CKA_EC_POINT is not a DER OCTET STRING ({error})"));
+    };
+    match wrapped {
+        Ok(point) if is_sec1_point(point, coordinate) => Ok(point),
+        _ if is_sec1_point(attribute, coordinate) => Ok(attribute),
+        Ok(point) => Err(format!(
+            "CKA_EC_POINT holds {} bytes, not a SEC1 point of its curve ({} or {} bytes starting 04, 02 or 03)",
+            point.len(),
+            1 + 2 * coordinate,
+            1 + coordinate
+        )),
+        Err(error) => Err(format!(
+            "CKA_EC_POINT ({} bytes) is neither a DER OCTET STRING holding a SEC1 point nor such a point ({error})",
+            attribute.len()
+        )),
+    }
 }
 
 /// The SubjectPublicKeyInfo of an EC key: id-ecPublicKey with `params`, and the SEC1 `point`.
@@ -133,23 +172,63 @@ mod tests {
     fn a_secp256k1_point_becomes_the_spki_kms_returns() {
         let key = PublicKey::from_affine(AffinePoint::GENERATOR);
         let wrapped = [&[0x04, 65][..], &key.to_uncompressed()].concat();
-        let point = ec_point(&wrapped).unwrap();
+        let point = ec_point(&wrapped, &SECP256K1_PARAMS).unwrap();
         let spki = ec_spki(&SECP256K1_PARAMS, point);
         assert_eq!(spki, key.to_spki_der());
         assert_eq!(PublicKey::from_spki_der(&spki).unwrap().address(), key.address());
     }
 
     #[test]
-    fn a_point_that_is_not_an_octet_string_is_refused() {
+    fn a_bare_point_is_accepted_as_some_tokens_return_it() {
+        let key = PublicKey::from_affine(AffinePoint::GENERATOR);
+        let uncompressed = key.to_uncompressed();
+        assert_eq!(ec_point(&uncompressed, &SECP256K1_PARAMS).unwrap(), uncompressed);
+        assert_eq!(ec_spki(&SECP256K1_PARAMS, ec_point(&uncompressed, &SECP256K1_PARAMS).unwrap()), key.to_spki_der());
+        // Compressed, bare and wrapped: the core reads it as the same key.
+        let compressed = [&[0x02 | (uncompressed[64] & 1)][..], &uncompressed[1..33]].concat();
+        for attribute in [compressed.clone(), [&[0x04, 33][..], &compressed].concat()] {
+            let point = ec_point(&attribute, &SECP256K1_PARAMS).unwrap();
+            assert_eq!(point, compressed);
+            let spki = ec_spki(&SECP256K1_PARAMS, point);
+            assert_eq!(PublicKey::from_spki_der(&spki).unwrap().address(), key.address());
+        }
+        // A bare point whose x starts with 0x3f also parses as an OCTET STRING (04 3f ‖ 63 bytes): not one
+        // holding a point, so it is the bare point.
+        let mut ambiguous = [0x11; 65];
+        ambiguous[0] = 0x04;
+        ambiguous[1] = 0x3f;
+        assert!(OctetStringRef::from_der(&ambiguous).is_ok());
+        assert_eq!(ec_point(&ambiguous, &SECP256K1_PARAMS).unwrap(), ambiguous);
+        // Other named curves by their own sizes.
+        let p384 = [&[0x04][..], &[0x22; 96]].concat();
+        assert_eq!(ec_point(&p384, &P384_PARAMS).unwrap(), p384);
+        assert!(ec_point(&uncompressed, &P384_PARAMS).is_err());
+        let p521 = [&[0x03][..], &[0x01; 66]].concat();
+        assert_eq!(ec_point(&p521, &P521_PARAMS).unwrap(), p521);
+    }
+
+    #[test]
+    fn garbage_is_refused_in_either_form() {
         let point = PublicKey::from_affine(AffinePoint::GENERATOR).to_uncompressed();
-        // The raw point (some tokens' habit) is not DER: 0x04 reads as the tag, 0x79 as the length.
-        assert!(ec_point(&point).unwrap_err().contains("OCTET STRING"));
-        // Trailing bytes after the OCTET STRING.
+        let refused = |attribute: &[u8]| ec_point(attribute, &SECP256K1_PARAMS).unwrap_err();
+        assert!(refused(&[]).contains("neither"));
+        // The wrong length or first byte, bare.
+        assert!(refused(&point[..64]).contains("neither"));
+        assert!(refused(&[&[0x05][..], &point[1..]].concat()).contains("neither"));
+        assert!(refused(&[&[0x04][..], &point[1..33]].concat()).contains("neither"));
+        assert!(refused(&[0x00]).contains("neither"));
+        // Wrapped: trailing bytes after the OCTET STRING, a non-minimal long-form length, the wrong contents.
         let mut wrapped = [&[0x04, 65][..], &point].concat();
         wrapped.push(0);
-        assert!(ec_point(&wrapped).is_err());
-        // A non-minimal long-form length.
-        assert!(ec_point(&[&[0x04, 0x81, 65][..], &point].concat()).is_err());
+        assert!(refused(&wrapped).contains("neither"));
+        assert!(refused(&[&[0x04, 0x81, 65][..], &point].concat()).contains("neither"));
+        let short = [&[0x04, 64][..], &point[..64]].concat();
+        assert!(refused(&short).contains("holds 64 bytes"), "{}", refused(&short));
+        assert!(refused(&[0x04, 0x01, 0x04]).contains("holds 1 bytes"));
+        // A curve not named here: the standard form only, its contents as they are.
+        let brainpool = [0x06, 0x09, 0x2b, 0x24, 0x03, 0x03, 0x02, 0x08, 0x01, 0x01, 0x07];
+        assert!(ec_point(&point, &brainpool).unwrap_err().contains("OCTET STRING"));
+        assert_eq!(ec_point(&[&[0x04, 65][..], &point].concat(), &brainpool).unwrap(), point);
     }
 
     #[test]

@@ -9,56 +9,20 @@
 
 use std::sync::Arc;
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
-use cryptoki::types::AuthPin;
-use ethkms_backend::{BackendError, CreateKeyRequest, KeyBackend, KeyHandle, KeyRef, KeySpec, KeyUsage};
+use cryptoki::session::Session;
+use ethkms_backend::{BackendError, CreateKeyRequest, KeyBackend, KeyHandle, KeySpec, KeyUsage};
 use ethkms_core::keccak256;
 use ethkms_pkcs11::{PinSource, Pkcs11Backend, Pkcs11Config, exclusive_writes};
-use ethkms_test_support::pkcs11::{PIN_VARIABLE, SoftHsm, softhsm};
+use ethkms_test_support::pkcs11::{PIN_VARIABLE, softhsm};
+
+mod common;
+
+use common::{hex, key_ref, object, raw_session};
 
 ethkms_backend::contract_tests!(ethkms_test_support::pkcs11::pkcs11_backend());
-
-/// A session of the test's own on the token, logged in: to look at what the backend made.
-fn raw_session(hsm: &SoftHsm) -> Session {
-    let pkcs11 = Pkcs11::new(&hsm.module).unwrap();
-    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(error) => panic!("C_Initialize: {error}"),
-    }
-    let slot = pkcs11
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|slot| pkcs11.get_token_info(*slot).unwrap().label() == hsm.token)
-        .expect("the test token");
-    let session = pkcs11.open_rw_session(slot).unwrap();
-    let pin = AuthPin::new(std::env::var(PIN_VARIABLE).unwrap().into_boxed_str());
-    match session.login(UserType::User, Some(&pin)) {
-        Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-        Err(error) => panic!("C_Login: {error}"),
-    }
-    session
-}
-
-fn key_ref(text: &str) -> KeyRef {
-    KeyRef::new(text).unwrap()
-}
-
-/// The object of `class` whose `CKA_ID` is the one the key id `key_id` names.
-fn object(session: &Session, class: ObjectClass, key_id: &str) -> ObjectHandle {
-    let found = session.find_objects(&[Attribute::Class(class), Attribute::Id(hex_id(key_id))]).unwrap();
-    assert_eq!(found.len(), 1, "one object of class {class} for {key_id}");
-    found[0]
-}
-
-fn hex_id(key_id: &str) -> Vec<u8> {
-    let digits: String = key_id.chars().filter(|c| *c != '-').collect();
-    (0..digits.len()).step_by(2).map(|index| u8::from_str_radix(&digits[index..index + 2], 16).unwrap()).collect()
-}
 
 fn boolean(session: &Session, handle: ObjectHandle, attribute: AttributeType) -> Option<bool> {
     session.get_attributes(handle, &[attribute]).unwrap().into_iter().find_map(|found| match found {
@@ -172,7 +136,8 @@ async fn keys_made_elsewhere_sign_and_the_token_verifies_them() {
     assert!(matches!(&error, BackendError::NotFound { key } if key.ends_with(&key_id)), "a destroyed key: {error:?}");
 }
 
-/// A secp256k1 key that may only derive, and a key type the backend does not create, are typed errors.
+/// A secp256k1 key that may only derive, a P-256 key, and a key type the backend does not create, are
+/// typed errors; enabling (even after disabling) does not make the derive-only key a signing key.
 #[tokio::test]
 async fn keys_that_cannot_sign_are_refused_by_kind() {
     let Some(hsm) = softhsm() else { return };
@@ -206,6 +171,32 @@ async fn keys_that_cannot_sign_are_refused_by_kind() {
     // Asked to sign anyway, the token refuses and the error says why.
     let error = backend.sign_digest(&key_ref(&key_id), &[1; 32]).await.unwrap_err();
     assert!(matches!(error, BackendError::WrongKeyUsage { .. }), "{error:?}");
+    // Its CKA_SIGN was not switched off by the backend: enabling it is refused, before and after disabling.
+    let private = object(&session, ObjectClass::PRIVATE_KEY, &key_id);
+    for disable_first in [false, true] {
+        if disable_first {
+            backend.disable_key(&key_ref(&key_id)).await.unwrap();
+        }
+        let error = backend.enable_key(&key_ref(&key_id)).await.unwrap_err();
+        assert!(
+            matches!(&error, BackendError::Unsupported { operation: "enable a key", .. })
+                && error.to_string().contains("not switched off by ethkms"),
+            "{error:?}"
+        );
+        assert_eq!(boolean(&session, private, AttributeType::Sign), Some(false), "disabled first: {disable_first}");
+    }
+    let description = backend.describe_key(&key_ref(&key_id)).await.unwrap();
+    assert_eq!(description.key_usage, KeyUsage::KeyAgreement, "a disabled derive-only key is still no signing key");
+
+    // A P-256 key is refused by its curve before the token is asked to sign (SoftHSM2 would sign).
+    let p256 = backend.create_key(&CreateKeyRequest::new().key_spec(KeySpec::EccNistP256)).await.unwrap();
+    for reference in [p256.key_id.clone(), p256.arn.clone()] {
+        let error = backend.sign_digest(&key_ref(&reference), &[1; 32]).await.unwrap_err();
+        assert!(
+            matches!(&error, BackendError::WrongKeySpec { key, spec: KeySpec::EccNistP256 } if *key == reference),
+            "{error:?}"
+        );
+    }
 
     let error = backend.create_key(&CreateKeyRequest::new().key_spec(KeySpec::SymmetricDefault)).await.unwrap_err();
     assert!(matches!(error, BackendError::Unsupported { .. }), "{error:?}");
@@ -216,10 +207,6 @@ async fn keys_that_cannot_sign_are_refused_by_kind() {
             .unwrap()
             .contains(&Attribute::KeyType(KeyType::EC))
     );
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// 200 signatures, 64 at a time, over 3 sessions: each verified, from the one key; with the calls on
@@ -250,6 +237,29 @@ async fn many_signatures_at_once_share_a_few_sessions() {
         let debug = format!("{backend:?}");
         assert!(debug.contains(&hsm.token) && !debug.contains(&std::env::var(PIN_VARIABLE).unwrap()), "{debug}");
     }
+}
+
+/// Requests whose callers stop waiting keep their session's place in the pool until their calls are done:
+/// with one session allowed, however many are cut short, the pool never holds a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_requests_do_not_grow_the_pool() {
+    let Some(hsm) = softhsm() else { return };
+    let backend = Pkcs11Backend::connect(hsm.config().max_sessions(1)).await.unwrap();
+    let info = backend.create_key(&CreateKeyRequest::new()).await.unwrap();
+    let key = key_ref(&info.key_id);
+    let mut cut_short = 0;
+    for index in 0..100u32 {
+        let digest = keccak256(&index.to_be_bytes());
+        let signing = backend.sign_digest(&key, &digest);
+        if tokio::time::timeout(std::time::Duration::from_micros(50), signing).await.is_err() {
+            cut_short += 1;
+        }
+    }
+    assert!(cut_short > 0, "no request was cut short");
+    // One more, waited for: it runs after every request that was cut short.
+    backend.sign_digest(&key, &[7; 32]).await.unwrap();
+    let debug = format!("{backend:?}");
+    assert!(debug.contains("idle_sessions: 1,") || debug.contains("idle_sessions: 1 "), "{debug}");
 }
 
 /// A token label that is not there names the labels that are; a module that is not there names its path.
