@@ -178,6 +178,9 @@ impl Service {
         };
         if let Some(engine) = &engine {
             engine.start();
+            if config.keys.values().any(|key| key.approvals.is_some()) {
+                crate::approvals::expire_in_background(Arc::clone(engine));
+            }
         }
         if let Some(deposits) = &deposits {
             deposits.start();

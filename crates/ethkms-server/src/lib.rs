@@ -4,6 +4,8 @@
 #[cfg(feature = "service")]
 mod app;
 #[cfg(feature = "service")]
+pub mod approvals;
+#[cfg(feature = "service")]
 pub mod config;
 #[cfg(feature = "service")]
 mod deposits;

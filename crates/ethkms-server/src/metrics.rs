@@ -49,6 +49,9 @@ pub(crate) struct Metrics {
     pub(crate) kms_errors: Labeled,
     /// Withdrawals by what became of them.
     pub(crate) withdrawals: Labeled,
+    /// Approvers' decisions by outcome (`counted`, `approved`, `rejected`, `duplicate`, `expired`,
+    /// `not_pending`).
+    pub(crate) approvals: Labeled,
     /// Nonce gaps filled.
     pub(crate) gaps_filled: Counter,
     /// Gap fills the node refused (each followed by a longer wait before the next).
@@ -105,6 +108,7 @@ impl Default for Metrics {
             denials: Labeled::new("rule"),
             kms_errors: Labeled::new("kind"),
             withdrawals: Labeled::new("status"),
+            approvals: Labeled::new("outcome"),
             gaps_filled: Counter::default(),
             gap_fill_failures: Counter::default(),
             rebroadcasts: Counter::default(),
@@ -187,7 +191,7 @@ impl Default for Metrics {
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
         }
-        let families: [(&str, &str, &Labeled); 9] = [
+        let families: [(&str, &str, &Labeled); 10] = [
             (
                 "ethkms_deposits",
                 "Deposits by event: found, confirmed, removed (their block left the chain before they were \
@@ -204,8 +208,15 @@ impl Default for Metrics {
             ("ethkms_kms_errors", "Key service errors, by kind", &metrics.kms_errors),
             (
                 "ethkms_withdrawals",
-                "Withdrawals by status reached: accepted, mined, confirmed, failed, cancelled",
+                "Withdrawals by status reached: pending_approval, accepted, mined, confirmed, failed, cancelled, \
+                 rejected, expired",
                 &metrics.withdrawals,
+            ),
+            (
+                "ethkms_approval_decisions",
+                "Approvers' decisions by outcome: counted, approved (quorum complete), rejected, duplicate, expired, \
+                 not_pending",
+                &metrics.approvals,
             ),
             ("ethkms_broadcasts", "Broadcasts by the node's answer", &metrics.broadcasts),
             ("ethkms_transient_retries", "Passing failures retried with back-off, by cause", &metrics.retries),

@@ -90,6 +90,8 @@ impl Service {
             .route("/v1/withdrawals", post(crate::withdrawals::api::post))
             .route("/v1/withdrawals/{id}", get(crate::withdrawals::api::get))
             .route("/v1/withdrawals/{id}/cancel", post(crate::withdrawals::api::cancel))
+            .route("/v1/withdrawals/{id}/approvals", post(crate::approvals::api::decide))
+            .route("/v1/approvals", get(crate::approvals::api::list))
             .route("/v1/deposit-addresses", post(crate::deposits::api::post_address))
             .route("/v1/deposits", get(crate::deposits::api::list))
             .route_layer(axum::middleware::from_fn_with_state(Arc::clone(self), authenticated));

@@ -55,6 +55,8 @@ async fn the_service_serves_its_document_and_answers_json_errors() {
         ("/v1/withdrawals", "post", &["200", "202", "400", "401", "403", "408", "409", "413", "503"][..]),
         ("/v1/withdrawals/{id}", "get", &["200", "400", "401", "404", "408", "413", "503"]),
         ("/v1/withdrawals/{id}/cancel", "post", &["200", "202", "400", "401", "404", "408", "409", "413", "503"]),
+        ("/v1/withdrawals/{id}/approvals", "post", &["200", "400", "401", "403", "404", "408", "409", "413", "503"]),
+        ("/v1/approvals", "get", &["200", "400", "401", "403", "408", "413", "503"]),
     ];
     for (path, method, statuses) in operations {
         let operation = &document["paths"][path][method];
@@ -75,7 +77,19 @@ async fn the_service_serves_its_document_and_answers_json_errors() {
     let statuses = &document["components"]["schemas"]["Status"]["enum"];
     assert_eq!(
         statuses,
-        &json!(["accepted", "signing", "signed", "submitted", "mined", "confirmed", "failed", "cancelled"])
+        &json!([
+            "pending_approval",
+            "accepted",
+            "signing",
+            "signed",
+            "submitted",
+            "mined",
+            "confirmed",
+            "failed",
+            "cancelled",
+            "rejected",
+            "expired"
+        ])
     );
 
     // Errors no handler body makes are JSON of the same shape, with a status the document lists.

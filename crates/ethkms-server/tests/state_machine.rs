@@ -392,7 +392,15 @@ impl Driver {
         let amount = U256::from(1000 + u64::from(key));
         let (client, idempotency_key) = ("client".to_owned(), format!("withdrawal-{key}"));
         let recipient = Address::with_last_byte(key);
-        let new = NewWithdrawal { client, idempotency_key, key: "hot".into(), recipient, asset: Asset::Ether, amount };
+        let new = NewWithdrawal {
+            client,
+            idempotency_key,
+            key: "hot".into(),
+            recipient,
+            asset: Asset::Ether,
+            amount,
+            approval: None,
+        };
         let check = LimitCheck::count(vec![(Asset::Ether, amount)]);
         match self.run(self.journal.insert(new, check))? {
             Inserted::New(row) => {

@@ -13,13 +13,16 @@ use serde_json::Value;
 
 use crate::service_from_env;
 
-/// What a verifier recovered from one case: the signer's address (EIP-55), or why it could not.
+/// What a verifier recovered from one case: the signer's address (EIP-55), or why it could not (and for
+/// a signing script, the signature it made).
 #[derive(Deserialize, Debug)]
 pub struct Recovered {
     /// The case's name.
     pub name: String,
-    /// The address recovered.
+    /// The address recovered (or that signed).
     pub address: Option<String>,
+    /// The signature made, from a signing script.
+    pub signature: Option<String>,
     /// Why nothing was recovered.
     pub error: Option<String>,
 }
@@ -39,6 +42,19 @@ pub fn ethers() -> Option<Command> {
     let node_modules = service_from_env("ETHKMS_TEST_NODE_MODULES", "the npm verifiers")?;
     let mut node = Command::new("node");
     node.arg(verifier_script("ethers_recover.cjs")).env("NODE_PATH", node_modules);
+    Some(node)
+}
+
+/// ethers v6 signing EIP-712 messages (`ethers_sign_typed.cjs`), ready for [`run_verifier`] with cases
+/// `{"name", "private_key", "json"}`; `None` to skip.
+///
+/// # Panics
+/// When the modules are missing in CI (see [`service_from_env`]).
+#[must_use]
+pub fn ethers_signer() -> Option<Command> {
+    let node_modules = service_from_env("ETHKMS_TEST_NODE_MODULES", "the npm verifiers")?;
+    let mut node = Command::new("node");
+    node.arg(verifier_script("ethers_sign_typed.cjs")).env("NODE_PATH", node_modules);
     Some(node)
 }
 

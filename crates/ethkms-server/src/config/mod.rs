@@ -35,11 +35,20 @@
 //!     { verifying_contract = "0x6B175474E89094C44Da98b954EedeAC495271d0F", primary_types = ["Permit"] },
 //!     { verifying_contract = "0x000000000022D473030F116dDEE9F6B43aC78BA3", primary_types = ["PermitSingle"] },
 //! ]
+//! [keys.hot.approvals]           # four-eyes approvals of large withdrawals (see crate::approvals)
+//! threshold = { ETH = "10ether" }
+//! approvers = ["0x70997970C51812dc3A010C7d01b50e0d17dc79C8", "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"]
+//! quorum = 2
 //!
 //! [clients.withdrawals]
 //! token_sha256 = "…64 hex digits: the SHA-256 of the bearer token…"
 //! keys = ["hot"]
 //! methods = ["eth_sendTransaction", "eth_signTransaction", "withdrawals"]
+//!
+//! [clients.approval-desk]        # carries approvers' signed decisions; cannot make withdrawals itself
+//! token_sha256 = "…"
+//! keys = ["hot"]
+//! methods = ["approvals"]
 //! ```
 //!
 //! Token amounts in `max_value` and `daily_limit` are in the token's smallest unit; ether amounts take
@@ -68,19 +77,21 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use alloy_primitives::{Address, U256};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::policy::{ArgConstraint, ArgKind, Asset, ContractCall, KeyPolicy, TypedDataPolicy, TypedDomain};
+use crate::policy::KeyPolicy;
 
 pub use crate::policy::FeeCaps;
+pub use approvals::ApprovalSettings;
 pub use backends::BackendConfig;
 pub use deposits::DepositSettings;
 pub use replica::{JournalLocation, ReplicaSettings, redact_password};
 
+mod approvals;
 pub mod backends;
 mod deposits;
+mod policy;
 mod replica;
 
 /// Blocks (the including one counted) before a mined transaction is final, unless a key says otherwise:
@@ -171,6 +182,8 @@ pub struct KeyConfig {
     pub fees: FeeCaps,
     /// Its rules.
     pub policy: KeyPolicy,
+    /// Its four-eyes approvals, if its large withdrawals need them.
+    pub approvals: Option<ApprovalSettings>,
 }
 
 /// A client of the service.
@@ -225,7 +238,8 @@ struct RawKey {
     #[serde(default)]
     fees: RawFees,
     #[serde(default)]
-    policy: RawPolicy,
+    policy: policy::RawPolicy,
+    approvals: Option<approvals::RawApprovals>,
 }
 
 #[derive(Deserialize, Default)]
@@ -234,54 +248,6 @@ struct RawFees {
     max_fee_per_gas: Option<String>,
     max_priority_fee_per_gas: Option<String>,
     max_fee_per_tx: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    allowed_chain_ids: Option<Vec<u64>>,
-    destination_allowlist: Option<Vec<String>>,
-    #[serde(default)]
-    destination_denylist: Vec<String>,
-    #[serde(default)]
-    max_value: BTreeMap<String, String>,
-    #[serde(default)]
-    daily_limit: BTreeMap<String, String>,
-    contract_calls: Option<Vec<RawCall>>,
-    typed_data: Option<RawTypedData>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCall {
-    address: String,
-    selector: String,
-    #[serde(default)]
-    args: Vec<RawArg>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawArg {
-    index: usize,
-    kind: String,
-    max: Option<String>,
-    asset: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTypedData {
-    #[serde(default)]
-    domains: Vec<RawDomain>,
-    max_deadline_seconds: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDomain {
-    verifying_contract: Option<String>,
-    primary_types: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -297,6 +263,10 @@ pub const JOURNALLED_METHODS: [&str; 3] = ["eth_signTransaction", "eth_sendTrans
 
 /// The method that gives a client the deposit addresses and deposits of its keys.
 pub const DEPOSITS_METHOD: &str = "deposits";
+
+/// The method that lets a client list its keys' withdrawals waiting for approvals and post approvers'
+/// decisions (each checked by its EIP-712 signature: the client only carries them).
+pub const APPROVALS_METHOD: &str = "approvals";
 
 /// The JSON-RPC methods that sign.
 pub const SIGNING_METHODS: [&str; 6] =
@@ -318,7 +288,7 @@ impl Config {
                 return Err(ConfigError(format!("keys.{name:?}: a key's name must not be empty or start with `@`")));
             }
             let fees = fee_caps(&name, &key.fees)?;
-            let policy = KeyPolicy { fees, ..policy(&name, key.policy)? };
+            let policy = KeyPolicy { fees, ..policy::policy(&name, key.policy)? };
             if key.chain_id == 0 {
                 return Err(ConfigError(format!(
                     "keys.{name}.chain_id: 0 names no chain (an EIP-7702 authorization for it is valid on every chain)"
@@ -333,8 +303,9 @@ impl Config {
             if let Some(backend) = key.backend.as_ref().filter(|backend| !backends.contains_key(*backend)) {
                 return Err(ConfigError(format!("keys.{name}.backend: no backend named `{backend}` in [backends]")));
             }
+            let approvals = approvals::approvals(&name, key.approvals, raw.journal.is_some())?;
             let (chain_id, backend) = (key.chain_id, key.backend);
-            keys.insert(name, KeyConfig { key: key.key, backend, chain_id, confirmations, fees, policy });
+            keys.insert(name, KeyConfig { key: key.key, backend, chain_id, confirmations, fees, policy, approvals });
         }
         let mut clients = BTreeMap::new();
         let mut tokens = HashMap::new();
@@ -350,9 +321,13 @@ impl Config {
                 }
             }
             for method in &client.methods {
-                if !SIGNING_METHODS.contains(&method.as_str()) && method != DEPOSITS_METHOD {
+                if !SIGNING_METHODS.contains(&method.as_str())
+                    && method != DEPOSITS_METHOD
+                    && method != APPROVALS_METHOD
+                {
                     return Err(ConfigError(format!(
-                        "clients.{name}.methods: `{method}` is not a signing method ({}) nor `{DEPOSITS_METHOD}`",
+                        "clients.{name}.methods: `{method}` is not a signing method ({}) nor `{DEPOSITS_METHOD}` or \
+                         `{APPROVALS_METHOD}`",
                         SIGNING_METHODS.join(", ")
                     )));
                 }
@@ -467,107 +442,6 @@ fn fee_caps(name: &str, raw: &RawFees) -> Result<FeeCaps, ConfigError> {
             defaults.max_priority_fee_per_gas,
         )?,
         max_fee_per_tx: amount("max_fee_per_tx", &raw.max_fee_per_tx, defaults.max_fee_per_tx)?,
-    })
-}
-
-fn policy(name: &str, raw: RawPolicy) -> Result<KeyPolicy, ConfigError> {
-    let error = |field: &str, message: String| ConfigError(format!("keys.{name}.policy.{field}: {message}"));
-    let address = |field: &str, text: &str| ethkms::units::parse_address(text).map_err(|message| error(field, message));
-    let addresses =
-        |field: &str, list: Vec<String>| list.iter().map(|text| address(field, text)).collect::<Result<Vec<_>, _>>();
-    let parse_asset = |field: &str, text: &str| {
-        if text.eq_ignore_ascii_case("eth") { Ok(Asset::Ether) } else { address(field, text).map(Asset::Token) }
-    };
-    let amount = |field: &str, asset: Asset, text: &str| {
-        match asset {
-            Asset::Ether => ethkms::units::parse_value(text),
-            Asset::Token(_) => text.parse::<U256>().map_err(|message| format!("`{text}`: {message}")),
-        }
-        .map_err(|message| error(field, message))
-    };
-    let amounts = |field: &str, map: BTreeMap<String, String>| -> Result<BTreeMap<Asset, U256>, ConfigError> {
-        map.into_iter()
-            .map(|(text, value)| {
-                let asset = parse_asset(field, &text)?;
-                Ok((asset, amount(field, asset, &value)?))
-            })
-            .collect()
-    };
-    let destination_allowlist =
-        raw.destination_allowlist.map(|list| addresses("destination_allowlist", list)).transpose()?;
-    let contract_calls = match raw.contract_calls {
-        None => None,
-        Some(calls) => {
-            let mut parsed = Vec::new();
-            for (position, call) in calls.into_iter().enumerate() {
-                let field = format!("contract_calls[{position}]");
-                let selector = alloy_primitives::hex::decode(&call.selector)
-                    .ok()
-                    .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
-                    .ok_or_else(|| error(&field, format!("selector `{}` is not 4 bytes", call.selector)))?;
-                let mut args = Vec::new();
-                for arg in call.args {
-                    let field = format!("{field}.args[{}]", arg.index);
-                    let kind = match (arg.kind.as_str(), arg.max, arg.asset) {
-                        ("address_allowlisted", None, None) if destination_allowlist.is_some() => {
-                            ArgKind::AddressAllowlisted
-                        }
-                        ("address_allowlisted", None, None) => {
-                            return Err(error(&field, "`address_allowlisted` needs a destination_allowlist".into()));
-                        }
-                        ("address_allowlisted", ..) => {
-                            return Err(error(&field, "`address_allowlisted` takes no `max` or `asset`".into()));
-                        }
-                        ("amount_max", Some(max), asset) => {
-                            let asset = asset.map(|text| parse_asset(&field, &text)).transpose()?;
-                            // A plain number, unless it is an amount of ether (which takes units).
-                            let unit =
-                                if asset == Some(Asset::Ether) { Asset::Ether } else { Asset::Token(Address::ZERO) };
-                            ArgKind::AmountMax { max: amount(&field, unit, &max)?, asset }
-                        }
-                        ("amount_max", None, _) => return Err(error(&field, "`amount_max` needs `max`".into())),
-                        (other, ..) => {
-                            return Err(error(
-                                &field,
-                                format!("kind `{other}` is not one of `address_allowlisted`, `amount_max`"),
-                            ));
-                        }
-                    };
-                    args.push(ArgConstraint { index: arg.index, kind });
-                }
-                parsed.push(ContractCall { address: address(&field, &call.address)?, selector, args });
-            }
-            Some(parsed)
-        }
-    };
-    let typed_data = raw
-        .typed_data
-        .map(|typed| {
-            let mut domains = Vec::new();
-            for (position, domain) in typed.domains.into_iter().enumerate() {
-                let field = format!("typed_data.domains[{position}]");
-                if domain.primary_types.is_empty() {
-                    return Err(error(&field, "primary_types is empty: list the types it may sign".into()));
-                }
-                domains.push(TypedDomain {
-                    verifying_contract: domain.verifying_contract.map(|text| address(&field, &text)).transpose()?,
-                    primary_types: domain.primary_types,
-                });
-            }
-            let defaults = TypedDataPolicy::default();
-            let max_deadline = typed.max_deadline_seconds.map_or(defaults.max_deadline, std::time::Duration::from_secs);
-            Ok(TypedDataPolicy { domains, max_deadline })
-        })
-        .transpose()?;
-    Ok(KeyPolicy {
-        allowed_chain_ids: raw.allowed_chain_ids,
-        destination_allowlist,
-        destination_denylist: addresses("destination_denylist", raw.destination_denylist)?,
-        max_value: amounts("max_value", raw.max_value)?,
-        daily_limit: amounts("daily_limit", raw.daily_limit)?,
-        contract_calls,
-        fees: FeeCaps::default(),
-        typed_data,
     })
 }
 

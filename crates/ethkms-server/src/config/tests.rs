@@ -1,6 +1,9 @@
 //! Tests of the configuration: a full file parses, and each mistake is named.
 
 use super::*;
+use alloy_primitives::{Address, U256};
+
+use crate::policy::{ArgConstraint, ArgKind, Asset};
 
 fn example(token: &str) -> String {
     format!(

@@ -15,6 +15,9 @@
 //!   to the daily limit only for rows whose value provably never left.
 
 #[cfg(test)]
+mod approval_conformance;
+pub mod approvals;
+#[cfg(test)]
 mod conformance;
 #[cfg(test)]
 mod deposit_conformance;
@@ -34,6 +37,7 @@ use async_trait::async_trait;
 pub use crate::nonces::Nonces;
 use crate::policy::{Asset, Denial};
 
+pub use approvals::{ApprovalState, ApprovalStore, ApprovalTerms, Decided, Decision, DecisionRow};
 pub use deposits::{
     BlockRecord, DepositAddressRow, DepositKey, DepositRow, DepositStatus, DepositStore, NewDeposit, NewSweep,
     SweepStatus,
@@ -100,6 +104,8 @@ pub struct NewWithdrawal {
     pub asset: Asset,
     /// How much.
     pub amount: U256,
+    /// Its approval terms, if it needs approvals before the engine may sign it (stored `pending_approval`).
+    pub approval: Option<ApprovalTerms>,
 }
 
 impl NewWithdrawal {
@@ -283,7 +289,7 @@ pub struct Released {
 /// a nonce, stores a transaction or moves a row's status — carry the [`Fence`] of the key's lease and are
 /// refused once another replica holds it.
 #[async_trait]
-pub trait JournalStore: Send + Sync + fmt::Debug {
+pub trait JournalStore: ApprovalStore + Send + Sync + fmt::Debug {
     /// Stores a client withdrawal under a fresh id, unless its client has used its idempotency key before
     /// (then the withdrawal stored then is returned). `check` runs first, in the same transaction, under the
     /// key's limit lock, so two requests with the same idempotency key cannot both pass it and two requests

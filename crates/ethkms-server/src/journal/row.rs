@@ -8,10 +8,13 @@ use alloy_primitives::{Address, B256, Bytes, U256};
 use crate::policy::Asset;
 
 /// Where a row is. The engine moves it only forwards, except that a reorg takes `mined` (or a mined
-/// cancellation) back to `submitted`.
+/// cancellation) back to `submitted`. A withdrawal that needs approvals starts `pending_approval`, out of
+/// the engine's hands, and becomes `accepted` with its quorum — or `rejected` or `expired`, final.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, utoipa::ToSchema)]
-#[schema(rename_all = "lowercase")]
+#[schema(rename_all = "snake_case")]
 pub enum Status {
+    /// Stored, waiting for its approvers' quorum; the engine does not see it.
+    PendingApproval,
     /// Stored, not yet claimed for signing.
     Accepted,
     /// Claimed for signing with a nonce; no transaction stored yet.
@@ -30,6 +33,10 @@ pub enum Status {
     /// Cancelled: before signing, or by a zero-value transaction that took its nonce (mined). Final once
     /// confirmed; a reorg before that can take it back to `submitted`.
     Cancelled,
+    /// An approver rejected it. Final, nothing signed.
+    Rejected,
+    /// Its approvals did not come before its expiry. Final, nothing signed.
+    Expired,
 }
 
 impl Status {
@@ -37,6 +44,9 @@ impl Status {
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
+            Self::PendingApproval => "pending_approval",
+            Self::Rejected => "rejected",
+            Self::Expired => "expired",
             Self::Accepted => "accepted",
             Self::Signing => "signing",
             Self::Signed => "signed",
@@ -52,6 +62,9 @@ impl Status {
     #[must_use]
     pub fn parse(text: &str) -> Option<Self> {
         Some(match text {
+            "pending_approval" => Self::PendingApproval,
+            "rejected" => Self::Rejected,
+            "expired" => Self::Expired,
             "accepted" => Self::Accepted,
             "signing" => Self::Signing,
             "signed" => Self::Signed,
@@ -64,11 +77,11 @@ impl Status {
         })
     }
 
-    /// Whether the row leaves the engine's hands: confirmed, failed, or cancelled before signing. (A
-    /// cancellation by a mined transaction is still followed until confirmed.)
+    /// Whether the status is final: confirmed, failed, rejected or expired. (A cancellation is final once
+    /// confirmed, or at once when nothing was signed.)
     #[must_use]
     pub const fn is_final(self) -> bool {
-        matches!(self, Self::Confirmed | Self::Failed)
+        matches!(self, Self::Confirmed | Self::Failed | Self::Rejected | Self::Expired)
     }
 }
 

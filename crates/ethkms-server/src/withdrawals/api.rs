@@ -43,6 +43,12 @@ pub(crate) enum ErrorKind {
     IdempotencyKeyReused,
     /// 409: too late to cancel (`status` is the withdrawal's).
     NotCancellable,
+    /// 403: an approver's decision that does not count: not an approver of the key, or a signature over
+    /// other content, for another chain or by another key (the message names which).
+    ApprovalRefused,
+    /// 409: a decision on a withdrawal not waiting for it: the approver decided before, or the withdrawal
+    /// expired, was rejected or approved (`status` is the withdrawal's).
+    ApprovalConflict,
     /// 413: the body is larger than 1 MiB.
     BodyTooLarge,
     /// 408: the body was not all sent within `limits.body_timeout_seconds`.
@@ -64,9 +70,9 @@ impl ErrorKind {
         match self {
             Self::InvalidRequest => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden | Self::PolicyDenied => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::PolicyDenied | Self::ApprovalRefused => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::IdempotencyKeyReused | Self::NotCancellable => StatusCode::CONFLICT,
+            Self::IdempotencyKeyReused | Self::NotCancellable | Self::ApprovalConflict => StatusCode::CONFLICT,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Journal | Self::Audit | Self::WithdrawalsDisabled | Self::Halted | Self::Overloaded => {
@@ -95,9 +101,16 @@ pub(crate) struct ApiError {
     /// `policy_denied`: the rule.
     #[serde(skip_serializing_if = "Option::is_none")]
     rule: Option<String>,
-    /// `not_cancellable`: where the withdrawal is.
+    /// `not_cancellable`, `approval_conflict`: where the withdrawal is.
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<Status>,
+}
+
+impl ApiError {
+    /// `approval_conflict`, with where the withdrawal is.
+    pub(crate) fn conflict(message: impl std::fmt::Display, status: Status) -> Self {
+        Self { status: Some(status), ..error(ErrorKind::ApprovalConflict, message) }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -151,7 +164,7 @@ pub(crate) fn unreadable(rejection: &BytesRejection) -> ApiError {
 }
 
 /// The withdrawal id from the path (a rejection is a path that does not decode to UTF-8).
-fn path_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+pub(crate) fn path_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     id.map(|Path(id)| id).map_err(|rejection| bad_request(format!("the withdrawal id: {}", rejection.body_text())))
 }
 
@@ -197,10 +210,18 @@ pub(crate) struct WithdrawalView {
     error: Option<String>,
     /// How many transactions were signed for it (fee bumps and a cancellation share its nonce).
     transactions: usize,
+    /// Its approvals, if it needed approvals (`pending_approval`, and after).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval: Option<crate::approvals::api::ApprovalView>,
 }
 
 impl WithdrawalView {
-    fn new(service: &Service, withdrawal: &Withdrawal) -> Self {
+    /// `approval` set.
+    pub(crate) fn with_approval(self, approval: Option<crate::approvals::api::ApprovalView>) -> Self {
+        Self { approval, ..self }
+    }
+
+    pub(crate) fn new(service: &Service, withdrawal: &Withdrawal) -> Self {
         Self {
             id: withdrawal.id.clone(),
             idempotency_key: withdrawal.idempotency_key.clone(),
@@ -220,6 +241,7 @@ impl WithdrawalView {
             cancel_requested: withdrawal.cancel_requested,
             error: withdrawal.error.clone(),
             transactions: withdrawal.attempts.len(),
+            approval: None,
         }
     }
 }
@@ -240,7 +262,7 @@ pub(crate) fn client<'a>(service: &'a Service, headers: &HeaderMap) -> Result<(&
     service.config.authenticate(token).ok_or_else(|| error(ErrorKind::Unauthorized, "unknown bearer token"))
 }
 
-fn engine(service: &Service) -> Result<&Arc<Engine>, ApiError> {
+pub(crate) fn engine(service: &Service) -> Result<&Arc<Engine>, ApiError> {
     let engine = service.engine.as_ref().ok_or_else(|| {
         error(ErrorKind::WithdrawalsDisabled, "withdrawals need a journal: set `journal` in the configuration")
     })?;
@@ -317,6 +339,13 @@ pub(crate) async fn post(
         recipient,
         asset,
         amount,
+        approval: service
+            .config
+            .keys
+            .get(&key.name)
+            .and_then(|config| config.approvals.as_ref())
+            .filter(|approvals| approvals.needed(asset, amount))
+            .map(|approvals| crate::approvals::terms(approvals.quorum, approvals.expiry)),
     };
     let transaction = withdrawal_request(key.address(), recipient, asset, amount);
     let policy_request = SignRequest::from_transaction(&key.name, key.chain_id, &transaction);
@@ -335,6 +364,18 @@ pub(crate) async fn post(
         journal_error(journal)
     })?;
     match inserted {
+        Inserted::New(withdrawal) if withdrawal.status == Status::PendingApproval => {
+            service.shared.metrics.withdrawals.inc("pending_approval");
+            let _ = service
+                .shared
+                .audit(json!({
+                    "kind": "approval_requested", "client": client_name, "withdrawal": withdrawal.id,
+                    "key": key.name, "to": recipient, "asset": asset.to_string(), "amount": amount.to_string(),
+                }))
+                .await;
+            let body = crate::approvals::api::view_with_approvals(&service, &withdrawal).await?;
+            Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+        }
         Inserted::New(withdrawal) => {
             service.shared.metrics.withdrawals.inc("accepted");
             let body = view(&service, &withdrawal);
@@ -409,7 +450,7 @@ pub(crate) async fn get(
     let (client_name, _) = client(&service, &headers)?;
     let id = path_id(id)?;
     let withdrawal = owned(engine(&service)?, client_name, &id).await?;
-    Ok(view(&service, &withdrawal).into_response())
+    Ok(Json(crate::approvals::api::view_with_approvals(&service, &withdrawal).await?).into_response())
 }
 
 /// Cancel a withdrawal

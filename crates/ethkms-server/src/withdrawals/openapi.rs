@@ -23,6 +23,8 @@ use utoipa::{Modify, OpenApi};
         super::api::post,
         super::api::get,
         super::api::cancel,
+        crate::approvals::api::decide,
+        crate::approvals::api::list,
         crate::deposits::api::post_address,
         crate::deposits::api::list,
         crate::probes::healthz,
@@ -33,6 +35,7 @@ use utoipa::{Modify, OpenApi};
     modifiers(&BearerToken),
     tags(
         (name = "withdrawals", description = "Idempotent withdrawals, paid at most once"),
+        (name = "approvals", description = "Four-eyes approvals of large withdrawals: approvers' EIP-712 decisions"),
         (name = "deposits", description = "Customer deposit addresses and the deposits found to them"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )

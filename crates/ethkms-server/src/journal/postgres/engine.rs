@@ -19,7 +19,7 @@ use crate::journal::{Claim, Fence, LeaseRow, Nonces, Release, Released, ReplicaR
 /// Rows still in the engine's hands (as the SQLite journal's `OPEN`; its first two conditions are the
 /// predicate of the index `withdrawals_open_by_key`).
 pub(super) const OPEN: &str = "NOT confirmed AND status NOT IN ('confirmed', 'failed') \
-    AND NOT (status = 'cancelled' AND block_number IS NULL)";
+    AND NOT (status = 'cancelled' AND block_number IS NULL) AND status <> 'pending_approval'";
 
 /// Refuses the operation unless `fence` is the key's current lease, and holds the lease row `FOR KEY SHARE`
 /// until the transaction ends: a takeover waits for this transaction, or this one for it (and then sees the

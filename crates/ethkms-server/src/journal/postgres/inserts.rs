@@ -15,7 +15,7 @@ use super::batch::{Batches, Waiting, copy};
 use super::listener::CHANNEL;
 use super::rows::{self, COLUMNS, NOW_MS, asset_text, query, to_i64};
 use super::{Failure, PostgresJournal, requests, statements};
-use crate::journal::{Inserted, JournalError, LimitCheck, NewWithdrawal, Spent, Withdrawal};
+use crate::journal::{Inserted, JournalError, LimitCheck, NewWithdrawal, Spent, Status, Withdrawal};
 use crate::policy::Asset;
 
 /// A withdrawal to store under `id`, with its amounts counted.
@@ -118,16 +118,21 @@ pub(super) async fn insert(
         "WITH new AS (INSERT INTO withdrawals (id, kind, client, idempotency_key, key, recipient, asset, amount, \
                  status, created_ms, updated_ms) \
              SELECT asked.id, 'withdrawal', asked.client, asked.idempotency_key, asked.key, asked.recipient, \
-                 asked.asset, asked.amount::numeric, 'accepted', now.ms, now.ms \
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
-                 WITH ORDINALITY AS asked (id, client, idempotency_key, key, recipient, asset, amount, ord), \
+                 asked.asset, asked.amount::numeric, asked.status, now.ms, now.ms \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                     $13::text[]) \
+                 WITH ORDINALITY AS asked (id, client, idempotency_key, key, recipient, asset, amount, status, ord), \
                  (SELECT COALESCE($8::bigint, {NOW_MS}) AS ms) AS now \
              ORDER BY asked.ord \
              ON CONFLICT (client, idempotency_key) DO NOTHING RETURNING {COLUMNS}), \
          counted AS (INSERT INTO spends (key, asset, amount, at_ms, withdrawal) \
              SELECT new.key, spend.asset, spend.amount::numeric, new.created_ms, new.id \
              FROM new JOIN unnest($9::text[], $10::text[], $11::text[]) AS spend (withdrawal, asset, amount) \
-                 ON spend.withdrawal = new.id) \
+                 ON spend.withdrawal = new.id), \
+         terms AS (INSERT INTO approval_terms (withdrawal, quorum, expires_ms) \
+             SELECT new.id, asked.quorum, asked.expires_ms \
+             FROM new JOIN unnest($14::text[], $15::int[], $16::bigint[]) AS asked (withdrawal, quorum, expires_ms) \
+                 ON asked.withdrawal = new.id) \
          SELECT new.*, (SELECT count(pg_notify($12, key)) FROM (SELECT DISTINCT key FROM new) AS keys) FROM new"
     );
     let column = |value: fn(&New) -> String| -> Vec<String> { rows.iter().map(value).collect() };
@@ -139,7 +144,19 @@ pub(super) async fn insert(
             amounts.push(amount.to_string());
         }
     }
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
+    let (mut pending, mut quorums, mut expiries) = (Vec::new(), Vec::new(), Vec::new());
+    for row in rows {
+        if let Some(terms) = row.withdrawal.approval {
+            pending.push(row.id.clone());
+            quorums.push(i32::try_from(terms.quorum).unwrap_or(i32::MAX));
+            expiries.push(to_i64(terms.expires_ms));
+        }
+    }
+    let statuses = column(|row| {
+        let status = if row.withdrawal.approval.is_some() { Status::PendingApproval } else { Status::Accepted };
+        status.as_str().to_owned()
+    });
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 16] = [
         &column(|row| row.id.clone()),
         &column(|row| row.withdrawal.client.clone()),
         &column(|row| row.withdrawal.idempotency_key.clone()),
@@ -152,6 +169,10 @@ pub(super) async fn insert(
         &assets,
         &amounts,
         &CHANNEL,
+        &statuses,
+        &pending,
+        &quorums,
+        &expiries,
     ];
     query(client, &sql, &params)
         .await?

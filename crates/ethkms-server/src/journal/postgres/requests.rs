@@ -136,7 +136,7 @@ pub(super) async fn cancel(transaction: &Transaction<'_>, id: String) -> Result<
     let (status, key): (&str, &str) = (row.try_get(0)?, row.try_get(1)?);
     let status = Status::parse(status).ok_or_else(|| Failure::Invalid(format!("row `{id}` has status `{status}`")))?;
     match status {
-        Status::Accepted => {
+        Status::Accepted | Status::PendingApproval => {
             let sql = format!(
                 "UPDATE withdrawals SET status = 'cancelled', confirmed = TRUE, updated_ms = {NOW_MS} WHERE id = $1"
             );

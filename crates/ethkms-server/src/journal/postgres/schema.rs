@@ -10,7 +10,7 @@ use deadpool_postgres::Client;
 use super::Failure;
 
 /// Migration `version` takes the schema from `version - 1` to `version`, in order.
-const MIGRATIONS: [(i32, &str); 4] = [
+const MIGRATIONS: [(i32, &str); 5] = [
     (
         1,
         // Withdrawals (every row the engine signs), their signed attempts, every amount counted against a daily
@@ -140,6 +140,26 @@ CREATE INDEX deposits_by_sweep ON deposits (sweep) WHERE sweep IS NOT NULL;
 CREATE INDEX deposits_by_address ON deposits (address, asset);
 ",
     ),
+    (
+        5,
+        // Four-eyes approvals: each pending withdrawal's terms, and every approver's decision once.
+        "
+CREATE TABLE approval_terms (
+    withdrawal TEXT PRIMARY KEY REFERENCES withdrawals (id),
+    quorum INTEGER NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
+CREATE TABLE approval_decisions (
+    withdrawal TEXT NOT NULL REFERENCES withdrawals (id),
+    approver TEXT NOT NULL,
+    approve BOOLEAN NOT NULL,
+    signature BYTEA NOT NULL,
+    at_ms BIGINT NOT NULL,
+    PRIMARY KEY (withdrawal, approver)
+);
+CREATE INDEX pending_approvals ON withdrawals (key, seq) WHERE status = 'pending_approval';
+",
+    ),
 ];
 
 /// The schema version this code writes (the last migration's).
@@ -150,7 +170,7 @@ pub(super) const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 const MIGRATION_LOCK: (i32, i32) = (0x6574_686b, 1);
 
 /// Every column the journal's queries use, table by table: a schema that lacks one is refused at connect.
-const COLUMNS: [(&str, &str); 9] = [
+const COLUMNS: [(&str, &str); 11] = [
     (
         "withdrawals",
         "seq, id, kind, client, idempotency_key, key, recipient, asset, amount, status, nonce, tx_hash, \
@@ -170,6 +190,8 @@ const COLUMNS: [(&str, &str); 9] = [
         "deposits",
         "tx_hash, log_index, address, asset, amount, sender, block_number, block_hash, status, change, seen_ms, updated_ms",
     ),
+    ("approval_terms", "withdrawal, quorum, expires_ms"),
+    ("approval_decisions", "withdrawal, approver, approve, signature, at_ms"),
 ];
 
 /// Brings the database's schema to [`SCHEMA_VERSION`] (in one transaction, under [`MIGRATION_LOCK`]) and

@@ -24,6 +24,7 @@ use super::{
 };
 use crate::policy::{Asset, Denial};
 
+mod approvals;
 mod deposits;
 mod leases;
 mod rows;
@@ -38,8 +39,8 @@ pub(crate) use writer::QUEUE;
 use writer::{Failure, Job, Message, savepoint, writer};
 
 use rows::{
-    asset_text, exec, insert_spend, invalid, load, load_existing, load_nonces, release_spend, row, spent, sql_u64,
-    store_nonces,
+    asset_text, exec, ids, insert_spend, invalid, load, load_all, load_existing, load_nonces, release_spend, row,
+    spent, sql_u64, store_nonces,
 };
 
 /// The SQLite journal: a handle on the thread that owns the database. Cheap to clone.
@@ -199,10 +200,11 @@ impl JournalStore for SqliteJournal {
                 Err(denial) => return Ok(Inserted::Refused(denial)),
             };
             let id = uuid::Uuid::new_v4().to_string();
+            let status = if withdrawal.approval.is_some() { Status::PendingApproval } else { Status::Accepted };
             exec(
                 connection,
                 "INSERT INTO withdrawals (id, kind, client, idempotency_key, key, recipient, asset, amount, status, \
-                 created_ms, updated_ms) VALUES (?1, 'withdrawal', ?2, ?3, ?4, ?5, ?6, ?7, 'accepted', ?8, ?8)",
+                 created_ms, updated_ms) VALUES (?1, 'withdrawal', ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?8, ?8)",
                 params![
                     id,
                     withdrawal.client,
@@ -211,9 +213,17 @@ impl JournalStore for SqliteJournal {
                     withdrawal.recipient.to_string(),
                     asset_text(withdrawal.asset),
                     withdrawal.amount.to_string(),
-                    sql_u64(now)
+                    sql_u64(now),
+                    status.as_str()
                 ],
             )?;
+            if let Some(terms) = withdrawal.approval {
+                exec(
+                    connection,
+                    "INSERT INTO approval_terms (withdrawal, quorum, expires_ms) VALUES (?1, ?2, ?3)",
+                    params![id, terms.quorum, sql_u64(terms.expires_ms)],
+                )?;
+            }
             for (asset, amount) in spends {
                 insert_spend(connection, &withdrawal.key, asset, amount, now, Some(&id))?;
             }
@@ -287,7 +297,7 @@ impl JournalStore for SqliteJournal {
             let Some(status) = status else { return Ok(Cancelled::NotFound) };
             let status = Status::parse(&status).ok_or_else(|| invalid(format!("status `{status}`")))?;
             match status {
-                Status::Accepted => {
+                Status::Accepted | Status::PendingApproval => {
                     exec(
                         connection,
                         "UPDATE withdrawals SET status = 'cancelled', confirmed = 1, updated_ms = ?2 WHERE id = ?1",
@@ -574,19 +584,6 @@ impl JournalStore for SqliteJournal {
             let _ = self.closed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
         }
     }
-}
-
-/// The ids `sql` selects with `parameter` as `?1`.
-fn ids(connection: &Connection, sql: &str, parameter: &str) -> rusqlite::Result<Vec<String>> {
-    connection.prepare_cached(sql)?.query_map(params![parameter], |row| row.get::<_, String>(0))?.collect()
-}
-
-fn load_all(connection: &Connection, ids: Vec<String>) -> Result<Vec<Withdrawal>, Failure> {
-    let mut rows = Vec::with_capacity(ids.len());
-    for id in ids {
-        rows.extend(load(connection, &id)?);
-    }
-    Ok(rows)
 }
 
 pub(super) fn millis(duration: Duration) -> u64 {

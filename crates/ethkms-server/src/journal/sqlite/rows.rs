@@ -181,3 +181,17 @@ pub(super) fn parse_u256(text: &str) -> rusqlite::Result<U256> {
 pub(super) fn parse_asset(text: &str) -> rusqlite::Result<Asset> {
     if text == "ETH" { Ok(Asset::Ether) } else { parse_text(text).map(Asset::Token) }
 }
+
+/// The ids `sql` selects with `parameter` as `?1`.
+pub(super) fn ids(connection: &Connection, sql: &str, parameter: &str) -> rusqlite::Result<Vec<String>> {
+    connection.prepare_cached(sql)?.query_map(params![parameter], |row| row.get::<_, String>(0))?.collect()
+}
+
+/// The rows of `ids` that exist, in that order.
+pub(super) fn load_all(connection: &Connection, ids: Vec<String>) -> Result<Vec<Withdrawal>, Failure> {
+    let mut rows = Vec::with_capacity(ids.len());
+    for id in ids {
+        rows.extend(load(connection, &id)?);
+    }
+    Ok(rows)
+}

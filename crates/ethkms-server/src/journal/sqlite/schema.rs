@@ -5,7 +5,7 @@
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: [&str; 5] = [
+pub(super) const MIGRATIONS: [&str; 6] = [
     // 1: withdrawals, their attempts, and amounts counted against daily limits.
     "
 CREATE TABLE withdrawals (
@@ -115,8 +115,26 @@ CREATE INDEX deposits_unswept ON deposits (change) WHERE status = 'confirmed' AN
 CREATE INDEX deposits_by_sweep ON deposits (sweep) WHERE sweep IS NOT NULL;
 CREATE INDEX deposits_by_address ON deposits (address, asset);
 ",
+    // 6: four-eyes approvals: each pending withdrawal's terms, and every approver's decision once.
+    "
+CREATE TABLE approval_terms (
+    withdrawal TEXT PRIMARY KEY REFERENCES withdrawals (id),
+    quorum INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE TABLE approval_decisions (
+    withdrawal TEXT NOT NULL REFERENCES withdrawals (id),
+    approver TEXT NOT NULL,
+    approve INTEGER NOT NULL,
+    signature BLOB NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (withdrawal, approver)
+);
+CREATE INDEX pending_approvals ON withdrawals (key, created_ms) WHERE status = 'pending_approval';
+",
 ];
 
-/// Statuses of rows still in the engine's hands (with `confirmed = 0` for a mined cancellation).
+/// Statuses of rows still in the engine's hands (with `confirmed = 0` for a mined cancellation); a row
+/// waiting for approvals is not yet.
 pub(super) const OPEN: &str = "confirmed = 0 AND status NOT IN ('confirmed', 'failed') \
-    AND NOT (status = 'cancelled' AND block_number IS NULL)";
+    AND NOT (status = 'cancelled' AND block_number IS NULL) AND status <> 'pending_approval'";

@@ -22,6 +22,7 @@ fn withdrawal(idempotency_key: &str, amount: u64) -> NewWithdrawal {
         recipient: Address::with_last_byte(7),
         asset: Asset::Ether,
         amount: U256::from(amount),
+        approval: None,
     }
 }
 
