@@ -64,6 +64,7 @@ mod rows;
 mod schema;
 mod single;
 mod sweeps;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::fmt;

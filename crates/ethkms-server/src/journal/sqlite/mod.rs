@@ -29,6 +29,7 @@ mod leases;
 mod rows;
 mod schema;
 mod sweeps;
+mod webhooks;
 mod writer;
 
 use leases::fenced;
