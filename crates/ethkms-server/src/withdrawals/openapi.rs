@@ -25,6 +25,7 @@ use utoipa::{Modify, OpenApi};
         super::api::cancel,
         crate::deposits::api::post_address,
         crate::deposits::api::list,
+        crate::webhooks::api::deliveries,
         crate::probes::healthz,
         crate::probes::ready,
         crate::probes::metrics,
@@ -34,6 +35,7 @@ use utoipa::{Modify, OpenApi};
     tags(
         (name = "withdrawals", description = "Idempotent withdrawals, paid at most once"),
         (name = "deposits", description = "Customer deposit addresses and the deposits found to them"),
+        (name = "webhooks", description = "The delivery of the client's webhook events"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]
