@@ -429,7 +429,7 @@ impl Config {
             withdrawals,
             limits: raw.limits,
             deposits,
-            webhooks: webhooks::settings(raw.webhooks)?,
+            webhooks: webhooks::settings(&raw.webhooks)?,
         })
     }
 

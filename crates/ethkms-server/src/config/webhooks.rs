@@ -131,7 +131,7 @@ pub(super) fn webhook(name: &str, raw: RawWebhook, journal: bool) -> Result<Webh
 }
 
 /// `webhooks = { … }`, checked.
-pub(super) fn settings(raw: RawWebhookSettings) -> Result<WebhookSettings, ConfigError> {
+pub(super) fn settings(raw: &RawWebhookSettings) -> Result<WebhookSettings, ConfigError> {
     let defaults = WebhookSettings::default();
     let millis = |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_millis);
     let settings = WebhookSettings {

@@ -17,8 +17,9 @@
 //!   attempt's record fenced by it (with SQLite, the one server always holds it).
 //!
 //! Each request is `POST`ed with `Content-Type: application/json`, the [`signature::SIGNATURE_HEADER`]
-//! and the [`signature::EVENT_ID_HEADER`]; its body is described in [`body`]. Delivery state, attempts and
-//! the last error are listed by `GET /v1/webhooks/deliveries` ([`api`]); metrics
+//! and the [`signature::EVENT_ID_HEADER`]; its body is the event as JSON (`id`, `type`, `created_ms`, `subject_type`, `subject`, `sequence`,
+//! and `data`: the row in the REST API's representation at that change). Delivery state, attempts and
+//! the last error are listed by `GET /v1/webhooks/deliveries`; metrics
 //! `ethkms_webhook_deliveries_total{outcome}` and `ethkms_webhook_events_waiting`.
 
 pub(crate) mod api;
@@ -270,7 +271,7 @@ impl Webhooks {
                 tracing::info!(event = %event.id, "webhooks: the lease moved on; the new holder sends it again");
             }
             Err(error) => {
-                tracing::warn!(event = %event.id, %error, "webhooks: recording an attempt (it is tried again)")
+                tracing::warn!(event = %event.id, %error, "webhooks: recording an attempt (it is tried again)");
             }
         }
     }
