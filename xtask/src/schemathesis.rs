@@ -113,6 +113,8 @@ pub(crate) fn check(services: &ServiceEnv, settings: &Settings) -> Result {
     let token = format!("schemathesis-{}-{}", std::process::id(), started.elapsed().as_nanos());
     let server_port = free_port()?;
     let config = directory.join("ethkms-server.toml");
+    // The client's webhook points at a closed port: its deliveries fail, and are listed.
+    std::fs::write(directory.join("webhook-secret"), "whsec_schemathesis\n")?;
     std::fs::write(&config, configuration(server_port, &anvil_url, &key_id, &token, &directory))?;
     let log_path = directory.join("server.log");
     let log = std::fs::File::create(&log_path)?;
@@ -170,9 +172,13 @@ pub(crate) fn check(services: &ServiceEnv, settings: &Settings) -> Result {
     Ok(())
 }
 
-/// The server's configuration: one key with a tiny policy, deposit addresses, one client with `token`, files
-/// in `directory`.
+/// The server's configuration: one key with a tiny policy, deposit addresses, one client with `token` and a
+/// webhook (its secret in `directory/webhook-secret`), files in `directory`.
 fn configuration(port: u16, upstream: &str, key_id: &str, token: &str, directory: &Path) -> String {
+    let webhook = format!(
+        "{{ url = \"http://127.0.0.1:9/ethkms\", secret_file = \"{}\" }}",
+        directory.join("webhook-secret").display()
+    );
     crate::server_config::ServerConfig {
         port,
         upstream,
@@ -191,6 +197,7 @@ factory = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 parent = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 poll_interval_ms = 500"#,
         ),
+        webhook: Some(&webhook),
     }
     .text()
 }
@@ -282,5 +289,9 @@ mod tests {
         assert!(!text.contains("\"secret\""), "{text}");
         assert!(text.contains(r#"max_value = { ETH = "100000000001000" }"#), "{text}");
         assert!(text.contains("contract_calls = []") && text.contains("max_fee_per_tx"), "{text}");
+        assert!(
+            text.contains("webhook = { url = \"http://127.0.0.1:9/ethkms\", secret_file = \"/tmp/x/webhook-secret\" }"),
+            "{text}"
+        );
     }
 }

@@ -26,6 +26,8 @@ pub(crate) struct ServerConfig<'a> {
     /// The lines of `[deposits]`, TOML, if the service hands out deposit addresses (the client then may
     /// use them too).
     pub(crate) deposits: Option<&'a str>,
+    /// The client's `webhook = { … }` value, TOML, if it has one.
+    pub(crate) webhook: Option<&'a str>,
 }
 
 impl ServerConfig<'_> {
@@ -52,7 +54,7 @@ fees = {fees}
 token_sha256 = "{token_sha256}"
 keys = ["hot"]
 methods = [{methods}]
-{deposits}"#,
+{webhook}{deposits}"#,
             port = self.port,
             upstream = self.upstream,
             key_id = self.key_id,
@@ -61,6 +63,7 @@ methods = [{methods}]
             audit = self.directory.join("audit.jsonl").display(),
             journal = self.directory.join("journal.sqlite").display(),
             methods = if self.deposits.is_some() { r#""withdrawals", "deposits""# } else { r#""withdrawals""# },
+            webhook = self.webhook.map(|value| format!("webhook = {value}\n")).unwrap_or_default(),
             deposits = self.deposits.map(|lines| format!("\n[deposits]\n{}\n", lines.trim_end())).unwrap_or_default(),
         )
     }

@@ -103,6 +103,36 @@ pub(crate) enum Command {
     /// one key.
     #[command(subcommand)]
     Deposits(DepositsCommand),
+    /// The service's webhooks: check a received request's signature (for receivers' tests).
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum WebhookCommand {
+    /// Check a webhook request: its `Ethkms-Signature` header against its raw body, with the client's secret,
+    /// and its timestamp within the window.
+    Verify(WebhookVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("secret").required(true).args(["secret_env", "secret_file"])))]
+pub(crate) struct WebhookVerifyArgs {
+    /// The environment variable holding the webhook secret.
+    #[arg(long, value_name = "VAR")]
+    pub(crate) secret_env: Option<String>,
+    /// The file holding the webhook secret (a trailing newline is not part of it).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) secret_file: Option<PathBuf>,
+    /// The value of the request's `Ethkms-Signature` header (`t=…,v1=…`).
+    #[arg(long, value_name = "HEADER")]
+    pub(crate) signature: String,
+    /// The raw body as received; standard input if not given.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) body_file: Option<PathBuf>,
+    /// How far, in seconds, the signature's timestamp may be from now.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub(crate) tolerance_seconds: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -55,7 +55,8 @@ impl Exit {
             Self::Network => "network (KMS or Ethereum node unreachable, timed out, throttled)",
             Self::Transaction => "transaction failed (reverted, or not mined in time)",
             Self::InvalidSignature => {
-                "verification failed: a signature (`ethkms verify`) or an audit log (`ethkms audit verify`)"
+                "verification failed: a signature (`ethkms verify`), an audit log (`ethkms audit verify`) or a webhook \
+                 request (`ethkms webhook verify`)"
             }
         }
     }

@@ -14,13 +14,13 @@ use ethkms::eth::{KmsSigner, SignerError};
 use ethkms::{BackendSettings, ChainSettings, WalletManager};
 
 use crate::config::{BackendConfig, Config, JournalLocation};
-use crate::journal::{DepositStore, JournalStore, PostgresJournal, SqliteJournal};
+use crate::journal::{DepositStore, JournalStore, PostgresJournal, SqliteJournal, WebhookStore};
 use crate::policy::PolicyEngine;
 use crate::shared::{Key, Shared};
 use crate::withdrawals::Engine;
 
-/// The journal, as the withdrawal engine and as the deposit watcher use it (the same one).
-type Journals = (Option<Arc<dyn JournalStore>>, Option<Arc<dyn DepositStore>>);
+/// The journal, as the withdrawal engine, the deposit watcher and the webhook deliverer use it (the same one).
+type Journals = (Option<Arc<dyn JournalStore>>, Option<Arc<dyn DepositStore>>, Option<Arc<dyn WebhookStore>>);
 
 /// The running service's state.
 pub struct Service {
@@ -30,6 +30,8 @@ pub struct Service {
     pub(crate) engine: Option<Arc<Engine>>,
     /// Customer deposit addresses (with `[deposits]` configured).
     pub(crate) deposits: Option<Arc<crate::deposits::Deposits>>,
+    /// The webhook deliverer (with a client's `webhook` configured).
+    pub(crate) webhooks: Option<Arc<crate::webhooks::Webhooks>>,
     /// `/readyz`'s last check: when, and whether the node and the journal answered.
     pub(crate) node_checked: std::sync::Mutex<Option<(std::time::Instant, bool, bool)>>,
     /// Slots of the requests being answered.
@@ -145,17 +147,27 @@ impl Service {
         }
         let audit = AuditWriter::spawn(AuditLog::open(&config.audit_log)?)?;
         let policy = PolicyEngine::new(policies);
-        let (journal, deposit_store): Journals = match &config.journal {
+        let (journal, deposit_store, webhook_store): Journals = match &config.journal {
             Some(JournalLocation::Sqlite(path)) => {
                 let journal = Arc::new(SqliteJournal::open(path)?);
-                (Some(journal.clone()), Some(journal))
+                (Some(journal.clone()), Some(journal.clone()), Some(journal))
             }
             Some(JournalLocation::Postgres(url)) => {
                 let journal = Arc::new(PostgresJournal::connect(url).await?);
-                (Some(journal.clone()), Some(journal))
+                (Some(journal.clone()), Some(journal.clone()), Some(journal))
             }
-            None => (None, None),
+            None => (None, None, None),
         };
+        // Only these clients' changes are written to the outbox from now on (a webhook removed from the
+        // configuration stops its events).
+        let endpoints: HashMap<String, crate::config::WebhookConfig> = config
+            .clients
+            .iter()
+            .filter_map(|(name, client)| client.webhook.clone().map(|webhook| (name.clone(), webhook)))
+            .collect();
+        if let Some(store) = &webhook_store {
+            store.set_webhook_clients(endpoints.keys().cloned().collect()).await?;
+        }
         let shared = Arc::new(Shared::new(manager, keys, policy, audit, config.replica.name.clone()));
         let engine = journal.as_ref().map(|journal| {
             Engine::new(Arc::clone(&shared), Arc::clone(journal), config.withdrawals, config.replica.clone())
@@ -176,11 +188,25 @@ impl Service {
             }
             _ => None,
         };
+        let webhooks = match (webhook_store, &journal) {
+            (Some(store), Some(journal)) if !endpoints.is_empty() => Some(Arc::new(crate::webhooks::Webhooks::new(
+                store,
+                Arc::clone(journal),
+                endpoints,
+                config.webhooks,
+                Arc::clone(&shared),
+                config.replica.clone(),
+            )?)),
+            _ => None,
+        };
         if let Some(engine) = &engine {
             engine.start();
             if config.keys.values().any(|key| key.approvals.is_some()) {
                 crate::approvals::expire_in_background(Arc::clone(engine));
             }
+        }
+        if let Some(webhooks) = &webhooks {
+            webhooks.start();
         }
         if let Some(deposits) = &deposits {
             deposits.start();
@@ -191,6 +217,7 @@ impl Service {
             shared,
             engine,
             deposits,
+            webhooks,
             node_checked: std::sync::Mutex::new(None),
             in_flight,
             head_asked: std::sync::Mutex::new(None),
@@ -200,6 +227,9 @@ impl Service {
     /// Stops background work: waits up to `timeout` for withdrawals being signed and sent (what is left
     /// resumes at the next start), stops the watcher and closes the journal.
     pub async fn stop(&self, timeout: Duration) {
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.stop().await;
+        }
         if let Some(deposits) = &self.deposits {
             deposits.stop().await;
         }

@@ -24,4 +24,6 @@ pub mod rpc;
 pub mod service;
 #[cfg(feature = "service")]
 mod shared;
+#[cfg(feature = "service")]
+pub mod webhooks;
 pub mod withdrawals;

@@ -93,6 +93,10 @@ pub(crate) struct Metrics {
     pub(crate) sweeps: Labeled,
     /// The last block the deposit watcher read.
     pub(crate) deposit_block: Gauge,
+    /// Webhook delivery attempts by outcome: delivered, failed.
+    pub(crate) webhook_deliveries: Labeled,
+    /// Webhook events not yet delivered.
+    pub(crate) webhook_events_waiting: Gauge,
     /// The node's latest block number, as last seen.
     chain_head: Gauge,
     /// The node's latest block hash, as last seen: one series, labelled with it.
@@ -129,6 +133,8 @@ impl Default for Metrics {
             deposits: Labeled::new("event"),
             sweeps: Labeled::new("outcome"),
             deposit_block: Gauge::default(),
+            webhook_deliveries: Labeled::new("outcome"),
+            webhook_events_waiting: Gauge::default(),
             chain_head: Gauge::default(),
             chain_head_hash: Family::default(),
             registry: Registry::default(),
@@ -191,7 +197,12 @@ impl Default for Metrics {
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
         }
-        let families: [(&str, &str, &Labeled); 10] = [
+        let families: [(&str, &str, &Labeled); 11] = [
+            (
+                "ethkms_webhook_deliveries",
+                "Webhook delivery attempts by outcome: delivered (a 2xx answer), failed (retried after a back-off)",
+                &metrics.webhook_deliveries,
+            ),
             (
                 "ethkms_deposits",
                 "Deposits by event: found, confirmed, removed (their block left the chain before they were \
@@ -239,6 +250,11 @@ impl Default for Metrics {
             "ethkms_lease_held",
             "Whether this replica holds the key's lease and processes its rows (1) or not (0)",
             metrics.leases_held.clone(),
+        );
+        registry.register(
+            "ethkms_webhook_events_waiting",
+            "Webhook events not yet delivered (pending or failing), as the delivering replica last counted",
+            metrics.webhook_events_waiting.clone(),
         );
         registry.register(
             "ethkms_deposit_scan_block",

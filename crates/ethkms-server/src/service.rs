@@ -94,6 +94,7 @@ impl Service {
             .route("/v1/approvals", get(crate::approvals::api::list))
             .route("/v1/deposit-addresses", post(crate::deposits::api::post_address))
             .route("/v1/deposits", get(crate::deposits::api::list))
+            .route("/v1/webhooks/deliveries", get(crate::webhooks::api::deliveries))
             .route_layer(axum::middleware::from_fn_with_state(Arc::clone(self), authenticated));
         // Signing and withdrawals take one of `limits.max_in_flight_requests` slots, or are answered 503 at
         // once; the probes and metrics never wait behind them.

@@ -124,8 +124,8 @@ async fn a_two_of_three_quorum_approves_rejects_and_expires_with_reasons_for_eve
     assert_eq!(typed["message"]["id"], id.as_str());
     assert_eq!(typed["message"]["amount"], "5000000000000000000");
     assert_eq!(typed["domain"]["chainId"], 31337);
-    let signatures_before = api.metric("ethkms_signing_seconds_count ").await;
     api.settled(small["id"].as_str().unwrap(), Duration::from_secs(30)).await;
+    let signatures_before = api.metric("ethkms_signing_seconds_count ").await;
 
     // The desk lists it; a client without `approvals` may not.
     let listed: Value =

@@ -257,6 +257,7 @@ fn configuration(
 max_value = { ETH = "0.051ether" }
 daily_limit = { ETH = "1ether" }"#,
         deposits,
+        webhook: None,
     }
     .text()
 }

@@ -12,6 +12,7 @@ mod serve;
 mod sign;
 mod verify;
 mod wallet;
+mod webhook;
 
 use std::io::Read;
 
@@ -23,7 +24,7 @@ use ethkms::units::{parse_address, parse_value};
 use ethkms::{BackendSettings, ChainSettings, WalletManager};
 use serde_json::Value;
 
-use crate::cli::{AuditCommand, BackendKind, Cli, Command, Global, PolicyCommand};
+use crate::cli::{AuditCommand, BackendKind, Cli, Command, Global, PolicyCommand, WebhookCommand};
 use crate::exit::CliError;
 
 /// Prints results as text or JSON lines.
@@ -49,6 +50,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Policy(PolicyCommand::Iam(args)) => policy::iam(&args),
         Command::Verify(args) => verify::verify(output, &args),
         Command::Audit(AuditCommand::Verify(args)) => audit::verify(output, &args),
+        Command::Webhook(WebhookCommand::Verify(args)) => webhook::verify(output, &args),
         Command::Serve(args) => serve::serve(&global, &args).await,
         Command::Wallet(command) => wallet::run(&global, output, command).await,
         Command::Balance(args) => wallet::balance(&global, output, &args).await,

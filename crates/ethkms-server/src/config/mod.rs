@@ -9,6 +9,7 @@
 //! replica = { name = "withdrawals-a", lease_seconds = 10 }   # with PostgreSQL: see ReplicaSettings
 //! withdrawals = { poll_interval_ms = 500, rebroadcast_after_seconds = 60, signing_concurrency = 32 }   # the defaults
 //! tls = { cert = "/etc/ethkms/cert.pem", key = "/etc/ethkms/key.pem" }   # optional: HTTPS
+//! webhooks = { timeout_ms = 10000, max_backoff_ms = 600000 }   # see crate::config::webhooks for all, and the defaults
 //! limits = { max_connections = 1024, max_in_flight_requests = 256 }   # see crate::limits for all, and the defaults
 //!
 //! [keys.hot]
@@ -44,6 +45,8 @@
 //! token_sha256 = "…64 hex digits: the SHA-256 of the bearer token…"
 //! keys = ["hot"]
 //! methods = ["eth_sendTransaction", "eth_signTransaction", "withdrawals"]
+//! # Optional: every change of its withdrawals and deposits posted there, signed (see crate::webhooks).
+//! webhook = { url = "https://hooks.example.com/ethkms", secret_env = "WITHDRAWALS_WEBHOOK_SECRET" }
 //!
 //! [clients.approval-desk]        # carries approvers' signed decisions; cannot make withdrawals itself
 //! token_sha256 = "…"
@@ -87,12 +90,14 @@ pub use approvals::ApprovalSettings;
 pub use backends::BackendConfig;
 pub use deposits::DepositSettings;
 pub use replica::{JournalLocation, ReplicaSettings, redact_password};
+pub use webhooks::{WebhookConfig, WebhookSettings};
 
 mod approvals;
 pub mod backends;
 mod deposits;
 mod policy;
 mod replica;
+pub mod webhooks;
 
 /// Blocks (the including one counted) before a mined transaction is final, unless a key says otherwise:
 /// about two and a half minutes on Ethereum mainnet, deeper than any reorg seen since the merge.
@@ -155,6 +160,8 @@ pub struct Config {
     pub limits: crate::limits::Limits,
     /// Customer deposit addresses, if any.
     pub deposits: Option<DepositSettings>,
+    /// How clients' webhooks are delivered.
+    pub webhooks: WebhookSettings,
 }
 
 /// The listener's certificate and private key, PEM files.
@@ -195,6 +202,8 @@ pub struct ClientConfig {
     pub keys: Vec<String>,
     /// The JSON-RPC methods it may call (`eth_*` reads are always allowed).
     pub methods: Vec<String>,
+    /// Where the changes of its withdrawals and deposits are posted, if anywhere.
+    pub webhook: Option<WebhookConfig>,
 }
 
 #[derive(Deserialize)]
@@ -218,6 +227,8 @@ struct RawConfig {
     #[serde(default)]
     limits: crate::limits::Limits,
     deposits: Option<deposits::RawDeposits>,
+    #[serde(default)]
+    webhooks: webhooks::RawWebhookSettings,
 }
 
 #[derive(Deserialize, Default)]
@@ -256,6 +267,7 @@ struct RawClient {
     token_sha256: String,
     keys: Vec<String>,
     methods: Vec<String>,
+    webhook: Option<webhooks::RawWebhook>,
 }
 
 /// The methods whose transactions take a nonce, and so need the journal.
@@ -280,7 +292,14 @@ impl Config {
     /// amount or selector, a client naming a key or method that does not exist, a token hash that is not
     /// 64 hexadecimal digits, or two clients with the same token.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError(error.to_string()))?;
+        // Not the parser's own text, which quotes the line: a URL on it (a webhook's, the node's) may hold
+        // credentials, and a secret written where it does not belong is still a secret.
+        let raw: RawConfig = toml::from_str(text).map_err(|error| {
+            let line =
+                error.span().and_then(|span| text.get(..span.start)).map(|before| before.matches('\n').count() + 1);
+            let message = crate::shared::redact_urls(error.message().trim_end());
+            ConfigError(line.map_or_else(|| message.clone(), |line| format!("line {line}: {message}")))
+        })?;
         let backends = backends::backends(raw.backends)?;
         let mut keys = BTreeMap::new();
         for (name, key) in raw.keys {
@@ -309,6 +328,7 @@ impl Config {
         }
         let mut clients = BTreeMap::new();
         let mut tokens = HashMap::new();
+        let raw_journal_is_some = raw.journal.is_some();
         for (name, client) in raw.clients {
             let token_sha256 = parse_hash(&client.token_sha256)
                 .ok_or_else(|| ConfigError(format!("clients.{name}.token_sha256: expected 64 hexadecimal digits")))?;
@@ -340,7 +360,8 @@ impl Config {
                      transaction and its nonce are kept in)"
                 )));
             }
-            clients.insert(name, ClientConfig { token_sha256, keys: client.keys, methods: client.methods });
+            let webhook = client.webhook.map(|raw| webhooks::webhook(&name, raw, raw_journal_is_some)).transpose()?;
+            clients.insert(name, ClientConfig { token_sha256, keys: client.keys, methods: client.methods, webhook });
         }
         let defaults = WithdrawalSettings::default();
         let withdrawals = WithdrawalSettings {
@@ -383,6 +404,7 @@ impl Config {
             withdrawals,
             limits: raw.limits,
             deposits,
+            webhooks: webhooks::settings(&raw.webhooks)?,
         })
     }
 

@@ -1,9 +1,12 @@
 //! Tests of the configuration: a full file parses, and each mistake is named.
 
+use std::time::Duration;
+
 use super::*;
 use alloy_primitives::{Address, U256};
 
 use crate::policy::{ArgConstraint, ArgKind, Asset};
+use crate::webhooks::signature::WebhookSecret;
 
 fn example(token: &str) -> String {
     format!(
@@ -57,7 +60,7 @@ fn a_full_configuration_parses() {
     assert_eq!(call.args[1].kind, ArgKind::AmountMax { max: U256::from(1000), asset: Some(Asset::Ether) });
     assert_eq!(hot.policy.fees, hot.fees, "the policy knows the key's fee caps");
     let typed = hot.policy.typed_data.as_ref().unwrap();
-    assert_eq!(typed.max_deadline, std::time::Duration::from_secs(600));
+    assert_eq!(typed.max_deadline, Duration::from_secs(600));
     assert_eq!(
         (typed.domains[0].verifying_contract, typed.domains[0].primary_types.as_slice()),
         (Some(dai), ["Permit".to_owned()].as_slice())
@@ -150,4 +153,86 @@ fn keys_choose_their_backend_and_the_pin_stays_out_of_the_file() {
     assert!(error.to_string().contains("backends.hsm.module: missing"), "{error}");
     let error = Config::parse(&format!("{base}{keys}")).unwrap_err().to_string();
     assert!(error.contains("keys.cold.backend: no backend named `hsm` in [backends]"), "{error}");
+}
+
+#[test]
+fn a_webhook_reads_its_secret_from_a_file_or_the_environment_and_never_shows_it_or_its_url() {
+    let directory = std::env::temp_dir().join(format!("ethkms-webhook-config-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).unwrap();
+    let secret_file = directory.join("secret");
+    std::fs::write(&secret_file, "whsec_from_file\n").unwrap();
+    let empty_file = directory.join("empty");
+    std::fs::write(&empty_file, "\n").unwrap();
+    let url = "https://user:hunter2@hooks.example.com/ethkms?token=abc";
+    let with = |webhook: &str| {
+        example("t").replace(
+            "methods = [\"eth_sendTransaction\", \"eth_signTransaction\"]\n",
+            &format!("methods = [\"eth_sendTransaction\", \"eth_signTransaction\"]\nwebhook = {webhook}\n"),
+        )
+    };
+
+    let config =
+        Config::parse(&with(&format!("{{ url = \"{url}\", secret_file = \"{}\" }}", secret_file.display()))).unwrap();
+    let webhook = config.clients["withdrawals"].webhook.as_ref().unwrap();
+    assert_eq!(webhook.url.as_str(), url);
+    assert_eq!(webhook.secret, WebhookSecret::new("whsec_from_file").unwrap());
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("hunter2") && !shown.contains("token=abc") && !shown.contains("whsec"), "{shown}");
+    assert_eq!(config.webhooks, WebhookSettings::default());
+    // PATH is set in every test environment: its value is the secret.
+    let from_env = Config::parse(&with(&format!("{{ url = \"{url}\", secret_env = \"PATH\" }}"))).unwrap();
+    let path = std::env::var("PATH").unwrap();
+    assert_eq!(from_env.clients["withdrawals"].webhook.as_ref().unwrap().secret, WebhookSecret::new(&path).unwrap());
+    let tuned = format!(
+        "webhooks = {{ timeout_ms = 250, max_backoff_ms = 2000 }}\n{}",
+        with(&format!("{{ url = \"{url}\", secret_env = \"PATH\" }}"))
+    );
+    let tuned = Config::parse(&tuned).unwrap().webhooks;
+    assert_eq!((tuned.timeout, tuned.max_backoff), (Duration::from_millis(250), Duration::from_secs(2)));
+
+    let unset = "ETHKMS_TEST_SURELY_UNSET_WEBHOOK_SECRET";
+    let missing_file = directory.join("missing");
+    for (webhook, expected) in [
+        (
+            format!("{{ url = \"{url}\", secret_env = \"{unset}\" }}"),
+            format!("clients.withdrawals.webhook.secret_env: the environment variable `{unset}` is not set"),
+        ),
+        (
+            format!("{{ url = \"{url}\", secret_file = \"{}\" }}", empty_file.display()),
+            format!("clients.withdrawals.webhook.secret_file: `{}` is empty", empty_file.display()),
+        ),
+        (
+            format!("{{ url = \"{url}\", secret_file = \"{}\" }}", missing_file.display()),
+            format!("`{}` cannot be read", missing_file.display()),
+        ),
+        (format!("{{ url = \"{url}\" }}"), "give exactly one of `secret_env`".to_owned()),
+        (
+            format!("{{ url = \"{url}\", secret_env = \"PATH\", secret_file = \"/f\" }}"),
+            "give exactly one of `secret_env`".to_owned(),
+        ),
+        (format!("{{ url = \"{url}\", secret = \"whsec_inline\" }}"), "unknown field `secret`".to_owned()),
+        (
+            "{ url = \"ftp://user:hunter2@host/x\", secret_env = \"PATH\" }".to_owned(),
+            "clients.withdrawals.webhook.url: not an http:// or https:// URL".to_owned(),
+        ),
+        ("{ url = \"hunter2\", secret_env = \"PATH\" }".to_owned(), "webhook.url: not an http".to_owned()),
+    ] {
+        let error = Config::parse(&with(&webhook)).unwrap_err().to_string();
+        assert!(error.contains(&expected), "expected `{expected}` in: {error}");
+        assert!(!error.contains("hunter2") && !error.contains("whsec_inline"), "{error}");
+    }
+    let without_journal = with(&format!("{{ url = \"{url}\", secret_env = \"PATH\" }}"))
+        .replace("journal = \"withdrawals.sqlite\"", "")
+        .replace("\"eth_sendTransaction\", \"eth_signTransaction\"", "\"personal_sign\"");
+    let error = Config::parse(&without_journal).unwrap_err().to_string();
+    assert!(error.contains("webhooks need `journal`"), "{error}");
+    for (settings, expected) in [
+        ("timeout_ms = 0", "must be more than zero"),
+        ("min_backoff_ms = 5000, max_backoff_ms = 1000", "max_backoff_ms: must be at least min_backoff_ms"),
+        ("retries = 3", "unknown field `retries`"),
+    ] {
+        let error = Config::parse(&format!("webhooks = {{ {settings} }}\n{}", example("t"))).unwrap_err().to_string();
+        assert!(error.contains(expected), "{settings}: {error}");
+    }
+    std::fs::remove_dir_all(&directory).unwrap();
 }

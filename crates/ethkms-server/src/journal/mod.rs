@@ -25,6 +25,9 @@ pub mod deposits;
 mod postgres;
 mod row;
 mod sqlite;
+#[cfg(test)]
+mod webhook_conformance;
+pub mod webhooks;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -45,6 +48,7 @@ pub use deposits::{
 pub use postgres::PostgresJournal;
 pub use row::{Attempt, Kind, Status, SweepRequest, Withdrawal};
 pub use sqlite::{SCHEMA_VERSION, SqliteJournal, now_ms};
+pub use webhooks::{DeliveryState, Outcome, WEBHOOK_LEASE, WebhookEvent, WebhookStore};
 
 /// What went wrong with the journal.
 #[derive(Debug, thiserror::Error)]

@@ -222,11 +222,18 @@ impl WithdrawalView {
     }
 
     pub(crate) fn new(service: &Service, withdrawal: &Withdrawal) -> Self {
+        let from = service.shared.keys.get(&withdrawal.key).map(crate::shared::Key::address);
+        Self::of(withdrawal, from, withdrawal.attempts.len())
+    }
+
+    /// `withdrawal`, sent `from`, with `transactions` signed (a webhook's event: the row as it was, without
+    /// its attempts).
+    pub(crate) fn of(withdrawal: &Withdrawal, from: Option<Address>, transactions: usize) -> Self {
         Self {
             id: withdrawal.id.clone(),
             idempotency_key: withdrawal.idempotency_key.clone(),
             key: withdrawal.key.clone(),
-            from: service.shared.keys.get(&withdrawal.key).map(crate::shared::Key::address),
+            from,
             to: withdrawal.recipient,
             asset: match withdrawal.asset {
                 Asset::Ether => "ETH".to_owned(),
@@ -240,7 +247,7 @@ impl WithdrawalView {
             block_number: withdrawal.block_number,
             cancel_requested: withdrawal.cancel_requested,
             error: withdrawal.error.clone(),
-            transactions: withdrawal.attempts.len(),
+            transactions,
             approval: None,
         }
     }

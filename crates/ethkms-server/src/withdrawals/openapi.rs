@@ -27,6 +27,7 @@ use utoipa::{Modify, OpenApi};
         crate::approvals::api::list,
         crate::deposits::api::post_address,
         crate::deposits::api::list,
+        crate::webhooks::api::deliveries,
         crate::probes::healthz,
         crate::probes::ready,
         crate::probes::metrics,
@@ -37,6 +38,7 @@ use utoipa::{Modify, OpenApi};
         (name = "withdrawals", description = "Idempotent withdrawals, paid at most once"),
         (name = "approvals", description = "Four-eyes approvals of large withdrawals: approvers' EIP-712 decisions"),
         (name = "deposits", description = "Customer deposit addresses and the deposits found to them"),
+        (name = "webhooks", description = "The delivery of the client's webhook events"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]

@@ -65,6 +65,7 @@ mod rows;
 mod schema;
 mod single;
 mod sweeps;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -10,7 +10,7 @@ use deadpool_postgres::Client;
 use super::Failure;
 
 /// Migration `version` takes the schema from `version - 1` to `version`, in order.
-const MIGRATIONS: [(i32, &str); 5] = [
+const MIGRATIONS: [(i32, &str); 6] = [
     (
         1,
         // Withdrawals (every row the engine signs), their signed attempts, every amount counted against a daily
@@ -142,6 +142,93 @@ CREATE INDEX deposits_by_address ON deposits (address, asset);
     ),
     (
         5,
+        // The webhook outbox: the clients with a webhook, and an event for every change of their withdrawals
+        // and deposits, written by triggers in the transaction of the change (see `journal::webhooks`). A
+        // subject's changes hold its row's lock, so its events are numbered in the order they commit.
+        "
+CREATE TABLE webhook_clients (
+    client TEXT PRIMARY KEY
+);
+CREATE TABLE webhook_events (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    client TEXT NOT NULL,
+    subject_type TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    sequence BIGINT NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_ms BIGINT NOT NULL DEFAULT 0,
+    last_error TEXT,
+    delivered_ms BIGINT,
+    UNIQUE (subject_type, subject, sequence)
+);
+CREATE INDEX webhook_events_waiting ON webhook_events (seq) WHERE state <> 'delivered';
+CREATE INDEX webhook_events_by_client ON webhook_events (client, state, seq);
+CREATE FUNCTION ethkms_webhook_event(TEXT, TEXT, TEXT, TEXT, JSONB, BIGINT) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO webhook_events (id, client, subject_type, subject, sequence, type, data, created_ms)
+    SELECT gen_random_uuid()::text, $1, $2, $3,
+        COALESCE((SELECT max(e.sequence) FROM webhook_events e WHERE e.subject_type = $2 AND e.subject = $3), 0) + 1,
+        $4, $5::text, $6
+$$;
+CREATE FUNCTION ethkms_withdrawal_event() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.client IS NULL OR NOT EXISTS (SELECT 1 FROM webhook_clients w WHERE w.client = NEW.client) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'UPDATE' AND OLD.status IS NOT DISTINCT FROM NEW.status
+        AND OLD.confirmed IS NOT DISTINCT FROM NEW.confirmed THEN
+        RETURN NULL;
+    END IF;
+    PERFORM ethkms_webhook_event(NEW.client, 'withdrawal', NEW.id, 'withdrawal.' || NEW.status,
+        jsonb_build_object('id', NEW.id, 'kind', NEW.kind, 'client', NEW.client,
+            'idempotency_key', NEW.idempotency_key, 'key', NEW.key, 'recipient', NEW.recipient, 'asset', NEW.asset,
+            'amount', NEW.amount::text, 'status', NEW.status, 'nonce', NEW.nonce, 'tx_hash', NEW.tx_hash,
+            'block_number', NEW.block_number, 'error', NEW.error, 'cancel_requested', NEW.cancel_requested,
+            'confirmed', NEW.confirmed,
+            'transactions', (SELECT count(*) FROM attempts a WHERE a.withdrawal = NEW.id)),
+        NEW.updated_ms);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER webhook_withdrawal AFTER INSERT OR UPDATE ON withdrawals
+    FOR EACH ROW EXECUTE FUNCTION ethkms_withdrawal_event();
+CREATE FUNCTION ethkms_deposit_event() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    owner TEXT;
+    happened TEXT;
+BEGIN
+    SELECT a.client INTO owner FROM deposit_addresses a WHERE a.address = NEW.address;
+    IF owner IS NULL OR NOT EXISTS (SELECT 1 FROM webhook_clients w WHERE w.client = owner) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' OR OLD.status IS DISTINCT FROM NEW.status THEN
+        happened := NEW.status;
+    ELSIF OLD.sweep_status IS DISTINCT FROM NEW.sweep_status THEN
+        happened := NEW.sweep_status;
+    ELSE
+        RETURN NULL;
+    END IF;
+    PERFORM ethkms_webhook_event(owner, 'deposit', NEW.tx_hash || ':' || NEW.log_index, 'deposit.' || happened,
+        jsonb_build_object('change', NEW.change, 'tx_hash', NEW.tx_hash, 'log_index', NEW.log_index,
+            'address', NEW.address,
+            'reference', (SELECT a.reference FROM deposit_addresses a WHERE a.address = NEW.address),
+            'asset', NEW.asset, 'amount', NEW.amount::text, 'sender', NEW.sender, 'block_number', NEW.block_number,
+            'block_hash', NEW.block_hash, 'status', NEW.status, 'sweep_status', NEW.sweep_status, 'sweep', NEW.sweep,
+            'sweep_tx_hash', (SELECT w.tx_hash FROM withdrawals w WHERE w.id = NEW.sweep)),
+        NEW.updated_ms);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER webhook_deposit AFTER INSERT OR UPDATE ON deposits
+    FOR EACH ROW EXECUTE FUNCTION ethkms_deposit_event();
+",
+    ),
+    (
+        6,
         // Four-eyes approvals: each pending withdrawal's terms, and every approver's decision once.
         "
 CREATE TABLE approval_terms (
@@ -170,7 +257,7 @@ pub(super) const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 const MIGRATION_LOCK: (i32, i32) = (0x6574_686b, 1);
 
 /// Every column the journal's queries use, table by table: a schema that lacks one is refused at connect.
-const COLUMNS: [(&str, &str); 11] = [
+const COLUMNS: [(&str, &str); 13] = [
     (
         "withdrawals",
         "seq, id, kind, client, idempotency_key, key, recipient, asset, amount, status, nonce, tx_hash, \
@@ -189,6 +276,12 @@ const COLUMNS: [(&str, &str); 11] = [
     (
         "deposits",
         "tx_hash, log_index, address, asset, amount, sender, block_number, block_hash, status, change, seen_ms, updated_ms",
+    ),
+    ("webhook_clients", "client"),
+    (
+        "webhook_events",
+        "seq, id, client, subject_type, subject, sequence, type, data, created_ms, state, attempts, next_ms, \
+         last_error, delivered_ms",
     ),
     ("approval_terms", "withdrawal, quorum, expires_ms"),
     ("approval_decisions", "withdrawal, approver, approve, signature, at_ms"),

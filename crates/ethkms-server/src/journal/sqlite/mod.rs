@@ -30,6 +30,7 @@ mod leases;
 mod rows;
 mod schema;
 mod sweeps;
+mod webhooks;
 mod writer;
 
 use leases::fenced;

@@ -5,7 +5,7 @@
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: [&str; 6] = [
+pub(super) const MIGRATIONS: [&str; 7] = [
     // 1: withdrawals, their attempts, and amounts counted against daily limits.
     "
 CREATE TABLE withdrawals (
@@ -115,7 +115,10 @@ CREATE INDEX deposits_unswept ON deposits (change) WHERE status = 'confirmed' AN
 CREATE INDEX deposits_by_sweep ON deposits (sweep) WHERE sweep IS NOT NULL;
 CREATE INDEX deposits_by_address ON deposits (address, asset);
 ",
-    // 6: four-eyes approvals: each pending withdrawal's terms, and every approver's decision once.
+    // 6: the webhook outbox: the clients with a webhook, and an event for every change of their withdrawals
+    // and deposits, written by triggers in the transaction of the change (see `journal::webhooks`).
+    MIGRATION_6,
+    // 7: four-eyes approvals: each pending withdrawal's terms, and every approver's decision once.
     "
 CREATE TABLE approval_terms (
     withdrawal TEXT PRIMARY KEY REFERENCES withdrawals (id),
@@ -133,6 +136,115 @@ CREATE TABLE approval_decisions (
 CREATE INDEX pending_approvals ON withdrawals (key, created_ms) WHERE status = 'pending_approval';
 ",
 ];
+
+/// A new UUID (version 4), in SQL.
+macro_rules! uuid {
+    () => {
+        "lower(hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4' || substr(hex(randomblob(2)), 2) || '-' || \
+         substr('89AB', 1 + (abs(random()) % 4), 1) || substr(hex(randomblob(2)), 2) || '-' || hex(randomblob(6)))"
+    };
+}
+
+/// The statement that stores the event of a withdrawal row `NEW`.
+macro_rules! withdrawal_event {
+    () => {
+        concat!(
+            "INSERT INTO webhook_events (id, client, subject_type, subject, sequence, type, data, created_ms) VALUES (",
+            uuid!(),
+            ", NEW.client, 'withdrawal', NEW.id, \
+             COALESCE((SELECT max(sequence) FROM webhook_events WHERE subject_type = 'withdrawal' AND subject = NEW.id), 0) + 1, \
+             'withdrawal.' || NEW.status, \
+             json_object('id', NEW.id, 'kind', NEW.kind, 'client', NEW.client, 'idempotency_key', NEW.idempotency_key, \
+                 'key', NEW.key, 'recipient', NEW.recipient, 'asset', NEW.asset, 'amount', NEW.amount, \
+                 'status', NEW.status, 'nonce', NEW.nonce, 'tx_hash', NEW.tx_hash, 'block_number', NEW.block_number, \
+                 'error', NEW.error, 'cancel_requested', NEW.cancel_requested <> 0, 'confirmed', NEW.confirmed <> 0, \
+                 'transactions', (SELECT count(*) FROM attempts WHERE withdrawal = NEW.id)), \
+             NEW.updated_ms);"
+        )
+    };
+}
+
+/// The statement that stores the event of a deposit row `NEW`, of type `deposit.` and `$status`.
+macro_rules! deposit_event {
+    ($status:literal) => {
+        concat!(
+            "INSERT INTO webhook_events (id, client, subject_type, subject, sequence, type, data, created_ms) VALUES (",
+            uuid!(),
+            ", (SELECT client FROM deposit_addresses WHERE address = NEW.address), 'deposit', \
+             NEW.tx_hash || ':' || NEW.log_index, \
+             COALESCE((SELECT max(sequence) FROM webhook_events WHERE subject_type = 'deposit' \
+                 AND subject = NEW.tx_hash || ':' || NEW.log_index), 0) + 1, \
+             'deposit.' || ",
+            $status,
+            ", json_object('change', NEW.change, 'tx_hash', NEW.tx_hash, 'log_index', NEW.log_index, \
+                 'address', NEW.address, 'reference', (SELECT reference FROM deposit_addresses WHERE address = NEW.address), \
+                 'asset', NEW.asset, 'amount', NEW.amount, 'sender', NEW.sender, 'block_number', NEW.block_number, \
+                 'block_hash', NEW.block_hash, 'status', NEW.status, 'sweep_status', NEW.sweep_status, \
+                 'sweep', NEW.sweep, 'sweep_tx_hash', (SELECT tx_hash FROM withdrawals WHERE id = NEW.sweep)), \
+             NEW.updated_ms);"
+        )
+    };
+}
+
+/// Whether the deposit row `NEW` is at an address of a client with a webhook.
+macro_rules! deposit_of_webhook_client {
+    () => {
+        "(SELECT client FROM deposit_addresses WHERE address = NEW.address) IN (SELECT client FROM webhook_clients)"
+    };
+}
+
+/// Migration 6: the webhook outbox.
+const MIGRATION_6: &str = concat!(
+    "
+CREATE TABLE webhook_clients (
+    client TEXT PRIMARY KEY
+);
+CREATE TABLE webhook_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    client TEXT NOT NULL,
+    subject_type TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_ms INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    delivered_ms INTEGER,
+    UNIQUE (subject_type, subject, sequence)
+);
+CREATE INDEX webhook_events_waiting ON webhook_events (seq) WHERE state <> 'delivered';
+CREATE INDEX webhook_events_by_client ON webhook_events (client, state, seq);
+CREATE TRIGGER webhook_withdrawal_stored AFTER INSERT ON withdrawals
+WHEN NEW.client IN (SELECT client FROM webhook_clients)
+BEGIN ",
+    withdrawal_event!(),
+    " END;
+CREATE TRIGGER webhook_withdrawal_changed AFTER UPDATE OF status, confirmed ON withdrawals
+WHEN (OLD.status IS NOT NEW.status OR OLD.confirmed IS NOT NEW.confirmed)
+    AND NEW.client IN (SELECT client FROM webhook_clients)
+BEGIN ",
+    withdrawal_event!(),
+    " END;
+CREATE TRIGGER webhook_deposit_recorded AFTER INSERT ON deposits
+WHEN ",
+    deposit_of_webhook_client!(),
+    "
+BEGIN ",
+    deposit_event!("NEW.status"),
+    " END;
+CREATE TRIGGER webhook_deposit_changed AFTER UPDATE OF status, sweep_status ON deposits
+WHEN (OLD.status IS NOT NEW.status OR OLD.sweep_status IS NOT NEW.sweep_status) AND ",
+    deposit_of_webhook_client!(),
+    "
+BEGIN ",
+    deposit_event!("CASE WHEN OLD.status IS NOT NEW.status THEN NEW.status ELSE NEW.sweep_status END"),
+    " END;
+"
+);
 
 /// Statuses of rows still in the engine's hands (with `confirmed = 0` for a mined cancellation); a row
 /// waiting for approvals is not yet.
