@@ -106,6 +106,46 @@ pub(crate) enum Command {
     /// The service's webhooks: check a received request's signature (for receivers' tests).
     #[command(subcommand)]
     Webhook(WebhookCommand),
+    /// Approve (or reject) a withdrawal waiting for approvals: sign the service's EIP-712 message with KEY
+    /// and post it (or print it for someone else to post).
+    Approve(ApproveArgs),
+    /// Withdrawals waiting for approvals, as the service lists them.
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
+}
+
+/// Where the signing service is and how to authenticate to it.
+#[derive(Debug, Args)]
+pub(crate) struct ServiceArgs {
+    /// The service's URL (`http://127.0.0.1:8600`).
+    #[arg(long, value_name = "URL")]
+    pub(crate) service: String,
+    /// The environment variable holding the bearer token of a client with the `approvals` method.
+    #[arg(long, value_name = "VAR", default_value = "ETHKMS_SERVICE_TOKEN")]
+    pub(crate) token_env: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ApproveArgs {
+    /// The withdrawal's id.
+    pub(crate) id: String,
+    /// The approver's key (an id, ARN or alias): its address must be one of the key's approvers.
+    #[arg(long, value_name = "KEY")]
+    pub(crate) key: String,
+    /// Reject the withdrawal instead (final: nothing is signed for it).
+    #[arg(long)]
+    pub(crate) reject: bool,
+    /// Print the signed decision (the body of `POST /v1/withdrawals/ID/approvals`) instead of posting it.
+    #[arg(long)]
+    pub(crate) print: bool,
+    #[command(flatten)]
+    pub(crate) service: ServiceArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ApprovalsCommand {
+    /// The withdrawals waiting for approvals, oldest first, with the approvals they have.
+    List(ServiceArgs),
 }
 
 #[derive(Debug, Subcommand)]
