@@ -30,11 +30,16 @@ pub(crate) struct ServerConfig<'a> {
     pub(crate) webhook: Option<&'a str>,
 }
 
+/// The SHA-256 of a bearer token, in hexadecimal: what a client's `token_sha256` holds.
+pub(crate) fn token_sha256(token: &str) -> String {
+    Sha256::digest(token.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
 impl ServerConfig<'_> {
     /// The configuration file's text.
     pub(crate) fn text(&self) -> String {
         let (client, token) = self.client;
-        let token_sha256: String = Sha256::digest(token.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect();
+        let token_sha256 = token_sha256(token);
         format!(
             r#"listen = "127.0.0.1:{port}"
 upstream = "{upstream}"

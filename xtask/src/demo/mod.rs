@@ -3,7 +3,8 @@
 //! sign and verify a message and typed data; [deposit addresses](deposits) for three customers, found and
 //! swept to a treasury in one transaction. Then the product: `ethkms serve` on the same KMS key, a few
 //! withdrawals posted to its REST API (one refused by the key's policy, its rule named), watched until they
-//! are confirmed, two customers' deposit addresses handed out by it and their deposits swept by its sweeper,
+//! are confirmed — the largest only once two approvers ([approvals]) have signed it with `ethkms approve` —,
+//! two customers' deposit addresses handed out by it and their deposits swept by its sweeper,
 //! the audit log verified, the service stopped. Then [two replicas](replicas) on one
 //! PostgreSQL journal, the lease holder killed mid-flight and its key taken over; a summary at the end.
 //!
@@ -21,6 +22,7 @@ use crate::Result;
 use crate::command::{cargo, display, run as run_command, workspace_root};
 use crate::services::{self, ServiceEnv, http_request};
 
+mod approvals;
 mod deposits;
 mod replicas;
 
@@ -148,7 +150,11 @@ fn withdrawals(services: &ServiceEnv, binary: &Path, key_id: &str, factory: &str
     let token = format!("demo-{}-{nanos}", std::process::id());
     let config = directory.join("ethkms-server.toml");
     let deposits = deposits::service_configuration(services, factory)?;
-    std::fs::write(&config, configuration(port, &services.rpc_url, key_id, &token, &directory, Some(&deposits)))?;
+    let approvers = approvals::approvers(services, binary)?;
+    let desk = format!("desk-{}-{nanos}", std::process::id());
+    let written = configuration(port, &services.rpc_url, key_id, &token, &directory, Some(&deposits))
+        + &approvals::configuration(&approvers, &desk);
+    std::fs::write(&config, written)?;
     let log = directory.join("serve.log");
 
     let mut serve = cli(binary, services);
@@ -158,18 +164,26 @@ fn withdrawals(services: &ServiceEnv, binary: &Path, key_id: &str, factory: &str
     server.wait_ready(port, &log)?;
     summary.push(format!(
         "started `ethkms serve` on the same KMS key (127.0.0.1:{port}); its policy: at most 0.051 ETH per \
-         withdrawal, fees included"
+         withdrawal, fees included; withdrawals of 0.04 ETH or more need both approvers ({} and {}, KMS keys \
+         of their own)",
+        approvers[0].1, approvers[1].1
     ));
 
     let api = Api { port, token };
     let mut accepted = Vec::new();
+    let mut pending = Vec::new();
     let mut refused = Vec::new();
     for (idempotency_key, to, amount) in WITHDRAWALS {
         let body =
             json!({ "idempotency_key": idempotency_key, "key": "hot", "to": to, "asset": "ETH", "amount": amount });
         let (status, answer) = api.call("POST", "/v1/withdrawals", Some(&body))?;
         match (status, answer["id"].as_str(), answer["error"]["kind"].as_str()) {
-            (202, Some(id), _) => accepted.push((id.to_owned(), amount, to)),
+            (202, Some(id), _) => {
+                if answer["status"] == "pending_approval" {
+                    pending.push(id.to_owned());
+                }
+                accepted.push((id.to_owned(), amount, to));
+            }
             (403, _, Some("policy_denied")) => refused.push(format!(
                 "{amount} to {to}: policy_denied, rule {}: {}",
                 answer["error"]["rule"].as_str().unwrap_or("?"),
@@ -182,11 +196,19 @@ fn withdrawals(services: &ServiceEnv, binary: &Path, key_id: &str, factory: &str
         return Err(format!("expected 3 withdrawals accepted and 1 refused; refused: {refused:?}").into());
     }
     summary.push(format!(
-        "posted {} withdrawals to POST /v1/withdrawals: {} accepted (202), 1 refused (403)\n{}",
+        "posted {} withdrawals to POST /v1/withdrawals: {} accepted (202; {} of them pending_approval), 1 refused \
+         (403)\n{}",
         WITHDRAWALS.len(),
         accepted.len(),
+        pending.len(),
         refused.join("\n")
     ));
+    if pending.len() != 1 {
+        return Err(format!("expected the 0.05 ETH withdrawal to wait for approvals; waiting: {pending:?}").into());
+    }
+    for id in &pending {
+        approvals::approve(services, binary, port, &desk, id, &approvers, summary)?;
+    }
 
     let started = Instant::now();
     let mut finals = Vec::new();
