@@ -21,7 +21,7 @@
 //! `KeyHandle` on `Pkcs11Backend`, and `KeyHandle` on LocalStack's KMS, at concurrency 1, 8 and 32.
 //!
 //! `ethkms-bench deposits` measures deposit addresses ([`deposits`]): derived per second on one core, and
-//! the gas and KMS signatures their sweeps take on anvil.
+//! the gas and KMS signatures their sweeps take on anvil, beside the clone-with-immutable-args alternative.
 //!
 //! Usage: `ethkms-bench kms|eth|withdrawals|deposits|pkcs11 [--seconds S] [--rounds R] [--concurrency 1,8,32]` with
 //! `ETHKMS_TEST_KMS_ENDPOINT` (and for `eth`, `ETHKMS_TEST_RPC_URL`) pointing at LocalStack and anvil

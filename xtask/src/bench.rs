@@ -18,7 +18,8 @@
 //! - `deposits`: deposit addresses derived per second on one core (against the 1,000,000/s target), and
 //!   on anvil the gas per swept deposit (ether and ERC-20, first sweep with the deployment and later
 //!   sweeps, batches of 1, 10 and 50) beside the peers' published figures, and the KMS `Sign` requests per
-//!   100 swept deposits.
+//!   100 swept deposits; the same sweeps on the clone-with-immutable-args alternative
+//!   (`crates/ethkms-deposits/contracts/alternatives`, measured only), side by side with ours.
 //! - `cli`: wall time of `ethkms wallet address` and `ethkms sign message` (release build) against
 //!   `cast wallet address --aws` and `cast wallet sign --aws` on the same LocalStack key, alternating.
 //!

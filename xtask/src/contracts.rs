@@ -1,7 +1,9 @@
 //! `cargo xtask contracts [--check]`: compiles the deposit contracts (`crates/ethkms-deposits/contracts`)
 //! with the pinned solc of the npm registry (`solc@0.8.28`, installed with the other npm packages) into
 //! their committed artifacts; with `--check` (a step of `cargo xtask ci`), compiles them afresh beside
-//! and fails unless that gives the committed artifacts byte for byte.
+//! and fails unless that gives the committed artifacts byte for byte. The contracts of `alternatives/` (designs
+//! that `cargo xtask bench deposits` measures against ours, never deployed by ethkms) are compiled and
+//! checked alike, into `artifacts/alternatives/`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -61,17 +63,10 @@ pub(crate) fn check() -> Result {
     }
 }
 
-/// The names of the files that differ between the two directories, or are in only one.
+/// The files (by path under the directories, `/`-separated) that differ between the two directories, or are
+/// in only one; subdirectories (`alternatives/`) included.
 fn compare(committed: &Path, fresh: &Path) -> Result<Vec<String>> {
-    let names = |directory: &Path| -> Result<Vec<String>> {
-        let mut names: Vec<String> = std::fs::read_dir(directory)
-            .map_err(|error| format!("could not read {}: {error}", directory.display()))?
-            .filter_map(|entry| entry.ok().map(|entry| entry.file_name().to_string_lossy().into_owned()))
-            .collect();
-        names.sort();
-        Ok(names)
-    };
-    let (old, new) = (names(committed)?, names(fresh)?);
+    let (old, new) = (files(committed, "")?, files(fresh, "")?);
     let mut differences: Vec<String> = Vec::new();
     for name in old.iter().chain(&new) {
         if differences.contains(name) {
@@ -83,6 +78,24 @@ fn compare(committed: &Path, fresh: &Path) -> Result<Vec<String>> {
         }
     }
     Ok(differences)
+}
+
+/// The files under `directory` (recursively), as paths relative to it prefixed with `prefix`, sorted.
+fn files(directory: &Path, prefix: &str) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let entries =
+        std::fs::read_dir(directory).map_err(|error| format!("could not read {}: {error}", directory.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|error| format!("could not read {}: {error}", directory.display()))?;
+        let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            names.extend(files(&entry.path(), &format!("{name}/"))?);
+        } else {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 #[cfg(test)]
@@ -102,7 +115,15 @@ mod tests {
             }
         }
         std::fs::write(b.join("new.json"), "4").unwrap();
-        assert_eq!(compare(&a, &b).unwrap(), ["changed.json", "new.json"]);
+        for (directory, text) in [(&a, "5"), (&b, "6")] {
+            std::fs::create_dir_all(directory.join("alternatives")).unwrap();
+            std::fs::write(directory.join("alternatives").join("Other.json"), text).unwrap();
+        }
+        std::fs::write(a.join("alternatives").join("Gone.json"), "7").unwrap();
+        assert_eq!(
+            compare(&a, &b).unwrap(),
+            ["alternatives/Gone.json", "alternatives/Other.json", "changed.json", "new.json"]
+        );
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

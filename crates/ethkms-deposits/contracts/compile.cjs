@@ -1,5 +1,7 @@
 // Compiles the contracts with the solc of the npm package `solc` (pinned by `cargo xtask`) into
 // `artifacts/`: for each contract its ABI, creation and runtime bytecode, and the compiler that made them.
+// The contracts of `alternatives/` (designs measured against ours by `cargo xtask bench deposits`, never
+// deployed by ethkms) go to `artifacts/alternatives/`.
 // Usage: node compile.cjs OUT_DIR   (NODE_PATH names the node_modules holding `solc`).
 'use strict';
 const fs = require('fs');
@@ -13,7 +15,7 @@ if (!out) {
   process.exit(2);
 }
 const sources = {};
-for (const dir of ['src', 'test']) {
+for (const dir of ['src', 'test', 'alternatives']) {
   for (const file of fs.readdirSync(path.join(root, dir)).filter((f) => f.endsWith('.sol')).sort()) {
     sources[`${dir}/${file}`] = { content: fs.readFileSync(path.join(root, dir, file), 'utf8') };
   }
@@ -36,6 +38,8 @@ for (const message of output.errors || []) console.error(message.formattedMessag
 if (errors.length) process.exit(1);
 fs.mkdirSync(out, { recursive: true });
 for (const [file, contracts] of Object.entries(output.contracts)) {
+  const dir = file.startsWith('alternatives/') ? path.join(out, 'alternatives') : out;
+  fs.mkdirSync(dir, { recursive: true });
   for (const [name, contract] of Object.entries(contracts)) {
     const artifact = {
       contract: name,
@@ -46,6 +50,6 @@ for (const [file, contracts] of Object.entries(output.contracts)) {
       bytecode: `0x${contract.evm.bytecode.object}`,
       deployedBytecode: `0x${contract.evm.deployedBytecode.object}`,
     };
-    fs.writeFileSync(path.join(out, `${name}.json`), `${JSON.stringify(artifact, null, 2)}\n`);
+    fs.writeFileSync(path.join(dir, `${name}.json`), `${JSON.stringify(artifact, null, 2)}\n`);
   }
 }
