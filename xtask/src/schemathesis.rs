@@ -172,8 +172,8 @@ pub(crate) fn check(services: &ServiceEnv, settings: &Settings) -> Result {
     Ok(())
 }
 
-/// The server's configuration: one key with a tiny policy, deposit addresses, one client with `token` and a
-/// webhook (its secret in `directory/webhook-secret`), files in `directory`.
+/// The server's configuration: one key with a tiny policy and approvals, deposit addresses, one client with
+/// `token` and a webhook (its secret in `directory/webhook-secret`), files in `directory`.
 fn configuration(port: u16, upstream: &str, key_id: &str, token: &str, directory: &Path) -> String {
     let webhook = format!(
         "{{ url = \"http://127.0.0.1:9/ethkms\", secret_file = \"{}\" }}",
@@ -198,6 +198,13 @@ parent = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 poll_interval_ms = 500"#,
         ),
         webhook: Some(&webhook),
+        // Withdrawals of exactly 1,000 wei wait for approvals (of two strangers' addresses): the approval
+        // routes are fuzzed past authentication.
+        approvals: Some(
+            r#"threshold = { ETH = "1000" }
+approvers = ["0x90f79bf6eb2c4f870365e785982e1f101e93b906", "0x15d34aaf54267db7d7c367839aaf71a00a2c6a65"]
+quorum = 2"#,
+        ),
     }
     .text()
 }

@@ -28,6 +28,9 @@ pub(crate) struct ServerConfig<'a> {
     pub(crate) deposits: Option<&'a str>,
     /// The client's `webhook = { … }` value, TOML, if it has one.
     pub(crate) webhook: Option<&'a str>,
+    /// The lines of `[keys.hot.approvals]`, TOML, if the key's large withdrawals need approvals (the client
+    /// then may carry approvers' decisions and propose allowlist additions too).
+    pub(crate) approvals: Option<&'a str>,
 }
 
 /// The SHA-256 of a bearer token, in hexadecimal: what a client's `token_sha256` holds.
@@ -54,7 +57,7 @@ confirmations = 1
 fees = {fees}
 [keys.hot.policy]
 {policy}
-
+{approvals}
 [clients.{client}]
 token_sha256 = "{token_sha256}"
 keys = ["hot"]
@@ -67,7 +70,17 @@ methods = [{methods}]
             policy = self.policy.trim_end(),
             audit = self.directory.join("audit.jsonl").display(),
             journal = self.directory.join("journal.sqlite").display(),
-            methods = if self.deposits.is_some() { r#""withdrawals", "deposits""# } else { r#""withdrawals""# },
+            methods = [
+                Some(r#""withdrawals""#),
+                self.deposits.map(|_| r#""deposits""#),
+                self.approvals.map(|_| r#""approvals", "allowlist""#),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(", "),
+            approvals =
+                self.approvals.map(|lines| format!("[keys.hot.approvals]\n{}\n", lines.trim_end())).unwrap_or_default(),
             webhook = self.webhook.map(|value| format!("webhook = {value}\n")).unwrap_or_default(),
             deposits = self.deposits.map(|lines| format!("\n[deposits]\n{}\n", lines.trim_end())).unwrap_or_default(),
         )

@@ -203,6 +203,7 @@ impl Service {
             engine.start();
             if config.keys.values().any(|key| key.approvals.is_some()) {
                 crate::approvals::expire_in_background(Arc::clone(engine));
+                crate::approvals::allowlist::refresh_in_background(Arc::clone(engine));
             }
         }
         if let Some(webhooks) = &webhooks {

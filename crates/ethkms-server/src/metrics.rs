@@ -52,6 +52,9 @@ pub(crate) struct Metrics {
     /// Approvers' decisions by outcome (`counted`, `approved`, `rejected`, `duplicate`, `expired`,
     /// `not_pending`).
     pub(crate) approvals: Labeled,
+    /// Allowlist changes by event (`proposed`, `counted`, `approved`, `cancelled`, `duplicate`,
+    /// `not_pending`, `removed`).
+    pub(crate) allowlist: Labeled,
     /// Nonce gaps filled.
     pub(crate) gaps_filled: Counter,
     /// Gap fills the node refused (each followed by a longer wait before the next).
@@ -113,6 +116,7 @@ impl Default for Metrics {
             kms_errors: Labeled::new("kind"),
             withdrawals: Labeled::new("status"),
             approvals: Labeled::new("outcome"),
+            allowlist: Labeled::new("event"),
             gaps_filled: Counter::default(),
             gap_fill_failures: Counter::default(),
             rebroadcasts: Counter::default(),
@@ -197,7 +201,7 @@ impl Default for Metrics {
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
         }
-        let families: [(&str, &str, &Labeled); 11] = [
+        let families: [(&str, &str, &Labeled); 12] = [
             (
                 "ethkms_webhook_deliveries",
                 "Webhook delivery attempts by outcome: delivered (a 2xx answer), failed (retried after a back-off)",
@@ -228,6 +232,12 @@ impl Default for Metrics {
                 "Approvers' decisions by outcome: counted, approved (quorum complete), rejected, duplicate, expired, \
                  not_pending",
                 &metrics.approvals,
+            ),
+            (
+                "ethkms_allowlist_changes",
+                "Allowlist additions and decisions by event: proposed, counted, approved, cancelled, duplicate, \
+                 not_pending, removed",
+                &metrics.allowlist,
             ),
             ("ethkms_broadcasts", "Broadcasts by the node's answer", &metrics.broadcasts),
             ("ethkms_transient_retries", "Passing failures retried with back-off, by cause", &metrics.retries),

@@ -19,7 +19,7 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use ethkms::eth::SignerError;
 use serde_json::{Value, json};
 
@@ -92,6 +92,12 @@ impl Service {
             .route("/v1/withdrawals/{id}/cancel", post(crate::withdrawals::api::cancel))
             .route("/v1/withdrawals/{id}/approvals", post(crate::approvals::api::decide))
             .route("/v1/approvals", get(crate::approvals::api::list))
+            .route(
+                "/v1/keys/{key}/allowlist",
+                post(crate::approvals::allowlist::propose).get(crate::approvals::allowlist::list),
+            )
+            .route("/v1/keys/{key}/allowlist/{address}", delete(crate::approvals::allowlist::remove))
+            .route("/v1/keys/{key}/allowlist/{address}/approvals", post(crate::approvals::allowlist::decide))
             .route("/v1/deposit-addresses", post(crate::deposits::api::post_address))
             .route("/v1/deposits", get(crate::deposits::api::list))
             .route("/v1/webhooks/deliveries", get(crate::webhooks::api::deliveries))
@@ -185,7 +191,7 @@ impl Service {
         let chain = policy_request.chain_id;
         // Every rule but the daily limit first, so that a denial names its rule before a wrong chain is
         // reported (with nothing spent, only the transaction's own amount counts).
-        let precheck = self.policy().check_spent(&policy_request, &crate::journal::Spent::new());
+        let precheck = self.policy().check_spent(&policy_request, &crate::journal::Spent::new(), SystemTime::now());
         if let Err(denial) = precheck {
             let details = crate::shared::request_fields(&request);
             return Err(self.denied(client_name, key, method, denial, details).await);

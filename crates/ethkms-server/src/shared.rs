@@ -101,7 +101,9 @@ pub(crate) fn limit_check(shared: &Arc<Shared>, request: SignRequest) -> LimitCh
         assets,
         check: Box::new(move |spent| {
             let policy = shared.policy.lock().unwrap_or_else(PoisonError::into_inner);
-            policy.check_spent(&request, spent).map(|movements| totals(&movements).into_iter().collect())
+            policy
+                .check_spent(&request, spent, std::time::SystemTime::now())
+                .map(|movements| totals(&movements).into_iter().collect())
         }),
     }
 }

@@ -57,6 +57,18 @@ async fn the_service_serves_its_document_and_answers_json_errors() {
         ("/v1/withdrawals/{id}/cancel", "post", &["200", "202", "400", "401", "404", "408", "409", "413", "503"]),
         ("/v1/withdrawals/{id}/approvals", "post", &["200", "400", "401", "403", "404", "408", "409", "413", "503"]),
         ("/v1/approvals", "get", &["200", "400", "401", "403", "408", "413", "503"]),
+        ("/v1/keys/{key}/allowlist", "post", &["202", "400", "401", "403", "408", "409", "413", "503"]),
+        ("/v1/keys/{key}/allowlist", "get", &["200", "400", "401", "403", "408", "409", "413", "503"]),
+        (
+            "/v1/keys/{key}/allowlist/{address}/approvals",
+            "post",
+            &["200", "400", "401", "403", "404", "408", "409", "413", "503"],
+        ),
+        (
+            "/v1/keys/{key}/allowlist/{address}",
+            "delete",
+            &["200", "400", "401", "403", "404", "408", "409", "413", "503"],
+        ),
     ];
     for (path, method, statuses) in operations {
         let operation = &document["paths"][path][method];

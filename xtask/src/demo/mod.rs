@@ -280,6 +280,7 @@ max_value = { ETH = "0.051ether" }
 daily_limit = { ETH = "1ether" }"#,
         deposits,
         webhook: None,
+        approvals: None,
     }
     .text()
 }

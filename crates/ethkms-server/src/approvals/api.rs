@@ -87,12 +87,13 @@ pub(crate) enum DecisionKind {
 #[serde(deny_unknown_fields)]
 pub(crate) struct DecisionRequest {
     /// The approver's address.
-    #[schema(value_type = String, example = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8")]
+    #[schema(pattern = r"^0x([0-9a-f]{40}|[0-9A-F]{40})$", example = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8")]
     approver: String,
     /// `approve` or `reject`.
     decision: DecisionKind,
     /// The approver's EIP-712 signature of the withdrawal's `approval.typed_data` (with `approve` as decided):
     /// 65 bytes, hexadecimal.
+    #[schema(pattern = r"^0x[0-9a-fA-F]{130}$")]
     signature: String,
     /// What the approver signed, if it may differ: a signature that does not count is then answered with
     /// the field that differs.
@@ -103,16 +104,28 @@ pub(crate) struct DecisionRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SignedContent {
+    #[serde(deserialize_with = "whole_number")]
     chain_id: u64,
     id: String,
-    #[schema(value_type = String)]
-    key: Address,
-    #[schema(value_type = String)]
-    to: Address,
-    #[schema(value_type = String)]
-    asset: Address,
+    key: String,
+    to: String,
+    asset: String,
     amount: String,
+    #[serde(deserialize_with = "whole_number")]
     expiry: u64,
+}
+
+/// A JSON number that is a whole number from 0 to 2^64 - 1, written as an integer or not (`11423.0`: JSON
+/// makes no difference, and neither does the document's `integer`).
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let value = serde_json::Number::deserialize(deserializer)?;
+    value
+        .as_u64()
+        .or_else(|| {
+            let float = value.as_f64().filter(|float| float.fract() == 0.0 && (0.0..1.8e19).contains(float))?;
+            format!("{float:.0}").parse().ok()
+        })
+        .ok_or_else(|| serde::de::Error::custom(format!("{value} is not a whole number from 0 to 2^64 - 1")))
 }
 
 /// Why `signature` over `ours` does not recover to `approver`: the first field of `signed` that differs,
@@ -126,16 +139,20 @@ fn mismatch(ours: &ApprovalContent, signed: Option<&SignedContent>, approver: Ad
         );
     };
     let amount = signed.amount.parse::<U256>().ok();
+    let address = |text: &str| text.parse::<Address>().ok();
     let differs = [
         (
             signed.chain_id != ours.chain_id,
             format!("chain {}, but the withdrawal is on chain {}", signed.chain_id, ours.chain_id),
         ),
         (signed.id != ours.id, format!("withdrawal `{}`, not `{}`", signed.id, ours.id)),
-        (signed.key != ours.key, format!("key {}, but the withdrawal is from {}", signed.key, ours.key)),
-        (signed.to != ours.to, format!("recipient {}, but the withdrawal pays {}", signed.to, ours.to)),
         (
-            signed.asset != asset_address(ours.asset),
+            address(&signed.key) != Some(ours.key),
+            format!("key {}, but the withdrawal is from {}", signed.key, ours.key),
+        ),
+        (address(&signed.to) != Some(ours.to), format!("recipient {}, but the withdrawal pays {}", signed.to, ours.to)),
+        (
+            address(&signed.asset) != Some(asset_address(ours.asset)),
             format!("asset {}, but the withdrawal sends {}", signed.asset, ours.asset),
         ),
         (amount != Some(ours.amount), format!("amount {}, but the withdrawal's is {}", signed.amount, ours.amount)),
@@ -211,11 +228,12 @@ pub(crate) async fn decide(
     let body = body.map_err(|rejection| unreadable(&rejection))?;
     let request: DecisionRequest =
         serde_json::from_slice(&body).map_err(|error| bad_request(format!("not a decision: {error}")))?;
+    // Whether there is such a withdrawal for this client first: the values are checked against it.
+    let (withdrawal, key, settings, state) = decidable(&service, client, &id).await?;
     let approver =
         ethkms::units::parse_address(&request.approver).map_err(|error| bad_request(format!("`approver`: {error}")))?;
     let signature: Bytes =
         request.signature.parse().map_err(|error| bad_request(format!("`signature` is not hexadecimal: {error}")))?;
-    let (withdrawal, key, settings, state) = decidable(&service, client, &id).await?;
     if !settings.approvers.contains(&approver) {
         return Err(refused(format!("{approver} is not an approver of key `{}`", key.name)));
     }
@@ -290,9 +308,11 @@ pub(crate) async fn decide(
 /// `GET /v1/approvals` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
     /// At most this many (1 to 1000; 100 by default).
-    limit: Option<u64>,
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
 }
 
 /// The withdrawals waiting for approvals.

@@ -8,7 +8,12 @@
 //! journal transaction, and the engine signs it as any other; one rejection ends it `rejected`; unapproved,
 //! it ends `expired` (both final, the amount given back to the daily limit). Every decision, approval and
 //! expiry goes to the audit log.
+//!
+//! The same approvers and quorum guard time-locked additions to a key's destination allowlist
+//! (`allowlist`): an address proposed through the API is allowed only once the quorum has approved it and
+//! its delay (`allowlist_delay_seconds`) has passed; any approver may cancel it until then.
 
+pub(crate) mod allowlist;
 pub(crate) mod api;
 pub mod typed;
 

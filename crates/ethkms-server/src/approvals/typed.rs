@@ -3,6 +3,9 @@
 //! the domain `{name: "ethkms", version: "1", chainId}` of the key's chain, so that a signature for another
 //! withdrawal, amount, recipient or chain recovers to another address. [`ApprovalContent::typed_data`] is the
 //! same message as `eth_signTypedData_v4` JSON, for wallets and `ethkms sign typed-data`.
+//!
+//! An approver's decision on a time-locked allowlist addition is a second primary type in the same domain,
+//! [`AdditionContent`]: the key's address, the destination, the time it takes effect and the decision.
 
 use alloy_primitives::{Address, B256, Signature, U256};
 use alloy_sol_types::{Eip712Domain, SolStruct as _, eip712_domain};
@@ -21,6 +24,91 @@ alloy_sol_types::sol! {
         uint64 expiry;
         bool approve;
     }
+
+    /// An approver's decision on one allowlist addition.
+    struct AllowlistAddition {
+        address key;
+        address destination;
+        uint64 effective;
+        bool approve;
+    }
+}
+
+/// What an approver signs, for one allowlist addition and one decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdditionContent {
+    /// The signing key's address.
+    pub key: Address,
+    /// The key's chain.
+    pub chain_id: u64,
+    /// The destination added.
+    pub destination: Address,
+    /// When the addition takes effect (with its quorum), Unix seconds.
+    pub effective: u64,
+    /// Approve (`true`) or reject (cancel).
+    pub approve: bool,
+}
+
+impl AdditionContent {
+    fn message(&self) -> AllowlistAddition {
+        AllowlistAddition {
+            key: self.key,
+            destination: self.destination,
+            effective: self.effective,
+            approve: self.approve,
+        }
+    }
+
+    /// The EIP-712 digest signed, in the domain of withdrawal approvals.
+    #[must_use]
+    pub fn signing_hash(&self) -> B256 {
+        self.message().eip712_signing_hash(&domain(self.chain_id))
+    }
+
+    /// The address whose key made `signature` over this content.
+    ///
+    /// # Errors
+    /// [`SignatureError`] if `signature` is not a valid 65-byte signature.
+    pub fn signer(&self, signature: &[u8]) -> Result<Address, SignatureError> {
+        recover(signature, self.signing_hash())
+    }
+
+    /// The message as `eth_signTypedData_v4` takes it.
+    #[must_use]
+    pub fn typed_data(&self) -> Value {
+        json!({
+            "types": {
+                "EIP712Domain": [
+                    { "name": "name", "type": "string" },
+                    { "name": "version", "type": "string" },
+                    { "name": "chainId", "type": "uint256" },
+                ],
+                "AllowlistAddition": [
+                    { "name": "key", "type": "address" },
+                    { "name": "destination", "type": "address" },
+                    { "name": "effective", "type": "uint64" },
+                    { "name": "approve", "type": "bool" },
+                ],
+            },
+            "primaryType": "AllowlistAddition",
+            "domain": { "name": "ethkms", "version": "1", "chainId": self.chain_id },
+            "message": {
+                "key": self.key.to_string(),
+                "destination": self.destination.to_string(),
+                "effective": self.effective,
+                "approve": self.approve,
+            },
+        })
+    }
+}
+
+fn domain(chain_id: u64) -> Eip712Domain {
+    eip712_domain! { name: "ethkms", version: "1", chain_id: chain_id, }
+}
+
+fn recover(signature: &[u8], hash: B256) -> Result<Address, SignatureError> {
+    let signature = Signature::try_from(signature).map_err(|error| SignatureError::Malformed(error.to_string()))?;
+    signature.recover_address_from_prehash(&hash).map_err(|error| SignatureError::Malformed(error.to_string()))
 }
 
 /// What an approver signs, for one withdrawal and one decision.
@@ -56,7 +144,7 @@ impl ApprovalContent {
     /// The domain: `ethkms`, version 1, the key's chain.
     #[must_use]
     pub fn domain(&self) -> Eip712Domain {
-        eip712_domain! { name: "ethkms", version: "1", chain_id: self.chain_id, }
+        domain(self.chain_id)
     }
 
     fn message(&self) -> WithdrawalApproval {
@@ -82,10 +170,7 @@ impl ApprovalContent {
     /// # Errors
     /// [`SignatureError`] if `signature` is not a valid 65-byte signature.
     pub fn signer(&self, signature: &[u8]) -> Result<Address, SignatureError> {
-        let signature = Signature::try_from(signature).map_err(|error| SignatureError::Malformed(error.to_string()))?;
-        signature
-            .recover_address_from_prehash(&self.signing_hash())
-            .map_err(|error| SignatureError::Malformed(error.to_string()))
+        recover(signature, self.signing_hash())
     }
 
     /// The message as `eth_signTypedData_v4` takes it.
@@ -191,5 +276,40 @@ mod tests {
         assert_ne!(other.signer(&signature).unwrap(), address);
         assert!(matches!(content().signer(&[0; 64]), Err(SignatureError::Malformed(_))));
         assert!(matches!(content().signer(&[0xff; 65]), Err(SignatureError::Malformed(_))));
+    }
+
+    fn addition() -> AdditionContent {
+        AdditionContent {
+            key: Address::with_last_byte(1),
+            chain_id: 31337,
+            destination: Address::with_last_byte(2),
+            effective: 1_800_000_000,
+            approve: true,
+        }
+    }
+
+    #[test]
+    fn an_allowlist_addition_hashes_as_its_json_and_every_field_counts() {
+        for approve in [true, false] {
+            let content = AdditionContent { approve, ..addition() };
+            let typed: TypedData = serde_json::from_value(content.typed_data()).unwrap();
+            assert_eq!(typed.eip712_signing_hash().unwrap(), content.signing_hash());
+        }
+        let base = addition().signing_hash();
+        let changed = [
+            AdditionContent { key: Address::with_last_byte(3), ..addition() },
+            AdditionContent { chain_id: 1, ..addition() },
+            AdditionContent { destination: Address::with_last_byte(3), ..addition() },
+            AdditionContent { effective: 1, ..addition() },
+            AdditionContent { approve: false, ..addition() },
+        ];
+        for other in changed {
+            assert_ne!(other.signing_hash(), base, "{other:?}");
+        }
+        let key = k256::ecdsa::SigningKey::from_slice(&[0x42; 32]).unwrap();
+        let (signature, parity) = key.sign_prehash_recoverable(base.as_slice()).unwrap();
+        let signature = Signature::from_signature_and_parity(signature, parity.is_y_odd()).as_bytes();
+        assert_eq!(addition().signer(&signature).unwrap(), Address::from_public_key(key.verifying_key()));
+        assert!(matches!(addition().signer(&[0; 64]), Err(SignatureError::Malformed(_))));
     }
 }

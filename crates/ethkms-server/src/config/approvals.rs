@@ -10,11 +10,17 @@
 //!              "0x90F79bf6EB2c4f870365E785982E1f101E93b906"]
 //! quorum = 2              # of the approvers (M of N)
 //! expiry_seconds = 86400  # the default: a day
+//! allowlist_delay_seconds = 172800  # the default: 48 hours
 //! ```
 //!
 //! Assets without a threshold never need approvals. Approvers are Ethereum addresses — a hardware wallet,
 //! another KMS key under another IAM role (`ethkms approve`), any EIP-712 signer; a client posts their
 //! signatures with `"approvals"` in its `methods`.
+//!
+//! The same approvers and quorum guard additions to a key's `destination_allowlist` through the API
+//! (`POST /v1/keys/NAME/allowlist`, by a client with `"allowlist"` in its `methods`): an addition takes
+//! effect `allowlist_delay_seconds` after it is proposed (at least 1; 48 hours by default), and only once
+//! `quorum` approvers have approved it; any approver may cancel it until then (see `crate::approvals`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -28,6 +34,9 @@ use crate::policy::Asset;
 /// The longest a withdrawal may wait for approvals: 30 days.
 const MAX_EXPIRY: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// The longest an allowlist addition may wait before it takes effect: a year.
+const MAX_ALLOWLIST_DELAY: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// A key's approval settings, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApprovalSettings {
@@ -39,6 +48,8 @@ pub struct ApprovalSettings {
     pub quorum: u32,
     /// How long a withdrawal waits for them.
     pub expiry: Duration,
+    /// How long after it is proposed an allowlist addition takes effect (with the quorum's approvals).
+    pub allowlist_delay: Duration,
 }
 
 impl ApprovalSettings {
@@ -56,6 +67,7 @@ pub(super) struct RawApprovals {
     approvers: Vec<String>,
     quorum: u32,
     expiry_seconds: Option<u64>,
+    allowlist_delay_seconds: Option<u64>,
 }
 
 /// Checks `[keys.NAME.approvals]` of key `name`.
@@ -99,7 +111,14 @@ pub(super) fn approvals(
     if expiry.is_zero() || expiry > MAX_EXPIRY {
         return Err(error("expiry_seconds", format!("must be from 1 to {} (30 days)", MAX_EXPIRY.as_secs())));
     }
-    Ok(Some(ApprovalSettings { threshold, approvers, quorum: raw.quorum, expiry }))
+    let allowlist_delay = Duration::from_secs(raw.allowlist_delay_seconds.unwrap_or(172_800));
+    if allowlist_delay.is_zero() || allowlist_delay > MAX_ALLOWLIST_DELAY {
+        return Err(error(
+            "allowlist_delay_seconds",
+            format!("must be from 1 to {} (a year)", MAX_ALLOWLIST_DELAY.as_secs()),
+        ));
+    }
+    Ok(Some(ApprovalSettings { threshold, approvers, quorum: raw.quorum, expiry, allowlist_delay }))
 }
 
 #[cfg(test)]
@@ -125,6 +144,7 @@ mod tests {
                 .unwrap();
         let approvals = parsed.keys["hot"].approvals.clone().unwrap();
         assert_eq!((approvals.quorum, approvals.expiry.as_secs(), approvals.approvers.len()), (2, 86_400, 2));
+        assert_eq!(approvals.allowlist_delay.as_secs(), 172_800);
         let two =
             alloy_primitives::U256::from(2) * alloy_primitives::U256::from(10).pow(alloy_primitives::U256::from(18));
         assert!(approvals.needed(crate::policy::Asset::Ether, two));
@@ -158,6 +178,13 @@ mod tests {
                 format!("threshold = {{ ETH = \"1\" }}\napprovers = [\"{A}\"]\nquorum = 1\nexpiry_seconds = 0\n"),
                 true,
                 "expiry_seconds",
+            ),
+            (
+                format!(
+                    "threshold = {{ ETH = \"1\" }}\napprovers = [\"{A}\"]\nquorum = 1\nallowlist_delay_seconds = 0\n"
+                ),
+                true,
+                "allowlist_delay_seconds",
             ),
             (format!("threshold = {{ BTC = \"1\" }}\napprovers = [\"{A}\"]\nquorum = 1\n"), true, "threshold"),
         ];

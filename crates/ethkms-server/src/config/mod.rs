@@ -40,6 +40,7 @@
 //! threshold = { ETH = "10ether" }
 //! approvers = ["0x70997970C51812dc3A010C7d01b50e0d17dc79C8", "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"]
 //! quorum = 2
+//! allowlist_delay_seconds = 172800  # API additions to destination_allowlist wait 48 h for the quorum
 //!
 //! [clients.withdrawals]
 //! token_sha256 = "…64 hex digits: the SHA-256 of the bearer token…"
@@ -52,6 +53,11 @@
 //! token_sha256 = "…"
 //! keys = ["hot"]
 //! methods = ["approvals"]
+//!
+//! [clients.treasury-ops]         # proposes and removes time-locked destination_allowlist additions
+//! token_sha256 = "…"
+//! keys = ["hot"]
+//! methods = ["allowlist"]
 //! ```
 //!
 //! Token amounts in `max_value` and `daily_limit` are in the token's smallest unit; ether amounts take
@@ -280,6 +286,10 @@ pub const DEPOSITS_METHOD: &str = "deposits";
 /// decisions (each checked by its EIP-712 signature: the client only carries them).
 pub const APPROVALS_METHOD: &str = "approvals";
 
+/// The method that lets a client propose time-locked additions to its keys' destination allowlists and
+/// remove them (`/v1/keys/{key}/allowlist`).
+pub const ALLOWLIST_METHOD: &str = "allowlist";
+
 /// The JSON-RPC methods that sign.
 pub const SIGNING_METHODS: [&str; 6] =
     ["eth_sign", "personal_sign", "eth_signTypedData_v4", "eth_signTransaction", "eth_sendTransaction", "withdrawals"];
@@ -344,10 +354,11 @@ impl Config {
                 if !SIGNING_METHODS.contains(&method.as_str())
                     && method != DEPOSITS_METHOD
                     && method != APPROVALS_METHOD
+                    && method != ALLOWLIST_METHOD
                 {
                     return Err(ConfigError(format!(
-                        "clients.{name}.methods: `{method}` is not a signing method ({}) nor `{DEPOSITS_METHOD}` or \
-                         `{APPROVALS_METHOD}`",
+                        "clients.{name}.methods: `{method}` is not a signing method ({}) nor `{DEPOSITS_METHOD}`, \
+                         `{APPROVALS_METHOD}` or `{ALLOWLIST_METHOD}`",
                         SIGNING_METHODS.join(", ")
                     )));
                 }

@@ -14,6 +14,9 @@
 //! - [`mark_failed`](JournalStore::mark_failed) and [`cancel`](JournalStore::cancel) give the amount back
 //!   to the daily limit only for rows whose value provably never left.
 
+pub mod allowlist;
+#[cfg(test)]
+mod allowlist_conformance;
 #[cfg(test)]
 mod approval_conformance;
 pub mod approvals;
@@ -40,6 +43,7 @@ use async_trait::async_trait;
 pub use crate::nonces::Nonces;
 use crate::policy::{Asset, Denial};
 
+pub use allowlist::{Addition, AdditionDecided, AllowlistStatus, AllowlistStore, NewAddition, Proposed};
 pub use approvals::{ApprovalState, ApprovalStore, ApprovalTerms, Decided, Decision, DecisionRow};
 pub use deposits::{
     BlockRecord, DepositAddressRow, DepositKey, DepositRow, DepositStatus, DepositStore, NewDeposit, NewSweep,
@@ -293,7 +297,7 @@ pub struct Released {
 /// a nonce, stores a transaction or moves a row's status — carry the [`Fence`] of the key's lease and are
 /// refused once another replica holds it.
 #[async_trait]
-pub trait JournalStore: ApprovalStore + Send + Sync + fmt::Debug {
+pub trait JournalStore: ApprovalStore + AllowlistStore + Send + Sync + fmt::Debug {
     /// Stores a client withdrawal under a fresh id, unless its client has used its idempotency key before
     /// (then the withdrawal stored then is returned). `check` runs first, in the same transaction, under the
     /// key's limit lock, so two requests with the same idempotency key cannot both pass it and two requests

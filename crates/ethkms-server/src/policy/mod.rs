@@ -49,6 +49,7 @@
 //! # Ok::<(), ethkms_server::policy::Denial>(())
 //! ```
 
+mod added;
 pub mod calls;
 pub mod fees;
 pub mod typed;
@@ -351,13 +352,15 @@ fn call_effects(policy: &KeyPolicy, request: &SignRequest) -> Result<Effects, De
 pub struct PolicyEngine {
     policies: HashMap<String, KeyPolicy>,
     spent: HashMap<(String, Asset), VecDeque<(SystemTime, U256)>>,
+    /// Destinations added to each key's allowlist, with when each takes effect ([`Self::set_added`]).
+    added: HashMap<String, Vec<(Address, SystemTime)>>,
 }
 
 impl PolicyEngine {
     /// An engine with these policies, by key name.
     #[must_use]
     pub fn new(policies: HashMap<String, KeyPolicy>) -> Self {
-        Self { policies, spent: HashMap::new() }
+        Self { policies, spent: HashMap::new(), added: HashMap::new() }
     }
 
     /// Checks `request` at time `now` without recording it, and returns what it moves.
@@ -367,8 +370,9 @@ impl PolicyEngine {
     /// calldata and contract calls, deny list, allow list, per-transaction maximum, daily limit.
     pub fn check(&mut self, request: &SignRequest, now: SystemTime) -> Result<Vec<Movement>, Denial> {
         let (policy, effects) = transaction_effects(&self.policies, request)?;
+        let added = added::at(&self.added, &request.key, now);
         let spent = &mut self.spent;
-        within_limits(policy, &effects, &mut |asset| spent_in_window(spent, &request.key, asset, now))?;
+        within_limits(policy, added, &effects, &mut |asset| spent_in_window(spent, &request.key, asset, now))?;
         Ok(effects.movements)
     }
 
@@ -380,13 +384,19 @@ impl PolicyEngine {
     }
 
     /// As [`check`](Self::check), with what the key moved in the last 24 hours given (`spent`, read by a
-    /// journal that every replica writes to) instead of this engine's own record.
+    /// journal that every replica writes to) instead of this engine's own record, at time `now`.
     ///
     /// # Errors
     /// As [`check`](Self::check).
-    pub fn check_spent(&self, request: &SignRequest, spent: &BTreeMap<Asset, U256>) -> Result<Vec<Movement>, Denial> {
+    pub fn check_spent(
+        &self,
+        request: &SignRequest,
+        spent: &BTreeMap<Asset, U256>,
+        now: SystemTime,
+    ) -> Result<Vec<Movement>, Denial> {
         let (policy, effects) = transaction_effects(&self.policies, request)?;
-        within_limits(policy, &effects, &mut |asset| spent.get(&asset).copied().unwrap_or_default())?;
+        let added = added::at(&self.added, &request.key, now);
+        within_limits(policy, added, &effects, &mut |asset| spent.get(&asset).copied().unwrap_or_default())?;
         Ok(effects.movements)
     }
 
@@ -404,7 +414,8 @@ impl PolicyEngine {
     ) -> Result<Vec<Movement>, Denial> {
         let policy = known(&self.policies, key)?;
         let effects = typed::effects(policy, chain_id, request, now)?;
-        within_limits(policy, &effects, &mut |asset| spent.get(&asset).copied().unwrap_or_default())?;
+        let added = added::at(&self.added, key, now);
+        within_limits(policy, added, &effects, &mut |asset| spent.get(&asset).copied().unwrap_or_default())?;
         Ok(effects.movements)
     }
 
@@ -422,8 +433,9 @@ impl PolicyEngine {
     ) -> Result<Vec<Movement>, Denial> {
         let policy = known(&self.policies, key)?;
         let effects = typed::effects(policy, chain_id, request, now)?;
+        let added = added::at(&self.added, key, now);
         let spent = &mut self.spent;
-        within_limits(policy, &effects, &mut |asset| spent_in_window(spent, key, asset, now))?;
+        within_limits(policy, added, &effects, &mut |asset| spent_in_window(spent, key, asset, now))?;
         Ok(effects.movements)
     }
 
@@ -511,15 +523,22 @@ fn known<'a>(policies: &'a HashMap<String, KeyPolicy>, key: &str) -> Result<&'a 
     policies.get(key).ok_or_else(|| Denial::new(Rule::UnknownKey, format!("no policy for key `{key}`")))
 }
 
-/// Checks `effects` against the destination lists, then each asset's total against its per-transaction
-/// maximum and daily limit (`spent`: what the key moved of an asset in the last 24 hours).
-fn within_limits(policy: &KeyPolicy, effects: &Effects, spent: &mut dyn FnMut(Asset) -> U256) -> Result<(), Denial> {
+/// Checks `effects` against the destination lists (the allowlist with the key's `added` destinations),
+/// then each asset's total against its per-transaction maximum and daily limit (`spent`: what the key
+/// moved of an asset in the last 24 hours).
+fn within_limits(
+    policy: &KeyPolicy,
+    added: added::Added<'_>,
+    effects: &Effects,
+    spent: &mut dyn FnMut(Asset) -> U256,
+) -> Result<(), Denial> {
     for recipient in &effects.recipients {
         if policy.destination_denylist.contains(recipient) {
             return Err(Denial::new(Rule::DestinationDenied, format!("{recipient} is on the deny list")));
         }
         if let Some(allowed) = &policy.destination_allowlist
             && !allowed.contains(recipient)
+            && !added.allows(recipient)
         {
             return Err(Denial::new(Rule::DestinationNotAllowed, format!("{recipient} is not on the allow list")));
         }

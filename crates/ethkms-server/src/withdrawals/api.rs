@@ -49,6 +49,9 @@ pub(crate) enum ErrorKind {
     /// 409: a decision on a withdrawal not waiting for it: the approver decided before, or the withdrawal
     /// expired, was rejected or approved (`status` is the withdrawal's).
     ApprovalConflict,
+    /// 409: an allowlist change that cannot be made: the key takes no additions (no `destination_allowlist`
+    /// or no approvals), the address is listed or proposed already, or it is in the configuration's list.
+    AllowlistConflict,
     /// 413: the body is larger than 1 MiB.
     BodyTooLarge,
     /// 408: the body was not all sent within `limits.body_timeout_seconds`.
@@ -72,7 +75,9 @@ impl ErrorKind {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden | Self::PolicyDenied | Self::ApprovalRefused => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::IdempotencyKeyReused | Self::NotCancellable | Self::ApprovalConflict => StatusCode::CONFLICT,
+            Self::IdempotencyKeyReused | Self::NotCancellable | Self::ApprovalConflict | Self::AllowlistConflict => {
+                StatusCode::CONFLICT
+            }
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Journal | Self::Audit | Self::WithdrawalsDisabled | Self::Halted | Self::Overloaded => {

@@ -25,6 +25,10 @@ use utoipa::{Modify, OpenApi};
         super::api::cancel,
         crate::approvals::api::decide,
         crate::approvals::api::list,
+        crate::approvals::allowlist::propose,
+        crate::approvals::allowlist::list,
+        crate::approvals::allowlist::decide,
+        crate::approvals::allowlist::remove,
         crate::deposits::api::post_address,
         crate::deposits::api::list,
         crate::webhooks::api::deliveries,
@@ -37,6 +41,7 @@ use utoipa::{Modify, OpenApi};
     tags(
         (name = "withdrawals", description = "Idempotent withdrawals, paid at most once"),
         (name = "approvals", description = "Four-eyes approvals of large withdrawals: approvers' EIP-712 decisions"),
+        (name = "allowlist", description = "Time-locked additions to a key's destination allowlist, approved by its approvers"),
         (name = "deposits", description = "Customer deposit addresses and the deposits found to them"),
         (name = "webhooks", description = "The delivery of the client's webhook events"),
         (name = "operations", description = "Health, readiness, metrics and this document"),

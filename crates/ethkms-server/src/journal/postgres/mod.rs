@@ -50,6 +50,7 @@
 //! (`idle_in_transaction_session_timeout`, unless the URL's `options` set it), which undoes what it had
 //! not committed.
 
+mod allowlist;
 mod approvals;
 mod attempts;
 mod batch;

@@ -10,7 +10,7 @@ use deadpool_postgres::Client;
 use super::Failure;
 
 /// Migration `version` takes the schema from `version - 1` to `version`, in order.
-const MIGRATIONS: [(i32, &str); 6] = [
+const MIGRATIONS: [(i32, &str); 7] = [
     (
         1,
         // Withdrawals (every row the engine signs), their signed attempts, every amount counted against a daily
@@ -247,6 +247,36 @@ CREATE TABLE approval_decisions (
 CREATE INDEX pending_approvals ON withdrawals (key, seq) WHERE status = 'pending_approval';
 ",
     ),
+    (
+        7,
+        // Time-locked allowlist additions (at most one live entry per key and address), and every approver's
+        // decision on each once.
+        "
+CREATE TABLE allowlist_entries (
+    seq BIGSERIAL NOT NULL,
+    id TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    address TEXT NOT NULL,
+    status TEXT NOT NULL,
+    client TEXT NOT NULL,
+    label TEXT,
+    quorum INTEGER NOT NULL,
+    proposed_ms BIGINT NOT NULL,
+    effective_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX allowlist_live ON allowlist_entries (key, address) WHERE status IN ('proposed', 'approved');
+CREATE INDEX allowlist_by_key ON allowlist_entries (key, seq);
+CREATE TABLE allowlist_decisions (
+    entry TEXT NOT NULL REFERENCES allowlist_entries (id),
+    approver TEXT NOT NULL,
+    approve BOOLEAN NOT NULL,
+    signature BYTEA NOT NULL,
+    at_ms BIGINT NOT NULL,
+    PRIMARY KEY (entry, approver)
+);
+",
+    ),
 ];
 
 /// The schema version this code writes (the last migration's).
@@ -257,7 +287,7 @@ pub(super) const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 const MIGRATION_LOCK: (i32, i32) = (0x6574_686b, 1);
 
 /// Every column the journal's queries use, table by table: a schema that lacks one is refused at connect.
-const COLUMNS: [(&str, &str); 13] = [
+const COLUMNS: [(&str, &str); 15] = [
     (
         "withdrawals",
         "seq, id, kind, client, idempotency_key, key, recipient, asset, amount, status, nonce, tx_hash, \
@@ -285,6 +315,11 @@ const COLUMNS: [(&str, &str); 13] = [
     ),
     ("approval_terms", "withdrawal, quorum, expires_ms"),
     ("approval_decisions", "withdrawal, approver, approve, signature, at_ms"),
+    (
+        "allowlist_entries",
+        "seq, id, key, address, status, client, label, quorum, proposed_ms, effective_ms, updated_ms",
+    ),
+    ("allowlist_decisions", "entry, approver, approve, signature, at_ms"),
 ];
 
 /// Brings the database's schema to [`SCHEMA_VERSION`] (in one transaction, under [`MIGRATION_LOCK`]) and

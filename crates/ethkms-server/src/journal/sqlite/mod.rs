@@ -24,6 +24,7 @@ use super::{
 };
 use crate::policy::{Asset, Denial};
 
+mod allowlist;
 mod approvals;
 mod deposits;
 mod leases;

@@ -5,7 +5,7 @@
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: [&str; 7] = [
+pub(super) const MIGRATIONS: [&str; 8] = [
     // 1: withdrawals, their attempts, and amounts counted against daily limits.
     "
 CREATE TABLE withdrawals (
@@ -134,6 +134,33 @@ CREATE TABLE approval_decisions (
     PRIMARY KEY (withdrawal, approver)
 );
 CREATE INDEX pending_approvals ON withdrawals (key, created_ms) WHERE status = 'pending_approval';
+",
+    // 8: time-locked allowlist additions (at most one live entry per key and address), and every
+    // approver's decision on each once.
+    "
+CREATE TABLE allowlist_entries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    key TEXT NOT NULL,
+    address TEXT NOT NULL,
+    status TEXT NOT NULL,
+    client TEXT NOT NULL,
+    label TEXT,
+    quorum INTEGER NOT NULL,
+    proposed_ms INTEGER NOT NULL,
+    effective_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX allowlist_live ON allowlist_entries (key, address) WHERE status IN ('proposed', 'approved');
+CREATE INDEX allowlist_by_key ON allowlist_entries (key, seq);
+CREATE TABLE allowlist_decisions (
+    entry TEXT NOT NULL REFERENCES allowlist_entries (id),
+    approver TEXT NOT NULL,
+    approve INTEGER NOT NULL,
+    signature BLOB NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (entry, approver)
+);
 ",
 ];
 
