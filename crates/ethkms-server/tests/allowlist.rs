@@ -9,7 +9,8 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use alloy_primitives::{Address, Signature, U256};
+use alloy_primitives::{Address, U256};
+use common::approvers::{altered, local_key, sign_locally};
 use common::*;
 use ethkms::backend::CreateKeyRequest;
 use serde_json::{Value, json};
@@ -18,29 +19,6 @@ const OPS: &str = "ops-token";
 const DESK: &str = "desk-token";
 /// How long an addition waits before it may take effect.
 const DELAY_SECONDS: u64 = 8;
-
-/// A local approver: its key and address.
-fn local_key(byte: u8) -> (k256::ecdsa::SigningKey, Address) {
-    let key = k256::ecdsa::SigningKey::from_slice(&[byte; 32]).unwrap();
-    let address = Address::from_public_key(key.verifying_key());
-    (key, address)
-}
-
-/// Signs `typed` (`eth_signTypedData_v4` JSON) with a local key: 0x-hex.
-fn sign_locally(key: &k256::ecdsa::SigningKey, typed: &Value) -> String {
-    let typed: alloy_dyn_abi::TypedData = serde_json::from_value(typed.clone()).unwrap();
-    let digest = typed.eip712_signing_hash().unwrap();
-    let (signature, parity) = key.sign_prehash_recoverable(digest.as_slice()).unwrap();
-    let signature = Signature::from_signature_and_parity(signature, parity.is_y_odd());
-    format!("0x{}", alloy_primitives::hex::encode(signature.as_bytes()))
-}
-
-/// `typed` with `message.<field>` replaced.
-fn altered(typed: &Value, field: &str, value: Value) -> Value {
-    let mut typed = typed.clone();
-    typed["message"][field] = value;
-    typed
-}
 
 fn decision(approver: Address, decision: &str, signature: &str) -> Value {
     json!({ "approver": approver, "decision": decision, "signature": signature })

@@ -11,40 +11,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use alloy_primitives::{Address, Signature, U256};
+use alloy_primitives::{Address, U256};
+use common::approvers::{altered, local_key, sign_locally};
 use common::*;
 use ethkms::backend::CreateKeyRequest;
 use ethkms_test_support::verifiers::{eth_account, ethers, ethers_signer, run_verifier};
 use serde_json::{Value, json};
 
 const DESK: &str = "desk-token";
-
-/// A local approver: its key and address.
-fn local_key(byte: u8) -> (k256::ecdsa::SigningKey, Address) {
-    let key = k256::ecdsa::SigningKey::from_slice(&[byte; 32]).unwrap();
-    let address = Address::from_public_key(key.verifying_key());
-    (key, address)
-}
-
-/// Signs `typed` (`eth_signTypedData_v4` JSON) with a local key: 0x-hex.
-fn sign_locally(key: &k256::ecdsa::SigningKey, typed: &Value) -> String {
-    let typed: alloy_dyn_abi::TypedData = serde_json::from_value(typed.clone()).unwrap();
-    let digest = typed.eip712_signing_hash().unwrap();
-    let (signature, parity) = key.sign_prehash_recoverable(digest.as_slice()).unwrap();
-    let signature = Signature::from_signature_and_parity(signature, parity.is_y_odd());
-    format!("0x{}", alloy_primitives::hex::encode(signature.as_bytes()))
-}
-
-/// `typed` with `message.<field>` replaced, or the domain's chain id.
-fn altered(typed: &Value, field: &str, value: Value) -> Value {
-    let mut typed = typed.clone();
-    if field == "chainId" {
-        typed["domain"]["chainId"] = value;
-    } else {
-        typed["message"][field] = value;
-    }
-    typed
-}
 
 /// What the approver signed, as the API takes it (`signed`).
 fn signed_content(typed: &Value) -> Value {

@@ -76,34 +76,41 @@ impl AdditionContent {
     /// The message as `eth_signTypedData_v4` takes it.
     #[must_use]
     pub fn typed_data(&self) -> Value {
-        json!({
-            "types": {
-                "EIP712Domain": [
-                    { "name": "name", "type": "string" },
-                    { "name": "version", "type": "string" },
-                    { "name": "chainId", "type": "uint256" },
-                ],
-                "AllowlistAddition": [
-                    { "name": "key", "type": "address" },
-                    { "name": "destination", "type": "address" },
-                    { "name": "effective", "type": "uint64" },
-                    { "name": "approve", "type": "bool" },
-                ],
-            },
-            "primaryType": "AllowlistAddition",
-            "domain": { "name": "ethkms", "version": "1", "chainId": self.chain_id },
-            "message": {
+        typed_data(
+            self.chain_id,
+            "AllowlistAddition",
+            &[("key", "address"), ("destination", "address"), ("effective", "uint64"), ("approve", "bool")],
+            &json!({
                 "key": self.key.to_string(),
                 "destination": self.destination.to_string(),
                 "effective": self.effective,
                 "approve": self.approve,
-            },
-        })
+            }),
+        )
     }
 }
 
 fn domain(chain_id: u64) -> Eip712Domain {
     eip712_domain! { name: "ethkms", version: "1", chain_id: chain_id, }
+}
+
+/// `message` of type `primary` (its `fields`, in order) in the domain of [`domain`], as
+/// `eth_signTypedData_v4` JSON.
+fn typed_data(chain_id: u64, primary: &str, fields: &[(&str, &str)], message: &Value) -> Value {
+    let fields: Vec<Value> = fields.iter().map(|(name, kind)| json!({ "name": name, "type": kind })).collect();
+    json!({
+        "types": {
+            "EIP712Domain": [
+                { "name": "name", "type": "string" },
+                { "name": "version", "type": "string" },
+                { "name": "chainId", "type": "uint256" },
+            ],
+            primary: fields,
+        },
+        "primaryType": primary,
+        "domain": { "name": "ethkms", "version": "1", "chainId": chain_id },
+        "message": message,
+    })
 }
 
 fn recover(signature: &[u8], hash: B256) -> Result<Address, SignatureError> {
@@ -176,26 +183,19 @@ impl ApprovalContent {
     /// The message as `eth_signTypedData_v4` takes it.
     #[must_use]
     pub fn typed_data(&self) -> Value {
-        json!({
-            "types": {
-                "EIP712Domain": [
-                    { "name": "name", "type": "string" },
-                    { "name": "version", "type": "string" },
-                    { "name": "chainId", "type": "uint256" },
-                ],
-                "WithdrawalApproval": [
-                    { "name": "id", "type": "string" },
-                    { "name": "key", "type": "address" },
-                    { "name": "to", "type": "address" },
-                    { "name": "asset", "type": "address" },
-                    { "name": "amount", "type": "uint256" },
-                    { "name": "expiry", "type": "uint64" },
-                    { "name": "approve", "type": "bool" },
-                ],
-            },
-            "primaryType": "WithdrawalApproval",
-            "domain": { "name": "ethkms", "version": "1", "chainId": self.chain_id },
-            "message": {
+        typed_data(
+            self.chain_id,
+            "WithdrawalApproval",
+            &[
+                ("id", "string"),
+                ("key", "address"),
+                ("to", "address"),
+                ("asset", "address"),
+                ("amount", "uint256"),
+                ("expiry", "uint64"),
+                ("approve", "bool"),
+            ],
+            &json!({
                 "id": self.id,
                 "key": self.key.to_string(),
                 "to": self.to.to_string(),
@@ -203,8 +203,8 @@ impl ApprovalContent {
                 "amount": self.amount.to_string(),
                 "expiry": self.expiry,
                 "approve": self.approve,
-            },
-        })
+            }),
+        )
     }
 }
 

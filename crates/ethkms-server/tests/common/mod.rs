@@ -1,12 +1,13 @@
 //! Helpers of the service's integration tests alone: its configuration and the server binary as a child
 //! process (killed, paused, resumed, terminated); [`exactly_once`], the on-chain check that every
-//! withdrawal was paid once; [`deposit_campaign`], deposits swept while a campaign's faults happen; [`replicas`], several server processes sharing a PostgreSQL journal, and
+//! withdrawal was paid once; [`approvers`], local keys signing EIP-712 approvals; [`deposit_campaign`], deposits swept while a campaign's faults happen; [`replicas`], several server processes sharing a PostgreSQL journal, and
 //! [`workload`], the clients posting withdrawals to them. What
 //! other crates' tests need too (LocalStack and anvil, funded keys, the service in process and its REST
 //! API, reading the chain directly) is in `ethkms-test-support`, re-exported here.
 
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
+pub mod approvers;
 pub mod deposit_campaign;
 pub mod exactly_once;
 pub mod replicas;

@@ -12,7 +12,7 @@ use tokio_postgres::Row;
 use super::rows::{Params, execute, parse_text, query, query_opt, to_i64, to_u64};
 use super::{Failure, PostgresJournal, boxed};
 use crate::journal::allowlist::{Addition, AdditionDecided, AllowlistStatus, AllowlistStore, NewAddition, Proposed};
-use crate::journal::{Decision, DecisionRow, JournalError};
+use crate::journal::{Decision, JournalError};
 
 const COLUMNS: &str = "id, key, address, status, client, label, quorum, proposed_ms, effective_ms, updated_ms";
 
@@ -46,25 +46,10 @@ async fn select(
 ) -> Result<Vec<Addition>, Failure> {
     let sql = format!("SELECT {COLUMNS} FROM allowlist_entries WHERE {filter} ORDER BY seq {lock}");
     let mut entries = query(transaction, &sql, params).await?.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
+    let sql = "SELECT approver, approve, signature, at_ms FROM allowlist_decisions WHERE entry = $1 \
+               ORDER BY at_ms, approver";
     for entry in &mut entries {
-        let rows = query(
-            transaction,
-            "SELECT approver, approve, signature, at_ms FROM allowlist_decisions WHERE entry = $1 \
-             ORDER BY at_ms, approver",
-            &[&entry.id],
-        )
-        .await?;
-        entry.decisions = rows
-            .iter()
-            .map(|row| {
-                Ok(DecisionRow {
-                    approver: parse_text(row.try_get(0)?)?,
-                    approve: row.try_get(1)?,
-                    signature: row.try_get::<_, Vec<u8>>(2)?.into(),
-                    at_ms: to_u64(row.try_get(3)?)?,
-                })
-            })
-            .collect::<Result<_, Failure>>()?;
+        entry.decisions = super::approvals::decision_rows(transaction, sql, &entry.id).await?;
     }
     Ok(entries)
 }

@@ -97,14 +97,21 @@ async fn decide(transaction: &Transaction<'_>, id: String, decision: Decision) -
 
 async fn state(transaction: &Transaction<'_>, id: String) -> Result<Option<ApprovalState>, Failure> {
     let Some(terms) = terms(transaction, &id).await? else { return Ok(None) };
-    let rows = query(
-        transaction,
-        "SELECT approver, approve, signature, at_ms FROM approval_decisions WHERE withdrawal = $1 \
-         ORDER BY at_ms, approver",
-        &[&id],
-    )
-    .await?;
-    let decisions = rows
+    let sql = "SELECT approver, approve, signature, at_ms FROM approval_decisions WHERE withdrawal = $1 \
+               ORDER BY at_ms, approver";
+    let decisions = decision_rows(transaction, sql, &id).await?;
+    Ok(Some(ApprovalState { terms, decisions }))
+}
+
+/// The decisions `sql` selects (`approver, approve, signature, at_ms`) with `id` as `$1`: a withdrawal's, or
+/// an allowlist addition's.
+pub(super) async fn decision_rows(
+    transaction: &Transaction<'_>,
+    sql: &str,
+    id: &str,
+) -> Result<Vec<DecisionRow>, Failure> {
+    query(transaction, sql, &[&id])
+        .await?
         .iter()
         .map(|row| {
             Ok(DecisionRow {
@@ -114,8 +121,7 @@ async fn state(transaction: &Transaction<'_>, id: String) -> Result<Option<Appro
                 at_ms: to_u64(row.try_get(3)?)?,
             })
         })
-        .collect::<Result<_, Failure>>()?;
-    Ok(Some(ApprovalState { terms, decisions }))
+        .collect()
 }
 
 async fn expire(transaction: &Transaction<'_>, now_ms: u64) -> Result<Vec<Withdrawal>, Failure> {

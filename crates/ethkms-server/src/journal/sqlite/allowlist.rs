@@ -18,20 +18,12 @@ fn millis(value: i64) -> u64 {
 }
 
 fn decisions(connection: &Connection, id: &str) -> rusqlite::Result<Vec<DecisionRow>> {
-    connection
-        .prepare_cached(
-            "SELECT approver, approve, signature, at_ms FROM allowlist_decisions WHERE entry = ?1 \
-             ORDER BY at_ms, approver",
-        )?
-        .query_map(params![id], |row| {
-            Ok(DecisionRow {
-                approver: parse_text(&row.get::<_, String>(0)?)?,
-                approve: row.get(1)?,
-                signature: row.get::<_, Vec<u8>>(2)?.into(),
-                at_ms: millis(row.get(3)?),
-            })
-        })?
-        .collect()
+    super::approvals::decision_rows(
+        connection,
+        "SELECT approver, approve, signature, at_ms FROM allowlist_decisions WHERE entry = ?1 \
+         ORDER BY at_ms, approver",
+        id,
+    )
 }
 
 /// The entries `filter` (a `WHERE` clause over `?1`, `?2`) selects, oldest first, with their decisions.

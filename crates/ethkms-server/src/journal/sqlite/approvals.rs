@@ -20,11 +20,19 @@ fn terms(connection: &Connection, id: &str) -> rusqlite::Result<Option<ApprovalT
 }
 
 fn decisions(connection: &Connection, id: &str) -> rusqlite::Result<Vec<DecisionRow>> {
+    decision_rows(
+        connection,
+        "SELECT approver, approve, signature, at_ms FROM approval_decisions WHERE withdrawal = ?1 \
+         ORDER BY at_ms, approver",
+        id,
+    )
+}
+
+/// The decisions `sql` selects (`approver, approve, signature, at_ms`) with `id` as `?1`: a withdrawal's, or
+/// an allowlist addition's.
+pub(super) fn decision_rows(connection: &Connection, sql: &str, id: &str) -> rusqlite::Result<Vec<DecisionRow>> {
     connection
-        .prepare_cached(
-            "SELECT approver, approve, signature, at_ms FROM approval_decisions WHERE withdrawal = ?1 \
-             ORDER BY at_ms, approver",
-        )?
+        .prepare_cached(sql)?
         .query_map(params![id], |row| {
             Ok(DecisionRow {
                 approver: parse_text(&row.get::<_, String>(0)?)?,
