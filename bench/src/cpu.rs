@@ -65,7 +65,7 @@ pub(crate) fn per_item_ms(before: &[Option<u64>], after: &[Option<u64>], items: 
 }
 
 /// Every process's children, by parent pid.
-fn children() -> std::collections::HashMap<u32, Vec<u32>> {
+pub(crate) fn children() -> std::collections::HashMap<u32, Vec<u32>> {
     let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else { return children };
     for entry in entries.flatten() {

@@ -15,7 +15,8 @@
 //! processes (`ETHKMS_BENCH_SERVER`), 1,000 withdrawals posted to `POST /v1/withdrawals` with 64 in flight,
 //! timed from the first post until the last is mined; interleaved with the bare `Sign` loop at the same
 //! concurrency — on SQLite with one key, and with `--journal postgres --replicas 1,3 --keys 1,4` on
-//! PostgreSQL with one and three replicas, one and four keys, in the same run.
+//! PostgreSQL with one and three replicas, one and four keys, in the same run; each with the processes on
+//! shared CPUs and with LocalStack on a CPU of its own (`--placement shared,apart`, [`placement`]).
 //!
 //! `ethkms-bench pkcs11` measures signing on a PKCS#11 token ([`pkcs11`]): raw `C_Sign` calls on SoftHSM2,
 //! `KeyHandle` on `Pkcs11Backend`, and `KeyHandle` on LocalStack's KMS, at concurrency 1, 8 and 32.
@@ -30,6 +31,7 @@
 mod cpu;
 mod deposits;
 mod pkcs11;
+mod placement;
 mod withdrawals;
 
 use std::sync::Arc;
@@ -68,6 +70,8 @@ struct Options {
     journals: Vec<withdrawals::Journal>,
     replicas: Vec<usize>,
     keys: Vec<usize>,
+    /// `withdrawals`: where LocalStack runs beside the rest (`shared`, `apart`).
+    placements: Vec<placement::Placement>,
 }
 
 fn options() -> Result<Options, String> {
@@ -81,7 +85,7 @@ fn options() -> Result<Options, String> {
         Some("pkcs11") => Mode::Pkcs11,
         other => {
             return Err(format!(
-                "usage: ethkms-bench kms|eth|withdrawals|deposits|pkcs11 [--seconds S] [--rounds R] [--concurrency 1,8,32] [--journal sqlite,postgres] [--replicas 1,3] [--keys 1,4]; got {other:?}"
+                "usage: ethkms-bench kms|eth|withdrawals|deposits|pkcs11 [--seconds S] [--rounds R] [--concurrency 1,8,32] [--journal sqlite,postgres] [--replicas 1,3] [--keys 1,4] [--placement shared,apart]; got {other:?}"
             ));
         }
     };
@@ -99,6 +103,7 @@ fn options() -> Result<Options, String> {
         journals: vec![withdrawals::Journal::Sqlite],
         replicas: vec![1],
         keys: Vec::new(),
+        placements: vec![placement::Placement::Shared, placement::Placement::KmsApart],
     };
     while let Some(option) = arguments.next() {
         let value = arguments.next().ok_or(format!("{option} needs a value"))?;
@@ -121,6 +126,13 @@ fn options() -> Result<Options, String> {
             }
             "--replicas" => options.replicas = numbers("--replicas", value)?,
             "--keys" => options.keys = numbers("--keys", value)?,
+            "--placement" => {
+                options.placements = value
+                    .split(',')
+                    .map(placement::Placement::parse)
+                    .collect::<Option<_>>()
+                    .ok_or(format!("--placement {value}: shared, apart or both"))?;
+            }
             other => return Err(format!("unknown option {other}")),
         }
     }

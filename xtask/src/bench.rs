@@ -1,8 +1,8 @@
 //! `cargo xtask bench [core|kms|pkcs11|eth|withdrawals|deposits|cli]`: runs the benchmarks and prints their results as ratios, for the README.
 //!
-//! - `core`: the criterion benchmark `kms_signature_to_ethereum` (ethkms-core) times four ways of
-//!   turning a KMS signature into an Ethereum signature in one run; this prints each mean and its ratio
-//!   to the bare `verify_prehash` floor and to ethkms-core.
+//! - `core`: the criterion benchmark `kms_signature_to_ethereum` (ethkms-core) times five ways of
+//!   turning a KMS signature into an Ethereum signature in one run (ours plain and with a precomputed key
+//!   among them); this prints each mean and its ratio to the bare `verify_prehash` floor and to ethkms-core.
 //! - `kms`: the `bench/` workspace measures signatures per second against LocalStack (started here)
 //!   at concurrency 1, 8 and 32: a bare `aws-sdk-kms` Sign loop, ethkms's `KeyHandle`, and
 //!   `alloy-signer-aws`, interleaved in one run.
@@ -14,7 +14,8 @@
 //! - `withdrawals`: the signing service (`ethkms-server`, release build) with 1,000 withdrawals per
 //!   round, 64 in flight, posted until mined, against the bare `Sign` rate at the same concurrency; with
 //!   `--journal postgres --replicas 1,3` also on a PostgreSQL journal with one and three replicas, one and
-//!   four keys, beside SQLite in the same run.
+//!   four keys, beside SQLite in the same run; each setup with every process on shared CPUs and with
+//!   LocalStack on a CPU of its own (`--placement shared,apart`, both unless told).
 //! - `deposits`: deposit addresses derived per second on one core (against the 1,000,000/s target), and
 //!   on anvil the gas per swept deposit (ether and ERC-20, first sweep with the deployment and later
 //!   sweeps, batches of 1, 10 and 50) beside the peers' published figures, and the KMS `Sign` requests per
@@ -58,7 +59,7 @@ pub(crate) fn run(options: &[&str]) -> Result {
             cli(&session, cli_runs(&[])?)
         }
         _ => Err(
-            "usage: cargo xtask bench [core [criterion options] | kms|pkcs11|eth|withdrawals|deposits [--seconds S] [--rounds R] [--concurrency 1,8] [--journal sqlite,postgres --replicas 1,3 --keys 1,4] | cli [--runs N]]"
+            "usage: cargo xtask bench [core [criterion options] | kms|pkcs11|eth|withdrawals|deposits [--seconds S] [--rounds R] [--concurrency 1,8] [--journal sqlite,postgres --replicas 1,3 --keys 1,4] [--placement shared,apart] | cli [--runs N]]"
                 .into(),
         ),
     }
@@ -117,7 +118,7 @@ fn print_parity_table(directory: &Path) -> Result {
     let ours = mean("ethkms_core")?;
     println!("\n| approach (per signature) | mean | ÷ verify_prehash | ÷ ethkms-core |");
     println!("| --- | ---: | ---: | ---: |");
-    for name in ["ethkms_core", "recover_v27_then_v28", "trial_recovery", "verify_prehash"] {
+    for name in ["ethkms_core", "ethkms_core_precomputed", "recover_v27_then_v28", "trial_recovery", "verify_prehash"] {
         let value = mean(name)?;
         println!("| `{name}` | {:.1} µs | {:.2}× | {:.2}× |", value / 1000.0, value / floor, value / ours);
     }

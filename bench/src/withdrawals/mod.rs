@@ -16,6 +16,7 @@ use alloy_primitives::Address;
 use ethkms_aws::aws_sdk_kms::Client;
 use ethkms_backend::{CreateKeyRequest, KeyBackend, KeyHandle, KeyRef};
 
+use crate::placement::{Placement, allowed_cpus};
 use crate::{Options, median, rpc_url};
 use round::Running;
 
@@ -57,32 +58,40 @@ struct Setup {
     journal: Journal,
     replicas: usize,
     keys: usize,
+    placement: Placement,
 }
 
 impl std::fmt::Display for Setup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let plural = |count: usize, word: &str| format!("{count} {word}{}", if count == 1 { "" } else { "s" });
-        write!(f, "{} × {}, {}", self.journal.name(), plural(self.replicas, "replica"), plural(self.keys, "key"))
+        let (journal, replicas, keys) =
+            (self.journal.name(), plural(self.replicas, "replica"), plural(self.keys, "key"));
+        write!(f, "{journal} × {replicas}, {keys}, {}", self.placement.name())
     }
 }
 
 /// The setups of `options`: SQLite with one server (one key, or each of `--keys` when only SQLite is
 /// asked for) — the reference — then, with `--journal postgres`, each combination of `--replicas` and
-/// `--keys` (one and four keys unless told) on PostgreSQL.
+/// `--keys` (one and four keys unless told) on PostgreSQL; each in every placement of `--placement`.
 fn setups(options: &Options) -> Vec<Setup> {
     let postgres = options.journals.contains(&Journal::Postgres);
     let sqlite_keys = if postgres || options.keys.is_empty() { vec![1] } else { options.keys.clone() };
-    let mut setups: Vec<Setup> =
-        sqlite_keys.into_iter().map(|keys| Setup { journal: Journal::Sqlite, replicas: 1, keys }).collect();
+    let mut shapes: Vec<(Journal, usize, usize)> =
+        sqlite_keys.into_iter().map(|keys| (Journal::Sqlite, 1, keys)).collect();
     if postgres {
         let keys = if options.keys.is_empty() { vec![1, 4] } else { options.keys.clone() };
         for &replicas in &options.replicas {
             for &keys in &keys {
-                setups.push(Setup { journal: Journal::Postgres, replicas, keys });
+                shapes.push((Journal::Postgres, replicas, keys));
             }
         }
     }
-    setups
+    shapes
+        .into_iter()
+        .flat_map(|(journal, replicas, keys)| {
+            options.placements.iter().map(move |&placement| Setup { journal, replicas, keys, placement })
+        })
+        .collect()
 }
 
 /// What one setup measured.
@@ -130,16 +139,22 @@ pub(crate) async fn run(
         running.push(Running::start(setup, keys, options.concurrency[0], &rpc_url, &http).await?);
     }
     println!();
+    // Each round runs in its setup's placement; every process goes back to all CPUs at the end.
+    let cpus = allowed_cpus()?;
+    let servers: Vec<u32> = running.iter().flat_map(Running::pids).collect();
+    let restore = Restore { cpus: cpus.clone(), servers: servers.clone() };
     for round in 0..options.rounds {
         for turn in 0..running.len() {
             let index = (round + turn) % running.len();
+            running[index].setup.placement.apply(&cpus, &servers)?;
             running[index].round(round, options, client, &http, &rpc_url).await?;
         }
     }
+    drop(restore);
     println!();
     let measured: Vec<Measured> = running.into_iter().map(|setup| setup.report(options)).collect();
     if measured.len() > 1 {
-        println!("| setup | median withdrawals/s | median withdrawals ÷ Sign | lowest | highest | ÷ SQLite, 1 key |");
+        println!("| setup | median withdrawals/s | median withdrawals ÷ Sign | lowest | highest | ÷ the first setup |");
         println!("| --- | ---: | ---: | ---: | ---: | ---: |");
         let reference = measured.first().map(|first| median(first.ratios.clone())).unwrap_or(f64::NAN);
         for Measured { setup, ratios, rates } in &measured {
@@ -153,6 +168,20 @@ pub(crate) async fn run(
         }
     }
     Ok(())
+}
+
+/// Puts every process back on all CPUs when dropped, however the benchmark ends.
+struct Restore {
+    cpus: Vec<u32>,
+    servers: Vec<u32>,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if let Err(error) = Placement::Shared.apply(&self.cpus, &self.servers) {
+            println!("could not put the processes back on every CPU: {error}");
+        }
+    }
 }
 
 /// A JSON-RPC call to anvil.

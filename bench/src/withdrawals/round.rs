@@ -50,6 +50,11 @@ impl Running {
         Ok(Self { setup, servers, keys, processes, rows: Vec::new(), cpu_rows: Vec::new(), slow_before })
     }
 
+    /// The process ids of the setup's servers.
+    pub(super) fn pids(&self) -> Vec<u32> {
+        self.servers.children.iter().map(std::process::Child::id).collect()
+    }
+
     /// Runs round `round` (from 0) and prints a line about it.
     pub(super) async fn round(
         &mut self,

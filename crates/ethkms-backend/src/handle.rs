@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use ethkms_core::{Address, PublicKey, Signature};
+use ethkms_core::{Address, PrecomputedKey, PublicKey, Signature};
 use tokio::sync::OnceCell;
 
 use crate::backend::{KeyBackend, secp256k1_public_key};
@@ -127,6 +128,10 @@ impl RetryPolicy {
 /// The handle signs with the key id that `GetPublicKey` resolved, so if it was opened through an alias
 /// and the alias is later moved, the handle keeps signing with the key whose address it reports.
 ///
+/// When a handle (or a clone of it) signs for the second time, it computes multiples of the key once
+/// ([`PrecomputedKey`], about 2 ms and 370 KB), which makes every later verification about three times
+/// as fast; a handle that signs once pays nothing for it.
+///
 /// ```
 /// use std::sync::Arc;
 /// use ethkms_backend::{CreateKeyRequest, KeyBackend, KeyHandle, MemoryBackend};
@@ -151,6 +156,30 @@ pub struct KeyHandle {
     resolved: KeyRef,
     public_key: PublicKey,
     retry: RetryPolicy,
+    verifier: Arc<Verifier>,
+}
+
+/// How a handle verifies: plainly on its first signature, with the key's multiples from the second on.
+#[derive(Default)]
+struct Verifier {
+    /// Whether the handle (or a clone) has verified a signature already.
+    signed: AtomicBool,
+    /// The key's multiples, from the second signature on.
+    precomputed: OnceLock<PrecomputedKey>,
+}
+
+impl Verifier {
+    /// `der` as a verified Ethereum signature of `digest` by `key`.
+    fn verify(&self, key: &PublicKey, der: &[u8], digest: &[u8; 32]) -> Result<Signature, ethkms_core::Error> {
+        if let Some(precomputed) = self.precomputed.get() {
+            return Signature::from_kms_der_precomputed(der, digest, precomputed);
+        }
+        if !self.signed.swap(true, Ordering::Relaxed) {
+            return Signature::from_kms_der(der, digest, key);
+        }
+        let precomputed = self.precomputed.get_or_init(|| PrecomputedKey::new(*key));
+        Signature::from_kms_der_precomputed(der, digest, precomputed)
+    }
 }
 
 impl KeyHandle {
@@ -179,7 +208,7 @@ impl KeyHandle {
             key: key.to_string(),
             detail: format!("GetPublicKey returned the key id `{}`", response.key_id),
         })?;
-        Ok(Self { backend, key, resolved, public_key, retry })
+        Ok(Self { backend, key, resolved, public_key, retry, verifier: Arc::default() })
     }
 
     /// The key as it was referenced when the handle was opened.
@@ -224,7 +253,8 @@ impl KeyHandle {
         let transient = self.backend.invalid_signatures_are_transient();
         let sign = || async {
             let der = self.backend.sign_digest(&self.resolved, digest).await?;
-            Signature::from_kms_der(&der, digest, &self.public_key)
+            self.verifier
+                .verify(&self.public_key, &der, digest)
                 .map_err(|source| BackendError::InvalidSignature { key: self.key.to_string(), source })
         };
         let retryable = |error: &BackendError| {
@@ -349,25 +379,25 @@ mod tests {
         let throttled = || BackendError::Throttled { key: "k".into(), message: "slow down".into() };
         let result: Result<(), _> = policy
             .retry("k", || async {
-                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                calls.fetch_add(1, Ordering::SeqCst);
                 Err(throttled())
             })
             .await;
         assert!(matches!(result, Err(BackendError::Throttled { .. })));
-        assert_eq!(calls.swap(0, std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(calls.swap(0, Ordering::SeqCst), 3);
 
         let result: Result<(), _> = policy
             .retry("k", || async {
-                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                calls.fetch_add(1, Ordering::SeqCst);
                 Err(BackendError::NotFound { key: "k".into() })
             })
             .await;
         assert!(matches!(result, Err(BackendError::NotFound { .. })));
-        assert_eq!(calls.swap(0, std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(calls.swap(0, Ordering::SeqCst), 1);
 
         let result = policy
             .retry("k", || async {
-                let call = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let call = calls.fetch_add(1, Ordering::SeqCst);
                 if call < 2 { Err(throttled()) } else { Ok(call) }
             })
             .await;
@@ -382,7 +412,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let result: Result<(), _> = policy
             .retry("alias/hung", || async {
-                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                calls.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 Ok(())
             })
@@ -393,7 +423,7 @@ mod tests {
             "{error:?}"
         );
         assert_eq!(started.elapsed(), Duration::from_secs(20));
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
 
         // Throttled for ever: attempts stop before a backoff would pass the deadline.
         let policy = RetryPolicy {

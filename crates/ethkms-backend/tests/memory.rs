@@ -83,6 +83,8 @@ async fn corrupted_signatures_are_rejected_never_returned() {
     let dynamic: Arc<dyn KeyBackend> = Arc::clone(&backend) as Arc<dyn KeyBackend>;
     let handle = KeyHandle::open(dynamic, key).await.unwrap();
     backend.set_faults(Faults { corrupt_signature_rate: 1.0, ..Faults::default() });
+    // The first signature is verified plainly, the later ones with the key's precomputed multiples:
+    // both paths reject.
     for index in 0..100u8 {
         let error = handle.sign_digest(&keccak256(&[index])).await.unwrap_err();
         let BackendError::InvalidSignature { key, source } = &error else { panic!("{error:?}") };

@@ -3,6 +3,8 @@
 //!
 //! - `ethkms_core`: strict DER parse + low-s normalisation + one double-scalar multiplication that
 //!   both verifies and yields the parity (`Signature::from_kms_der`).
+//! - `ethkms_core_precomputed`: the same with a `PrecomputedKey` (multiples of the key computed once, as a
+//!   `KeyHandle` does for a key that signs again).
 //! - `recover_v27_then_v28`: the approach of public tutorials: parse, normalise, recover the public key
 //!   with v = 27, compare its address, else recover with v = 28.
 //! - `trial_recovery`: k256's `RecoveryId::trial_recovery_from_prehash` (what alloy's AWS signer does).
@@ -14,11 +16,12 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use ethkms_core::k256::ecdsa::signature::hazmat::PrehashVerifier;
 use ethkms_core::k256::ecdsa::{RecoveryId, Signature as K256Signature, SigningKey, VerifyingKey};
-use ethkms_core::{Address, PublicKey, Signature};
+use ethkms_core::{Address, PrecomputedKey, PublicKey, Signature};
 use std::hint::black_box;
 
 struct Case {
     key: PublicKey,
+    precomputed: PrecomputedKey,
     verifying_key: VerifyingKey,
     digest: [u8; 32],
     der: Vec<u8>,
@@ -35,6 +38,7 @@ fn cases() -> Vec<Case> {
             let kms = if seed % 2 == 0 { K256Signature::from_scalars(r, -*s).expect("valid") } else { low };
             Case {
                 key: PublicKey::from_affine(*signing_key.verifying_key().as_affine()),
+                precomputed: PrecomputedKey::new(PublicKey::from_affine(*signing_key.verifying_key().as_affine())),
                 verifying_key: *signing_key.verifying_key(),
                 digest,
                 der: kms.to_der().as_bytes().to_vec(),
@@ -75,9 +79,11 @@ fn trial_recovery(case: &Case) -> Option<(K256Signature, RecoveryId)> {
 
 fn parity(criterion: &mut Criterion) {
     let cases = cases();
-    // All four agree on every case before anything is timed.
+    // All five agree on every case before anything is timed.
     for case in &cases {
         let ours = Signature::from_kms_der(&case.der, &case.digest, &case.key).expect("converts");
+        let precomputed = Signature::from_kms_der_precomputed(&case.der, &case.digest, &case.precomputed);
+        assert_eq!(precomputed, Ok(ours));
         for (signature, id) in [recover_v27_then_v28(case), trial_recovery(case)].into_iter().flatten() {
             assert_eq!(<[u8; 32]>::from(signature.s().to_bytes()), ours.s());
             assert_eq!(id.is_y_odd(), ours.y_parity());
@@ -95,6 +101,12 @@ fn parity(criterion: &mut Criterion) {
         b.iter(|| {
             let case = next();
             Signature::from_kms_der(black_box(&case.der), &case.digest, &case.key)
+        });
+    });
+    group.bench_function("ethkms_core_precomputed", |b| {
+        b.iter(|| {
+            let case = next();
+            Signature::from_kms_der_precomputed(black_box(&case.der), &case.digest, &case.precomputed)
         });
     });
     group.bench_function("recover_v27_then_v28", |b| {

@@ -165,7 +165,7 @@ impl EcdsaSignature {
     /// # Errors
     /// [`ErrorKind::VerificationFailed`] if it does not verify.
     pub fn verify_prehash(&self, key: &PublicKey, digest: &[u8; 32]) -> Result<(), Error> {
-        self.nonce_point(key, digest).map(|_| ())
+        self.nonce_point_by(digest, lincomb(key)).map(|_| ())
     }
 
     /// Turns this signature into an Ethereum signature for `digest` under `key`.
@@ -180,8 +180,17 @@ impl EcdsaSignature {
     /// [`ErrorKind::UnrepresentableRecoveryId`] if `x(R) >= n` (probability about 2⁻¹²⁸; Ethereum's
     /// `v` cannot express it).
     pub fn to_ethereum(&self, key: &PublicKey, digest: &[u8; 32]) -> Result<crate::Signature, Error> {
+        self.ethereum_by(digest, lincomb(key))
+    }
+
+    /// [`EcdsaSignature::to_ethereum`] with `R = u1·G + u2·Q` computed by `combine(u1, u2)`.
+    pub(crate) fn ethereum_by(
+        &self,
+        digest: &[u8; 32],
+        combine: impl FnOnce(&Scalar, &Scalar) -> ProjectivePoint,
+    ) -> Result<crate::Signature, Error> {
         let normalized = self.normalize_s();
-        let nonce_point = normalized.nonce_point(key, digest)?;
+        let nonce_point = normalized.nonce_point_by(digest, combine)?;
         // x(R) mod n == r holds; x(R) == r as bytes holds exactly when x(R) < n.
         if nonce_point.x() != normalized.r.to_bytes() {
             return Err(Error::new(ErrorKind::UnrepresentableRecoveryId));
@@ -189,21 +198,30 @@ impl EcdsaSignature {
         Ok(crate::Signature::from_verified(normalized, bool::from(nonce_point.y_is_odd())))
     }
 
-    /// `R = (z/s)·G + (r/s)·Q`, checked to satisfy `x(R) mod n == r`.
-    fn nonce_point(&self, key: &PublicKey, digest: &[u8; 32]) -> Result<AffinePoint, Error> {
+    /// `R = (z/s)·G + (r/s)·Q`, computed by `combine(z/s, r/s)`, checked to satisfy `x(R) mod n == r`.
+    pub(crate) fn nonce_point_by(
+        &self,
+        digest: &[u8; 32],
+        combine: impl FnOnce(&Scalar, &Scalar) -> ProjectivePoint,
+    ) -> Result<AffinePoint, Error> {
         let z = <Scalar as Reduce<U256>>::reduce_bytes(&FieldBytes::from(*digest));
         let s_inverse: Option<Scalar> = self.s.invert_vartime().into();
         let s_inverse = s_inverse.ok_or(Error::new(ErrorKind::VerificationFailed))?;
         let u1 = z * s_inverse;
         let u2 = self.r * s_inverse;
-        let q = ProjectivePoint::from(*key.as_affine());
-        let point = ProjectivePoint::lincomb(&ProjectivePoint::GENERATOR, &u1, &q, &u2).to_affine();
+        let point = combine(&u1, &u2).to_affine();
         let x_mod_n = <Scalar as Reduce<U256>>::reduce_bytes(&point.x());
         if point == AffinePoint::IDENTITY || x_mod_n != self.r {
             return Err(Error::new(ErrorKind::VerificationFailed));
         }
         Ok(point)
     }
+}
+
+/// `u1·G + u2·Q` by k256's constant-time double-scalar multiplication.
+fn lincomb(key: &PublicKey) -> impl FnOnce(&Scalar, &Scalar) -> ProjectivePoint {
+    let q = ProjectivePoint::from(*key.as_affine());
+    move |u1, u2| ProjectivePoint::lincomb(&ProjectivePoint::GENERATOR, u1, &q, u2)
 }
 
 impl fmt::Debug for EcdsaSignature {

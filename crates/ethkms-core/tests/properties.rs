@@ -1,9 +1,10 @@
 //! Property tests: random keys and digests signed with k256 and handed over as a KMS would (DER, high
 //! or low s) always come out as a verified Ethereum signature of the signer's address; encodings round
-//! trip; mutated DER is rejected or is the canonical encoding of what it parses to.
+//! trip; mutated DER is rejected or is the canonical encoding of what it parses to; a precomputed key
+//! gives the same signatures and errors as the plain path.
 
 use ethkms_core::k256::ecdsa::{Signature as K256Signature, SigningKey, VerifyingKey};
-use ethkms_core::{Address, EcdsaSignature, ErrorKind, PublicKey, eip191_hash_message, keccak256};
+use ethkms_core::{Address, EcdsaSignature, ErrorKind, PrecomputedKey, PublicKey, eip191_hash_message, keccak256};
 use proptest::prelude::*;
 
 fn signing_key() -> impl Strategy<Value = SigningKey> {
@@ -85,6 +86,22 @@ proptest! {
             prop_assert_eq!(wrong_digest.unwrap_err().kind(), ErrorKind::VerificationFailed);
             let wrong_key = ethkms_core::Signature::from_kms_der(der.as_bytes(), &digest, &public_key(&other));
             prop_assert_eq!(wrong_key.unwrap_err().kind(), ErrorKind::VerificationFailed);
+        }
+    }
+
+    #[test]
+    fn precomputed_keys_give_the_same_signatures_and_errors(
+        key in signing_key(), other in signing_key(), digest in any::<[u8; 32]>(), other_digest in any::<[u8; 32]>()
+    ) {
+        let signer = PrecomputedKey::new(public_key(&key));
+        let stranger = PrecomputedKey::new(public_key(&other));
+        let (low, high) = both_forms(&key, &digest);
+        for der in [low.to_der(), high.to_der()] {
+            for (digest, precomputed) in [(&digest, &signer), (&other_digest, &signer), (&digest, &stranger)] {
+                let plain = ethkms_core::Signature::from_kms_der(der.as_bytes(), digest, precomputed.public_key());
+                let fast = ethkms_core::Signature::from_kms_der_precomputed(der.as_bytes(), digest, precomputed);
+                prop_assert_eq!(plain, fast);
+            }
         }
     }
 

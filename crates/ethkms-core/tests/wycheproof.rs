@@ -7,13 +7,16 @@
 //!   [`EcdsaSignature::is_low_s`] (what Ethereum's EIP-2 requires of a transaction signature).
 //! - `ecdsa_secp256k1_sha256_p1363_test.json`: fixed-width `r ‖ s`.
 //!
+//! Every case also goes through a [`PrecomputedKey`], which must give the same verdict, the same Ethereum
+//! signature and the same error as the plain path.
+//!
 //! None of the files has `acceptable` cases; the test fails if one appears, so that it is looked at.
 //! Valid signatures whose nonce point has `x >= n` verify, but have no Ethereum recovery id: the
 //! conversion must reject exactly those with [`ErrorKind::UnrepresentableRecoveryId`], and the test
 //! checks independently (with k256's recovery) that no 1-bit recovery id recovers the key for them.
 
 use ethkms_core::k256::ecdsa::{RecoveryId, Signature as K256Signature, VerifyingKey};
-use ethkms_core::{EcdsaSignature, Error, ErrorKind, PublicKey};
+use ethkms_core::{EcdsaSignature, Error, ErrorKind, PrecomputedKey, PublicKey};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -80,6 +83,22 @@ fn check(encoding: Encoding, key: &PublicKey, digest: &[u8; 32], sig: &[u8]) -> 
     Ok(signature)
 }
 
+/// The precomputed key reaches the same verdict and the same Ethereum signature (or error) as the plain path.
+fn same_with_precomputed(encoding: Encoding, key: &PrecomputedKey, digest: &[u8; 32], sig: &[u8], id: &str) {
+    let parsed = match encoding {
+        Encoding::Der | Encoding::DerLowS => EcdsaSignature::from_der(sig),
+        Encoding::Fixed => EcdsaSignature::from_fixed_bytes(sig),
+    };
+    if let Ok(signature) = parsed {
+        let (plain, fast) =
+            (signature.verify_prehash(key.public_key(), digest), signature.verify_prehash_precomputed(key, digest));
+        assert_eq!(plain, fast, "{id}: the precomputed verification disagrees");
+        let (plain, fast) =
+            (signature.to_ethereum(key.public_key(), digest), signature.to_ethereum_precomputed(key, digest));
+        assert_eq!(plain, fast, "{id}: the precomputed conversion disagrees");
+    }
+}
+
 #[derive(Default, Debug)]
 struct Tally {
     valid: usize,
@@ -94,12 +113,14 @@ fn run(name: &str, encoding: Encoding) -> Tally {
     for group in &file.test_groups {
         let key = PublicKey::from_spki_der(&hex(&group.public_key_der)).unwrap();
         let verifying_key = VerifyingKey::from_sec1_bytes(&key.to_uncompressed()).unwrap();
+        let precomputed = PrecomputedKey::new(key);
         for case in &group.tests {
             seen += 1;
             let digest: [u8; 32] = Sha256::digest(hex(&case.msg)).into();
             let sig = hex(&case.sig);
             let id = format!("{name} #{} ({})", case.tc_id, case.comment);
             let outcome = check(encoding, &key, &digest, &sig);
+            same_with_precomputed(encoding, &precomputed, &digest, &sig, &id);
             match case.result {
                 Expected::Valid => {
                     let signature = outcome.unwrap_or_else(|error| panic!("{id}: valid but rejected: {error}"));
