@@ -12,14 +12,7 @@ pub(crate) struct Processes(Vec<(String, u32, bool)>);
 impl Processes {
     /// The services named in `ETHKMS_BENCH_PIDS`, the servers and this process.
     pub(crate) fn new(servers: &[u32]) -> Self {
-        let mut named: Vec<(String, u32, bool)> = std::env::var("ETHKMS_BENCH_PIDS")
-            .unwrap_or_default()
-            .split(',')
-            .filter_map(|entry| {
-                let (name, pid) = entry.split_once('=')?;
-                Some((name.to_owned(), pid.parse().ok()?, true))
-            })
-            .collect();
+        let mut named: Vec<(String, u32, bool)> = services().into_iter().map(|(name, pid)| (name, pid, true)).collect();
         for (index, server) in servers.iter().enumerate() {
             let name = if servers.len() == 1 { "ethkms-server".to_owned() } else { format!("ethkms-server r{index}") };
             named.push((name, *server, false));
@@ -50,6 +43,18 @@ impl Processes {
             })
             .collect()
     }
+}
+
+/// The services named in `ETHKMS_BENCH_PIDS` (`name=pid,…`).
+pub(crate) fn services() -> Vec<(String, u32)> {
+    std::env::var("ETHKMS_BENCH_PIDS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|entry| {
+            let (name, pid) = entry.split_once('=')?;
+            Some((name.to_owned(), pid.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Milliseconds of CPU per item between two [`Processes::ticks`] readings.

@@ -48,7 +48,7 @@ impl Placement {
     /// processes (children that ended meanwhile are skipped).
     pub(crate) fn apply(self, cpus: &[u32], servers: &[u32]) -> Result<(), String> {
         let all = list(cpus);
-        let services = services();
+        let services = crate::cpu::services();
         let localstack = services
             .iter()
             .find(|(name, _)| name == "localstack")
@@ -105,18 +105,6 @@ fn parse_list(text: &str) -> Option<Vec<u32>> {
 /// `[0, 1, 2]` → `0,1,2`.
 fn list(cpus: &[u32]) -> String {
     cpus.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
-}
-
-/// The services named in `ETHKMS_BENCH_PIDS` (`name=pid,…`).
-fn services() -> Vec<(String, u32)> {
-    std::env::var("ETHKMS_BENCH_PIDS")
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|entry| {
-            let (name, pid) = entry.split_once('=')?;
-            Some((name.to_owned(), pid.parse().ok()?))
-        })
-        .collect()
 }
 
 /// Puts every thread of `pid` and of its descendants on `cpus`.
