@@ -4,7 +4,8 @@
 //! watcher finds ether and token deposits, keeps them `pending` until `confirmations` deep, then
 //! `confirmed`; a deposit whose block a reorg drops before that is `removed` and never confirmed; `GET
 //! /v1/deposits?since=` lists what changed, in order; ether sent from inside a contract is found by the
-//! address's balance, once. And 200 customers with seeded random deposits over two
+//! address's balance, once — and, through a node that answers reads of its newest block with the next
+//! block's state, never a deposit of the next block counted again. And 200 customers with seeded random deposits over two
 //! rounds — ether and a listed token before and after their addresses are deployed, ether too little to be
 //! worth its sweep, a spam token — swept by the service's sweeper through the withdrawal engine: the
 //! treasury holds exactly what left the addresses, the listed token is all swept, the spam untouched, each
@@ -165,11 +166,9 @@ async fn deposits_are_handed_out_found_confirmed_and_taken_back_by_a_reorg() {
     assert!(after.iter().filter(|deposit| deposit["status"] == "confirmed").count() == 2);
 
     // Ether sent to bob from inside a contract (one that self-destructs to him as it is created): no
-    // transaction to bob, no log — found by bob's balance, once, however many blocks follow.
+    // transaction to bob, no log — found by bob's balance once a block follows (balances are never read at
+    // the node's newest block), once, however many blocks follow.
     let bob_address: Address = bob_address.parse().unwrap();
-    let init_code = [&[0x73], bob_address.as_slice(), &[0xff]].concat();
-    let init_code = format!("0x{}", alloy_primitives::hex::encode(init_code));
-    send(&http, &anvil.url, json!({ "data": init_code, "value": "0x6f05b59d3b20000" })).await;
     let internal = |list: &[Value]| -> Vec<Value> {
         // (A token's mint comes from the zero address too.)
         list.iter()
@@ -177,6 +176,10 @@ async fn deposits_are_handed_out_found_confirmed_and_taken_back_by_a_reorg() {
             .cloned()
             .collect()
     };
+    let init_code = [&[0x73], bob_address.as_slice(), &[0xff]].concat();
+    let init_code = format!("0x{}", alloy_primitives::hex::encode(init_code));
+    send(&http, &anvil.url, json!({ "data": init_code, "value": "0x6f05b59d3b20000" })).await;
+    rpc(&http, &anvil.url, "anvil_mine", json!(["0x1"])).await;
     let list = wait_for(&api, "the balance deposit", |list| !internal(list).is_empty()).await;
     let found = internal(&list);
     assert_eq!(found.len(), 1, "{found:#?}");
@@ -189,6 +192,87 @@ async fn deposits_are_handed_out_found_confirmed_and_taken_back_by_a_reorg() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, body) = deposits(&api, "depositor-token", "?since=0&limit=1000").await;
     assert_eq!(internal(body["deposits"].as_array().unwrap()).len(), 1, "counted once: {body}");
+}
+
+/// Ether sent to deposit addresses while blocks are mined every second, through a node that answers every
+/// balance read of its newest block with the next block's balance (as anvil does now and then, which once
+/// listed a deposit twice in the fault campaign): every deposit is listed once, by its transaction, and no
+/// balance check counts any of it again — the watcher never reads a balance at the newest block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balance_checks_never_count_a_deposit_of_the_next_block() {
+    use ethkms_test_support::rpc_proxy::{Faults, RpcProxy};
+    let Some((_, backend)) = localstack().await else { return };
+    let Some(anvil) = Anvil::start(&["--block-time", "1"]).await else { return };
+    let http = reqwest::Client::new();
+    let (key, owner) = funded_key(&backend, &anvil.url).await;
+    let factory = deploy(&http, &anvil.url, &contracts::factory_creation_code(owner)).await;
+    let proxy = RpcProxy::start(&anvil.url, 0, Faults::none()).await.unwrap();
+    proxy.set_newest_state_ahead(true);
+    let paths = Paths::new();
+    let start = block_number(&anvil.url).await;
+    let text = format!(
+        "{head}{depositor}\n[deposits]\nkey = \"hot\"\nfactory = \"{factory}\"\nparent = \"{parent}\"\n\
+         confirmations = 1\nstart_block = {start}\npoll_interval_ms = 50\nsweep_interval_ms = 0\n",
+        head = config_head("127.0.0.1:0", proxy.url().trim_end_matches('/'), &key, &paths),
+        depositor = config_client("depositor", "depositor-token", &["deposits"]),
+        parent = Address::with_last_byte(0x7d),
+    );
+    let api = serve_in_process(&text, backend).await;
+    let mut addresses = Vec::new();
+    for index in 0..5 {
+        let body = json!({ "reference": format!("next-block-{index}") });
+        let response = api
+            .http
+            .post(format!("{}/v1/deposit-addresses", api.url))
+            .bearer_auth("depositor-token")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let answer: Value = response.json().await.unwrap();
+        addresses.push(answer["address"].as_str().unwrap().parse::<Address>().unwrap());
+    }
+    // Six seconds of deposits, one every 150 ms (several in each block), sent to anvil directly.
+    let mut sent = std::collections::BTreeMap::<Address, U256>::new();
+    let mut count = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        let to = addresses[count % addresses.len()];
+        let wei = U256::from(1_000 + count);
+        let transaction = json!([{ "from": DEVELOPER, "to": to, "value": format!("{wei:#x}") }]);
+        rpc(&http, &anvil.url, "eth_sendTransaction", transaction).await;
+        *sent.entry(to).or_default() += wei;
+        count += 1;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let list = wait_for(&api, "every deposit confirmed", |list| {
+        list.len() >= count && list.iter().all(|deposit| deposit["status"] == "confirmed")
+    })
+    .await;
+    // A few blocks more: time for any late balance check.
+    let mined = block_number(&anvil.url).await;
+    while block_number(&anvil.url).await < mined + 3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, body) = deposits(&api, "depositor-token", "?since=0&limit=1000").await;
+    let list = body["deposits"].as_array().map_or(list, Clone::clone);
+    let by_balance: Vec<&Value> = list.iter().filter(|deposit| deposit["from"] == Address::ZERO.to_string()).collect();
+    assert!(
+        by_balance.is_empty(),
+        "{} of {count} deposits counted again by a balance check: {by_balance:#?}",
+        by_balance.len()
+    );
+    assert_eq!(list.len(), count, "each deposit listed once");
+    let mut listed = std::collections::BTreeMap::<Address, U256>::new();
+    for deposit in &list {
+        let address = deposit["address"].as_str().unwrap().parse().unwrap();
+        *listed.entry(address).or_default() += deposit["amount"].as_str().unwrap().parse::<U256>().unwrap();
+    }
+    assert_eq!(listed, sent, "the deposits listed, per address");
+    for (address, wei) in &sent {
+        assert_eq!(balance(&anvil.url, *address).await, *wei, "{address} holds what was sent");
+    }
+    assert_eq!(proxy.stats().newest_state_ahead, 0, "no balance was read at the newest block");
 }
 
 /// A seeded stream of numbers (splitmix64): the same deposits for a seed, every run.

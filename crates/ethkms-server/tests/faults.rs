@@ -274,7 +274,8 @@ async fn campaign(seed: u64, kms_endpoint: &str, backend: &Arc<dyn ethkms::backe
     let payments: Vec<_> =
         (0..count).map(|index| (recipient(&format!("faults-{seed}"), index), amount(seed, index))).collect();
     let context = format!("{journal_name} seed {seed}");
-    let sweeps = deposits.assert_swept_exactly(&api, &anvil.url, address, Duration::from_secs(120), &context).await;
+    let sweeps =
+        deposits.assert_swept_exactly(&api, &anvil.url, address, Duration::from_secs(120), &context, &log).await;
     let mined = assert_paid_exactly_once_besides(&anvil.url, address, &payments, &[deposits.factory], &context).await;
     let verified = ethkms::audit::verify(&paths.audit).unwrap();
     assert!(verified.records >= count, "{verified:?}");

@@ -16,6 +16,10 @@
 //!   dropped without being forwarded. (Refusing connections is not possible while the socket listens, and
 //!   a dropped connection is what a client sees of a node that died mid-request.)
 //!
+//! - **newest state ahead** ([`RpcProxy::set_newest_state_ahead`]): an `eth_getBalance` of the node's
+//!   newest block is held until the next block is mined and answered with that block's balance — what anvil
+//!   does now and then (see [`ahead`]).
+//!
 //! It also records every raw transaction sent through it ([`RpcProxy::raw_transactions`]), forwarded or
 //! not: with a proxy per client, a test knows what each one tried to broadcast, and when.
 //!
@@ -48,6 +52,8 @@
 //! error applies too: the batch is forwarded and the answers to those calls (matched by id) are replaced
 //! by the injected error, the other answers kept. Bodies that are not JSON are forwarded unchanged
 //! (bad gateway and dropped connection still apply).
+
+mod ahead;
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -158,6 +164,9 @@ pub struct ProxyStats {
     /// Requests the upstream did not answer (a transport error); the client got a 502 (or the dropped
     /// connection it was going to get anyway).
     pub upstream_failed: u64,
+    /// Balance reads of the newest block answered with the next block's balance
+    /// ([`RpcProxy::set_newest_state_ahead`]).
+    pub newest_state_ahead: u64,
 }
 
 /// A raw transaction a client sent through the proxy (`eth_sendRawTransaction`, alone or in a batch).
@@ -220,6 +229,7 @@ impl RpcProxy {
                 rng: ChaCha8Rng::seed_from_u64(seed),
                 faults,
                 outage: Outage::Off,
+                newest_state_ahead: false,
                 stats: ProxyStats::default(),
                 sent: Vec::new(),
             }),
@@ -238,6 +248,13 @@ impl RpcProxy {
     #[must_use]
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// With `true`, every `eth_getBalance` of the node's newest block (by tag, number or hash) is held
+    /// until the next block is mined and answered with that block's balance, as anvil does now and then; a
+    /// client that takes a read of the newest block for that block's state is caught at once.
+    pub fn set_newest_state_ahead(&self, on: bool) {
+        self.shared.control().newest_state_ahead = on;
     }
 
     /// Changes the probabilities from the next request on; the random sequence keeps going.
@@ -314,6 +331,7 @@ struct Control {
     rng: ChaCha8Rng,
     faults: Faults,
     outage: Outage,
+    newest_state_ahead: bool,
     stats: ProxyStats,
     sent: Vec<RawTransactionSent>,
 }
@@ -418,6 +436,13 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, body: Bytes) 
     let Some(decision) = shared.decide(&call) else {
         debug!(method = %call.label, fault = "outage", "rpc proxy: connection dropped");
         return dropped_connection();
+    };
+    let ahead = shared.control().newest_state_ahead;
+    let body = if ahead && let Some(rewritten) = ahead::rewrite(&shared.client, &shared.upstream, &body).await {
+        shared.control().stats.newest_state_ahead += 1;
+        Bytes::from(rewritten)
+    } else {
+        body
     };
     match decision {
         Decision::Pass => match shared.forward(&call, body).await {

@@ -329,6 +329,7 @@ async fn run(seed: u64) -> Vec<Kind> {
         dropped_after_forward: count(|kind| *kind == Kind::Dropped { forwarded: true }),
         outage_refused: 0,
         upstream_failed: 0,
+        newest_state_ahead: 0,
     };
     assert_eq!(proxy.stats(), expected);
     assert_eq!(upstream.sends(), expected.forwarded);

@@ -253,8 +253,14 @@ impl Deposits {
                     sender: deposit.from,
                 })
                 .collect();
-            if block.number == head {
-                deposits.extend(self.balance_deposits(watch, &deposits, block.number, block.hash).await?);
+            // Caught up: the balance checks. They read the block before the newest (its parent, checked
+            // above), never the node's newest block, whose state a node may still be changing (anvil answers
+            // it from the state it is mining the next block into: a deposit of the next block would be
+            // counted twice), and what they find is attributed to the newest.
+            if block.number == head
+                && let Some(parent) = last.filter(|parent| parent.number + 1 == block.number)
+            {
+                deposits.extend(self.balance_deposits(watch, parent, block.number).await?);
             }
             let record = BlockRecord { number: block.number, hash: block.hash };
             let found = self.store.record_block(&fence, record, deposits).await.map_err(|error| error.to_string())?;
@@ -281,14 +287,14 @@ impl Deposits {
     }
 
     /// Ether that no deposit accounts for at the next [`BALANCE_CHECKS_PER_PASS`] watched addresses, read at
-    /// block `number` (by its hash: a reorg meanwhile fails the read; whose deposits found so far are
-    /// `found`): a deposit each.
+    /// block `at` (by its hash: a reorg meanwhile fails the read) against what the journal's deposits had
+    /// brought them as of `at`: a deposit each, attributed to block `attributed` (a later one: a reorg of
+    /// either takes it back, and a later check finds it again).
     async fn balance_deposits(
         &self,
         watch: &mut Watch,
-        found: &[NewDeposit],
-        number: u64,
-        hash: B256,
+        at: BlockRecord,
+        attributed: u64,
     ) -> Result<Vec<NewDeposit>, String> {
         let provider = self.shared.manager.provider();
         let mut held = Vec::new();
@@ -298,7 +304,7 @@ impl Deposits {
             watch.balance_cursor += 1;
             let balance = provider
                 .get_balance(address)
-                .block_id(alloy_eips::BlockId::hash(hash))
+                .block_id(alloy_eips::BlockId::hash(at.hash))
                 .await
                 .map_err(|error| crate::shared::redact_urls(&format!("the balance of {address}: {error}")))?;
             if !balance.is_zero() {
@@ -309,21 +315,21 @@ impl Deposits {
             return Ok(Vec::new());
         }
         let addresses = held.iter().map(|(address, _)| *address).collect();
-        let expected: std::collections::HashMap<Address, U256> =
-            self.store.unswept_ether(addresses).await.map_err(|error| error.to_string())?.into_iter().collect();
+        let expected: std::collections::HashMap<Address, U256> = self
+            .store
+            .unswept_ether(addresses, at.number)
+            .await
+            .map_err(|error| error.to_string())?
+            .into_iter()
+            .collect();
         let mut deposits = Vec::new();
         for (address, balance) in held {
-            let in_block: U256 = found
-                .iter()
-                .filter(|deposit| deposit.address == address && deposit.asset == Asset::Ether)
-                .map(|deposit| deposit.amount)
-                .sum();
-            let accounted = expected.get(&address).copied().unwrap_or_default() + in_block;
+            let accounted = expected.get(&address).copied().unwrap_or_default();
             if balance > accounted {
-                tracing::info!(%address, block = number, amount = %(balance - accounted),
+                tracing::info!(%address, block = at.number, amount = %(balance - accounted),
                     "ether no deposit accounts for (sent from inside a contract): a deposit found by its balance");
                 deposits.push(NewDeposit {
-                    tx_hash: balance_id(address, number),
+                    tx_hash: balance_id(address, attributed),
                     log_index: None,
                     address,
                     asset: Asset::Ether,
@@ -336,8 +342,8 @@ impl Deposits {
     }
 }
 
-/// The id of a deposit found by a balance check of `address` at block `number` (there is no transaction to
-/// name): Keccak-256 of `ethkms:balance`, the address and the block number (8 bytes, big-endian). Its
+/// The id of a deposit found by a balance check of `address`, attributed to block `number` (there is no
+/// transaction to name): Keccak-256 of `ethkms:balance`, the address and the block number (8 bytes, big-endian). Its
 /// sender is the zero address.
 pub(crate) fn balance_id(address: Address, number: u64) -> B256 {
     keccak256([b"ethkms:balance".as_slice(), address.as_slice(), &number.to_be_bytes()].concat())

@@ -154,9 +154,10 @@ async fn sweeps_take_each_deposit_once_and_settle_it(journal: &(impl DepositStor
     assert_eq!(journal.unswept(unswept[1].change, 10).await.unwrap(), unswept[2..], "after a change");
 
     let carol = Address::repeat_byte(0xc0);
-    let mut expected = journal.unswept_ether(vec![alice, bob, carol]).await.unwrap();
+    let mut expected = journal.unswept_ether(vec![alice, bob, carol], 10).await.unwrap();
     expected.sort();
     assert_eq!(expected, [(alice, U256::from(5)), (bob, U256::from(3))], "ether only; none for carol");
+    assert!(journal.unswept_ether(vec![alice, bob], 9).await.unwrap().is_empty(), "nothing before block 10");
 
     // A sweep of alice's two: the engine's row and the deposits marked, together.
     let alices = vec![key(1, None), key(2, Some(0))];
@@ -197,9 +198,10 @@ async fn sweeps_take_each_deposit_once_and_settle_it(journal: &(impl DepositStor
     assert_eq!(hashes, [B256::repeat_byte(1), B256::repeat_byte(2), B256::repeat_byte(4)]);
     assert!(swept.iter().all(|row| row.sweep_status == SweepStatus::Swept && row.sweep.as_deref() == Some("sweep-3")));
     assert!(journal.open_sweeps().await.unwrap().is_empty());
-    let mut expected = journal.unswept_ether(vec![alice, bob]).await.unwrap();
+    let mut expected = journal.unswept_ether(vec![alice, bob], 12).await.unwrap();
     expected.sort();
     assert_eq!(expected, [(alice, U256::from(1)), (bob, U256::from(3))], "what alice had swept is not expected");
+    assert_eq!(journal.unswept_ether(vec![alice, bob], 11).await.unwrap(), [(bob, U256::from(3))], "as of block 11");
     let all = journal.deposits(0, 100).await.unwrap();
     let status = |tx: u8| all.iter().find(|row| row.tx_hash == B256::repeat_byte(tx)).unwrap().sweep_status;
     assert_eq!((status(3), status(5)), (SweepStatus::Unswept, SweepStatus::Unswept));
@@ -233,9 +235,51 @@ async fn the_watchers_writes_are_fenced_by_its_lease(journal: &(impl DepositStor
     assert!(journal.start_sweep(new, sweep("sweep-1", vec![key(1, None)])).await.unwrap().is_some());
 }
 
+async fn balance_checks_expect_what_the_deposits_had_brought_by_their_block(
+    journal: &(impl DepositStore + JournalStore),
+) {
+    let fence = &watcher(journal, "one").await;
+    let alice = Address::repeat_byte(0xa1);
+    journal.deposit_address("alice", alice, "wallet").await.unwrap();
+    journal.record_block(fence, block(20, 0), vec![deposit(1, None, alice, Asset::Ether, 5)]).await.unwrap();
+    journal.record_block(fence, block(21, 0), vec![deposit(2, None, alice, Asset::Ether, 7)]).await.unwrap();
+    journal.confirm_deposits(fence, 21).await.unwrap();
+    let at = |block: u64| journal.unswept_ether(vec![alice], block);
+    assert!(at(19).await.unwrap().is_empty());
+    assert_eq!(at(20).await.unwrap(), [(alice, U256::from(5))], "block 21's deposit is not in block 20's state");
+    assert_eq!(at(21).await.unwrap(), [(alice, U256::from(12))]);
+
+    // A sweep of both, mined in block 23 as the engine writes it, then settled.
+    journal.start_sweep(fence, sweep("sweep-1", vec![key(1, None), key(2, None)])).await.unwrap().expect("stored");
+    assert_eq!(at(21).await.unwrap(), [(alice, U256::from(12))], "in a sweep, still there");
+    let engine = super::conformance::lease(journal).await;
+    journal.claim(&engine, "sweep-1", 0, None).await.unwrap();
+    journal.add_attempt(&engine, "sweep-1", 0, super::conformance::attempt(9, 100)).await.unwrap();
+    journal.mark_submitted(&engine, "sweep-1").await.unwrap();
+    let mined_as = super::MinedAs::Paid;
+    journal.mark_mined(&engine, "sweep-1", B256::repeat_byte(9), 23, block(23, 0).hash, mined_as, true).await.unwrap();
+    assert_eq!(journal.finish_sweep(fence, "sweep-1", Some(23)).await.unwrap().len(), 2);
+    // Swept in block 23: in the states of blocks 21 and 22 the ether was still there; from 23 on, gone.
+    assert_eq!(at(21).await.unwrap(), [(alice, U256::from(12))]);
+    assert_eq!(at(22).await.unwrap(), [(alice, U256::from(12))]);
+    assert!(at(23).await.unwrap().is_empty(), "swept in block 23");
+    // Swept by no sweep of ours (passed on, or swept from outside): gone, whatever the block.
+    journal.record_block(fence, block(22, 0), vec![deposit(3, None, alice, Asset::Ether, 4)]).await.unwrap();
+    journal.confirm_deposits(fence, 22).await.unwrap();
+    assert_eq!(at(22).await.unwrap(), [(alice, U256::from(16))]);
+    journal.mark_swept(fence, vec![key(3, None)]).await.unwrap();
+    assert_eq!(at(22).await.unwrap(), [(alice, U256::from(12))]);
+    // A removed deposit brought nothing.
+    journal.record_block(fence, block(24, 0), vec![deposit(4, None, alice, Asset::Ether, 8)]).await.unwrap();
+    assert_eq!(at(24).await.unwrap(), [(alice, U256::from(8))]);
+    journal.remove_block(fence, block(24, 0)).await.unwrap();
+    assert!(at(24).await.unwrap().is_empty());
+}
+
 super::conformance::conformance!(
     addresses_are_handed_out_once_per_reference,
     deposits_are_recorded_once_then_confirmed_removed_or_reversed,
     sweeps_take_each_deposit_once_and_settle_it,
+    balance_checks_expect_what_the_deposits_had_brought_by_their_block,
     the_watchers_writes_are_fenced_by_its_lease,
 );

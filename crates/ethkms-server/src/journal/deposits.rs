@@ -277,7 +277,9 @@ pub trait DepositStore: Send + Sync + fmt::Debug {
     /// those changed. Fenced as [`record_block`](Self::record_block).
     async fn mark_swept(&self, fence: &Fence, deposits: Vec<DepositKey>) -> Result<Vec<DepositRow>, JournalError>;
 
-    /// For each of `addresses` that has any, the ether of its deposits not removed and not yet swept: what a
-    /// balance check expects the address to hold (more is ether that no recorded deposit accounts for).
-    async fn unswept_ether(&self, addresses: Vec<Address>) -> Result<Vec<(Address, U256)>, JournalError>;
+    /// For each of `addresses` that has any, the ether its deposits had brought it as of block `at`: deposits
+    /// recorded in block `at` or before, not removed, and not swept by then — unswept, in a sweep, or swept by
+    /// a sweep mined after `at`. What a balance check at `at` expects the address to hold (more is ether that
+    /// no recorded deposit accounts for).
+    async fn unswept_ether(&self, addresses: Vec<Address>, at: u64) -> Result<Vec<(Address, U256)>, JournalError>;
 }

@@ -7,6 +7,7 @@
 //! deposit swept twice or lost.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, U256};
@@ -111,7 +112,11 @@ impl DepositCampaign {
         key: Address,
         within: Duration,
         context: &str,
+        log: &Path,
     ) -> usize {
+        // The server's log is gone with the test's directory: a failure carries what the deposit watcher and
+        // sweeper said last (read when a message is written).
+        let context = &Context { context, log };
         let started = Instant::now();
         let listed = loop {
             let response = api
@@ -175,5 +180,21 @@ impl DepositCampaign {
             assert_eq!(mined["status"], "0x1", "{context}: sweep {hash} reverted");
         }
         calls.len()
+    }
+}
+
+/// A failure's context: the campaign, then the last lines of the server's log that speak of deposits or
+/// sweeps, read when the message is written.
+struct Context<'a> {
+    context: &'a str,
+    log: &'a Path,
+}
+
+impl std::fmt::Display for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = std::fs::read_to_string(self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|line| line.contains("deposit") || line.contains("sweep")).collect();
+        let last = lines[lines.len().saturating_sub(60)..].join("\n");
+        write!(f, "{} (the server's last words on deposits:\n{last}\n)", self.context)
     }
 }

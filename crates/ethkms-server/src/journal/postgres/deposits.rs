@@ -319,14 +319,16 @@ impl DepositStore for PostgresJournal {
         self.write(boxed(move |t| Box::pin(async move { sweeps::mark_swept(t, &fence, &deposits).await }))).await
     }
 
-    async fn unswept_ether(&self, addresses: Vec<Address>) -> Result<Vec<(Address, U256)>, JournalError> {
+    async fn unswept_ether(&self, addresses: Vec<Address>, at: u64) -> Result<Vec<(Address, U256)>, JournalError> {
         self.read(boxed(move |t| {
             Box::pin(async move {
                 let addresses: Vec<String> = addresses.iter().map(ToString::to_string).collect();
                 let sql = "SELECT address, sum(amount)::text FROM deposits WHERE address = ANY($1) AND asset = 'ETH' \
-                           AND status IN ('pending', 'confirmed') AND sweep_status IN ('unswept', 'sweeping') \
+                           AND status IN ('pending', 'confirmed') AND block_number <= $2 \
+                           AND (sweep_status IN ('unswept', 'sweeping') OR EXISTS (SELECT 1 FROM withdrawals w \
+                           WHERE w.id = deposits.sweep AND w.block_number > $2)) \
                            GROUP BY address ORDER BY address";
-                let rows = query(t, sql, &[&addresses]).await?;
+                let rows = query(t, sql, &[&addresses, &to_i64(at)]).await?;
                 rows.iter().map(|row| Ok((parse_text(row.try_get(0)?)?, parse_text(row.try_get(1)?)?))).collect()
             })
         }))

@@ -357,16 +357,18 @@ impl DepositStore for SqliteJournal {
         self.run(move |connection| sweeps::mark_swept(connection, &fence, &deposits)).await
     }
 
-    async fn unswept_ether(&self, addresses: Vec<Address>) -> Result<Vec<(Address, U256)>, JournalError> {
+    async fn unswept_ether(&self, addresses: Vec<Address>, at: u64) -> Result<Vec<(Address, U256)>, JournalError> {
         self.run(move |connection| {
             let mut statement = connection.prepare_cached(
                 "SELECT amount FROM deposits WHERE address = ?1 AND asset = 'ETH' \
-                 AND status IN ('pending', 'confirmed') AND sweep_status IN ('unswept', 'sweeping')",
+                 AND status IN ('pending', 'confirmed') AND block_number <= ?2 \
+                 AND (sweep_status IN ('unswept', 'sweeping') OR EXISTS (SELECT 1 FROM withdrawals w \
+                 WHERE w.id = deposits.sweep AND w.block_number > ?2))",
             )?;
             let mut held = Vec::new();
             for address in addresses {
                 let amounts = statement
-                    .query_map(params![address.to_string()], |row| parse_u256(&row.get::<_, String>(0)?))?
+                    .query_map(params![address.to_string(), sql_u64(at)], |row| parse_u256(&row.get::<_, String>(0)?))?
                     .collect::<Result<Vec<U256>, _>>()?;
                 if !amounts.is_empty() {
                     held.push((address, amounts.into_iter().sum()));
