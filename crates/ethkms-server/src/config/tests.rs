@@ -137,6 +137,10 @@ fn keys_choose_their_backend_and_the_pin_stays_out_of_the_file() {
     let defaults = Config::parse(&format!("{base}{hsm}{keys}")).unwrap();
     let BackendConfig::Pkcs11(token) = &defaults.backends["hsm"];
     assert_eq!(token.pin, ethkms::pkcs11::PinSource::Env("ETHKMS_PKCS11_PIN".into()));
+    assert!(token.calls_in_place, "the service's calls run in place by default");
+    let handed_over = Config::parse(&format!("{base}{hsm}calls_in_place = false\n{keys}")).unwrap();
+    let BackendConfig::Pkcs11(token) = &handed_over.backends["hsm"];
+    assert!(!token.calls_in_place);
 
     for (extra, expected) in [
         ("pin = \"1234\"\n", "backends.hsm.pin: the PIN is never read from the configuration"),
