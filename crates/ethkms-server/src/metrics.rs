@@ -96,6 +96,10 @@ pub(crate) struct Metrics {
     pub(crate) sweeps: Labeled,
     /// The last block the deposit watcher read.
     pub(crate) deposit_block: Gauge,
+    /// Sweeps stored and not yet final, as the watching replica last counted.
+    pub(crate) sweeps_open: Gauge,
+    /// Seconds since the oldest of them was stored (0 with none).
+    pub(crate) oldest_open_sweep_seconds: Gauge,
     /// Webhook delivery attempts by outcome: delivered, failed.
     pub(crate) webhook_deliveries: Labeled,
     /// Webhook events not yet delivered.
@@ -137,6 +141,8 @@ impl Default for Metrics {
             deposits: Labeled::new("event"),
             sweeps: Labeled::new("outcome"),
             deposit_block: Gauge::default(),
+            sweeps_open: Gauge::default(),
+            oldest_open_sweep_seconds: Gauge::default(),
             webhook_deliveries: Labeled::new("outcome"),
             webhook_events_waiting: Gauge::default(),
             chain_head: Gauge::default(),
@@ -270,6 +276,17 @@ impl Default for Metrics {
             "ethkms_deposit_scan_block",
             "The last block the deposit watcher read",
             metrics.deposit_block.clone(),
+        );
+        registry.register(
+            "ethkms_sweeps_open",
+            "Sweeps of deposit addresses stored and not yet final, as the watching replica last counted",
+            metrics.sweeps_open.clone(),
+        );
+        registry.register(
+            "ethkms_oldest_open_sweep_seconds",
+            "Seconds since the oldest sweep not yet final was stored (0 with none): a sweep the engine does not \
+             process (a halted engine, a key no replica holds) grows it",
+            metrics.oldest_open_sweep_seconds.clone(),
         );
         registry.register(
             "ethkms_chain_head_block",

@@ -496,9 +496,14 @@ async fn two_hundred_customers_deposits_are_listed_once_and_swept_exactly_to_the
 
 /// The value of `ethkms_sweeps_total{outcome}` in the service's metrics.
 async fn sweeps_counted(api: &Api, outcome: &str) -> u64 {
+    metric(api, &format!("ethkms_sweeps_total{{outcome=\"{outcome}\"}}")).await.unwrap_or(0)
+}
+
+/// The value of the series `series` (a name, with its labels if it has any) in the service's metrics.
+async fn metric(api: &Api, series: &str) -> Option<u64> {
     let metrics = api.http.get(format!("{}/metrics", api.url)).send().await.unwrap().text().await.unwrap();
-    let line = format!("ethkms_sweeps_total{{outcome=\"{outcome}\"}} ");
-    metrics.lines().find_map(|text| text.strip_prefix(&line)).map_or(0, |value| value.parse().unwrap())
+    let line = format!("{series} ");
+    metrics.lines().find_map(|text| text.strip_prefix(&line)).map(|value| value.parse().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -553,4 +558,11 @@ async fn a_sweep_the_key_cannot_pay_for_fails_unpaid_and_its_deposit_is_swept_on
     assert_eq!(balance(&anvil.url, parent).await, U256::from(10).pow(U256::from(18)), "the treasury has it");
     assert_eq!(balance(&anvil.url, alice).await, U256::ZERO);
     assert_eq!(sweeps_counted(&api, "confirmed").await, 1);
+    // Nothing left open: the gauges an operator watches for a sweep that never ends say so.
+    let started = Instant::now();
+    while metric(&api, "ethkms_sweeps_open").await != Some(0) {
+        assert!(started.elapsed() < Duration::from_secs(10), "a sweep still counted open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&api, "ethkms_oldest_open_sweep_seconds").await, Some(0));
 }

@@ -20,7 +20,7 @@ use ethkms::eth::chain;
 use ethkms_deposits::{Holding, Reference, SweepBatch, SweepCosts, read_holding};
 
 use super::Deposits;
-use crate::journal::{DepositKey, DepositRow, Fence, NewSweep, Status, SweepRequest};
+use crate::journal::{DepositKey, DepositRow, Fence, NewSweep, Status, SweepRequest, Withdrawal};
 use crate::policy::Asset;
 
 /// Unswept deposits read per pass.
@@ -31,6 +31,9 @@ const SWEEPS_PER_PASS: usize = 8;
 
 /// How long an address found not worth sweeping is left before it is read again.
 const DUST_RECHECK: Duration = Duration::from_secs(600);
+
+/// How long a sweep may stay open before the sweeper warns (and again this often while it does).
+const OPEN_SWEEP_WARNING: Duration = Duration::from_secs(3_600);
 
 /// The longest wait after failed sweeps.
 const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(3_600);
@@ -47,6 +50,8 @@ pub(super) struct Sweeper {
     /// Addresses read and found not worth sweeping: when, and how many unswept deposits they had then (one
     /// more is a reason to read it again at once).
     dust: HashMap<Address, (Instant, usize)>,
+    /// When the sweeper last warned of a sweep open too long.
+    warned: Option<Instant>,
 }
 
 impl Deposits {
@@ -174,6 +179,8 @@ impl Deposits {
     async fn settle_sweeps(&self, fence: &Fence, sweeper: &mut Sweeper) -> Result<HashSet<Address>, String> {
         let open = self.store.open_sweeps().await.map_err(|error| format!("the open sweeps: {error}"))?;
         if open.is_empty() {
+            self.shared.metrics.sweeps_open.set(0);
+            self.shared.metrics.oldest_open_sweep_seconds.set(0);
             return Ok(HashSet::new());
         }
         let mut addresses: HashMap<String, Vec<Address>> = HashMap::new();
@@ -183,6 +190,7 @@ impl Deposits {
         let ids: Vec<String> = addresses.keys().cloned().collect();
         let rows = self.journal.get_many(&ids).await.map_err(|error| format!("the sweeps' rows: {error}"))?;
         let rows: HashMap<String, _> = rows.into_iter().map(|row| (row.id.clone(), row)).collect();
+        self.report_open(sweeper, &rows);
         let mut busy = HashSet::new();
         for (id, in_sweep) in addresses {
             let outcome = match rows.get(&id) {
@@ -225,6 +233,26 @@ impl Deposits {
             }
         }
         Ok(busy)
+    }
+
+    /// Counts the open sweeps (`rows`) in the metrics and warns, once an hour, of one open longer than
+    /// [`OPEN_SWEEP_WARNING`]: its deposits wait, and nothing else sweeps their addresses.
+    fn report_open(&self, sweeper: &mut Sweeper, rows: &HashMap<String, Withdrawal>) {
+        let now_ms = crate::journal::now_ms();
+        let oldest = rows.values().filter(|row| !row.status.is_final()).min_by_key(|row| row.created_ms);
+        let open = rows.values().filter(|row| !row.status.is_final()).count();
+        self.shared.metrics.sweeps_open.set(i64::try_from(open).unwrap_or(i64::MAX));
+        let age = Duration::from_millis(oldest.map_or(0, |row| now_ms.saturating_sub(row.created_ms)));
+        self.shared.metrics.oldest_open_sweep_seconds.set(i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
+        if let Some(row) = oldest
+            && age > OPEN_SWEEP_WARNING
+            && sweeper.warned.is_none_or(|warned| warned.elapsed() > OPEN_SWEEP_WARNING)
+        {
+            sweeper.warned = Some(Instant::now());
+            tracing::warn!(sweep = %row.id, status = row.status.as_str(), minutes = age.as_secs() / 60,
+                "a sweep has waited over an hour to be final (is the engine halted, or the key held by no replica?); \
+                 its deposits wait with it");
+        }
     }
 
     /// Stores `batch` as a sweep and hands it to the engine; answers 1 if it was stored.
