@@ -2,7 +2,7 @@
 //! never answer), LocalStack's KMS and anvil: every event arrives, signed, in order per withdrawal and
 //! de-duplicable by its id, after failures and an outage; after `kill -9` between the changes and their
 //! delivery, the events are delivered after the restart; a receiver that never answers does not slow
-//! withdrawals down.
+//! withdrawals down, nor hold up another client's webhooks.
 
 mod common;
 
@@ -375,4 +375,84 @@ async fn a_receiver_that_never_answers_does_not_slow_withdrawals() {
     assert!(elapsed < baseline * 3 + Duration::from_secs(10), "{elapsed:?} against {baseline:?}");
     assert!(slowest_post < Duration::from_secs(5), "{slowest_post:?}");
     receiver.down();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_receiver_hangs_never_holds_up_another_clients_webhooks() {
+    let Some((_, backend)) = localstack().await else { return };
+    let rpc_url = service_from_env("ETHKMS_TEST_RPC_URL", "anvil").unwrap();
+    let (key, _) = funded_key(&backend, &rpc_url).await;
+    let mut hanging = Receiver::new(free_port());
+    hanging.behaviour.hang.store(true, Ordering::SeqCst);
+    hanging.up().await;
+    let mut healthy = Receiver::new(free_port());
+    healthy.up().await;
+    let paths = Paths::new();
+    // Two attempts in flight at most, each waiting a minute for the hanging receiver: without a share per
+    // client, the exchange's older events would hold both.
+    let text = with_webhook(&configuration("127.0.0.1:0", &rpc_url, &key, &paths), &hanging.url(), &paths, 60_000)
+        .replacen("poll_interval_ms = 50 }", "poll_interval_ms = 50, concurrency = 2 }", 1);
+    let secret_file = paths.journal.with_extension("webhook-secret");
+    let treasury = config_client("treasury", "treasury-token", &["withdrawals"]).replacen(
+        "methods = [\"withdrawals\"]\n",
+        &format!(
+            "methods = [\"withdrawals\"]\nwebhook = {{ url = \"{}\", secret_file = \"{}\" }}\n",
+            healthy.url(),
+            secret_file.display()
+        ),
+        1,
+    );
+    let api = serve_in_process(&format!("{text}{treasury}"), backend).await;
+    let run = unique("fair");
+    for index in 0..4 {
+        let (status, body) =
+            api.post(&withdrawal(&format!("{run}-x{index}"), recipient(&run, index), "ETH", "1000")).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let started = Instant::now();
+    while hanging.behaviour.requests.load(Ordering::SeqCst) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the exchange's events were never sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ids = Vec::new();
+    for index in 0..2 {
+        let body = withdrawal(&format!("{run}-t{index}"), recipient(&run, 10 + index), "ETH", "1000");
+        let response = api
+            .http
+            .post(format!("{}/v1/withdrawals", api.url))
+            .bearer_auth("treasury-token")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 202);
+        ids.push(response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+    }
+    // The treasury's events arrive while every attempt to the exchange's receiver still hangs.
+    let started = Instant::now();
+    loop {
+        let subjects: HashSet<String> = healthy
+            .accepted()
+            .iter()
+            .filter_map(|received| received.body["subject"].as_str().map(str::to_owned))
+            .collect();
+        if ids.iter().all(|id| subjects.contains(id)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the treasury's events wait behind the exchange's hanging receiver: {} received",
+            healthy.accepted().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(healthy.behaviour.invalid.lock().unwrap().is_empty(), "every request signed");
+    assert!(hanging.accepted().is_empty(), "the exchange's receiver never answered");
+    assert!(
+        hanging.behaviour.requests.load(Ordering::SeqCst) <= 1,
+        "the exchange had at most its share (one of two) in flight"
+    );
+    hanging.down();
+    healthy.down();
 }

@@ -18,7 +18,7 @@
 //!
 //! - **newest state ahead** ([`RpcProxy::set_newest_state_ahead`]): an `eth_getBalance` of the node's
 //!   newest block is held until the next block is mined and answered with that block's balance — what anvil
-//!   does now and then (see [`ahead`]).
+//!   does now and then.
 //!
 //! It also records every raw transaction sent through it ([`RpcProxy::raw_transactions`]), forwarded or
 //! not: with a proxy per client, a test knows what each one tried to broadcast, and when.

@@ -51,7 +51,9 @@ pub struct WebhookSettings {
     /// The longest back-off (10 minutes by default). Each wait is drawn at random up to the doubled bound
     /// ("full jitter"), so receivers coming back are not hit by every retry at once.
     pub max_backoff: Duration,
-    /// Events (of different subjects) sent at once (16 by default).
+    /// Events (of different subjects) sent at once (16 by default); each client with a webhook has at most
+    /// its share (this divided among them, rounded up), so one client's hanging receiver never takes
+    /// another's.
     pub concurrency: usize,
     /// How often the outbox is read for new events (500 ms by default).
     pub poll_interval: Duration,

@@ -112,16 +112,17 @@ async fn every_change_of_a_webhook_clients_withdrawal_is_an_event_in_order(
     assert_eq!(journal.waiting_events().await.unwrap(), 10);
 
     // Only the first event of each subject is due.
-    let due = journal.due_events(100).await.unwrap();
+    let due = journal.due_events("exchange", 100).await.unwrap();
     assert_eq!(
         due.iter().map(|event| (event.subject.as_str(), event.sequence)).collect::<Vec<_>>(),
         [(row.id.as_str(), 1), (cancelled.id.as_str(), 1)]
     );
-    assert_eq!(journal.due_events(1).await.unwrap(), due[..1], "the limit holds");
+    assert_eq!(journal.due_events("exchange", 1).await.unwrap(), due[..1], "the limit holds");
+    assert!(journal.due_events("wallet", 100).await.unwrap().is_empty(), "only the client's own");
 
     // A client whose webhook is gone: its events wait, and its changes are no longer written.
     journal.set_webhook_clients(Vec::new()).await.unwrap();
-    assert!(journal.due_events(100).await.unwrap().is_empty());
+    assert!(journal.due_events("exchange", 100).await.unwrap().is_empty());
     assert_eq!(journal.waiting_events().await.unwrap(), 0);
     new_row(journal, "w-3").await;
     assert_eq!(events_of(journal, "exchange").await.len(), 10);
@@ -135,7 +136,7 @@ async fn events_are_delivered_in_order_per_subject_retried_and_fenced(journal: &
     journal.claim(&key_fence, &a.id, 0, None).await.unwrap();
     journal.claim(&key_fence, &b.id, 0, None).await.unwrap();
     let fence = deliverer(journal, "one").await;
-    let due = journal.due_events(10).await.unwrap();
+    let due = journal.due_events("exchange", 10).await.unwrap();
     assert_eq!(
         due.iter().map(|event| (event.subject.as_str(), event.sequence)).collect::<Vec<_>>(),
         [(a.id.as_str(), 1), (b.id.as_str(), 1)]
@@ -146,7 +147,7 @@ async fn events_are_delivered_in_order_per_subject_retried_and_fenced(journal: &
     assert!(journal.record_delivery(&fence, &a1.id, failed(Duration::ZERO)).await.unwrap());
     // b's is acknowledged: its second event is due now.
     assert!(journal.record_delivery(&fence, &b1.id, Outcome::Delivered).await.unwrap());
-    let due = journal.due_events(10).await.unwrap();
+    let due = journal.due_events("exchange", 10).await.unwrap();
     assert_eq!(
         due.iter().map(|event| (event.subject.as_str(), event.sequence)).collect::<Vec<_>>(),
         [(a.id.as_str(), 1), (b.id.as_str(), 2)]
@@ -157,7 +158,7 @@ async fn events_are_delivered_in_order_per_subject_retried_and_fenced(journal: &
     );
     // Failing again, with an hour's back-off: nothing of a is due before then.
     assert!(journal.record_delivery(&fence, &a1.id, failed(Duration::from_secs(3600))).await.unwrap());
-    let due = journal.due_events(10).await.unwrap();
+    let due = journal.due_events("exchange", 10).await.unwrap();
     assert_eq!(due.iter().map(|event| event.subject.as_str()).collect::<Vec<_>>(), [b.id.as_str()]);
     let failing = journal.webhook_events("exchange", Some(DeliveryState::Failing), 10).await.unwrap();
     assert_eq!(failing.len(), 1);
@@ -181,7 +182,7 @@ async fn events_are_delivered_in_order_per_subject_retried_and_fenced(journal: &
     assert_ne!(taken.epoch, fence.epoch);
     let refused = journal.record_delivery(&fence, &due[0].id, Outcome::Delivered).await.unwrap_err();
     assert!(matches!(refused, JournalError::Fenced { .. }), "{refused:?}");
-    assert_eq!(journal.due_events(10).await.unwrap(), due, "nothing changed");
+    assert_eq!(journal.due_events("exchange", 10).await.unwrap(), due, "nothing changed");
     assert!(journal.record_delivery(&taken, &due[0].id, Outcome::Delivered).await.unwrap());
 }
 

@@ -121,9 +121,10 @@ pub trait WebhookStore: Send + Sync + fmt::Debug {
     /// from now on, and only their events are [due](Self::due_events).
     async fn set_webhook_clients(&self, clients: Vec<String>) -> Result<(), JournalError>;
 
-    /// Up to `limit` events to send now, oldest first: of each subject, the first one not yet delivered,
-    /// if it is due (pending, or failing and its back-off over).
-    async fn due_events(&self, limit: usize) -> Result<Vec<WebhookEvent>, JournalError>;
+    /// Up to `limit` of `client`'s events to send now, oldest first: of each subject, the first one not yet
+    /// delivered, if it is due (pending, or failing and its back-off over). Asked client by client, so that
+    /// one client's backlog never hides another's events.
+    async fn due_events(&self, client: &str, limit: usize) -> Result<Vec<WebhookEvent>, JournalError>;
 
     /// Records an attempt of event `id` — only while `fence` (the [`WEBHOOK_LEASE`]) is current
     /// ([`JournalError::Fenced`] if not) and the event is not yet delivered. Returns whether it changed it.

@@ -10,6 +10,10 @@
 //!   nothing: the event is in the journal);
 //! - **in order per subject**: event *n + 1* of a withdrawal (or deposit) is not sent before *n* was
 //!   acknowledged; different subjects are sent in parallel, at most `concurrency` at once;
+//! - **fair between clients**: each client with a webhook has at most its share of `concurrency` (divided
+//!   among them, rounded up) in flight, and each pass asks the outbox client by client, starting with the
+//!   next one each time — so a client whose receiver hangs takes its share of the attempts, never another
+//!   client's;
 //! - **retries** after a failure (a non-2xx answer, a transport error, no answer within `timeout`) wait an
 //!   exponential back-off with full jitter: a random time up to `min_backoff × 2^(attempts − 1)`, capped at
 //!   `max_backoff`;
@@ -186,9 +190,18 @@ impl Webhooks {
 
     async fn run(self: Arc<Self>) {
         let mut tasks: JoinSet<()> = JoinSet::new();
-        // The subject each task delivers to, by task: one event of a subject at a time.
-        let mut subjects: HashMap<tokio::task::Id, String> = HashMap::new();
+        // The client and subject each task delivers to, by task: one event of a subject at a time.
+        let mut subjects: HashMap<tokio::task::Id, (String, String)> = HashMap::new();
         let mut busy: HashSet<String> = HashSet::new();
+        // Attempts in flight per client, each at most `share`; the client asked first turns each pass.
+        let clients: Vec<String> = {
+            let mut names: Vec<String> = self.endpoints.keys().cloned().collect();
+            names.sort();
+            names
+        };
+        let share = self.settings.concurrency.div_ceil(clients.len().max(1)).max(1);
+        let mut flying: HashMap<String, usize> = HashMap::new();
+        let mut turn = 0;
         let mut renewed = Instant::now() - self.replica.lease;
         let mut fence = None;
         let mut counted = Instant::now() - WAITING_EVERY;
@@ -199,23 +212,33 @@ impl Webhooks {
                 renewed = Instant::now();
             }
             if let Some(fence) = &fence {
-                let free = self.settings.concurrency.saturating_sub(tasks.len());
-                if free > 0 {
-                    match self.store.due_events(free + busy.len()).await {
+                let mut free = self.settings.concurrency.saturating_sub(tasks.len());
+                turn = (turn + 1) % clients.len().max(1);
+                for offset in 0..clients.len() {
+                    let client = &clients[(turn + offset) % clients.len()];
+                    let in_flight = flying.get(client).copied().unwrap_or(0);
+                    let room = share.saturating_sub(in_flight).min(free);
+                    if room == 0 {
+                        continue;
+                    }
+                    // Its subjects in flight come first among its due events: ask for as many more.
+                    match self.store.due_events(client, room + in_flight).await {
                         Ok(events) => {
                             let events: Vec<WebhookEvent> = events
                                 .into_iter()
                                 .filter(|event| !busy.contains(&subject_of(event)))
-                                .take(free)
+                                .take(room)
                                 .collect();
                             for event in events {
                                 let subject = subject_of(&event);
                                 let handle = tasks.spawn(Arc::clone(&self).deliver(fence.clone(), event));
-                                subjects.insert(handle.id(), subject.clone());
+                                subjects.insert(handle.id(), (client.clone(), subject.clone()));
                                 busy.insert(subject);
+                                *flying.entry(client.clone()).or_default() += 1;
+                                free -= 1;
                             }
                         }
-                        Err(error) => tracing::warn!(%error, "webhooks: reading the outbox"),
+                        Err(error) => tracing::warn!(%error, client, "webhooks: reading the outbox"),
                     }
                 }
                 if counted.elapsed() >= WAITING_EVERY {
@@ -231,8 +254,11 @@ impl Webhooks {
             tokio::select! {
                 Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     let id = match &done { Ok((id, ())) => *id, Err(error) => error.id() };
-                    if let Some(subject) = subjects.remove(&id) {
+                    if let Some((client, subject)) = subjects.remove(&id) {
                         busy.remove(&subject);
+                        if let Some(count) = flying.get_mut(&client) {
+                            *count = count.saturating_sub(1);
+                        }
                     }
                     // Its subject's next event may be due now: no wait.
                 }

@@ -82,17 +82,18 @@ impl WebhookStore for PostgresJournal {
         self.write(boxed(move |t| Box::pin(set_clients(t, clients)))).await
     }
 
-    async fn due_events(&self, limit: usize) -> Result<Vec<WebhookEvent>, JournalError> {
+    async fn due_events(&self, client: &str, limit: usize) -> Result<Vec<WebhookEvent>, JournalError> {
+        let client = client.to_owned();
         self.read(boxed(move |t| {
             Box::pin(async move {
                 let sql = format!(
                     "SELECT {COLUMNS} FROM webhook_events e WHERE e.state <> 'delivered' AND e.next_ms <= {NOW_MS} \
-                     AND e.client IN (SELECT client FROM webhook_clients) \
+                     AND e.client = $2 AND e.client IN (SELECT client FROM webhook_clients) \
                      AND NOT EXISTS (SELECT 1 FROM webhook_events p WHERE p.subject_type = e.subject_type \
                          AND p.subject = e.subject AND p.sequence < e.sequence AND p.state <> 'delivered') \
                      ORDER BY e.seq LIMIT $1"
                 );
-                query(t, &sql, &[&limit_of(limit)]).await?.iter().map(event_row).collect()
+                query(t, &sql, &[&limit_of(limit), &client]).await?.iter().map(event_row).collect()
             })
         }))
         .await

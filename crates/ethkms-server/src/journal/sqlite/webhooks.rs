@@ -62,16 +62,17 @@ impl WebhookStore for SqliteJournal {
         .await
     }
 
-    async fn due_events(&self, limit: usize) -> Result<Vec<WebhookEvent>, JournalError> {
+    async fn due_events(&self, client: &str, limit: usize) -> Result<Vec<WebhookEvent>, JournalError> {
+        let client = client.to_owned();
         self.run(move |connection| {
             let sql = format!(
                 "SELECT {COLUMNS} FROM webhook_events e WHERE e.state <> 'delivered' AND e.next_ms <= ?1 \
-                 AND e.client IN (SELECT client FROM webhook_clients) \
+                 AND e.client = ?3 AND e.client IN (SELECT client FROM webhook_clients) \
                  AND NOT EXISTS (SELECT 1 FROM webhook_events p WHERE p.subject_type = e.subject_type \
                      AND p.subject = e.subject AND p.sequence < e.sequence AND p.state <> 'delivered') \
                  ORDER BY e.seq LIMIT ?2"
             );
-            events(connection, &sql, params![sql_u64(now_ms()), limit_of(limit)])
+            events(connection, &sql, params![sql_u64(now_ms()), limit_of(limit), client])
         })
         .await
     }
