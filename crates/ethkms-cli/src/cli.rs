@@ -112,6 +112,49 @@ pub(crate) enum Command {
     /// Withdrawals waiting for approvals, as the service lists them.
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
+    /// A key's destination allowlist on the service: list it, or approve (or cancel) an addition with an
+    /// approver's key.
+    #[command(subcommand)]
+    Allowlist(AllowlistCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AllowlistCommand {
+    /// The key's allowlist: the configuration's entries, then the added ones with their state.
+    List(AllowlistListArgs),
+    /// Approve (or, with --reject, cancel) a proposed addition: sign the service's EIP-712 message with KEY
+    /// and post it (or print it for someone else to post).
+    Approve(AllowlistApproveArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AllowlistListArgs {
+    /// The service's name for the key whose allowlist it is (its `[keys.NAME]`).
+    #[arg(value_name = "KEY")]
+    pub(crate) allowlist_key: String,
+    #[command(flatten)]
+    pub(crate) service: ServiceArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AllowlistApproveArgs {
+    /// The service's name for the key whose allowlist it is (its `[keys.NAME]`).
+    #[arg(value_name = "KEY")]
+    pub(crate) allowlist_key: String,
+    /// The proposed destination.
+    pub(crate) address: String,
+    /// The approver's key (an id, ARN or alias): its address must be one of the key's approvers.
+    #[arg(long, value_name = "APPROVER")]
+    pub(crate) key: String,
+    /// Cancel the addition instead (an approver's rejection before it takes effect cancels it).
+    #[arg(long)]
+    pub(crate) reject: bool,
+    /// Print the signed decision (the body of `POST /v1/keys/KEY/allowlist/ADDRESS/approvals`) instead of
+    /// posting it.
+    #[arg(long)]
+    pub(crate) print: bool,
+    #[command(flatten)]
+    pub(crate) service: ServiceArgs,
 }
 
 /// Where the signing service is and how to authenticate to it.

@@ -16,14 +16,14 @@ use crate::cli::{ApproveArgs, Global, ServiceArgs};
 use crate::exit::{CliError, Exit};
 
 /// The signing service's REST API, as an approval client.
-struct Service {
-    http: reqwest::Client,
-    url: String,
+pub(super) struct Service {
+    pub(super) http: reqwest::Client,
+    pub(super) url: String,
     token: String,
 }
 
 impl Service {
-    fn new(args: &ServiceArgs) -> Result<Self, CliError> {
+    pub(super) fn new(args: &ServiceArgs) -> Result<Self, CliError> {
         let token = std::env::var(&args.token_env).ok().filter(|token| !token.is_empty()).ok_or_else(|| {
             CliError::new(
                 Exit::Credentials,
@@ -42,7 +42,7 @@ impl Service {
     }
 
     /// `method path` with `body`: the JSON answer of a 2xx, or the service's error as a CLI error.
-    async fn call(&self, request: reqwest::RequestBuilder, what: &str) -> Result<Value, CliError> {
+    pub(super) async fn call(&self, request: reqwest::RequestBuilder, what: &str) -> Result<Value, CliError> {
         let response = request.bearer_auth(&self.token).send().await.map_err(|error| {
             CliError::new(
                 Exit::Network,

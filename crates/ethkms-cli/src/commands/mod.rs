@@ -4,6 +4,7 @@
 //! Every command checks its arguments (keys, addresses, amounts, tags, hexadecimal) before it builds the
 //! key backend or talks to the network, so a typo is reported as one, whatever the configuration.
 
+mod allowlist;
 mod approvals;
 mod audit;
 mod deposits;
@@ -25,7 +26,9 @@ use ethkms::units::{parse_address, parse_value};
 use ethkms::{BackendSettings, ChainSettings, WalletManager};
 use serde_json::Value;
 
-use crate::cli::{ApprovalsCommand, AuditCommand, BackendKind, Cli, Command, Global, PolicyCommand, WebhookCommand};
+use crate::cli::{
+    AllowlistCommand, ApprovalsCommand, AuditCommand, BackendKind, Cli, Command, Global, PolicyCommand, WebhookCommand,
+};
 use crate::exit::CliError;
 
 /// Prints results as text or JSON lines.
@@ -54,6 +57,8 @@ pub(crate) async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Webhook(WebhookCommand::Verify(args)) => webhook::verify(output, &args),
         Command::Approve(args) => approvals::approve(&global, output, &args).await,
         Command::Approvals(ApprovalsCommand::List(args)) => approvals::list(output, &args).await,
+        Command::Allowlist(AllowlistCommand::List(args)) => allowlist::list(output, &args).await,
+        Command::Allowlist(AllowlistCommand::Approve(args)) => allowlist::approve(&global, output, &args).await,
         Command::Serve(args) => serve::serve(&global, &args).await,
         Command::Wallet(command) => wallet::run(&global, output, command).await,
         Command::Balance(args) => wallet::balance(&global, output, &args).await,
