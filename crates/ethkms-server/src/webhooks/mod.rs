@@ -221,7 +221,7 @@ impl Webhooks {
                     if room == 0 {
                         continue;
                     }
-                    // Its subjects in flight come first among its due events: ask for as many more.
+                    // Its subjects in flight may be among its due events (skipped below): ask for as many more.
                     match self.store.due_events(client, room + in_flight).await {
                         Ok(events) => {
                             let events: Vec<WebhookEvent> = events
