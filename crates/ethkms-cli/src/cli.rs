@@ -122,15 +122,15 @@ pub(crate) enum Command {
 pub(crate) enum AllowlistCommand {
     /// The key's allowlist: the configuration's entries, then the added ones with their state.
     List(AllowlistListArgs),
-    /// Approve (or, with --reject, cancel) a proposed addition: sign the service's EIP-712 message with KEY
-    /// and post it (or print it for someone else to post).
+    /// Approve (or, with --reject, cancel) a proposed addition: sign the service's EIP-712 message with the
+    /// approver's --key and post it (or print it for someone else to post).
     Approve(AllowlistApproveArgs),
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct AllowlistListArgs {
     /// The service's name for the key whose allowlist it is (its `[keys.NAME]`).
-    #[arg(value_name = "KEY")]
+    #[arg(value_name = "NAME")]
     pub(crate) allowlist_key: String,
     #[command(flatten)]
     pub(crate) service: ServiceArgs,
@@ -139,18 +139,25 @@ pub(crate) struct AllowlistListArgs {
 #[derive(Debug, Args)]
 pub(crate) struct AllowlistApproveArgs {
     /// The service's name for the key whose allowlist it is (its `[keys.NAME]`).
-    #[arg(value_name = "KEY")]
+    #[arg(value_name = "NAME")]
     pub(crate) allowlist_key: String,
     /// The proposed destination.
     pub(crate) address: String,
+    #[command(flatten)]
+    pub(crate) decision: DecisionArgs,
+}
+
+/// An approver's decision: with which key, which way, and whether to post it.
+#[derive(Debug, Args)]
+pub(crate) struct DecisionArgs {
     /// The approver's key (an id, ARN or alias): its address must be one of the key's approvers.
-    #[arg(long, value_name = "APPROVER")]
+    #[arg(long, value_name = "KEY")]
     pub(crate) key: String,
-    /// Cancel the addition instead (an approver's rejection before it takes effect cancels it).
+    /// Reject instead: a withdrawal is then final (nothing is signed for it); an allowlist addition is
+    /// cancelled (before it takes effect).
     #[arg(long)]
     pub(crate) reject: bool,
-    /// Print the signed decision (the body of `POST /v1/keys/KEY/allowlist/ADDRESS/approvals`) instead of
-    /// posting it.
+    /// Print the signed decision (the body the service takes) instead of posting it.
     #[arg(long)]
     pub(crate) print: bool,
     #[command(flatten)]
@@ -172,17 +179,8 @@ pub(crate) struct ServiceArgs {
 pub(crate) struct ApproveArgs {
     /// The withdrawal's id.
     pub(crate) id: String,
-    /// The approver's key (an id, ARN or alias): its address must be one of the key's approvers.
-    #[arg(long, value_name = "KEY")]
-    pub(crate) key: String,
-    /// Reject the withdrawal instead (final: nothing is signed for it).
-    #[arg(long)]
-    pub(crate) reject: bool,
-    /// Print the signed decision (the body of `POST /v1/withdrawals/ID/approvals`) instead of posting it.
-    #[arg(long)]
-    pub(crate) print: bool,
     #[command(flatten)]
-    pub(crate) service: ServiceArgs,
+    pub(crate) decision: DecisionArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,8 +8,8 @@
 use alloy_primitives::Address;
 use serde_json::{Value, json};
 
-use super::approvals::Service;
-use super::{Output, connect, key_ref};
+use super::approvals::{Service, Signed, sign_decision};
+use super::{Output, key_ref};
 use crate::cli::{AllowlistApproveArgs, AllowlistListArgs, Global};
 use crate::exit::{CliError, Exit};
 
@@ -26,10 +26,11 @@ fn entry_address(entry: &Value) -> Option<Address> {
 }
 
 pub(super) async fn approve(global: &Global, output: Output, args: &AllowlistApproveArgs) -> Result<(), CliError> {
-    let approver_key = key_ref(&args.key)?;
+    let decided = &args.decision;
+    key_ref(&decided.key)?;
     let address = ethkms::units::parse_address(&args.address)
         .map_err(|error| CliError::usage(format!("ADDRESS `{}`: {error}", args.address)))?;
-    let service = Service::new(&args.service)?;
+    let service = Service::new(&decided.service)?;
     let name = &args.allowlist_key;
     let entry = entries(&service, name)
         .await?
@@ -38,14 +39,10 @@ pub(super) async fn approve(global: &Global, output: Output, args: &AllowlistApp
         .ok_or_else(|| {
             CliError::new(Exit::NotFound, format!("no addition of {address} to key `{name}` waits for decisions"))
         })?;
-    let mut typed = entry["typed_data"].clone();
-    typed["message"]["approve"] = json!(!args.reject);
-    let manager = connect(global).await?;
-    let signature = manager.sign_typed_data(&approver_key, &typed.to_string()).await?;
-    let approver: Address = manager.address(&approver_key).await?;
-    let decision = if args.reject { "reject" } else { "approve" };
-    let body = json!({ "approver": approver.to_string(), "decision": decision, "signature": signature.to_string() });
-    if args.print {
+    let Signed { approver, decision, signature, .. } =
+        sign_decision(global, decided, entry["typed_data"].clone()).await?;
+    let body = json!({ "approver": approver.to_string(), "decision": decision, "signature": signature });
+    if decided.print {
         output.emit(&body, || body.to_string());
         return Ok(());
     }
@@ -61,10 +58,10 @@ pub(super) async fn approve(global: &Global, output: Output, args: &AllowlistApp
         &json!({
             "key": name, "address": address.to_string(), "approver": approver.to_string(), "decision": decision,
             "status": status, "approvals": approved, "quorum": quorum, "effective": effective,
-            "signature": signature.to_string(),
+            "signature": signature,
         }),
         || {
-            let done = if args.reject { "rejected" } else { "approved" };
+            let done = if decided.reject { "rejected" } else { "approved" };
             format!(
                 "{done} the addition of {address} to key `{name}` as {approver}: now {status}, {approved} of {quorum} \
                  approvals, in effect from {effective} (Unix seconds) with its quorum"

@@ -12,7 +12,7 @@ use ethkms::eth::redact_urls;
 use serde_json::{Value, json};
 
 use super::{Output, connect, key_ref};
-use crate::cli::{ApproveArgs, Global, ServiceArgs};
+use crate::cli::{ApproveArgs, DecisionArgs, Global, ServiceArgs};
 use crate::exit::{CliError, Exit};
 
 /// The signing service's REST API, as an approval client.
@@ -82,9 +82,29 @@ fn signed_content(typed: &Value) -> Value {
     })
 }
 
-pub(super) async fn approve(global: &Global, output: Output, args: &ApproveArgs) -> Result<(), CliError> {
+/// An approver's decision, signed: who, how (`approve` or `reject`), the signature, and the message signed.
+pub(super) struct Signed {
+    pub(super) approver: Address,
+    pub(super) decision: &'static str,
+    pub(super) signature: String,
+    pub(super) typed: Value,
+}
+
+/// Signs the service's EIP-712 message `typed`, its `message.approve` set as `args` decides, with the
+/// approver's key.
+pub(super) async fn sign_decision(global: &Global, args: &DecisionArgs, mut typed: Value) -> Result<Signed, CliError> {
     let key = key_ref(&args.key)?;
-    let service = Service::new(&args.service)?;
+    typed["message"]["approve"] = json!(!args.reject);
+    let manager = connect(global).await?;
+    let signature = manager.sign_typed_data(&key, &typed.to_string()).await?.to_string();
+    let approver: Address = manager.address(&key).await?;
+    Ok(Signed { approver, decision: if args.reject { "reject" } else { "approve" }, signature, typed })
+}
+
+pub(super) async fn approve(global: &Global, output: Output, args: &ApproveArgs) -> Result<(), CliError> {
+    let decided = &args.decision;
+    key_ref(&decided.key)?;
+    let service = Service::new(&decided.service)?;
     let pending = service.pending().await?;
     let withdrawal = pending.iter().find(|withdrawal| withdrawal["id"] == args.id.as_str()).ok_or_else(|| {
         CliError::new(
@@ -92,20 +112,16 @@ pub(super) async fn approve(global: &Global, output: Output, args: &ApproveArgs)
             format!("withdrawal `{}` is not waiting for approvals of any key this client may approve for", args.id),
         )
     })?;
-    let mut typed = withdrawal["approval"]["typed_data"].clone();
+    let typed = withdrawal["approval"]["typed_data"].clone();
     if typed.is_null() {
         return Err(CliError::new(Exit::Failure, format!("the service gave no approval message for `{}`", args.id)));
     }
-    typed["message"]["approve"] = json!(!args.reject);
-    let manager = connect(global).await?;
-    let signature = manager.sign_typed_data(&key, &typed.to_string()).await?;
-    let approver: Address = manager.address(&key).await?;
-    let decision = if args.reject { "reject" } else { "approve" };
+    let Signed { approver, decision, signature, typed } = sign_decision(global, decided, typed).await?;
     let body = json!({
-        "approver": approver.to_string(), "decision": decision, "signature": signature.to_string(),
+        "approver": approver.to_string(), "decision": decision, "signature": signature,
         "signed": signed_content(&typed),
     });
-    if args.print {
+    if decided.print {
         output.emit(&body, || body.to_string());
         return Ok(());
     }
@@ -117,10 +133,10 @@ pub(super) async fn approve(global: &Global, output: Output, args: &ApproveArgs)
     output.emit(
         &json!({
             "id": args.id, "approver": approver.to_string(), "decision": decision, "status": status,
-            "approvals": approved, "quorum": quorum, "signature": signature.to_string(),
+            "approvals": approved, "quorum": quorum, "signature": signature,
         }),
         || {
-            let done = if args.reject { "rejected" } else { "approved" };
+            let done = if decided.reject { "rejected" } else { "approved" };
             format!("{done} withdrawal {} as {approver}: now {status}, {approved} of {quorum} approvals", args.id)
         },
     );
