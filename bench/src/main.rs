@@ -118,25 +118,24 @@ fn options() -> Result<Options, String> {
                     .map_err(|_| format!("--concurrency {value}"))?;
             }
             "--journal" => {
-                options.journals = value
-                    .split(',')
-                    .map(withdrawals::Journal::parse)
-                    .collect::<Option<_>>()
+                options.journals = named(value, withdrawals::Journal::parse)
                     .ok_or(format!("--journal {value}: sqlite, postgres or both"))?;
             }
             "--replicas" => options.replicas = numbers("--replicas", value)?,
             "--keys" => options.keys = numbers("--keys", value)?,
             "--placement" => {
-                options.placements = value
-                    .split(',')
-                    .map(placement::Placement::parse)
-                    .collect::<Option<_>>()
+                options.placements = named(value, placement::Placement::parse)
                     .ok_or(format!("--placement {value}: shared, apart or both"))?;
             }
             other => return Err(format!("unknown option {other}")),
         }
     }
     Ok(options)
+}
+
+/// A comma-separated list of names, each read by `parse`; `None` if one is not a name it knows.
+fn named<T>(value: &str, parse: impl Fn(&str) -> Option<T>) -> Option<Vec<T>> {
+    value.split(',').map(parse).collect()
 }
 
 /// A comma-separated list of positive whole numbers.

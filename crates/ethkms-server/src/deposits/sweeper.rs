@@ -239,9 +239,9 @@ impl Deposits {
     /// [`OPEN_SWEEP_WARNING`]: its deposits wait, and nothing else sweeps their addresses.
     fn report_open(&self, sweeper: &mut Sweeper, rows: &HashMap<String, Withdrawal>) {
         let now_ms = crate::journal::now_ms();
-        let oldest = rows.values().filter(|row| !row.status.is_final()).min_by_key(|row| row.created_ms);
-        let open = rows.values().filter(|row| !row.status.is_final()).count();
-        self.shared.metrics.sweeps_open.set(i64::try_from(open).unwrap_or(i64::MAX));
+        let open: Vec<&Withdrawal> = rows.values().filter(|row| !row.status.is_final()).collect();
+        let oldest = open.iter().min_by_key(|row| row.created_ms);
+        self.shared.metrics.sweeps_open.set(i64::try_from(open.len()).unwrap_or(i64::MAX));
         let age = Duration::from_millis(oldest.map_or(0, |row| now_ms.saturating_sub(row.created_ms)));
         self.shared.metrics.oldest_open_sweep_seconds.set(i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
         if let Some(row) = oldest
