@@ -129,7 +129,7 @@ impl RetryPolicy {
 /// and the alias is later moved, the handle keeps signing with the key whose address it reports.
 ///
 /// When a handle (or a clone of it) signs for the second time, it computes multiples of the key once
-/// ([`PrecomputedKey`], about 2 ms and 370 KB), which makes every later verification about three times
+/// ([`PrecomputedKey`], about 2 ms and 340 KB), which makes every later verification about three times
 /// as fast; a handle that signs once pays nothing for it.
 ///
 /// ```

@@ -3,13 +3,14 @@
 
 use core::fmt;
 
-use k256::elliptic_curve::ops::{Invert, LinearCombination, Reduce};
+use k256::elliptic_curve::ops::{LinearCombination, Reduce};
 use k256::elliptic_curve::point::DecompressPoint;
 use k256::{AffinePoint, FieldBytes, ProjectivePoint, Scalar, U256};
 
 use crate::address::Address;
 use crate::error::{Error, ErrorKind};
 use crate::hex::Hex;
+use crate::inverse::invert_public;
 use crate::key::PublicKey;
 use crate::signature::EcdsaSignature;
 
@@ -144,8 +145,7 @@ impl Signature {
             AffinePoint::decompress(&self.r.to_bytes(), u8::from(self.y_parity).into()).into();
         let nonce_point = nonce_point.ok_or(Error::new(ErrorKind::RecoveryFailed))?;
         let z = <Scalar as Reduce<U256>>::reduce_bytes(&FieldBytes::from(*digest));
-        let r_inverse: Option<Scalar> = self.r.invert_vartime().into();
-        let r_inverse = r_inverse.ok_or(Error::new(ErrorKind::RecoveryFailed))?;
+        let r_inverse = invert_public(&self.r).ok_or(Error::new(ErrorKind::RecoveryFailed))?;
         let u1 = -(z * r_inverse);
         let u2 = self.s * r_inverse;
         let key = ProjectivePoint::lincomb(&ProjectivePoint::GENERATOR, &u1, &nonce_point.into(), &u2).to_affine();

@@ -8,6 +8,7 @@ mod error;
 mod ethereum;
 mod hash;
 mod hex;
+mod inverse;
 mod key;
 #[cfg(feature = "alloc")]
 mod precomputed;

@@ -8,13 +8,14 @@
 use core::fmt;
 
 use k256::elliptic_curve::PrimeField;
-use k256::elliptic_curve::ops::{Invert, LinearCombination, Reduce};
+use k256::elliptic_curve::ops::{LinearCombination, Reduce};
 use k256::elliptic_curve::point::AffineCoordinates;
 use k256::elliptic_curve::scalar::IsHigh;
 use k256::{AffinePoint, FieldBytes, ProjectivePoint, Scalar, U256};
 
 use crate::error::{Component, Error, ErrorKind};
 use crate::hex::Hex;
+use crate::inverse::invert_public;
 use crate::key::PublicKey;
 
 /// DER tag of a SEQUENCE.
@@ -187,7 +188,7 @@ impl EcdsaSignature {
     pub(crate) fn ethereum_by(
         &self,
         digest: &[u8; 32],
-        combine: impl FnOnce(&Scalar, &Scalar) -> ProjectivePoint,
+        combine: impl FnOnce(&Scalar, &Scalar) -> AffinePoint,
     ) -> Result<crate::Signature, Error> {
         let normalized = self.normalize_s();
         let nonce_point = normalized.nonce_point_by(digest, combine)?;
@@ -198,18 +199,17 @@ impl EcdsaSignature {
         Ok(crate::Signature::from_verified(normalized, bool::from(nonce_point.y_is_odd())))
     }
 
-    /// `R = (z/s)·G + (r/s)·Q`, computed by `combine(z/s, r/s)`, checked to satisfy `x(R) mod n == r`.
+    /// `R = (z/s)·G + (r/s)·Q`, computed by `combine(z/s, r/s)` (affine), checked to satisfy `x(R) mod n == r`.
     pub(crate) fn nonce_point_by(
         &self,
         digest: &[u8; 32],
-        combine: impl FnOnce(&Scalar, &Scalar) -> ProjectivePoint,
+        combine: impl FnOnce(&Scalar, &Scalar) -> AffinePoint,
     ) -> Result<AffinePoint, Error> {
         let z = <Scalar as Reduce<U256>>::reduce_bytes(&FieldBytes::from(*digest));
-        let s_inverse: Option<Scalar> = self.s.invert_vartime().into();
-        let s_inverse = s_inverse.ok_or(Error::new(ErrorKind::VerificationFailed))?;
+        let s_inverse = invert_public(&self.s).ok_or(Error::new(ErrorKind::VerificationFailed))?;
         let u1 = z * s_inverse;
         let u2 = self.r * s_inverse;
-        let point = combine(&u1, &u2).to_affine();
+        let point = combine(&u1, &u2);
         let x_mod_n = <Scalar as Reduce<U256>>::reduce_bytes(&point.x());
         if point == AffinePoint::IDENTITY || x_mod_n != self.r {
             return Err(Error::new(ErrorKind::VerificationFailed));
@@ -219,9 +219,9 @@ impl EcdsaSignature {
 }
 
 /// `u1·G + u2·Q` by k256's constant-time double-scalar multiplication.
-fn lincomb(key: &PublicKey) -> impl FnOnce(&Scalar, &Scalar) -> ProjectivePoint {
+fn lincomb(key: &PublicKey) -> impl FnOnce(&Scalar, &Scalar) -> AffinePoint {
     let q = ProjectivePoint::from(*key.as_affine());
-    move |u1, u2| ProjectivePoint::lincomb(&ProjectivePoint::GENERATOR, u1, &q, u2)
+    move |u1, u2| ProjectivePoint::lincomb(&ProjectivePoint::GENERATOR, u1, &q, u2).to_affine()
 }
 
 impl fmt::Debug for EcdsaSignature {

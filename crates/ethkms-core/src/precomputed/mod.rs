@@ -7,10 +7,11 @@
 //! digest, the signature — so it may take variable time; and a handle signs with one key again and again,
 //! so multiples of that key can be computed once. A [`PrecomputedKey`] holds, for `P = Q` and (shared by
 //! every key, computed on first use) `P = G`, the points `j · 256^i · P` for every byte position
-//! `i` (0 to 31) and `j` from 1 to 128, plus `2^256 · P` (33 × 128 + 1 affine points, about 370 KB).
+//! `i` (0 to 31) and `j` from 1 to 128, plus `2^256 · P` (33 × 128 + 1 affine points, about 340 KB).
 //! A scalar written in signed base-256 digits (each in −127 to 128, with a final carry) then costs one
 //! mixed addition per non-zero digit; the verification is 2 × 33 additions, one inversion modulo `n` and
-//! one field inversion (≈ 25 µs here, `cargo bench -p ethkms-core --bench parity`).
+//! one field inversion (`cargo bench -p ethkms-core --bench parity`). Both inversions are safegcd's
+//! (`crate::inverse`); for the field one the sum is kept in coordinates of our own ([`sum`]).
 //!
 //! The result is the same point `R`, so everything after is unchanged: `x(R) mod n == r` is the
 //! verification and the parity of `y(R)` is the recovery id. Tests compare both paths on random and
@@ -29,11 +30,14 @@ use k256::elliptic_curve::PrimeField;
 use k256::elliptic_curve::group::Curve;
 use k256::{AffinePoint, ProjectivePoint, Scalar};
 use once_cell::race::OnceBox;
+use sum::{Affine, Sum};
 
 use crate::error::Error;
 use crate::ethereum::Signature;
 use crate::key::PublicKey;
 use crate::signature::EcdsaSignature;
+
+mod sum;
 
 /// Byte positions of a 256-bit scalar; one more window holds the final carry of the signed digits.
 const BYTES: usize = 32;
@@ -47,7 +51,7 @@ static GENERATOR: OnceBox<Multiples> = OnceBox::new();
 ///
 /// Verifies and converts exactly as [`EcdsaSignature::to_ethereum`] does, same results and same errors, in
 /// about a third of the time (see the module documentation in the source). Building one takes about 2 ms
-/// and 370 KB; the generator's multiples are built once per process, on first use. Worth it for a key
+/// and 340 KB; the generator's multiples are built once per process, on first use. Worth it for a key
 /// that signs more than a few dozen times; for one signature use the plain functions.
 ///
 /// ```
@@ -88,11 +92,11 @@ impl PrecomputedKey {
     }
 
     /// `u1·G + u2·Q`.
-    pub(crate) fn combine(&self, u1: &Scalar, u2: &Scalar) -> ProjectivePoint {
-        let mut sum = ProjectivePoint::IDENTITY;
+    pub(crate) fn combine(&self, u1: &Scalar, u2: &Scalar) -> AffinePoint {
+        let mut sum = Sum::IDENTITY;
         generator().add_multiple(&mut sum, u1);
         self.multiples.add_multiple(&mut sum, u2);
-        sum
+        sum.to_affine()
     }
 }
 
@@ -143,7 +147,7 @@ fn generator() -> &'static Multiples {
 /// `j · 256^i · P` at `i · MULTIPLES + j - 1` for `i` in `0..BYTES` and `j` in `1..=MULTIPLES`, then
 /// `2^256 · P` (the carry out of the top byte).
 struct Multiples {
-    points: Box<[AffinePoint]>,
+    points: Box<[Affine]>,
 }
 
 impl Multiples {
@@ -165,11 +169,11 @@ impl Multiples {
         // order n, and no j · 256^i with j ≤ 128 is a multiple of n.
         let mut points = vec![AffinePoint::IDENTITY; projective.len()];
         ProjectivePoint::batch_normalize(&projective, &mut points);
-        Self { points: points.into_boxed_slice() }
+        Self { points: points.iter().filter_map(Affine::new).collect() }
     }
 
     /// Adds `scalar · P` to `sum`: one mixed addition per non-zero signed digit.
-    fn add_multiple(&self, sum: &mut ProjectivePoint, scalar: &Scalar) {
+    fn add_multiple(&self, sum: &mut Sum, scalar: &Scalar) {
         let digits = signed_digits(scalar);
         for (position, digit) in digits.iter().take(BYTES).enumerate() {
             let magnitude = usize::from(digit.unsigned_abs());
@@ -179,14 +183,14 @@ impl Multiples {
             // In bounds: position < BYTES and 1 ≤ magnitude ≤ MULTIPLES.
             let Some(point) = self.points.get(position * MULTIPLES + magnitude - 1) else { continue };
             if *digit > 0 {
-                *sum += point;
+                sum.add(point);
             } else {
-                *sum -= point;
+                sum.sub(point);
             }
         }
         if digits[BYTES] != 0 {
             if let Some(carry) = self.points.last() {
-                *sum += carry;
+                sum.add(carry);
             }
         }
     }
@@ -254,7 +258,7 @@ mod tests {
         for u1 in edge_scalars() {
             for u2 in edge_scalars() {
                 let expected = ProjectivePoint::lincomb(&ProjectivePoint::GENERATOR, &u1, &key, &u2);
-                assert_eq!(precomputed.combine(&u1, &u2).to_affine(), expected.to_affine());
+                assert_eq!(precomputed.combine(&u1, &u2), expected.to_affine());
             }
         }
     }
@@ -271,7 +275,7 @@ mod tests {
             let precomputed = PrecomputedKey::new(PublicKey::from_affine(key.to_affine()));
             let (u1, u2) = (scalar(u1), scalar(u2));
             let expected = ProjectivePoint::lincomb(&ProjectivePoint::GENERATOR, &u1, &key, &u2);
-            proptest::prop_assert_eq!(precomputed.combine(&u1, &u2).to_affine(), expected.to_affine());
+            proptest::prop_assert_eq!(precomputed.combine(&u1, &u2), expected.to_affine());
         }
     }
 
@@ -279,7 +283,9 @@ mod tests {
     fn the_carry_point_is_two_to_the_256_times_p() {
         let two_to_the_128 = Scalar::from_u128(1 << 127) * Scalar::from(2u64);
         let expected = ProjectivePoint::GENERATOR * (two_to_the_128 * two_to_the_128);
-        assert_eq!(generator().points.last().copied(), Some(expected.to_affine()));
+        let mut carry = Sum::IDENTITY;
+        carry.add(generator().points.last().unwrap());
+        assert_eq!(carry.to_affine(), expected.to_affine());
         assert_eq!(generator().points.len(), BYTES * MULTIPLES + 1);
     }
 }
