@@ -1,12 +1,19 @@
-//! Signing throughput on a PKCS#11 token (the SoftHSM2 token of `cargo xtask services up`), three ways in
+//! Signing throughput on a PKCS#11 token (the SoftHSM2 token of `cargo xtask services up`), several ways in
 //! one run, interleaved round by round:
 //!
 //! - `raw C_Sign`: one thread per concurrent signer, each with a session of its own, calling `C_Sign`
 //!   (`CKM_ECDSA` over a 32-byte digest) and nothing else: the ceiling for any signer on this token;
-//! - `ethkms on the token`: `KeyHandle::sign_digest` on `Pkcs11Backend` — the session pool, Tokio's blocking
-//!   threads, `r ‖ s` through ethkms-core, then low-s, verification and the y-parity on every signature —
-//!   as configured by default, and with `calls_in_place` (the calls in `block_in_place`, no thread hand-over);
+//! - `ethkms on the token`: `KeyHandle::sign_digest` on `Pkcs11Backend` — the session pool, `r ‖ s`
+//!   through ethkms-core, then low-s, verification and the y-parity on every signature — with the calls in
+//!   each `CallPlacement`: on Tokio's blocking threads (the library's default), in `block_in_place` (the
+//!   service's default) and inline (no hand-over at all);
 //! - `ethkms on LocalStack KMS`: the same `KeyHandle::sign_digest` on `AwsKmsBackend`, for comparison.
+//!
+//! Each round measures every way on the token once, one after another, in an order that turns from round
+//! to round; an overhead is the median over the rounds of that round's raw rate over the way's rate, so
+//! that a drift in the machine's speed between rounds (other processes, the host of the virtual machine)
+//! weighs on both sides of each ratio alike. The rates shown are medians too. LocalStack is measured
+//! after every token measurement: a busy LocalStack goes on using the CPUs for a while after its own.
 //!
 //! The backend's pool has as many sessions as the highest concurrency measured, so that it is not what
 //! limits.
@@ -23,7 +30,7 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use ethkms_backend::{CreateKeyRequest, KeyBackend, KeyHandle, KeyRef};
-use ethkms_pkcs11::{PinSource, Pkcs11Backend, Pkcs11Config};
+use ethkms_pkcs11::{CallPlacement, PinSource, Pkcs11Backend, Pkcs11Config};
 
 use crate::{Options, digest, median, rate};
 
@@ -105,11 +112,17 @@ pub(crate) async fn run(options: &Options, kms: KeyHandle) -> Result<(), Box<dyn
     let (module, token) = (variable("ETHKMS_TEST_PKCS11_MODULE")?, variable("ETHKMS_TEST_PKCS11_TOKEN")?);
     let most = options.concurrency.iter().copied().max().unwrap_or(1);
     let config = Pkcs11Config::new(&module, &token).pin(PinSource::Env(PIN_VARIABLE.into())).max_sessions(most);
-    let backend: Arc<dyn KeyBackend> = Arc::new(Pkcs11Backend::connect(config.clone()).await?);
-    let in_place: Arc<dyn KeyBackend> = Arc::new(Pkcs11Backend::connect(config.calls_in_place(true)).await?);
-    let info = backend.create_key(&CreateKeyRequest::new().description("ethkms-bench")).await?;
-    let hsm = Arc::new(KeyHandle::open(Arc::clone(&backend), KeyRef::new(info.key_id.clone())?).await?);
-    let hsm_in_place = Arc::new(KeyHandle::open(in_place, KeyRef::new(info.key_id.clone())?).await?);
+    let placements = [CallPlacement::BlockingPool, CallPlacement::BlockInPlace, CallPlacement::Inline];
+    let mut backends: Vec<Arc<dyn KeyBackend>> = Vec::new();
+    for placement in placements {
+        backends.push(Arc::new(Pkcs11Backend::connect(config.clone().calls(placement)).await?));
+    }
+    let info = backends[0].create_key(&CreateKeyRequest::new().description("ethkms-bench")).await?;
+    // The handles measured, in the order of the table: the token in each placement, then KMS.
+    let mut handles = Vec::new();
+    for backend in backends {
+        handles.push(Arc::new(KeyHandle::open(backend, KeyRef::new(info.key_id.clone())?).await?));
+    }
     let kms = Arc::new(kms);
 
     let (pkcs11, slot) = raw_token(&module, &token)?;
@@ -122,35 +135,61 @@ pub(crate) async fn run(options: &Options, kms: KeyHandle) -> Result<(), Box<dyn
     // The raw loop signs with the same key: check once that its signatures are the key's.
     let fixed = sessions[0].sign(&Mechanism::Ecdsa, key, &digest(7))?;
     let raw = ethkms_core::EcdsaSignature::from_fixed_bytes(&fixed)?;
-    raw.verify_prehash(hsm.public_key(), &digest(7))?;
+    raw.verify_prehash(handles[0].public_key(), &digest(7))?;
 
-    println!("SoftHSM2 token `{token}` ({module}); key {} ({})", info.key_id, hsm.address());
-    println!();
+    println!("SoftHSM2 token `{token}` ({module}); key {} ({})", info.key_id, handles[0].address());
     println!(
-        "| concurrency | raw C_Sign/s | ethkms on SoftHSM2 sig/s | ethkms ÷ raw | overhead | ethkms, calls in place, sig/s | in place ÷ raw | overhead | ethkms on LocalStack KMS sig/s | SoftHSM2 ÷ LocalStack |"
+        "ethkms's KeyHandle with the token's calls in each placement, beside raw C_Sign: {} s per measurement, {} rounds, medians",
+        options.seconds, options.rounds
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!();
+    // Per concurrency, the rows' cells; the LocalStack figures are added after every token measurement.
+    let mut rows = Vec::new();
     for &concurrency in &options.concurrency {
-        let (mut bare, mut ours, mut placed, mut cloud) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..options.rounds {
+        // Per round: the raw rate, then each handle's rate.
+        let mut rounds: Vec<(f64, Vec<f64>)> = Vec::new();
+        for round in 0..options.rounds {
             let seconds = options.seconds;
-            let idle = sessions.split_off(concurrency);
-            let (measured, used) = tokio::task::block_in_place(|| raw_sign_rate(sessions, key, seconds));
-            sessions = used.into_iter().chain(idle).collect();
-            bare.push(measured);
-            ours.push(handle_rate(&hsm, concurrency, seconds).await);
-            placed.push(handle_rate(&hsm_in_place, concurrency, seconds).await);
-            cloud.push(handle_rate(&kms, concurrency, seconds).await);
+            // Way 0 is raw C_Sign, way k the handle k - 1; the first way measured turns every round.
+            let ways = handles.len() + 1;
+            let (mut bare, mut rates) = (0.0, vec![0.0; handles.len()]);
+            for way in (0..ways).map(|step| (step + round) % ways) {
+                if way == 0 {
+                    let idle = sessions.split_off(concurrency);
+                    let (measured, used) = tokio::task::block_in_place(|| raw_sign_rate(sessions, key, seconds));
+                    sessions = used.into_iter().chain(idle).collect();
+                    bare = measured;
+                } else {
+                    rates[way - 1] = handle_rate(&handles[way - 1], concurrency, seconds).await;
+                }
+            }
+            rounds.push((bare, rates));
         }
-        let (bare, ours, placed, cloud) = (median(bare), median(ours), median(placed), median(cloud));
-        println!(
-            "| {concurrency} | {bare:.0} | {ours:.0} | {:.2} | {:+.1}% | {placed:.0} | {:.2} | {:+.1}% | {cloud:.0} | {:.2}× |",
-            ours / bare,
-            (bare / ours - 1.0) * 100.0,
-            placed / bare,
-            (bare / placed - 1.0) * 100.0,
-            ours / cloud
-        );
+        let bare = median(rounds.iter().map(|(bare, _)| *bare).collect());
+        let rates: Vec<f64> =
+            (0..handles.len()).map(|way| median(rounds.iter().map(|(_, rates)| rates[way]).collect())).collect();
+        let overheads: Vec<f64> = (0..handles.len())
+            .map(|way| median(rounds.iter().map(|(bare, rates)| (bare / rates[way] - 1.0) * 100.0).collect()))
+            .collect();
+        rows.push((concurrency, bare, rates, overheads));
+    }
+    // LocalStack last: a busy LocalStack goes on using the CPUs for a while after its measurement.
+    let columns: Vec<String> = placements.iter().map(|placement| format!("{placement} sig/s | overhead")).collect();
+    println!(
+        "| concurrency | raw C_Sign/s | {} | ethkms on LocalStack KMS sig/s | SoftHSM2 ({}) ÷ LocalStack |",
+        columns.join(" | "),
+        placements[0]
+    );
+    println!("| ---: | ---: |{} ---: | ---: |", " ---: | ---: |".repeat(placements.len()));
+    for (concurrency, bare, rates, overheads) in rows {
+        let mut cloud = Vec::new();
+        for _ in 0..options.rounds {
+            cloud.push(handle_rate(&kms, concurrency, options.seconds).await);
+        }
+        let cloud = median(cloud);
+        let cells: Vec<String> =
+            rates.iter().zip(&overheads).map(|(rate, overhead)| format!("{rate:.0} | {overhead:+.1}%")).collect();
+        println!("| {concurrency} | {bare:.0} | {} | {cloud:.0} | {:.2}× |", cells.join(" | "), rates[0] / cloud);
     }
     Ok(())
 }

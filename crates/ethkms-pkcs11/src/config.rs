@@ -1,9 +1,10 @@
 //! What the backend needs to reach a token: the PKCS#11 module, the token's label, where the user PIN
-//! comes from (an environment variable or a file — never the configuration text) and how many sessions
-//! it may open.
+//! comes from (an environment variable or a file — never the configuration text), how many sessions
+//! it may open and where its blocking calls run.
 
 use std::fmt;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use cryptoki::types::AuthPin;
 use ethkms_backend::BackendError;
@@ -78,6 +79,71 @@ impl PinSource {
     }
 }
 
+/// Where the backend's PKCS#11 calls, which block their thread until the token answers, run.
+///
+/// `cargo xtask bench pkcs11` (SoftHSM2, whose `C_Sign` is ≈ 0.3 ms of work on the calling thread) measures
+/// each beside raw `C_Sign` calls; see the crate's README for the figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CallPlacement {
+    /// On Tokio's blocking threads (`spawn_blocking`): a call never holds up the runtime or the other futures
+    /// of the calling task, at the price of a hand-over to another thread and back for every call. The
+    /// default: right for any token, and the only choice for a caller that signs several times in one task
+    /// (`join_all`).
+    #[default]
+    BlockingPool,
+    /// In `tokio::task::block_in_place` on a multi-threaded runtime (on the blocking threads otherwise): the
+    /// runtime hands the calling worker's other tasks to another thread, and the call holds up only the
+    /// calling task. For callers that give each concurrent signature a task of its own, on any token,
+    /// however slow (a network HSM).
+    BlockInPlace,
+    /// On the calling thread, as a plain blocking call: no hand-over at all, the cheapest, but the call holds
+    /// up everything else that thread would run meanwhile (on a multi-threaded runtime, idle workers take
+    /// over its queued tasks). Only for tokens whose calls are short work on the calling thread — a software
+    /// token like SoftHSM2, an HSM on the machine's bus — and callers that give each concurrent signature a
+    /// task of its own; never for a token reached over the network.
+    Inline,
+}
+
+impl CallPlacement {
+    /// Every placement, as [`FromStr`] reads and [`Display`](fmt::Display) writes it.
+    pub const NAMES: [&'static str; 3] = ["blocking-pool", "block-in-place", "inline"];
+
+    /// The placement's name: `blocking-pool`, `block-in-place` or `inline`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BlockingPool => Self::NAMES[0],
+            Self::BlockInPlace => Self::NAMES[1],
+            Self::Inline => Self::NAMES[2],
+        }
+    }
+}
+
+impl fmt::Display for CallPlacement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is not a [`CallPlacement`]'s.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a placement of PKCS#11 calls; choose blocking-pool, block-in-place or inline")]
+pub struct UnknownPlacement(pub String);
+
+impl FromStr for CallPlacement {
+    type Err = UnknownPlacement;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "blocking-pool" => Ok(Self::BlockingPool),
+            "block-in-place" => Ok(Self::BlockInPlace),
+            "inline" => Ok(Self::Inline),
+            other => Err(UnknownPlacement(other.to_owned())),
+        }
+    }
+}
+
 /// How to reach a token.
 ///
 /// ```
@@ -99,13 +165,8 @@ pub struct Pkcs11Config {
     /// Sessions opened at most, each used by one request at a time (PKCS#11 sessions are not shared
     /// between threads); requests beyond wait for one.
     pub max_sessions: usize,
-    /// Run the blocking PKCS#11 calls in `tokio::task::block_in_place` on a multi-threaded runtime instead
-    /// of handing them to Tokio's blocking threads: no hand-over to another thread and back (on SoftHSM2,
-    /// one signer at a time signs about 25% faster), but a call then also holds up the other futures the
-    /// calling *task* polls (`join_all` of signatures in one task would sign one after another). For
-    /// callers that give each concurrent signature a task of its own. Off by default; ignored on a
-    /// current-thread runtime.
-    pub calls_in_place: bool,
+    /// Where the blocking PKCS#11 calls run ([`CallPlacement::BlockingPool`] unless set).
+    pub calls: CallPlacement,
 }
 
 impl Pkcs11Config {
@@ -118,7 +179,7 @@ impl Pkcs11Config {
             token_label: token_label.into(),
             pin: PinSource::default(),
             max_sessions: DEFAULT_MAX_SESSIONS,
-            calls_in_place: false,
+            calls: CallPlacement::BlockingPool,
         }
     }
 
@@ -129,10 +190,10 @@ impl Pkcs11Config {
         self
     }
 
-    /// Sets whether the calls run in place (the field `calls_in_place`).
+    /// Sets where the blocking calls run.
     #[must_use]
-    pub fn calls_in_place(mut self, in_place: bool) -> Self {
-        self.calls_in_place = in_place;
+    pub fn calls(mut self, placement: CallPlacement) -> Self {
+        self.calls = placement;
         self
     }
 
@@ -167,6 +228,20 @@ mod tests {
         let unset = PinSource::Env("ETHKMS_TEST_PIN_THAT_IS_NEVER_SET".into()).read().unwrap_err();
         assert!(unset.to_string().contains("ETHKMS_TEST_PIN_THAT_IS_NEVER_SET is not set"), "{unset}");
         std::fs::remove_dir_all(directory).unwrap();
+    }
+
+    #[test]
+    fn placements_read_their_names_and_refuse_others_naming_the_choices() {
+        for name in CallPlacement::NAMES {
+            let placement: CallPlacement = name.parse().unwrap();
+            assert_eq!(placement.to_string(), name);
+        }
+        assert_eq!(Pkcs11Config::new("m", "t").calls, CallPlacement::BlockingPool);
+        let error = "in-place".parse::<CallPlacement>().unwrap_err().to_string();
+        assert!(
+            error.contains("`in-place`") && CallPlacement::NAMES.iter().all(|name| error.contains(name)),
+            "{error}"
+        );
     }
 
     #[test]

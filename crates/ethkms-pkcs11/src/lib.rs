@@ -13,7 +13,7 @@ mod spki;
 mod token;
 
 pub use backend::Pkcs11Backend;
-pub use config::{DEFAULT_MAX_SESSIONS, DEFAULT_PIN_ENV, PinSource, Pkcs11Config};
+pub use config::{CallPlacement, DEFAULT_MAX_SESSIONS, DEFAULT_PIN_ENV, PinSource, Pkcs11Config, UnknownPlacement};
 pub use token::exclusive_writes;
 
 /// The PKCS#11 client this crate drives, re-exported for callers that inspect a token themselves.

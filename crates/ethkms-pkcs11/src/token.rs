@@ -24,7 +24,7 @@ use cryptoki::slot::Slot;
 use ethkms_backend::BackendError;
 use tokio::sync::Semaphore;
 
-use crate::config::{PinSource, Pkcs11Config};
+use crate::config::{CallPlacement, PinSource, Pkcs11Config};
 use crate::errors::{backend_error, ckr_name, rv};
 
 /// Modules already loaded and initialised, by path: `C_Initialize` is once per process, and
@@ -118,8 +118,8 @@ pub(crate) struct Token {
     idle: Mutex<Vec<Session>>,
     /// One per session a request may use; held until the session is back in the pool.
     permits: Arc<Semaphore>,
-    /// Run calls in `block_in_place` on a multi-threaded runtime (`Pkcs11Config::calls_in_place`).
-    in_place: bool,
+    /// Where the blocking calls run (`Pkcs11Config::calls`).
+    calls: CallPlacement,
 }
 
 impl fmt::Debug for Token {
@@ -185,7 +185,7 @@ impl Token {
             anchor: Mutex::new(anchor),
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(config.max_sessions.max(1))),
-            in_place: config.calls_in_place,
+            calls: config.calls,
         })
     }
 
@@ -239,13 +239,17 @@ impl Token {
             drop(permit);
             result
         };
-        // In place (when configured, on a multi-threaded runtime) the call blocks this worker thread, whose
-        // other tasks move to the others: no hand-over to another thread and back. Otherwise Tokio's
-        // blocking threads, which never hold up other futures of the calling task.
-        let multi_threaded = tokio::runtime::Handle::try_current()
-            .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if self.in_place && multi_threaded {
-            return tokio::task::block_in_place(work);
+        // See `CallPlacement`: inline, the call simply blocks this thread; in place, Tokio first hands this
+        // worker's other tasks to another thread; otherwise Tokio's blocking threads, which never hold up
+        // other futures of the calling task.
+        let multi_threaded = || {
+            tokio::runtime::Handle::try_current()
+                .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        };
+        match self.calls {
+            CallPlacement::Inline => return work(),
+            CallPlacement::BlockInPlace if multi_threaded() => return tokio::task::block_in_place(work),
+            _ => {}
         }
         tokio::task::spawn_blocking(work).await.unwrap_or_else(|join| {
             Err(BackendError::Service {

@@ -15,7 +15,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::Session;
 use ethkms_backend::{BackendError, CreateKeyRequest, KeyBackend, KeyHandle, KeySpec, KeyUsage};
 use ethkms_core::keccak256;
-use ethkms_pkcs11::{PinSource, Pkcs11Backend, Pkcs11Config, exclusive_writes};
+use ethkms_pkcs11::{CallPlacement, PinSource, Pkcs11Backend, Pkcs11Config, exclusive_writes};
 use ethkms_test_support::pkcs11::{PIN_VARIABLE, softhsm};
 
 mod common;
@@ -209,13 +209,13 @@ async fn keys_that_cannot_sign_are_refused_by_kind() {
     );
 }
 
-/// 200 signatures, 64 at a time, over 3 sessions: each verified, from the one key; with the calls on
-/// Tokio's blocking threads (the default) and in place.
+/// 200 signatures, 64 at a time, over 3 sessions: each verified, from the one key; with the calls in each
+/// placement (Tokio's blocking threads, the default; `block_in_place`; inline).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_signatures_at_once_share_a_few_sessions() {
     let Some(hsm) = softhsm() else { return };
-    for in_place in [false, true] {
-        let config = hsm.config().max_sessions(3).calls_in_place(in_place);
+    for placement in [CallPlacement::BlockingPool, CallPlacement::BlockInPlace, CallPlacement::Inline] {
+        let config = hsm.config().max_sessions(3).calls(placement);
         let backend: Arc<dyn KeyBackend> = Arc::new(Pkcs11Backend::connect(config).await.unwrap());
         let info = backend.create_key(&CreateKeyRequest::new()).await.unwrap();
         let handle = KeyHandle::open(Arc::clone(&backend), key_ref(&info.key_id)).await.unwrap();
@@ -229,13 +229,29 @@ async fn many_signatures_at_once_share_a_few_sessions() {
             });
             while tasks.len() >= 64 || (index == 199 && !tasks.is_empty()) {
                 let (digest, signature) = tasks.join_next().await.unwrap().unwrap();
-                assert_eq!(signature.unwrap().recover_address(&digest).unwrap(), handle.address(), "{in_place}");
+                assert_eq!(signature.unwrap().recover_address(&digest).unwrap(), handle.address(), "{placement}");
                 verified += 1;
             }
         }
         assert_eq!(verified, 200);
         let debug = format!("{backend:?}");
         assert!(debug.contains(&hsm.token) && !debug.contains(&std::env::var(PIN_VARIABLE).unwrap()), "{debug}");
+    }
+}
+
+/// On a current-thread runtime, where `block_in_place` is not allowed, every placement signs (in place
+/// falls back to the blocking threads; inline blocks the runtime's one thread for the call).
+#[tokio::test(flavor = "current_thread")]
+async fn every_placement_signs_on_a_current_thread_runtime() {
+    let Some(hsm) = softhsm() else { return };
+    for placement in [CallPlacement::BlockingPool, CallPlacement::BlockInPlace, CallPlacement::Inline] {
+        let backend: Arc<dyn KeyBackend> =
+            Arc::new(Pkcs11Backend::connect(hsm.config().calls(placement)).await.unwrap());
+        let info = backend.create_key(&CreateKeyRequest::new()).await.unwrap();
+        let handle = KeyHandle::open(Arc::clone(&backend), key_ref(&info.key_id)).await.unwrap();
+        let digest = keccak256(placement.name().as_bytes());
+        let signature = handle.sign_digest(&digest).await.unwrap();
+        assert_eq!(signature.recover_address(&digest).unwrap(), handle.address(), "{placement}");
     }
 }
 

@@ -9,7 +9,7 @@
 //! token = "treasury"                  # the token's label
 //! pin_env = "ETHKMS_PKCS11_PIN"       # the default; or pin_file = "/run/secrets/hsm-pin"
 //! max_sessions = 8                    # the default
-//! calls_in_place = true               # the default here (see below)
+//! calls = "block-in-place"            # the default here (see below)
 //!
 //! [keys.cold]
 //! key = "alias/cold"                  # the key's CKA_LABEL on the token (or its key id)
@@ -19,16 +19,19 @@
 //!
 //! The PIN is never part of the configuration: a `pin` setting is refused, naming where it belongs.
 //!
-//! The token's calls run in place (`calls_in_place`, Tokio's `block_in_place`) unless set to `false`: the
-//! service gives every signature a task of its own (one per withdrawal; the calls of a JSON-RPC batch are
-//! answered one after another), so a call held in place holds up nothing else, and it saves the hand-over
-//! to Tokio's blocking threads and back (`cargo xtask bench pkcs11`: overhead over raw `C_Sign` 11.6–15.2%
-//! in place against 18.6–46.6% handed over, concurrency 32 to 1).
+//! `calls` says where the token's blocking calls run (`ethkms::pkcs11::CallPlacement`): `block-in-place`
+//! unless set — the service gives every signature a task of its own (one per withdrawal; the calls of a
+//! JSON-RPC batch are answered one after another), so a call held in place holds up nothing else, and it
+//! saves the hand-over to Tokio's blocking threads and back, on any token however slow. `inline` saves
+//! Tokio's hand-over of the worker too, for tokens whose calls are short work on the machine (SoftHSM2, an
+//! HSM on the bus) — never one reached over the network, whose calls would hold up the service's other
+//! work; `blocking-pool` hands every call to Tokio's blocking threads. `cargo xtask bench pkcs11` measures
+//! all three beside raw `C_Sign` calls (the figures are in `ethkms-pkcs11`'s README).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use ethkms::pkcs11::{PinSource, Pkcs11Config};
+use ethkms::pkcs11::{CallPlacement, PinSource, Pkcs11Config};
 use serde::Deserialize;
 
 use super::ConfigError;
@@ -53,7 +56,7 @@ pub(super) struct RawBackend {
     /// Only to refuse it with a better message than "unknown field".
     pin: Option<toml::Value>,
     max_sessions: Option<usize>,
-    calls_in_place: Option<bool>,
+    calls: Option<String>,
 }
 
 /// Checks the `[backends]` sections.
@@ -80,8 +83,13 @@ pub(super) fn backends(raw: BTreeMap<String, RawBackend>) -> Result<BTreeMap<Str
             (None, Some(file)) => PinSource::File(file),
             (None, None) => PinSource::default(),
         };
-        let mut config =
-            Pkcs11Config::new(module, token).pin(pin).calls_in_place(backend.calls_in_place.unwrap_or(true));
+        let calls = match backend.calls {
+            Some(name) => {
+                name.parse().map_err(|error: ethkms::pkcs11::UnknownPlacement| at("calls", &error.to_string()))?
+            }
+            None => CallPlacement::BlockInPlace,
+        };
+        let mut config = Pkcs11Config::new(module, token).pin(pin).calls(calls);
         if let Some(sessions) = backend.max_sessions {
             if sessions == 0 {
                 return Err(at("max_sessions", "must be at least 1"));

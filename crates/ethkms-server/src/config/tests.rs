@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use alloy_primitives::{Address, U256};
+use ethkms::pkcs11::CallPlacement;
 
 use crate::policy::{ArgConstraint, ArgKind, Asset};
 use crate::webhooks::signature::WebhookSecret;
@@ -137,15 +138,21 @@ fn keys_choose_their_backend_and_the_pin_stays_out_of_the_file() {
     let defaults = Config::parse(&format!("{base}{hsm}{keys}")).unwrap();
     let BackendConfig::Pkcs11(token) = &defaults.backends["hsm"];
     assert_eq!(token.pin, ethkms::pkcs11::PinSource::Env("ETHKMS_PKCS11_PIN".into()));
-    assert!(token.calls_in_place, "the service's calls run in place by default");
-    let handed_over = Config::parse(&format!("{base}{hsm}calls_in_place = false\n{keys}")).unwrap();
-    let BackendConfig::Pkcs11(token) = &handed_over.backends["hsm"];
-    assert!(!token.calls_in_place);
+    assert_eq!(token.calls, CallPlacement::BlockInPlace, "the service's calls run in place by default");
+    for placement in [CallPlacement::BlockingPool, CallPlacement::Inline] {
+        let chosen = Config::parse(&format!("{base}{hsm}calls = \"{placement}\"\n{keys}")).unwrap();
+        let BackendConfig::Pkcs11(token) = &chosen.backends["hsm"];
+        assert_eq!(token.calls, placement);
+    }
 
     for (extra, expected) in [
         ("pin = \"1234\"\n", "backends.hsm.pin: the PIN is never read from the configuration"),
         ("pin_env = \"A\"\npin_file = \"/f\"\n", "backends.hsm.pin_file: give pin_env or pin_file, not both"),
         ("max_sessions = 0\n", "backends.hsm.max_sessions: must be at least 1"),
+        (
+            "calls = \"in-place\"\n",
+            "backends.hsm.calls: `in-place` is not a placement of PKCS#11 calls; choose blocking-pool, block-in-place or inline",
+        ),
     ] {
         let error = Config::parse(&format!("{base}{hsm}{extra}{keys}")).unwrap_err().to_string();
         assert!(error.contains(expected), "{extra}: {error}");
