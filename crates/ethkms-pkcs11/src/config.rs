@@ -98,8 +98,9 @@ pub enum CallPlacement {
     /// however slow (a network HSM).
     BlockInPlace,
     /// On the calling thread, as a plain blocking call: no hand-over at all, the cheapest, but the call holds
-    /// up everything else that thread would run meanwhile (on a multi-threaded runtime, idle workers take
-    /// over its queued tasks). Only for tokens whose calls are short work on the calling thread — a software
+    /// up everything else that thread would run meanwhile (on a multi-threaded runtime idle workers steal
+    /// its queued tasks, but not the one in its LIFO slot, often a task just spawned or woken, which waits
+    /// for the call; `block_in_place` moves that one too). Only for tokens whose calls are short work on the calling thread — a software
     /// token like SoftHSM2, an HSM on the machine's bus — and callers that give each concurrent signature a
     /// task of its own; never for a token reached over the network.
     Inline,

@@ -169,7 +169,10 @@ impl Multiples {
         // order n, and no j · 256^i with j ≤ 128 is a multiple of n.
         let mut points = vec![AffinePoint::IDENTITY; projective.len()];
         ProjectivePoint::batch_normalize(&projective, &mut points);
-        Self { points: points.iter().filter_map(Affine::new).collect() }
+        let points: Box<[Affine]> = points.iter().filter_map(Affine::new).collect();
+        // No point was the identity (see above), so none was left out and the indices hold.
+        debug_assert_eq!(points.len(), BYTES * MULTIPLES + 1);
+        Self { points }
     }
 
     /// Adds `scalar · P` to `sum`: one mixed addition per non-zero signed digit.

@@ -14,7 +14,7 @@ use crate::inverse::invert_field_public;
 /// `b = 7` of `y² = x³ + 7`.
 const B: u32 = 7;
 
-/// An affine point that is not the identity, as two field elements (80 bytes).
+/// An affine point that is not the identity, as two field elements (80 bytes in release builds).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Affine {
     x: FieldElement,
