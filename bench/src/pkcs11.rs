@@ -112,13 +112,13 @@ pub(crate) async fn run(options: &Options, kms: KeyHandle) -> Result<(), Box<dyn
     let (module, token) = (variable("ETHKMS_TEST_PKCS11_MODULE")?, variable("ETHKMS_TEST_PKCS11_TOKEN")?);
     let most = options.concurrency.iter().copied().max().unwrap_or(1);
     let config = Pkcs11Config::new(&module, &token).pin(PinSource::Env(PIN_VARIABLE.into())).max_sessions(most);
-    let placements = [CallPlacement::BlockingPool, CallPlacement::BlockInPlace, CallPlacement::Inline];
+    let placements = CallPlacement::ALL;
     let mut backends: Vec<Arc<dyn KeyBackend>> = Vec::new();
     for placement in placements {
         backends.push(Arc::new(Pkcs11Backend::connect(config.clone().calls(placement)).await?));
     }
     let info = backends[0].create_key(&CreateKeyRequest::new().description("ethkms-bench")).await?;
-    // The handles measured, in the order of the table: the token in each placement, then KMS.
+    // The token's handles, one per placement, in the order of the table.
     let mut handles = Vec::new();
     for backend in backends {
         handles.push(Arc::new(KeyHandle::open(backend, KeyRef::new(info.key_id.clone())?).await?));

@@ -45,9 +45,9 @@ mod tests {
     #[test]
     fn inverses_multiply_to_one_and_match_k256_on_edge_scalars() {
         let n_minus = |k: u8| {
-            let mut bytes: [u8; 32] = ORDER.get().to_be_bytes().as_ref().try_into().unwrap();
-            bytes[31] -= k;
-            scalar(bytes)
+            let mut n = bytes(&ORDER.get()).unwrap();
+            n[31] -= k;
+            scalar(n)
         };
         let mut top = [0u8; 32];
         top[0] = 0x80;
@@ -63,7 +63,7 @@ mod tests {
 
     #[test]
     fn field_inverses_match_k256_and_zero_has_none() {
-        let mut p_minus_one: [u8; 32] = PRIME.get().to_be_bytes().as_ref().try_into().unwrap();
+        let mut p_minus_one = bytes(&PRIME.get()).unwrap();
         p_minus_one[31] -= 1;
         let p_minus_one = FieldElement::from_bytes(&p_minus_one.into()).unwrap();
         for value in [FieldElement::ONE, FieldElement::from_u64(2), FieldElement::from_u64(7), p_minus_one] {

@@ -82,7 +82,7 @@ impl PinSource {
 /// Where the backend's PKCS#11 calls, which block their thread until the token answers, run.
 ///
 /// `cargo xtask bench pkcs11` (SoftHSM2, whose `C_Sign` is ≈ 0.3 ms of work on the calling thread) measures
-/// each beside raw `C_Sign` calls; see the crate's README for the figures.
+/// each beside raw `C_Sign` calls; the figures are in the workspace README.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CallPlacement {
@@ -100,23 +100,24 @@ pub enum CallPlacement {
     /// On the calling thread, as a plain blocking call: no hand-over at all, the cheapest, but the call holds
     /// up everything else that thread would run meanwhile (on a multi-threaded runtime idle workers steal
     /// its queued tasks, but not the one in its LIFO slot, often a task just spawned or woken, which waits
-    /// for the call; `block_in_place` moves that one too). Only for tokens whose calls are short work on the calling thread — a software
-    /// token like SoftHSM2, an HSM on the machine's bus — and callers that give each concurrent signature a
-    /// task of its own; never for a token reached over the network.
+    /// for the call; `block_in_place` moves that one too). Only for tokens whose calls are short work on
+    /// the calling thread — a software token like SoftHSM2, an HSM on the machine's bus — and callers that
+    /// give each concurrent signature a task of its own; never for a token reached over the network.
     Inline,
 }
 
 impl CallPlacement {
-    /// Every placement, as [`FromStr`] reads and [`Display`](fmt::Display) writes it.
-    pub const NAMES: [&'static str; 3] = ["blocking-pool", "block-in-place", "inline"];
+    /// Every placement.
+    pub const ALL: [Self; 3] = [Self::BlockingPool, Self::BlockInPlace, Self::Inline];
 
-    /// The placement's name: `blocking-pool`, `block-in-place` or `inline`.
+    /// The placement's name, as [`FromStr`] reads and [`Display`](fmt::Display) writes it:
+    /// `blocking-pool`, `block-in-place` or `inline`.
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
-            Self::BlockingPool => Self::NAMES[0],
-            Self::BlockInPlace => Self::NAMES[1],
-            Self::Inline => Self::NAMES[2],
+            Self::BlockingPool => "blocking-pool",
+            Self::BlockInPlace => "block-in-place",
+            Self::Inline => "inline",
         }
     }
 }
@@ -136,12 +137,10 @@ impl FromStr for CallPlacement {
     type Err = UnknownPlacement;
 
     fn from_str(name: &str) -> Result<Self, Self::Err> {
-        match name {
-            "blocking-pool" => Ok(Self::BlockingPool),
-            "block-in-place" => Ok(Self::BlockInPlace),
-            "inline" => Ok(Self::Inline),
-            other => Err(UnknownPlacement(other.to_owned())),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|placement| placement.name() == name)
+            .ok_or_else(|| UnknownPlacement(name.to_owned()))
     }
 }
 
@@ -233,16 +232,14 @@ mod tests {
 
     #[test]
     fn placements_read_their_names_and_refuse_others_naming_the_choices() {
-        for name in CallPlacement::NAMES {
+        let names = ["blocking-pool", "block-in-place", "inline"];
+        for (name, expected) in names.into_iter().zip(CallPlacement::ALL) {
             let placement: CallPlacement = name.parse().unwrap();
-            assert_eq!(placement.to_string(), name);
+            assert_eq!((placement, placement.to_string().as_str()), (expected, name));
         }
         assert_eq!(Pkcs11Config::new("m", "t").calls, CallPlacement::BlockingPool);
         let error = "in-place".parse::<CallPlacement>().unwrap_err().to_string();
-        assert!(
-            error.contains("`in-place`") && CallPlacement::NAMES.iter().all(|name| error.contains(name)),
-            "{error}"
-        );
+        assert!(error.contains("`in-place`") && names.iter().all(|name| error.contains(name)), "{error}");
     }
 
     #[test]

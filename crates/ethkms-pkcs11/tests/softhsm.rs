@@ -214,7 +214,7 @@ async fn keys_that_cannot_sign_are_refused_by_kind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_signatures_at_once_share_a_few_sessions() {
     let Some(hsm) = softhsm() else { return };
-    for placement in [CallPlacement::BlockingPool, CallPlacement::BlockInPlace, CallPlacement::Inline] {
+    for placement in CallPlacement::ALL {
         let config = hsm.config().max_sessions(3).calls(placement);
         let backend: Arc<dyn KeyBackend> = Arc::new(Pkcs11Backend::connect(config).await.unwrap());
         let info = backend.create_key(&CreateKeyRequest::new()).await.unwrap();
@@ -244,7 +244,7 @@ async fn many_signatures_at_once_share_a_few_sessions() {
 #[tokio::test(flavor = "current_thread")]
 async fn every_placement_signs_on_a_current_thread_runtime() {
     let Some(hsm) = softhsm() else { return };
-    for placement in [CallPlacement::BlockingPool, CallPlacement::BlockInPlace, CallPlacement::Inline] {
+    for placement in CallPlacement::ALL {
         let backend: Arc<dyn KeyBackend> =
             Arc::new(Pkcs11Backend::connect(hsm.config().calls(placement)).await.unwrap());
         let info = backend.create_key(&CreateKeyRequest::new()).await.unwrap();

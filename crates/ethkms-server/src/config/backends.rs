@@ -26,7 +26,7 @@
 //! Tokio's hand-over of the worker too, for tokens whose calls are short work on the machine (SoftHSM2, an
 //! HSM on the bus) — never one reached over the network, whose calls would hold up the service's other
 //! work; `blocking-pool` hands every call to Tokio's blocking threads. `cargo xtask bench pkcs11` measures
-//! all three beside raw `C_Sign` calls (the figures are in `ethkms-pkcs11`'s README).
+//! all three beside raw `C_Sign` calls (the figures are in the workspace README).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
