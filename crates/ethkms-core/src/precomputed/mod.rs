@@ -10,8 +10,8 @@
 //! `i` (0 to 31) and `j` from 1 to 128, plus `2^256 · P` (33 × 128 + 1 affine points, about 340 KB).
 //! A scalar written in signed base-256 digits (each in −127 to 128, with a final carry) then costs one
 //! mixed addition per non-zero digit; the verification is 2 × 33 additions, one inversion modulo `n` and
-//! one field inversion (`cargo bench -p ethkms-core --bench parity`). Both inversions are safegcd's
-//! (`crate::inverse`); for the field one the sum is kept in coordinates of our own ([`sum`]).
+//! one field inversion (`cargo bench -p ethkms-core --bench parity`). Both inversions are variable-time
+//! divsteps (`crate::inverse`); for the field one the sum is kept in coordinates of our own ([`sum`]).
 //!
 //! The result is the same point `R`, so everything after is unchanged: `x(R) mod n == r` is the
 //! verification and the parity of `y(R)` is the recovery id. Tests compare both paths on random and
@@ -50,7 +50,7 @@ static GENERATOR: OnceBox<Multiples> = OnceBox::new();
 /// A public key with multiples of it computed once, for fast verification of its many signatures.
 ///
 /// Verifies and converts exactly as [`EcdsaSignature::to_ethereum`] does, same results and same errors, in
-/// about a third of the time (see the module documentation in the source). Building one takes about 2 ms
+/// about a quarter of the time (see the module documentation in the source). Building one takes about 2 ms
 /// and 340 KB; the generator's multiples are built once per process, on first use. Worth it for a key
 /// that signs more than a few dozen times; for one signature use the plain functions.
 ///

@@ -1,5 +1,5 @@
 //! A sum of precomputed multiples in projective coordinates of our own, so that making it affine takes
-//! safegcd's inversion of `Z` ([`invert_field_public`]) rather than k256's constant-time exponentiation:
+//! the variable-time inversion of `Z` ([`invert_field_public`]) rather than k256's constant-time exponentiation:
 //! k256 keeps a point's coordinates private. The addition is k256's own, Renes, Costello and Batina's
 //! complete mixed addition (<https://eprint.iacr.org/2015/1060>, algorithm 8, `a = 0`), written with the
 //! same field operations in the same order (so the same magnitudes); tests hold every sum to k256's
