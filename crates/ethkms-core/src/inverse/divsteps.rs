@@ -203,6 +203,9 @@ fn carry(x: &mut Limbs) {
 }
 
 /// `d` (in `(−2·modulus, modulus)`), negated if `negate`, brought into `[0, modulus)`.
+///
+/// With p's middle limbs at 2⁶² − 1, a limb plus the modulus's can reach 2⁶³ − 2, and with the carries
+/// 2⁶³ − 1 (or −2⁶³ negated): the bound of `i64` exactly, never past it.
 fn normalize(d: &mut Limbs, negate: bool, modulus: &Modulus) {
     let add_modulus = |d: &mut Limbs| {
         for (limb, m) in d.iter_mut().zip(modulus.limbs) {
@@ -231,8 +234,8 @@ pub(super) fn invert(value: &[u8; 32], modulus: &Modulus) -> Option<[u8; 32]> {
     let (mut f, mut g) = (modulus.limbs, from_bytes(value));
     let mut len = 5;
     let mut eta = -1;
-    // 256-bit input ends within 741 divsteps (Bernstein and Yang's bound): 12 rounds of 62; more would
-    // mean a fault, not a slow input.
+    // 256-bit input ends within 741 divsteps (Bernstein and Yang's bound; 724 by Wuille's safegcd-bounds):
+    // 12 rounds of 62 at most, and one spare; more would mean a fault, not a slow input.
     for _ in 0..13 {
         let transition;
         (eta, transition) = divsteps_62(eta, f[0] as u64, g[0] as u64);
